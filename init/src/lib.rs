@@ -1,0 +1,21 @@
+//! imprint: stream a golden disk image onto bare metal.
+//!
+//! The library holds every decision as a pure function that returns a plan;
+//! [`sys`] is the only module that talks to the kernel, and the only one
+//! allowed to use `unsafe`. Everything else is testable on the host without
+//! root.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod cmdline;
+pub mod disk;
+pub mod logger;
+pub mod modules;
+pub mod net;
+pub mod pid1;
+pub mod pipeline;
+pub mod report;
+pub mod source;
+pub mod spec;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -1,0 +1,1 @@
+//! Network bring-up: a sans-IO DHCPv4 client and the plan that configures the kernel.

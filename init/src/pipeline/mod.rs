@@ -1,0 +1,1 @@
+//! The deploy stream: source bytes -> hash -> disk.

@@ -1,0 +1,1 @@
+//! Every syscall and every `unsafe` block lives here.

@@ -1,0 +1,2 @@
+//! QEMU harness.
+#![forbid(unsafe_code)]
