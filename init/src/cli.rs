@@ -1,1 +1,172 @@
-//! TODO
+//! `imprint` as an ordinary command on any Linux.
+//!
+//! Every kernel parameter `imprint.X=` is the option `--X` here, through the
+//! same table ([`crate::spec::PARAMS`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::logger::ConsoleLogger;
+use crate::pipeline::progress::LogProgress;
+use crate::report;
+use crate::spec::{DeploySpec, PARAMS};
+
+const USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
+       imprint params     list every parameter (imprint.X= on the kernel command line, --X here)
+       imprint version";
+
+/// Runs the CLI and returns the process exit status: 0 only on success,
+/// 1 when the deploy failed, 2 for usage errors.
+pub fn main(args: &[String]) -> i32 {
+    match args.first().map(String::as_str) {
+        Some("deploy") => deploy(&args[1..]),
+        Some("params") => {
+            print!("{}", params_table());
+            0
+        }
+        Some("version" | "--version") => {
+            println!("imprint {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            0
+        }
+        Some(other) => {
+            eprintln!("imprint: unknown command {other:?}\n{USAGE}");
+            2
+        }
+        None => {
+            eprintln!("{USAGE}");
+            2
+        }
+    }
+}
+
+fn deploy(args: &[String]) -> i32 {
+    let spec = match parse_deploy_args(args) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("imprint: {e:#}\n{USAGE}");
+            return 2;
+        }
+    };
+    ConsoleLogger::install(log::LevelFilter::Info, false);
+    let result = spec
+        .disk
+        .as_deref()
+        .context("no target given: pass --disk /dev/NAME or --disk FILE")
+        .and_then(|disk| {
+            crate::deploy::deploy_to(
+                &spec,
+                Path::new(disk),
+                &mut LogProgress::new(Duration::from_secs(2)),
+            )
+        });
+    match result {
+        Ok(summary) => {
+            println!("{}", report::ok_line(&summary));
+            0
+        }
+        Err(e) => {
+            println!("{}", report::error_line(&e));
+            1
+        }
+    }
+}
+
+/// `--name value` or `--name=value`, each name from the parameter table.
+pub fn parse_deploy_args(args: &[String]) -> Result<DeploySpec> {
+    let mut spec = DeploySpec::default();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let Some(option) = arg.strip_prefix("--") else {
+            bail!("unexpected argument {arg:?}; options look like --url URL");
+        };
+        let (name, value) = match option.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (option, rest.next().map(String::as_str)),
+        };
+        spec.set("--", name, value)?;
+    }
+    Ok(spec)
+}
+
+/// The parameter reference as a Markdown table (the README embeds it).
+pub fn params_table() -> String {
+    let mut out = String::from(
+        "| kernel parameter | CLI option | values | default | meaning |\n|---|---|---|---|---|\n",
+    );
+    for p in PARAMS {
+        out += &format!(
+            "| `imprint.{0}=` | `--{0}` | `{1}` | {2} | {3} |\n",
+            p.name, p.values, p.default, p.help
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SuccessPolicy;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn both_option_spellings() {
+        let spec = parse_deploy_args(&args(
+            "--url http://h/x.img --disk=/tmp/d --on-success poweroff",
+        ))
+        .unwrap();
+        assert_eq!(spec.url.as_deref(), Some("http://h/x.img"));
+        assert_eq!(spec.disk.as_deref(), Some("/tmp/d"));
+        assert_eq!(spec.on_success, SuccessPolicy::Poweroff);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let msg = format!(
+            "{:#}",
+            parse_deploy_args(&args("--dsik /dev/sda")).unwrap_err()
+        );
+        assert!(msg.starts_with("unknown parameter --dsik"), "{msg}");
+        let msg = format!("{:#}", parse_deploy_args(&args("--url")).unwrap_err());
+        assert_eq!(msg, "parameter --url needs a value");
+        let msg = format!("{:#}", parse_deploy_args(&args("http://x")).unwrap_err());
+        assert!(msg.contains("unexpected argument"), "{msg}");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(main(&args("frobnicate")), 2);
+        assert_eq!(main(&[]), 2);
+        assert_eq!(main(&args("version")), 0);
+        assert_eq!(main(&args("deploy --bogus 1")), 2);
+    }
+
+    #[test]
+    fn params_table_lists_every_parameter() {
+        let table = params_table();
+        for p in PARAMS {
+            assert!(table.contains(&format!("`imprint.{}=`", p.name)));
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_parameter() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for p in PARAMS {
+            assert!(
+                readme.contains(&format!("imprint.{}=", p.name)),
+                "README misses imprint.{}=",
+                p.name
+            );
+        }
+    }
+}

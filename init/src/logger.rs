@@ -1,1 +1,90 @@
-//! TODO
+//! The `log` backend: one line per record on the console (stderr), and in
+//! PID 1 also into the kernel log so `dmesg` of a stuck machine shows it.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Mutex;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+#[derive(Debug)]
+pub struct ConsoleLogger {
+    kmsg: Option<Mutex<File>>,
+    level: LevelFilter,
+}
+
+impl ConsoleLogger {
+    /// Installs the logger; `kmsg` also copies every record to `/dev/kmsg`.
+    pub fn install(level: LevelFilter, kmsg: bool) {
+        let kmsg = kmsg
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/kmsg")
+                    .ok()
+            })
+            .flatten();
+        let logger = ConsoleLogger {
+            kmsg: kmsg.map(Mutex::new),
+            level,
+        };
+        if log::set_boxed_logger(Box::new(logger)).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+pub fn format_record(level: Level, message: &std::fmt::Arguments<'_>) -> String {
+    match level {
+        Level::Error => format!("imprint: error: {message}"),
+        Level::Warn => format!("imprint: warning: {message}"),
+        _ => format!("imprint: {message}"),
+    }
+}
+
+impl Log for ConsoleLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format_record(record.level(), record.args());
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        if let Some(kmsg) = &self.kmsg
+            && let Ok(mut kmsg) = kmsg.lock()
+        {
+            // Priority 7 (debug) keeps the kernel from echoing the line to the
+            // console a second time: the default console loglevel prints only
+            // priorities below 7. It still lands in the ring buffer.
+            let _ = kmsg.write_all(format!("<7>{line}\n").as_bytes());
+        }
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_by_level() {
+        assert_eq!(
+            format_record(Level::Info, &format_args!("net up")),
+            "imprint: net up"
+        );
+        assert_eq!(
+            format_record(Level::Warn, &format_args!("slow")),
+            "imprint: warning: slow"
+        );
+        assert_eq!(
+            format_record(Level::Error, &format_args!("boom")),
+            "imprint: error: boom"
+        );
+    }
+}

@@ -1,1 +1,315 @@
-//! TODO
+//! PID 1: early boot, drivers, network, the deploy, then the machine's fate.
+//!
+//! PID 1 never returns and never panics into the kernel: `run()` gives a
+//! `Result`, the result line is printed, then the success or failure policy
+//! is followed. A panic hook does the same for bugs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rustix::mount::MountFlags;
+
+use crate::cmdline::KernelCmdline;
+use crate::logger::ConsoleLogger;
+use crate::pipeline::progress::LogProgress;
+use crate::report::{self, DeploySummary};
+use crate::spec::{DeploySpec, FailurePolicy, SuccessPolicy};
+use crate::sys::power::{PowerAction, power};
+use crate::{deploy, disk, sys};
+
+/// One step of early boot. The table below is the whole of it, and each
+/// entry prints itself as it is applied, so the console shows exactly what
+/// PID 1 did before anything could go wrong.
+#[derive(Debug)]
+pub enum EarlyStep {
+    Dir {
+        path: &'static str,
+        mode: u32,
+    },
+    Mount {
+        source: &'static str,
+        target: &'static str,
+        fstype: &'static str,
+        flags: MountFlags,
+        data: Option<&'static str>,
+    },
+}
+
+impl std::fmt::Display for EarlyStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EarlyStep::Dir { path, mode } => write!(f, "mkdir {path} ({mode:o})"),
+            EarlyStep::Mount {
+                target,
+                fstype,
+                data,
+                ..
+            } => {
+                write!(f, "mount {fstype} on {target}")?;
+                data.map_or(Ok(()), |d| write!(f, " ({d})"))
+            }
+        }
+    }
+}
+
+const NODEV_NOSUID: MountFlags = MountFlags::NODEV.union(MountFlags::NOSUID);
+
+pub const EARLY_BOOT: &[EarlyStep] = &[
+    EarlyStep::Dir {
+        path: "/dev",
+        mode: 0o755,
+    },
+    EarlyStep::Dir {
+        path: "/proc",
+        mode: 0o555,
+    },
+    EarlyStep::Dir {
+        path: "/sys",
+        mode: 0o555,
+    },
+    EarlyStep::Dir {
+        path: "/run",
+        mode: 0o755,
+    },
+    EarlyStep::Dir {
+        path: "/tmp",
+        mode: 0o1777,
+    },
+    EarlyStep::Dir {
+        path: "/etc",
+        mode: 0o755,
+    },
+    EarlyStep::Mount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MountFlags::NOSUID,
+        data: Some("mode=0755"),
+    },
+    EarlyStep::Mount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NODEV_NOSUID.union(MountFlags::NOEXEC),
+        data: None,
+    },
+    EarlyStep::Mount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NODEV_NOSUID.union(MountFlags::NOEXEC),
+        data: None,
+    },
+    EarlyStep::Mount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NODEV_NOSUID,
+        data: Some("mode=0755"),
+    },
+    EarlyStep::Mount {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: NODEV_NOSUID,
+        data: Some("mode=1777"),
+    },
+];
+
+fn apply_early_step(step: &EarlyStep) -> Result<()> {
+    match step {
+        EarlyStep::Dir { path, mode } => sys::mount::mkdir_all(Path::new(path), *mode),
+        EarlyStep::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => sys::mount::mount(source, Path::new(target), fstype, *flags, *data),
+    }
+}
+
+/// How long drivers get to make the target disk appear: disk probes
+/// (NVMe namespaces, SCSI scans) finish asynchronously after the module
+/// loads.
+const DISK_WAIT: Duration = Duration::from_secs(15);
+const NET_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        println!(
+            "{}",
+            report::error_line(&anyhow::anyhow!("imprint panicked: {info}"))
+        );
+        power(PowerAction::Poweroff)
+    }));
+    // The logger is not up yet: early boot reports straight to the console.
+    for step in EARLY_BOOT {
+        match apply_early_step(step) {
+            Ok(()) => eprintln!("imprint: early: {step}"),
+            Err(e) => eprintln!("imprint: early: {step} failed: {e:#}"),
+        }
+    }
+    ConsoleLogger::install(log::LevelFilter::Info, true);
+    log::info!("imprint {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cmdline = KernelCmdline::parse(&cmdline_text);
+    let outcome = DeploySpec::from_cmdline(&cmdline)
+        .and_then(|spec| run(&spec).map(|summary| (spec, summary)));
+    match outcome {
+        Ok((spec, summary)) => {
+            println!("{}", report::ok_line(&summary));
+            match spec.on_success {
+                SuccessPolicy::Reboot => power(PowerAction::Reboot),
+                SuccessPolicy::Poweroff => power(PowerAction::Poweroff),
+            }
+        }
+        Err(error) => {
+            let line = report::error_line(&error);
+            println!("{line}");
+            match DeploySpec::failure_policy_from_cmdline(&cmdline) {
+                FailurePolicy::Reboot => power(PowerAction::Reboot),
+                FailurePolicy::Poweroff => power(PowerAction::Poweroff),
+                FailurePolicy::Halt => halt_showing(&line),
+            }
+        }
+    }
+}
+
+/// Keeps the machine up, repeating the result so that whoever opens the
+/// console later still sees why the deploy failed.
+fn halt_showing(line: &str) -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+        println!("{line}");
+    }
+}
+
+fn run(spec: &DeploySpec) -> Result<DeploySummary> {
+    let started = Instant::now();
+    let url = spec.require_url()?;
+    let wanted_disk = spec
+        .disk
+        .as_deref()
+        .context("no target disk given: set imprint.disk=/dev/NAME")?;
+
+    let kver = sys::kmod::kernel_release();
+    coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
+    log::info!(
+        "drivers loaded after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let target = wait_for_disk(wanted_disk, DISK_WAIT)?;
+    if needs_network(url) {
+        bring_up_network().context("bringing up the network")?;
+        log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
+    }
+    deploy::deploy_to(spec, &target, &mut LogProgress::new(Duration::from_secs(2)))
+}
+
+fn needs_network(url: &str) -> bool {
+    !url.starts_with("file:")
+}
+
+fn wait_for_disk(wanted: &str, timeout: Duration) -> Result<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let disks = disk::list_disks(Path::new("/sys/block"))?;
+        match disk::find_named(wanted, &disks) {
+            Ok(found) => {
+                log::info!("target disk: {}", found.describe());
+                return Ok(found.dev_path());
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Every `modalias` file under `root` (normally `/sys/devices`). Symlinks are
+/// not followed: sysfs is full of links back up the tree.
+pub fn collect_modaliases(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file()
+                && entry.file_name() == "modalias"
+                && let Ok(alias) = std::fs::read_to_string(entry.path())
+                && !alias.trim().is_empty()
+            {
+                found.push(alias.trim().to_owned());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Loads the drivers for the hardware present, repeating until no new
+/// device shows up: loading a bus driver (virtio_pci) creates the devices
+/// (virtio0, virtio1) whose drivers (virtio_blk, virtio_net) come next.
+fn bring_up_network() -> Result<()> {
+    let _ = NET_TIMEOUT;
+    anyhow::bail!("network bring-up is not wired in yet")
+}
+
+fn coldplug(module_dir: &Path) -> Result<()> {
+    anyhow::bail!("coldplug is not wired in yet: {}", module_dir.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_boot_prints_itself() {
+        let lines: Vec<String> = EARLY_BOOT.iter().map(ToString::to_string).collect();
+        assert!(lines.contains(&"mount devtmpfs on /dev (mode=0755)".to_owned()));
+        assert!(lines.contains(&"mount proc on /proc".to_owned()));
+        assert!(lines.contains(&"mkdir /tmp (1777)".to_owned()));
+        // Directories come before the mounts that need them.
+        let first_mount = lines.iter().position(|l| l.starts_with("mount")).unwrap();
+        assert!(lines[first_mount..].iter().all(|l| l.starts_with("mount")));
+    }
+
+    #[test]
+    fn collects_modaliases_without_following_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("pci0000:00/0000:00:03.0");
+        std::fs::create_dir_all(dev.join("virtio0")).unwrap();
+        std::fs::write(
+            dev.join("modalias"),
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
+        )
+        .unwrap();
+        std::fs::write(dev.join("virtio0/modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        std::fs::write(dev.join("virtio0/other"), "x").unwrap();
+        std::os::unix::fs::symlink(root.path(), dev.join("virtio0/loop")).unwrap();
+        assert_eq!(
+            collect_modaliases(root.path()),
+            vec![
+                "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+                "virtio:d00000001v00001AF4"
+            ]
+        );
+    }
+
+    #[test]
+    fn file_urls_need_no_network() {
+        assert!(!needs_network("file:///x"));
+        assert!(needs_network("http://x/y"));
+    }
+}

@@ -1,1 +1,78 @@
-//! TODO
+//! The machine-readable result line that harnesses and operators wait for.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// What a successful deploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploySummary {
+    pub bytes: u64,
+    /// SHA-256 of the bytes written to the disk.
+    pub sha256: [u8; 32],
+    pub elapsed: Duration,
+}
+
+pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub fn ok_line(summary: &DeploySummary) -> String {
+    format!(
+        "{RESULT_PREFIX} ok bytes={} sha256={} seconds={:.2}",
+        summary.bytes,
+        hex(&summary.sha256),
+        summary.elapsed.as_secs_f64()
+    )
+}
+
+/// One line whatever the error: the anyhow chain joined with `: `, any
+/// embedded newline flattened, so a harness can match it with one regex.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let cause = format!("{error:#}").replace(['\r', '\n'], " ");
+    format!("{RESULT_PREFIX} error: {cause}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn ok_line_format() {
+        let line = ok_line(&DeploySummary {
+            bytes: 67_108_864,
+            sha256: [0xab; 32],
+            elapsed: Duration::from_millis(12_345),
+        });
+        assert_eq!(
+            line,
+            format!(
+                "IMPRINT-RESULT: ok bytes=67108864 sha256={} seconds=12.35",
+                "ab".repeat(32)
+            )
+        );
+    }
+
+    #[test]
+    fn error_line_is_one_line_with_chain() {
+        let err = Err::<(), _>(anyhow::anyhow!("HTTP 404\nNot Found"))
+            .context("fetching http://x/y")
+            .unwrap_err();
+        assert_eq!(
+            error_line(&err),
+            "IMPRINT-RESULT: error: fetching http://x/y: HTTP 404 Not Found"
+        );
+    }
+
+    #[test]
+    fn hex_lowercase() {
+        assert_eq!(hex(&[0, 1, 0xfe, 0xff]), "0001feff");
+        assert_eq!(hex(&[]), "");
+    }
+}

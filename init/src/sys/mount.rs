@@ -1,0 +1,36 @@
+//! Mounting filesystems and making directories for early boot.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rustix::mount::MountFlags;
+
+/// Mounts `fstype` from `source` on `target`. A target that is already a
+/// mount point (`EBUSY`) counts as done: the kernel or a previous attempt
+/// got there first.
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    let data = data
+        .map(std::ffi::CString::new)
+        .transpose()
+        .context("mount options contain a NUL byte")?;
+    match rustix::mount::mount(source, target, fstype, flags, data.as_deref()) {
+        Ok(()) | Err(rustix::io::Errno::BUSY) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e))
+            .with_context(|| format!("mounting {fstype} on {}", target.display())),
+    }
+}
+
+pub fn mkdir_all(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
