@@ -1,1 +1,826 @@
 //! Network bring-up: a sans-IO DHCPv4 client and the plan that configures the kernel.
+//!
+//! [`bring_up`] is what PID 1 calls. The decisions in it (which interface,
+//! when to retransmit, what to configure) are pure functions tested here; the
+//! syscalls are in [`crate::sys::net`].
+
+pub mod config;
+pub mod dhcp;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+pub use config::{InterfacePlan, Route};
+pub use dhcp::{DhcpClient, Lease};
+
+use crate::sys::net as sys;
+
+/// How long to wait for link after bringing interfaces up. Copper links
+/// negotiate in 1–3 s; a port that has nothing plugged in costs this once.
+const CARRIER_WAIT: Duration = Duration::from_secs(6);
+const CARRIER_POLL: Duration = Duration::from_millis(100);
+
+/// ARPHRD_ETHER, the `type` of an Ethernet interface in sysfs.
+const ARPHRD_ETHER: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOptions {
+    /// How long DHCP may take on each interface tried.
+    pub timeout: Duration,
+    /// The NIC the machine booted from (`BOOTIF=`), tried first.
+    pub prefer_mac: Option<[u8; 6]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    pub interface: String,
+    pub mac: [u8; 6],
+    pub lease: Lease,
+}
+
+/// One entry of `/sys/class/net`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    /// ARPHRD_* (`type`); `None` if unreadable.
+    pub kind: Option<u16>,
+    pub carrier: bool,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// Brings up `lo` and the first Ethernet interface that gets a DHCP lease,
+/// configures its address, default route and `/etc/resolv.conf`.
+pub fn bring_up(opts: &NetOptions) -> Result<Configured> {
+    sys::set_ipv4_address("lo", Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0))
+        .context("setting 127.0.0.1/8 on lo")?;
+    sys::set_link_up("lo").context("bringing up lo")?;
+
+    let sysfs = Path::new("/sys/class/net");
+    let interfaces = list_interfaces(sysfs).context("listing /sys/class/net")?;
+    let ethernet = ethernet_interfaces(&interfaces);
+    if ethernet.is_empty() {
+        bail!(
+            "no Ethernet interface (found: {})",
+            describe_interfaces(&interfaces)
+        );
+    }
+    for iface in &ethernet {
+        match sys::set_link_up(&iface.name) {
+            Ok(()) => log::info!(
+                "net: {} up, mac {}",
+                iface.name,
+                iface
+                    .mac
+                    .map_or_else(|| "unknown".to_owned(), |m| format_mac(&m))
+            ),
+            Err(e) => log::warn!("net: bringing up {}: {e}", iface.name),
+        }
+    }
+
+    let interfaces = wait_for_carrier(sysfs, opts.prefer_mac)?;
+    let candidates = dhcp_candidates(&interfaces, opts.prefer_mac).map_err(|e| anyhow!(e))?;
+    let mut errors = Vec::new();
+    // One interface at a time; `dhcp_on` holds everything per-interface so
+    // that running them in parallel later is a change here only.
+    for (name, mac) in candidates {
+        match dhcp_on(&name, mac, opts.timeout) {
+            Ok(lease) => {
+                apply(&name, &lease, Path::new("/"))?;
+                return Ok(Configured {
+                    interface: name,
+                    mac,
+                    lease,
+                });
+            }
+            Err(e) => {
+                log::warn!("{e:#}");
+                errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    bail!("{}", errors.join("; "))
+}
+
+/// Re-reads sysfs until the preferred NIC (or, without one, every Ethernet
+/// NIC) has carrier, or [`CARRIER_WAIT`] is over.
+fn wait_for_carrier(sysfs: &Path, prefer_mac: Option<[u8; 6]>) -> Result<Vec<InterfaceInfo>> {
+    let start = Instant::now();
+    loop {
+        let interfaces = list_interfaces(sysfs).context("listing /sys/class/net")?;
+        if carrier_settled(&interfaces, prefer_mac) || start.elapsed() >= CARRIER_WAIT {
+            return Ok(interfaces);
+        }
+        std::thread::sleep(CARRIER_POLL);
+    }
+}
+
+/// Whether waiting longer for carrier could change the choice.
+pub fn carrier_settled(interfaces: &[InterfaceInfo], prefer_mac: Option<[u8; 6]>) -> bool {
+    let ethernet = ethernet_interfaces(interfaces);
+    let preferred_up = prefer_mac.is_some_and(|preferred| {
+        ethernet
+            .iter()
+            .any(|i| i.mac == Some(preferred) && i.carrier)
+    });
+    if preferred_up {
+        return true;
+    }
+    !ethernet.is_empty() && ethernet.iter().all(|i| i.carrier)
+}
+
+/// Runs DHCP on one interface over a fresh packet socket, dropped on return.
+fn dhcp_on(name: &str, mac: [u8; 6], timeout: Duration) -> Result<Lease> {
+    let mut socket = sys::PacketSocket::open(name)
+        .with_context(|| format!("opening packet socket on {name}"))?;
+    let client = DhcpClient::new(mac, random_xid(mac));
+    let start = Instant::now();
+    let lease = run_dhcp(&mut socket, client, || start.elapsed(), timeout)
+        .with_context(|| format!("dhcp on {name}"))?;
+    log::info!("dhcp: {name} leased {}", describe_lease(&lease));
+    Ok(lease)
+}
+
+/// Sets the address and routes and writes `<root>/etc/resolv.conf`.
+fn apply(name: &str, lease: &Lease, root: &Path) -> Result<()> {
+    let plan = config::plan(name, lease);
+    sys::set_ipv4_address(name, plan.address, plan.netmask)
+        .with_context(|| format!("setting {}/{} on {name}", plan.address, plan.prefix_len))?;
+    for route in &plan.routes {
+        sys::add_route(name, route.destination, route.netmask(), route.gateway)
+            .with_context(|| format!("adding route {route} on {name}"))?;
+    }
+    write_resolv_conf(root, &plan.resolv_conf)
+}
+
+fn write_resolv_conf(root: &Path, text: &str) -> Result<()> {
+    let etc = root.join("etc");
+    fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+    let path = etc.join("resolv.conf");
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Moves frames between a [`DhcpClient`] and the wire. The seam for tests
+/// and for running several interfaces at once.
+pub trait FrameLink {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()>;
+    /// One frame within `timeout`, or `None`.
+    fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration)
+    -> std::io::Result<Option<usize>>;
+}
+
+impl FrameLink for sys::PacketSocket {
+    fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        sys::PacketSocket::send(self, frame)
+    }
+    fn recv_timeout(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> std::io::Result<Option<usize>> {
+        sys::PacketSocket::recv_timeout(self, buf, timeout)
+    }
+}
+
+/// Drives `client` until it holds a lease or `timeout` has passed on `clock`.
+pub fn run_dhcp(
+    link: &mut impl FrameLink,
+    mut client: DhcpClient,
+    mut clock: impl FnMut() -> Duration,
+    timeout: Duration,
+) -> Result<Lease> {
+    // Jumbo frames are dropped; DHCP replies never need them.
+    let mut buf = vec![0u8; 1514];
+    let deadline = clock().saturating_add(timeout);
+    loop {
+        let now = clock();
+        if let Some(lease) = client.lease() {
+            return Ok(lease.clone());
+        }
+        if now >= deadline {
+            bail!("no answer after {} s", timeout.as_secs());
+        }
+        if let Some(frame) = client.poll_transmit(now) {
+            link.send(&frame).context("sending")?;
+        }
+        let wait = client.poll_at().min(deadline).saturating_sub(now);
+        if let Some(len) = link.recv_timeout(&mut buf, wait).context("receiving")? {
+            client.handle_frame(buf.get(..len).unwrap_or(&buf), clock());
+        }
+    }
+}
+
+/// The xid must differ between machines booted at the same moment: take it
+/// from the kernel's pool, and if /dev/urandom is not there yet, from the MAC
+/// and the clock.
+fn random_xid(mac: [u8; 6]) -> u32 {
+    let mut bytes = [0u8; 4];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok()
+    {
+        return u32::from_ne_bytes(bytes);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    xid_from(mac, nanos)
+}
+
+/// FNV-1a over the MAC and the time.
+fn xid_from(mac: [u8; 6], nanos: u32) -> u32 {
+    mac.iter()
+        .chain(&nanos.to_le_bytes())
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        })
+}
+
+/// Reads every interface under `sysfs_net` (normally `/sys/class/net`),
+/// sorted by name.
+pub fn list_interfaces(sysfs_net: &Path) -> std::io::Result<Vec<InterfaceInfo>> {
+    let mut interfaces = Vec::new();
+    for entry in fs::read_dir(sysfs_net)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let dir = entry.path();
+        let read = |file: &str| fs::read_to_string(dir.join(file)).ok();
+        interfaces.push(InterfaceInfo {
+            kind: read("type").and_then(|s| s.trim().parse().ok()),
+            // Reading `carrier` of a down interface fails with EINVAL.
+            carrier: read("carrier").is_some_and(|s| s.trim() == "1"),
+            mac: read("address").and_then(|s| parse_mac(s.trim())),
+            name,
+        });
+    }
+    interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(interfaces)
+}
+
+/// Interfaces DHCP can run on: Ethernet, not loopback.
+pub fn ethernet_interfaces(interfaces: &[InterfaceInfo]) -> Vec<&InterfaceInfo> {
+    interfaces
+        .iter()
+        .filter(|i| i.name != "lo" && i.kind == Some(ARPHRD_ETHER) && i.mac.is_some())
+        .collect()
+}
+
+/// The interfaces to try DHCP on, in order: the one with `prefer_mac` first,
+/// then the others with carrier by name. Errors name every interface seen.
+pub fn dhcp_candidates(
+    interfaces: &[InterfaceInfo],
+    prefer_mac: Option<[u8; 6]>,
+) -> Result<Vec<(String, [u8; 6])>, String> {
+    let ethernet = ethernet_interfaces(interfaces);
+    let mut candidates: Vec<(String, [u8; 6])> = ethernet
+        .iter()
+        .filter(|i| i.carrier)
+        .filter_map(|i| Some((i.name.clone(), i.mac?)))
+        .collect();
+    if candidates.is_empty() {
+        return Err(format!(
+            "no network interface with carrier (found: {})",
+            describe_interfaces(&ethernet.into_iter().cloned().collect::<Vec<_>>())
+        ));
+    }
+    if let Some(preferred) = prefer_mac {
+        // Stable: the rest keep their name order.
+        candidates.sort_by_key(|(_, mac)| *mac != preferred);
+        if candidates[0].1 != preferred {
+            log::warn!(
+                "net: no interface with carrier has the boot MAC {}, trying all",
+                format_mac(&preferred)
+            );
+        }
+    }
+    Ok(candidates)
+}
+
+/// `eth0 [no carrier], eth1 [no carrier]`, or `none`.
+pub fn describe_interfaces(interfaces: &[InterfaceInfo]) -> String {
+    if interfaces.is_empty() {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> = interfaces
+        .iter()
+        .map(|i| {
+            let state = match (i.kind, i.carrier) {
+                (Some(ARPHRD_ETHER), true) => "carrier",
+                (Some(ARPHRD_ETHER), false) => "no carrier",
+                _ => "not ethernet",
+            };
+            format!("{} [{state}]", i.name)
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// `10.0.2.15/24 via 10.0.2.2 dns 10.0.2.3 from 10.0.2.2`.
+pub fn describe_lease(lease: &Lease) -> String {
+    let mut text = format!("{}/{}", lease.address, lease.prefix_len);
+    if let Some(router) = lease.router {
+        let _ = write!(text, " via {router}");
+    }
+    if !lease.dns_servers.is_empty() {
+        let servers: Vec<String> = lease.dns_servers.iter().map(ToString::to_string).collect();
+        let _ = write!(text, " dns {}", servers.join(","));
+    }
+    let _ = write!(text, " from {}", lease.server);
+    text
+}
+
+/// `52:54:00:12:34:56`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
+/// Parses `52:54:00:12:34:56` (sysfs) or `52-54-00-12-34-56`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next()?;
+        // from_str_radix alone would take a sign ("+5").
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    const MAC0: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const MAC1: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x57];
+
+    fn iface(name: &str, kind: u16, carrier: bool, mac: [u8; 6]) -> InterfaceInfo {
+        InterfaceInfo {
+            name: name.into(),
+            kind: Some(kind),
+            carrier,
+            mac: Some(mac),
+        }
+    }
+
+    fn write_iface(root: &Path, name: &str, kind: &str, carrier: Option<&str>, address: &str) {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("type"), kind).unwrap();
+        fs::write(dir.join("address"), address).unwrap();
+        if let Some(carrier) = carrier {
+            fs::write(dir.join("carrier"), carrier).unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_a_sysfs_tree() {
+        let root = tempfile::tempdir().unwrap();
+        write_iface(
+            root.path(),
+            "lo",
+            "772\n",
+            Some("1\n"),
+            "00:00:00:00:00:00\n",
+        );
+        write_iface(root.path(), "eth1", "1\n", None, "52:54:00:12:34:57\n");
+        write_iface(
+            root.path(),
+            "eth0",
+            "1\n",
+            Some("1\n"),
+            "52:54:00:12:34:56\n",
+        );
+        let list = list_interfaces(root.path()).unwrap();
+        assert_eq!(
+            list,
+            [
+                iface("eth0", 1, true, MAC0),
+                iface("eth1", 1, false, MAC1),
+                iface("lo", 772, true, [0; 6]),
+            ]
+        );
+        let names: Vec<&str> = ethernet_interfaces(&list)
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(names, ["eth0", "eth1"]);
+    }
+
+    #[test]
+    fn candidates_in_name_order_with_carrier_only() {
+        let list = [
+            iface("eth0", 1, false, MAC0),
+            iface("eth1", 1, true, MAC1),
+            iface("eth2", 1, true, [2; 6]),
+            iface("wg0", 65534, true, [3; 6]),
+        ];
+        assert_eq!(
+            dhcp_candidates(&list, None).unwrap(),
+            [("eth1".to_owned(), MAC1), ("eth2".to_owned(), [2; 6])]
+        );
+    }
+
+    #[test]
+    fn preferred_mac_goes_first() {
+        let list = [iface("eth0", 1, true, MAC0), iface("eth1", 1, true, MAC1)];
+        let names: Vec<String> = dhcp_candidates(&list, Some(MAC1))
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["eth1", "eth0"]);
+        // An unknown boot MAC falls back to name order.
+        let names: Vec<String> = dhcp_candidates(&list, Some([9; 6]))
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["eth0", "eth1"]);
+    }
+
+    #[test]
+    fn no_carrier_error_names_every_interface() {
+        let list = [
+            iface("eth0", 1, false, MAC0),
+            iface("eth1", 1, false, MAC1),
+            iface("lo", 772, true, [0; 6]),
+        ];
+        assert_eq!(
+            dhcp_candidates(&list, None).unwrap_err(),
+            "no network interface with carrier (found: eth0 [no carrier], eth1 [no carrier])"
+        );
+        assert_eq!(
+            dhcp_candidates(&[], None).unwrap_err(),
+            "no network interface with carrier (found: none)"
+        );
+    }
+
+    #[test]
+    fn carrier_wait_ends_when_preferred_or_all_have_link() {
+        let both_down = [iface("eth0", 1, false, MAC0), iface("eth1", 1, false, MAC1)];
+        let one_up = [iface("eth0", 1, false, MAC0), iface("eth1", 1, true, MAC1)];
+        let both_up = [iface("eth0", 1, true, MAC0), iface("eth1", 1, true, MAC1)];
+        assert!(!carrier_settled(&both_down, None));
+        assert!(!carrier_settled(&one_up, None));
+        assert!(!carrier_settled(&one_up, Some(MAC0)));
+        assert!(carrier_settled(&one_up, Some(MAC1)));
+        assert!(carrier_settled(&both_up, None));
+        assert!(!carrier_settled(&[], None));
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("52:54:00:12:34:56"), Some(MAC0));
+        assert_eq!(parse_mac("52-54-00-12-34-56"), Some(MAC0));
+        assert_eq!(parse_mac("52:54:00:12:34"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:5g"), None);
+        assert_eq!(parse_mac("52:54:00:12:34:+5"), None);
+        assert_eq!(format_mac(&MAC0), "52:54:00:12:34:56");
+    }
+
+    #[test]
+    fn xid_fallback_depends_on_mac_and_time() {
+        assert_ne!(xid_from(MAC0, 1), xid_from(MAC1, 1));
+        assert_ne!(xid_from(MAC0, 1), xid_from(MAC0, 2));
+    }
+
+    #[test]
+    fn lease_log_line() {
+        let lease = Lease {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            prefix_len: 24,
+            router: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            dns_servers: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            server: Ipv4Addr::new(10, 0, 2, 2),
+            lease_duration: None,
+            domain: None,
+            hostname: None,
+        };
+        assert_eq!(
+            describe_lease(&lease),
+            "10.0.2.15/24 via 10.0.2.2 dns 10.0.2.3 from 10.0.2.2"
+        );
+    }
+
+    #[test]
+    fn resolv_conf_is_written_under_root() {
+        let root = tempfile::tempdir().unwrap();
+        write_resolv_conf(root.path(), "nameserver 10.0.2.3\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(root.path().join("etc/resolv.conf")).unwrap(),
+            "nameserver 10.0.2.3\n"
+        );
+    }
+
+    /// A link whose clock only moves when it waits, answering each DHCP
+    /// message with the next scripted reply.
+    struct FakeLink {
+        now: Rc<Cell<Duration>>,
+        sent: Vec<Vec<u8>>,
+        replies: VecDeque<Vec<u8>>,
+        /// Answer only every n-th transmission (1 = all).
+        answer_every: usize,
+        pending: Option<Vec<u8>>,
+    }
+
+    impl FrameLink for FakeLink {
+        fn send(&mut self, frame: &[u8]) -> std::io::Result<()> {
+            self.sent.push(frame.to_vec());
+            if self.sent.len() % self.answer_every == 0 {
+                self.pending = self.replies.pop_front();
+            }
+            Ok(())
+        }
+        fn recv_timeout(
+            &mut self,
+            buf: &mut [u8],
+            timeout: Duration,
+        ) -> std::io::Result<Option<usize>> {
+            if let Some(frame) = self.pending.take() {
+                buf[..frame.len()].copy_from_slice(&frame);
+                return Ok(Some(frame.len()));
+            }
+            self.now.set(self.now.get() + timeout);
+            Ok(None)
+        }
+    }
+
+    /// A server reply to `xid`, as QEMU's slirp sends it.
+    fn reply(kind: smoltcp::wire::DhcpMessageType, xid: u32) -> Vec<u8> {
+        use smoltcp::wire::{DhcpOption, DhcpRepr, EthernetAddress};
+        let server = Ipv4Addr::new(10, 0, 2, 2);
+        let repr = DhcpRepr {
+            message_type: kind,
+            transaction_id: xid,
+            secs: 0,
+            client_hardware_address: EthernetAddress(MAC0),
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            your_ip: Ipv4Addr::new(10, 0, 2, 15),
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: Some(server),
+            subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: true,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: Some(server),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: Some(3600),
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[DhcpOption {
+                kind: 6,
+                data: &[10, 0, 2, 3],
+            }],
+        };
+        dhcp::build_frame(
+            &dhcp::FrameAddrs {
+                src_mac: EthernetAddress([0x52, 0x55, 10, 0, 2, 2]),
+                dst_mac: EthernetAddress::BROADCAST,
+                src_ip: server,
+                dst_ip: Ipv4Addr::BROADCAST,
+                src_port: 67,
+                dst_port: 68,
+            },
+            &repr,
+        )
+    }
+
+    fn fake_link(answer_every: usize, xid: u32) -> (FakeLink, Rc<Cell<Duration>>) {
+        use smoltcp::wire::DhcpMessageType::{Ack, Offer};
+        let now = Rc::new(Cell::new(Duration::ZERO));
+        let link = FakeLink {
+            now: Rc::clone(&now),
+            sent: Vec::new(),
+            replies: VecDeque::from([reply(Offer, xid), reply(Ack, xid)]),
+            answer_every,
+            pending: None,
+        };
+        (link, now)
+    }
+
+    #[test]
+    fn run_dhcp_gets_a_lease_through_a_link() {
+        let (mut link, now) = fake_link(1, 7);
+        let clock = Rc::clone(&now);
+        let lease = run_dhcp(
+            &mut link,
+            DhcpClient::new(MAC0, 7),
+            move || clock.get(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(
+            describe_lease(&lease),
+            "10.0.2.15/24 via 10.0.2.2 dns 10.0.2.3 from 10.0.2.2"
+        );
+        assert_eq!(link.sent.len(), 2, "DISCOVER and REQUEST");
+        assert_eq!(
+            now.get(),
+            Duration::ZERO,
+            "no waiting when answered at once"
+        );
+    }
+
+    #[test]
+    fn run_dhcp_survives_lost_replies() {
+        // The server answers only every other transmission: each step needs
+        // one retransmission.
+        let (mut link, now) = fake_link(2, 7);
+        let clock = Rc::clone(&now);
+        run_dhcp(
+            &mut link,
+            DhcpClient::new(MAC0, 7),
+            move || clock.get(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(link.sent.len(), 4);
+        assert!(now.get() >= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn run_dhcp_times_out_naming_the_wait() {
+        let (mut link, now) = fake_link(1, 8);
+        let clock = Rc::clone(&now);
+        let err = run_dhcp(
+            &mut link,
+            DhcpClient::new(MAC0, 7),
+            move || clock.get(),
+            Duration::from_secs(30),
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "no answer after 30 s");
+        assert_eq!(
+            now.get(),
+            Duration::from_secs(30),
+            "waits exactly the timeout"
+        );
+        // Sent at 0, 1, 3, 7, 15, 23 s (plus jitter); the next would be at 31 s.
+        assert_eq!(link.sent.len(), 6);
+    }
+}
+
+/// Real sockets and ioctls against a veth pair, with a scripted DHCP server on
+/// the far end. Needs root in a private network namespace with its own sysfs:
+///
+/// `unshare -nm sh -c 'mount -t sysfs sysfs /sys && cargo test -p imprint --lib -- --ignored veth'`
+#[cfg(test)]
+mod veth_tests {
+    use super::*;
+    use smoltcp::wire::{
+        DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame,
+        Ipv4Packet, UdpPacket,
+    };
+    use std::process::Command;
+
+    fn ip(args: &str) -> String {
+        let out = Command::new("ip")
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Answers one DISCOVER and one REQUEST on `veth-s`.
+    fn serve(server_mac: [u8; 6]) {
+        let socket = sys::PacketSocket::open("veth-s").unwrap();
+        let mut buf = [0u8; 1514];
+        let mut answered = 0;
+        while answered < 2 {
+            let Some(len) = socket
+                .recv_timeout(&mut buf, Duration::from_secs(20))
+                .unwrap()
+            else {
+                panic!("server: no request");
+            };
+            let Some((kind, xid, chaddr)) = parse_request(&buf[..len]) else {
+                continue;
+            };
+            let reply_kind = match kind {
+                DhcpMessageType::Discover => DhcpMessageType::Offer,
+                DhcpMessageType::Request => DhcpMessageType::Ack,
+                _ => continue,
+            };
+            let server = Ipv4Addr::new(10, 9, 0, 1);
+            let repr = DhcpRepr {
+                message_type: reply_kind,
+                transaction_id: xid,
+                secs: 0,
+                client_hardware_address: chaddr,
+                client_ip: Ipv4Addr::UNSPECIFIED,
+                your_ip: Ipv4Addr::new(10, 9, 0, 15),
+                server_ip: Ipv4Addr::UNSPECIFIED,
+                router: Some(server),
+                subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+                relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+                broadcast: true,
+                requested_ip: None,
+                client_identifier: None,
+                server_identifier: Some(server),
+                parameter_request_list: None,
+                dns_servers: None,
+                max_size: None,
+                lease_duration: Some(600),
+                renew_duration: None,
+                rebind_duration: None,
+                additional_options: &[DhcpOption {
+                    kind: 6,
+                    data: &[10, 9, 0, 53],
+                }],
+            };
+            let frame = dhcp::build_frame(
+                &dhcp::FrameAddrs {
+                    src_mac: EthernetAddress(server_mac),
+                    dst_mac: EthernetAddress::BROADCAST,
+                    src_ip: server,
+                    dst_ip: Ipv4Addr::BROADCAST,
+                    src_port: 67,
+                    dst_port: 68,
+                },
+                &repr,
+            );
+            socket.send(&frame).unwrap();
+            answered += 1;
+        }
+    }
+
+    fn parse_request(frame: &[u8]) -> Option<(DhcpMessageType, u32, EthernetAddress)> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+        if udp.dst_port() != 67 {
+            return None;
+        }
+        let dhcp = DhcpPacket::new_checked(udp.payload()).ok()?;
+        let repr = DhcpRepr::parse(&dhcp).ok()?;
+        Some((
+            repr.message_type,
+            repr.transaction_id,
+            repr.client_hardware_address,
+        ))
+    }
+
+    #[test]
+    #[ignore = "needs root in a private network namespace, see the module docs"]
+    fn dhcp_over_a_veth_pair() {
+        let links = ip("-o link show");
+        assert!(
+            links.lines().count() == 1 && links.contains("lo:"),
+            "refusing to run outside an empty network namespace: {links}"
+        );
+        ip("link add veth-c type veth peer name veth-s");
+        // No address on the server end: the scripted server speaks through a
+        // packet socket, and a local 10.9.0.1 would make it an invalid gateway.
+        ip("link set veth-s up");
+
+        sys::set_ipv4_address("lo", Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0)).unwrap();
+        sys::set_link_up("lo").unwrap();
+        sys::set_link_up("veth-c").unwrap();
+        let interfaces = wait_for_carrier(Path::new("/sys/class/net"), None).unwrap();
+        let candidates = dhcp_candidates(&interfaces, None).unwrap();
+        let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["veth-c", "veth-s"]);
+        let (name, mac) = candidates[0].clone();
+        let server_mac = candidates[1].1;
+
+        let server = std::thread::spawn(move || serve(server_mac));
+        let lease = dhcp_on(&name, mac, Duration::from_secs(20)).unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            describe_lease(&lease),
+            "10.9.0.15/24 via 10.9.0.1 dns 10.9.0.53 from 10.9.0.1"
+        );
+
+        let root = tempfile::tempdir().unwrap();
+        apply(&name, &lease, root.path()).unwrap();
+        // Twice: a retried bring-up must not fail on the existing route.
+        apply(&name, &lease, root.path()).unwrap();
+        assert!(ip("-4 -o addr show dev veth-c").contains("inet 10.9.0.15/24"));
+        assert!(ip("-4 route show default").contains("default via 10.9.0.1 dev veth-c"));
+        assert!(ip("-o link show lo").contains("UP"));
+        assert!(
+            fs::read_to_string(root.path().join("etc/resolv.conf"))
+                .unwrap()
+                .contains("nameserver 10.9.0.53\n")
+        );
+    }
+}

@@ -2,3 +2,4 @@
 pub mod kmod;
 pub mod mount;
 pub mod power;
+pub mod net;
