@@ -1,2 +1,233 @@
+//! `imprint-build`: the CLI behind `scripts/build`.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use imprint_build::initramfs::{self, InitramfsInputs};
+use imprint_build::ipxe::{self, IpxeOptions};
+
+const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--extra-module NAME]... | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS]";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Initramfs {
+        kernel_root: PathBuf,
+        kernel_version: String,
+        init_binary: PathBuf,
+        out: PathBuf,
+        extra_modules: Vec<String>,
+    },
+    Ipxe {
+        out: PathBuf,
+        options: IpxeOptions,
+    },
+}
+
+/// `--flag VALUE` pairs after the subcommand; every flag takes a value.
+fn parse_flags<'a>(args: &'a [String], allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>> {
+    let mut flags = Vec::new();
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        if !allowed.contains(&flag.as_str()) {
+            bail!("unknown argument {flag}");
+        }
+        let Some(value) = rest.next() else {
+            bail!("{flag} needs a value");
+        };
+        flags.push((flag.as_str(), value.as_str()));
+    }
+    Ok(flags)
+}
+
+fn single<'a>(flags: &[(&str, &'a str)], name: &str) -> Result<Option<&'a str>> {
+    let mut values = flags.iter().filter(|(flag, _)| *flag == name);
+    let first = values.next().map(|(_, value)| *value);
+    if values.next().is_some() {
+        bail!("{name} given twice");
+    }
+    Ok(first)
+}
+
+fn required<'a>(flags: &[(&str, &'a str)], name: &str) -> Result<&'a str> {
+    single(flags, name)?.with_context(|| format!("{name} is required"))
+}
+
+fn parse_args(args: &[String]) -> Result<Command> {
+    let Some((subcommand, rest)) = args.split_first() else {
+        bail!("no command given");
+    };
+    match subcommand.as_str() {
+        "initramfs" => {
+            let flags = parse_flags(
+                rest,
+                &[
+                    "--kernel-root",
+                    "--kver",
+                    "--init",
+                    "--out",
+                    "--extra-module",
+                ],
+            )?;
+            Ok(Command::Initramfs {
+                kernel_root: required(&flags, "--kernel-root")?.into(),
+                kernel_version: required(&flags, "--kver")?.to_owned(),
+                init_binary: required(&flags, "--init")?.into(),
+                out: required(&flags, "--out")?.into(),
+                extra_modules: flags
+                    .iter()
+                    .filter(|(flag, _)| *flag == "--extra-module")
+                    .map(|(_, value)| (*value).to_owned())
+                    .collect(),
+            })
+        }
+        "ipxe" => {
+            let flags = parse_flags(rest, &["--out", "--base-url", "--append"])?;
+            Ok(Command::Ipxe {
+                out: required(&flags, "--out")?.into(),
+                options: IpxeOptions {
+                    base_url: single(&flags, "--base-url")?.map(str::to_owned),
+                    append: single(&flags, "--append")?.unwrap_or_default().to_owned(),
+                },
+            })
+        }
+        other => bail!("unknown command {other}"),
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` (reproducible-builds.org) or 0.
+fn archive_mtime() -> Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value
+            .trim()
+            .parse::<u32>()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={value} is not a u32 timestamp")),
+        Err(std::env::VarError::NotPresent) => Ok(0),
+        Err(error) => Err(error).context("reading SOURCE_DATE_EPOCH"),
+    }
+}
+
+/// Writes through a temporary file and a rename, so a failed build never
+/// leaves a truncated artifact that a later boot would pick up.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, contents)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Initramfs {
+            kernel_root,
+            kernel_version,
+            init_binary,
+            out,
+            extra_modules,
+        } => {
+            let built = initramfs::build(&InitramfsInputs {
+                kernel_root,
+                kernel_version,
+                init_binary,
+                extra_modules,
+                mtime: archive_mtime()?,
+            })?;
+            write_atomically(&out, &built.compressed)?;
+            println!("initramfs: {}", out.display());
+            println!("modules: {}", built.modules.len());
+            if !built.builtin.is_empty() {
+                println!("built in: {}", built.builtin.join(" "));
+            }
+            println!("uncompressed: {} bytes", built.cpio.len());
+            println!("compressed: {} bytes", built.compressed.len());
+            println!("sha256: {}", built.sha256_hex());
+        }
+        Command::Ipxe { out, options } => {
+            let script = ipxe::render_script(&options)?;
+            write_atomically(&out, script.as_bytes())?;
+            println!("ipxe script: {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("imprint-build: {error}; {USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("imprint-build: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn initramfs_arguments() {
+        let command = parse_args(&args(
+            "initramfs --kernel-root cache/kernel/current --kver 6.1.0-56-amd64 --init target/imprint --out out/initramfs.img --extra-module btrfs --extra-module zfs",
+        ))
+        .unwrap();
+        assert_eq!(
+            command,
+            Command::Initramfs {
+                kernel_root: "cache/kernel/current".into(),
+                kernel_version: "6.1.0-56-amd64".to_owned(),
+                init_binary: "target/imprint".into(),
+                out: "out/initramfs.img".into(),
+                extra_modules: vec!["btrfs".to_owned(), "zfs".to_owned()],
+            }
+        );
+    }
+
+    #[test]
+    fn ipxe_arguments() {
+        let mut line = args("ipxe --out out/boot.ipxe --append");
+        line.push("imprint.url=http://x/y imprint.disk=/dev/sda".to_owned());
+        let Command::Ipxe { out, options } = parse_args(&line).unwrap() else {
+            panic!("not ipxe");
+        };
+        assert_eq!(out, PathBuf::from("out/boot.ipxe"));
+        assert_eq!(options.base_url, None);
+        assert_eq!(
+            options.append,
+            "imprint.url=http://x/y imprint.disk=/dev/sda"
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_one_line_errors() {
+        let error = |line: &str| parse_args(&args(line)).unwrap_err().to_string();
+        assert_eq!(error(""), "no command given");
+        assert_eq!(error("kernel"), "unknown command kernel");
+        assert_eq!(error("ipxe --out"), "--out needs a value");
+        assert_eq!(
+            error("ipxe --out a --verbose"),
+            "unknown argument --verbose"
+        );
+        assert_eq!(error("ipxe --out a --out b"), "--out given twice");
+        assert_eq!(
+            error("initramfs --kver 1 --init i --out o"),
+            "--kernel-root is required"
+        );
+    }
+}

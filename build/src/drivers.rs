@@ -1,0 +1,110 @@
+//! The drivers the initramfs carries: THE list, in one place.
+//!
+//! To support more hardware, add the module name to the right group. Names
+//! are module names as in `modules.dep` (`-` and `_` are the same). A name
+//! the kernel has built in is fine (nothing is copied); a name the kernel
+//! lacks fails the build with the module and kernel version named.
+
+/// A set of modules that serve one purpose.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverGroup {
+    pub purpose: &'static str,
+    pub modules: &'static [&'static str],
+}
+
+pub const BOOT_DRIVERS: &[DriverGroup] = &[
+    // QEMU and most clouds: the PCI transport first, then the devices on it.
+    // virtio_scsi disks show up as SCSI disks, hence sd_mod.
+    DriverGroup {
+        purpose: "virtio (QEMU, KVM clouds)",
+        modules: &[
+            "virtio_pci",
+            "virtio_blk",
+            "virtio_net",
+            "virtio_scsi",
+            "sd_mod",
+        ],
+    },
+    // Local disks on bare metal: NVMe, and SATA through AHCI (which also
+    // needs sd_mod for the disks behind it).
+    DriverGroup {
+        purpose: "disk controllers",
+        modules: &["nvme", "ahci", "sd_mod"],
+    },
+    // The server NICs seen in practice: Intel 1G/10G/40G/100G, Mellanox
+    // ConnectX, Broadcom NetXtreme (bnxt and tg3), Realtek on small boxes,
+    // e1000 as QEMU's default NIC and vmxnet3 for VMware.
+    DriverGroup {
+        purpose: "network cards",
+        modules: &[
+            "e1000",
+            "e1000e",
+            "igb",
+            "ixgbe",
+            "i40e",
+            "ice",
+            "mlx5_core",
+            "bnxt_en",
+            "tg3",
+            "r8169",
+            "vmxnet3",
+        ],
+    },
+    // DHCP runs over a raw packet socket before the interface has an address.
+    // Debian builds af_packet in; other kernels may ship it as a module.
+    DriverGroup {
+        purpose: "raw sockets for DHCP",
+        modules: &["af_packet"],
+    },
+    // Provisioning networks are often tagged (provisioner.vlan=).
+    DriverGroup {
+        purpose: "VLAN tagging",
+        modules: &["8021q"],
+    },
+    // Filesystems PID 1 mounts to inject files into the written image. ext4
+    // refuses to mount without a crc32c implementation, and crc32c_intel
+    // fails on CPUs without SSE4.2, so the generic one must be there too.
+    // The EFI system partition is vfat with codepage 437 and iso8859-1 names
+    // by default; utf8 for images built with iocharset=utf8.
+    DriverGroup {
+        purpose: "filesystems",
+        modules: &[
+            "ext4",
+            "crc32c_generic",
+            "xfs",
+            "vfat",
+            "nls_cp437",
+            "nls_iso8859_1",
+            "nls_utf8",
+        ],
+    },
+];
+
+/// Every module in [`BOOT_DRIVERS`], in list order, each once.
+pub fn boot_driver_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for group in BOOT_DRIVERS {
+        for &module in group.modules {
+            if !names.contains(&module) {
+                names.push(module);
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_use_the_canonical_spelling() {
+        let names = boot_driver_names();
+        assert!(names.contains(&"virtio_pci"));
+        assert!(names.contains(&"crc32c_generic"));
+        assert_eq!(names.iter().filter(|&&name| name == "sd_mod").count(), 1);
+        for name in names {
+            assert_eq!(name, imprint::modules::normalize_module_name(name));
+        }
+    }
+}

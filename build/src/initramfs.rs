@@ -1,0 +1,434 @@
+//! Assembles the initramfs: `/init`, `/dev/console`, the bare directory
+//! skeleton, the module closure of [`crate::drivers::BOOT_DRIVERS`] and a
+//! filtered module index that PID 1 reads with the same parser.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use imprint::modules::{ModuleEntry, ModuleIndex};
+use sha2::{Digest, Sha256};
+
+use crate::cpio::CpioArchive;
+use crate::drivers::boot_driver_names;
+
+/// zstd level 19 is what the kernel's own build uses for `-19`-compressed
+/// images; it is deterministic when single-threaded, which the `zstd` crate
+/// is unless `multithread` is asked for.
+const ZSTD_LEVEL: i32 = 19;
+/// 8 MiB. The kernel's initramfs decompressor (lib/decompress_unzstd.c)
+/// refuses windows above 128 MiB and allocates a workspace proportional to
+/// the window, so it is pinned rather than left to the level's defaults.
+const ZSTD_WINDOW_LOG: u32 = 23;
+
+/// Directories PID 1 expects to exist before it mounts anything on them.
+const SKELETON_DIRECTORIES: [(&str, u32); 8] = [
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("etc", 0o755),
+    ("mnt", 0o755),
+    ("lib/modules", 0o755),
+];
+
+/// What goes into an initramfs.
+#[derive(Debug, Clone)]
+pub struct InitramfsInputs {
+    /// Root of the unpacked kernel package (holds `lib/modules/<kver>`).
+    pub kernel_root: PathBuf,
+    pub kernel_version: String,
+    /// The static `imprint` binary that becomes `/init`.
+    pub init_binary: PathBuf,
+    /// Modules to carry beyond the built-in driver list.
+    pub extra_modules: Vec<String>,
+    /// The timestamp of every entry: 0, or `SOURCE_DATE_EPOCH`.
+    pub mtime: u32,
+}
+
+/// The built initramfs and what went into it.
+#[derive(Debug, Clone)]
+pub struct Initramfs {
+    pub cpio: Vec<u8>,
+    pub compressed: Vec<u8>,
+    /// In load order.
+    pub modules: Vec<ModuleEntry>,
+    /// Requested modules the kernel has built in.
+    pub builtin: Vec<String>,
+}
+
+impl Initramfs {
+    pub fn sha256_hex(&self) -> String {
+        Sha256::digest(&self.compressed)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
+/// `<root>/lib/modules/<kver>`, or `<root>/usr/lib/modules/<kver>` for
+/// kernels packaged after the usr-merge.
+pub fn modules_dir(kernel_root: &Path, kernel_version: &str) -> Result<PathBuf> {
+    let candidates = [
+        kernel_root.join("lib/modules").join(kernel_version),
+        kernel_root.join("usr/lib/modules").join(kernel_version),
+    ];
+    candidates
+        .iter()
+        .find(|candidate| candidate.is_dir())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "kernel {kernel_version} has no lib/modules/{kernel_version} in {} \
+                 (run scripts/fetch-kernel)",
+                kernel_root.display()
+            )
+        })
+}
+
+/// The uncompressed cpio archive plus the module list.
+pub fn assemble(inputs: &InitramfsInputs) -> Result<(CpioArchive, Vec<ModuleEntry>, Vec<String>)> {
+    let kver = &inputs.kernel_version;
+    let modules_dir = modules_dir(&inputs.kernel_root, kver)?;
+    let index = ModuleIndex::load(&modules_dir)?.with_kernel_version(kver);
+    let mut requested: Vec<&str> = boot_driver_names();
+    requested.extend(inputs.extra_modules.iter().map(String::as_str));
+    let closure = index
+        .resolve(&requested)
+        .with_context(|| format!("collecting the modules for the initramfs of kernel {kver}"))?;
+
+    let mut archive = CpioArchive::new();
+    for (directory, permissions) in SKELETON_DIRECTORIES {
+        archive.add_directory(directory, permissions)?;
+    }
+    let init = std::fs::read(&inputs.init_binary)
+        .with_context(|| format!("reading the init binary {}", inputs.init_binary.display()))?;
+    archive.add_file("init", 0o755, init)?;
+    // The kernel opens /dev/console for PID 1's stdio before devtmpfs is
+    // mounted; without this node PID 1 starts with no console at all.
+    archive.add_char_device("dev/console", 0o600, 5, 1)?;
+
+    let archive_modules_dir = format!("lib/modules/{kver}");
+    archive.add_directory(&archive_modules_dir, 0o755)?;
+    for module in &closure.modules {
+        let source = modules_dir.join(&module.path);
+        let contents = std::fs::read(&source)
+            .with_context(|| format!("reading module {} at {}", module.name, source.display()))?;
+        archive.add_file(
+            &format!("{archive_modules_dir}/{}", module.path),
+            0o644,
+            contents,
+        )?;
+    }
+    for (file_name, text) in index.restricted_to(&closure.modules).metadata_files() {
+        archive.add_file(
+            &format!("{archive_modules_dir}/{file_name}"),
+            0o644,
+            text.into_bytes(),
+        )?;
+    }
+    Ok((archive, closure.modules, closure.builtin))
+}
+
+/// One zstd frame the kernel's initramfs decompressor accepts, the same
+/// bytes every time for the same input.
+pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
+    let compress = || -> std::io::Result<Vec<u8>> {
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL)?;
+        encoder.window_log(ZSTD_WINDOW_LOG)?;
+        encoder.include_checksum(true)?;
+        encoder.include_contentsize(true)?;
+        encoder.set_pledged_src_size(Some(u64::try_from(cpio.len()).unwrap_or(u64::MAX)))?;
+        std::io::Write::write_all(&mut encoder, cpio)?;
+        encoder.finish()
+    };
+    compress().context("compressing the initramfs with zstd")
+}
+
+pub fn build(inputs: &InitramfsInputs) -> Result<Initramfs> {
+    let (archive, modules, builtin) = assemble(inputs)?;
+    let cpio = archive.to_bytes(inputs.mtime)?;
+    let compressed = compress(&cpio)?;
+    ensure!(!compressed.is_empty(), "zstd produced no output");
+    Ok(Initramfs {
+        cpio,
+        compressed,
+        modules,
+        builtin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpio::{EntryKind, read_archive};
+    use crate::drivers::BOOT_DRIVERS;
+
+    const KVER: &str = "6.1.0-test-amd64";
+
+    /// A kernel tree with every boot driver as a tiny fake module, plus a
+    /// few modules the initramfs must leave out. Dependencies and aliases
+    /// mimic the real ones for the virtio and ext4 paths.
+    fn fake_kernel_tree(root: &Path) {
+        let modules_dir = root.join("lib/modules").join(KVER);
+        let mut dep = String::new();
+        let mut alias = String::from("# Aliases extracted from modules themselves.\n");
+        let mut write_module = |path: &str, deps: &[&str]| {
+            let file = modules_dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, format!("\x7fELF fake module {path}")).unwrap();
+            dep.push_str(path);
+            dep.push(':');
+            for dependency in deps {
+                dep.push(' ');
+                dep.push_str(dependency);
+            }
+            dep.push('\n');
+        };
+        write_module("kernel/drivers/virtio/virtio.ko", &[]);
+        write_module("kernel/drivers/virtio/virtio_ring.ko", &[]);
+        write_module(
+            "kernel/drivers/virtio/virtio_pci.ko",
+            &[
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+            ],
+        );
+        write_module("kernel/fs/jbd2/jbd2.ko", &[]);
+        write_module("kernel/fs/ext4/ext4.ko", &["kernel/fs/jbd2/jbd2.ko"]);
+        write_module("kernel/arch/x86/crypto/crc32c-intel.ko", &[]);
+        write_module("kernel/drivers/gpu/drm/nouveau/nouveau.ko", &[]);
+        write_module("kernel/fs/btrfs/btrfs.ko", &[]);
+        for group in BOOT_DRIVERS {
+            for &module in group.modules {
+                if ["virtio_pci", "ext4", "af_packet"].contains(&module) {
+                    continue;
+                }
+                write_module(&format!("kernel/misc/{module}.ko"), &[]);
+            }
+        }
+        alias.push_str("alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n");
+        alias.push_str("alias crypto-crc32c crc32c_intel\n");
+        alias.push_str("alias crypto-crc32c crc32c_generic\n");
+        alias.push_str("alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n");
+        std::fs::write(modules_dir.join("modules.dep"), dep).unwrap();
+        std::fs::write(modules_dir.join("modules.alias"), alias).unwrap();
+        std::fs::write(
+            modules_dir.join("modules.softdep"),
+            "softdep ext4 pre: crypto-crc32c\nsoftdep btrfs pre: xxhash64\n",
+        )
+        .unwrap();
+        std::fs::write(
+            modules_dir.join("modules.builtin"),
+            "kernel/net/packet/af_packet.ko\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("init"), b"\x7fELF fake static init").unwrap();
+    }
+
+    fn inputs(root: &Path) -> InitramfsInputs {
+        InitramfsInputs {
+            kernel_root: root.to_owned(),
+            kernel_version: KVER.to_owned(),
+            init_binary: root.join("init"),
+            extra_modules: Vec::new(),
+            mtime: 0,
+        }
+    }
+
+    #[test]
+    fn same_inputs_give_the_same_bytes() {
+        let first_tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(first_tree.path());
+        let second_tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(second_tree.path());
+        let first = build(&inputs(first_tree.path())).unwrap();
+        let second = build(&inputs(second_tree.path())).unwrap();
+        assert_eq!(first.sha256_hex(), second.sha256_hex());
+        assert_eq!(first.compressed, second.compressed);
+
+        let mut changed_inputs = inputs(second_tree.path());
+        std::fs::write(second_tree.path().join("init"), b"\x7fELF another init").unwrap();
+        let changed = build(&changed_inputs).unwrap();
+        assert_ne!(changed.sha256_hex(), first.sha256_hex());
+
+        changed_inputs.mtime = 1_700_000_000;
+        let later = build(&changed_inputs).unwrap();
+        assert_ne!(later.sha256_hex(), changed.sha256_hex());
+    }
+
+    #[test]
+    fn carries_exactly_the_closure_and_the_skeleton() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        let initramfs = build(&inputs(tree.path())).unwrap();
+        let cpio = zstd::decode_all(initramfs.compressed.as_slice()).unwrap();
+        assert_eq!(cpio, initramfs.cpio);
+        let members = read_archive(&cpio).unwrap();
+        let prefix = format!("lib/modules/{KVER}/");
+        let mut shipped_modules: Vec<&str> = members
+            .iter()
+            .filter(|m| m.name.ends_with(".ko"))
+            .map(|m| m.name.strip_prefix(&prefix).unwrap())
+            .collect();
+        shipped_modules.sort_unstable();
+        let mut closure_paths: Vec<&str> =
+            initramfs.modules.iter().map(|m| m.path.as_str()).collect();
+        closure_paths.sort_unstable();
+        assert_eq!(shipped_modules, closure_paths);
+        assert!(shipped_modules.contains(&"kernel/drivers/virtio/virtio_ring.ko"));
+        assert!(shipped_modules.contains(&"kernel/arch/x86/crypto/crc32c-intel.ko"));
+        assert!(
+            !shipped_modules
+                .iter()
+                .any(|path| path.contains("nouveau") || path.contains("btrfs"))
+        );
+        assert_eq!(initramfs.builtin, ["af_packet"]);
+
+        let member = |name: &str| {
+            members
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(member("init").mode, 0o100_755);
+        assert_eq!(member("init").data, b"\x7fELF fake static init");
+        assert_eq!(
+            member("dev/console").to_entry().unwrap().kind,
+            EntryKind::CharDevice { major: 5, minor: 1 }
+        );
+        for directory in ["dev", "proc", "sys", "run", "tmp", "etc", "mnt"] {
+            assert_eq!(member(directory).mode & 0o170_000, 0o040_000, "{directory}");
+        }
+
+        // PID 1 parses the shipped index with the same code and gets the same order.
+        let text = |file: &str| {
+            String::from_utf8(member(&format!("{prefix}{file}")).data.clone()).unwrap()
+        };
+        let shipped_index = ModuleIndex::parse(
+            &text("modules.dep"),
+            &text("modules.alias"),
+            &text("modules.softdep"),
+            &text("modules.builtin"),
+        )
+        .unwrap();
+        assert_eq!(shipped_index.len(), initramfs.modules.len());
+        assert!(!text("modules.alias").contains("nouveau"));
+        assert!(!text("modules.softdep").contains("btrfs"));
+        let requested = boot_driver_names();
+        assert_eq!(
+            shipped_index.closure(&requested).unwrap(),
+            initramfs.modules
+        );
+    }
+
+    #[test]
+    fn extra_modules_are_added_and_missing_ones_named() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        let mut with_extra = inputs(tree.path());
+        with_extra.extra_modules = vec!["btrfs".to_owned()];
+        let initramfs = build(&with_extra).unwrap();
+        assert!(initramfs.modules.iter().any(|m| m.name == "btrfs"));
+
+        with_extra.extra_modules = vec!["zfs".to_owned()];
+        let error = build(&with_extra).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "collecting the modules for the initramfs of kernel {KVER}: \
+                 module zfs not found in kernel {KVER}"
+            )
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_a_boot_driver_is_an_error_naming_it() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        let dep_path = tree
+            .path()
+            .join("lib/modules")
+            .join(KVER)
+            .join("modules.dep");
+        let dep = std::fs::read_to_string(&dep_path).unwrap();
+        let without_ice: String = dep
+            .lines()
+            .filter(|l| !l.contains("/ice.ko"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&dep_path, without_ice).unwrap();
+        let error = build(&inputs(tree.path())).unwrap_err();
+        assert!(
+            format!("{error:#}").ends_with(&format!("module ice not found in kernel {KVER}")),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn missing_kernel_tree_says_how_to_get_one() {
+        let tree = tempfile::tempdir().unwrap();
+        let error = build(&inputs(tree.path())).unwrap_err();
+        assert!(
+            error.to_string().contains("run scripts/fetch-kernel"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_zstd_frame_declares_its_size_and_a_bounded_window() {
+        let data = vec![7u8; 3 << 20];
+        let compressed = compress(&data).unwrap();
+        // Frame header: magic, then the descriptor byte. Content size flag
+        // (bits 7-6) set, checksum flag (bit 2) set.
+        assert_eq!(&compressed[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
+        let descriptor = compressed[4];
+        assert_ne!(descriptor >> 6, 0);
+        assert_eq!(descriptor & 0b100, 0b100);
+        // Single-segment frames (no window byte) use the content size as
+        // the window; otherwise the window descriptor must be <= 2^23.
+        if descriptor & 0b10_0000 == 0 {
+            let window_descriptor = compressed[5];
+            let exponent = u32::from(window_descriptor >> 3);
+            assert!(
+                10 + exponent <= ZSTD_WINDOW_LOG,
+                "window 2^{}",
+                10 + exponent
+            );
+        }
+        assert_eq!(zstd::decode_all(compressed.as_slice()).unwrap(), data);
+        assert_eq!(compress(&data).unwrap(), compressed);
+    }
+
+    /// The real Debian kernel, when scripts/fetch-kernel has run: every
+    /// boot driver must be there.
+    #[test]
+    fn real_kernel_when_fetched() {
+        let current = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cache/kernel/current");
+        let Ok(kernel_root) = current.canonicalize() else {
+            eprintln!("skipped: no {}", current.display());
+            return;
+        };
+        let kernel_version = kernel_root
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let (_, modules, builtin) = assemble(&InitramfsInputs {
+            kernel_root: kernel_root.clone(),
+            kernel_version,
+            init_binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"),
+            extra_modules: Vec::new(),
+            mtime: 0,
+        })
+        .unwrap();
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        for driver in boot_driver_names() {
+            assert!(
+                names.contains(&driver) || builtin.iter().any(|b| b == driver),
+                "{driver}"
+            );
+        }
+        assert!(names.contains(&"crc32c_generic"));
+    }
+}

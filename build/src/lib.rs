@@ -1,0 +1,10 @@
+//! imprint-build: assembles imprint's boot artifacts on the host.
+//!
+//! The binary in `main.rs` only parses arguments; everything it does is
+//! here so that tests can call it.
+#![forbid(unsafe_code)]
+
+pub mod cpio;
+pub mod drivers;
+pub mod initramfs;
+pub mod ipxe;
