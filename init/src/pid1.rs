@@ -16,7 +16,7 @@ use crate::pipeline::progress::LogProgress;
 use crate::report::{self, DeploySummary};
 use crate::spec::{DeploySpec, FailurePolicy, SuccessPolicy};
 use crate::sys::power::{PowerAction, power};
-use crate::{deploy, disk, sys};
+use crate::{deploy, disk, modules, net, sys};
 
 /// One step of early boot. The table below is the whole of it, and each
 /// entry prints itself as it is applied, so the console shows exactly what
@@ -204,7 +204,11 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
 
     let target = wait_for_disk(wanted_disk, DISK_WAIT)?;
     if needs_network(url) {
-        bring_up_network().context("bringing up the network")?;
+        net::bring_up(&net::NetOptions {
+            timeout: NET_TIMEOUT,
+            prefer_mac: None,
+        })
+        .context("bringing up the network")?;
         log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
     }
     deploy::deploy_to(spec, &target, &mut LogProgress::new(Duration::from_secs(2)))
@@ -261,13 +265,34 @@ pub fn collect_modaliases(root: &Path) -> Vec<String> {
 /// Loads the drivers for the hardware present, repeating until no new
 /// device shows up: loading a bus driver (virtio_pci) creates the devices
 /// (virtio0, virtio1) whose drivers (virtio_blk, virtio_net) come next.
-fn bring_up_network() -> Result<()> {
-    let _ = NET_TIMEOUT;
-    anyhow::bail!("network bring-up is not wired in yet")
-}
-
 fn coldplug(module_dir: &Path) -> Result<()> {
-    anyhow::bail!("coldplug is not wired in yet: {}", module_dir.display())
+    let index = modules::ModuleIndex::load(module_dir)?;
+    let mut loaded = std::collections::BTreeSet::new();
+    for _round in 0..8 {
+        let aliases = collect_modaliases(Path::new("/sys/devices"));
+        let plan = modules::coldplug_plan(&index, &aliases, &[]);
+        for alias in &plan.unmatched_modaliases {
+            log::debug!("no driver for device {alias}");
+        }
+        let fresh: Vec<_> = plan
+            .modules
+            .into_iter()
+            .filter(|m| !loaded.contains(&m.name))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        for module in fresh {
+            match sys::kmod::load_module(&module_dir.join(&module.path)) {
+                Ok(_) => log::info!("loaded {}", module.name),
+                // One driver failing (hardware it dislikes) must not stop the
+                // deploy; a missing disk or NIC is reported later by name.
+                Err(e) => log::warn!("{e:#}"),
+            }
+            loaded.insert(module.name);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
