@@ -7,11 +7,12 @@
 
 use anyhow::{Result, ensure};
 
-/// Always on the command line: serial and VGA consoles (kernel messages go
-/// to both; the last one named becomes /dev/console, so PID 1 also logs
-/// through /dev/kmsg to reach the serial line), and reboot at once if PID 1
-/// dies instead of hanging forever.
-pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 console=tty0 panic=-1";
+/// Always on the command line: VGA and serial consoles (kernel messages go
+/// to both). The last one named becomes /dev/console, where PID 1 prints its
+/// progress and result line: the serial port, which is what a BMC's
+/// serial-over-LAN, DRP and the test harness read. `panic=-1` reboots at once
+/// if PID 1 dies instead of hanging forever.
+pub const BASE_KERNEL_ARGS: &str = "console=tty0 console=ttyS0,115200 panic=-1";
 
 pub const KERNEL_NAME: &str = "vmlinuz";
 pub const INITRAMFS_NAME: &str = "initramfs.img";
@@ -83,7 +84,7 @@ mod tests {
              # vmlinuz and initramfs.img are fetched relative to this script.\n\
              # imprint.* arguments, e.g. imprint.url=http://... imprint.disk=/dev/sda\n\
              set imprint-args \n\
-             kernel vmlinuz initrd=initramfs.img console=ttyS0 console=tty0 panic=-1 ${imprint-args}\n\
+             kernel vmlinuz initrd=initramfs.img console=tty0 console=ttyS0,115200 panic=-1 ${imprint-args}\n\
              initrd initramfs.img\n\
              boot\n"
         );
