@@ -1,2 +1,21 @@
-//! QEMU harness.
+//! QEMU harness for imprint's VM tests and demo.
+//!
+//! - [`VmBuilder`] / [`Vm`]: run `qemu-system-x86_64` (TCG when KVM is missing) with
+//!   disks and user-mode NICs, and wait for lines on its serial console.
+//! - [`fast_boot_kernel`]: the PVH `vmlinux` inside a bzImage, which boots about twice
+//!   as fast under TCG.
+//! - [`create_raw_disk`], [`create_qcow2_disk`] and friends: disk images on the host.
+//! - [`http::FixtureServer`]: an HTTP server the guest reaches at 10.0.2.2, with
+//!   scripted misbehaviour.
 #![forbid(unsafe_code)]
+
+mod console;
+mod disk;
+pub mod http;
+mod kernel;
+mod vm;
+mod xz;
+
+pub use disk::{create_qcow2_disk, create_raw_disk, fill_disk, read_disk_at, write_disk_at};
+pub use kernel::{extract_vmlinux, fast_boot_kernel};
+pub use vm::{Disk, DiskFormat, DiskInterface, Nic, Vm, VmBuilder, default_accelerators};
