@@ -1,5 +1,5 @@
 //! Every syscall and every `unsafe` block lives here.
 pub mod kmod;
 pub mod mount;
-pub mod power;
 pub mod net;
+pub mod power;

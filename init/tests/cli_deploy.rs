@@ -1,0 +1,184 @@
+//! Host integration: the `imprint deploy` CLI against an in-process HTTP
+//! server, writing to a plain file standing in for the disk.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use imprint_qemu::http::{Behavior, FixtureServer};
+use sha2::{Digest, Sha256};
+
+fn imprint(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(args)
+        .output()
+        .expect("running imprint")
+}
+
+fn result_line(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rfind(|l| l.starts_with("IMPRINT-RESULT:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no result line; stdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        .to_owned()
+}
+
+fn image(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| u8::try_from((i * 31 + i / 4096) % 251).unwrap())
+        .collect()
+}
+
+fn hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn target_with(dir: &Path, content: &[u8]) -> std::path::PathBuf {
+    let path = dir.join("disk.img");
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn deploys_http_image_to_a_file() {
+    let server = FixtureServer::start().unwrap();
+    let data = image(9 << 20 | 123); // several chunks and an odd tail
+    server.add_file("golden.raw", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_with(dir.path(), &[]);
+
+    let out = imprint(&[
+        "deploy",
+        "--url",
+        &server.url("golden.raw"),
+        "--disk",
+        target.to_str().unwrap(),
+    ]);
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = result_line(&out);
+    assert!(
+        line.starts_with(&format!(
+            "IMPRINT-RESULT: ok bytes={} sha256={} seconds=",
+            data.len(),
+            hex(&data)
+        )),
+        "{line}"
+    );
+    assert!(std::fs::read(&target).unwrap() == data);
+}
+
+#[test]
+fn http_404_fails_and_leaves_target_untouched() {
+    let server = FixtureServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let before = image(4096);
+    let target = target_with(dir.path(), &before);
+    let url = server.url("nope.raw");
+
+    let out = imprint(&["deploy", "--url", &url, "--disk", target.to_str().unwrap()]);
+
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        result_line(&out),
+        format!("IMPRINT-RESULT: error: GET {url}: HTTP 404 Not Found")
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+}
+
+#[test]
+fn connection_dropped_mid_body_is_an_error_with_offset() {
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", image(12 << 20));
+    server.push_behaviors("golden.raw", [Behavior::DropAfter(5 << 20)]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_with(dir.path(), &[]);
+    let url = server.url("golden.raw");
+
+    let out = imprint(&["deploy", "--url", &url, "--disk", target.to_str().unwrap()]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let line = result_line(&out);
+    // Reads are chunked at 4 MiB: the chunk starting at 4 MiB is the one cut.
+    assert!(
+        line.starts_with(&format!(
+            "IMPRINT-RESULT: error: deploying {url} to {}: reading image at byte 4194304: ",
+            target.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn short_content_length_is_not_success() {
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", image(1 << 20));
+    server.push_behaviors("golden.raw", [Behavior::WrongContentLength(2 << 20)]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = target_with(dir.path(), &[]);
+
+    let out = imprint(&[
+        "deploy",
+        "--url",
+        &server.url("golden.raw"),
+        "--disk",
+        target.to_str().unwrap(),
+    ]);
+
+    assert_eq!(out.status.code(), Some(1), "{}", result_line(&out));
+    assert!(
+        result_line(&out).contains("reading image at byte 0"),
+        "{}",
+        result_line(&out)
+    );
+}
+
+#[test]
+fn file_url_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(5000);
+    let source = dir.path().join("golden.raw");
+    std::fs::write(&source, &data).unwrap();
+    let target = dir.path().join("out.img");
+
+    let out = imprint(&[
+        "deploy",
+        "--url",
+        &format!("file://{}", source.display()),
+        "--disk",
+        target.to_str().unwrap(),
+    ]);
+
+    assert!(out.status.success(), "{}", result_line(&out));
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+}
+
+#[test]
+fn missing_disk_option_is_a_clear_failure() {
+    let out = imprint(&["deploy", "--url", "http://127.0.0.1:9/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        result_line(&out).contains("no target given: pass --disk"),
+        "{}",
+        result_line(&out)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_naming_the_option() {
+    let out = imprint(&["deploy", "--ur", "http://x/"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown parameter --ur"));
+}

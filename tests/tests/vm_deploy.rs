@@ -1,0 +1,166 @@
+//! The walking skeleton end to end: the real initramfs boots under QEMU,
+//! loads its drivers, gets DHCP from QEMU's user network, fetches an image
+//! from the host and writes it onto a virtio disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imprint_qemu::http::FixtureServer;
+use imprint_qemu::{Disk, Nic, Vm};
+use imprint_vm_tests::{Artifacts, ResultLine, sha256_hex, test_image};
+
+/// Boot to result under TCG takes ~10 s; the 64 MiB transfer through QEMU's
+/// user network adds a few more. Generous, for a loaded CI machine.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn boot(name: &str, params: &str, disk: &Path) -> Vm {
+    let artifacts = Artifacts::get();
+    Vm::builder()
+        .kernel(&artifacts.kernel)
+        .initrd(&artifacts.initramfs)
+        .append(format!(
+            "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff {params}"
+        ))
+        .memory_mib(1024)
+        .disk(Disk::new(disk))
+        .nic(Nic::user())
+        .console_log(artifacts.log_path(name))
+        .start()
+        .expect("starting qemu")
+}
+
+fn finish(vm: &Vm) -> ResultLine {
+    let line = vm
+        .expect("IMPRINT-RESULT:", DEPLOY_TIMEOUT)
+        .expect("a result line");
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("the VM powers off after the result");
+    ResultLine::parse(&line)
+}
+
+fn disk_file(dir: &Path, size: u64, prefill: &[u8]) -> PathBuf {
+    let path = dir.join("disk.raw");
+    std::fs::write(&path, prefill).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    path
+}
+
+#[test]
+fn deploys_raw_image_over_http_to_virtio_disk() {
+    let image = test_image(64 << 20, 1);
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", image.clone());
+    let dir = tempfile::tempdir().unwrap();
+    // The disk starts full of non-zero bytes, so a skipped write would show.
+    let disk = disk_file(dir.path(), 256 << 20, &vec![0xa5; 80 << 20]);
+
+    let vm = boot(
+        "raw_virtio",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda",
+            server.guest_url("golden.raw")
+        ),
+        &disk,
+    );
+    let result = finish(&vm);
+
+    let ResultLine::Ok { bytes, sha256, .. } = result else {
+        panic!("deploy failed: {result:?}\n{}", vm.console());
+    };
+    assert_eq!(bytes, image.len() as u64);
+    assert_eq!(sha256, sha256_hex(&image), "reported sha256 is the image's");
+    let written = std::fs::read(&disk).unwrap();
+    assert!(
+        written[..image.len()] == image[..],
+        "disk prefix differs from the image"
+    );
+    assert!(
+        written[image.len()..80 << 20].iter().all(|b| *b == 0xa5),
+        "bytes past the image were touched"
+    );
+    assert_eq!(written.len(), 256 << 20);
+    let console = vm.console();
+    assert!(
+        console.contains("imprint: loaded virtio_blk"),
+        "coldplug loaded the disk driver"
+    );
+    assert!(console.contains("dhcp"), "the lease is logged");
+}
+
+#[test]
+fn http_404_names_url_and_status_and_leaves_disk_untouched() {
+    let server = FixtureServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let before = test_image(1 << 20, 2);
+    let disk = disk_file(dir.path(), 256 << 20, &before);
+    let url = server.guest_url("missing.raw");
+
+    let vm = boot(
+        "http_404",
+        &format!("imprint.url={url} imprint.disk=/dev/vda"),
+        &disk,
+    );
+    let result = finish(&vm);
+
+    assert_eq!(
+        result,
+        ResultLine::Error(format!("GET {url}: HTTP 404 Not Found"))
+    );
+    let after = std::fs::read(&disk).unwrap();
+    assert!(after[..before.len()] == before[..], "the disk was written");
+    assert!(after[before.len()..].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn missing_disk_lists_the_disks_that_exist() {
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", vec![1; 4096]);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_file(dir.path(), 256 << 20, &[]);
+
+    let vm = boot(
+        "missing_disk",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vdz",
+            server.guest_url("golden.raw")
+        ),
+        &disk,
+    );
+    let result = finish(&vm);
+
+    let ResultLine::Error(message) = &result else {
+        panic!("expected an error, got {result:?}")
+    };
+    assert!(
+        message.starts_with("disk /dev/vdz not found; disks present: vda (256.0 MiB"),
+        "{message}"
+    );
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|b| *b == 0),
+        "no disk was written"
+    );
+}
+
+#[test]
+fn unknown_parameter_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_file(dir.path(), 16 << 20, &[]);
+    let vm = boot(
+        "unknown_param",
+        "imprint.url=http://10.0.2.2:1/x imprint.dsik=/dev/vda",
+        &disk,
+    );
+    let result = finish(&vm);
+    let ResultLine::Error(message) = &result else {
+        panic!("expected an error, got {result:?}")
+    };
+    assert!(
+        message.starts_with("unknown parameter imprint.dsik; known parameters: url, disk"),
+        "{message}"
+    );
+}
