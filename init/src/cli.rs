@@ -91,6 +91,7 @@ pub fn parse_deploy_args(args: &[String]) -> Result<DeploySpec> {
         };
         spec.set("--", name, value)?;
     }
+    spec.validate("--")?;
     Ok(spec)
 }
 
@@ -102,7 +103,10 @@ pub fn params_table() -> String {
     for p in PARAMS {
         out += &format!(
             "| `imprint.{0}=` | `--{0}` | `{1}` | {2} | {3} |\n",
-            p.name, p.values, p.default, p.help
+            p.name,
+            p.values.replace('|', "\\|"),
+            p.default,
+            p.help
         );
     }
     out

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result, bail};
 
 use crate::cmdline::KernelCmdline;
+use crate::pipeline::checksum::Checksum;
 
 /// What to do once the image is written and verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,12 @@ pub struct DeploySpec {
     pub url: Option<String>,
     /// The target disk as given (`/dev/vda`, `vda`, or a file for the CLI).
     pub disk: Option<String>,
+    /// The declared image format (`auto` when absent: sniffed).
+    pub format: Option<String>,
+    /// The expected digest of the image as served.
+    pub checksum: Option<Checksum>,
+    /// Where to read the expected digest from (a `SHA256SUMS`-style list).
+    pub checksum_url: Option<String>,
     pub on_success: SuccessPolicy,
     pub on_failure: FailurePolicy,
 }
@@ -40,6 +47,9 @@ impl Default for DeploySpec {
         DeploySpec {
             url: None,
             disk: None,
+            format: None,
+            checksum: None,
+            checksum_url: None,
             on_success: SuccessPolicy::Reboot,
             on_failure: FailurePolicy::Halt,
         }
@@ -81,6 +91,39 @@ pub const PARAMS: &[ParamDef] = &[
                 bail!("is empty; name the target disk, e.g. imprint.disk=/dev/sda");
             }
             spec.disk = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "format",
+        values: "auto | raw | gz | xz | zst | bz2 | raw.tar[.gz|.xz|.bz2|.zst] | dd-raw dd-gz dd-xz dd-bz2 dd-zst dd-tar dd-tgz dd-txz dd-tbz",
+        default: "auto",
+        help: "The image's format. Sniffed from its first bytes either way; a declared format that disagrees with them is an error. DRP's image types are accepted as they are.",
+        apply: |spec, v| {
+            spec.format = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "checksum",
+        values: "sha256:HEX | sha512:HEX",
+        default: "(none)",
+        help: "Digest of the image as served (compressed, if it is). Checked before the first MiB, which holds the partition table, is written.",
+        apply: |spec, v| {
+            spec.checksum = Some(Checksum::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "checksum-url",
+        values: "URL of a SHA256SUMS-style list",
+        default: "(none)",
+        help: "Read the digest from a checksum list (GNU or BSD format, sha256 or sha512), by the image URL's file name.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the URL of a SHA256SUMS file");
+            }
+            spec.checksum_url = Some(v.to_owned());
             Ok(())
         },
     },
@@ -145,6 +188,7 @@ impl DeploySpec {
         for (name, param) in cmdline.with_prefix("imprint.") {
             spec.set("imprint.", name, param.value.as_deref())?;
         }
+        spec.validate("imprint.")?;
         Ok(spec)
     }
 
@@ -156,6 +200,14 @@ impl DeploySpec {
             .value("imprint.on-failure")
             .and_then(|v| parse_failure_policy(v).ok())
             .unwrap_or(DeploySpec::default().on_failure)
+    }
+
+    /// Checks that hold across parameters; `origin` spells the prefix.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        if self.checksum.is_some() && self.checksum_url.is_some() {
+            bail!("give {origin}checksum= or {origin}checksum-url=, not both");
+        }
+        Ok(())
     }
 
     pub fn require_url(&self) -> Result<&str> {
