@@ -4,6 +4,7 @@
 //! skeleton copies raw bytes; decoders, the hold-back of the first MiB and
 //! the fail-closed wipe slot in between the same two ends.
 
+pub mod checksum;
 pub mod hash;
 pub mod progress;
 
