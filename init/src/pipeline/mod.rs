@@ -7,6 +7,8 @@
 pub mod checksum;
 pub mod hash;
 pub mod progress;
+pub mod format;
+pub mod peek;
 
 use std::io::{ErrorKind, Read, Write};
 

@@ -1,0 +1,545 @@
+//! Image formats: the names a user may declare, sniffing from magic bytes,
+//! and the rule that a declared format must agree with the bytes.
+
+use std::fmt;
+
+use anyhow::{Result, bail};
+
+/// How the image bytes are compressed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Gzip,
+    Xz,
+    Zstd,
+    Bzip2,
+}
+
+impl Compression {
+    /// The short name used in imprint's own format names (`raw.tar.gz`).
+    pub fn suffix(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Gzip => Some("gz"),
+            Compression::Xz => Some("xz"),
+            Compression::Zstd => Some("zst"),
+            Compression::Bzip2 => Some("bz2"),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
+        })
+    }
+}
+
+/// What the served bytes are: a raw disk image, possibly compressed,
+/// possibly wrapped in a tar archive that holds exactly that one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageFormat {
+    pub compression: Compression,
+    pub tar: bool,
+}
+
+impl ImageFormat {
+    pub const RAW: ImageFormat = ImageFormat {
+        compression: Compression::None,
+        tar: false,
+    };
+
+    pub fn new(compression: Compression, tar: bool) -> Self {
+        ImageFormat { compression, tar }
+    }
+
+    /// imprint's own name for the format, as accepted by `parse_declared`.
+    pub fn name(&self) -> String {
+        let base = if self.tar { "raw.tar" } else { "raw" };
+        match (self.compression.suffix(), self.tar) {
+            (None, _) => base.to_owned(),
+            (Some(suffix), true) => format!("{base}.{suffix}"),
+            (Some(suffix), false) => suffix.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.tar {
+            "tar of a raw image"
+        } else {
+            "raw image"
+        };
+        match self.compression {
+            Compression::None => f.write_str(what),
+            c => write!(f, "{c}-compressed {what}"),
+        }
+    }
+}
+
+/// The format a user asked for (`imprint.format=`, `--format`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeclaredFormat {
+    /// Trust the magic bytes.
+    Auto,
+    /// `name` is the user's spelling (`dd-xz`), kept for error messages.
+    Image { name: String, format: ImageFormat },
+    /// A DRP rootfs tarball type (`tgz`, `tar-zst`, ...): a filesystem tree,
+    /// not a disk image.
+    Rootfs(String),
+}
+
+/// Image format names: imprint's own first, then DRP's `image-deploy/image-type`
+/// values for disk images.
+const IMAGE_NAMES: &[(&str, Compression, bool)] = &[
+    ("raw", Compression::None, false),
+    ("gz", Compression::Gzip, false),
+    ("gzip", Compression::Gzip, false),
+    ("xz", Compression::Xz, false),
+    ("zst", Compression::Zstd, false),
+    ("zstd", Compression::Zstd, false),
+    ("bz2", Compression::Bzip2, false),
+    ("bzip2", Compression::Bzip2, false),
+    ("raw.tar", Compression::None, true),
+    ("raw.tar.gz", Compression::Gzip, true),
+    ("raw.tar.xz", Compression::Xz, true),
+    ("raw.tar.bz2", Compression::Bzip2, true),
+    ("raw.tar.zst", Compression::Zstd, true),
+    ("dd-raw", Compression::None, false),
+    ("dd-gz", Compression::Gzip, false),
+    ("dd-xz", Compression::Xz, false),
+    ("dd-bz2", Compression::Bzip2, false),
+    ("dd-zst", Compression::Zstd, false),
+    ("dd-tar", Compression::None, true),
+    ("dd-tgz", Compression::Gzip, true),
+    ("dd-txz", Compression::Xz, true),
+    ("dd-tbz", Compression::Bzip2, true),
+];
+
+/// DRP's rootfs tarball types: parsed so the error can say what they are.
+const ROOTFS_NAMES: &[&str] = &["tgz", "txz", "tbz", "tar", "tar-zst"];
+
+/// Parses a declared format name, case-insensitively. An empty value means
+/// `auto`, because templating tools render an unset parameter as empty.
+pub fn parse_declared(name: &str) -> Result<DeclaredFormat> {
+    let trimmed = name.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.is_empty() || lower == "auto" {
+        return Ok(DeclaredFormat::Auto);
+    }
+    if let Some(&(_, compression, tar)) = IMAGE_NAMES.iter().find(|(n, _, _)| *n == lower) {
+        return Ok(DeclaredFormat::Image {
+            name: trimmed.to_owned(),
+            format: ImageFormat { compression, tar },
+        });
+    }
+    if ROOTFS_NAMES.contains(&lower.as_str()) {
+        return Ok(DeclaredFormat::Rootfs(trimmed.to_owned()));
+    }
+    let accepted: Vec<&str> = std::iter::once("auto")
+        .chain(IMAGE_NAMES.iter().map(|(n, _, _)| *n))
+        .chain(ROOTFS_NAMES.iter().copied())
+        .collect();
+    bail!(
+        "unknown image format {trimmed:?}; accepted: {}",
+        accepted.join(", ")
+    )
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const XZ_MAGIC: [u8; 6] = [0xfd, b'7', b'z', b'X', b'Z', 0x00];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A zstd skippable frame: magic 0x184D2A50..=0x184D2A5F, little-endian.
+pub fn is_zstd_skippable_magic(bytes: &[u8]) -> bool {
+    matches!(bytes, [b0, 0x2a, 0x4d, 0x18, ..] if b0 & 0xf0 == 0x50)
+}
+
+/// The compression of a stream that starts with `prefix`. A prefix shorter
+/// than a format's magic cannot be that format, so it sniffs as `None`.
+pub fn sniff_compression(prefix: &[u8]) -> Compression {
+    if prefix.starts_with(&GZIP_MAGIC) {
+        Compression::Gzip
+    } else if prefix.starts_with(&XZ_MAGIC) {
+        Compression::Xz
+    } else if prefix.starts_with(&ZSTD_MAGIC) || is_zstd_skippable_magic(prefix) {
+        Compression::Zstd
+    } else if matches!(prefix, [b'B', b'Z', b'h', b'1'..=b'9', ..]) {
+        Compression::Bzip2
+    } else {
+        Compression::None
+    }
+}
+
+pub const TAR_BLOCK: usize = 512;
+
+/// Whether a decoded stream starting with `prefix` is a tar archive: the
+/// ustar or GNU magic at offset 257 and a header checksum that adds up, so
+/// a disk image (whose first sector is an MBR) never passes by accident.
+pub fn looks_like_tar(prefix: &[u8]) -> bool {
+    let Some(header) = prefix.get(..TAR_BLOCK) else {
+        return false;
+    };
+    let magic = &header[257..265];
+    let ustar = magic.starts_with(b"ustar\0");
+    let gnu = magic == b"ustar  \0";
+    (ustar || gnu) && tar_checksum_ok(header)
+}
+
+/// Checks a 512-byte tar header's checksum field (octal, at 148..156)
+/// against the byte sum with that field read as spaces. Some old writers
+/// summed signed bytes, so either sum is accepted, as GNU tar does.
+pub fn tar_checksum_ok(header: &[u8]) -> bool {
+    if header.len() != TAR_BLOCK {
+        return false;
+    }
+    let Some(stored) = parse_octal(&header[148..156]) else {
+        return false;
+    };
+    let mut unsigned: u64 = 0;
+    let mut signed: i64 = 0;
+    for (i, &b) in header.iter().enumerate() {
+        let b = if (148..156).contains(&i) { b' ' } else { b };
+        unsigned += u64::from(b);
+        signed += i64::from(i8::from_ne_bytes([b]));
+    }
+    stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
+}
+
+/// A tar numeric field in octal: optional leading spaces, digits, then NUL
+/// or space terminators. `None` when empty or malformed.
+pub fn parse_octal(field: &[u8]) -> Option<u64> {
+    let start = field.iter().position(|&b| b != b' ')?;
+    let digits = &field[start..];
+    let end = digits
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .unwrap_or(digits.len());
+    if end == 0 || digits[end..].iter().any(|&b| b != 0 && b != b' ') {
+        return None;
+    }
+    digits[..end].iter().try_fold(0u64, |acc, &b| match b {
+        b'0'..=b'7' => acc.checked_mul(8)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    })
+}
+
+/// Checks a sniffed format against the declared one.
+pub fn reconcile(declared: &DeclaredFormat, sniffed: ImageFormat) -> Result<ImageFormat> {
+    match declared {
+        DeclaredFormat::Auto => Ok(sniffed),
+        DeclaredFormat::Image { format, .. } if *format == sniffed => Ok(sniffed),
+        DeclaredFormat::Image { name, format } => {
+            bail!("declared format {name} ({format}) but the image is a {sniffed}")
+        }
+        DeclaredFormat::Rootfs(name) => {
+            bail!("rootfs tarball type {name:?} is not supported yet; use a raw disk image (dd-*)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn image(compression: Compression, tar: bool) -> ImageFormat {
+        ImageFormat { compression, tar }
+    }
+
+    fn declared(name: &str) -> ImageFormat {
+        match parse_declared(name).unwrap() {
+            DeclaredFormat::Image { name: n, format } => {
+                assert_eq!(n, name.trim());
+                format
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_drp_image_type_maps_to_its_format() {
+        use Compression::*;
+        let table = [
+            ("dd-raw", image(None, false)),
+            ("dd-gz", image(Gzip, false)),
+            ("dd-xz", image(Xz, false)),
+            ("dd-bz2", image(Bzip2, false)),
+            ("dd-zst", image(Zstd, false)),
+            ("dd-tar", image(None, true)),
+            ("dd-tgz", image(Gzip, true)),
+            ("dd-txz", image(Xz, true)),
+            ("dd-tbz", image(Bzip2, true)),
+        ];
+        for (name, want) in table {
+            assert_eq!(declared(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_imprint_name_maps_to_its_format() {
+        use Compression::*;
+        let table = [
+            ("raw", image(None, false)),
+            ("gz", image(Gzip, false)),
+            ("gzip", image(Gzip, false)),
+            ("xz", image(Xz, false)),
+            ("zst", image(Zstd, false)),
+            ("zstd", image(Zstd, false)),
+            ("bz2", image(Bzip2, false)),
+            ("bzip2", image(Bzip2, false)),
+            ("raw.tar", image(None, true)),
+            ("raw.tar.gz", image(Gzip, true)),
+            ("raw.tar.xz", image(Xz, true)),
+            ("raw.tar.bz2", image(Bzip2, true)),
+            ("raw.tar.zst", image(Zstd, true)),
+            ("DD-XZ", image(Xz, false)),
+            (" zstd ", image(Zstd, false)),
+        ];
+        for (name, want) in table {
+            assert_eq!(declared(name), want, "{name}");
+        }
+        // Every format's canonical name parses back to it.
+        for c in [None, Gzip, Xz, Zstd, Bzip2] {
+            for tar in [false, true] {
+                assert_eq!(declared(&image(c, tar).name()), image(c, tar));
+            }
+        }
+    }
+
+    #[test]
+    fn auto_and_empty_mean_auto() {
+        for name in ["auto", "AUTO", "", "  "] {
+            assert_eq!(
+                parse_declared(name).unwrap(),
+                DeclaredFormat::Auto,
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rootfs_types_parse_and_are_rejected_by_reconcile() {
+        for name in ["tgz", "txz", "tbz", "tar", "tar-zst"] {
+            let d = parse_declared(name).unwrap();
+            assert_eq!(d, DeclaredFormat::Rootfs(name.to_owned()));
+            let err = reconcile(&d, ImageFormat::RAW).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "rootfs tarball type \"{name}\" is not supported yet; \
+                     use a raw disk image (dd-*)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_accepted_names() {
+        let err = parse_declared("dd-lz4").unwrap_err().to_string();
+        assert!(
+            err.starts_with("unknown image format \"dd-lz4\"; accepted: auto, raw, gz"),
+            "{err}"
+        );
+        for name in ["dd-tbz", "raw.tar.zst", "tar-zst", "zstd"] {
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn display_is_for_humans() {
+        assert_eq!(image(Compression::None, false).to_string(), "raw image");
+        assert_eq!(
+            image(Compression::Zstd, false).to_string(),
+            "zstd-compressed raw image"
+        );
+        assert_eq!(
+            image(Compression::Gzip, true).to_string(),
+            "gzip-compressed tar of a raw image"
+        );
+        assert_eq!(
+            image(Compression::None, true).to_string(),
+            "tar of a raw image"
+        );
+    }
+
+    #[test]
+    fn reconcile_accepts_agreement_and_names_both_on_mismatch() {
+        let auto = DeclaredFormat::Auto;
+        let zst = image(Compression::Zstd, false);
+        assert_eq!(reconcile(&auto, zst).unwrap(), zst);
+        assert_eq!(
+            reconcile(&parse_declared("dd-zst").unwrap(), zst).unwrap(),
+            zst
+        );
+        let err = reconcile(&parse_declared("dd-xz").unwrap(), zst).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "declared format dd-xz (xz-compressed raw image) but the image is a \
+             zstd-compressed raw image"
+        );
+        // A tar declared but a bare image served (and vice versa) is a mismatch too.
+        let err = reconcile(
+            &parse_declared("dd-tgz").unwrap(),
+            image(Compression::Gzip, false),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "declared format dd-tgz (gzip-compressed tar of a raw image) but the image is a \
+             gzip-compressed raw image"
+        );
+        assert!(
+            reconcile(
+                &parse_declared("raw").unwrap(),
+                image(Compression::None, true)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sniffs_magic_bytes() {
+        use Compression::*;
+        let cases: [(&[u8], Compression); 12] = [
+            (&[0x1f, 0x8b, 0x08, 0x00], Gzip),
+            (&[0x1f, 0x8b], Gzip),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0x00, 0x00, 0x04], Xz),
+            (&[0x28, 0xb5, 0x2f, 0xfd, 0x24], Zstd),
+            (&[0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0], Zstd),
+            (&[0x5f, 0x2a, 0x4d, 0x18], Zstd),
+            (b"BZh91AY&SY", Bzip2),
+            (b"BZh1", Bzip2),
+            (b"BZh0", None),
+            (&[0x60, 0x2a, 0x4d, 0x18], None),
+            (&[0xfd, b'7', b'z', b'X', b'Z', 0x01], None),
+            (&[0u8; 512], None),
+        ];
+        for (prefix, want) in cases {
+            assert_eq!(sniff_compression(prefix), want, "{prefix:02x?}");
+        }
+    }
+
+    #[test]
+    fn too_short_prefixes_sniff_as_uncompressed() {
+        let magics: [&[u8]; 5] = [
+            &[0x1f, 0x8b],
+            &[0xfd, b'7', b'z', b'X', b'Z', 0x00],
+            &[0x28, 0xb5, 0x2f, 0xfd],
+            &[0x50, 0x2a, 0x4d, 0x18],
+            b"BZh9",
+        ];
+        for magic in magics {
+            for len in 0..magic.len() {
+                assert_eq!(
+                    sniff_compression(&magic[..len]),
+                    Compression::None,
+                    "{:02x?}",
+                    &magic[..len]
+                );
+            }
+        }
+    }
+
+    fn make_tar(format: &str, name: &str, content: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(name), content).unwrap();
+        let out = Command::new("tar")
+            .arg(format!("--format={format}"))
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-cf", "-", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    #[test]
+    fn detects_tar_archives_made_by_gnu_tar() {
+        for format in ["gnu", "ustar", "pax", "posix", "oldgnu"] {
+            let tar = make_tar(format, "disk.raw", &[0xaa; 1000]);
+            assert!(looks_like_tar(&tar), "{format}");
+            assert!(looks_like_tar(&tar[..TAR_BLOCK]), "{format}");
+            assert!(
+                !looks_like_tar(&tar[..TAR_BLOCK - 1]),
+                "{format}: short prefix"
+            );
+        }
+    }
+
+    #[test]
+    fn tar_with_a_corrupt_header_is_not_a_tar() {
+        let mut tar = make_tar("gnu", "disk.raw", b"x");
+        tar[0] ^= 1;
+        assert!(!looks_like_tar(&tar));
+    }
+
+    /// The first sector of a disk made by sfdisk-like tools: an MBR with a
+    /// protective GPT entry, then the GPT header, plus deliberately hostile
+    /// variants that carry the tar magic but not a valid checksum.
+    #[test]
+    fn disk_images_never_look_like_tar() {
+        let mut mbr = vec![0u8; 1024];
+        mbr[0..3].copy_from_slice(&[0xeb, 0x63, 0x90]);
+        mbr[446 + 4] = 0xee;
+        mbr[446 + 8] = 1;
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        mbr[512..520].copy_from_slice(b"EFI PART");
+        assert!(!looks_like_tar(&mbr));
+        assert!(!looks_like_tar(&[0u8; 4096]));
+        let mut hostile = mbr.clone();
+        hostile[257..265].copy_from_slice(b"ustar\x0000");
+        assert!(!looks_like_tar(&hostile));
+        hostile[148..156].copy_from_slice(b"0000000\0");
+        assert!(!looks_like_tar(&hostile));
+        // An all-zero block with only the magic and no checksum digits.
+        let mut zeros = vec![0u8; 512];
+        zeros[257..263].copy_from_slice(b"ustar\0");
+        assert!(!looks_like_tar(&zeros));
+    }
+
+    #[test]
+    fn detects_tar_in_a_real_ext4_image_only_when_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .arg("4M")
+            .output();
+        let Ok(made) = made else {
+            eprintln!("mkfs.ext4 not available; skipping");
+            return;
+        };
+        assert!(made.status.success());
+        let bytes = std::fs::read(&img).unwrap();
+        assert!(!looks_like_tar(&bytes[..TAR_BLOCK * 4]));
+        assert_eq!(sniff_compression(&bytes[..64]), Compression::None);
+        let tar = make_tar("gnu", "disk.raw", &bytes);
+        assert!(looks_like_tar(&tar));
+    }
+
+    #[test]
+    fn parses_octal_fields() {
+        assert_eq!(parse_octal(b"0000644\0"), Some(0o644));
+        assert_eq!(parse_octal(b"   1750 \0"), Some(0o1750));
+        assert_eq!(parse_octal(b"00000001750\0"), Some(0o1750));
+        assert_eq!(parse_octal(b"77777777777\0"), Some(0o77777777777));
+        assert_eq!(parse_octal(b"\0\0\0\0"), None);
+        assert_eq!(parse_octal(b"0008\0"), None);
+        assert_eq!(parse_octal(b"12 3\0"), None);
+        assert_eq!(parse_octal(b""), None);
+    }
+}
