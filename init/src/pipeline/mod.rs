@@ -9,6 +9,7 @@ pub mod hash;
 pub mod progress;
 pub mod format;
 pub mod peek;
+pub mod tar;
 
 use std::io::{ErrorKind, Read, Write};
 
