@@ -191,7 +191,20 @@ impl BlockTarget for DeviceTarget {
 
     fn reread_partitions(&mut self) -> io::Result<()> {
         let file = &self.file;
-        retry_while_busy(|| block::reread_partitions(file), std::thread::sleep).map_err(|e| {
+        match retry_while_busy(|| block::reread_partitions(file), std::thread::sleep) {
+            // The kernel keeps no partitions for this device (a loop device
+            // without partscan): there is nothing to re-read, and the image
+            // on it is complete.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                log::warn!(
+                    "{} does not support partitions; not re-reading its table",
+                    self.path.display()
+                );
+                Ok(())
+            }
+            result => result,
+        }
+        .map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -684,11 +697,15 @@ mod tests {
 
     impl LoopDevice {
         fn new(len: usize) -> Self {
+            Self::with_args(len, &["--find", "--show", "--partscan"])
+        }
+
+        fn with_args(len: usize, args: &[&str]) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let backing = dir.path().join("backing.img");
             std::fs::write(&backing, vec![0xa5u8; len]).unwrap();
             let out = std::process::Command::new("losetup")
-                .args(["--find", "--show", "--partscan"])
+                .args(args)
                 .arg(&backing)
                 .output()
                 .unwrap();
@@ -739,6 +756,18 @@ mod tests {
         target.sync().unwrap();
         target.reread_partitions().unwrap();
         drop(target);
+
+        // Without partscan the kernel answers BLKRRPART with EINVAL: the
+        // device has no partitions to re-read, which is not a failure.
+        let plain = LoopDevice::with_args(1 << 20, &["--find", "--show"]);
+        let mut plain_target = DeviceTarget::open(&plain.dev).unwrap();
+        assert_eq!(
+            block::reread_partitions(&plain_target.file)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        plain_target.reread_partitions().unwrap();
 
         let back = std::fs::read(&lo.backing).unwrap();
         assert!(back[..1 << 20].iter().all(|&b| b == 0xa5));
