@@ -10,6 +10,8 @@ pub mod progress;
 pub mod format;
 pub mod peek;
 pub mod tar;
+pub mod zstd_frames;
+pub mod size_hint;
 pub mod target;
 pub mod image_writer;
 
