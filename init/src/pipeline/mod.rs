@@ -9,6 +9,7 @@ pub mod hash;
 pub mod progress;
 pub mod format;
 pub mod peek;
+pub mod decode;
 pub mod tar;
 pub mod zstd_frames;
 pub mod size_hint;
