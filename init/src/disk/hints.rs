@@ -273,6 +273,11 @@ fn parse_size(op: SizeOp, value: &str) -> Result<Hint> {
             "disk hint size={value:?}: expected a whole number with an optional unit (K, M, G, T)"
         )
     })?;
+    if unit.starts_with(['.', ',']) {
+        bail!(
+            "disk hint size={value}: sizes are whole numbers; use a smaller unit (1536G, not 1.5T)"
+        );
+    }
     let (unit, whole_units) = match unit.trim().to_ascii_lowercase().as_str() {
         // Ironic's size hint is whole GiB.
         "" => (GIB, true),
@@ -491,9 +496,13 @@ mod tests {
         );
         assert_eq!(
             error("size=1.5T"),
-            "disk hint size=1.5T: unknown unit \".5T\"; use K, M, G or T (binary)"
+            "disk hint size=1.5T: sizes are whole numbers; use a smaller unit (1536G, not 1.5T)"
         );
         assert!(error("size>=G").contains("expected a whole number"));
+        assert_eq!(
+            error("size>=10X"),
+            "disk hint size=10X: unknown unit \"X\"; use K, M, G or T (binary)"
+        );
         assert_eq!(
             error("size>=99999999999P"),
             "disk hint size=99999999999P is too large"
