@@ -13,8 +13,9 @@
 //!   `nvme-eui.<…>`, `ata-<model>_<serial>`, `scsi-<…>`, `usb-<…>`,
 //!   `wwn-0x<…>`; `pci-0000:00:04.0`, `pci-0000:00:1f.2-ata-1`,
 //!   `pci-0000:03:00.0-nvme-1`, `pci-0000:00:05.0-scsi-0:0:0:0`,
-//!   `pci-0000:00:14.0-usb-0:1:1.0-scsi-0:0:0:0`). `imprint` logs each
-//!   disk's names; `sysfs.rs` lists where they can differ from udev's.
+//!   `pci-0000:00:14.0-usb-0:1:1.0-scsi-0:0:0:0`). When a name is not
+//!   found, the error lists the names each disk has; `sysfs.rs` lists where
+//!   they can differ from udev's.
 //! - **Root-device hints**, in the spirit of OpenStack Ironic's, separated by
 //!   commas; a disk must satisfy all of them:
 //!
