@@ -39,11 +39,10 @@
 //!
 //! Exactly one disk must match, or nothing is written: the error lists every
 //! disk with its size, model and serial, and why it did or did not match.
-//! Hints never choose a read-only disk, a removable disk (`removable=1`, or
-//! any USB disk), the disk holding the image source, or a virtual device
-//! (device mapper, md): those are chosen only when named (`/dev/…`,
-//! `/dev/disk/by-…`, or a `name=`, `by-id=` or `by-path=` hint). A read-only
-//! disk is never chosen.
+//! Hints never choose a removable disk (`removable=1`, or any USB disk), the
+//! disk holding the image source, or a virtual device (device mapper, md):
+//! those are chosen only when named (`/dev/…`, `/dev/disk/by-…`, or a
+//! `name=`, `by-id=` or `by-path=` hint). A read-only disk is never chosen.
 //!
 //! Examples: `imprint.disk=/dev/nvme0n1`,
 //! `imprint.disk=/dev/disk/by-path/pci-0000:00:1f.2-ata-1`,
