@@ -1252,4 +1252,60 @@ mod tests {
         dec.read_to_end(&mut Vec::new()).unwrap();
         assert_eq!(dec.input_bytes(), input.len() as u64);
     }
+
+    /// Single-threaded decode throughput on a real image. Set
+    /// `IMPRINT_DECODE_BENCH` to a raw image whose `.gz`, `.xz`, `.zst` and
+    /// `.bz2` siblings exist; run in release with `--ignored --nocapture`.
+    /// Output is checked against the raw image outside the timed reads.
+    #[test]
+    #[ignore = "measurement, not a check: needs IMPRINT_DECODE_BENCH"]
+    fn measure_decode_throughput() {
+        let Ok(raw) = std::env::var("IMPRINT_DECODE_BENCH") else {
+            eprintln!("IMPRINT_DECODE_BENCH is not set; nothing to measure");
+            return;
+        };
+        let formats = [
+            (Compression::Gzip, "gz"),
+            (Compression::Xz, "xz"),
+            (Compression::Zstd, "zst"),
+            (Compression::Bzip2, "bz2"),
+        ];
+        for (compression, ext) in formats {
+            let path = format!("{raw}.{ext}");
+            let Ok(file) = std::fs::File::open(&path) else {
+                eprintln!("{path}: missing, skipped");
+                continue;
+            };
+            let mut expected = std::fs::File::open(&raw).unwrap();
+            let mut dec = decoder(compression, Box::new(file));
+            let mut buf = vec![0u8; 4 << 20];
+            let mut want = vec![0u8; 4 << 20];
+            let (mut total, mut busy) = (0u64, std::time::Duration::ZERO);
+            loop {
+                let start = std::time::Instant::now();
+                let n = dec.read(&mut buf).unwrap();
+                busy += start.elapsed();
+                if n == 0 {
+                    break;
+                }
+                expected.read_exact(&mut want[..n]).unwrap();
+                assert!(
+                    buf[..n] == want[..n],
+                    "{path}: output differs near byte {total}"
+                );
+                total += n as u64;
+            }
+            assert_eq!(
+                expected.read(&mut want).unwrap(),
+                0,
+                "{path}: output too short"
+            );
+            #[allow(clippy::cast_precision_loss)]
+            let rate = total as f64 / busy.as_secs_f64() / 1e6;
+            eprintln!(
+                "{compression}: {total} bytes in {:.2} s = {rate:.0} MB/s",
+                busy.as_secs_f64()
+            );
+        }
+    }
 }
