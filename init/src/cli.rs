@@ -3,11 +3,12 @@
 //! Every kernel parameter `imprint.X=` is the option `--X` here, through the
 //! same table ([`crate::spec::PARAMS`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::disk::DiskSelector;
 use crate::logger::ConsoleLogger;
 use crate::pipeline::progress::LogProgress;
 use crate::report;
@@ -58,10 +59,12 @@ fn deploy(args: &[String]) -> i32 {
         .disk
         .as_deref()
         .context("no target given: pass --disk /dev/NAME or --disk FILE")
+        .and_then(resolve_target)
         .and_then(|disk| {
             crate::deploy::deploy_to(
                 &spec,
-                Path::new(disk),
+                &disk,
+                &crate::deploy::DeployOptions::default(),
                 &mut LogProgress::new(Duration::from_secs(2)),
             )
         });
@@ -75,6 +78,21 @@ fn deploy(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// A path is used as it is (a block device, or a regular file standing in
+/// for one); hints (`size>=100G,rotational=0`) and udev names are resolved
+/// against this machine's disks through sysfs, exactly as PID 1 does.
+fn resolve_target(value: &str) -> Result<PathBuf> {
+    let is_udev_name = value.starts_with("/dev/disk/by-") && !Path::new(value).exists();
+    if !value.contains('=') && !is_udev_name {
+        return Ok(PathBuf::from(value));
+    }
+    let selector = DiskSelector::parse(value).context("option --disk")?;
+    let disks = crate::disk::list_disks(Path::new("/sys/block"))?;
+    let disk = crate::disk::select_disk(&selector, &disks, &[])?;
+    log::info!("target disk: {}", disk.describe());
+    Ok(disk.dev_path())
 }
 
 /// `--name value` or `--name=value`, each name from the parameter table.

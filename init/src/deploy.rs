@@ -1,49 +1,399 @@
 //! One deploy, from spec to summary: shared by PID 1 and the CLI.
+//!
+//! Three stages run concurrently, joined by bounded queues of large buffers,
+//! so memory stays bounded whatever the image size:
+//!
+//! ```text
+//! fetch thread:  source -> count + checksum of the bytes as served -> [queue]
+//! decode thread: [queue] -> sniff -> decode (zstd frames on all cores) -> tar unwrap -> [queue]
+//! this thread:   [queue] -> size limit -> hold back the first MiB -> disk
+//! after EOF:     verify checksum -> write the first MiB -> sync -> re-read partitions
+//! on failure after the first write: zero the first and last MiB of the disk
+//! ```
+//!
+//! Everything that can be found out before the first write (the source
+//! answers, the format agrees with the declared one, the image fits) is
+//! checked first, and a failure there leaves the disk untouched.
 
+use std::io::{self, Read, Write};
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
 
-use crate::pipeline::{self, progress::Progress};
+use crate::disk::human_size;
+use crate::pipeline::checksum::{Checksum, ServedHasher, find_in_sums, url_file_name};
+use crate::pipeline::format::{self, Compression, DeclaredFormat, ImageFormat};
+use crate::pipeline::image_writer::ImageWriter;
+use crate::pipeline::peek::PeekReader;
+use crate::pipeline::progress::Progress;
+use crate::pipeline::size_hint::{self, SizeHint};
+use crate::pipeline::tar::SingleFileTar;
+use crate::pipeline::target::{self, BlockTarget};
+use crate::pipeline::{decode, read_full, zstd_frames};
 use crate::report::DeploySummary;
 use crate::source::{self, SourceOptions};
 use crate::spec::DeploySpec;
 
-/// Streams the spec's image onto `target` and syncs it.
-///
-/// The source is opened first: a failure there (bad URL, 404, server down)
-/// returns before the target is even opened, so the disk stays untouched.
+/// Network reads: small enough to keep the decoder fed early.
+const FETCH_CHUNK: usize = 1 << 20;
+/// Decoded buffers handed to the writer: large sequential writes.
+const WRITE_CHUNK: usize = 4 << 20;
+/// Buffers in flight per queue. With the chunk sizes above this bounds the
+/// queues at 8 MiB (served) + 16 MiB (decoded), whatever the image size.
+const QUEUE_DEPTH: usize = 4;
+/// How much of the end of an xz file to fetch for its index.
+const XZ_TAIL: u64 = 256 << 10;
+/// A checksum list larger than this is not a checksum list.
+const MAX_SUMS_LEN: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    pub source: SourceOptions,
+    /// Decoder threads for multi-frame zstd images.
+    pub threads: usize,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions {
+            source: SourceOptions::default(),
+            threads: thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+}
+
+/// Streams the spec's image onto the disk or file at `target_path`.
 pub fn deploy_to(
     spec: &DeploySpec,
-    target: &Path,
+    target_path: &Path,
+    options: &DeployOptions,
     progress: &mut dyn Progress,
 ) -> Result<DeploySummary> {
     let started = Instant::now();
-    let url = spec.require_url()?;
-    let mut source = source::open(url, &SourceOptions::default())?;
-    let (file, kind) = crate::disk::open_target(target)?;
+    let url = spec.require_url()?.to_owned();
+    let declared_name = spec.format.as_deref().unwrap_or("auto");
+    let declared = format::parse_declared(declared_name)
+        .with_context(|| format!("parameter format={declared_name:?}"))?;
+    if let DeclaredFormat::Rootfs(_) = declared {
+        format::reconcile(&declared, ImageFormat::new(Compression::None, false))?;
+    }
+    let expected = expected_checksum(spec, &url, &options.source)?;
+    let source = source::open(&url, &options.source)?;
+    let target = target::open_target(target_path)?;
     log::info!(
-        "deploying {url} ({}) to {} ({kind:?})",
+        "deploying {url} ({}) to {}",
         source
             .length
-            .map_or_else(|| "size unknown".to_owned(), crate::disk::human_size),
-        target.display()
+            .map_or_else(|| "size not given".to_owned(), human_size),
+        target.describe()
     );
-    let what = || format!("deploying {url} to {}", target.display());
-    let (file, bytes, sha256) =
-        pipeline::copy_hashed(&mut source.reader, file, source.length, progress)
-            .with_context(what)?;
-    if let Some(expected) = source.length
-        && expected != bytes
-    {
-        bail!("{}: image ended at byte {bytes} of {expected}", what());
+
+    let (served_tx, served_rx) = sync_channel(QUEUE_DEPTH);
+    let (image_tx, image_rx) = sync_channel(QUEUE_DEPTH);
+    let fetch = spawn("imprint-fetch", {
+        let url = url.clone();
+        let hasher = expected.as_ref().map(Checksum::hasher);
+        move || fetch_stage(source.reader, &url, hasher, &served_tx)
+    })?;
+    let decode = spawn("imprint-decode", {
+        let url = url.clone();
+        let options = options.clone();
+        let length = source.length;
+        move || decode_stage(served_rx, &url, length, &declared, &options, &image_tx)
+    })?;
+
+    let written = write_stage(target, &image_rx, progress);
+    drop(image_rx);
+    let decoded = join(decode, "decoder");
+    let fetched = join(fetch, "fetcher");
+    // The root cause wins: a failed read from the network explains the
+    // decoder's failure, and a failed decode explains the writer's short
+    // stream. A disk error is its own cause.
+    let (written, format, (served_bytes, served_digest)) = match (written, decoded, fetched) {
+        (Ok(Some(w)), Ok(format), Ok(fetched)) => (w, format, fetched),
+        (Err(e), _, _) => return Err(e),
+        (w, decoded, fetched) => {
+            if let Ok(Some(w)) = w {
+                w.fail_closed();
+            }
+            return Err(match (fetched, decoded) {
+                (Err(FetchError::Read(e)), _) => e,
+                (_, Err(e)) => e,
+                _ => anyhow!("the image decoded to nothing"),
+            });
+        }
+    };
+    if let (Some(expected), Some(actual)) = (&expected, served_digest) {
+        if *expected != actual {
+            written.fail_closed();
+            bail!(
+                "checksum mismatch for {url} ({served_bytes} bytes): expected {expected}, got {actual}"
+            );
+        }
+        log::info!("verified {actual}");
     }
-    file.sync_all()
-        .with_context(|| format!("syncing {}", target.display()))?;
+    let Written { writer, sha256 } = written;
+    let (_, bytes) = writer
+        .commit()
+        .with_context(|| format!("committing the image to {}", target_path.display()))?;
     Ok(DeploySummary {
         bytes,
-        sha256,
+        sha256: sha256.finalize().into(),
         elapsed: started.elapsed(),
+        format: Some(format.name()),
+        verified: expected.map(|c| c.algorithm()),
     })
+}
+
+fn expected_checksum(
+    spec: &DeploySpec,
+    url: &str,
+    options: &SourceOptions,
+) -> Result<Option<Checksum>> {
+    if let Some(checksum) = &spec.checksum {
+        return Ok(Some(checksum.clone()));
+    }
+    let Some(sums_url) = &spec.checksum_url else {
+        return Ok(None);
+    };
+    let sums = source::fetch_text(sums_url, MAX_SUMS_LEN, options)
+        .context("fetching the checksum list")?;
+    let name = url_file_name(url);
+    find_in_sums(&sums, name)
+        .with_context(|| format!("checksum list {sums_url}"))
+        .map(Some)
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>> {
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .with_context(|| format!("starting the {name} thread"))
+}
+
+fn join<T, E: From<anyhow::Error>>(handle: JoinHandle<Result<T, E>>, what: &str) -> Result<T, E> {
+    handle
+        .join()
+        .map_err(|_| E::from(anyhow!("the {what} thread panicked")))?
+}
+
+/// Why the fetcher stopped early.
+#[derive(Debug)]
+enum FetchError {
+    /// Reading the source failed: the root cause of whatever follows.
+    Read(anyhow::Error),
+    /// The decoder stopped taking bytes; its own error says why.
+    Abandoned,
+}
+
+impl From<anyhow::Error> for FetchError {
+    fn from(e: anyhow::Error) -> Self {
+        FetchError::Read(e)
+    }
+}
+
+/// Reads the source, hashing and counting the bytes as served, and queues
+/// them. A read error is queued too, so the decoder reports it in order.
+fn fetch_stage(
+    mut reader: Box<dyn Read + Send>,
+    url: &str,
+    mut hasher: Option<ServedHasher>,
+    queue: &SyncSender<io::Result<Vec<u8>>>,
+) -> Result<(u64, Option<Checksum>), FetchError> {
+    let mut offset = 0u64;
+    loop {
+        let mut buf = vec![0u8; FETCH_CHUNK];
+        let filled = match read_full(&mut reader, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let message = format!("reading {url} at byte {offset}: {e}");
+                let _ = queue.send(Err(io::Error::new(e.kind(), message.clone())));
+                return Err(FetchError::Read(anyhow!(message)));
+            }
+        };
+        buf.truncate(filled);
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&buf);
+        }
+        offset += filled as u64;
+        let last = filled < FETCH_CHUNK;
+        if filled > 0 && queue.send(Ok(buf)).is_err() {
+            return Err(FetchError::Abandoned);
+        }
+        if last {
+            return Ok((offset, hasher.map(ServedHasher::finish)));
+        }
+    }
+}
+
+/// `Read` over the fetch queue.
+struct QueueReader {
+    queue: Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for QueueReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.queue.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.position = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// What the decoder hands the writer.
+enum Decoded {
+    /// First, before any data: the image size when known up front.
+    Start {
+        size: Option<u64>,
+    },
+    Data(Vec<u8>),
+}
+
+fn decode_stage(
+    served: Receiver<io::Result<Vec<u8>>>,
+    url: &str,
+    served_length: Option<u64>,
+    declared: &DeclaredFormat,
+    options: &DeployOptions,
+    queue: &SyncSender<Decoded>,
+) -> Result<ImageFormat> {
+    let mut input = PeekReader::new(QueueReader {
+        queue: served,
+        current: Vec::new(),
+        position: 0,
+    });
+    let prefix = input
+        .peek(512)
+        .context("reading the start of the image")?
+        .to_vec();
+    if prefix.is_empty() {
+        bail!("{url} is empty");
+    }
+    let compression = format::sniff_compression(&prefix);
+    // Lower bounds are enough to refuse an image that cannot fit before
+    // anything is written; the exact limit is enforced while writing.
+    let mut size = match compression {
+        Compression::None => served_length,
+        Compression::Zstd => {
+            size_hint::zstd_size_hint(&prefix, served_length).map(SizeHint::lower_bound)
+        }
+        Compression::Xz => served_length.and_then(|len| xz_size(url, len, &options.source)),
+        Compression::Gzip | Compression::Bzip2 => None,
+    };
+    let decoder: Box<dyn Read + Send> = match compression {
+        Compression::Zstd if options.threads > 1 => Box::new(
+            zstd_frames::ParallelZstdDecoder::new(input, options.threads),
+        ),
+        other => decode::decoder(other, Box::new(input)),
+    };
+    let mut decoded = PeekReader::new(decoder);
+    let start = decoded
+        .peek(512)
+        .with_context(|| format!("decoding the {compression} stream"))?;
+    let sniffed = ImageFormat::new(compression, format::looks_like_tar(start));
+    let format = format::reconcile(declared, sniffed)?;
+    let mut image: Box<dyn Read + Send> = if format.tar {
+        let tar = SingleFileTar::new(decoded).context("reading the tar archive")?;
+        log::info!(
+            "tar member {:?}, {}",
+            tar.member_name(),
+            human_size(tar.member_size())
+        );
+        size = Some(tar.member_size());
+        Box::new(tar)
+    } else {
+        Box::new(decoded)
+    };
+    log::info!(
+        "format: {format}{}",
+        size.map_or(String::new(), |s| format!(", image {}", human_size(s)))
+    );
+    if queue.send(Decoded::Start { size }).is_err() {
+        return Ok(format);
+    }
+    let mut offset = 0u64;
+    loop {
+        let mut buf = vec![0u8; WRITE_CHUNK];
+        let filled = read_full(&mut image, &mut buf).with_context(|| {
+            if format == ImageFormat::RAW {
+                format!("reading the image at byte {offset}")
+            } else {
+                format!("decoding the {format} at output byte {offset}")
+            }
+        })?;
+        buf.truncate(filled);
+        offset += filled as u64;
+        if filled > 0 && queue.send(Decoded::Data(buf)).is_err() {
+            return Ok(format);
+        }
+        if filled < WRITE_CHUNK {
+            return Ok(format);
+        }
+    }
+}
+
+fn xz_size(url: &str, file_len: u64, options: &SourceOptions) -> Option<u64> {
+    match source::fetch_tail(url, XZ_TAIL, options).and_then(|tail| match tail {
+        Some(tail) => size_hint::xz_size_hint(&tail, file_len),
+        None => Ok(None),
+    }) {
+        Ok(size) => size.map(SizeHint::lower_bound),
+        Err(e) => {
+            log::warn!("xz index of {url} not read, image size unknown until the end: {e:#}");
+            None
+        }
+    }
+}
+
+/// Writes what the decoder sends. `Ok(None)`: the decoder stopped before
+/// sending anything (its error says why); nothing was written.
+fn write_stage(
+    target: Box<dyn BlockTarget>,
+    queue: &Receiver<Decoded>,
+    progress: &mut dyn Progress,
+) -> Result<Option<Written>> {
+    let Ok(Decoded::Start { size }) = queue.recv() else {
+        return Ok(None);
+    };
+    let mut writer = ImageWriter::begin(target, size)?;
+    let mut sha256 = Sha256::new();
+    let mut offset = 0u64;
+    while let Ok(Decoded::Data(chunk)) = queue.recv() {
+        // Dropping the writer on this error path wipes both ends of the disk.
+        writer.write_all(&chunk)?;
+        sha256.update(&chunk);
+        offset += chunk.len() as u64;
+        progress.update(offset, size);
+    }
+    Ok(Some(Written { writer, sha256 }))
+}
+
+/// The image is on the disk but for its first MiB.
+struct Written {
+    writer: ImageWriter<Box<dyn BlockTarget>>,
+    sha256: Sha256,
+}
+
+impl Written {
+    fn fail_closed(self) {
+        let _ = self.writer.abort();
+    }
 }

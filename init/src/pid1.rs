@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use rustix::mount::MountFlags;
 
 use crate::cmdline::KernelCmdline;
+use crate::disk::DiskSelector;
 use crate::logger::ConsoleLogger;
 use crate::pipeline::progress::LogProgress;
 use crate::report::{self, DeploySummary};
@@ -134,6 +135,7 @@ fn apply_early_step(step: &EarlyStep) -> Result<()> {
 /// (NVMe namespaces, SCSI scans) finish asynchronously after the module
 /// loads.
 const DISK_WAIT: Duration = Duration::from_secs(15);
+const DISK_SETTLE: Duration = Duration::from_secs(1);
 const NET_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn main() -> ! {
@@ -193,7 +195,8 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
     let wanted_disk = spec
         .disk
         .as_deref()
-        .context("no target disk given: set imprint.disk=/dev/NAME")?;
+        .context("no target disk given: set imprint.disk=/dev/NAME or hints such as imprint.disk=size>=100G,rotational=0")?;
+    let selector = DiskSelector::parse(wanted_disk).context("parameter imprint.disk")?;
 
     let kver = sys::kmod::kernel_release();
     coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
@@ -202,7 +205,7 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
         started.elapsed().as_secs_f64()
     );
 
-    let target = wait_for_disk(wanted_disk, DISK_WAIT)?;
+    let target = wait_for_disk(&selector, DISK_WAIT)?;
     if needs_network(url) {
         net::bring_up(&net::NetOptions {
             timeout: NET_TIMEOUT,
@@ -211,26 +214,47 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
         .context("bringing up the network")?;
         log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
     }
-    deploy::deploy_to(spec, &target, &mut LogProgress::new(Duration::from_secs(2)))
+    deploy::deploy_to(
+        spec,
+        &target,
+        &deploy::DeployOptions::default(),
+        &mut LogProgress::new(Duration::from_secs(2)),
+    )
 }
 
 fn needs_network(url: &str) -> bool {
     !url.starts_with("file:")
 }
 
-fn wait_for_disk(wanted: &str, timeout: Duration) -> Result<PathBuf> {
+/// Waits (bounded) until the selector picks exactly one disk. Hints are
+/// matched again after a quiet second: disks probe asynchronously, and a
+/// second matching disk that shows up late must make the choice ambiguous
+/// rather than lose the race.
+fn wait_for_disk(selector: &DiskSelector, timeout: Duration) -> Result<PathBuf> {
     let deadline = Instant::now() + timeout;
-    loop {
+    let pick = || -> Result<disk::DiskInfo> {
         let disks = disk::list_disks(Path::new("/sys/block"))?;
-        match disk::find_named(wanted, &disks) {
+        disk::select_disk(selector, &disks, &[]).cloned()
+    };
+    loop {
+        match pick() {
+            Ok(found) if selector.is_explicit() => return Ok(announce(found)),
             Ok(found) => {
-                log::info!("target disk: {}", found.describe());
-                return Ok(found.dev_path());
+                std::thread::sleep(DISK_SETTLE);
+                let again = pick()?;
+                if again == found {
+                    return Ok(announce(found));
+                }
             }
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+fn announce(disk: disk::DiskInfo) -> PathBuf {
+    log::info!("target disk: {}", disk.describe());
+    disk.dev_path()
 }
 
 /// Every `modalias` file under `root` (normally `/sys/devices`). Symlinks are

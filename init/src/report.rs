@@ -10,6 +10,10 @@ pub struct DeploySummary {
     /// SHA-256 of the bytes written to the disk.
     pub sha256: [u8; 32],
     pub elapsed: Duration,
+    /// imprint's name of the image format (`zst`, `raw.tar.gz`, …).
+    pub format: Option<String>,
+    /// The algorithm of the checksum the served bytes matched, if one was given.
+    pub verified: Option<&'static str>,
 }
 
 pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
@@ -22,13 +26,22 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// `IMPRINT-RESULT: ok bytes=… sha256=… seconds=…` then, when known,
+/// `format=…` and `verified=…`. New fields only ever go at the end.
 pub fn ok_line(summary: &DeploySummary) -> String {
-    format!(
+    let mut line = format!(
         "{RESULT_PREFIX} ok bytes={} sha256={} seconds={:.2}",
         summary.bytes,
         hex(&summary.sha256),
         summary.elapsed.as_secs_f64()
-    )
+    );
+    if let Some(format) = &summary.format {
+        line += &format!(" format={format}");
+    }
+    if let Some(algorithm) = summary.verified {
+        line += &format!(" verified={algorithm}");
+    }
+    line
 }
 
 /// One line whatever the error: the anyhow chain joined with `: `, any
@@ -49,6 +62,8 @@ mod tests {
             bytes: 67_108_864,
             sha256: [0xab; 32],
             elapsed: Duration::from_millis(12_345),
+            format: None,
+            verified: None,
         });
         assert_eq!(
             line,
@@ -56,6 +71,21 @@ mod tests {
                 "IMPRINT-RESULT: ok bytes=67108864 sha256={} seconds=12.35",
                 "ab".repeat(32)
             )
+        );
+    }
+
+    #[test]
+    fn ok_line_appends_format_and_verification() {
+        let line = ok_line(&DeploySummary {
+            bytes: 1,
+            sha256: [0; 32],
+            elapsed: Duration::ZERO,
+            format: Some("raw.tar.zst".into()),
+            verified: Some("sha512"),
+        });
+        assert!(
+            line.ends_with(" seconds=0.00 format=raw.tar.zst verified=sha512"),
+            "{line}"
         );
     }
 

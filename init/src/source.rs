@@ -59,8 +59,8 @@ pub fn open(url: &str, options: &SourceOptions) -> Result<Source> {
     }
 }
 
-fn open_http(url: &str, options: &SourceOptions) -> Result<Source> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn agent(options: &SourceOptions) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .timeout_connect(Some(options.connect_timeout))
         .timeout_recv_response(Some(options.read_timeout))
         .timeout_recv_body(None)
@@ -69,8 +69,11 @@ fn open_http(url: &str, options: &SourceOptions) -> Result<Source> {
         .http_status_as_error(false)
         .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
         .build()
-        .into();
-    let response = agent
+        .into()
+}
+
+fn open_http(url: &str, options: &SourceOptions) -> Result<Source> {
+    let response = agent(options)
         .get(url)
         .call()
         .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
@@ -93,11 +96,68 @@ fn open_http(url: &str, options: &SourceOptions) -> Result<Source> {
     })
 }
 
-fn open_file(url: &str) -> Result<Source> {
+/// The last `len` bytes of the resource, when the server can send just
+/// those (HTTP Range; a file is seeked). `None` when it cannot: a server
+/// that ignores Range is not made to send the whole image twice.
+pub fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result<Option<Vec<u8>>> {
+    use std::io::{Seek, SeekFrom};
+    if url.starts_with("file://") {
+        let path = file_path(url)?;
+        let mut file = File::open(path).with_context(|| format!("opening {path}"))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("seeking in {path}"))?;
+        file.seek(SeekFrom::Start(size.saturating_sub(len)))
+            .with_context(|| format!("seeking in {path}"))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)
+            .with_context(|| format!("reading the end of {path}"))?;
+        return Ok(Some(tail));
+    }
+    let response = agent(options)
+        .get(url)
+        .header("Range", format!("bytes=-{len}"))
+        .call()
+        .map_err(|e| anyhow::anyhow!("GET {url} (last {len} bytes): {e}"))?;
+    if response.status().as_u16() != 206 {
+        return Ok(None);
+    }
+    let mut tail = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(len)
+        .read_to_end(&mut tail)
+        .with_context(|| format!("reading the last {len} bytes of {url}"))?;
+    Ok(Some(tail))
+}
+
+/// A small text document (a checksum list), at most `max_len` bytes.
+pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<String> {
+    let mut source = open(url, options)?;
+    let mut bytes = Vec::new();
+    source
+        .reader
+        .by_ref()
+        .take(max_len + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {url}"))?;
+    if bytes.len() as u64 > max_len {
+        bail!("{url} is larger than {max_len} bytes; is it really a checksum list?");
+    }
+    String::from_utf8(bytes).with_context(|| format!("{url} is not text"))
+}
+
+fn file_path(url: &str) -> Result<&str> {
     let path = url.get("file://".len()..).unwrap_or_default();
     if !path.starts_with('/') {
         bail!("{url}: a file URL needs an absolute path, e.g. file:///srv/images/golden.raw");
     }
+    Ok(path)
+}
+
+fn open_file(url: &str) -> Result<Source> {
+    let path = file_path(url)?;
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
     let length = file
         .metadata()
@@ -157,6 +217,41 @@ mod tests {
             open("/srv/x.img", &SourceOptions::default()).unwrap_err()
         );
         assert!(msg.contains("is not a URL"), "{msg}");
+    }
+
+    #[test]
+    fn tail_and_text_from_http_and_file() {
+        let server = imprint_qemu::http::FixtureServer::start().unwrap();
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        server.add_file("img", data.clone());
+        server.add_file("SHA256SUMS", b"abc  img\n".to_vec());
+        let opts = SourceOptions::default();
+        let tail = fetch_tail(&server.url("img"), 1000, &opts)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail, data[data.len() - 1000..]);
+        server.push_behaviors("img", [imprint_qemu::http::Behavior::IgnoreRange]);
+        assert_eq!(fetch_tail(&server.url("img"), 1000, &opts).unwrap(), None);
+        assert_eq!(
+            fetch_text(&server.url("SHA256SUMS"), 100, &opts).unwrap(),
+            "abc  img\n"
+        );
+        let msg = format!(
+            "{:#}",
+            fetch_text(&server.url("img"), 100, &opts).unwrap_err()
+        );
+        assert!(msg.contains("larger than 100 bytes"), "{msg}");
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let url = format!("file://{}", f.path().display());
+        assert_eq!(
+            fetch_tail(&url, 10, &opts).unwrap().unwrap(),
+            data[data.len() - 10..]
+        );
+        assert_eq!(fetch_tail(&url, 1 << 20, &opts).unwrap().unwrap(), data);
     }
 
     #[test]

@@ -48,8 +48,6 @@
 //! `imprint.disk=/dev/disk/by-path/pci-0000:00:1f.2-ata-1`,
 //! `imprint.disk=size>=100G,rotational=0`, `imprint.disk=serial=S4EWNX0R123456`.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -214,49 +212,6 @@ pub fn find_named<'a>(wanted: &str, disks: &'a [DiskInfo]) -> Result<&'a DiskInf
     }
 }
 
-/// How the target is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
-    BlockDevice,
-    /// A regular file standing in for a disk (CLI use and host tests).
-    File,
-}
-
-/// Opens the target for writing without truncating it. A block device is
-/// opened with `O_EXCL`, which the kernel refuses while the device or one of
-/// its partitions is mounted or otherwise claimed: we never write under a
-/// live filesystem. A regular file is created when missing.
-pub fn open_target(path: &Path) -> Result<(File, TargetKind)> {
-    let kind = match std::fs::metadata(path) {
-        Ok(meta) if meta.file_type().is_block_device() => TargetKind::BlockDevice,
-        Ok(meta) if meta.is_file() => TargetKind::File,
-        Ok(_) => bail!(
-            "target {} is neither a block device nor a regular file",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TargetKind::File,
-        Err(e) => return Err(e).with_context(|| format!("inspecting target {}", path.display())),
-    };
-    let mut options = OpenOptions::new();
-    options.write(true);
-    match kind {
-        TargetKind::BlockDevice => {
-            options.custom_flags(libc::O_EXCL | libc::O_CLOEXEC);
-        }
-        TargetKind::File => {
-            options.create(true).custom_flags(libc::O_CLOEXEC);
-        }
-    }
-    let file = options.open(path).with_context(|| match kind {
-        TargetKind::BlockDevice => format!(
-            "opening {} exclusively (is it mounted or in use?)",
-            path.display()
-        ),
-        TargetKind::File => format!("opening {}", path.display()),
-    })?;
-    Ok((file, kind))
-}
-
 /// `1.5 GiB`, binary units, one decimal.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -276,6 +231,12 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use fake_sysfs::FakeSysfs;
+
+    fn by_name<'a>(disks: &'a [DiskInfo], name: &str) -> &'a DiskInfo {
+        disks.iter().find(|d| d.name == name).unwrap()
+    }
 
     fn fake_disk(root: &Path, name: &str, sectors: u64, model: Option<&str>, removable: bool) {
         let dir = root.join(name);
@@ -370,30 +331,6 @@ mod tests {
                 .to_string()
                 .contains("read-only")
         );
-    }
-
-    #[test]
-    fn open_target_creates_regular_file_without_truncating() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk.img");
-        std::fs::write(&path, b"0123456789").unwrap();
-        let (_, kind) = open_target(&path).unwrap();
-        assert_eq!(kind, TargetKind::File);
-        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
-        let fresh = dir.path().join("new.img");
-        assert_eq!(open_target(&fresh).unwrap().1, TargetKind::File);
-        assert!(fresh.exists());
-        let msg = format!("{:#}", open_target(dir.path()).unwrap_err());
-        assert!(
-            msg.contains("neither a block device nor a regular file"),
-            "{msg}"
-        );
-    }
-
-    use fake_sysfs::FakeSysfs;
-
-    fn by_name<'a>(disks: &'a [DiskInfo], name: &str) -> &'a DiskInfo {
-        disks.iter().find(|d| d.name == name).unwrap()
     }
 
     #[test]
