@@ -27,7 +27,7 @@
 //! next channel operation or job, and none is joined, so a drop never
 //! blocks on an input stuck in a read.
 
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, BufReader, ErrorKind, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -75,6 +75,8 @@ pub struct ParallelZstdDecoder {
     /// Every later read repeats the first error: the stream cannot go on.
     failed: Option<(ErrorKind, String)>,
     cancelled: Arc<AtomicBool>,
+    /// Spent output buffers go back to the workers.
+    outputs: BufferPool,
     /// Dies when the last thread exits; lets tests prove none leaked.
     #[cfg(test)]
     alive: std::sync::Weak<()>,
@@ -144,11 +146,14 @@ impl ParallelZstdDecoder {
         let (items_tx, items_rx) = mpsc::sync_channel(threads);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let inputs = BufferPool::default();
+        let outputs = BufferPool::default();
         let mut decoder = ParallelZstdDecoder {
             items: Some(items_rx),
             current: Current::Idle,
             failed: None,
             cancelled: Arc::clone(&cancelled),
+            outputs: outputs.clone(),
             #[cfg(test)]
             alive: Arc::downgrade(&alive),
         };
@@ -156,11 +161,12 @@ impl ParallelZstdDecoder {
             let jobs = Arc::clone(&jobs_rx);
             let cancelled = Arc::clone(&cancelled);
             let alive = Arc::clone(&alive);
+            let pools = (inputs.clone(), outputs.clone());
             let spawned = thread::Builder::new()
                 .name(format!("zstd-decode-{n}"))
                 .spawn(move || {
                     let _alive = alive;
-                    run_worker(&jobs, &cancelled);
+                    run_worker(&jobs, &cancelled, &pools.0, &pools.1);
                 });
             if let Err(e) = spawned {
                 decoder.fail_to_start(&e);
@@ -168,7 +174,9 @@ impl ParallelZstdDecoder {
             }
         }
         let splitter = Splitter {
-            input,
+            // Block headers are 3-byte reads.
+            input: BufReader::with_capacity(STREAM_CHUNK, input),
+            buffers: inputs,
             pos: 0,
             max_frame_output: u64::try_from(max_frame_output).unwrap_or(u64::MAX),
             items: items_tx,
@@ -243,6 +251,7 @@ impl ParallelZstdDecoder {
                     if n > 0 {
                         return Ok(n);
                     }
+                    self.outputs.put(std::mem::take(data));
                     self.current = Current::Idle;
                 }
                 Current::Streamed { rx, data, pos } => {
@@ -255,7 +264,7 @@ impl ParallelZstdDecoder {
                         .unwrap_or_else(|_| StreamOut::Failed(thread_died()))
                     {
                         StreamOut::Data(next) => {
-                            *data = next;
+                            self.outputs.put(std::mem::replace(data, next));
                             *pos = 0;
                         }
                         StreamOut::End => self.current = Current::Idle,
@@ -307,6 +316,7 @@ fn corrupt(offset: u64, what: impl std::fmt::Display) -> io::Error {
 /// Cuts the input into frames and queues them; runs on its own thread.
 struct Splitter<R> {
     input: R,
+    buffers: BufferPool,
     pos: u64,
     max_frame_output: u64,
     items: SyncSender<Item>,
@@ -441,7 +451,7 @@ impl<R: Read> Splitter<R> {
     }
 
     fn cut_frame(&mut self, start: u64, sink: &mut Sink) -> Result<(), Stop> {
-        let mut data = Vec::with_capacity(64 << 10);
+        let mut data = self.buffers.take(64 << 10);
         data.extend_from_slice(&ZSTD_MAGIC.to_le_bytes());
         let mut descriptor = [0u8; 1];
         self.fill_frame(&mut descriptor, start)?;
@@ -633,7 +643,15 @@ pub(crate) fn frame_header_len_and_content_size(data: &[u8]) -> Option<(usize, O
     Some((5 + rest.len(), layout.content_size(rest)))
 }
 
-fn run_worker(jobs: &Mutex<Receiver<Job>>, cancelled: &AtomicBool) {
+fn run_worker(
+    jobs: &Mutex<Receiver<Job>>,
+    cancelled: &AtomicBool,
+    inputs: &BufferPool,
+    outputs: &BufferPool,
+) {
+    // Kept across frames: a fresh decoder allocates and faults in its
+    // buffers again, which costs more than a small frame's decoding.
+    let mut decoder = FrameDecoder::new();
     loop {
         let job = {
             let Ok(jobs) = jobs.lock() else { return };
@@ -653,8 +671,9 @@ fn run_worker(jobs: &Mutex<Receiver<Job>>, cancelled: &AtomicBool) {
                 output_limit,
                 result,
             } => {
-                let decoded = decode_buffered(frame, &data, output_limit);
-                drop(data);
+                let out = outputs.take(usize::try_from(output_limit).unwrap_or(0));
+                let decoded = decode_buffered(&mut decoder, frame, &data, output_limit, out);
+                inputs.put(data);
                 let _ = result.send(decoded);
             }
             Job::Streamed { frame, chunks, out } => {
@@ -664,7 +683,7 @@ fn run_worker(jobs: &Mutex<Receiver<Job>>, cancelled: &AtomicBool) {
                     pos: 0,
                     failure: None,
                 };
-                let msg = match decode_streamed(frame, &mut reader, &out) {
+                let msg = match decode_streamed(&mut decoder, frame, &mut reader, &out, outputs) {
                     Ok(()) => StreamOut::End,
                     // The splitter's own error (truncation, bad block) says
                     // more than the decoder tripping over its consequence.
@@ -676,13 +695,17 @@ fn run_worker(jobs: &Mutex<Receiver<Job>>, cancelled: &AtomicBool) {
     }
 }
 
-fn decode_buffered(frame: FrameInfo, data: &[u8], output_limit: u64) -> io::Result<Vec<u8>> {
+fn decode_buffered(
+    decoder: &mut FrameDecoder,
+    frame: FrameInfo,
+    data: &[u8],
+    output_limit: u64,
+    mut out: Vec<u8>,
+) -> io::Result<Vec<u8>> {
     let mut src = data;
-    let mut decoder = FrameDecoder::new();
     decoder
         .init(&mut src)
         .map_err(|e| corrupt(frame.offset, e))?;
-    let mut out = Vec::with_capacity(usize::try_from(output_limit).unwrap_or(0));
     loop {
         let finished = decoder
             .decode_blocks(&mut src, BlockDecodingStrategy::UptoBytes(STREAM_CHUNK))
@@ -703,21 +726,22 @@ fn decode_buffered(frame: FrameInfo, data: &[u8], output_limit: u64) -> io::Resu
             "decoder stopped before the frame's end",
         ));
     }
-    check_end(frame, &decoder, out.len() as u64)?;
+    check_end(frame, decoder, out.len() as u64)?;
     Ok(out)
 }
 
 fn decode_streamed(
+    decoder: &mut FrameDecoder,
     frame: FrameInfo,
     src: &mut ChunkReader,
     out: &SyncSender<StreamOut>,
+    buffers: &BufferPool,
 ) -> io::Result<()> {
-    let mut decoder = FrameDecoder::new();
     decoder
         .init(&mut *src)
         .map_err(|e| corrupt(frame.offset, e))?;
     let mut total = 0u64;
-    let mut chunk = Vec::with_capacity(STREAM_CHUNK);
+    let mut chunk = buffers.take(STREAM_CHUNK);
     loop {
         let finished = decoder
             .decode_blocks(&mut *src, BlockDecodingStrategy::UptoBytes(STREAM_CHUNK))
@@ -730,7 +754,7 @@ fn decode_streamed(
             return Err(too_long(frame));
         }
         if chunk.len() >= STREAM_CHUNK || (finished && !chunk.is_empty()) {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(STREAM_CHUNK));
+            let full = std::mem::replace(&mut chunk, buffers.take(STREAM_CHUNK));
             out.send(StreamOut::Data(full))
                 .map_err(|_| io::Error::other("zstd output reader is gone"))?;
         }
@@ -745,7 +769,7 @@ fn decode_streamed(
             "decoder stopped before the frame's end",
         ));
     }
-    check_end(frame, &decoder, total)
+    check_end(frame, decoder, total)
 }
 
 fn too_long(frame: FrameInfo) -> io::Error {
@@ -773,6 +797,32 @@ fn check_end(frame: FrameInfo, decoder: &FrameDecoder, total: u64) -> io::Result
         }
     }
     Ok(())
+}
+
+/// Buffers handed back for reuse, so that steady state allocates nothing:
+/// a fresh multi-MiB allocation is page-faulted in and unmapped again for
+/// every frame. A buffer is only allocated when the pool is empty, that is
+/// when every buffer is in flight, so the pool never pushes memory past the
+/// in-flight bound of the module doc.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut pool| pool.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.reserve(capacity);
+        buf
+    }
+
+    fn put(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() > 0 {
+            if let Ok(mut pool) = self.0.lock() {
+                pool.push(buf);
+            }
+        }
+    }
 }
 
 /// The compressed bytes of a streamed frame as the splitter sends them.
@@ -1055,8 +1105,8 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_never_yields_wrong_output() {
-        let first_image = data(50_000);
-        let second_image = data(40_000);
+        let first_image = data(5000);
+        let second_image = data(7000);
         let first = zstd(&["--content-size"], &first_image);
         let second = zstd(&["--content-size"], &second_image);
         let expected = [first_image, second_image].concat();
@@ -1260,5 +1310,146 @@ mod tests {
             decoder.read_to_end(&mut Vec::new()).unwrap_err();
             wait_for_threads_to_exit(&decoder.alive.clone());
         }
+    }
+
+    /// Throughput on a realistic image; prints MB/s, asserts only that the
+    /// outputs agree. Run with:
+    /// `cargo test --release -p imprint --lib bench_zstd -- --ignored --nocapture`
+    /// (IMPRINT_BENCH_IMAGE=path reuses a raw image instead of making one).
+    #[test]
+    #[ignore = "benchmark: builds a 256 MiB image and takes a minute"]
+    fn bench_zstd_decoders() {
+        use std::fs::File;
+        use std::io::BufReader;
+
+        let dir = tempfile::tempdir().unwrap();
+        let image = match std::env::var_os("IMPRINT_BENCH_IMAGE") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => make_bench_image(dir.path()),
+        };
+        let raw_len = std::fs::metadata(&image).unwrap().len();
+        let multi = dir.path().join("multi.zst");
+        let single = dir.path().join("single.zst");
+        let run = |cmd: &str, args: &[&str], out: &std::path::Path| {
+            let status = Command::new(cmd)
+                .args(args)
+                .stdout(File::create(out).unwrap())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{cmd} {args:?}");
+        };
+        let image_arg = image.to_str().unwrap();
+        run("pzstd", &["-q", "-c", "-p", "2", image_arg], &multi);
+        run("zstd", &["-q", "-c", "-T2", image_arg], &single);
+
+        let mb_s = |seconds: f64| raw_len as f64 / 1e6 / seconds;
+        let best = |f: &dyn Fn() -> u64| {
+            (0..2)
+                .map(|_| {
+                    let start = Instant::now();
+                    assert_eq!(f(), raw_len);
+                    start.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let drain = |mut r: Box<dyn Read>| {
+            let mut buf = vec![0u8; 4 << 20];
+            let mut total = 0u64;
+            loop {
+                match r.read(&mut buf).unwrap() {
+                    0 => return total,
+                    n => total += n as u64,
+                }
+            }
+        };
+        let cli_time = |cmd: &str, args: &[&str], file: &std::path::Path| {
+            let start = Instant::now();
+            let status = Command::new(cmd)
+                .args(args)
+                .arg(file)
+                .stdout(File::create("/dev/null").unwrap())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            start.elapsed().as_secs_f64()
+        };
+        for (name, file) in [
+            ("pzstd -p 2 (multi-frame)", &multi),
+            ("zstd -T2 (one frame)", &single),
+        ] {
+            let size = std::fs::metadata(file).unwrap().len();
+            eprintln!("{name}: {raw_len} -> {size} bytes");
+            let seq = best(&|| ruzstd_sequential(BufReader::new(File::open(file).unwrap())));
+            eprintln!("  ruzstd sequential        {:7.0} MB/s", mb_s(seq));
+            for threads in [1, 2] {
+                let t = best(&|| {
+                    let input = File::open(file).unwrap();
+                    drain(Box::new(ParallelZstdDecoder::new(input, threads)))
+                });
+                eprintln!("  ParallelZstdDecoder x{threads}   {:7.0} MB/s", mb_s(t));
+            }
+            let t = cli_time("zstd", &["-q", "-d", "-c"], file);
+            eprintln!("  zstd -dc                 {:7.0} MB/s", mb_s(t));
+            let t = cli_time("pzstd", &["-q", "-d", "-c", "-p", "2"], file);
+            eprintln!("  pzstd -dc -p 2           {:7.0} MB/s", mb_s(t));
+        }
+    }
+
+    /// An ext4 filesystem holding binaries and text, plus free space.
+    fn make_bench_image(dir: &std::path::Path) -> std::path::PathBuf {
+        let root = dir.join("root");
+        std::fs::create_dir(&root).unwrap();
+        for tree in ["/usr/lib/gcc", "/usr/share/vim", "/usr/share/i18n"] {
+            let status = Command::new("cp")
+                .args(["-a", tree])
+                .arg(&root)
+                .status()
+                .unwrap();
+            assert!(status.success(), "copying {tree}");
+        }
+        let image = dir.join("image.raw");
+        let status = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&root)
+            .arg(&image)
+            .arg("256M")
+            .status()
+            .unwrap();
+        assert!(status.success(), "mkfs.ext4");
+        image
+    }
+
+    /// One ruzstd FrameDecoder over every frame, the way a sequential
+    /// decoder would run it.
+    fn ruzstd_sequential(mut input: impl io::BufRead) -> u64 {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut total = 0u64;
+        while !input.fill_buf().unwrap().is_empty() {
+            match decoder.reset(&mut input) {
+                Ok(()) => {}
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    io::copy(&mut (&mut input).take(u64::from(length)), &mut io::sink()).unwrap();
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            loop {
+                decoder
+                    .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(4 << 20))
+                    .unwrap();
+                while decoder.can_collect() > 0 {
+                    total += decoder.read(&mut buf).unwrap() as u64;
+                }
+                if decoder.is_finished() {
+                    break;
+                }
+            }
+        }
+        total
     }
 }
