@@ -2,8 +2,13 @@
 //! images, and the parsed `IMPRINT-RESULT:` line.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use imprint_qemu::{Disk, Nic, Vm};
 
 use sha2::{Digest, Sha256};
 
@@ -68,6 +73,131 @@ impl Artifacts {
     pub fn log_path(&self, test: &str) -> PathBuf {
         self.logs.join(format!("{test}.log"))
     }
+}
+
+/// Boot to result under TCG takes ~10 s; transfers through QEMU's user
+/// network add a few more. Generous, for a loaded CI machine.
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Boots imprint with `params` on its command line (plus a serial console,
+/// `panic=-1` and power-off on success and failure, so every run ends).
+pub fn boot_imprint(name: &str, params: &str, disks: Vec<Disk>) -> Vm {
+    let artifacts = Artifacts::get();
+    let mut builder = Vm::builder()
+        .kernel(&artifacts.kernel)
+        .initrd(&artifacts.initramfs)
+        .append(format!(
+            "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff {params}"
+        ))
+        .memory_mib(1024)
+        .nic(Nic::user())
+        .console_log(artifacts.log_path(name));
+    for disk in disks {
+        builder = builder.disk(disk);
+    }
+    builder.start().expect("starting qemu")
+}
+
+/// Waits for the result line and for the VM to power off.
+pub fn finish(vm: &Vm) -> ResultLine {
+    let line = vm
+        .expect("IMPRINT-RESULT:", DEPLOY_TIMEOUT)
+        .expect("a result line");
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("the VM powers off after the result");
+    ResultLine::parse(&line)
+}
+
+/// Runs `program args` with `input` on stdin and returns its stdout.
+pub fn filter(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {program} (scripts/setup installs it): {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("waiting for the filter");
+    feeder
+        .join()
+        .expect("feeder thread")
+        .expect("writing to the filter");
+    assert!(out.status.success(), "{program} {args:?} failed");
+    out.stdout
+}
+
+/// A real GPT disk image of `size` bytes: one Linux partition from 1 MiB to
+/// the end holding an ext4 filesystem made from `files` (name, contents).
+/// Made without root: `sfdisk` writes the table, `mkfs.ext4 -d -E offset=`
+/// writes the filesystem inside the image file.
+pub fn gpt_ext4_image(size: u64, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).expect("root dir");
+    for (name, contents) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("parent dir");
+        std::fs::write(path, contents).expect("file");
+    }
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(size))
+        .expect("image file");
+    let table = "label: gpt\nstart=2048, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n";
+    let out = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(table.as_bytes())?;
+            child.wait()
+        })
+        .expect("running sfdisk (util-linux)");
+    assert!(out.success(), "sfdisk failed");
+    // The backup GPT takes the last 33 sectors; leave them out of the filesystem.
+    let fs_kib = (size - (1 << 20) - (64 << 10)) / 1024;
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "golden",
+            "-E",
+            "offset=1048576,root_owner=0:0",
+            "-d",
+        ])
+        .arg(&root)
+        .arg(&image)
+        .arg(format!("{fs_kib}k"))
+        .env("E2FSPROGS_FAKE_TIME", "1700000000")
+        .output()
+        .expect("running mkfs.ext4 (e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&image).expect("reading the image")
+}
+
+/// `sfdisk --dump` of a disk image: Some(table) when it has a partition table.
+pub fn partition_table(path: &Path) -> Option<String> {
+    let out = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(path)
+        .output()
+        .expect("running sfdisk");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The parsed result line.
@@ -161,6 +291,19 @@ mod tests {
             ResultLine::parse("IMPRINT-RESULT: error: GET x: HTTP 404 Not Found"),
             ResultLine::Error("GET x: HTTP 404 Not Found".into())
         );
+    }
+
+    #[test]
+    fn gpt_image_has_a_table_and_a_filesystem() {
+        let image = gpt_ext4_image(16 << 20, &[("etc/hostname", b"golden\n")]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.img");
+        std::fs::write(&path, &image).unwrap();
+        let table = partition_table(&path).expect("a partition table");
+        assert!(table.contains("label: gpt"), "{table}");
+        assert!(table.contains("name=\"root\""), "{table}");
+        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(partition_table(&path), None);
     }
 
     #[test]

@@ -3,39 +3,13 @@
 //! from the host and writes it onto a virtio disk.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use imprint_qemu::http::FixtureServer;
-use imprint_qemu::{Disk, Nic, Vm};
-use imprint_vm_tests::{Artifacts, ResultLine, sha256_hex, test_image};
-
-/// Boot to result under TCG takes ~10 s; the 64 MiB transfer through QEMU's
-/// user network adds a few more. Generous, for a loaded CI machine.
-const DEPLOY_TIMEOUT: Duration = Duration::from_secs(240);
+use imprint_qemu::{Disk, Vm};
+use imprint_vm_tests::{ResultLine, boot_imprint, finish, sha256_hex, test_image};
 
 fn boot(name: &str, params: &str, disk: &Path) -> Vm {
-    let artifacts = Artifacts::get();
-    Vm::builder()
-        .kernel(&artifacts.kernel)
-        .initrd(&artifacts.initramfs)
-        .append(format!(
-            "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff {params}"
-        ))
-        .memory_mib(1024)
-        .disk(Disk::new(disk))
-        .nic(Nic::user())
-        .console_log(artifacts.log_path(name))
-        .start()
-        .expect("starting qemu")
-}
-
-fn finish(vm: &Vm) -> ResultLine {
-    let line = vm
-        .expect("IMPRINT-RESULT:", DEPLOY_TIMEOUT)
-        .expect("a result line");
-    vm.wait_exit(Duration::from_secs(60))
-        .expect("the VM powers off after the result");
-    ResultLine::parse(&line)
+    boot_imprint(name, params, vec![Disk::new(disk)])
 }
 
 fn disk_file(dir: &Path, size: u64, prefill: &[u8]) -> PathBuf {

@@ -138,6 +138,7 @@ impl<R: Read> SingleFileTar<R> {
                 self.name
             )));
         }
+        let end_start = self.offset;
         match self.next_entry()? {
             Next::Entry(second) => Err(invalid(format!(
                 "tar holds more than one file: {:?} and {:?}",
@@ -146,7 +147,16 @@ impl<R: Read> SingleFileTar<R> {
             Next::Garbage(at) => Err(invalid(format!(
                 "trailing garbage after the tar archive at archive byte {at}"
             ))),
-            Next::End => self.expect_zeros_to_eof(),
+            Next::End => {
+                self.expect_zeros_to_eof()?;
+                // Every tar writer ends the archive with two zero blocks (and
+                // pads the record with more). Without them the transfer was
+                // cut short, even if the member happens to be whole.
+                if self.offset - end_start < 2 * TAR_BLOCK as u64 {
+                    return Err(self.truncated());
+                }
+                Ok(())
+            }
         }
     }
 
@@ -687,12 +697,16 @@ mod tests {
     }
 
     #[test]
-    fn missing_end_of_archive_blocks_are_accepted() {
-        // The member is whole; only the end marker is gone.
+    fn missing_end_of_archive_blocks_are_a_truncation() {
+        // The member is whole, but the end marker is gone or cut: the
+        // transfer stopped early, so it is not a success.
         let content = data(1024);
         let archive = tar_of("gnu", "disk.raw", &content);
-        let (_, _, out) = unwrap_tar(&archive[..512 + 1024]).unwrap();
-        assert!(out == content);
+        for cut in [512 + 1024, 512 + 1024 + 512, 512 + 1024 + 1023] {
+            let err = error_of(&archive[..cut]);
+            assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "cut at {cut}: {err}");
+        }
+        assert!(unwrap_tar(&archive[..512 + 1024 + 1024]).unwrap().2 == content);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Every syscall and every `unsafe` block lives here.
+pub mod block;
 pub mod kmod;
 pub mod mount;
 pub mod net;
 pub mod power;
-pub mod block;
