@@ -100,6 +100,7 @@ pub const PARAMS: &[ParamDef] = &[
         default: "auto",
         help: "The image's format. Sniffed from its first bytes either way; a declared format that disagrees with them is an error. DRP's image types are accepted as they are.",
         apply: |spec, v| {
+            crate::pipeline::format::parse_declared(v)?;
             spec.format = Some(v.to_owned());
             Ok(())
         },
@@ -265,6 +266,17 @@ mod tests {
         let msg = format!("{:#}", spec("imprint.on-success=explode").unwrap_err());
         assert!(msg.contains("imprint.on-success"), "{msg}");
         assert!(msg.contains("\"explode\""), "{msg}");
+    }
+
+    #[test]
+    fn unknown_format_is_refused_up_front() {
+        let msg = format!("{:#}", spec("imprint.format=dd-rar").unwrap_err());
+        assert!(msg.starts_with("parameter imprint.format: "), "{msg}");
+        assert!(msg.contains("dd-rar"), "{msg}");
+        assert_eq!(
+            spec("imprint.format=dd-zst").unwrap().format.as_deref(),
+            Some("dd-zst")
+        );
     }
 
     #[test]

@@ -538,3 +538,31 @@ fn rootfs_tarballs_are_not_supported_yet() {
     assert!(error.contains("not supported yet"), "{error}");
     run.assert_untouched();
 }
+
+/// Zero runs are written (BLKZEROOUT, or hole punching on a file), never
+/// skipped on the assumption that the disk is blank: an image exactly the
+/// size of a target full of random bytes leaves every byte equal to it.
+#[test]
+fn every_byte_equals_the_image_on_a_dirty_target() {
+    let data = image(DISK, 13);
+    assert!(
+        data.chunks(4096)
+            .filter(|c| c.iter().all(|b| *b == 0))
+            .count()
+            > 100
+    );
+    for &format in &[FORMATS[0], FORMATS[3], FORMATS[6]] {
+        let run = deploy(served(format, &data), vec![], &[]);
+        assert!(
+            run.output.status.success(),
+            "{}: {}",
+            format.name,
+            result_line(&run.output)
+        );
+        assert!(
+            run.after == data,
+            "{}: the target differs from the image",
+            format.name
+        );
+    }
+}

@@ -19,8 +19,8 @@
 //! being read out), each holding at most its compressed bytes (≤
 //! `max_frame_output` + 1/1024 + 1 KiB, past which a frame is streamed) and
 //! its output (≤ `max_frame_output`). So the bound is about
-//! `(threads + 2) × 2 × max_frame_output`, 512 MiB for 2 threads and the
-//! default 64 MiB; a streamed frame adds its window (≤ ruzstd's
+//! `(threads + 2) × 2 × max_frame_output`, 128 MiB for 2 threads and the
+//! default 16 MiB (pzstd's frames are a few MiB); a streamed frame adds its window (≤ ruzstd's
 //! `DEFAULT_MAX_WINDOW_SIZE`) and a few MiB of chunks.
 //!
 //! Dropping the decoder early cancels the work: every thread stops at its
@@ -48,7 +48,7 @@ const STREAM_QUEUE: usize = 4;
 /// Frames that decode to at most 64 MiB run in parallel by default:
 /// `pzstd` and `zstd -B` frames are a few MiB, so this never binds for
 /// them, and it caps memory per frame.
-pub const DEFAULT_MAX_FRAME_OUTPUT: usize = 64 << 20;
+pub const DEFAULT_MAX_FRAME_OUTPUT: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZstdFramesConfig {
