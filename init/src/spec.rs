@@ -83,12 +83,15 @@ pub const PARAMS: &[ParamDef] = &[
     },
     ParamDef {
         name: "disk",
-        values: "/dev/NAME | NAME",
+        values: "/dev/NAME | NAME | /dev/disk/by-id/ID | /dev/disk/by-path/PATH | HINT[,HINT]...",
         default: "(required)",
-        help: "The disk the image is written to. Everything on it is overwritten.",
+        help: "The disk the image is written to; everything on it is overwritten. Hints (`size>=100G,rotational=0,serial=…`) must match exactly one disk: see Choosing the disk.",
         apply: |spec, v| {
             if v.is_empty() {
                 bail!("is empty; name the target disk, e.g. imprint.disk=/dev/sda");
+            }
+            if v.contains('=') {
+                crate::disk::DiskSelector::parse(v)?;
             }
             spec.disk = Some(v.to_owned());
             Ok(())
