@@ -52,7 +52,6 @@ const MAX_SUMS_LEN: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
-    pub source: SourceOptions,
     /// Decoder threads for multi-frame zstd images.
     pub threads: usize,
 }
@@ -64,7 +63,6 @@ pub const MAX_DECODE_THREADS: usize = 8;
 impl Default for DeployOptions {
     fn default() -> Self {
         DeployOptions {
-            source: SourceOptions::default(),
             threads: thread::available_parallelism()
                 .map_or(1, usize::from)
                 .min(MAX_DECODE_THREADS),
@@ -87,8 +85,8 @@ pub fn deploy_to(
     if let DeclaredFormat::Rootfs(_) = declared {
         format::reconcile(&declared, ImageFormat::new(Compression::None, false))?;
     }
-    let expected = expected_checksum(spec, &url, &options.source)?;
-    let source = source::open(&url, &options.source)?;
+    let expected = expected_checksum(spec, &url, &spec.source)?;
+    let source = source::open(&url, &spec.source)?;
     let target = target::open_target(target_path)?;
     log::info!(
         "deploying {url} ({}) to {}",
@@ -107,9 +105,20 @@ pub fn deploy_to(
     })?;
     let decode = spawn("imprint-decode", {
         let url = url.clone();
-        let options = options.clone();
+        let threads = options.threads;
+        let source_options = spec.source.clone();
         let length = source.length;
-        move || decode_stage(served_rx, &url, length, &declared, &options, &image_tx)
+        move || {
+            decode_stage(
+                served_rx,
+                &url,
+                length,
+                &declared,
+                threads,
+                &source_options,
+                &image_tx,
+            )
+        }
     })?;
 
     let written = write_stage(target, &image_rx, progress);
@@ -292,7 +301,8 @@ fn decode_stage(
     url: &str,
     served_length: Option<u64>,
     declared: &DeclaredFormat,
-    options: &DeployOptions,
+    threads: usize,
+    source_options: &SourceOptions,
     queue: &SyncSender<Decoded>,
 ) -> Result<ImageFormat> {
     let mut input = PeekReader::new(QueueReader {
@@ -315,13 +325,13 @@ fn decode_stage(
         Compression::Zstd => {
             size_hint::zstd_size_hint(&prefix, served_length).map(SizeHint::lower_bound)
         }
-        Compression::Xz => served_length.and_then(|len| xz_size(url, len, &options.source)),
+        Compression::Xz => served_length.and_then(|len| xz_size(url, len, source_options)),
         Compression::Gzip | Compression::Bzip2 => None,
     };
     let decoder: Box<dyn Read + Send> = match compression {
-        Compression::Zstd if options.threads > 1 => Box::new(
-            zstd_frames::ParallelZstdDecoder::new(input, options.threads),
-        ),
+        Compression::Zstd if threads > 1 => {
+            Box::new(zstd_frames::ParallelZstdDecoder::new(input, threads))
+        }
         other => decode::decoder(other, Box::new(input)),
     };
     let mut decoded = PeekReader::new(decoder);

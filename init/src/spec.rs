@@ -4,10 +4,13 @@
 //! CLI's `--X`) goes through one table, [`PARAMS`], so the two can never
 //! drift apart and the README documents exactly what the code accepts.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
 
 use crate::cmdline::KernelCmdline;
 use crate::pipeline::checksum::Checksum;
+use crate::source::SourceOptions;
 
 /// What to do once the image is written and verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub struct DeploySpec {
     pub checksum: Option<Checksum>,
     /// Where to read the expected digest from (a `SHA256SUMS`-style list).
     pub checksum_url: Option<String>,
+    /// Timeouts, retries and trust for fetching.
+    pub source: SourceOptions,
     pub on_success: SuccessPolicy,
     pub on_failure: FailurePolicy,
 }
@@ -50,6 +55,7 @@ impl Default for DeploySpec {
             format: None,
             checksum: None,
             checksum_url: None,
+            source: SourceOptions::default(),
             on_success: SuccessPolicy::Reboot,
             on_failure: FailurePolicy::Halt,
         }
@@ -132,6 +138,71 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "retries",
+        values: "N",
+        default: "8",
+        help: "How often a failed request or a broken transfer is retried (with exponential backoff and jitter; `Retry-After` is honoured). A broken transfer resumes where it stopped, with an HTTP Range request.",
+        apply: |spec, v| {
+            spec.source.retries = v
+                .parse()
+                .with_context(|| format!("{v:?} is not a whole number"))?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "retry-timeout",
+        values: "DURATION (30s, 10m, 1h)",
+        default: "10m",
+        help: "The most time the retries of one transfer may take together.",
+        apply: |spec, v| {
+            spec.source.retry_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "connect-timeout",
+        values: "DURATION",
+        default: "15s",
+        help: "How long connecting to the server may take before it counts as a failed attempt.",
+        apply: |spec, v| {
+            spec.source.connect_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "stall-timeout",
+        values: "DURATION",
+        default: "30s",
+        help: "How long a transfer may deliver no bytes before it counts as a dropped connection (and is resumed).",
+        apply: |spec, v| {
+            spec.source.stall_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "ca",
+        values: "URL | /PATH (PEM)",
+        default: "(built in)",
+        help: "Trust roots for HTTPS: a PEM bundle by URL or by path inside the initramfs (`imprint-build --ca FILE` puts one at /etc/imprint/ca.pem, used by default).",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the URL or path of a PEM CA bundle");
+            }
+            spec.source.ca = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "insecure",
+        values: "0 | 1",
+        default: "0",
+        help: "Skip HTTPS certificate verification. Logged as a warning and reported in the result line; for labs only.",
+        apply: |spec, v| {
+            spec.source.insecure = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "on-success",
         values: "reboot | poweroff",
         default: "reboot",
@@ -156,6 +227,30 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
 ];
+
+/// `90`, `90s`, `500ms`, `10m`, `1h`: a bare number is seconds.
+pub fn parse_duration(v: &str) -> Result<Duration> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{v:?} is not a duration such as 30s, 10m or 1h"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => bail!("{v:?} has an unknown unit {unit:?}; use ms, s, m or h"),
+    })
+}
+
+fn parse_bool(v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => bail!("must be 1 or 0, not {v:?}"),
+    }
+}
 
 fn parse_failure_policy(v: &str) -> Result<FailurePolicy> {
     Ok(match v {
@@ -280,6 +375,27 @@ mod tests {
             spec("imprint.format=dd-zst").unwrap().format.as_deref(),
             Some("dd-zst")
         );
+    }
+
+    #[test]
+    fn source_options() {
+        let s = spec(
+            "imprint.retries=3 imprint.retry-timeout=2m imprint.connect-timeout=500ms \
+             imprint.stall-timeout=45 imprint.insecure=1 imprint.ca=http://h/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(s.source.retries, 3);
+        assert_eq!(s.source.retry_timeout, Duration::from_secs(120));
+        assert_eq!(s.source.connect_timeout, Duration::from_millis(500));
+        assert_eq!(s.source.stall_timeout, Duration::from_secs(45));
+        assert!(s.source.insecure);
+        assert_eq!(s.source.ca.as_deref(), Some("http://h/ca.pem"));
+        let msg = format!("{:#}", spec("imprint.stall-timeout=5x").unwrap_err());
+        assert!(msg.contains("unknown unit \"x\""), "{msg}");
+        let msg = format!("{:#}", spec("imprint.insecure=maybe").unwrap_err());
+        assert!(msg.contains("must be 1 or 0"), "{msg}");
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

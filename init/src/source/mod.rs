@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+mod http;
+pub mod tls;
+
 /// An opened image source: a byte stream and, when the server said so, its
 /// length.
 pub struct Source {
@@ -28,19 +31,34 @@ impl std::fmt::Debug for Source {
 }
 
 /// Timeouts for network sources.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceOptions {
+    /// How long connecting to a server may take (`imprint.connect-timeout=`).
     pub connect_timeout: Duration,
     /// How long a read may wait for the next bytes before the transfer is
-    /// declared stalled.
-    pub read_timeout: Duration,
+    /// declared stalled and treated like a dropped connection
+    /// (`imprint.stall-timeout=`).
+    pub stall_timeout: Duration,
+    /// Retries of a failed request or a broken transfer (`imprint.retries=`).
+    pub retries: u32,
+    /// The time all retries of one transfer may take (`imprint.retry-timeout=`).
+    pub retry_timeout: Duration,
+    /// Trust roots for HTTPS: a PEM bundle's URL or path (`imprint.ca=`).
+    pub ca: Option<String>,
+    /// Skip certificate verification (`imprint.insecure=1`). Loud, and
+    /// reported in the result.
+    pub insecure: bool,
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
             connect_timeout: Duration::from_secs(15),
-            read_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
+            retries: 8,
+            retry_timeout: Duration::from_secs(600),
+            ca: None,
+            insecure: false,
         }
     }
 }
@@ -50,50 +68,13 @@ pub fn open(url: &str, options: &SourceOptions) -> Result<Source> {
         .split_once("://")
         .map(|(scheme, _)| scheme.to_ascii_lowercase())
     {
-        Some(scheme) if scheme == "http" || scheme == "https" => open_http(url, options),
+        Some(scheme) if scheme == "http" || scheme == "https" => http::open(url, options),
         Some(scheme) if scheme == "file" => open_file(url),
         Some(scheme) => {
             bail!("unsupported URL scheme {scheme:?} in {url}; use http://, https:// or file://")
         }
         None => bail!("{url:?} is not a URL; use http://HOST/PATH or file:///PATH"),
     }
-}
-
-fn agent(options: &SourceOptions) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_connect(Some(options.connect_timeout))
-        .timeout_recv_response(Some(options.read_timeout))
-        .timeout_recv_body(None)
-        .timeout_per_read(Some(options.read_timeout))
-        // Status codes are turned into errors below, with the URL in them.
-        .http_status_as_error(false)
-        .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
-}
-
-fn open_http(url: &str, options: &SourceOptions) -> Result<Source> {
-    let response = agent(options)
-        .get(url)
-        .call()
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        bail!(
-            "GET {url}: HTTP {} {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
-    }
-    let body = response.into_body();
-    let length = body.content_length();
-    // `into_reader` fails with an error (instead of a clean EOF) when the
-    // connection closes before Content-Length bytes arrived.
-    Ok(Source {
-        reader: Box::new(body.into_reader()),
-        length,
-        url: url.to_owned(),
-    })
 }
 
 /// The last `len` bytes of the resource, when the server can send just
@@ -114,22 +95,7 @@ pub fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result<Option
             .with_context(|| format!("reading the end of {path}"))?;
         return Ok(Some(tail));
     }
-    let response = agent(options)
-        .get(url)
-        .header("Range", format!("bytes=-{len}"))
-        .call()
-        .map_err(|e| anyhow::anyhow!("GET {url} (last {len} bytes): {e}"))?;
-    if response.status().as_u16() != 206 {
-        return Ok(None);
-    }
-    let mut tail = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .take(len)
-        .read_to_end(&mut tail)
-        .with_context(|| format!("reading the last {len} bytes of {url}"))?;
-    Ok(Some(tail))
+    http::fetch_tail(url, len, options)
 }
 
 /// A small text document (a checksum list), at most `max_len` bytes.
