@@ -55,6 +55,7 @@ use anyhow::{Context, Result, bail};
 #[cfg(test)]
 mod fake_sysfs;
 mod hints;
+pub mod probe;
 mod select;
 mod sysfs;
 
