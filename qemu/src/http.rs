@@ -2,6 +2,8 @@
 //!
 //! Guests on QEMU user-mode networking reach it as `10.0.2.2`. Every response closes
 //! the connection, so each request is one connection and one entry in the log.
+//! [`FixtureServer::start_tls`] serves the same over HTTPS (rustls), with a
+//! certificate from [`TestCa`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -14,6 +16,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+mod pki;
+pub use pki::{FIXTURE_NAMES, ServerCert, TestCa};
 
 /// How the server answers one request for a path; queued per path with
 /// [`FixtureServer::push_behaviors`] and consumed one per request (then `Normal`).
@@ -70,9 +78,12 @@ struct Fixture {
 
 #[derive(Default)]
 struct Shared {
+    /// Set for an HTTPS server.
+    tls: Option<Arc<ServerConfig>>,
     fixtures: Mutex<HashMap<String, Fixture>>,
     behaviors: Mutex<HashMap<String, VecDeque<Behavior>>>,
     requests: Mutex<Vec<RequestRecord>>,
+    failed_handshakes: AtomicU64,
     generations: AtomicU64,
     stopping: AtomicBool,
 }
@@ -89,13 +100,43 @@ pub struct FixtureServer {
 }
 
 impl FixtureServer {
-    /// Binds a random port on 127.0.0.1 and starts serving.
+    /// Binds a random port on 127.0.0.1 and starts serving HTTP.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start) but HTTPS, presenting `cert_chain_pem` (leaf
+    /// first) with the private key `key_pem`; behaviors and Range work the same.
+    pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> Result<Self> {
+        let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the server certificate chain")?;
+        if chain.is_empty() {
+            bail!("reading the server certificate chain: no certificates found");
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .context("reading the server private key")?;
+        // The provider is named rather than taken from the process default, which
+        // rustls cannot pick when the dependency graph enables two.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("choosing TLS versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("loading the server certificate and key")?;
+        Self::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<ServerConfig>>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         let address = listener
             .local_addr()
             .context("reading the listener address")?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            tls,
+            ..Shared::default()
+        });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = std::thread::Builder::new()
             .name("fixture-accept".into())
@@ -113,14 +154,33 @@ impl FixtureServer {
         self.address.port()
     }
 
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The URL of `path` for the host.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port(), normalize(path))
+        format!(
+            "{}://127.0.0.1:{}{}",
+            self.scheme(),
+            self.port(),
+            normalize(path)
+        )
     }
 
     /// The URL of `path` for a guest on QEMU user-mode networking.
     pub fn guest_url(&self, path: &str) -> String {
-        format!("http://10.0.2.2:{}{}", self.port(), normalize(path))
+        format!(
+            "{}://10.0.2.2:{}{}",
+            self.scheme(),
+            self.port(),
+            normalize(path)
+        )
     }
 
     /// Serves `bytes` at `url_path` (replacing any earlier file there).
@@ -173,6 +233,12 @@ impl FixtureServer {
         lock(&self.shared.requests).clone()
     }
 
+    /// TLS connections that ended before the handshake completed (a client that
+    /// refused the certificate shows up here, not in [`requests`](Self::requests)).
+    pub fn failed_handshakes(&self) -> u64 {
+        self.shared.failed_handshakes.load(Ordering::SeqCst)
+    }
+
     /// Forgets the request log.
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
@@ -195,6 +261,7 @@ impl std::fmt::Debug for FixtureServer {
         formatter
             .debug_struct("FixtureServer")
             .field("address", &self.address)
+            .field("scheme", &self.scheme())
             .finish()
     }
 }
@@ -399,18 +466,86 @@ impl AsRef<[u8]> for SharedBytes {
     }
 }
 
+/// One client connection, plain or TLS; the TLS handshake happens on the first read.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Connection {
+    /// Ends the response. `clean` sends TLS close_notify first; without it a TLS
+    /// client sees the connection cut, as a dropped plain connection would be.
+    fn close(&mut self, clean: bool) {
+        let socket = match self {
+            Connection::Plain(socket) => socket,
+            Connection::Tls(stream) => {
+                if clean {
+                    stream.conn.send_close_notify();
+                    let _ = stream.flush();
+                }
+                &stream.sock
+            }
+        };
+        let _ = socket.shutdown(Shutdown::Write);
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(socket) => socket.read(buffer),
+            Connection::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(socket) => socket.write(buffer),
+            Connection::Tls(stream) => stream.write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(socket) => socket.flush(),
+            Connection::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
 fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .context("setting a read timeout")?;
-    let mut reader = BufReader::new(stream.try_clone().context("cloning the socket")?);
-    let request = read_request(&mut reader)?;
+    let connection = match &shared.tls {
+        None => Connection::Plain(stream),
+        Some(config) => {
+            let tls = ServerConnection::new(Arc::clone(config)).context("starting TLS")?;
+            Connection::Tls(Box::new(StreamOwned::new(tls, stream)))
+        }
+    };
+    // Requests have no body and every response closes the connection, so nothing
+    // the reader buffered past the headers is lost by taking the stream back.
+    let mut reader = BufReader::new(connection);
+    let request = match read_request(&mut reader) {
+        Ok(request) => request,
+        Err(error) => {
+            if let Connection::Tls(stream) = reader.get_ref() {
+                if stream.conn.is_handshaking() {
+                    shared.failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            return Err(error);
+        }
+    };
     let behavior = lock(&shared.behaviors)
         .get_mut(&request.path)
         .and_then(VecDeque::pop_front)
         .unwrap_or(Behavior::Normal);
     let mut response = Response {
-        stream,
+        stream: reader.into_inner(),
         bytes_sent: 0,
     };
     let status = answer(&request, &behavior, shared, &mut response);
@@ -422,13 +557,14 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         bytes_sent: response.bytes_sent,
         behavior,
     };
+    let dropped = matches!(record.behavior, Behavior::DropAfter(_));
     lock(&shared.requests).push(record);
-    let _ = response.stream.shutdown(Shutdown::Write);
+    response.stream.close(!dropped);
     status.map(|_| ())
 }
 
 struct Response {
-    stream: TcpStream,
+    stream: Connection,
     bytes_sent: u64,
 }
 
@@ -643,3 +779,5 @@ fn http_date(time: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
