@@ -1,6 +1,7 @@
 //! Assembles the initramfs: `/init`, `/dev/console`, the bare directory
 //! skeleton, the module closure of [`crate::drivers::BOOT_DRIVERS`] and a
-//! filtered module index that PID 1 reads with the same parser.
+//! filtered module index that PID 1 reads with the same parser; optionally
+//! images to deploy without a network and a CA bundle ([`InitramfsExtras`]).
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,65 @@ pub struct InitramfsInputs {
     /// The timestamp of every entry: 0, or `SOURCE_DATE_EPOCH`.
     pub mtime: u32,
 }
+
+/// Where an embedded image lands: `imprint.url=file:///images/<name>`.
+pub const EMBEDDED_IMAGES_DIR: &str = "images";
+/// Where a CA bundle lands; the HTTPS source reads it when `imprint.ca=`
+/// is not given.
+pub const CA_BUNDLE_PATH: &str = "etc/imprint/ca.pem";
+
+/// Files an initramfs may carry beyond what PID 1 needs to boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InitramfsExtras {
+    /// Images to put at `/images/<file name>` (mode 0644), for lab use and
+    /// small golden images: the kernel unpacks them into RAM, so the machine
+    /// needs memory for the image twice (compressed initramfs, unpacked file).
+    pub embed_images: Vec<PathBuf>,
+    /// A PEM bundle of trust roots for HTTPS, put at `/etc/imprint/ca.pem`.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl InitramfsExtras {
+    /// Adds the extras to `archive`. The archive orders entries by path,
+    /// so the order of `embed_images` does not change the bytes.
+    pub fn add_to(&self, archive: &mut CpioArchive) -> Result<()> {
+        if !self.embed_images.is_empty() {
+            archive.add_directory(EMBEDDED_IMAGES_DIR, 0o755)?;
+        }
+        for image in &self.embed_images {
+            let name = image
+                .file_name()
+                .and_then(|name| name.to_str())
+                .with_context(|| {
+                    format!(
+                        "embedding {}: the image needs a UTF-8 file name",
+                        image.display()
+                    )
+                })?;
+            let contents = std::fs::read(image)
+                .with_context(|| format!("reading the image to embed {}", image.display()))?;
+            archive
+                .add_file(&format!("{EMBEDDED_IMAGES_DIR}/{name}"), 0o644, contents)
+                .with_context(|| format!("embedding {}", image.display()))?;
+        }
+        if let Some(bundle) = &self.ca_bundle {
+            let pem = std::fs::read(bundle)
+                .with_context(|| format!("reading the CA bundle {}", bundle.display()))?;
+            ensure!(
+                pem.windows(CERTIFICATE_MARKER.len())
+                    .any(|window| window == CERTIFICATE_MARKER),
+                "the CA bundle {} holds no PEM certificate (no {})",
+                bundle.display(),
+                String::from_utf8_lossy(CERTIFICATE_MARKER)
+            );
+            archive.add_directory("etc/imprint", 0o755)?;
+            archive.add_file(CA_BUNDLE_PATH, 0o644, pem)?;
+        }
+        Ok(())
+    }
+}
+
+const CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// The built initramfs and what went into it.
 #[derive(Debug, Clone)]
@@ -146,7 +206,13 @@ pub fn compress(cpio: &[u8]) -> Result<Vec<u8>> {
 }
 
 pub fn build(inputs: &InitramfsInputs) -> Result<Initramfs> {
-    let (archive, modules, builtin) = assemble(inputs)?;
+    build_with(inputs, &InitramfsExtras::default())
+}
+
+/// [`build`], plus embedded images and a CA bundle.
+pub fn build_with(inputs: &InitramfsInputs, extras: &InitramfsExtras) -> Result<Initramfs> {
+    let (mut archive, modules, builtin) = assemble(inputs)?;
+    extras.add_to(&mut archive)?;
     let cpio = archive.to_bytes(inputs.mtime)?;
     let compressed = compress(&cpio)?;
     ensure!(!compressed.is_empty(), "zstd produced no output");
@@ -398,6 +464,116 @@ mod tests {
         }
         assert_eq!(zstd::decode_all(compressed.as_slice()).unwrap(), data);
         assert_eq!(compress(&data).unwrap(), compressed);
+    }
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn embeds_images_and_the_ca_bundle_reproducibly() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        let files = tempfile::tempdir().unwrap();
+        let golden = files.path().join("golden.raw.zst");
+        let other = files.path().join("other.img");
+        let ca = files.path().join("lab-ca.crt");
+        std::fs::write(&golden, b"\x28\xb5\x2f\xfd image").unwrap();
+        std::fs::write(&other, b"second").unwrap();
+        std::fs::write(&ca, PEM).unwrap();
+        let extras = InitramfsExtras {
+            embed_images: vec![golden.clone(), other.clone()],
+            ca_bundle: Some(ca.clone()),
+        };
+        let built = build_with(&inputs(tree.path()), &extras).unwrap();
+        let members = read_archive(&built.cpio).unwrap();
+        let member = |name: &str| {
+            members
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(member("images/golden.raw.zst").mode, 0o100_644);
+        assert_eq!(
+            member("images/golden.raw.zst").data,
+            b"\x28\xb5\x2f\xfd image"
+        );
+        assert_eq!(member("images/other.img").data, b"second");
+        assert_eq!(member("images").mode, 0o040_755);
+        assert_eq!(member("etc/imprint/ca.pem").mode, 0o100_644);
+        assert_eq!(member("etc/imprint/ca.pem").data, PEM.as_bytes());
+        assert_eq!(member("etc/imprint").mode, 0o040_755);
+        assert_eq!(member("init").data, b"\x7fELF fake static init");
+
+        // The same files in another order give the same bytes.
+        let reordered = InitramfsExtras {
+            embed_images: vec![other, golden.clone()],
+            ca_bundle: Some(ca),
+        };
+        let again = build_with(&inputs(tree.path()), &reordered).unwrap();
+        assert_eq!(again.sha256_hex(), built.sha256_hex());
+        // No extras: exactly the plain build.
+        assert_eq!(
+            build_with(&inputs(tree.path()), &InitramfsExtras::default())
+                .unwrap()
+                .compressed,
+            build(&inputs(tree.path())).unwrap().compressed
+        );
+        let plain = read_archive(&build(&inputs(tree.path())).unwrap().cpio).unwrap();
+        assert!(
+            !plain
+                .iter()
+                .any(|m| m.name.starts_with("images") || m.name.contains("ca.pem"))
+        );
+    }
+
+    #[test]
+    fn bad_extras_are_errors_naming_the_file() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        let files = tempfile::tempdir().unwrap();
+        let error = |extras: InitramfsExtras| {
+            format!(
+                "{:#}",
+                build_with(&inputs(tree.path()), &extras).unwrap_err()
+            )
+        };
+        let missing = files.path().join("missing.raw");
+        assert!(
+            error(InitramfsExtras {
+                embed_images: vec![missing.clone()],
+                ca_bundle: None,
+            })
+            .starts_with(&format!(
+                "reading the image to embed {}: ",
+                missing.display()
+            ))
+        );
+        let first = files.path().join("golden.raw");
+        std::fs::create_dir(files.path().join("b")).unwrap();
+        let second = files.path().join("b/golden.raw");
+        std::fs::write(&first, b"1").unwrap();
+        std::fs::write(&second, b"2").unwrap();
+        assert_eq!(
+            error(InitramfsExtras {
+                embed_images: vec![first, second.clone()],
+                ca_bundle: None,
+            }),
+            format!(
+                "embedding {}: cpio entry images/golden.raw added twice",
+                second.display()
+            )
+        );
+        let not_pem = files.path().join("ca.der");
+        std::fs::write(&not_pem, [0x30, 0x82, 0x01]).unwrap();
+        assert_eq!(
+            error(InitramfsExtras {
+                embed_images: Vec::new(),
+                ca_bundle: Some(not_pem.clone()),
+            }),
+            format!(
+                "the CA bundle {} holds no PEM certificate (no -----BEGIN CERTIFICATE-----)",
+                not_pem.display()
+            )
+        );
     }
 
     /// The real Debian kernel, when scripts/fetch-kernel has run: every

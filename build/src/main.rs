@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use imprint_build::initramfs::{self, InitramfsInputs};
+use imprint_build::initramfs::{self, InitramfsExtras, InitramfsInputs};
 use imprint_build::ipxe::{self, IpxeOptions};
 
-const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--extra-module NAME]... | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS]";
+const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--extra-module NAME]... [--embed-image FILE]... [--ca PEM-FILE] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS]";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -18,6 +18,7 @@ enum Command {
         init_binary: PathBuf,
         out: PathBuf,
         extra_modules: Vec<String>,
+        extras: InitramfsExtras,
     },
     Ipxe {
         out: PathBuf,
@@ -68,18 +69,33 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     "--init",
                     "--out",
                     "--extra-module",
+                    "--embed-image",
+                    "--ca",
                 ],
             )?;
+            let all = |name: &str| {
+                flags
+                    .iter()
+                    .filter(|(flag, _)| *flag == name)
+                    .map(|(_, value)| *value)
+                    .collect::<Vec<_>>()
+            };
             Ok(Command::Initramfs {
                 kernel_root: required(&flags, "--kernel-root")?.into(),
                 kernel_version: required(&flags, "--kver")?.to_owned(),
                 init_binary: required(&flags, "--init")?.into(),
                 out: required(&flags, "--out")?.into(),
-                extra_modules: flags
-                    .iter()
-                    .filter(|(flag, _)| *flag == "--extra-module")
-                    .map(|(_, value)| (*value).to_owned())
+                extra_modules: all("--extra-module")
+                    .into_iter()
+                    .map(str::to_owned)
                     .collect(),
+                extras: InitramfsExtras {
+                    embed_images: all("--embed-image")
+                        .into_iter()
+                        .map(PathBuf::from)
+                        .collect(),
+                    ca_bundle: single(&flags, "--ca")?.map(PathBuf::from),
+                },
             })
         }
         "ipxe" => {
@@ -128,16 +144,32 @@ fn run(command: Command) -> Result<()> {
             init_binary,
             out,
             extra_modules,
+            extras,
         } => {
-            let built = initramfs::build(&InitramfsInputs {
-                kernel_root,
-                kernel_version,
-                init_binary,
-                extra_modules,
-                mtime: archive_mtime()?,
-            })?;
+            let built = initramfs::build_with(
+                &InitramfsInputs {
+                    kernel_root,
+                    kernel_version,
+                    init_binary,
+                    extra_modules,
+                    mtime: archive_mtime()?,
+                },
+                &extras,
+            )?;
             write_atomically(&out, &built.compressed)?;
             println!("initramfs: {}", out.display());
+            for image in &extras.embed_images {
+                if let Some(name) = image.file_name() {
+                    println!(
+                        "embedded: imprint.url=file:///{}/{}",
+                        initramfs::EMBEDDED_IMAGES_DIR,
+                        name.to_string_lossy()
+                    );
+                }
+            }
+            if extras.ca_bundle.is_some() {
+                println!("CA bundle: /{}", initramfs::CA_BUNDLE_PATH);
+            }
             println!("modules: {}", built.modules.len());
             if !built.builtin.is_empty() {
                 println!("built in: {}", built.builtin.join(" "));
@@ -195,8 +227,31 @@ mod tests {
                 init_binary: "target/imprint".into(),
                 out: "out/initramfs.img".into(),
                 extra_modules: vec!["btrfs".to_owned(), "zfs".to_owned()],
+                extras: InitramfsExtras::default(),
             }
         );
+    }
+
+    #[test]
+    fn initramfs_embeds_images_and_a_ca_bundle() {
+        let Command::Initramfs { extras, .. } = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --embed-image /srv/a.raw.zst --ca lab.pem --embed-image b.img",
+        ))
+        .unwrap() else {
+            panic!("not initramfs");
+        };
+        assert_eq!(
+            extras,
+            InitramfsExtras {
+                embed_images: vec!["/srv/a.raw.zst".into(), "b.img".into()],
+                ca_bundle: Some("lab.pem".into()),
+            }
+        );
+        let error = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --ca a.pem --ca b.pem",
+        ))
+        .unwrap_err();
+        assert_eq!(error.to_string(), "--ca given twice");
     }
 
     #[test]
