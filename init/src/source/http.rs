@@ -40,6 +40,7 @@ pub(super) fn open(url: &str, options: &SourceOptions) -> Result<Source> {
         reader: Box::new(body.into_reader()),
         length,
         url: url.to_owned(),
+        device: None,
     })
 }
 

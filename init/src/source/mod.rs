@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 mod http;
+pub mod local;
 pub mod tls;
 
 /// An opened image source: a byte stream and, when the server said so, its
@@ -19,6 +20,9 @@ pub struct Source {
     pub length: Option<u64>,
     /// The URL as the user gave it, for messages.
     pub url: String,
+    /// The whole disk holding a local source (`vdb` for `file://LABEL=…`
+    /// found on `vdb1`): never a deploy target unless named.
+    pub device: Option<String>,
 }
 
 impl std::fmt::Debug for Source {
@@ -26,6 +30,7 @@ impl std::fmt::Debug for Source {
         f.debug_struct("Source")
             .field("url", &self.url)
             .field("length", &self.length)
+            .field("device", &self.device)
             .finish()
     }
 }
@@ -83,8 +88,8 @@ pub fn open(url: &str, options: &SourceOptions) -> Result<Source> {
 pub fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result<Option<Vec<u8>>> {
     use std::io::{Seek, SeekFrom};
     if url.starts_with("file://") {
-        let path = file_path(url)?;
-        let mut file = File::open(path).with_context(|| format!("opening {path}"))?;
+        let (mut file, path, _) = open_file_url(url)?;
+        let path = path.display();
         let size = file
             .seek(SeekFrom::End(0))
             .with_context(|| format!("seeking in {path}"))?;
@@ -117,22 +122,44 @@ pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<St
 fn file_path(url: &str) -> Result<&str> {
     let path = url.get("file://".len()..).unwrap_or_default();
     if !path.starts_with('/') {
-        bail!("{url}: a file URL needs an absolute path, e.g. file:///srv/images/golden.raw");
+        bail!(
+            "{url}: a file URL needs an absolute path (file:///srv/images/golden.raw) \
+             or a filesystem (file://LABEL=IMAGES/golden.raw, UUID=…, DEV=vdb1)"
+        );
     }
     Ok(path)
 }
 
-fn open_file(url: &str) -> Result<Source> {
+/// Opens what a `file://` URL names: a path in the running system, or a
+/// file on a filesystem found by label, UUID or device ([`local`]), which
+/// is mounted read-only first. Also gives the path opened and, for the
+/// latter, the whole disk holding it.
+fn open_file_url(url: &str) -> Result<(File, std::path::PathBuf, Option<String>)> {
+    if let Some(on_device) = local::DeviceFileUrl::parse(url)? {
+        let mut devices = local::SystemDevices::new(local::DEVICE_WAIT);
+        let opened = local::open(
+            &on_device,
+            &mut devices,
+            std::path::Path::new(local::MOUNT_ROOT),
+        )?;
+        return Ok((opened.file, opened.path, Some(opened.device.disk)));
+    }
     let path = file_path(url)?;
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    Ok((file, path.into(), None))
+}
+
+fn open_file(url: &str) -> Result<Source> {
+    let (file, path, device) = open_file_url(url)?;
     let length = file
         .metadata()
-        .with_context(|| format!("reading metadata of {path}"))?
+        .with_context(|| format!("reading metadata of {}", path.display()))?
         .len();
     Ok(Source {
         reader: Box::new(file),
         length: Some(length),
         url: url.to_owned(),
+        device,
     })
 }
 
@@ -169,6 +196,21 @@ mod tests {
             open("file://x.img", &SourceOptions::default()).unwrap_err()
         );
         assert!(msg.contains("absolute path"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_device_file_urls_fail_before_any_device_is_probed() {
+        let msg = format!(
+            "{:#}",
+            open("file://LABEL=IMAGES", &SourceOptions::default()).unwrap_err()
+        );
+        assert!(msg.contains("no file named after the filesystem"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            fetch_tail("file://DEV=/dev/disk/by-id/x/y", 10, &SourceOptions::default())
+                .unwrap_err()
+        );
+        assert!(msg.contains("DEV= takes a kernel device name"), "{msg}");
     }
 
     #[test]
