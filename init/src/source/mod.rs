@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 
 mod http;
 pub mod local;
+pub mod retry;
 pub mod tls;
 
 /// An opened image source: a byte stream and, when the server said so, its
@@ -20,6 +21,8 @@ pub struct Source {
     pub length: Option<u64>,
     /// The URL as the user gave it, for messages.
     pub url: String,
+    /// Retries, resumes and the final URL, updated while the reader runs.
+    pub stats: std::sync::Arc<retry::SourceStats>,
     /// The whole disk holding a local source (`vdb` for `file://LABEL=…`
     /// found on `vdb1`): never a deploy target unless named.
     pub device: Option<String>,
@@ -170,6 +173,7 @@ fn open_file(url: &str) -> Result<Source> {
         reader: Box::new(file),
         length: Some(length),
         url: url.to_owned(),
+        stats: Default::default(),
         device,
     })
 }
