@@ -35,7 +35,8 @@ use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
 use crate::pipeline::{decode, read_full, zstd_frames};
 use crate::report::DeploySummary;
-use crate::source::{self, SourceOptions};
+use crate::source::retry::{restart_required, restart_required_in};
+use crate::source::{self, SourceOptions, tls};
 use crate::spec::DeploySpec;
 
 /// Network reads: small enough to keep the decoder fed early.
@@ -71,7 +72,33 @@ impl Default for DeployOptions {
 }
 
 /// Streams the spec's image onto the disk or file at `target_path`.
+///
+/// When a broken transfer cannot be resumed safely (the server ignored the
+/// Range request, or the file changed under us), the attempt fails closed
+/// and the whole deploy starts again from byte 0, once: the held-back first
+/// MiB guarantees nothing bootable was written by the first attempt.
 pub fn deploy_to(
+    spec: &DeploySpec,
+    target_path: &Path,
+    options: &DeployOptions,
+    progress: &mut dyn Progress,
+) -> Result<DeploySummary> {
+    match deploy_attempt(spec, target_path, options, progress) {
+        Err(error) => {
+            let Some(restart) = restart_required_in(&error) else {
+                return Err(error);
+            };
+            log::warn!("{restart}; starting the deploy again from byte 0 (once)");
+            let mut summary = deploy_attempt(spec, target_path, options, progress)
+                .context("after restarting from byte 0 once")?;
+            summary.restarts = 1;
+            Ok(summary)
+        }
+        ok => ok,
+    }
+}
+
+fn deploy_attempt(
     spec: &DeploySpec,
     target_path: &Path,
     options: &DeployOptions,
@@ -87,6 +114,7 @@ pub fn deploy_to(
     }
     let expected = expected_checksum(spec, &url, &spec.source)?;
     let source = source::open(&url, &spec.source)?;
+    let stats = source.stats.clone();
     let target = target::open_target(target_path)?;
     log::info!(
         "deploying {url} ({}) to {}",
@@ -163,6 +191,9 @@ pub fn deploy_to(
         elapsed,
         format: Some(format.name()),
         verified: expected.map(|c| c.algorithm()),
+        transfer: stats.snapshot(),
+        restarts: 0,
+        insecure: tls::insecure_in_effect(&spec.source),
     })
 }
 
@@ -242,9 +273,15 @@ fn fetch_stage(
         let filled = match read_full(&mut reader, &mut buf) {
             Ok(n) => n,
             Err(e) => {
-                let message = format!("reading {url} at byte {offset}: {e}");
-                let _ = queue.send(Err(io::Error::new(e.kind(), message.clone())));
-                return Err(FetchError::Read(anyhow!(message)));
+                let message = format!("reading {url} at byte {offset}");
+                let _ = queue.send(Err(io::Error::new(e.kind(), format!("{message}: {e}"))));
+                // Keep the typed cause: a RestartRequired makes deploy_to
+                // start over instead of failing.
+                let cause = match restart_required(&e) {
+                    Some(restart) => anyhow::Error::new(restart.clone()),
+                    None => anyhow::Error::new(e),
+                };
+                return Err(FetchError::Read(cause.context(message)));
             }
         };
         buf.truncate(filled);

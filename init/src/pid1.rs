@@ -205,7 +205,19 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
         started.elapsed().as_secs_f64()
     );
 
-    let target = wait_for_disk(&selector, DISK_WAIT)?;
+    // A local source's disk is found (and mounted read-only) first, so that
+    // target selection can leave it out.
+    let source_disk = crate::source::source_disk(url)?;
+    let excluded: Vec<String> = source_disk.iter().cloned().collect();
+    let target = wait_for_disk(&selector, &excluded, DISK_WAIT)?;
+    if let Some(source_disk) = &source_disk
+        && target == Path::new("/dev").join(source_disk)
+    {
+        anyhow::bail!(
+            "disk {} holds the image source {url}; choose another target disk",
+            target.display()
+        );
+    }
     if needs_network(url) {
         net::bring_up(&net::NetOptions {
             timeout: NET_TIMEOUT,
@@ -230,11 +242,15 @@ fn needs_network(url: &str) -> bool {
 /// matched again after a quiet second: disks probe asynchronously, and a
 /// second matching disk that shows up late must make the choice ambiguous
 /// rather than lose the race.
-fn wait_for_disk(selector: &DiskSelector, timeout: Duration) -> Result<PathBuf> {
+fn wait_for_disk(
+    selector: &DiskSelector,
+    excluded: &[String],
+    timeout: Duration,
+) -> Result<PathBuf> {
     let deadline = Instant::now() + timeout;
     let pick = || -> Result<disk::DiskInfo> {
         let disks = disk::list_disks(Path::new("/sys/block"))?;
-        disk::select_disk(selector, &disks, &[]).cloned()
+        disk::select_disk(selector, &disks, excluded).cloned()
     };
     loop {
         match pick() {

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::source::retry::SourceStatsSnapshot;
+
 /// What a successful deploy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploySummary {
@@ -14,6 +16,12 @@ pub struct DeploySummary {
     pub format: Option<String>,
     /// The algorithm of the checksum the served bytes matched, if one was given.
     pub verified: Option<&'static str>,
+    /// Resumes, retries and re-fetched bytes of the transfer.
+    pub transfer: SourceStatsSnapshot,
+    /// Whole-deploy restarts from byte 0 (a resume was not safe).
+    pub restarts: u32,
+    /// TLS verification was off.
+    pub insecure: bool,
 }
 
 pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
@@ -26,8 +34,10 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// `IMPRINT-RESULT: ok bytes=… sha256=… seconds=…` then, when known,
-/// `format=…` and `verified=…`. New fields only ever go at the end.
+/// `IMPRINT-RESULT: ok bytes=… sha256=… seconds=…`, then `format=…` and
+/// `verified=…` when known, `resumes=… refetched=… retries=…`, and
+/// `restarts=1` / `insecure=1` when they happened. New fields only ever go
+/// at the end.
 pub fn ok_line(summary: &DeploySummary) -> String {
     let mut line = format!(
         "{RESULT_PREFIX} ok bytes={} sha256={} seconds={:.2}",
@@ -40,6 +50,17 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     }
     if let Some(algorithm) = summary.verified {
         line += &format!(" verified={algorithm}");
+    }
+    let t = &summary.transfer;
+    line += &format!(
+        " resumes={} refetched={} retries={}",
+        t.resumes, t.refetched_bytes, t.retries
+    );
+    if summary.restarts > 0 {
+        line += &format!(" restarts={}", summary.restarts);
+    }
+    if summary.insecure {
+        line += " insecure=1";
     }
     line
 }
@@ -64,11 +85,14 @@ mod tests {
             elapsed: Duration::from_millis(12_345),
             format: None,
             verified: None,
+            transfer: SourceStatsSnapshot::default(),
+            restarts: 0,
+            insecure: false,
         });
         assert_eq!(
             line,
             format!(
-                "IMPRINT-RESULT: ok bytes=67108864 sha256={} seconds=12.35",
+                "IMPRINT-RESULT: ok bytes=67108864 sha256={} seconds=12.35 resumes=0 refetched=0 retries=0",
                 "ab".repeat(32)
             )
         );
@@ -82,9 +106,19 @@ mod tests {
             elapsed: Duration::ZERO,
             format: Some("raw.tar.zst".into()),
             verified: Some("sha512"),
+            transfer: SourceStatsSnapshot {
+                resumes: 3,
+                refetched_bytes: 7,
+                retries: 4,
+                final_url: None,
+            },
+            restarts: 1,
+            insecure: true,
         });
         assert!(
-            line.ends_with(" seconds=0.00 format=raw.tar.zst verified=sha512"),
+            line.ends_with(
+                " seconds=0.00 format=raw.tar.zst verified=sha512 resumes=3 refetched=7 retries=4 restarts=1 insecure=1"
+            ),
             "{line}"
         );
     }

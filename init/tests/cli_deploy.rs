@@ -107,7 +107,15 @@ fn connection_dropped_mid_body_is_an_error_with_offset() {
     let target = target_with(dir.path(), &[]);
     let url = server.url("golden.raw");
 
-    let out = imprint(&["deploy", "--url", &url, "--disk", target.to_str().unwrap()]);
+    let out = imprint(&[
+        "deploy",
+        "--url",
+        &url,
+        "--disk",
+        target.to_str().unwrap(),
+        "--retries",
+        "0",
+    ]);
 
     assert_eq!(out.status.code(), Some(1));
     let line = result_line(&out);
@@ -121,7 +129,11 @@ fn connection_dropped_mid_body_is_an_error_with_offset() {
 fn short_content_length_is_not_success() {
     let server = FixtureServer::start().unwrap();
     server.add_file("golden.raw", image(1 << 20));
-    server.push_behaviors("golden.raw", [Behavior::WrongContentLength(2 << 20)]);
+    // Every answer lies, so neither a resume nor a restart can fix it.
+    server.push_behaviors(
+        "golden.raw",
+        vec![Behavior::WrongContentLength(2 << 20); 12],
+    );
     let dir = tempfile::tempdir().unwrap();
     let target = target_with(dir.path(), &[]);
 

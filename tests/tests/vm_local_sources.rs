@@ -205,7 +205,6 @@ fn a_missing_label_lists_the_filesystems_and_leaves_the_target_alone() {
 /// The issue: the disk holding the image source is never chosen by hints,
 /// so `size>=1M` with two disks picks the other one.
 #[test]
-#[ignore = "needs pid1 exclusion wiring (Source.device -> select_disk's excluded list)"]
 fn hints_never_choose_the_source_disk() {
     let (image, compressed) = golden();
     let dir = tempfile::tempdir().unwrap();
