@@ -323,6 +323,28 @@ fn a_server_that_ignores_range_is_not_spliced() {
     assert_eq!(run.ranges(2)[..2], [None, range_from(MIB)]);
 }
 
+/// Once: the deploy fails closed and starts over from byte 0, and says so.
+#[test]
+fn an_unsafe_resume_restarts_the_deploy_once() {
+    let data = image(3 * MIB, 17);
+    let round = vec![
+        Behavior::DropAfter(u64::try_from(MIB).unwrap()),
+        Behavior::IgnoreRange,
+    ];
+    let run = deploy(data.clone(), round, &[]);
+    run.assert_deployed(&data);
+    assert!(run.line().contains(" restarts=1"), "{}", run.line());
+    assert!(
+        run.stderr().contains(
+            "the server ignored the Range request (HTTP 200); starting the deploy again from byte 0"
+        ),
+        "{}",
+        run.stderr()
+    );
+    // The first attempt's request, its Range request, and the restart's.
+    assert_eq!(run.ranges(3)[..3], [None, range_from(MIB), None]);
+}
+
 #[test]
 fn a_file_changed_between_requests_is_not_spliced() {
     let data = image(3 * MIB, 8);
