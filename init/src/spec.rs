@@ -76,9 +76,9 @@ pub struct ParamDef {
 pub const PARAMS: &[ParamDef] = &[
     ParamDef {
         name: "url",
-        values: "http://HOST[:PORT]/PATH | file:///PATH",
+        values: "http[s]://HOST[:PORT]/PATH | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
         default: "(required)",
-        help: "Where the raw disk image is fetched from.",
+        help: "Where the disk image comes from: see Where the image comes from.",
         apply: |spec, v| {
             if v.is_empty() {
                 bail!("is empty; give the image URL, e.g. imprint.url=http://server/image.raw");
