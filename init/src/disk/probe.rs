@@ -7,7 +7,8 @@
 //! from `blkid` on another machine matches here. Known differences from
 //! blkid: a FAT label is the one in the boot sector (blkid prefers the root
 //! directory's volume entry, which only Windows' relabelling makes differ);
-//! ISO 9660's Joliet label is not read.
+//! ISO 9660's Joliet label is not read; an NTFS label lives in the `$Volume`
+//! MFT record, far beyond the first bytes, so NTFS has none here.
 
 /// How many bytes of a device [`probe`] needs to see every superblock it
 /// knows (btrfs keeps its own at 64 KiB).
@@ -17,10 +18,12 @@ pub const PROBE_LEN: usize = BTRFS_SUPER + 0x1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
     /// The type as `mount -t` and `/proc/filesystems` name it: `ext4`,
-    /// `ext3`, `ext2`, `xfs`, `vfat`, `iso9660`, `btrfs`.
+    /// `ext3`, `ext2`, `xfs`, `vfat`, `iso9660`, `btrfs`; `ntfs` as blkid
+    /// names it (the kernel's driver is `ntfs3`).
     pub fstype: &'static str,
     /// As blkid prints it: `0b8e…-…` (ext, xfs, btrfs), `ABCD-1234` (FAT),
-    /// `2024-01-31-12-00-00-00` (ISO 9660 creation time).
+    /// `2024-01-31-12-00-00-00` (ISO 9660 creation time), `0123456789ABCDEF`
+    /// (NTFS volume serial).
     pub uuid: Option<String>,
     pub label: Option<String>,
 }
@@ -31,6 +34,8 @@ impl FsInfo {
     pub fn mount_type(&self) -> &'static str {
         match self.fstype {
             "ext2" | "ext3" => "ext4",
+            // The read-write driver since Linux 5.15; the old `ntfs` is gone.
+            "ntfs" => "ntfs3",
             other => other,
         }
     }
@@ -66,6 +71,7 @@ pub fn probe(bytes: &[u8]) -> Option<FsInfo> {
         .or_else(|| probe_xfs(bytes))
         .or_else(|| probe_btrfs(bytes))
         .or_else(|| probe_iso9660(bytes))
+        .or_else(|| probe_ntfs(bytes))
         .or_else(|| probe_vfat(bytes))
 }
 
@@ -79,6 +85,10 @@ fn le16(bytes: &[u8], offset: usize) -> Option<u16> {
 
 fn le32(bytes: &[u8], offset: usize) -> Option<u32> {
     field(bytes, offset).map(u32::from_le_bytes)
+}
+
+fn le64(bytes: &[u8], offset: usize) -> Option<u64> {
+    field(bytes, offset).map(u64::from_le_bytes)
 }
 
 fn be16(bytes: &[u8], offset: usize) -> Option<u16> {
@@ -218,6 +228,35 @@ fn iso_creation_time(date: &[u8]) -> Option<String> {
         part(12..14),
         part(14..16)
     ))
+}
+
+// NTFS boot sector (libblkid's `ntfs_super_block`): a BIOS parameter
+// block whose FAT-only fields must be zero.
+fn probe_ntfs(bytes: &[u8]) -> Option<FsInfo> {
+    if field(bytes, 3)? != *b"NTFS    " {
+        return None;
+    }
+    let bytes_per_sector = le16(bytes, 11)?;
+    let reserved_sectors = le16(bytes, 14)?;
+    let fat_count = *bytes.get(16)?;
+    let root_entries = le16(bytes, 17)?;
+    let sectors_per_fat = le16(bytes, 22)?;
+    if !bytes_per_sector.is_power_of_two()
+        || !(256..=4096).contains(&bytes_per_sector)
+        || reserved_sectors != 0
+        || fat_count != 0
+        || root_entries != 0
+        || sectors_per_fat != 0
+    {
+        return None;
+    }
+    // blkid prints the 64-bit volume serial as 16 upper-case hex digits.
+    let serial = le64(bytes, 0x48)?;
+    Some(FsInfo {
+        fstype: "ntfs",
+        uuid: (serial != 0).then(|| format!("{serial:016X}")),
+        label: None,
+    })
 }
 
 // FAT12/16/32 boot sector.
@@ -470,6 +509,51 @@ mod tests {
         mbr[54..62].copy_from_slice(b"FAT16   ");
         mbr[38] = 0x29;
         assert_eq!(probe(&mbr).unwrap().fstype, "vfat");
+    }
+
+    /// The boot sector `mkntfs` writes (Windows' is the same but for the
+    /// boot code): jump, OEM id, BPB with the FAT fields zero, serial.
+    fn ntfs_boot_sector(serial: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; 4096];
+        bytes[..3].copy_from_slice(&[0xEB, 0x52, 0x90]);
+        bytes[3..11].copy_from_slice(b"NTFS    ");
+        bytes[11..13].copy_from_slice(&512u16.to_le_bytes());
+        bytes[13] = 8;
+        bytes[21] = 0xF8;
+        bytes[0x28..0x30].copy_from_slice(&2_097_151u64.to_le_bytes());
+        bytes[0x30..0x38].copy_from_slice(&786_432u64.to_le_bytes());
+        bytes[0x40] = 0xF6;
+        bytes[0x48..0x50].copy_from_slice(&serial.to_le_bytes());
+        bytes[510..512].copy_from_slice(&[0x55, 0xAA]);
+        bytes
+    }
+
+    #[test]
+    fn ntfs_serial_as_blkid_prints_it() {
+        let info = probe(&ntfs_boot_sector(0x01D9_4C2A_7E3B_9F10)).unwrap();
+        assert_eq!(
+            info,
+            FsInfo {
+                fstype: "ntfs",
+                uuid: Some("01D94C2A7E3B9F10".to_owned()),
+                label: None,
+            }
+        );
+        assert_eq!(
+            (info.mount_type(), info.kernel_module()),
+            ("ntfs3", "ntfs3")
+        );
+        assert_eq!(probe(&ntfs_boot_sector(0)).unwrap().uuid, None);
+        // The OEM id alone is not enough: FAT fields set mean it is not NTFS.
+        let mut fat_like = ntfs_boot_sector(1);
+        fat_like[16] = 2;
+        assert_eq!(probe(&fat_like), None);
+        let mut odd_sector = ntfs_boot_sector(1);
+        odd_sector[11..13].copy_from_slice(&500u16.to_le_bytes());
+        assert_eq!(probe(&odd_sector), None);
+        for len in 0..0x50 {
+            assert_eq!(probe(&ntfs_boot_sector(1)[..len]), None, "{len}");
+        }
     }
 
     #[test]
