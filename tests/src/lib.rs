@@ -188,6 +188,156 @@ pub fn gpt_ext4_image(size: u64, files: &[(&str, &[u8])]) -> Vec<u8> {
     std::fs::read(&image).expect("reading the image")
 }
 
+/// A filesystem for [`gpt_image`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    Vfat,
+    /// mkfs.xfs wants at least 300 MiB.
+    Xfs,
+}
+
+/// One partition of [`gpt_image`].
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    pub name: &'a str,
+    /// GPT type GUID, e.g. [`ESP_TYPE`] or [`LINUX_ROOT_X86_64`].
+    pub type_guid: &'a str,
+    pub size_mib: u64,
+    pub fs: Fs,
+    pub label: &'a str,
+    /// (path inside the filesystem, contents)
+    pub files: &'a [(&'a str, &'a [u8])],
+}
+
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// The Discoverable Partitions Specification's root type for x86-64.
+pub const LINUX_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// A GPT disk image with the given partitions (1 MiB aligned, in order),
+/// each holding a real filesystem with `files`, made without root:
+/// `sfdisk` for the table, `mkfs.ext4 -d`, `mkfs.vfat` + `mcopy`, or
+/// `mkfs.xfs -p` (a protofile) for the filesystems, copied in at their offsets.
+pub fn gpt_image(parts: &[Part<'_>]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let total_mib = 2 + parts.iter().map(|p| p.size_mib).sum::<u64>();
+    let mut table = String::from("label: gpt\n");
+    let mut start_mib = 1;
+    let mut image = vec![0u8; usize::try_from(total_mib << 20).expect("fits")];
+    for (i, part) in parts.iter().enumerate() {
+        table += &format!(
+            "start={}, size={}, type={}, name={}\n",
+            start_mib * 2048,
+            part.size_mib * 2048,
+            part.type_guid,
+            part.name
+        );
+        let fs = make_fs(dir.path(), i, part);
+        let offset = usize::try_from(start_mib << 20).expect("fits");
+        image[offset..offset + fs.len()].copy_from_slice(&fs);
+        start_mib += part.size_mib;
+    }
+    let path = dir.path().join("disk.img");
+    std::fs::write(&path, &image).expect("image file");
+    let out = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(table.as_bytes())?;
+            child.wait()
+        })
+        .expect("running sfdisk (util-linux)");
+    assert!(out.success(), "sfdisk failed on {table}");
+    std::fs::read(&path).expect("reading the image")
+}
+
+fn make_fs(dir: &Path, index: usize, part: &Part<'_>) -> Vec<u8> {
+    let root = dir.join(format!("root{index}"));
+    std::fs::create_dir_all(&root).expect("root dir");
+    for (name, contents) in part.files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("parent dir");
+        std::fs::write(path, contents).expect("file");
+    }
+    let file = dir.join(format!("fs{index}.img"));
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(part.size_mib << 20))
+        .expect("fs file");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("running mkfs");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    match part.fs {
+        Fs::Ext4 => run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", part.label, "-E", "root_owner=0:0", "-d"])
+            .arg(&root)
+            .arg(&file)
+            .env("E2FSPROGS_FAKE_TIME", "1700000000")),
+        Fs::Vfat => {
+            run(Command::new("mkfs.vfat")
+                .args(["-n", part.label])
+                .arg(&file));
+            for entry in std::fs::read_dir(&root).expect("root dir") {
+                let entry = entry.expect("entry");
+                run(Command::new("mcopy")
+                    .args(["-s", "-i"])
+                    .arg(&file)
+                    .arg(entry.path())
+                    .arg("::/"));
+            }
+        }
+        Fs::Xfs => {
+            let proto = dir.join(format!("proto{index}"));
+            std::fs::write(&proto, xfs_protofile(&root, "")).expect("protofile");
+            run(Command::new("mkfs.xfs")
+                .args(["-q", "-f", "-L", part.label, "-p"])
+                .arg(&proto)
+                .arg(&file));
+        }
+    }
+    std::fs::read(&file).expect("reading the filesystem")
+}
+
+/// mkfs.xfs's protofile for the tree at `dir` (root-owned, 0755 dirs, 0644 files).
+fn xfs_protofile(dir: &Path, _prefix: &str) -> String {
+    fn entries(dir: &Path, out: &mut String) {
+        let mut list: Vec<_> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        list.sort();
+        for path in list {
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                *out += &format!("{name} d--755 0 0\n");
+                entries(&path, out);
+                *out += "$\n";
+            } else {
+                *out += &format!("{name} ---644 0 0 {}\n", path.display());
+            }
+        }
+    }
+    let mut out = String::from("/dev/null\n0 0\nd--755 0 0\n");
+    entries(dir, &mut out);
+    out + "$\n"
+}
+
 /// `sfdisk --dump` of a disk image: Some(table) when it has a partition table.
 pub fn partition_table(path: &Path) -> Option<String> {
     let out = Command::new("sfdisk")
@@ -307,6 +457,41 @@ mod tests {
     }
 
     #[test]
+    fn gpt_image_with_esp_and_roots() {
+        let image = gpt_image(&[
+            Part {
+                name: "esp",
+                type_guid: ESP_TYPE,
+                size_mib: 8,
+                fs: Fs::Vfat,
+                label: "ESP",
+                files: &[("EFI/BOOT/x.txt", b"x")],
+            },
+            Part {
+                name: "root",
+                type_guid: LINUX_ROOT_X86_64,
+                size_mib: 16,
+                fs: Fs::Ext4,
+                label: "root",
+                files: &[("etc/os-release", b"ID=test\n")],
+            },
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.img");
+        std::fs::write(&path, &image).unwrap();
+        let table = partition_table(&path).expect("a partition table");
+        assert!(
+            table.contains("name=\"esp\"") && table.contains("name=\"root\""),
+            "{table}"
+        );
+        assert_eq!(
+            &image[(9 << 20) + 1080..(9 << 20) + 1082],
+            &[0x53, 0xef],
+            "ext4 magic at the root partition"
+        );
+    }
+
+    #[test]
     fn test_image_is_deterministic_with_zero_runs() {
         let a = test_image(8 << 20, 7);
         assert_eq!(a, test_image(8 << 20, 7));
@@ -316,5 +501,23 @@ mod tests {
             zero_blocks > 100 && zero_blocks < 2048 - 100,
             "{zero_blocks} zero blocks"
         );
+    }
+}
+
+#[cfg(test)]
+mod xfs_tests {
+    use super::*;
+
+    #[test]
+    fn gpt_image_with_an_xfs_root() {
+        let image = gpt_image(&[Part {
+            name: "root",
+            type_guid: LINUX_DATA,
+            size_mib: 300,
+            fs: Fs::Xfs,
+            label: "xroot",
+            files: &[("etc/os-release", b"ID=test\n"), ("etc/hostname", b"golden\n")],
+        }]);
+        assert_eq!(&image[1 << 20..(1 << 20) + 4], b"XFSB");
     }
 }
