@@ -56,6 +56,7 @@ use anyhow::{Context, Result, bail};
 mod fake_sysfs;
 mod hints;
 pub mod probe;
+pub mod root;
 mod select;
 mod sysfs;
 
