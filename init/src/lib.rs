@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cmdline;
 pub mod deploy;
 pub mod disk;
+pub mod inject;
 pub mod logger;
 pub mod modules;
 pub mod net;
