@@ -54,7 +54,10 @@ use anyhow::{Context, Result, bail};
 
 #[cfg(test)]
 mod fake_sysfs;
+pub mod gpt;
 mod hints;
+pub mod mbr;
+pub mod partitions;
 pub mod probe;
 pub mod root;
 mod select;
