@@ -472,6 +472,100 @@ mod tests {
         assert_eq!(mkdir.to_string(), "mkdir /root/.ssh (0700 0:0)");
     }
 
+    /// An Ubuntu-like tree: plan through `RootView`, apply, then check the
+    /// files as the installed OS would see them.
+    #[test]
+    fn plan_then_apply_on_an_image_tree() {
+        use std::fs;
+        use std::os::unix::fs::{MetadataExt as _, symlink};
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        if fs::metadata(root).unwrap().uid() != 0 {
+            eprintln!("skipped: owners need root");
+            return;
+        }
+        for d in ["etc/netplan", "etc/cloud", "root/.ssh", "home", "run"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let put = |path: &str, text: &str| fs::write(root.join(path), text).unwrap();
+        put(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\nubuntu:x:1000:1000::/home/ubuntu:/bin/bash\n",
+        );
+        put("etc/group", "root:x:0:\nubuntu:x:1000:\n");
+        put(
+            "etc/hosts",
+            "127.0.0.1 localhost\n127.0.1.1 ubuntu-golden\n",
+        );
+        put("etc/machine-id", "5f2b1c0e9d8a7b6c5f2b1c0e9d8a7b6c\n");
+        put("root/.ssh/authorized_keys", "ssh-rsa AAAAgolden golden\n");
+        // Ubuntu's resolv.conf is an absolute symlink; injection must not
+        // follow it to the deploy host's /run.
+        symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            root.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        let identity: Identity = serde_json::from_str(
+            r#"{"hostname":"node7","ssh-keys":["ssh-ed25519 AAAAnew new"],"ssh-user":"ubuntu",
+                "network":{},"drp":{"endpoint":"https://drp:8092","token":"t0k3n",
+                "machine-id":"m7","provisioner-web":"http://drp:8091"},
+                "files":[{"path":"/etc/app.conf","owner":"ubuntu","mode":"0640","content":"a=1\n"}]}"#,
+        )
+        .unwrap();
+        let view = RootView(root);
+        let ctx = InjectContext {
+            boot_mac: Some([0x52, 0x54, 0, 0, 0, 7]),
+            os_family: OsFamilyHint::Debian,
+            machine_name: None,
+            instance_id: Some("uuid-7".into()),
+            image: &view,
+        };
+        let ops = plan(&identity, &ctx).unwrap();
+        apply(&ops, root, &mut |_| Ok(b"drpcli".to_vec())).unwrap();
+
+        let read = |p: &str| fs::read_to_string(root.join(p)).unwrap();
+        let stat = |p: &str| {
+            let m = fs::symlink_metadata(root.join(p)).unwrap();
+            (m.mode() & 0o7777, m.uid(), m.gid())
+        };
+        assert_eq!(read("etc/hostname"), "node7\n");
+        assert_eq!(read("etc/hosts"), "127.0.0.1 localhost\n127.0.1.1\tnode7\n");
+        assert_eq!(
+            read("root/.ssh/authorized_keys"),
+            "ssh-rsa AAAAgolden golden\nssh-ed25519 AAAAnew new\n"
+        );
+        assert_eq!(
+            read("home/ubuntu/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAAnew new\n"
+        );
+        assert_eq!(stat("home/ubuntu"), (0o700, 1000, 1000));
+        assert_eq!(stat("home/ubuntu/.ssh"), (0o700, 1000, 1000));
+        assert_eq!(
+            stat("home/ubuntu/.ssh/authorized_keys"),
+            (0o600, 1000, 1000)
+        );
+        assert_eq!(stat("etc/netplan/50-imprint.yaml"), (0o600, 0, 0));
+        assert!(read("etc/netplan/50-imprint.yaml").contains("macaddress: \"52:54:00:00:00:07\""));
+        assert!(read("curtin/meta-data").starts_with("instance-id: \"uuid-7\"\n"));
+        assert_eq!(
+            read("curtin/network-config"),
+            read("etc/netplan/50-imprint.yaml")
+        );
+        assert!(read("var/lib/drp-agent/agent-cfg.yml").contains("Token: \"t0k3n\""));
+        assert_eq!(stat("usr/local/bin/drpcli"), (0o755, 0, 0));
+        assert_eq!(stat("etc/app.conf"), (0o640, 1000, 1000));
+        assert_eq!(read("etc/machine-id"), "");
+        assert!(!ops.iter().any(|op| op.to_string().contains("t0k3n")));
+        assert_eq!(
+            fs::read_link(root.join("etc/resolv.conf"))
+                .unwrap()
+                .to_str(),
+            Some("/run/systemd/resolve/stub-resolv.conf")
+        );
+    }
+
     #[test]
     fn memory_image_sees_parents_of_files() {
         let image = MemoryImage::default().with_file("/etc/netplan/a.yaml", "x");

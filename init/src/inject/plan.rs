@@ -183,23 +183,24 @@ fn plan_ssh_keys(
         .iter()
         .find(|u| u.uid == 0 && u.name == "root")
         .map_or("/root", |u| u.home.as_str());
-    let mut targets = vec![(usable_home(root_home, "root"), 0, 0, false)];
+    let mut targets = vec![(usable_home(root_home, "root"), 0, 0)];
     if let Some(user) = user {
         let entry = accounts.user(user).context("ssh-user")?;
-        targets.push((usable_home(&entry.home, user), entry.uid, entry.gid, true));
+        targets.push((usable_home(&entry.home, user), entry.uid, entry.gid));
     }
-    for (home, uid, gid, create_home) in targets {
+    for (home, uid, gid) in targets {
         let dir = format!("{home}/.ssh");
         let path = format!("{dir}/authorized_keys");
         let existing = read_text(image, &path)?;
-        if create_home {
-            ops.push(FileOp::Mkdir {
-                path: home.clone(),
-                mode: 0o700,
-                uid,
-                gid,
-            });
-        }
+        // An existing home is left as it is; a missing one (cloud images
+        // often create users on first boot) must belong to its user, or sshd's
+        // StrictModes ignores the keys.
+        ops.push(FileOp::Mkdir {
+            path: home.clone(),
+            mode: 0o700,
+            uid,
+            gid,
+        });
         ops.push(FileOp::Mkdir {
             path: dir,
             mode: 0o700,
@@ -470,6 +471,7 @@ mod tests {
         assert_eq!(
             lines(&ops),
             [
+                "mkdir /root (0700 0:0)",
                 "mkdir /root/.ssh (0700 0:0)",
                 "write /root/.ssh/authorized_keys (0600 0:0, 89 bytes)",
                 "mkdir /home/ubuntu (0700 1000:1001)",
@@ -478,11 +480,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            text(&ops[1]),
+            text(&ops[2]),
             "# managed\nssh-rsa AAAAold old@host\nssh-ed25519 AAAAk1 a@b\necdsa-sha2-nistp256 AAAAk2 ops\n"
         );
         assert_eq!(
-            text(&ops[4]),
+            text(&ops[5]),
             "ssh-ed25519 AAAAk1 other-comment\nssh-rsa AAAAold again\necdsa-sha2-nistp256 AAAAk2 ops\n"
         );
     }
