@@ -55,18 +55,27 @@ fn deploy(args: &[String]) -> i32 {
         }
     };
     ConsoleLogger::install(log::LevelFilter::Info, false);
+    let spec = match with_config(spec, args) {
+        Ok(spec) => spec,
+        Err(e) => {
+            println!("{}", report::error_line(&e));
+            return 1;
+        }
+    };
     let result = spec
         .disk
         .as_deref()
         .context("no target given: pass --disk /dev/NAME or --disk FILE")
         .and_then(resolve_target)
         .and_then(|disk| {
-            crate::deploy::deploy_to(
+            let summary = crate::deploy::deploy_to(
                 &spec,
                 &disk,
                 &crate::deploy::DeployOptions::default(),
                 &mut LogProgress::new(Duration::from_secs(2)),
-            )
+            )?;
+            inject_if_possible(&spec, &disk)?;
+            Ok(summary)
         });
     match result {
         Ok(summary) => {
@@ -78,6 +87,42 @@ fn deploy(args: &[String]) -> i32 {
             1
         }
     }
+}
+
+/// `--config URL`: the JSON spec first, the options over it.
+fn with_config(spec: DeploySpec, args: &[String]) -> Result<DeploySpec> {
+    let Some(config) = &spec.config else {
+        return Ok(spec);
+    };
+    let text = crate::source::fetch_text(config, 1 << 20, &spec.source)
+        .with_context(|| format!("fetching the deploy spec {config}"))?;
+    let mut base = DeploySpec::default();
+    base.apply_json(&text)
+        .with_context(|| format!("deploy spec {config}"))?;
+    parse_deploy_args_over(base, args)
+}
+
+/// Injection needs the partitions of a block device; an image file has
+/// none the kernel shows, so it is skipped there, unless it was asked for.
+fn inject_if_possible(spec: &DeploySpec, disk: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_block = std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device());
+    if !is_block {
+        if crate::inject::deployed::requested(spec) {
+            anyhow::bail!(
+                "{} is a file: identity injection needs a block device (attach it with losetup -P)",
+                disk.display()
+            );
+        }
+        return Ok(());
+    }
+    match crate::inject::deployed::inject_or_fail_closed(spec, disk, None)? {
+        crate::inject::deployed::Injected::Root { root, ops } => {
+            log::info!("injected {ops} changes into {root}");
+        }
+        crate::inject::deployed::Injected::Skipped(why) => log::info!("no injection: {why}"),
+    }
+    Ok(())
 }
 
 /// A path is used as it is (a block device, or a regular file standing in
@@ -97,7 +142,11 @@ fn resolve_target(value: &str) -> Result<PathBuf> {
 
 /// `--name value` or `--name=value`, each name from the parameter table.
 pub fn parse_deploy_args(args: &[String]) -> Result<DeploySpec> {
-    let mut spec = DeploySpec::default();
+    parse_deploy_args_over(DeploySpec::default(), args)
+}
+
+/// The options applied over `spec` (a JSON deploy spec's, for `--config`).
+fn parse_deploy_args_over(mut spec: DeploySpec, args: &[String]) -> Result<DeploySpec> {
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         let Some(option) = arg.strip_prefix("--") else {

@@ -158,8 +158,7 @@ pub fn main() -> ! {
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let cmdline = KernelCmdline::parse(&cmdline_text);
-    let outcome = DeploySpec::from_cmdline(&cmdline)
-        .and_then(|spec| run(&spec).map(|summary| (spec, summary)));
+    let outcome = DeploySpec::from_cmdline(&cmdline).and_then(|spec| run(spec, &cmdline));
     match outcome {
         Ok((spec, summary)) => {
             println!("{}", report::ok_line(&summary));
@@ -189,15 +188,8 @@ fn halt_showing(line: &str) -> ! {
     }
 }
 
-fn run(spec: &DeploySpec) -> Result<DeploySummary> {
+fn run(spec: DeploySpec, cmdline: &KernelCmdline) -> Result<(DeploySpec, DeploySummary)> {
     let started = Instant::now();
-    let url = spec.require_url()?;
-    let wanted_disk = spec
-        .disk
-        .as_deref()
-        .context("no target disk given: set imprint.disk=/dev/NAME or hints such as imprint.disk=size>=100G,rotational=0")?;
-    let selector = DiskSelector::parse(wanted_disk).context("parameter imprint.disk")?;
-
     let kver = sys::kmod::kernel_release();
     coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
     log::info!(
@@ -205,9 +197,34 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
         started.elapsed().as_secs_f64()
     );
 
+    // The network comes up first when the spec itself or the image is
+    // fetched over it; a JSON spec may name the image and the disk.
+    let mut boot_mac = None;
+    let config_needs_network = spec.config.as_deref().is_some_and(needs_network);
+    let url_needs_network = spec.url.as_deref().is_some_and(needs_network);
+    if config_needs_network || url_needs_network {
+        boot_mac = Some(bring_up_network(started)?);
+    }
+    let spec = match &spec.config {
+        Some(config) => {
+            let text = crate::source::fetch_text(config, 1 << 20, &spec.source)
+                .with_context(|| format!("fetching the deploy spec {config}"))?;
+            let merged = DeploySpec::from_json_and_cmdline(&text, cmdline)
+                .with_context(|| format!("deploy spec {config}"))?;
+            log::info!("deploy spec {config} loaded");
+            merged
+        }
+        None => spec,
+    };
+    let url = spec.require_url()?.to_owned();
+    let wanted_disk = spec.disk.as_deref().context(
+        "no target disk given: set imprint.disk=/dev/NAME or hints such as imprint.disk=size>=100G,rotational=0",
+    )?;
+    let selector = DiskSelector::parse(wanted_disk).context("parameter imprint.disk")?;
+
     // A local source's disk is found (and mounted read-only) first, so that
     // target selection can leave it out.
-    let source_disk = crate::source::source_disk(url)?;
+    let source_disk = crate::source::source_disk(&url)?;
     let excluded: Vec<String> = source_disk.iter().cloned().collect();
     let target = wait_for_disk(&selector, &excluded, DISK_WAIT)?;
     if let Some(source_disk) = &source_disk
@@ -218,20 +235,32 @@ fn run(spec: &DeploySpec) -> Result<DeploySummary> {
             target.display()
         );
     }
-    if needs_network(url) {
-        net::bring_up(&net::NetOptions {
-            timeout: NET_TIMEOUT,
-            prefer_mac: None,
-        })
-        .context("bringing up the network")?;
-        log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
+    if needs_network(&url) && boot_mac.is_none() {
+        boot_mac = Some(bring_up_network(started)?);
     }
-    deploy::deploy_to(
-        spec,
+    let summary = deploy::deploy_to(
+        &spec,
         &target,
         &deploy::DeployOptions::default(),
         &mut LogProgress::new(Duration::from_secs(2)),
-    )
+    )?;
+    match crate::inject::deployed::inject_or_fail_closed(&spec, &target, boot_mac)? {
+        crate::inject::deployed::Injected::Root { root, ops } => {
+            log::info!("injected {ops} changes into {root}");
+        }
+        crate::inject::deployed::Injected::Skipped(why) => log::info!("no injection: {why}"),
+    }
+    Ok((spec, summary))
+}
+
+fn bring_up_network(started: Instant) -> Result<[u8; 6]> {
+    let configured = net::bring_up(&net::NetOptions {
+        timeout: NET_TIMEOUT,
+        prefer_mac: None,
+    })
+    .context("bringing up the network")?;
+    log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
+    Ok(configured.mac)
 }
 
 fn needs_network(url: &str) -> bool {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::cmdline::KernelCmdline;
+use crate::disk::root::RootSelector;
+use crate::inject::Identity;
 use crate::pipeline::checksum::Checksum;
 use crate::source::SourceOptions;
 
@@ -43,6 +45,14 @@ pub struct DeploySpec {
     pub checksum_url: Option<String>,
     /// Timeouts, retries and trust for fetching.
     pub source: SourceOptions,
+    /// What makes this machine itself, injected after the write.
+    pub identity: Identity,
+    /// Which partition is the root (`imprint.root=`); discovered when absent.
+    pub root: Option<RootSelector>,
+    /// Grow the last partition to the end of the disk (`imprint.grow=1`).
+    pub grow: bool,
+    /// URL of a JSON deploy spec (`imprint.config=`).
+    pub config: Option<String>,
     pub on_success: SuccessPolicy,
     pub on_failure: FailurePolicy,
 }
@@ -56,6 +66,10 @@ impl Default for DeploySpec {
             checksum: None,
             checksum_url: None,
             source: SourceOptions::default(),
+            identity: Identity::default(),
+            root: None,
+            grow: false,
+            config: None,
             on_success: SuccessPolicy::Reboot,
             on_failure: FailurePolicy::Halt,
         }
@@ -203,6 +217,85 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "config",
+        values: "URL of a JSON deploy spec",
+        default: "(none)",
+        help: "Every setting as one JSON document (see The deploy spec); parameters on the command line override it.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the URL of a JSON deploy spec");
+            }
+            spec.config = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "hostname",
+        values: "NAME",
+        default: "(image's)",
+        help: "Written to /etc/hostname and the 127.0.1.1 line of /etc/hosts.",
+        apply: |spec, v| {
+            if v.is_empty() || v.len() > 253 || v.contains(char::is_whitespace) {
+                bail!("{v:?} is not a host name");
+            }
+            spec.identity.hostname = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "ssh-key",
+        values: "\"ssh-ed25519 AAAA… comment\" (repeatable)",
+        default: "(none)",
+        help: "A public key for root's authorized_keys (and --ssh-user's). Quote it on the kernel command line: \"imprint.ssh-key=ssh-ed25519 AAAA… me\".",
+        apply: |spec, v| {
+            if v.split_whitespace().count() < 2 {
+                bail!("{v:?} is not an SSH public key (TYPE BASE64 [COMMENT])");
+            }
+            spec.identity.ssh_keys.push(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "ssh-user",
+        values: "USER",
+        default: "(root only)",
+        help: "Also install the keys for this user of the image (uid and gid from its /etc/passwd).",
+        apply: |spec, v| {
+            spec.identity.ssh_user = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "root",
+        values: "N | LABEL=L | UUID=U | PARTLABEL=L | PARTUUID=U",
+        default: "(discovered)",
+        help: "The image's root partition. Otherwise: the root type GUID, then the first partition with /curtin, then the first with /etc/os-release.",
+        apply: |spec, v| {
+            spec.root = Some(RootSelector::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "grow",
+        values: "0 | 1",
+        default: "0",
+        help: "Grow the last partition to the end of the disk (the filesystem is left to the OS's first boot, like cloud-init's growpart).",
+        apply: |spec, v| {
+            spec.grow = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "reset-machine-id",
+        values: "0 | 1",
+        default: "1",
+        help: "Empty the image's /etc/machine-id so clones do not share it.",
+        apply: |spec, v| {
+            spec.identity.reset_machine_id = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "on-success",
         values: "reboot | poweroff",
         default: "reboot",
@@ -227,6 +320,32 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
 ];
+
+/// The JSON keys that are identity fields rather than parameters.
+const IDENTITY_FIELDS: &[&str] = &[
+    "hostname",
+    "ssh-keys",
+    "access-keys",
+    "ssh-user",
+    "network",
+    "cloud-init",
+    "drp",
+    "files",
+    "reset-machine-id",
+];
+
+/// `from_json` holds the document; `earlier` what was set before it (only
+/// keys from the command line, which are applied again afterwards anyway,
+/// or defaults). Lists add up.
+fn merge_identity(from_json: Identity, earlier: Identity) -> Identity {
+    let mut merged = from_json;
+    for key in earlier.ssh_keys {
+        if !merged.ssh_keys.contains(&key) {
+            merged.ssh_keys.push(key);
+        }
+    }
+    merged
+}
 
 /// `90`, `90s`, `500ms`, `10m`, `1h`: a bare number is seconds.
 pub fn parse_duration(v: &str) -> Result<Duration> {
@@ -299,6 +418,51 @@ impl DeploySpec {
             .value("imprint.on-failure")
             .and_then(|v| parse_failure_policy(v).ok())
             .unwrap_or(DeploySpec::default().on_failure)
+    }
+
+    /// Applies a JSON deploy spec: an object whose keys are the parameter
+    /// names (`url`, `disk`, `checksum`, …; strings, numbers or booleans)
+    /// and the identity fields (`hostname`, `ssh-keys`, `access-keys`,
+    /// `ssh-user`, `network`, `cloud-init`, `drp`, `files`,
+    /// `reset-machine-id`). Errors name the field and the reason.
+    pub fn apply_json(&mut self, text: &str) -> Result<()> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).context("the deploy spec is not valid JSON")?;
+        let serde_json::Value::Object(fields) = value else {
+            bail!("the deploy spec must be a JSON object");
+        };
+        let mut identity = serde_json::Map::new();
+        for (key, value) in fields {
+            if IDENTITY_FIELDS.contains(&key.as_str()) {
+                identity.insert(key, value);
+                continue;
+            }
+            let text = match &value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
+                serde_json::Value::Null => continue,
+                _ => bail!("field {key:?}: expected a string, number or boolean"),
+            };
+            self.set("field ", &key, Some(&text))?;
+        }
+        if !identity.is_empty() {
+            let parsed: Identity = serde_json::from_value(serde_json::Value::Object(identity))
+                .context("the deploy spec's identity fields")?;
+            self.identity = merge_identity(parsed, std::mem::take(&mut self.identity));
+        }
+        Ok(())
+    }
+
+    /// The spec from a JSON document with the command line applied over it.
+    pub fn from_json_and_cmdline(json: &str, cmdline: &KernelCmdline) -> Result<DeploySpec> {
+        let mut spec = DeploySpec::default();
+        spec.apply_json(json)?;
+        for (name, param) in cmdline.with_prefix("imprint.") {
+            spec.set("imprint.", name, param.value.as_deref())?;
+        }
+        spec.validate("imprint.")?;
+        Ok(spec)
     }
 
     /// Checks that hold across parameters; `origin` spells the prefix.
@@ -396,6 +560,65 @@ mod tests {
         assert!(msg.contains("must be 1 or 0"), "{msg}");
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn json_spec_with_identity_and_parameters() {
+        let mut s = DeploySpec::default();
+        s.apply_json(
+            r#"{"url": "http://h/golden.raw.zst", "disk": "/dev/sda", "retries": 3, "grow": true,
+                "hostname": "web-01", "ssh-keys": ["ssh-ed25519 AAAA me"],
+                "access-keys": {"ops": "ssh-rsa BBBB ops"},
+                "drp": {"endpoint": "https://drp:8092", "token": "s3cret", "machine-id": "m1", "provisioner-web": "http://drp:8091"}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.url.as_deref(), Some("http://h/golden.raw.zst"));
+        assert_eq!(s.source.retries, 3);
+        assert!(s.grow);
+        assert_eq!(s.identity.hostname.as_deref(), Some("web-01"));
+        assert_eq!(s.identity.access_keys.len(), 1);
+        assert!(
+            !format!("{s:?}").contains("s3cret"),
+            "the token leaks into Debug"
+        );
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let mut s = DeploySpec::default();
+        let msg = format!("{:#}", s.apply_json(r#"{"retries": "many"}"#).unwrap_err());
+        assert!(msg.starts_with("parameter field retries"), "{msg}");
+        let msg = format!("{:#}", s.apply_json(r#"{"hostnme": "x"}"#).unwrap_err());
+        assert!(msg.contains("unknown parameter field hostnme"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            s.apply_json(r#"{"files": [{"path": "/x", "mode": "9z"}]}"#)
+                .unwrap_err()
+        );
+        assert!(msg.contains("identity fields"), "{msg}");
+        let msg = format!("{:#}", s.apply_json("[1]").unwrap_err());
+        assert_eq!(msg, "the deploy spec must be a JSON object");
+        let msg = format!("{:#}", s.apply_json("{").unwrap_err());
+        assert!(
+            msg.starts_with("the deploy spec is not valid JSON"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn identity_parameters() {
+        let s = spec(
+            r#"imprint.hostname=web-02 "imprint.ssh-key=ssh-ed25519 AAAA a@b" imprint.ssh-key="ssh-rsa BBBB c" imprint.root=PARTLABEL=root imprint.reset-machine-id=0"#,
+        )
+        .unwrap();
+        assert_eq!(s.identity.hostname.as_deref(), Some("web-02"));
+        assert_eq!(
+            s.identity.ssh_keys,
+            vec!["ssh-ed25519 AAAA a@b", "ssh-rsa BBBB c"]
+        );
+        assert!(s.root.is_some());
+        assert!(!s.identity.reset_machine_id);
+        assert!(spec("imprint.ssh-key=nonsense").is_err());
     }
 
     #[test]

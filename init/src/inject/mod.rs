@@ -13,6 +13,7 @@
 
 mod apply;
 mod cloud_init;
+pub mod deployed;
 mod drp;
 mod network;
 mod passwd;

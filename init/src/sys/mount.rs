@@ -34,3 +34,9 @@ pub fn mkdir_all(path: &Path, mode: u32) -> Result<()> {
         .create(path)
         .with_context(|| format!("creating {}", path.display()))
 }
+
+pub fn unmount(target: &Path) -> Result<()> {
+    rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("unmounting {}", target.display()))
+}

@@ -1,0 +1,264 @@
+//! After the image is on the disk: make its partition table whole for this
+//! disk, find its root, and inject the machine's identity.
+//!
+//! ```text
+//! read GPT/MBR -> move the backup GPT to the disk's end (and grow) -> re-read partitions
+//! -> probe each partition -> discover the root -> read os-release
+//! -> mount the root read-write -> plan -> log the plan -> apply -> sync -> unmount
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rustix::mount::MountFlags;
+
+use crate::disk::partitions::{self, PartitionTable, TableKind};
+use crate::disk::root::{self, Candidate, MountingInspector, NtfsImage, OsFamily, RootChoice};
+use crate::inject::{self, Identity, InjectContext, OsFamilyHint, RootView};
+use crate::pipeline::target::DeviceTarget;
+use crate::spec::DeploySpec;
+
+const PARTITION_WAIT: Duration = Duration::from_secs(10);
+const PROBE_MOUNTS: &str = "/run/imprint/probe";
+const ROOT_MOUNT: &str = "/run/imprint/root";
+
+/// What happened after the write, for the log and the result line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injected {
+    /// The identity went into this root (`partition 2 (/dev/vda2, ext4 …)`).
+    Root { root: String, ops: usize },
+    /// Nothing to do, and why (no partition table, Windows image, …).
+    Skipped(String),
+}
+
+/// Whether the spec asks for anything beyond the defaults. Without a
+/// request, an image with no Linux root (raw data, Windows) is not an error.
+pub fn requested(spec: &DeploySpec) -> bool {
+    let mut identity = spec.identity.clone();
+    identity.reset_machine_id = Identity::default().reset_machine_id;
+    identity != Identity::default() || spec.root.is_some() || spec.grow
+}
+
+/// [`inject_into_disk`], failing closed: on any error the first and last
+/// MiB of the disk are zeroed, as for a failure during the write.
+pub fn inject_or_fail_closed(
+    spec: &DeploySpec,
+    disk: &Path,
+    boot_mac: Option<[u8; 6]>,
+) -> Result<Injected> {
+    inject_into_disk(spec, disk, boot_mac).map_err(|error| {
+        match DeviceTarget::open(disk) {
+            Ok(mut device) => {
+                if let Err(e) = crate::pipeline::image_writer::fail_closed(&mut device) {
+                    log::error!("{e:#}");
+                }
+            }
+            Err(e) => log::error!("{e:#}"),
+        }
+        error.context("after writing the image")
+    })
+}
+
+/// Fixes up the partition table of the freshly written `disk` and injects
+/// the spec's identity into its root. Any error is a deploy failure; the
+/// caller fails closed.
+pub fn inject_into_disk(
+    spec: &DeploySpec,
+    disk: &Path,
+    boot_mac: Option<[u8; 6]>,
+) -> Result<Injected> {
+    let disk_name = disk
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("the target disk has no name")?;
+    let table = match partitions::read_partition_table_at(disk) {
+        Ok(table) => table,
+        Err(e) if !requested(spec) => {
+            return Ok(Injected::Skipped(format!(
+                "no partition table to inject into ({e:#})"
+            )));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the partition table of {}", disk.display()));
+        }
+    };
+    for problem in &table.problems {
+        log::warn!("{}: {problem}", disk.display());
+    }
+    fix_partition_table(spec, disk, &table)?;
+    let table = partitions::read_partition_table_at(disk)
+        .with_context(|| format!("reading the partition table of {} again", disk.display()))?;
+    let numbers: Vec<u32> = table.partitions.iter().map(|p| p.number).collect();
+    let nodes =
+        partitions::wait_for_partition_nodes(&disk_name, &numbers, PARTITION_WAIT, |p| p.exists())?;
+    let candidates = candidates(&table, &nodes)?;
+
+    let mut inspector = MountingInspector::new(Path::new(PROBE_MOUNTS));
+    let choice = root::discover_root(spec.root.as_ref(), &candidates, &mut inspector);
+    let choice = match choice {
+        Ok(choice) => choice,
+        Err(e) => {
+            inspector.unmount_all()?;
+            if let Some(ntfs) = e.downcast_ref::<NtfsImage>() {
+                return Ok(Injected::Skipped(ntfs.to_string()));
+            }
+            if !requested(spec) {
+                return Ok(Injected::Skipped(format!("{e:#}")));
+            }
+            return Err(e);
+        }
+    };
+    let RootChoice { index, reason } = choice;
+    let root = &candidates[index];
+    let os = root::read_os_release(root, &mut inspector)?;
+    inspector.unmount_all()?;
+    log::info!(
+        "root: {} ({reason}){}",
+        root.describe(),
+        os.as_ref()
+            .map_or(String::new(), |os| format!(", {}", os.pretty_name))
+    );
+
+    let family = match os.as_ref().map(|os| os.family) {
+        Some(OsFamily::Debian) => OsFamilyHint::Debian,
+        Some(OsFamily::RedHat) => OsFamilyHint::RedHat,
+        Some(OsFamily::Suse) => OsFamilyHint::Suse,
+        Some(OsFamily::Other) | None => OsFamilyHint::Other,
+    };
+    let mount_point = mount_read_write(root)?;
+    let result = plan_and_apply(spec, &mount_point, boot_mac, family);
+    rustix::fs::sync();
+    let unmounted = crate::sys::mount::unmount(&mount_point);
+    let ops = result?;
+    unmounted?;
+    Ok(Injected::Root {
+        root: root.describe(),
+        ops,
+    })
+}
+
+/// Moves a backup GPT that sits mid-disk (the image was smaller than the
+/// disk) to the end, grows the last partition when asked, and has the
+/// kernel re-read the table.
+fn fix_partition_table(spec: &DeploySpec, disk: &Path, table: &PartitionTable) -> Result<()> {
+    let mut target = DeviceTarget::open(disk)?;
+    let disk_size = crate::pipeline::target::BlockTarget::size(&target);
+    let writes = if spec.grow {
+        let grow = table.plan_grow(disk_size)?;
+        log::info!(
+            "growing partition {} from LBA {} to {}",
+            grow.number,
+            grow.old_last_lba,
+            grow.new_last_lba
+        );
+        grow.writes
+    } else {
+        table.plan_relocation(disk_size)?
+    };
+    if writes.is_empty() {
+        return Ok(());
+    }
+    for write in &writes {
+        log::info!("partition table: writing {}", write.what);
+    }
+    partitions::apply_writes(&mut target, &writes)?;
+    crate::pipeline::target::BlockTarget::reread_partitions(&mut target)
+        .with_context(|| format!("re-reading the partition table of {}", disk.display()))
+}
+
+fn candidates(table: &PartitionTable, nodes: &[PathBuf]) -> Result<Vec<Candidate>> {
+    table
+        .partitions
+        .iter()
+        .zip(nodes)
+        .map(|(partition, node)| {
+            Ok(Candidate {
+                number: partition.number,
+                dev_path: node.clone(),
+                part_type_guid: match table.kind {
+                    TableKind::Gpt { .. } => partition.type_guid.map(|g| g.to_string()),
+                    TableKind::Mbr { .. } => None,
+                },
+                part_uuid: partition.part_uuid.clone(),
+                part_label: partition.name.clone(),
+                fs: root::probe_device(node)?,
+            })
+        })
+        .collect()
+}
+
+fn mount_read_write(root: &Candidate) -> Result<PathBuf> {
+    let fs = root.fs.as_ref().context("the root has no filesystem")?;
+    let plan = crate::source::local::mount_plan(fs);
+    let mount_point = PathBuf::from(ROOT_MOUNT);
+    crate::sys::mount::mkdir_all(&mount_point, 0o755)?;
+    crate::sys::mount::mount(
+        &root.dev_path.to_string_lossy(),
+        &mount_point,
+        plan.fstype,
+        MountFlags::NODEV | MountFlags::NOSUID,
+        plan.data,
+    )
+    .with_context(|| format!("mounting the root {} read-write", root.dev_path.display()))?;
+    Ok(mount_point)
+}
+
+fn plan_and_apply(
+    spec: &DeploySpec,
+    mount_point: &Path,
+    boot_mac: Option<[u8; 6]>,
+    family: OsFamilyHint,
+) -> Result<usize> {
+    let view = RootView(mount_point);
+    let ctx = InjectContext {
+        boot_mac,
+        os_family: family,
+        machine_name: None,
+        instance_id: None,
+        image: &view,
+    };
+    let ops = inject::plan(&spec.identity, &ctx).context("planning the injection")?;
+    for op in &ops {
+        log::info!("inject: {op}");
+    }
+    let options = spec.source.clone();
+    inject::apply(&ops, mount_point, &mut |url| fetch_bytes(url, &options)).context("injecting")?;
+    Ok(ops.len())
+}
+
+/// Downloads a file the plan needs (drpcli, a `files` entry with a URL).
+fn fetch_bytes(url: &str, options: &crate::source::SourceOptions) -> Result<Vec<u8>> {
+    use std::io::Read;
+    const MAX: u64 = 512 << 20;
+    let mut source = crate::source::open(url, options)?;
+    let mut bytes = Vec::new();
+    source
+        .reader
+        .by_ref()
+        .take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {url}"))?;
+    if bytes.len() as u64 > MAX {
+        bail!("{url} is larger than {MAX} bytes");
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_real_requests_make_missing_roots_an_error() {
+        let mut spec = DeploySpec::default();
+        assert!(!requested(&spec));
+        spec.identity.reset_machine_id = false;
+        assert!(!requested(&spec));
+        spec.identity.hostname = Some("x".into());
+        assert!(requested(&spec));
+        let spec = DeploySpec { grow: true, ..DeploySpec::default() };
+        assert!(requested(&spec));
+    }
+}
