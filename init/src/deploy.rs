@@ -5,11 +5,24 @@
 //!
 //! ```text
 //! fetch thread:  source -> count + checksum of the bytes as served -> [queue]
-//! decode thread: [queue] -> sniff -> decode (zstd frames on all cores) -> tar unwrap -> [queue]
-//! this thread:   [queue] -> size limit -> hold back the first MiB -> disk
+//! decode thread: [queue] -> sniff -> decode (zstd frames, xz blocks on all cores) -> tar unwrap -> [queue]
+//! this thread:   [queue] -> size limit -> hold back the first MiB -> disk -> [queue]
+//! hash thread:   [queue] -> sha256 of the bytes written -> spent buffers back to their pool
 //! after EOF:     verify checksum -> write the first MiB -> sync -> re-read partitions
 //! on failure after the first write: zero the first and last MiB of the disk
 //! ```
+//!
+//! Buffers are recycled, not freed: musl's malloc maps and unmaps every
+//! buffer this large, which faulted in fresh pages for every byte of the
+//! image (17% of the CPU of a raw deploy). A stage takes a buffer from a
+//! pool and allocates only when the pool is empty, so the buffers alive at
+//! once never outnumber those the bounded queues and the stages can hold:
+//! served buffers (1 MiB) at most `QUEUE_DEPTH` queued + one being filled +
+//! one being read, decoded buffers (4 MiB) `QUEUE_DEPTH` queued + one being
+//! filled + one being written + `HASH_QUEUE_DEPTH` queued + one being
+//! hashed: 6 MiB + 32 MiB. A raw image's served buffers go to the writer
+//! as they are (no copy into decoded buffers), and then count among the
+//! latter's slots.
 //!
 //! Everything that can be found out before the first write (the source
 //! answers, the format agrees with the declared one, the image fits) is
@@ -18,6 +31,7 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
@@ -44,8 +58,11 @@ const FETCH_CHUNK: usize = 1 << 20;
 /// Decoded buffers handed to the writer: large sequential writes.
 const WRITE_CHUNK: usize = 4 << 20;
 /// Buffers in flight per queue. With the chunk sizes above this bounds the
-/// queues at 8 MiB (served) + 16 MiB (decoded), whatever the image size.
+/// queues at 4 MiB (served) + 16 MiB (decoded), whatever the image size.
 const QUEUE_DEPTH: usize = 4;
+/// Written buffers waiting for the hash thread: enough to ride out a slow
+/// write without holding more memory than one decoded queue's half.
+const HASH_QUEUE_DEPTH: usize = 2;
 /// How much of the end of an xz file to fetch for its index.
 const XZ_TAIL: u64 = 256 << 10;
 /// A checksum list larger than this is not a checksum list.
@@ -53,7 +70,7 @@ const MAX_SUMS_LEN: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
-    /// Decoder threads for multi-frame zstd images.
+    /// Decoder threads for multi-frame zstd and multi-block xz images.
     pub threads: usize,
 }
 
@@ -124,35 +141,44 @@ fn deploy_attempt(
         target.describe()
     );
 
+    let pools = Pools::default();
     let (served_tx, served_rx) = sync_channel(QUEUE_DEPTH);
     let (image_tx, image_rx) = sync_channel(QUEUE_DEPTH);
+    let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE_DEPTH);
     let fetch = spawn("imprint-fetch", {
         let url = url.clone();
         let hasher = expected.as_ref().map(Checksum::hasher);
-        move || fetch_stage(source.reader, &url, hasher, &served_tx)
+        let pool = pools.served.clone();
+        move || fetch_stage(source.reader, &url, hasher, &served_tx, &pool)
     })?;
     let decode = spawn("imprint-decode", {
         let url = url.clone();
         let threads = options.threads;
         let source_options = spec.source.clone();
         let length = source.length;
+        let pools = pools.clone();
         move || {
-            decode_stage(
-                served_rx,
-                &url,
-                length,
-                &declared,
+            let input = DecodeInput {
+                served: served_rx,
+                url: &url,
+                served_length: length,
+                declared: &declared,
                 threads,
-                &source_options,
-                &image_tx,
-            )
+                source_options: &source_options,
+            };
+            decode_stage(input, &pools, &image_tx)
         }
     })?;
+    let hash = spawn("imprint-hash", {
+        let pools = pools.clone();
+        move || hash_stage(&hash_rx, &pools)
+    })?;
 
-    let written = write_stage(target, &image_rx, progress);
+    let written = write_stage(target, &image_rx, hash_tx, progress);
     drop(image_rx);
     let decoded = join(decode, "decoder");
     let fetched = join(fetch, "fetcher");
+    let sha256 = hash.join().map_err(|_| anyhow!("the hash thread panicked"));
     // The root cause wins: a failed read from the network explains the
     // decoder's failure, and a failed decode explains the writer's short
     // stream. A disk error is its own cause.
@@ -179,7 +205,14 @@ fn deploy_attempt(
         }
         log::info!("verified {actual}");
     }
-    let Written { writer, sha256 } = written;
+    let Written { writer } = written;
+    let sha256 = match sha256 {
+        Ok(sha256) => sha256,
+        Err(e) => {
+            Written { writer }.fail_closed();
+            return Err(e);
+        }
+    };
     let (_, bytes) = writer
         .commit()
         .with_context(|| format!("committing the image to {}", target_path.display()))?;
@@ -187,7 +220,7 @@ fn deploy_attempt(
     log::info!("{}", progress_summary(bytes, served_bytes, elapsed));
     Ok(DeploySummary {
         bytes,
-        sha256: sha256.finalize().into(),
+        sha256,
         elapsed,
         format: Some(format.name()),
         verified: expected.map(|c| c.algorithm()),
@@ -266,10 +299,12 @@ fn fetch_stage(
     url: &str,
     mut hasher: Option<ServedHasher>,
     queue: &SyncSender<io::Result<Vec<u8>>>,
+    pool: &Pool,
 ) -> Result<(u64, Option<Checksum>), FetchError> {
     let mut offset = 0u64;
     loop {
-        let mut buf = vec![0u8; FETCH_CHUNK];
+        let mut buf = pool.take();
+        buf.resize(FETCH_CHUNK, 0);
         let filled = match read_full(&mut reader, &mut buf) {
             Ok(n) => n,
             Err(e) => {
@@ -299,11 +334,31 @@ fn fetch_stage(
     }
 }
 
-/// `Read` over the fetch queue.
+/// `Read` over the fetch queue; spent chunks go back to the fetcher's pool.
 struct QueueReader {
     queue: Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     position: usize,
+    pool: Pool,
+}
+
+impl QueueReader {
+    fn new(queue: Receiver<io::Result<Vec<u8>>>, pool: Pool) -> Self {
+        QueueReader {
+            queue,
+            current: Vec::new(),
+            position: 0,
+            pool,
+        }
+    }
+
+    /// The rest of the current chunk, then the queue's chunks as they are:
+    /// a raw image needs no copy.
+    fn into_chunks(mut self) -> impl Iterator<Item = io::Result<Vec<u8>>> {
+        self.current.drain(..self.position);
+        let first = (!self.current.is_empty()).then_some(Ok(self.current));
+        first.into_iter().chain(self.queue)
+    }
 }
 
 impl Read for QueueReader {
@@ -311,7 +366,8 @@ impl Read for QueueReader {
         while self.position == self.current.len() {
             match self.queue.recv() {
                 Ok(chunk) => {
-                    self.current = chunk?;
+                    let spent = std::mem::replace(&mut self.current, chunk?);
+                    self.pool.put(spent);
                     self.position = 0;
                 }
                 Err(_) => return Ok(0),
@@ -333,20 +389,30 @@ enum Decoded {
     Data(Vec<u8>),
 }
 
-fn decode_stage(
+/// The decode stage's input: the served chunks and what is known of them.
+struct DecodeInput<'a> {
     served: Receiver<io::Result<Vec<u8>>>,
-    url: &str,
+    url: &'a str,
     served_length: Option<u64>,
-    declared: &DeclaredFormat,
+    declared: &'a DeclaredFormat,
     threads: usize,
-    source_options: &SourceOptions,
+    source_options: &'a SourceOptions,
+}
+
+fn decode_stage(
+    input: DecodeInput<'_>,
+    pools: &Pools,
     queue: &SyncSender<Decoded>,
 ) -> Result<ImageFormat> {
-    let mut input = PeekReader::new(QueueReader {
-        queue: served,
-        current: Vec::new(),
-        position: 0,
-    });
+    let DecodeInput {
+        served,
+        url,
+        served_length,
+        declared,
+        threads,
+        source_options,
+    } = input;
+    let mut input = PeekReader::new(QueueReader::new(served, pools.served.clone()));
     let prefix = input
         .peek(512)
         .context("reading the start of the image")?
@@ -365,6 +431,15 @@ fn decode_stage(
         Compression::Xz => served_length.and_then(|len| xz_size(url, len, source_options)),
         Compression::Gzip | Compression::Bzip2 => None,
     };
+    if compression == Compression::None && !format::looks_like_tar(&prefix) {
+        let format = format::reconcile(declared, ImageFormat::RAW)?;
+        log::info!(
+            "format: {format}{}",
+            size.map_or(String::new(), |s| format!(", image {}", human_size(s)))
+        );
+        forward_raw(input, size, queue)?;
+        return Ok(format);
+    }
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::Zstd if threads > 1 => {
             Box::new(zstd_frames::ParallelZstdDecoder::new(input, threads))
@@ -398,7 +473,8 @@ fn decode_stage(
     }
     let mut offset = 0u64;
     loop {
-        let mut buf = vec![0u8; WRITE_CHUNK];
+        let mut buf = pools.decoded.take();
+        buf.resize(WRITE_CHUNK, 0);
         let filled = read_full(&mut image, &mut buf).with_context(|| {
             if format == ImageFormat::RAW {
                 format!("reading the image at byte {offset}")
@@ -417,6 +493,31 @@ fn decode_stage(
     }
 }
 
+/// Passes a raw image's served chunks on as they are.
+fn forward_raw(
+    input: PeekReader<QueueReader>,
+    size: Option<u64>,
+    queue: &SyncSender<Decoded>,
+) -> Result<()> {
+    if queue.send(Decoded::Start { size }).is_err() {
+        return Ok(());
+    }
+    let (peeked, reader) = input.into_parts();
+    let mut offset = 0u64;
+    let chunks = (!peeked.is_empty())
+        .then_some(Ok(peeked))
+        .into_iter()
+        .chain(reader.into_chunks());
+    for chunk in chunks {
+        let chunk = chunk.with_context(|| format!("reading the image at byte {offset}"))?;
+        offset += chunk.len() as u64;
+        if queue.send(Decoded::Data(chunk)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn xz_size(url: &str, file_len: u64, options: &SourceOptions) -> Option<u64> {
     match source::fetch_tail(url, XZ_TAIL, options).and_then(|tail| match tail {
         Some(tail) => size_hint::xz_size_hint(&tail, file_len),
@@ -432,31 +533,112 @@ fn xz_size(url: &str, file_len: u64, options: &SourceOptions) -> Option<u64> {
 
 /// Writes what the decoder sends. `Ok(None)`: the decoder stopped before
 /// sending anything (its error says why); nothing was written.
+/// Written chunks go on to the hash thread, in order.
 fn write_stage(
     target: Box<dyn BlockTarget>,
     queue: &Receiver<Decoded>,
+    hash: SyncSender<Vec<u8>>,
     progress: &mut dyn Progress,
 ) -> Result<Option<Written>> {
     let Ok(Decoded::Start { size }) = queue.recv() else {
         return Ok(None);
     };
     let mut writer = ImageWriter::begin(target, size)?;
-    let mut sha256 = Sha256::new();
     let mut offset = 0u64;
     while let Ok(Decoded::Data(chunk)) = queue.recv() {
         // Dropping the writer on this error path wipes both ends of the disk.
         writer.write_all(&chunk)?;
-        sha256.update(&chunk);
         offset += chunk.len() as u64;
         progress.update(offset, size);
+        if hash.send(chunk).is_err() {
+            bail!("the hash thread stopped");
+        }
     }
-    Ok(Some(Written { writer, sha256 }))
+    Ok(Some(Written { writer }))
+}
+
+/// The sha256 of the bytes written, in the order written: the result line's.
+fn hash_stage(queue: &Receiver<Vec<u8>>, pools: &Pools) -> [u8; 32] {
+    let mut sha256 = Sha256::new();
+    for chunk in queue {
+        sha256.update(&chunk);
+        pools.recycle(chunk);
+    }
+    sha256.finalize().into()
 }
 
 /// The image is on the disk but for its first MiB.
 struct Written {
     writer: ImageWriter<Box<dyn BlockTarget>>,
-    sha256: Sha256,
+}
+
+/// Spent buffers of one size, for reuse; see the module doc for the bound.
+#[derive(Clone)]
+struct Pool {
+    capacity: usize,
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Pool {
+    fn new(capacity: usize) -> Self {
+        Pool {
+            capacity,
+            spare: Arc::default(),
+        }
+    }
+
+    /// A buffer with room for `capacity` bytes. A reused one keeps its
+    /// stale bytes: callers resize and overwrite, and zeroing 4 MiB again
+    /// for every chunk would cost a memset per byte of the image.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.reserve_exact(self.capacity.saturating_sub(buf.len()));
+        buf
+    }
+
+    /// Keeps `buf` if it is big enough; a full pool means the stages hold
+    /// fewer buffers now than before, so the extra one is freed.
+    fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() < self.capacity {
+            return;
+        }
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < POOL_LIMIT {
+                spare.push(buf);
+            }
+        }
+    }
+}
+
+/// More spare buffers than any stage set can hold in flight.
+const POOL_LIMIT: usize = QUEUE_DEPTH + HASH_QUEUE_DEPTH + 2;
+
+#[derive(Clone)]
+struct Pools {
+    served: Pool,
+    decoded: Pool,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            served: Pool::new(FETCH_CHUNK),
+            decoded: Pool::new(WRITE_CHUNK),
+        }
+    }
+}
+
+impl Pools {
+    /// A written buffer goes back to the stage that filled it: raw images
+    /// hand the served buffers on as they are.
+    fn recycle(&self, buf: Vec<u8>) {
+        if buf.capacity() >= WRITE_CHUNK {
+            self.decoded.put(buf);
+        } else {
+            self.served.put(buf);
+        }
+    }
 }
 
 impl Written {
@@ -485,11 +667,7 @@ mod tests {
         tx.send(Ok(b"de".to_vec())).unwrap();
         tx.send(Err(io::Error::other("cut"))).unwrap();
         drop(tx);
-        let mut reader = QueueReader {
-            queue: rx,
-            current: Vec::new(),
-            position: 0,
-        };
+        let mut reader = QueueReader::new(rx, Pool::new(1));
         let mut buf = [0u8; 4];
         assert_eq!(reader.read(&mut buf).unwrap(), 3);
         assert_eq!(reader.read(&mut buf).unwrap(), 2);
