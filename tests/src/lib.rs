@@ -516,7 +516,10 @@ mod xfs_tests {
             size_mib: 300,
             fs: Fs::Xfs,
             label: "xroot",
-            files: &[("etc/os-release", b"ID=test\n"), ("etc/hostname", b"golden\n")],
+            files: &[
+                ("etc/os-release", b"ID=test\n"),
+                ("etc/hostname", b"golden\n"),
+            ],
         }]);
         assert_eq!(&image[1 << 20..(1 << 20) + 4], b"XFSB");
     }

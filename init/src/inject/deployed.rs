@@ -258,7 +258,10 @@ mod tests {
         assert!(!requested(&spec));
         spec.identity.hostname = Some("x".into());
         assert!(requested(&spec));
-        let spec = DeploySpec { grow: true, ..DeploySpec::default() };
+        let spec = DeploySpec {
+            grow: true,
+            ..DeploySpec::default()
+        };
         assert!(requested(&spec));
     }
 }
