@@ -47,7 +47,7 @@ use crate::pipeline::progress::Progress;
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
-use crate::pipeline::{decode, read_full, zstd_frames};
+use crate::pipeline::{decode, read_full, xz_blocks, zstd_frames};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
 use crate::source::{self, SourceOptions, tls};
@@ -443,6 +443,9 @@ fn decode_stage(
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::Zstd if threads > 1 => {
             Box::new(zstd_frames::ParallelZstdDecoder::new(input, threads))
+        }
+        Compression::Xz if threads > 1 => {
+            Box::new(xz_blocks::ParallelXzDecoder::new(input, threads))
         }
         other => decode::decoder(other, Box::new(input)),
     };

@@ -4,7 +4,7 @@
 //!
 //! - [`checksum`]: the expected digest of the bytes as served, and its check;
 //! - [`peek`], [`format`]: sniff the magic bytes, reconcile the declared format;
-//! - [`decode`], [`zstd_frames`], [`tar`]: strict streaming decoders;
+//! - [`decode`], [`zstd_frames`], [`xz_blocks`], [`tar`]: strict streaming decoders;
 //! - [`size_hint`]: the image size from compressed headers, before writing;
 //! - [`image_writer`], [`target`]: hold back the first MiB, zero runs, fail closed;
 //! - [`progress`]: the trait progress is reported through.
@@ -18,6 +18,7 @@ pub mod progress;
 pub mod size_hint;
 pub mod tar;
 pub mod target;
+pub mod xz_blocks;
 pub mod zstd_frames;
 
 use std::io::{ErrorKind, Read};
