@@ -63,9 +63,34 @@ pub struct ParallelXzDecoder {
     /// Every later read repeats the first error: the stream cannot go on.
     failed: Option<(ErrorKind, String)>,
     cancelled: Arc<AtomicBool>,
+    /// Spent output buffers go back to the workers.
+    outputs: BufferPool,
     /// Dies when the last thread exits; lets tests prove none leaked.
     #[cfg(test)]
     alive: std::sync::Weak<()>,
+}
+
+/// Recycled buffers: musl's malloc maps and unmaps every block-sized
+/// allocation, so fresh buffers would fault in every output byte again.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut pool| pool.pop());
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        buf
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() > 0 {
+            if let Ok(mut pool) = self.0.lock() {
+                pool.push(buf);
+            }
+        }
+    }
 }
 
 /// One entry per block (or sequential chunk), in input order.
@@ -99,12 +124,15 @@ impl ParallelXzDecoder {
         let (items_tx, items_rx) = mpsc::sync_channel(threads);
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let inputs = BufferPool::default();
+        let outputs = BufferPool::default();
         let mut decoder = ParallelXzDecoder {
             items: Some(items_rx),
             data: Vec::new(),
             pos: 0,
             failed: None,
             cancelled: Arc::clone(&cancelled),
+            outputs: outputs.clone(),
             #[cfg(test)]
             alive: Arc::downgrade(&alive),
         };
@@ -112,11 +140,12 @@ impl ParallelXzDecoder {
             let jobs = Arc::clone(&jobs_rx);
             let cancelled = Arc::clone(&cancelled);
             let alive = Arc::clone(&alive);
+            let pools = (inputs.clone(), outputs.clone());
             let spawned = thread::Builder::new()
                 .name(format!("xz-decode-{n}"))
                 .spawn(move || {
                     let _alive = alive;
-                    run_worker(&jobs, &cancelled);
+                    run_worker(&jobs, &cancelled, &pools.0, &pools.1);
                 });
             if let Err(e) = spawned {
                 decoder.fail_to_start(&e);
@@ -128,6 +157,8 @@ impl ParallelXzDecoder {
             input: BufReader::with_capacity(STREAM_CHUNK, input),
             pos: 0,
             max_block_output: max,
+            buffers: inputs,
+            outputs,
             items: items_tx,
             jobs: jobs_tx,
             cancelled,
@@ -164,6 +195,7 @@ impl ParallelXzDecoder {
             };
             let item = items.recv().unwrap_or_else(|_| Item::Failed(thread_died()));
             self.pos = 0;
+            self.outputs.put(std::mem::take(&mut self.data));
             self.data = match item {
                 Item::Block(rx) => rx.recv().unwrap_or_else(|_| Err(thread_died()))?,
                 Item::Data(data) => data,
@@ -320,6 +352,10 @@ struct Splitter<R> {
     input: R,
     pos: u64,
     max_block_output: u64,
+    /// For the blocks' compressed bytes.
+    buffers: BufferPool,
+    /// For the sequential decoder's output.
+    outputs: BufferPool,
     items: SyncSender<Item>,
     jobs: Sender<Job>,
     cancelled: Arc<AtomicBool>,
@@ -439,8 +475,9 @@ impl<R: Read> Splitter<R> {
             let header_len = header_len as u64;
             let unpadded = header_len + parsed.compressed + check;
             let body = parsed.compressed + pad4(parsed.compressed) + check;
-            let mut stream =
-                Vec::with_capacity(usize::try_from(12 + header_len + body + 64).unwrap_or(0));
+            let mut stream = self
+                .buffers
+                .take(usize::try_from(12 + header_len + body + 64).unwrap_or(0));
             stream.extend_from_slice(&stream_header);
             stream.extend_from_slice(&block);
             let old = stream.len();
@@ -528,7 +565,8 @@ impl<R: Read> Splitter<R> {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Err(Stop::Cancelled);
             }
-            let mut chunk = vec![0u8; STREAM_CHUNK];
+            let mut chunk = self.outputs.take(STREAM_CHUNK);
+            chunk.resize(STREAM_CHUNK, 0);
             let n = read_full(&mut decoder, &mut chunk)?;
             chunk.truncate(n);
             if n > 0 {
@@ -601,7 +639,12 @@ fn crc32(data: &[u8]) -> u32 {
     })
 }
 
-fn run_worker(jobs: &Mutex<Receiver<Job>>, cancelled: &AtomicBool) {
+fn run_worker(
+    jobs: &Mutex<Receiver<Job>>,
+    cancelled: &AtomicBool,
+    inputs: &BufferPool,
+    outputs: &BufferPool,
+) {
     loop {
         let job = {
             let Ok(jobs) = jobs.lock() else { return };
@@ -613,14 +656,15 @@ fn run_worker(jobs: &Mutex<Receiver<Job>>, cancelled: &AtomicBool) {
         if cancelled.load(Ordering::Relaxed) {
             continue;
         }
-        let decoded = decode_block(&job);
+        let decoded = decode_block(&job, outputs.take(0));
+        inputs.put(job.stream);
         let _ = job.result.send(decoded);
     }
 }
 
-fn decode_block(job: &Job) -> io::Result<Vec<u8>> {
+fn decode_block(job: &Job, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
     let len = usize::try_from(job.uncompressed).unwrap_or(usize::MAX);
-    let mut out = Vec::with_capacity(len);
+    out.reserve(len);
     let mut reader = XzReader::new_mem_limit(&job.stream[..], false, XZ_MEMORY_LIMIT);
     // One byte past the declared size: a block that decodes to more is corrupt.
     (&mut reader)
