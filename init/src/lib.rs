@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod cmdline;
+pub mod crc32;
 pub mod deploy;
 pub mod disk;
 pub mod inject;

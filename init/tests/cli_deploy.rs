@@ -1,45 +1,12 @@
 //! Host integration: the `imprint deploy` CLI against an in-process HTTP
 //! server, writing to a plain file standing in for the disk.
 
+mod common;
+
+use common::{hex, image, imprint, result_line};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use imprint_qemu::http::{Behavior, FixtureServer};
-use sha2::{Digest, Sha256};
-
-fn imprint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imprint"))
-        .args(args)
-        .output()
-        .expect("running imprint")
-}
-
-fn result_line(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .rfind(|l| l.starts_with("IMPRINT-RESULT:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no result line; stdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .to_owned()
-}
-
-fn image(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| u8::try_from((i * 31 + i / 4096) % 251).unwrap())
-        .collect()
-}
-
-fn hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn target_with(dir: &Path, content: &[u8]) -> std::path::PathBuf {
     let path = dir.join("disk.img");
@@ -50,7 +17,7 @@ fn target_with(dir: &Path, content: &[u8]) -> std::path::PathBuf {
 #[test]
 fn deploys_http_image_to_a_file() {
     let server = FixtureServer::start().unwrap();
-    let data = image(9 << 20 | 123); // several chunks and an odd tail
+    let data = image(9 << 20 | 123, 1); // several chunks and an odd tail
     server.add_file("golden.raw", data.clone());
     let dir = tempfile::tempdir().unwrap();
     let target = target_with(dir.path(), &[]);
@@ -84,7 +51,7 @@ fn deploys_http_image_to_a_file() {
 fn http_404_fails_and_leaves_target_untouched() {
     let server = FixtureServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let before = image(4096);
+    let before = image(4096, 1);
     let target = target_with(dir.path(), &before);
     let url = server.url("nope.raw");
 
@@ -101,7 +68,7 @@ fn http_404_fails_and_leaves_target_untouched() {
 #[test]
 fn connection_dropped_mid_body_is_an_error_with_offset() {
     let server = FixtureServer::start().unwrap();
-    server.add_file("golden.raw", image(12 << 20));
+    server.add_file("golden.raw", image(12 << 20, 1));
     server.push_behaviors("golden.raw", [Behavior::DropAfter(5 << 20)]);
     let dir = tempfile::tempdir().unwrap();
     let target = target_with(dir.path(), &[]);
@@ -128,7 +95,7 @@ fn connection_dropped_mid_body_is_an_error_with_offset() {
 #[test]
 fn short_content_length_is_not_success() {
     let server = FixtureServer::start().unwrap();
-    server.add_file("golden.raw", image(1 << 20));
+    server.add_file("golden.raw", image(1 << 20, 1));
     // Every answer lies, so neither a resume nor a restart can fix it.
     server.push_behaviors(
         "golden.raw",
@@ -156,7 +123,7 @@ fn short_content_length_is_not_success() {
 #[test]
 fn file_url_source() {
     let dir = tempfile::tempdir().unwrap();
-    let data = image(5000);
+    let data = image(5000, 1);
     let source = dir.path().join("golden.raw");
     std::fs::write(&source, &data).unwrap();
     let target = dir.path().join("out.img");

@@ -4,52 +4,17 @@
 //! first and last MiB of the target zeroed (or the target untouched when the
 //! failure was found before the first write).
 
+mod common;
+
+use common::{hex, image, imprint, result_line};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use imprint_qemu::http::{Behavior, FixtureServer};
-use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
 const DISK: usize = 8 * MIB;
-
-fn imprint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imprint"))
-        .args(args)
-        .output()
-        .expect("running imprint")
-}
-
-fn result_line(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .rfind(|l| l.starts_with("IMPRINT-RESULT:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no result line; stdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .to_owned()
-}
-
-/// Pseudo-random bytes with zero runs, like a disk image.
-fn image(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
-    let mut out = vec![0u8; len];
-    for (i, byte) in out.iter_mut().enumerate() {
-        if (i / 65_536) % 3 == 1 {
-            continue; // a zero run every third 64 KiB
-        }
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        *byte = state.to_le_bytes()[0];
-    }
-    out
-}
 
 fn run_filter(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
     let mut child = Command::new(program)
@@ -185,13 +150,6 @@ fn target(dir: &Path) -> (PathBuf, Vec<u8>) {
         .collect::<Vec<u8>>();
     std::fs::write(&path, &before).unwrap();
     (path, before)
-}
-
-fn hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 struct Run {

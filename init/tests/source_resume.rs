@@ -2,51 +2,16 @@
 //! stalls, refuses and lies, asserting the exact outcome: a byte-identical
 //! target after retries and resumes, or the specific error.
 
+mod common;
+
+use common::{hex, image, imprint, result_line};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use imprint_qemu::http::{Behavior, FixtureServer, RequestRecord};
-use sha2::{Digest, Sha256};
 
 const MIB: usize = 1 << 20;
-
-fn imprint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imprint"))
-        .args(args)
-        .output()
-        .expect("running imprint")
-}
-
-fn result_line(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .rfind(|l| l.starts_with("IMPRINT-RESULT:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no result line; stdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .to_owned()
-}
-
-/// Pseudo-random bytes with zero runs, like a disk image.
-fn image(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
-    let mut out = vec![0u8; len];
-    for (i, byte) in out.iter_mut().enumerate() {
-        if (i / 65_536) % 3 == 1 {
-            continue;
-        }
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        *byte = state.to_le_bytes()[0];
-    }
-    out
-}
 
 fn zstd(data: &[u8]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -58,13 +23,6 @@ fn zstd(data: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("running zstd (scripts/setup installs it): {e}"));
     assert!(output.status.success());
     output.stdout
-}
-
-fn hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// One deploy of `served` at `/image` with `behaviors` queued, to a target

@@ -1,37 +1,13 @@
 //! Host integration: `imprint deploy` from an HTTPS fixture server whose certificate
 //! comes from a CA made in the test, so trust is explicit and nothing is public.
 
+mod common;
+
+use common::{image, imprint, result_line};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use imprint_qemu::http::{FixtureServer, TestCa};
-
-fn imprint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imprint"))
-        .args(args)
-        .output()
-        .expect("running imprint")
-}
-
-fn result_line(output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .rfind(|line| line.starts_with("IMPRINT-RESULT:"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no result line; stdout: {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .to_owned()
-}
-
-fn image(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| u8::try_from((i * 7 + i / 1000) % 253).unwrap())
-        .collect()
-}
 
 struct Setup {
     ca: TestCa,
@@ -49,7 +25,7 @@ fn setup() -> Setup {
     let ca = TestCa::new("imprint test CA").unwrap();
     let cert = ca.issue_for_fixture().unwrap();
     let server = FixtureServer::start_tls(&cert.chain_pem, &cert.key_pem).unwrap();
-    let data = image(3 << 20 | 77);
+    let data = image(3 << 20 | 77, 1);
     server.add_file("golden.raw", data.clone());
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("disk.img");

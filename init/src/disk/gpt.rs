@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use crate::crc32::crc32;
 use anyhow::{Context, Result, bail, ensure};
 
 use super::partitions::{DiskWrite, ReadAt};
@@ -681,36 +682,6 @@ pub fn grow_last_partition(gpt: &Gpt, disk_size: u64, zero_old_backup: bool) -> 
         new_last_lba: new_last,
         writes,
     })
-}
-
-/// CRC-32 (IEEE 802.3, reflected), the one GPT uses, from a table built at
-/// compile time. Copied from `pipeline/size_hint.rs` rather than shared, to
-/// keep the two modules independent.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut byte = 0u32;
-        while byte < 256 {
-            let mut c = byte;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 == 1 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[byte.to_le_bytes()[0] as usize] = c;
-            byte += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[usize::from(crc.to_le_bytes()[0] ^ b)] ^ (crc >> 8);
-    }
-    !crc
 }
 
 #[cfg(test)]

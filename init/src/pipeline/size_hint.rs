@@ -12,6 +12,7 @@
 //! - gzip: the trailer's ISIZE is the last member's size mod 2^32 (RFC 1952
 //!   §2.3.1), only good for a consistency check after the fact.
 
+use crate::crc32::crc32;
 use anyhow::{Context, Result, bail, ensure};
 
 use super::zstd_frames::frame_header_len_and_content_size;
@@ -270,35 +271,6 @@ fn le32(bytes: &[u8]) -> u32 {
     let mut le = [0u8; 4];
     le.copy_from_slice(&bytes[..4]);
     u32::from_le_bytes(le)
-}
-
-/// CRC-32 (IEEE, reflected) as xz uses it; indexes are a few KiB, so a
-/// table built at compile time is plenty fast.
-fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut byte = 0u32;
-        while byte < 256 {
-            let mut c = byte;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 == 1 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[byte.to_le_bytes()[0] as usize] = c;
-            byte += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[usize::from(crc.to_le_bytes()[0] ^ b)] ^ (crc >> 8);
-    }
-    !crc
 }
 
 /// The ISIZE of the last gzip member in `tail` (the file's last bytes): the
