@@ -20,7 +20,7 @@
 //! served buffers (1 MiB) at most `QUEUE_DEPTH` queued + one being filled +
 //! one being read, decoded buffers (4 MiB) `QUEUE_DEPTH` queued + one being
 //! filled + one being written + `HASH_QUEUE_DEPTH` queued + one being
-//! hashed: 6 MiB + 32 MiB. A raw image's served buffers go to the writer
+//! hashed: 6 MiB + 36 MiB. A raw image's served buffers go to the writer
 //! as they are (no copy into decoded buffers), and then count among the
 //! latter's slots.
 //!
