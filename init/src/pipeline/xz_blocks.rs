@@ -44,6 +44,7 @@ use lzma_rust2::XzReader;
 
 use super::decode::{XZ_MEMORY_LIMIT, XzDecoder};
 use super::read_full;
+use crate::crc32::crc32;
 
 const STREAM_MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
 const FOOTER_MAGIC: [u8; 2] = [b'Y', b'Z'];
@@ -615,28 +616,6 @@ fn footer(index: &[u8], flags: [u8; 2]) -> [u8; 12] {
     let crc = crc32(&footer[4..10]);
     footer[..4].copy_from_slice(&crc.to_le_bytes());
     footer
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut table = [0u32; 256];
-        for (n, entry) in (0u32..).zip(table.iter_mut()) {
-            let mut c = n;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *entry = c;
-        }
-        table
-    });
-    !data.iter().fold(!0u32, |c, &b| {
-        table[usize::from(u8::try_from(c & 0xFF).unwrap_or(0) ^ b)] ^ (c >> 8)
-    })
 }
 
 fn run_worker(
