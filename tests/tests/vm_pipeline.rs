@@ -66,9 +66,22 @@ fn deploy_and_check(
     assert_eq!(*bytes, image.len() as u64, "{test}");
     assert_eq!(*sha256, sha256_hex(image), "{test}");
     let written = std::fs::read(&path).unwrap();
+    // The partition table itself is rewritten for the larger disk (the
+    // backup GPT moves to the end), so compare what lies between.
+    let (from, to) = (1 << 20, image.len() - (64 << 10));
     assert!(
-        written[..image.len()] == image[..],
+        written[from..to] == image[from..to],
         "{test}: the disk does not hold the image"
+    );
+    let verify = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let verify = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.contains("No problems found"),
+        "{test}: sgdisk -v: {verify}"
     );
     let table = partition_table(&path).unwrap_or_else(|| panic!("{test}: no partition table"));
     assert!(table.contains("label: gpt"), "{test}: {table}");
@@ -183,20 +196,41 @@ fn nvme_disk() {
 
 #[test]
 fn four_k_native_disk_chosen_by_hints() {
+    // The golden image's GPT is laid out for 512-byte sectors: written
+    // byte for byte onto the 4Kn disk, but not rewritten, and the log says
+    // the OS will not see its partitions.
     let image = golden();
-    let body = filter("zstd", &["-c", "-q"], &image);
-    deploy_and_check(
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw.zst", filter("zstd", &["-c", "-q"], &image));
+    let dir = tempfile::tempdir().unwrap();
+    let path = disk_file(dir.path());
+    let vm = boot_imprint(
         "4kn",
-        &image,
-        "golden.raw.zst",
-        body,
-        "",
-        |p| {
-            Disk::new(p)
+        &format!(
+            "imprint.url={} imprint.disk=serial=FOURK,size>=100M",
+            server.guest_url("golden.raw.zst")
+        ),
+        vec![
+            Disk::new(&path)
                 .with_serial("FOURK")
-                .with_block_sizes(4096, 4096)
-        },
-        "serial=FOURK,size>=100M",
+                .with_block_sizes(4096, 4096),
+        ],
+    );
+    let result = finish(&vm);
+    let ResultLine::Ok { bytes, sha256, .. } = &result else {
+        panic!("4kn: deploy failed: {result:?}");
+    };
+    assert_eq!(*bytes, image.len() as u64);
+    assert_eq!(*sha256, sha256_hex(&image));
+    let written = std::fs::read(&path).unwrap();
+    assert!(
+        written[..image.len()] == image[..],
+        "the disk does not hold the image"
+    );
+    assert!(
+        vm.console()
+            .contains("laid out for 512-byte sectors but /dev/vda has 4096-byte sectors"),
+        "the sector size mismatch is reported"
     );
 }
 

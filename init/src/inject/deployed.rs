@@ -87,6 +87,25 @@ pub fn inject_into_disk(
     for problem in &table.problems {
         log::warn!("{}: {problem}", disk.display());
     }
+    // An image laid out for 512-byte sectors on a 4Kn disk (or the reverse)
+    // was written faithfully, but the kernel sees no partitions in it:
+    // nothing can be fixed up or injected, and rewriting its tables would
+    // make things worse.
+    let device = DeviceTarget::open(disk)?;
+    let disk_block_size = crate::pipeline::target::BlockTarget::logical_block_size(&device);
+    drop(device);
+    if table.block_size != disk_block_size {
+        let why = format!(
+            "the image's partition table is laid out for {}-byte sectors but {} has {disk_block_size}-byte sectors",
+            table.block_size,
+            disk.display()
+        );
+        if requested(spec) {
+            bail!("{why}; use an image made for this disk's sector size");
+        }
+        log::warn!("{why}: the installed OS will not see its partitions");
+        return Ok(Injected::Skipped(why));
+    }
     fix_partition_table(spec, disk, &table)?;
     let table = partitions::read_partition_table_at(disk)
         .with_context(|| format!("reading the partition table of {} again", disk.display()))?;
