@@ -18,7 +18,8 @@
 //! the whole file is decoded sequentially by `decode::XzDecoder` on the
 //! splitter thread, streamed in 1 MiB chunks. A later block without sizes,
 //! or too large, is an error naming it: only a concatenation of files made
-//! by different encoders has one, and `threads=1` decodes it.
+//! by different encoders has one; such a file is refused with a hint to
+//! recompress it in one go.
 //!
 //! Memory is bounded whatever the stream size: at most `threads + 2`
 //! blocks are in flight (one being cut, `threads` queued or decoding, one
@@ -469,8 +470,8 @@ impl<R: Read> Splitter<R> {
                     prefix.extend_from_slice(&block);
                     return Ok(Some(prefix));
                 }
-                let msg = "block without sizes in its header, or larger than the \
-                           parallel decoder takes, after other blocks (decode with threads=1)";
+                let msg = "block without sizes in its header, or larger than 32 MiB, after \
+                           other blocks; recompress the image in one go with `xz -T0`";
                 return Err(corrupt(block_at, msg).into());
             };
             let header_len = header_len as u64;
