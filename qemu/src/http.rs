@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use rustls::pki_types::pem::PemObject;
@@ -231,6 +231,20 @@ impl FixtureServer {
     /// connection closes, so a client that read to EOF finds it here.
     pub fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// [`requests`](Self::requests) once at least `count` are logged (or
+    /// after `timeout`). A client that stops reading at Content-Length can
+    /// be done before the server thread logged the request it answered.
+    pub fn requests_at_least(&self, count: usize, timeout: Duration) -> Vec<RequestRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let requests = self.requests();
+            if requests.len() >= count || Instant::now() >= deadline {
+                return requests;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// TLS connections that ended before the handshake completed (a client that

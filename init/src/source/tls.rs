@@ -263,7 +263,9 @@ mod tests {
         let opts = options(Some(&server.url("ca.pem")), false);
         tls_config(&opts).unwrap();
         tls_config(&opts).unwrap();
-        assert_eq!(server.requests().len(), 1);
+        // A second fetch would show up within the wait.
+        let requests = server.requests_at_least(2, std::time::Duration::from_millis(500));
+        assert_eq!(requests.len(), 1);
 
         server.add_file("empty.pem", "");
         let url = server.url("empty.pem");
