@@ -162,8 +162,8 @@ fn client_trusting_another_ca_is_refused_before_any_request() {
 
 /// The server notices a refused handshake on its own thread, a moment after the client.
 fn wait_for_failed_handshakes(server: &FixtureServer, count: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while server.failed_handshakes() < count && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.failed_handshakes() < count && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(server.failed_handshakes(), count);
