@@ -136,32 +136,13 @@ pub fn gpt_ext4_image(size: u64, files: &[(&str, &[u8])]) -> Vec<u8> {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).expect("root dir");
-    for (name, contents) in files {
-        let path = root.join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("parent dir");
-        std::fs::write(path, contents).expect("file");
-    }
+    write_tree(&root, files);
     let image = dir.path().join("disk.img");
     std::fs::File::create(&image)
         .and_then(|f| f.set_len(size))
         .expect("image file");
     let table = "label: gpt\nstart=2048, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n";
-    let out = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&image)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .and_then(|mut child| {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(table.as_bytes())?;
-            child.wait()
-        })
-        .expect("running sfdisk (util-linux)");
-    assert!(out.success(), "sfdisk failed");
+    sfdisk(&image, table);
     // The backup GPT takes the last 33 sectors; leave them out of the filesystem.
     let fs_kib = (size - (1 << 20) - (64 << 10)) / 1024;
     let out = Command::new("mkfs.ext4")
@@ -240,33 +221,14 @@ pub fn gpt_image(parts: &[Part<'_>]) -> Vec<u8> {
     }
     let path = dir.path().join("disk.img");
     std::fs::write(&path, &image).expect("image file");
-    let out = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .and_then(|mut child| {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(table.as_bytes())?;
-            child.wait()
-        })
-        .expect("running sfdisk (util-linux)");
-    assert!(out.success(), "sfdisk failed on {table}");
+    sfdisk(&path, &table);
     std::fs::read(&path).expect("reading the image")
 }
 
 fn make_fs(dir: &Path, index: usize, part: &Part<'_>) -> Vec<u8> {
     let root = dir.join(format!("root{index}"));
     std::fs::create_dir_all(&root).expect("root dir");
-    for (name, contents) in part.files {
-        let path = root.join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("parent dir");
-        std::fs::write(path, contents).expect("file");
-    }
+    write_tree(&root, part.files);
     let file = dir.join(format!("fs{index}.img"));
     std::fs::File::create(&file)
         .and_then(|f| f.set_len(part.size_mib << 20))
@@ -300,7 +262,7 @@ fn make_fs(dir: &Path, index: usize, part: &Part<'_>) -> Vec<u8> {
         }
         Fs::Xfs => {
             let proto = dir.join(format!("proto{index}"));
-            std::fs::write(&proto, xfs_protofile(&root, "")).expect("protofile");
+            std::fs::write(&proto, xfs_protofile(&root)).expect("protofile");
             run(Command::new("mkfs.xfs")
                 .args(["-q", "-f", "-L", part.label, "-p"])
                 .arg(&proto)
@@ -311,7 +273,7 @@ fn make_fs(dir: &Path, index: usize, part: &Part<'_>) -> Vec<u8> {
 }
 
 /// mkfs.xfs's protofile for the tree at `dir` (root-owned, 0755 dirs, 0644 files).
-fn xfs_protofile(dir: &Path, _prefix: &str) -> String {
+fn xfs_protofile(dir: &Path) -> String {
     fn entries(dir: &Path, out: &mut String) {
         let mut list: Vec<_> = std::fs::read_dir(dir)
             .expect("dir")
@@ -336,6 +298,35 @@ fn xfs_protofile(dir: &Path, _prefix: &str) -> String {
     let mut out = String::from("/dev/null\n0 0\nd--755 0 0\n");
     entries(dir, &mut out);
     out + "$\n"
+}
+
+/// Writes `sfdisk`'s script `table` onto the image file at `path`.
+fn sfdisk(path: &Path, table: &str) {
+    let out = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(table.as_bytes())?;
+            child.wait()
+        })
+        .expect("running sfdisk (util-linux)");
+    assert!(out.success(), "sfdisk failed on {table}");
+}
+
+/// Creates `files` (path inside, contents) under `root`.
+fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
+    for (name, contents) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("parent dir");
+        std::fs::write(path, contents).expect("file");
+    }
 }
 
 /// `sfdisk --dump` of a disk image: Some(table) when it has a partition table.

@@ -91,9 +91,8 @@ pub fn inject_into_disk(
     // was written faithfully, but the kernel sees no partitions in it:
     // nothing can be fixed up or injected, and rewriting its tables would
     // make things worse.
-    let device = DeviceTarget::open(disk)?;
+    let mut device = DeviceTarget::open(disk)?;
     let disk_block_size = crate::pipeline::target::BlockTarget::logical_block_size(&device);
-    drop(device);
     if table.block_size != disk_block_size {
         let why = format!(
             "the image's partition table is laid out for {}-byte sectors but {} has {disk_block_size}-byte sectors",
@@ -106,7 +105,8 @@ pub fn inject_into_disk(
         log::warn!("{why}: the installed OS will not see its partitions");
         return Ok(Injected::Skipped(why));
     }
-    fix_partition_table(spec, disk, &table)?;
+    fix_partition_table(spec, disk, &mut device, &table)?;
+    drop(device);
     let table = partitions::read_partition_table_at(disk)
         .with_context(|| format!("reading the partition table of {} again", disk.display()))?;
     let numbers: Vec<u32> = table.partitions.iter().map(|p| p.number).collect();
@@ -161,9 +161,13 @@ pub fn inject_into_disk(
 /// Moves a backup GPT that sits mid-disk (the image was smaller than the
 /// disk) to the end, grows the last partition when asked, and has the
 /// kernel re-read the table.
-fn fix_partition_table(spec: &DeploySpec, disk: &Path, table: &PartitionTable) -> Result<()> {
-    let mut target = DeviceTarget::open(disk)?;
-    let disk_size = crate::pipeline::target::BlockTarget::size(&target);
+fn fix_partition_table(
+    spec: &DeploySpec,
+    disk: &Path,
+    target: &mut DeviceTarget,
+    table: &PartitionTable,
+) -> Result<()> {
+    let disk_size = crate::pipeline::target::BlockTarget::size(target);
     let writes = if spec.grow {
         let grow = table.plan_grow(disk_size)?;
         log::info!(
@@ -182,8 +186,8 @@ fn fix_partition_table(spec: &DeploySpec, disk: &Path, table: &PartitionTable) -
     for write in &writes {
         log::info!("partition table: writing {}", write.what);
     }
-    partitions::apply_writes(&mut target, &writes)?;
-    crate::pipeline::target::BlockTarget::reread_partitions(&mut target)
+    partitions::apply_writes(target, &writes)?;
+    crate::pipeline::target::BlockTarget::reread_partitions(target)
         .with_context(|| format!("re-reading the partition table of {}", disk.display()))
 }
 
