@@ -2,6 +2,9 @@
 //!
 //! Guests on QEMU user-mode networking reach it as `10.0.2.2`. Every response closes
 //! the connection, so each request is one connection and one entry in the log.
+//! `POST` and `PUT` to any path are accepted as a webhook would: the body is kept in
+//! the log ([`RequestRecord::body`]) and answered `204 No Content`, unless a
+//! [`Behavior::Status`] queued for the path says otherwise.
 //! [`FixtureServer::start_tls`] serves the same over HTTPS (rustls), with a
 //! certificate from [`TestCa`].
 
@@ -29,7 +32,8 @@ pub use pki::{FIXTURE_NAMES, ServerCert, TestCa};
 pub enum Behavior {
     /// Serve the file correctly.
     Normal,
-    /// Answer with this status and an empty body.
+    /// Answer with this status and an empty body (a `POST`/`PUT` too; its body is
+    /// still read and logged).
     Status(u16),
     /// Send the headers and this many body bytes, then close the connection.
     DropAfter(u64),
@@ -61,6 +65,8 @@ pub struct RequestRecord {
     pub bytes_sent: u64,
     /// The behavior this request consumed.
     pub behavior: Behavior,
+    /// The request body (`POST`, `PUT`); empty for `GET` and `HEAD`.
+    pub body: Vec<u8>,
 }
 
 enum Content {
@@ -313,7 +319,11 @@ struct Request {
     method: String,
     path: String,
     headers: Vec<(String, String)>,
+    body: Vec<u8>,
 }
+
+/// The largest request body the fixture keeps; webhook events are a few KiB.
+const MAX_REQUEST_BODY: u64 = 16 << 20;
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
@@ -355,11 +365,76 @@ fn read_request(reader: &mut impl BufRead) -> Result<Request> {
             bail!("too many request headers");
         }
     }
-    Ok(Request {
+    let mut request = Request {
         method: method.to_owned(),
         path,
         headers,
-    })
+        body: Vec::new(),
+    };
+    request.body = read_body(reader, &request)?;
+    Ok(request)
+}
+
+/// The body announced by `Content-Length` or `Transfer-Encoding: chunked`; none
+/// without either (no request here relies on the connection closing to end it).
+fn read_body(reader: &mut impl BufRead, request: &Request) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let chunked = request
+        .header("transfer-encoding")
+        .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let mut size_line = String::new();
+            reader
+                .read_line(&mut size_line)
+                .context("reading a chunk size")?;
+            let size_text = size_line.split(';').next().unwrap_or("").trim();
+            let size = u64::from_str_radix(size_text, 16)
+                .with_context(|| format!("malformed chunk size {size_line:?}"))?;
+            if u64::try_from(body.len())? + size > MAX_REQUEST_BODY {
+                bail!("request body larger than {MAX_REQUEST_BODY} bytes");
+            }
+            if size == 0 {
+                // Trailers, up to the empty line that ends the request.
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).context("reading trailers")? == 0
+                        || line.trim_end_matches(['\r', '\n']).is_empty()
+                    {
+                        return Ok(body);
+                    }
+                }
+            }
+            reader
+                .by_ref()
+                .take(size)
+                .read_to_end(&mut body)
+                .context("reading a chunk")?;
+            let mut end = String::new();
+            reader.read_line(&mut end).context("reading a chunk end")?;
+        }
+    }
+    let Some(length) = request.header("content-length") else {
+        return Ok(body);
+    };
+    let length: u64 = length
+        .parse()
+        .with_context(|| format!("malformed Content-Length {length:?}"))?;
+    if length > MAX_REQUEST_BODY {
+        bail!("request body of {length} bytes is larger than {MAX_REQUEST_BODY}");
+    }
+    reader
+        .by_ref()
+        .take(length)
+        .read_to_end(&mut body)
+        .context("reading the request body")?;
+    if u64::try_from(body.len())? != length {
+        bail!(
+            "connection closed after {} of {length} request body bytes",
+            body.len()
+        );
+    }
+    Ok(body)
 }
 
 /// A single byte range, inclusive, already clamped to the content.
@@ -540,8 +615,8 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
             Connection::Tls(Box::new(StreamOwned::new(tls, stream)))
         }
     };
-    // Requests have no body and every response closes the connection, so nothing
-    // the reader buffered past the headers is lost by taking the stream back.
+    // The request body was read through the reader, and every response closes the
+    // connection, so nothing it buffered is lost by taking the stream back.
     let mut reader = BufReader::new(connection);
     let request = match read_request(&mut reader) {
         Ok(request) => request,
@@ -570,6 +645,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         status: status.as_ref().map_or(0, |status| *status),
         bytes_sent: response.bytes_sent,
         behavior,
+        body: request.body,
     };
     let dropped = matches!(record.behavior, Behavior::DropAfter(_));
     lock(&shared.requests).push(record);
@@ -636,11 +712,12 @@ fn answer(
     response: &mut Response,
 ) -> Result<u16> {
     let is_head = request.method == "HEAD";
-    if !is_head && request.method != "GET" {
+    let is_upload = request.method == "POST" || request.method == "PUT";
+    if !is_head && !is_upload && request.method != "GET" {
         response.head(
             405,
             &[
-                ("Allow", "GET, HEAD".into()),
+                ("Allow", "GET, HEAD, POST, PUT".into()),
                 ("Content-Length", "0".into()),
             ],
         )?;
@@ -649,6 +726,11 @@ fn answer(
     if let Behavior::Status(status) = behavior {
         response.head(*status, &[("Content-Length", "0".into())])?;
         return Ok(*status);
+    }
+    if is_upload {
+        // Accepted and logged, whatever the path: a webhook receiver.
+        response.head(204, &[])?;
+        return Ok(204);
     }
     let change_etag = *behavior == Behavior::ChangeEtag;
     let Some(mut snapshot) = snapshot(shared, &request.path, change_etag)? else {
@@ -736,6 +818,7 @@ impl Read for Noise {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        204 => "No Content",
         206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",

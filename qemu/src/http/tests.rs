@@ -20,6 +20,17 @@ impl Reply {
 }
 
 fn request(server: &FixtureServer, method: &str, path: &str, extra_headers: &[&str]) -> Reply {
+    request_with_body(server, method, path, extra_headers, b"")
+}
+
+/// Sends `body` verbatim after the headers (the caller frames it).
+fn request_with_body(
+    server: &FixtureServer,
+    method: &str,
+    path: &str,
+    extra_headers: &[&str],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
     for header in extra_headers {
@@ -27,7 +38,9 @@ fn request(server: &FixtureServer, method: &str, path: &str, extra_headers: &[&s
         text.push_str("\r\n");
     }
     text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).unwrap();
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let split = raw
@@ -188,10 +201,9 @@ fn if_range_with_a_stale_validator_gets_everything() {
 fn unknown_path_is_404_and_other_methods_405() {
     let server = server_with_content();
     assert_eq!(get(&server, "/missing", &[]).status, 404);
-    assert_eq!(
-        request(&server, "POST", "/image.raw", &["Content-Length: 0"]).status,
-        405
-    );
+    let delete = request(&server, "DELETE", "/image.raw", &[]);
+    assert_eq!(delete.status, 405);
+    assert_eq!(delete.header("Allow"), Some("GET, HEAD, POST, PUT"));
     server.remove_file("/image.raw");
     assert_eq!(get(&server, "/image.raw", &[]).status, 404);
 }
@@ -224,6 +236,7 @@ fn request_log_records_each_request() {
             status: 206,
             bytes_sent: 10,
             behavior: Behavior::Normal,
+            body: Vec::new(),
         }
     );
     assert_eq!(
@@ -232,6 +245,64 @@ fn request_log_records_each_request() {
     );
     server.clear_requests();
     assert!(server.requests().is_empty());
+}
+
+#[test]
+fn posts_are_accepted_and_their_bodies_logged() {
+    let server = FixtureServer::start().unwrap();
+    let body = br#"{"event":"started"}"#;
+    let length = format!("Content-Length: {}", body.len());
+    let reply = request_with_body(&server, "POST", "/hook", &[length.as_str()], body);
+    assert_eq!((reply.status, reply.body.len()), (204, 0));
+    let chunked = request_with_body(
+        &server,
+        "PUT",
+        "/hook?x=1",
+        &["Transfer-Encoding: chunked"],
+        b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    );
+    assert_eq!(chunked.status, 204);
+    let log = server.requests_at_least(2, Duration::from_secs(5));
+    assert_eq!(
+        (log[0].method.as_str(), log[0].path.as_str(), log[0].status),
+        ("POST", "/hook", 204)
+    );
+    assert_eq!(log[0].body, body);
+    assert_eq!(
+        (log[1].method.as_str(), log[1].path.as_str()),
+        ("PUT", "/hook")
+    );
+    assert_eq!(log[1].body, b"hello, world");
+    // A GET's record has no body.
+    server.add_file("f", "x");
+    get(&server, "/f", &[]);
+    assert!(
+        server.requests_at_least(3, Duration::from_secs(5))[2]
+            .body
+            .is_empty()
+    );
+}
+
+#[test]
+fn queued_statuses_apply_to_posts() {
+    let server = FixtureServer::start().unwrap();
+    server.push_behaviors("hook", [Behavior::Status(500)]);
+    let post = |body: &[u8]| {
+        let length = format!("Content-Length: {}", body.len());
+        request_with_body(&server, "POST", "/hook", &[length.as_str()], body).status
+    };
+    assert_eq!(post(b"first"), 500);
+    assert_eq!(post(b"second"), 204);
+    let log = server.requests_at_least(2, Duration::from_secs(5));
+    assert_eq!(
+        (log[0].status, log[0].body.as_slice()),
+        (500, &b"first"[..])
+    );
+    assert_eq!(log[0].behavior, Behavior::Status(500));
+    assert_eq!(
+        (log[1].status, log[1].body.as_slice()),
+        (204, &b"second"[..])
+    );
 }
 
 #[test]
