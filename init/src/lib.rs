@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod report;
 pub mod source;
 pub mod spec;
+pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;

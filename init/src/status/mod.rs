@@ -1,0 +1,588 @@
+//! Status events: what the deploy is doing, told to whoever asks besides the
+//! console.
+//!
+//! One [`Status`] handle is shared by everything that has something to say.
+//! [`Status::emit`] records an [`EventKind`] in the shared state and, with
+//! `imprint.report=<url>`, queues it for the [webhook](webhook), which POSTs
+//! each event as JSON in order, retrying in the background. With
+//! `imprint.status-port=<port>`, a [read-only HTTP server](server) answers
+//! `GET /status` with the [status document](Status::document). Neither ever
+//! blocks or fails the deploy: a report URL that is not HTTP(S) or a port
+//! that cannot be bound is logged as a warning and left out.
+//!
+//! Events carry only what callers pass them; callers must not pass secrets
+//! (tokens, passwords, URLs with credentials): `/status` has no
+//! authentication, and the receiver of the webhook may log what it gets.
+//! The README ("Status events") documents every event and the document.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::pipeline::progress::{LogProgress, Progress};
+use crate::source::SourceOptions;
+
+pub mod event;
+pub mod machine;
+pub mod server;
+pub mod webhook;
+
+pub use event::{Event, EventKind, HandoffHow, Stage};
+pub use machine::MachineInfo;
+pub use server::StatusServer;
+pub use webhook::{Webhook, WebhookOptions, WebhookStats};
+
+/// Where status goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusOptions {
+    /// `imprint.report=`: the URL each event is POSTed to.
+    pub report_url: Option<String>,
+    /// `imprint.status-port=`: the TCP port `GET /status` is answered on.
+    pub status_port: Option<u16>,
+    /// Timeouts and TLS trust (`imprint.ca=`, `imprint.insecure=`), shared
+    /// with image sources.
+    pub source: SourceOptions,
+    /// Retries and queue size of the webhook.
+    pub webhook: WebhookOptions,
+}
+
+/// Where the deploy is, as `/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// Handed over after a successful deploy.
+    Succeeded,
+    /// The last word was a `failed` event (no `retrying` since).
+    Failed,
+}
+
+impl RunState {
+    fn name(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// What has happened so far: the events, and the latest of each thing.
+#[derive(Debug)]
+struct StatusState {
+    /// The `seq` of the last event.
+    seq: u64,
+    run: RunState,
+    stage: Option<Stage>,
+    machine: Value,
+    progress: Value,
+    error: Value,
+    /// Every event in order, a run of progress events kept as its latest.
+    events: Vec<Value>,
+}
+
+impl Default for StatusState {
+    fn default() -> Self {
+        StatusState {
+            seq: 0,
+            run: RunState::Running,
+            stage: None,
+            machine: Value::Null,
+            progress: Value::Null,
+            error: Value::Null,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl StatusState {
+    /// Takes `event` into account; returns its JSON.
+    fn record(&mut self, event: &Event) -> Value {
+        let json = event.to_json();
+        if let Some(stage) = event.kind.stage() {
+            self.stage = Some(stage);
+        }
+        match &event.kind {
+            EventKind::Started { .. } => self.machine = json["machine"].clone(),
+            EventKind::Progress { .. } => self.progress = json.clone(),
+            EventKind::Failed { .. } => {
+                self.run = RunState::Failed;
+                self.error = json.clone();
+            }
+            EventKind::Retrying { .. } => self.run = RunState::Running,
+            // A handoff after a failure (on-failure=reboot) is no success.
+            EventKind::Handoff { .. } if self.run != RunState::Failed => {
+                self.run = RunState::Succeeded;
+            }
+            _ => {}
+        }
+        let coalesce = event.kind.is_progress()
+            && self
+                .events
+                .last()
+                .is_some_and(|last| last["event"] == "progress");
+        if coalesce {
+            self.events.pop();
+        }
+        self.events.push(json.clone());
+        json
+    }
+
+    fn document(&self) -> Value {
+        json!({
+            "imprint": event::VERSION,
+            "state": self.run.name(),
+            "stage": self.stage,
+            "machine": self.machine,
+            "progress": self.progress,
+            "error": self.error,
+            "events": self.events,
+        })
+    }
+}
+
+/// The state behind [`Status`], shared with the [`StatusServer`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedState(Arc<Mutex<StatusState>>);
+
+impl SharedState {
+    fn lock(&self) -> MutexGuard<'_, StatusState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The status document, as `GET /status` answers it.
+    pub fn document(&self) -> Value {
+        self.lock().document()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: SharedState,
+    webhook: Option<Webhook>,
+    server: Option<StatusServer>,
+}
+
+/// The handle everything reports through; cheap to clone, usable from any
+/// thread.
+#[derive(Debug, Clone)]
+pub struct Status {
+    inner: Arc<Inner>,
+}
+
+impl Status {
+    /// Starts the webhook and the status server that `options` ask for.
+    /// Never fails: what cannot start is logged as a warning and left out.
+    pub fn new(options: &StatusOptions) -> Status {
+        let state = SharedState::default();
+        let webhook = options.report_url.as_deref().and_then(|url| {
+            Webhook::start(url, &options.source, options.webhook.clone())
+                .inspect(|_| {
+                    log::info!("status events are posted to {}", webhook::redact_url(url));
+                })
+                .map_err(|error| log::warn!("imprint.report: {error:#}; events are not posted"))
+                .ok()
+        });
+        let server = options.status_port.and_then(|port| {
+            StatusServer::start(port, state.clone())
+                .inspect(|_| log::info!("status: GET http://<this machine>:{port}/status"))
+                .map_err(|error| {
+                    log::warn!("imprint.status-port: {error:#}; there is no status endpoint");
+                })
+                .ok()
+        });
+        Status {
+            inner: Arc::new(Inner {
+                state,
+                webhook,
+                server,
+            }),
+        }
+    }
+
+    /// Records `kind` as the next event and queues it for the webhook.
+    /// Never blocks on the network.
+    pub fn emit(&self, kind: EventKind) {
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let mut state = self.inner.state.lock();
+        state.seq += 1;
+        let event = Event {
+            seq: state.seq,
+            time,
+            uptime: uptime().as_secs_f64(),
+            kind,
+        };
+        let json = state.record(&event);
+        // Queued under the state lock, so the webhook sees `seq` order
+        // whichever threads emit.
+        if let Some(webhook) = &self.inner.webhook {
+            webhook.send(json.to_string(), event.kind.is_progress());
+        }
+    }
+
+    /// Says which stage the deploy is in, for `/status`, without an event
+    /// (stages that have none of their own: `drivers`, `network`, `spec`, `disk`).
+    pub fn enter(&self, stage: Stage) {
+        self.inner.state.lock().stage = Some(stage);
+    }
+
+    /// Waits, at most `timeout`, until the webhook has dealt with every
+    /// event (delivered or given up); `true` when it has, or when there is
+    /// no webhook. Call before kexec, reboot or power-off.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.inner
+            .webhook
+            .as_ref()
+            .is_none_or(|webhook| webhook.flush(timeout))
+    }
+
+    /// The status document (see the README, "Status events").
+    pub fn document(&self) -> Value {
+        self.inner.state.document()
+    }
+
+    /// The state a [`StatusServer`] serves.
+    pub fn shared_state(&self) -> SharedState {
+        self.inner.state.clone()
+    }
+
+    /// What the webhook did so far, when there is one.
+    pub fn webhook_stats(&self) -> Option<WebhookStats> {
+        self.inner.webhook.as_ref().map(Webhook::stats)
+    }
+
+    /// Where the status server listens, when there is one.
+    pub fn status_address(&self) -> Option<SocketAddr> {
+        self.inner.server.as_ref().map(StatusServer::local_addr)
+    }
+}
+
+/// Time since boot (`CLOCK_BOOTTIME`, which counts suspend too).
+fn uptime() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// A [`Progress`] sink for the pipeline that does both: logs a progress line
+/// every [`LOG_INTERVAL`](Self::LOG_INTERVAL) (through [`LogProgress`]) and
+/// emits a `progress` event at most every
+/// [`EVENT_INTERVAL`](Self::EVENT_INTERVAL).
+#[derive(Debug)]
+pub struct ProgressEvents {
+    status: Status,
+    stage: Stage,
+    interval: Duration,
+    log: LogProgress,
+    /// When the last event went out (or the sink was made), and the bytes then.
+    last: (Instant, u64),
+}
+
+impl ProgressEvents {
+    /// How often a `progress` event is emitted at most.
+    pub const EVENT_INTERVAL: Duration = Duration::from_secs(5);
+    /// How often a progress line is logged.
+    pub const LOG_INTERVAL: Duration = Duration::from_secs(2);
+
+    /// Progress of `stage` (normally [`Stage::Write`]) to `status`.
+    pub fn new(status: Status, stage: Stage) -> ProgressEvents {
+        ProgressEvents {
+            status,
+            stage,
+            interval: Self::EVENT_INTERVAL,
+            log: LogProgress::new(Self::LOG_INTERVAL),
+            last: (Instant::now(), 0),
+        }
+    }
+
+    /// Emits events at most every `interval` instead.
+    pub fn with_interval(mut self, interval: Duration) -> ProgressEvents {
+        self.interval = interval;
+        self
+    }
+
+    /// [`Progress::update`] at the time `now`.
+    fn update_at(&mut self, done: u64, total: Option<u64>, now: Instant) {
+        let (last_time, last_done) = self.last;
+        let elapsed = now.saturating_duration_since(last_time);
+        if elapsed < self.interval {
+            return;
+        }
+        let bytes = u128::from(done.saturating_sub(last_done));
+        let rate = (bytes * 1_000_000)
+            .checked_div(elapsed.as_micros())
+            .map_or(0, |rate| u64::try_from(rate).unwrap_or(u64::MAX));
+        self.last = (now, done);
+        self.status.emit(EventKind::Progress {
+            stage: self.stage,
+            bytes: done,
+            total,
+            rate,
+        });
+    }
+}
+
+impl Progress for ProgressEvents {
+    fn update(&mut self, done: u64, total: Option<u64>) {
+        self.log.update(done, total);
+        self.update_at(done, total, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint_qemu::http::FixtureServer;
+
+    fn failed(stage: Stage, error: &str) -> EventKind {
+        EventKind::Failed {
+            stage,
+            error: error.into(),
+            offset: None,
+            attempt: None,
+        }
+    }
+
+    fn progress(bytes: u64) -> EventKind {
+        EventKind::Progress {
+            stage: Stage::Write,
+            bytes,
+            total: Some(100),
+            rate: 1,
+        }
+    }
+
+    fn handoff(how: HandoffHow) -> EventKind {
+        EventKind::Handoff {
+            how,
+            kernel: None,
+            cmdline: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn document_before_any_event() {
+        let status = Status::new(&StatusOptions::default());
+        assert_eq!(
+            status.document(),
+            json!({
+                "imprint": event::VERSION, "state": "running", "stage": null,
+                "machine": null, "progress": null, "error": null, "events": [],
+            })
+        );
+        assert!(status.flush(Duration::ZERO));
+        assert_eq!(status.webhook_stats(), None);
+        assert_eq!(status.status_address(), None);
+    }
+
+    #[test]
+    fn document_tracks_events_and_coalesces_progress() {
+        let status = Status::new(&StatusOptions::default());
+        let machine = MachineInfo {
+            nics: vec![machine::Nic {
+                name: "eth0".into(),
+                mac: "52:54:00:00:00:01".into(),
+            }],
+            ..MachineInfo::default()
+        };
+        status.emit(EventKind::Started {
+            machine: machine.clone(),
+        });
+        status.enter(Stage::Network);
+        assert_eq!(status.document()["stage"], "network");
+        for bytes in [10, 20, 30] {
+            status.emit(progress(bytes));
+        }
+        status.emit(EventKind::Verified {
+            sha256: "00".repeat(32),
+            algorithm: None,
+            bytes: 30,
+        });
+        status.emit(progress(40));
+        let document = status.document();
+        assert_eq!(document["state"], "running");
+        assert_eq!(document["stage"], "write");
+        assert_eq!(document["machine"], serde_json::to_value(&machine).unwrap());
+        assert_eq!(document["progress"]["bytes"], 40);
+        assert_eq!(document["progress"]["seq"], 6);
+        let events: Vec<(String, u64)> = document["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().into(),
+                    e["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("started", 1),
+            ("progress", 4),
+            ("verified", 5),
+            ("progress", 6),
+        ];
+        assert_eq!(
+            events,
+            expected.map(|(name, seq)| (name.to_owned(), seq)).to_vec()
+        );
+        let first = &document["events"][0];
+        assert!(first["time"].as_u64().unwrap() > 1_600_000_000, "{first}");
+        assert!(first["uptime"].as_f64().unwrap() > 0.0, "{first}");
+        assert_eq!(first["imprint"], event::VERSION);
+
+        status.emit(handoff(HandoffHow::Kexec));
+        let document = status.document();
+        assert_eq!(
+            (&document["state"], &document["stage"]),
+            (&json!("succeeded"), &json!("handoff"))
+        );
+        assert!(document["error"].is_null());
+    }
+
+    #[test]
+    fn failure_sticks_until_a_retry() {
+        let status = Status::new(&StatusOptions::default());
+        status.emit(failed(Stage::Disk, "no disk matches size>=1T"));
+        let document = status.document();
+        assert_eq!(
+            (&document["state"], &document["stage"]),
+            (&json!("failed"), &json!("disk"))
+        );
+        assert_eq!(document["error"]["error"], "no disk matches size>=1T");
+        // on-failure=reboot hands over, but the deploy did not succeed.
+        status.emit(handoff(HandoffHow::Reboot));
+        assert_eq!(status.document()["state"], "failed");
+        status.emit(EventKind::Retrying {
+            attempt: 2,
+            of: 3,
+            delay_seconds: 1.0,
+        });
+        let document = status.document();
+        assert_eq!(document["state"], "running");
+        // The last error stays visible while the retry runs.
+        assert_eq!(document["error"]["seq"], 1);
+    }
+
+    #[test]
+    fn events_reach_the_webhook_in_order() {
+        let server = FixtureServer::start().unwrap();
+        let status = Status::new(&StatusOptions {
+            report_url: Some(server.url("report")),
+            ..StatusOptions::default()
+        });
+        status.emit(EventKind::Started {
+            machine: MachineInfo::default(),
+        });
+        status.emit(progress(50));
+        status.emit(failed(Stage::Write, "corrupt xz stream at byte 4096"));
+        assert!(status.flush(Duration::from_secs(20)));
+        let posted: Vec<Value> = server
+            .requests_at_least(3, Duration::from_secs(10))
+            .iter()
+            .map(|r| {
+                assert_eq!(
+                    (r.method.as_str(), r.path.as_str(), r.status),
+                    ("POST", "/report", 204)
+                );
+                serde_json::from_slice(&r.body).unwrap()
+            })
+            .collect();
+        let names: Vec<&str> = posted
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["started", "progress", "failed"]);
+        assert_eq!(posted[2], status.document()["error"]);
+        assert_eq!(posted[1], status.document()["progress"]);
+        assert_eq!(status.webhook_stats().map(|stats| stats.delivered), Some(3));
+    }
+
+    #[test]
+    fn bad_url_or_busy_port_never_fails() {
+        let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let status = Status::new(&StatusOptions {
+            report_url: Some("ftp://x/y".into()),
+            status_port: Some(taken.local_addr().unwrap().port()),
+            ..StatusOptions::default()
+        });
+        assert_eq!(status.webhook_stats(), None);
+        assert_eq!(status.status_address(), None);
+        status.emit(failed(Stage::Spec, "x"));
+        assert_eq!(status.document()["state"], "failed");
+    }
+
+    #[test]
+    fn status_port_serves_the_same_document() {
+        use std::io::{Read, Write};
+        let status = Status::new(&StatusOptions {
+            status_port: Some(0),
+            ..StatusOptions::default()
+        });
+        status.emit(failed(Stage::Write, "wrong sha256"));
+        let port = status.status_address().unwrap().port();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"GET /status HTTP/1.1\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+        let served: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(served, status.document());
+        assert_eq!(served["error"]["error"], "wrong sha256");
+    }
+
+    #[test]
+    fn progress_events_are_rate_limited() {
+        let status = Status::new(&StatusOptions::default());
+        let mut sink = ProgressEvents::new(status.clone(), Stage::Write);
+        let start = sink.last.0;
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        sink.update_at(100, Some(1000), at(1000));
+        sink.update_at(200, Some(1000), at(4999));
+        assert!(status.document()["progress"].is_null(), "too early");
+        sink.update_at(500, Some(1000), at(5000));
+        let first = status.document()["progress"].clone();
+        assert_eq!(
+            (&first["bytes"], &first["total"], &first["rate"]),
+            (&json!(500), &json!(1000), &json!(100))
+        );
+        assert_eq!(first["stage"], "write");
+        sink.update_at(900, Some(1000), at(9000));
+        assert_eq!(
+            status.document()["progress"]["bytes"],
+            500,
+            "4 s after the last"
+        );
+        sink.update_at(1000, Some(1000), at(10_000));
+        let second = status.document()["progress"].clone();
+        // 500 bytes in the 5 s since the last event.
+        assert_eq!(
+            (&second["bytes"], &second["rate"]),
+            (&json!(1000), &json!(100))
+        );
+        assert_eq!(second["seq"], 2);
+        assert_eq!(status.document()["events"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn progress_interval_is_configurable() {
+        let status = Status::new(&StatusOptions::default());
+        let mut sink =
+            ProgressEvents::new(status.clone(), Stage::Write).with_interval(Duration::ZERO);
+        for done in [1, 2, 3] {
+            sink.update(done, None);
+        }
+        let progress = status.document()["progress"].clone();
+        assert_eq!(
+            (&progress["bytes"], &progress["seq"]),
+            (&json!(3), &json!(3))
+        );
+        assert!(progress["total"].is_null());
+    }
+}

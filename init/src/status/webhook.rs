@@ -1,0 +1,576 @@
+//! The report webhook (`imprint.report=<url>`): each event is POSTed as
+//! `application/json` to the URL, in order, by a background thread.
+//!
+//! The deploy never waits for it and never fails because of it:
+//! [`Webhook::send`] only queues. The queue is bounded; when it is full the
+//! oldest `progress` event is dropped (a newer one says more), or the oldest
+//! event when there is none, and the drop is counted. A POST that fails
+//! (connection error, timeout, HTTP 408/429/5xx) is retried with doubling
+//! backoff; another answer that is not 2xx is final. After the last attempt
+//! the event is given up and the next one is tried. The first failure of a
+//! streak is logged as a warning, the recovery once as info; attempts in
+//! between are not logged, so an unreachable receiver does not flood the
+//! console. [`Webhook::flush`] waits, for a bounded time, until the queue is
+//! empty: PID 1 calls it before kexec or power-off so the last events leave.
+//!
+//! HTTPS is verified like image sources ([`crate::source::tls`]):
+//! `imprint.ca=` and `imprint.insecure=1` apply. The agent is built on the
+//! worker thread, so fetching an `imprint.ca=` bundle cannot hold up the caller.
+//! Messages name the URL without user info and query, where tokens hide.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::source::SourceOptions;
+
+/// How hard the webhook tries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookOptions {
+    /// POSTs of one event before it is given up.
+    pub attempts: u32,
+    /// The wait after the first failure; doubled after each further one.
+    pub first_backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// The time one attempt may take, connecting included.
+    pub timeout: Duration,
+    /// Events waiting to be sent before the oldest are dropped.
+    pub queue_len: usize,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        WebhookOptions {
+            attempts: 5,
+            first_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            timeout: Duration::from_secs(10),
+            queue_len: 256,
+        }
+    }
+}
+
+/// What happened to the events so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// Answered with a 2xx.
+    pub delivered: u64,
+    /// Given up after the last attempt, or at a final HTTP status.
+    pub given_up: u64,
+    /// Dropped unsent because the queue was full.
+    pub dropped: u64,
+}
+
+struct Queued {
+    body: String,
+    progress: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Queued>,
+    /// The worker holds an event it has not finished with.
+    in_flight: bool,
+    closed: bool,
+    stats: WebhookStats,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// [`WebhookOptions::queue_len`].
+    capacity: usize,
+    /// Signalled when an event is queued, one is finished, or the webhook closes.
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running webhook; its thread stops when this is dropped (without
+/// waiting for the queue: call [`flush`](Self::flush) first).
+pub struct Webhook {
+    shared: Arc<Shared>,
+    url: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+impl Webhook {
+    /// Starts the thread that posts to `url` (`http://` or `https://`).
+    /// Fails only on another scheme, or when no thread can be started.
+    pub fn start(url: &str, source: &SourceOptions, options: WebhookOptions) -> Result<Webhook> {
+        let scheme = url
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            bail!("report URL {} is not http:// or https://", redact_url(url));
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            capacity: options.queue_len.max(1),
+            changed: Condvar::new(),
+        });
+        let worker = Worker {
+            shared: Arc::clone(&shared),
+            url: url.to_owned(),
+            source: source.clone(),
+            options,
+            agent: None,
+            failing: false,
+        };
+        std::thread::Builder::new()
+            .name("report-webhook".into())
+            .spawn(move || worker.run())
+            .context("starting the report webhook thread")?;
+        Ok(Webhook {
+            shared,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Queues `body` (one JSON event) to be posted after those queued
+    /// before it. Never blocks on the network. `progress` marks an event
+    /// that may be dropped first when the queue is full.
+    pub fn send(&self, body: String, progress: bool) {
+        let mut queue = self.shared.lock();
+        if queue.pending.len() >= self.shared.capacity {
+            let victim = queue
+                .pending
+                .iter()
+                .position(|queued| queued.progress)
+                .unwrap_or(0);
+            queue.pending.remove(victim);
+            queue.stats.dropped += 1;
+        }
+        queue.pending.push_back(Queued { body, progress });
+        drop(queue);
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits until every queued event is delivered or given up, at most
+    /// `timeout`; `true` when the queue is empty.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut queue = self.shared.lock();
+        loop {
+            if queue.pending.is_empty() && !queue.in_flight {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            queue = self
+                .shared
+                .changed
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Counts of delivered, given-up and dropped events.
+    pub fn stats(&self) -> WebhookStats {
+        self.shared.lock().stats
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// How one POST ended.
+enum Outcome {
+    Delivered,
+    /// Worth another attempt.
+    Retry(String),
+    /// Another attempt would get the same answer.
+    Final(String),
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    url: String,
+    source: SourceOptions,
+    options: WebhookOptions,
+    agent: Option<ureq::Agent>,
+    /// In a failure streak: the first failure was logged, later ones are not.
+    failing: bool,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let body = {
+                let mut queue = self.shared.lock();
+                loop {
+                    if queue.closed {
+                        return;
+                    }
+                    if let Some(next) = queue.pending.pop_front() {
+                        queue.in_flight = true;
+                        break next.body;
+                    }
+                    queue = self
+                        .shared
+                        .changed
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            let delivered = self.deliver(&body);
+            let mut queue = self.shared.lock();
+            queue.in_flight = false;
+            if delivered {
+                queue.stats.delivered += 1;
+            } else {
+                queue.stats.given_up += 1;
+            }
+            drop(queue);
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// Posts one event until it is delivered, final, or out of attempts.
+    fn deliver(&mut self, body: &str) -> bool {
+        let mut backoff = self.options.first_backoff;
+        for attempt in 1..=self.options.attempts.max(1) {
+            let (message, retry) = match self.post(body) {
+                Outcome::Delivered => {
+                    if self.failing {
+                        self.failing = false;
+                        let stats = self.shared.lock().stats;
+                        log::info!(
+                            "report {}: delivering again ({} events given up, {} dropped so far)",
+                            redact_url(&self.url),
+                            stats.given_up,
+                            stats.dropped
+                        );
+                    }
+                    return true;
+                }
+                Outcome::Retry(message) => (message, true),
+                Outcome::Final(message) => (message, false),
+            };
+            if !self.failing {
+                self.failing = true;
+                log::warn!(
+                    "report {}: {message}; events are retried in the background \
+                     and further failures are not logged",
+                    redact_url(&self.url)
+                );
+            }
+            if !retry || attempt == self.options.attempts {
+                log::debug!(
+                    "report {}: event given up after {attempt} attempts: {message}",
+                    redact_url(&self.url)
+                );
+                return false;
+            }
+            if !self.pause(backoff) {
+                return false;
+            }
+            backoff = (backoff * 2).min(self.options.max_backoff);
+        }
+        false
+    }
+
+    /// Sleeps `duration` unless the webhook is closed first; `false` then.
+    fn pause(&self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        let mut queue = self.shared.lock();
+        loop {
+            if queue.closed {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            queue = self
+                .shared
+                .changed
+                .wait_timeout(queue, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn post(&mut self, body: &str) -> Outcome {
+        if self.agent.is_none() {
+            match self.build_agent() {
+                Ok(agent) => self.agent = Some(agent),
+                // A CA bundle that cannot be read or fetched now may be later.
+                Err(error) => return Outcome::Retry(format!("{error:#}")),
+            }
+        }
+        let Some(agent) = &self.agent else {
+            return Outcome::Final("no HTTP agent".into());
+        };
+        let result = agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes());
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                let code = status.as_u16();
+                let message = format!(
+                    "HTTP {code} {}",
+                    status.canonical_reason().unwrap_or_default()
+                );
+                match code {
+                    200..=299 => Outcome::Delivered,
+                    408 | 429 | 500..=599 => Outcome::Retry(message),
+                    _ => Outcome::Final(message),
+                }
+            }
+            Err(error) => {
+                let message = crate::source::tls::certificate_failure(&error, &self.source);
+                match message {
+                    Some(message) => Outcome::Final(message),
+                    None => Outcome::Retry(error.to_string()),
+                }
+            }
+        }
+    }
+
+    fn build_agent(&self) -> Result<ureq::Agent> {
+        Ok(ureq::Agent::config_builder()
+            .timeout_global(Some(self.options.timeout))
+            .http_status_as_error(false)
+            // A receiver that redirects a POST is misconfigured; say so, do not follow.
+            .max_redirects(0)
+            .tls_config(crate::source::tls::tls_config(&self.source)?)
+            .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into())
+    }
+}
+
+/// `url` without user info, query and fragment, which may hold tokens:
+/// `https://user:pw@drp:8092/hook?token=x` is `https://drp:8092/hook`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint_qemu::http::{Behavior, FixtureServer};
+
+    fn fast() -> WebhookOptions {
+        WebhookOptions {
+            attempts: 4,
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+            timeout: Duration::from_secs(5),
+            queue_len: 64,
+        }
+    }
+
+    fn posted(server: &FixtureServer, count: usize) -> Vec<String> {
+        server
+            .requests_at_least(count, Duration::from_secs(10))
+            .into_iter()
+            .filter(|request| request.method == "POST" && request.status == 204)
+            .map(|request| String::from_utf8(request.body).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn delivers_events_in_order() {
+        let server = FixtureServer::start().unwrap();
+        let hook = Webhook::start(&server.url("hook"), &SourceOptions::default(), fast()).unwrap();
+        let events: Vec<String> = (1..=20).map(|n| format!("{{\"seq\":{n}}}")).collect();
+        for event in &events {
+            hook.send(event.clone(), false);
+        }
+        assert!(hook.flush(Duration::from_secs(20)));
+        assert_eq!(posted(&server, 20), events);
+        let requests = server.requests();
+        assert!(requests.iter().all(|r| r.path == "/hook"));
+        assert_eq!(
+            hook.stats(),
+            WebhookStats {
+                delivered: 20,
+                given_up: 0,
+                dropped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn retries_after_server_errors_then_delivers() {
+        let server = FixtureServer::start().unwrap();
+        server.push_behaviors("hook", [Behavior::Status(500), Behavior::Status(503)]);
+        let hook = Webhook::start(&server.url("hook"), &SourceOptions::default(), fast()).unwrap();
+        hook.send("{\"seq\":1}".into(), false);
+        hook.send("{\"seq\":2}".into(), false);
+        assert!(hook.flush(Duration::from_secs(20)));
+        let requests = server.requests_at_least(4, Duration::from_secs(10));
+        let seen: Vec<(u16, &[u8])> = requests
+            .iter()
+            .map(|r| (r.status, r.body.as_slice()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (500, &b"{\"seq\":1}"[..]),
+                (503, &b"{\"seq\":1}"[..]),
+                (204, &b"{\"seq\":1}"[..]),
+                (204, &b"{\"seq\":2}"[..]),
+            ]
+        );
+        assert_eq!(hook.stats().delivered, 2);
+    }
+
+    #[test]
+    fn final_status_and_exhausted_attempts_give_up_and_move_on() {
+        let server = FixtureServer::start().unwrap();
+        server.push_behaviors(
+            "hook",
+            [
+                Behavior::Status(404),
+                Behavior::Status(500),
+                Behavior::Status(500),
+                Behavior::Status(500),
+                Behavior::Status(500),
+            ],
+        );
+        let hook = Webhook::start(&server.url("hook"), &SourceOptions::default(), fast()).unwrap();
+        for n in 1..=3 {
+            hook.send(format!("{{\"seq\":{n}}}"), false);
+        }
+        assert!(hook.flush(Duration::from_secs(20)));
+        // 1: one 404, final. 2: four 500s, out of attempts. 3: delivered.
+        let statuses: Vec<u16> = server
+            .requests_at_least(6, Duration::from_secs(10))
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(statuses, vec![404, 500, 500, 500, 500, 204]);
+        assert_eq!(posted(&server, 6), vec!["{\"seq\":3}".to_owned()]);
+        assert_eq!(
+            hook.stats(),
+            WebhookStats {
+                delivered: 1,
+                given_up: 2,
+                dropped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn unreachable_receiver_never_blocks_the_sender() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = WebhookOptions {
+            first_backoff: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(3600),
+            queue_len: 4,
+            ..fast()
+        };
+        let hook = Webhook::start(
+            &format!("http://127.0.0.1:{port}/hook"),
+            &SourceOptions::default(),
+            options,
+        )
+        .unwrap();
+        for n in 0..100 {
+            hook.send(format!("{{\"seq\":{n}}}"), true);
+        }
+        // The worker sits in an hour-long backoff: only a bounded wait ends.
+        assert!(!hook.flush(Duration::from_millis(200)));
+        let stats = hook.stats();
+        assert_eq!(stats.delivered, 0);
+        // 100 sent, at most 4 queued and 1 in flight.
+        assert!(stats.dropped >= 95, "{stats:?}");
+    }
+
+    #[test]
+    fn a_full_queue_drops_progress_before_other_events() {
+        let server = FixtureServer::start().unwrap();
+        // The first event waits out an hour of backoff, so the rest queue up.
+        let options = WebhookOptions {
+            first_backoff: Duration::from_secs(3600),
+            queue_len: 3,
+            ..fast()
+        };
+        server.push_behaviors("hook", [Behavior::Status(503)]);
+        let hook = Webhook::start(&server.url("hook"), &SourceOptions::default(), options).unwrap();
+        hook.send("first".into(), false);
+        // Wait until the worker holds it, so the queue below is what it seems.
+        server.requests_at_least(1, Duration::from_secs(10));
+        hook.send("p1".into(), true);
+        hook.send("started".into(), false);
+        hook.send("p2".into(), true);
+        hook.send("failed".into(), false); // drops p1
+        hook.send("handoff".into(), false); // drops p2
+        hook.send("last".into(), false); // no progress left: drops the oldest
+        let queue = hook.shared.lock();
+        let pending: Vec<&str> = queue.pending.iter().map(|q| q.body.as_str()).collect();
+        assert_eq!(pending, ["failed", "handoff", "last"]);
+        assert_eq!(queue.stats.dropped, 3);
+    }
+
+    #[test]
+    fn bad_scheme_is_refused() {
+        let message = format!(
+            "{:#}",
+            Webhook::start(
+                "ftp://user:secret@host/x?token=abc",
+                &SourceOptions::default(),
+                fast()
+            )
+            .unwrap_err()
+        );
+        assert_eq!(
+            message,
+            "report URL ftp://host/x is not http:// or https://"
+        );
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pw@drp:8092/hook?token=x#f"),
+            "https://drp:8092/hook"
+        );
+        assert_eq!(redact_url("http://h"), "http://h");
+        assert_eq!(redact_url("http://h?x"), "http://h");
+        assert_eq!(redact_url("no-scheme/path"), "no-scheme/path");
+    }
+}
