@@ -547,6 +547,38 @@ mod tests {
     }
 
     #[test]
+    fn https_is_verified_with_the_sources_trust() {
+        let ca = imprint_qemu::http::TestCa::new("webhook test CA").unwrap();
+        let cert = ca.issue_for_fixture().unwrap();
+        let server = FixtureServer::start_tls(&cert.chain_pem, &cert.key_pem).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+        let trusted = SourceOptions {
+            ca: Some(ca_path.display().to_string()),
+            ..SourceOptions::default()
+        };
+        let hook = Webhook::start(&server.url("hook"), &trusted, fast()).unwrap();
+        hook.send("{\"seq\":1}".into(), false);
+        assert!(hook.flush(Duration::from_secs(20)));
+        assert_eq!(posted(&server, 1), ["{\"seq\":1}"]);
+
+        // Without the CA the certificate is refused, once: retrying cannot fix it.
+        let untrusted =
+            Webhook::start(&server.url("hook"), &SourceOptions::default(), fast()).unwrap();
+        untrusted.send("{\"seq\":2}".into(), false);
+        assert!(untrusted.flush(Duration::from_secs(20)));
+        assert_eq!(untrusted.stats().given_up, 1);
+        // The server notices the refused handshake on its own thread.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.failed_handshakes() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.failed_handshakes(), 1);
+        assert_eq!(server.requests().len(), 1);
+    }
+
+    #[test]
     fn bad_scheme_is_refused() {
         let message = format!(
             "{:#}",
