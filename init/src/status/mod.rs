@@ -3,7 +3,7 @@
 //!
 //! One [`Status`] handle is shared by everything that has something to say.
 //! [`Status::emit`] records an [`EventKind`] in the shared state and, with
-//! `imprint.report=<url>`, queues it for the [webhook](webhook), which POSTs
+//! `imprint.report=<url>`, queues it for the [`webhook`], which POSTs
 //! each event as JSON in order, retrying in the background. With
 //! `imprint.status-port=<port>`, a [read-only HTTP server](server) answers
 //! `GET /status` with the [status document](Status::document). Neither ever
