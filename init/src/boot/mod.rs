@@ -149,15 +149,19 @@ fn explicit_entry(tree: &Tree, explicit: &Explicit) -> Result<BootEntry> {
              add the kernel's path in the installed system"
         );
     };
-    let kernel = tree.existing(kernel)?.with_context(|| {
-        format!("imprint.kexec-kernel={kernel}: no such file in the installed system")
-    })?;
-    let initrds = match &explicit.initrd {
-        Some(initrd) => vec![tree.existing(initrd)?.with_context(|| {
+    let kernel = tree
+        .existing(kernel)?
+        .filter(|p| p.is_file())
+        .with_context(|| {
+            format!("imprint.kexec-kernel={kernel}: no such file in the installed system")
+        })?;
+    let mut initrds = Vec::new();
+    if let Some(initrd) = &explicit.initrd {
+        let host = tree.existing(initrd)?.filter(|p| p.is_file());
+        initrds.push(host.with_context(|| {
             format!("imprint.kexec-initrd={initrd}: no such file in the installed system")
-        })?],
-        None => Vec::new(),
-    };
+        })?);
+    }
     Ok(BootEntry {
         kernel,
         initrds,
@@ -393,9 +397,13 @@ fn grub_entry(
 
 fn symlink_entry(tree: &Tree) -> Result<Option<BootEntry>> {
     for dir in ["", "/boot"] {
-        if let Some(kernel) = tree.existing(&format!("{dir}/vmlinuz"))? {
+        if let Some(kernel) = tree
+            .existing(&format!("{dir}/vmlinuz"))?
+            .filter(|p| p.is_file())
+        {
             let initrds = tree
                 .existing(&format!("{dir}/initrd.img"))?
+                .filter(|p| p.is_file())
                 .into_iter()
                 .collect();
             return Ok(Some(BootEntry {

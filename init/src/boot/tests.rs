@@ -621,6 +621,15 @@ fn explicit_parameters_win_and_are_checked() {
 
     let err = installed
         .find_explicit(&Explicit {
+            kernel: Some("/boot/grub".into()),
+            ..Explicit::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/boot/grub: no such file"), "{err}");
+
+    let err = installed
+        .find_explicit(&Explicit {
             kernel: Some("/boot/vmlinuz-9.9".into()),
             ..Explicit::default()
         })
