@@ -6,6 +6,7 @@
 //! root.
 #![deny(unsafe_code)]
 
+pub mod boot;
 pub mod cli;
 pub mod cmdline;
 pub mod crc32;
