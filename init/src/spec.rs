@@ -14,11 +14,32 @@ use crate::inject::Identity;
 use crate::pipeline::checksum::Checksum;
 use crate::source::SourceOptions;
 
-/// What to do once the image is written and verified.
+/// What to do once the image is written, verified and injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SuccessPolicy {
+    /// Boot the installed kernel with kexec. When that cannot work (no
+    /// kernel found, lockdown refuses it), reboot instead unless `required`
+    /// (`kexec!`), in which case the handoff fails.
+    Kexec {
+        required: bool,
+    },
     Reboot,
     Poweroff,
+    /// Stay up with the result on the console (and `/status`).
+    None,
+}
+
+impl SuccessPolicy {
+    pub fn parse(v: &str) -> Result<SuccessPolicy> {
+        Ok(match v {
+            "kexec" => SuccessPolicy::Kexec { required: false },
+            "kexec!" => SuccessPolicy::Kexec { required: true },
+            "reboot" => SuccessPolicy::Reboot,
+            "poweroff" => SuccessPolicy::Poweroff,
+            "none" => SuccessPolicy::None,
+            _ => bail!("must be kexec, kexec!, reboot, poweroff or none, not {v:?}"),
+        })
+    }
 }
 
 /// What to do when the deploy failed.
@@ -29,6 +50,10 @@ pub enum FailurePolicy {
     Halt,
     Reboot,
     Poweroff,
+    /// Run the whole deploy again, up to this many more times, with a
+    /// growing pause between runs; then halt. Every failed run has already
+    /// failed closed.
+    Retry(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +80,21 @@ pub struct DeploySpec {
     pub config: Option<String>,
     pub on_success: SuccessPolicy,
     pub on_failure: FailurePolicy,
+    /// What to kexec, overriding discovery in the installed root.
+    pub kexec: KexecOverride,
+    /// Where JSON status events are POSTed (`imprint.report=`).
+    pub report: Option<String>,
+    /// The port of the read-only `/status` endpoint (`imprint.status-port=`).
+    pub status_port: Option<u16>,
+}
+
+/// `imprint.kexec-kernel=`, `-initrd=`, `-cmdline=`: paths inside the
+/// installed system and the command line to boot it with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KexecOverride {
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
 }
 
 impl Default for DeploySpec {
@@ -70,8 +110,11 @@ impl Default for DeploySpec {
             root: None,
             grow: false,
             config: None,
-            on_success: SuccessPolicy::Reboot,
+            on_success: SuccessPolicy::Kexec { required: false },
             on_failure: FailurePolicy::Halt,
+            kexec: KexecOverride::default(),
+            report: None,
+            status_port: None,
         }
     }
 }
@@ -297,25 +340,79 @@ pub const PARAMS: &[ParamDef] = &[
     },
     ParamDef {
         name: "on-success",
-        values: "reboot | poweroff",
-        default: "reboot",
-        help: "What the machine does after a successful deploy (PID 1 only; the CLI just exits).",
+        values: "kexec | kexec! | reboot | poweroff | none",
+        default: "kexec",
+        help: "What the machine does after a successful deploy (PID 1 only; the CLI just exits). `kexec` boots the installed kernel directly, skipping the firmware, and reboots when it cannot (see Handing over); `kexec!` fails instead; `none` stays up showing the result.",
         apply: |spec, v| {
-            spec.on_success = match v {
-                "reboot" => SuccessPolicy::Reboot,
-                "poweroff" => SuccessPolicy::Poweroff,
-                _ => bail!("must be reboot or poweroff, not {v:?}"),
-            };
+            spec.on_success = SuccessPolicy::parse(v)?;
             Ok(())
         },
     },
     ParamDef {
         name: "on-failure",
-        values: "halt | reboot | poweroff",
+        values: "halt | reboot | poweroff | retry:N",
         default: "halt",
-        help: "What the machine does after a failed deploy: `halt` keeps it up and repeats the error on the console every minute.",
+        help: "What the machine does after a failed deploy: `halt` keeps it up, repeats the error on the console every minute and keeps answering `/status`; `retry:N` runs the whole deploy again up to N times (pausing 10 s, 20 s, … up to 5 min), then halts.",
         apply: |spec, v| {
             spec.on_failure = parse_failure_policy(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "kexec-kernel",
+        values: "/PATH in the installed system",
+        default: "(discovered)",
+        help: "The kernel to kexec, instead of the BLS entry, grub.cfg default or /vmlinuz found in the installed root.",
+        apply: |spec, v| {
+            spec.kexec.kernel = Some(absolute_path(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "kexec-initrd",
+        values: "/PATH in the installed system",
+        default: "(discovered)",
+        help: "The initrd to kexec with; needs kexec-kernel.",
+        apply: |spec, v| {
+            spec.kexec.initrd = Some(absolute_path(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "kexec-cmdline",
+        values: "\"ARGS\"",
+        default: "(the entry's)",
+        help: "The installed kernel's command line, instead of the boot entry's options. `root=` is added when missing; console arguments after `--` are kept.",
+        apply: |spec, v| {
+            spec.kexec.cmdline = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "report",
+        values: "http[s]://URL",
+        default: "(none)",
+        help: "POST each status event as JSON to this URL (see Status events). Retried in the background; never delays or fails the deploy.",
+        apply: |spec, v| {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                bail!("{v:?} is not an http:// or https:// URL");
+            }
+            spec.report = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "status-port",
+        values: "PORT",
+        default: "(off)",
+        help: "Serve the status document read-only at `http://MACHINE:PORT/status` (see Status events).",
+        apply: |spec, v| {
+            let port: u16 = v
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .with_context(|| format!("{v:?} is not a TCP port (1-65535)"))?;
+            spec.status_port = Some(port);
             Ok(())
         },
     },
@@ -372,12 +469,28 @@ fn parse_bool(v: &str) -> Result<bool> {
 }
 
 fn parse_failure_policy(v: &str) -> Result<FailurePolicy> {
+    if let Some(n) = v.strip_prefix("retry:") {
+        let n: u32 = n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("{v:?}: retry:N needs a count of at least 1"))?;
+        return Ok(FailurePolicy::Retry(n));
+    }
     Ok(match v {
         "halt" => FailurePolicy::Halt,
         "reboot" => FailurePolicy::Reboot,
         "poweroff" => FailurePolicy::Poweroff,
-        _ => bail!("must be halt, reboot or poweroff, not {v:?}"),
+        _ => bail!("must be halt, reboot, poweroff or retry:N, not {v:?}"),
     })
+}
+
+/// A path inside the installed system: absolute, no `..`.
+fn absolute_path(v: &str) -> Result<String> {
+    if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
+        bail!("{v:?} must be an absolute path inside the installed system, without ..");
+    }
+    Ok(v.to_owned())
 }
 
 fn known_names() -> String {
@@ -410,14 +523,16 @@ impl DeploySpec {
         Ok(spec)
     }
 
-    /// The failure policy alone, read leniently: when the rest of the command
-    /// line is bad, PID 1 must still honour what the operator asked for on
-    /// failure.
-    pub fn failure_policy_from_cmdline(cmdline: &KernelCmdline) -> FailurePolicy {
-        cmdline
-            .value("imprint.on-failure")
-            .and_then(|v| parse_failure_policy(v).ok())
-            .unwrap_or(DeploySpec::default().on_failure)
+    /// The command line read leniently: every parameter that parses is
+    /// applied, the others are skipped. When the command line is bad, PID 1
+    /// must still honour what the operator asked for on failure, and still
+    /// report and serve `/status`.
+    pub fn lenient_from_cmdline(cmdline: &KernelCmdline) -> DeploySpec {
+        let mut spec = DeploySpec::default();
+        for (name, param) in cmdline.with_prefix("imprint.") {
+            let _ = spec.set("imprint.", name, param.value.as_deref());
+        }
+        spec
     }
 
     /// Applies a JSON deploy spec: an object whose keys are the parameter
@@ -470,6 +585,13 @@ impl DeploySpec {
         if self.checksum.is_some() && self.checksum_url.is_some() {
             bail!("give {origin}checksum= or {origin}checksum-url=, not both");
         }
+        if self.kexec.kernel.is_none()
+            && (self.kexec.initrd.is_some() || self.kexec.cmdline.is_some())
+        {
+            bail!(
+                "{origin}kexec-initrd= and {origin}kexec-cmdline= need {origin}kexec-kernel= (the kernel they go with)"
+            );
+        }
         Ok(())
     }
 
@@ -505,7 +627,7 @@ mod tests {
     fn defaults() {
         let s = spec("quiet").unwrap();
         assert_eq!(s, DeploySpec::default());
-        assert_eq!(s.on_success, SuccessPolicy::Reboot);
+        assert_eq!(s.on_success, SuccessPolicy::Kexec { required: false });
         assert_eq!(s.on_failure, FailurePolicy::Halt);
         assert!(
             s.require_url()
@@ -638,17 +760,79 @@ mod tests {
 
     #[test]
     fn failure_policy_survives_other_errors() {
-        let c = KernelCmdline::parse("imprint.bogus=1 imprint.on-failure=poweroff");
-        assert!(DeploySpec::from_cmdline(&c).is_err());
-        assert_eq!(
-            DeploySpec::failure_policy_from_cmdline(&c),
-            FailurePolicy::Poweroff
+        let c = KernelCmdline::parse(
+            "imprint.bogus=1 imprint.on-failure=poweroff imprint.status-port=8080",
         );
+        assert!(DeploySpec::from_cmdline(&c).is_err());
+        let lenient = DeploySpec::lenient_from_cmdline(&c);
+        assert_eq!(lenient.on_failure, FailurePolicy::Poweroff);
+        assert_eq!(lenient.status_port, Some(8080));
         let c = KernelCmdline::parse("imprint.on-failure=nonsense");
         assert_eq!(
-            DeploySpec::failure_policy_from_cmdline(&c),
+            DeploySpec::lenient_from_cmdline(&c).on_failure,
             FailurePolicy::Halt
         );
+    }
+
+    #[test]
+    fn handoff_policies() {
+        let on_success = |v: &str| spec(&format!("imprint.on-success={v}")).map(|s| s.on_success);
+        assert_eq!(
+            on_success("kexec").unwrap(),
+            SuccessPolicy::Kexec { required: false }
+        );
+        assert_eq!(
+            on_success("kexec!").unwrap(),
+            SuccessPolicy::Kexec { required: true }
+        );
+        assert_eq!(on_success("none").unwrap(), SuccessPolicy::None);
+        let on_failure = |v: &str| spec(&format!("imprint.on-failure={v}")).map(|s| s.on_failure);
+        assert_eq!(on_failure("retry:3").unwrap(), FailurePolicy::Retry(3));
+        for bad in ["retry:0", "retry:", "retry:x", "retry"] {
+            let msg = format!("{:#}", on_failure(bad).unwrap_err());
+            assert!(
+                msg.contains("imprint.on-failure") && msg.contains(bad),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn kexec_overrides_and_reporting() {
+        let s = spec(
+            "imprint.kexec-kernel=/boot/vmlinuz-6.1 imprint.kexec-initrd=/boot/initrd.img-6.1 \
+             \"imprint.kexec-cmdline=root=/dev/sda2 ro quiet\" imprint.report=https://ops/events \
+             imprint.status-port=8080",
+        )
+        .unwrap();
+        assert_eq!(s.kexec.kernel.as_deref(), Some("/boot/vmlinuz-6.1"));
+        assert_eq!(s.kexec.initrd.as_deref(), Some("/boot/initrd.img-6.1"));
+        assert_eq!(s.kexec.cmdline.as_deref(), Some("root=/dev/sda2 ro quiet"));
+        assert_eq!(s.report.as_deref(), Some("https://ops/events"));
+        assert_eq!(s.status_port, Some(8080));
+
+        let msg = format!(
+            "{:#}",
+            spec("imprint.kexec-initrd=/initrd.img").unwrap_err()
+        );
+        assert!(msg.contains("need imprint.kexec-kernel="), "{msg}");
+        let msg = format!(
+            "{:#}",
+            spec("imprint.kexec-kernel=boot/vmlinuz").unwrap_err()
+        );
+        assert!(msg.contains("absolute path"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            spec("imprint.kexec-kernel=/boot/../../x").unwrap_err()
+        );
+        assert!(msg.contains("without .."), "{msg}");
+        let msg = format!("{:#}", spec("imprint.status-port=0").unwrap_err());
+        assert!(
+            msg.contains("imprint.status-port") && msg.contains("TCP port"),
+            "{msg}"
+        );
+        let msg = format!("{:#}", spec("imprint.report=ftp://x/").unwrap_err());
+        assert!(msg.contains("imprint.report"), "{msg}");
     }
 
     #[test]
