@@ -10,9 +10,14 @@ use anyhow::{Context, Result, bail};
 
 use crate::disk::DiskSelector;
 use crate::logger::ConsoleLogger;
-use crate::pipeline::progress::LogProgress;
 use crate::report;
 use crate::spec::{DeploySpec, PARAMS};
+use crate::status::{
+    EventKind, HandoffHow, MachineInfo, ProgressEvents, Stage, Status, StatusOptions,
+};
+
+/// How long the last status events may take to reach `--report`.
+const REPORT_FLUSH: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
        imprint params     list every parameter (imprint.X= on the kernel command line, --X here)
@@ -62,31 +67,67 @@ fn deploy(args: &[String]) -> i32 {
             return 1;
         }
     };
+    // --report and --status-port work here too: a fleet script can watch
+    // CLI deploys the way it watches PID 1's.
+    let status = Status::new(&StatusOptions {
+        report_url: spec.report.clone(),
+        status_port: spec.status_port,
+        source: spec.source.clone(),
+        ..StatusOptions::default()
+    });
+    if spec.report.is_some() {
+        status.emit(EventKind::Started {
+            machine: MachineInfo::gather(Path::new("/sys")),
+        });
+    }
     let result = spec
         .disk
         .as_deref()
         .context("no target given: pass --disk /dev/NAME or --disk FILE")
         .and_then(resolve_target)
         .and_then(|disk| {
+            status.enter(Stage::Write);
             let summary = crate::deploy::deploy_to(
                 &spec,
                 &disk,
                 &crate::deploy::DeployOptions::default(),
-                &mut LogProgress::new(Duration::from_secs(2)),
+                &mut ProgressEvents::new(status.clone(), Stage::Write),
             )?;
-            inject_if_possible(&spec, &disk)?;
+            status.emit(EventKind::Verified {
+                sha256: report::hex(&summary.sha256),
+                algorithm: summary.verified.map(str::to_owned),
+                bytes: summary.bytes,
+            });
+            status.enter(Stage::Inject);
+            inject_if_possible(&spec, &disk, &status)?;
             Ok(summary)
         });
-    match result {
+    let code = match result {
         Ok(summary) => {
             println!("{}", report::ok_line(&summary));
+            status.emit(EventKind::Handoff {
+                how: HandoffHow::None,
+                kernel: None,
+                cmdline: None,
+                detail: Some("the CLI exits".to_owned()),
+            });
             0
         }
         Err(e) => {
             println!("{}", report::error_line(&e));
+            status.emit(EventKind::Failed {
+                stage: status.stage(),
+                error: format!("{e:#}"),
+                offset: None,
+                attempt: None,
+            });
             1
         }
+    };
+    if !status.flush(REPORT_FLUSH) {
+        log::warn!("not every status event reached the report URL");
     }
+    code
 }
 
 /// `--config URL`: the JSON spec first, the options over it.
@@ -104,7 +145,7 @@ fn with_config(spec: DeploySpec, args: &[String]) -> Result<DeploySpec> {
 
 /// Injection needs the partitions of a block device; an image file has
 /// none the kernel shows, so it is skipped there, unless it was asked for.
-fn inject_if_possible(spec: &DeploySpec, disk: &Path) -> Result<()> {
+fn inject_if_possible(spec: &DeploySpec, disk: &Path, status: &Status) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let is_block = std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device());
     if !is_block {
@@ -117,10 +158,27 @@ fn inject_if_possible(spec: &DeploySpec, disk: &Path) -> Result<()> {
         return Ok(());
     }
     match crate::inject::deployed::inject_or_fail_closed(spec, disk, None)? {
-        crate::inject::deployed::Injected::Root { root, ops } => {
+        crate::inject::deployed::Injected::Root {
+            partitions,
+            root,
+            ops,
+        } => {
+            let root = partitions[root].describe();
             log::info!("injected {ops} changes into {root}");
+            status.emit(EventKind::Injected {
+                root: Some(root),
+                changes: ops,
+                skipped: None,
+            });
         }
-        crate::inject::deployed::Injected::Skipped(why) => log::info!("no injection: {why}"),
+        crate::inject::deployed::Injected::Skipped(why) => {
+            log::info!("no injection: {why}");
+            status.emit(EventKind::Injected {
+                root: None,
+                changes: 0,
+                skipped: Some(why),
+            });
+        }
     }
     Ok(())
 }

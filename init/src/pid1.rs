@@ -12,12 +12,15 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
+use crate::inject::deployed::Injected;
 use crate::logger::ConsoleLogger;
-use crate::pipeline::progress::LogProgress;
 use crate::report::{self, DeploySummary};
 use crate::spec::{DeploySpec, FailurePolicy, SuccessPolicy};
+use crate::status::{
+    EventKind, HandoffHow, MachineInfo, ProgressEvents, Stage, Status, StatusOptions,
+};
 use crate::sys::power::{PowerAction, power};
-use crate::{deploy, disk, modules, net, sys};
+use crate::{deploy, disk, handoff, modules, net, sys};
 
 /// One step of early boot. The table below is the whole of it, and each
 /// entry prints itself as it is applied, so the console shows exactly what
@@ -138,6 +141,12 @@ const DISK_WAIT: Duration = Duration::from_secs(15);
 const DISK_SETTLE: Duration = Duration::from_secs(1);
 const NET_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The longest pause between two runs of `on-failure=retry:N`.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(300);
+/// How long the last events may take to reach the report URL before the
+/// machine is handed over or powered off.
+const REPORT_FLUSH: Duration = Duration::from_secs(5);
+
 pub fn main() -> ! {
     std::panic::set_hook(Box::new(|info| {
         println!(
@@ -158,25 +167,68 @@ pub fn main() -> ! {
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let cmdline = KernelCmdline::parse(&cmdline_text);
-    let outcome = DeploySpec::from_cmdline(&cmdline).and_then(|spec| run(spec, &cmdline));
-    match outcome {
-        Ok((spec, summary)) => {
-            println!("{}", report::ok_line(&summary));
-            match spec.on_success {
-                SuccessPolicy::Reboot => power(PowerAction::Reboot),
-                SuccessPolicy::Poweroff => power(PowerAction::Poweroff),
+    // Reporting starts before anything can fail, from whatever parses.
+    let lenient = DeploySpec::lenient_from_cmdline(&cmdline);
+    let status = Status::new(&StatusOptions {
+        report_url: lenient.report.clone(),
+        status_port: lenient.status_port,
+        source: lenient.source.clone(),
+        ..StatusOptions::default()
+    });
+    let mut machine = Machine {
+        status,
+        cmdline,
+        started: Instant::now(),
+        drivers_loaded: false,
+        boot_mac: None,
+        stage: Stage::Drivers,
+        on_failure: lenient.on_failure,
+    };
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let outcome = DeploySpec::from_cmdline(&machine.cmdline).and_then(|spec| machine.run(spec));
+        match outcome {
+            Ok(done) => {
+                println!("{}", report::ok_line(&done.summary));
+                machine.hand_over(&done)
             }
-        }
-        Err(error) => {
-            let line = report::error_line(&error);
-            println!("{line}");
-            match DeploySpec::failure_policy_from_cmdline(&cmdline) {
-                FailurePolicy::Reboot => power(PowerAction::Reboot),
-                FailurePolicy::Poweroff => power(PowerAction::Poweroff),
-                FailurePolicy::Halt => halt_showing(&line),
+            Err(error) => {
+                let line = report::error_line(&error);
+                println!("{line}");
+                machine.status.emit(EventKind::Failed {
+                    stage: machine.stage,
+                    error: format!("{error:#}"),
+                    offset: None,
+                    attempt: Some(attempt),
+                });
+                if let FailurePolicy::Retry(limit) = machine.on_failure
+                    && attempt <= limit
+                {
+                    let pause = retry_pause(attempt);
+                    machine.status.emit(EventKind::Retrying {
+                        attempt: attempt + 1,
+                        of: limit + 1,
+                        delay_seconds: pause.as_secs_f64(),
+                    });
+                    log::warn!(
+                        "deploy failed (run {attempt} of {}); running it again in {} s",
+                        limit + 1,
+                        pause.as_secs()
+                    );
+                    std::thread::sleep(pause);
+                    continue;
+                }
+                machine.fail(&line)
             }
         }
     }
+}
+
+/// 10 s, 20 s, 40 s, … up to five minutes between whole-deploy retries.
+fn retry_pause(attempt: u32) -> Duration {
+    let secs = 10u64.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    Duration::from_secs(secs).min(RETRY_PAUSE_MAX)
 }
 
 /// Keeps the machine up, repeating the result so that whoever opens the
@@ -188,69 +240,260 @@ fn halt_showing(line: &str) -> ! {
     }
 }
 
-fn run(spec: DeploySpec, cmdline: &KernelCmdline) -> Result<(DeploySpec, DeploySummary)> {
-    let started = Instant::now();
-    let kver = sys::kmod::kernel_release();
-    coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
-    log::info!(
-        "drivers loaded after {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+/// A deploy that reached the end: the image is written, verified and injected.
+struct Done {
+    spec: DeploySpec,
+    summary: DeploySummary,
+    injected: Injected,
+}
 
-    // The network comes up first when the spec itself or the image is
-    // fetched over it; a JSON spec may name the image and the disk.
-    let mut boot_mac = None;
-    let config_needs_network = spec.config.as_deref().is_some_and(needs_network);
-    let url_needs_network = spec.url.as_deref().is_some_and(needs_network);
-    if config_needs_network || url_needs_network {
-        boot_mac = Some(bring_up_network(started)?);
-    }
-    let spec = match &spec.config {
-        Some(config) => {
-            let text = crate::source::fetch_text(config, 1 << 20, &spec.source)
-                .with_context(|| format!("fetching the deploy spec {config}"))?;
-            let merged = DeploySpec::from_json_and_cmdline(&text, cmdline)
-                .with_context(|| format!("deploy spec {config}"))?;
-            log::info!("deploy spec {config} loaded");
-            merged
-        }
-        None => spec,
-    };
-    let url = spec.require_url()?.to_owned();
-    let wanted_disk = spec.disk.as_deref().context(
-        "no target disk given: set imprint.disk=/dev/NAME or hints such as imprint.disk=size>=100G,rotational=0",
-    )?;
-    let selector = DiskSelector::parse(wanted_disk).context("parameter imprint.disk")?;
+/// What PID 1 keeps across runs of the deploy (`on-failure=retry:N`):
+/// drivers stay loaded and the network stays up.
+struct Machine {
+    status: Status,
+    cmdline: KernelCmdline,
+    started: Instant,
+    drivers_loaded: bool,
+    boot_mac: Option<[u8; 6]>,
+    /// Where the current run is, for the `failed` event.
+    stage: Stage,
+    /// From the deploy spec once it is loaded (it may come from JSON).
+    on_failure: FailurePolicy,
+}
 
-    // A local source's disk is found (and mounted read-only) first, so that
-    // target selection can leave it out.
-    let source_disk = crate::source::source_disk(&url)?;
-    let excluded: Vec<String> = source_disk.iter().cloned().collect();
-    let target = wait_for_disk(&selector, &excluded, DISK_WAIT)?;
-    if let Some(source_disk) = &source_disk
-        && target == Path::new("/dev").join(source_disk)
-    {
-        anyhow::bail!(
-            "disk {} holds the image source {url}; choose another target disk",
-            target.display()
-        );
+impl Machine {
+    fn enter(&mut self, stage: Stage) {
+        self.stage = stage;
+        self.status.enter(stage);
     }
-    if needs_network(&url) && boot_mac.is_none() {
-        boot_mac = Some(bring_up_network(started)?);
-    }
-    let summary = deploy::deploy_to(
-        &spec,
-        &target,
-        &deploy::DeployOptions::default(),
-        &mut LogProgress::new(Duration::from_secs(2)),
-    )?;
-    match crate::inject::deployed::inject_or_fail_closed(&spec, &target, boot_mac)? {
-        crate::inject::deployed::Injected::Root { root, ops } => {
-            log::info!("injected {ops} changes into {root}");
+
+    fn run(&mut self, spec: DeploySpec) -> Result<Done> {
+        self.on_failure = spec.on_failure;
+        if !self.drivers_loaded {
+            self.enter(Stage::Drivers);
+            let kver = sys::kmod::kernel_release();
+            coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
+            log::info!(
+                "drivers loaded after {:.2} s",
+                self.started.elapsed().as_secs_f64()
+            );
+            self.drivers_loaded = true;
+            self.status.emit(EventKind::Started {
+                machine: MachineInfo::gather(Path::new("/sys")),
+            });
         }
-        crate::inject::deployed::Injected::Skipped(why) => log::info!("no injection: {why}"),
+
+        // The network comes up first when the spec itself or the image is
+        // fetched over it; a JSON spec may name the image and the disk.
+        let config_needs_network = spec.config.as_deref().is_some_and(needs_network);
+        let url_needs_network = spec.url.as_deref().is_some_and(needs_network);
+        if config_needs_network || url_needs_network {
+            self.network()?;
+        }
+        let spec = match &spec.config {
+            Some(config) => {
+                self.enter(Stage::Spec);
+                let text = crate::source::fetch_text(config, 1 << 20, &spec.source)
+                    .with_context(|| format!("fetching the deploy spec {config}"))?;
+                let merged = DeploySpec::from_json_and_cmdline(&text, &self.cmdline)
+                    .with_context(|| format!("deploy spec {config}"))?;
+                log::info!("deploy spec {config} loaded");
+                self.on_failure = merged.on_failure;
+                merged
+            }
+            None => spec,
+        };
+        let url = spec.require_url()?.to_owned();
+        self.enter(Stage::Disk);
+        let wanted_disk = spec.disk.as_deref().context(
+            "no target disk given: set imprint.disk=/dev/NAME or hints such as imprint.disk=size>=100G,rotational=0",
+        )?;
+        let selector = DiskSelector::parse(wanted_disk).context("parameter imprint.disk")?;
+
+        // A local source's disk is found (and mounted read-only) first, so that
+        // target selection can leave it out.
+        let source_disk = crate::source::source_disk(&url)?;
+        let excluded: Vec<String> = source_disk.iter().cloned().collect();
+        let target = wait_for_disk(&selector, &excluded, DISK_WAIT)?;
+        if let Some(source_disk) = &source_disk
+            && target == Path::new("/dev").join(source_disk)
+        {
+            anyhow::bail!(
+                "disk {} holds the image source {url}; choose another target disk",
+                target.display()
+            );
+        }
+        if needs_network(&url) {
+            self.network()?;
+        }
+        self.enter(Stage::Write);
+        let summary = deploy::deploy_to(
+            &spec,
+            &target,
+            &deploy::DeployOptions::default(),
+            &mut ProgressEvents::new(self.status.clone(), Stage::Write),
+        )?;
+        self.status.emit(EventKind::Verified {
+            sha256: report::hex(&summary.sha256),
+            algorithm: summary.verified.map(str::to_owned),
+            bytes: summary.bytes,
+        });
+        self.enter(Stage::Inject);
+        let injected =
+            crate::inject::deployed::inject_or_fail_closed(&spec, &target, self.boot_mac)?;
+        match &injected {
+            Injected::Root {
+                partitions,
+                root,
+                ops,
+            } => {
+                let root = partitions[*root].describe();
+                log::info!("injected {ops} changes into {root}");
+                self.status.emit(EventKind::Injected {
+                    root: Some(root),
+                    changes: *ops,
+                    skipped: None,
+                });
+            }
+            Injected::Skipped(why) => {
+                log::info!("no injection: {why}");
+                self.status.emit(EventKind::Injected {
+                    root: None,
+                    changes: 0,
+                    skipped: Some(why.clone()),
+                });
+            }
+        }
+        Ok(Done {
+            spec,
+            summary,
+            injected,
+        })
     }
-    Ok((spec, summary))
+
+    /// Brings the network up once; later runs reuse it.
+    fn network(&mut self) -> Result<()> {
+        if self.boot_mac.is_none() {
+            self.enter(Stage::Network);
+            self.boot_mac = Some(bring_up_network(self.started)?);
+        }
+        Ok(())
+    }
+
+    /// Follows the success policy. Never returns.
+    fn hand_over(&mut self, done: &Done) -> ! {
+        self.enter(Stage::Handoff);
+        match done.spec.on_success {
+            SuccessPolicy::Kexec { required } => self.kexec(done, required),
+            SuccessPolicy::Reboot => self.power(HandoffHow::Reboot, None, PowerAction::Reboot),
+            SuccessPolicy::Poweroff => {
+                self.power(HandoffHow::Poweroff, None, PowerAction::Poweroff)
+            }
+            SuccessPolicy::None => {
+                self.announce_handoff(HandoffHow::None, None);
+                handoff::unmount_everything();
+                log::info!("on-success=none: staying up");
+                halt_showing(&report::ok_line(&done.summary))
+            }
+        }
+    }
+
+    fn kexec(&mut self, done: &Done, required: bool) -> ! {
+        let staged = match &done.injected {
+            Injected::Root {
+                partitions, root, ..
+            } => handoff::stage_kexec(
+                &handoff::Installed {
+                    partitions,
+                    root: *root,
+                },
+                &done.spec.kexec,
+                &self.cmdline.init_args,
+            ),
+            Injected::Skipped(why) => Err(anyhow::anyhow!("no installed root to boot: {why}")),
+        };
+        let why = match staged {
+            Ok(staged) => {
+                self.status.emit(EventKind::Handoff {
+                    how: HandoffHow::Kexec,
+                    kernel: Some(staged.kernel.clone()),
+                    cmdline: Some(staged.cmdline.clone()),
+                    detail: Some(staged.entry.clone()),
+                });
+                self.status.flush(REPORT_FLUSH);
+                handoff::unmount_everything();
+                log::info!("kexec into {} ({})", staged.kernel, staged.entry);
+                match sys::kexec::exec() {
+                    Ok(never) => match never {},
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e.context("kexec is not possible"),
+        };
+        if required {
+            let why = why.context("imprint.on-success=kexec!");
+            let line = report::error_line(&why);
+            println!("{line}");
+            self.status.emit(EventKind::Failed {
+                stage: Stage::Handoff,
+                error: format!("{why:#}"),
+                offset: None,
+                attempt: None,
+            });
+            // The image on the disk is good: no retry, no wipe.
+            if let FailurePolicy::Retry(_) = self.on_failure {
+                self.on_failure = FailurePolicy::Halt;
+            }
+            self.fail(&line)
+        }
+        log::warn!("{why:#}; rebooting instead");
+        self.power(
+            HandoffHow::Reboot,
+            Some(format!("{why:#}")),
+            PowerAction::Reboot,
+        )
+    }
+
+    fn announce_handoff(&self, how: HandoffHow, detail: Option<String>) {
+        self.status.emit(EventKind::Handoff {
+            how,
+            kernel: None,
+            cmdline: None,
+            detail,
+        });
+        self.status.flush(REPORT_FLUSH);
+    }
+
+    fn power(&self, how: HandoffHow, detail: Option<String>, action: PowerAction) -> ! {
+        self.announce_handoff(how, detail);
+        handoff::unmount_everything();
+        power(action)
+    }
+
+    /// Follows the failure policy (retries are the caller's). Never returns.
+    fn fail(&mut self, line: &str) -> ! {
+        self.status.flush(REPORT_FLUSH);
+        match self.on_failure {
+            FailurePolicy::Reboot => {
+                handoff::unmount_everything();
+                power(PowerAction::Reboot)
+            }
+            FailurePolicy::Poweroff => {
+                handoff::unmount_everything();
+                power(PowerAction::Poweroff)
+            }
+            FailurePolicy::Halt | FailurePolicy::Retry(_) => {
+                // Someone may want to `curl` this machine's /status: give
+                // it a network if the deploy failed before it had one.
+                if self.status.status_address().is_some() && self.boot_mac.is_none() {
+                    if let Err(e) = self.network() {
+                        log::warn!("no network for the status endpoint: {e:#}");
+                    }
+                }
+                halt_showing(line)
+            }
+        }
+    }
 }
 
 fn bring_up_network(started: Instant) -> Result<[u8; 6]> {
@@ -399,6 +642,15 @@ mod tests {
                 "virtio:d00000001v00001AF4"
             ]
         );
+    }
+
+    #[test]
+    fn retry_pauses_grow_and_are_capped() {
+        assert_eq!(retry_pause(1), Duration::from_secs(10));
+        assert_eq!(retry_pause(2), Duration::from_secs(20));
+        assert_eq!(retry_pause(3), Duration::from_secs(40));
+        assert_eq!(retry_pause(9), RETRY_PAUSE_MAX);
+        assert_eq!(retry_pause(u32::MAX), RETRY_PAUSE_MAX);
     }
 
     #[test]

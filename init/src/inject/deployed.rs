@@ -26,8 +26,12 @@ const ROOT_MOUNT: &str = "/run/imprint/root";
 /// What happened after the write, for the log and the result line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Injected {
-    /// The identity went into this root (`partition 2 (/dev/vda2, ext4 …)`).
-    Root { root: String, ops: usize },
+    /// The identity went into `partitions[root]`: the handoff boots it.
+    Root {
+        partitions: Vec<Candidate>,
+        root: usize,
+        ops: usize,
+    },
     /// Nothing to do, and why (no partition table, Windows image, …).
     Skipped(String),
 }
@@ -153,7 +157,8 @@ pub fn inject_into_disk(
     let ops = result?;
     unmounted?;
     Ok(Injected::Root {
-        root: root.describe(),
+        root: index,
+        partitions: candidates,
         ops,
     })
 }

@@ -229,6 +229,11 @@ impl Status {
         self.inner.state.lock().stage = Some(stage);
     }
 
+    /// The stage last entered (`write` before any).
+    pub fn stage(&self) -> Stage {
+        self.inner.state.lock().stage.unwrap_or(Stage::Write)
+    }
+
     /// Waits, at most `timeout`, until the webhook has dealt with every
     /// event (delivered or given up); `true` when it has, or when there is
     /// no webhook. Call before kexec, reboot or power-off.
