@@ -577,7 +577,7 @@ pub fn collect_modaliases(root: &Path) -> Vec<String> {
 /// Loads the drivers for the hardware present, repeating until no new
 /// device shows up: loading a bus driver (virtio_pci) creates the devices
 /// (virtio0, virtio1) whose drivers (virtio_blk, virtio_net) come next.
-fn coldplug(module_dir: &Path) -> Result<()> {
+pub fn coldplug(module_dir: &Path) -> Result<()> {
     let index = modules::ModuleIndex::load(module_dir)?;
     let mut loaded = std::collections::BTreeSet::new();
     for _round in 0..8 {

@@ -155,6 +155,33 @@ impl Nic {
     }
 }
 
+/// OVMF's code (firmware) image from Debian's `ovmf` package, without Secure Boot.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+/// The pristine UEFI variable store that goes with [`OVMF_CODE`].
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+
+/// UEFI firmware in two flash chips, as on real boards: the code read-only,
+/// the variable store writable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UefiFirmware {
+    /// The firmware image (e.g. [`OVMF_CODE`]).
+    code: PathBuf,
+    /// The variable store the VM starts from (e.g. [`OVMF_VARS`]). QEMU runs
+    /// it with `snapshot=on`, so what the guest writes is discarded and the
+    /// file stays pristine for the next VM, with no copy to clean up.
+    vars_template: PathBuf,
+}
+
+impl UefiFirmware {
+    /// OVMF as the `ovmf` package installs it.
+    fn ovmf() -> Self {
+        Self {
+            code: OVMF_CODE.into(),
+            vars_template: OVMF_VARS.into(),
+        }
+    }
+}
+
 /// The accelerators a VM uses unless told otherwise: `IMPRINT_QEMU_ACCEL` split on
 /// commas (e.g. `kvm,tcg`), else `tcg` alone.
 ///
@@ -190,6 +217,7 @@ pub struct VmBuilder {
     disks: Vec<Disk>,
     nics: Vec<Nic>,
     network_boot: Option<(PathBuf, String)>,
+    uefi: Option<UefiFirmware>,
     no_reboot: bool,
     console_log: Option<PathBuf>,
     extra_args: Vec<OsString>,
@@ -209,6 +237,7 @@ impl Default for VmBuilder {
             disks: Vec::new(),
             nics: Vec::new(),
             network_boot: None,
+            uefi: None,
             no_reboot: true,
             console_log: None,
             extra_args: Vec::new(),
@@ -307,6 +336,34 @@ impl VmBuilder {
         self
     }
 
+    /// Boots UEFI firmware instead of SeaBIOS: OVMF as Debian's `ovmf`
+    /// package installs it (`/usr/share/OVMF/OVMF_CODE.fd` and
+    /// `OVMF_VARS.fd`). Without a [`kernel`](Self::kernel) the firmware boots
+    /// from the disks alone, e.g. `\EFI\BOOT\BOOTX64.EFI` on an EFI system
+    /// partition.
+    #[must_use]
+    pub fn uefi(mut self) -> Self {
+        self.uefi = Some(UefiFirmware::ovmf());
+        self
+    }
+
+    /// Boots this UEFI firmware instead of SeaBIOS: `code` in a read-only
+    /// flash chip, the variable store `vars_template` in a second one with
+    /// `snapshot=on`, so what the guest writes is discarded and the file
+    /// stays pristine for the next VM, with no copy to clean up.
+    #[must_use]
+    pub fn uefi_firmware(
+        mut self,
+        code: impl Into<PathBuf>,
+        vars_template: impl Into<PathBuf>,
+    ) -> Self {
+        self.uefi = Some(UefiFirmware {
+            code: code.into(),
+            vars_template: vars_template.into(),
+        });
+        self
+    }
+
     /// Whether a guest reboot ends QEMU (default `true`, so `panic=-1` ends the test).
     /// Turn off to follow a guest across a reboot.
     #[must_use]
@@ -356,6 +413,9 @@ impl VmBuilder {
         if self.no_reboot {
             push("-no-reboot");
         }
+        if let Some(firmware) = &self.uefi {
+            args.extend(Self::uefi_args(firmware)?);
+        }
         if let Some(kernel) = &self.kernel {
             args.push("-kernel".into());
             args.push(kernel.into());
@@ -375,6 +435,27 @@ impl VmBuilder {
             args.push("n".into());
         }
         args.extend(self.extra_args.iter().cloned());
+        Ok(args)
+    }
+
+    fn uefi_args(firmware: &UefiFirmware) -> Result<Vec<OsString>> {
+        let mut args = Vec::new();
+        for (unit, path, options) in [
+            (0, &firmware.code, "readonly=on"),
+            (1, &firmware.vars_template, "snapshot=on"),
+        ] {
+            let path = path
+                .to_str()
+                .with_context(|| format!("UEFI firmware path {} is not UTF-8", path.display()))?;
+            args.push("-drive".into());
+            args.push(
+                format!(
+                    "if=pflash,format=raw,unit={unit},{options},file={}",
+                    path.replace(',', ",,")
+                )
+                .into(),
+            );
+        }
         Ok(args)
     }
 
@@ -507,6 +588,16 @@ impl VmBuilder {
 
     /// Spawns QEMU and starts capturing its console.
     pub fn start(self) -> Result<Vm> {
+        if let Some(firmware) = &self.uefi {
+            for path in [&firmware.code, &firmware.vars_template] {
+                if !path.is_file() {
+                    bail!(
+                        "UEFI firmware {} is missing: run scripts/setup (package ovmf)",
+                        path.display()
+                    );
+                }
+            }
+        }
         let args = self.qemu_args()?;
         let (log_path, temporary_log) = match &self.console_log {
             Some(path) => (path.clone(), None),
@@ -813,6 +904,38 @@ mod tests {
 
         let line = joined(&VmBuilder::new().boot_from_network("/srv/tftp", "boot.ipxe"));
         assert!(line.contains("-netdev user,id=net0,tftp=/srv/tftp,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0 -boot n"), "{line}");
+    }
+
+    #[test]
+    fn uefi_uses_two_flash_chips_and_leaves_the_template_alone() {
+        let line = joined(&VmBuilder::new().uefi().disk(Disk::new("/golden.img")));
+        assert!(
+            line.contains(
+                "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd \
+                 -drive if=pflash,format=raw,unit=1,snapshot=on,file=/usr/share/OVMF/OVMF_VARS.fd"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("-kernel"), "{line}");
+        assert!(!line.contains("-bios"), "{line}");
+        let line = joined(&VmBuilder::new().uefi_firmware("/fw/CODE,1.fd", "/fw/VARS.fd"));
+        assert!(
+            line.contains("unit=0,readonly=on,file=/fw/CODE,,1.fd"),
+            "{line}"
+        );
+        assert!(!joined(&VmBuilder::new()).contains("pflash"));
+    }
+
+    #[test]
+    fn uefi_with_missing_firmware_names_the_file_and_the_fix() {
+        let error = VmBuilder::new()
+            .uefi_firmware("/nonexistent/OVMF_CODE.fd", OVMF_VARS)
+            .start()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "UEFI firmware /nonexistent/OVMF_CODE.fd is missing: run scripts/setup (package ovmf)"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Shared helpers for the VM tests: where the boot artifacts are, test
-//! images, and the parsed `IMPRINT-RESULT:` line.
+//! images, the parsed `IMPRINT-RESULT:` line, and the golden test OS
+//! (`scripts/golden-os`) with its parsed `GOLDEN-OS:` report.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -73,6 +74,141 @@ impl Artifacts {
     pub fn log_path(&self, test: &str) -> PathBuf {
         self.logs.join(format!("{test}.log"))
     }
+}
+
+/// The golden test OS's files in `out/golden/` (made by `scripts/golden-os`,
+/// which `scripts/build` runs). A missing file fails the test, as
+/// [`Artifacts::get`] does.
+fn golden_file(name: &str) -> PathBuf {
+    let path = repo_root().join("out/golden").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build (or scripts/golden-os) first",
+        path.display()
+    );
+    path
+}
+
+/// The golden test OS disk image, `out/golden/disk.img`: GPT, an ESP whose
+/// `\EFI\BOOT\BOOTX64.EFI` is a UKI, an ext4 root with a Debian-like tree.
+/// Boot a copy: it is shared by every test.
+pub fn golden_image() -> PathBuf {
+    golden_file("disk.img")
+}
+
+/// The golden OS's initrd (the one inside the UKI and under `/boot`), for
+/// booting its kernel directly as a kexec would.
+pub fn golden_initrd() -> PathBuf {
+    golden_file("initrd.img")
+}
+
+/// The UUID of the golden image's root filesystem (fixed by the script).
+pub fn golden_root_uuid() -> String {
+    let path = golden_file("root-uuid");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// What the golden OS reported about the root it booted, parsed from its
+/// `GOLDEN-OS:` console lines (golden/src/facts.rs prints them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoldenReport {
+    /// `/proc/cmdline`, trimmed.
+    pub cmdline: String,
+    /// `/etc/hostname`, trimmed, or `none`.
+    pub hostname: String,
+    /// sha256 hex of `/root/.ssh/authorized_keys`, or `none`.
+    pub keys: String,
+    /// `set`, `empty` or `missing`.
+    pub machine_id: String,
+    /// Comma-separated network configuration files, or `none`.
+    pub network: String,
+    /// Comma-separated NoCloud seed files, or `none`.
+    pub cloud_init: String,
+    /// `present` or `none`.
+    pub drp_agent: String,
+    /// The UUID of the filesystem mounted as the root.
+    pub root_uuid: String,
+}
+
+impl GoldenReport {
+    /// The last complete report on `console`: from a `GOLDEN-OS: booted`
+    /// line to `GOLDEN-OS: end` with every fact in between. `None` until the
+    /// `end` line is there (or when a fact is missing). Kernel timestamps
+    /// or carriage returns around the lines do not matter; a console that
+    /// shows several boots gives the latest.
+    pub fn from_console(console: &str) -> Option<GoldenReport> {
+        let mut complete = None;
+        let mut current: Option<Vec<(String, String)>> = None;
+        for line in console.lines() {
+            let Some((_, rest)) = line.split_once("GOLDEN-OS: ") else {
+                continue;
+            };
+            let rest = rest.trim_end();
+            if let Some(cmdline) = rest.strip_prefix("booted cmdline=") {
+                current = Some(vec![("cmdline".to_owned(), cmdline.to_owned())]);
+            } else if rest == "end" {
+                if let Some(facts) = current.take() {
+                    complete = GoldenReport::from_facts(&facts);
+                }
+            } else if rest.starts_with("error") {
+                current = None;
+            } else if let Some(facts) = current.as_mut() {
+                if let Some(root) = rest.strip_prefix("root=") {
+                    // root=<device> fstype=<fs> uuid=<uuid>
+                    let uuid = root.split(' ').find_map(|f| f.strip_prefix("uuid="));
+                    facts.push(("uuid".to_owned(), uuid.unwrap_or_default().to_owned()));
+                } else if let Some((name, value)) = rest.split_once('=') {
+                    facts.push((name.to_owned(), value.to_owned()));
+                }
+            }
+        }
+        complete
+    }
+
+    fn from_facts(facts: &[(String, String)]) -> Option<GoldenReport> {
+        let get = |name: &str| {
+            facts
+                .iter()
+                .rev()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        Some(GoldenReport {
+            cmdline: get("cmdline")?,
+            hostname: get("hostname")?,
+            keys: get("keys")?,
+            machine_id: get("machine-id")?,
+            network: get("network")?,
+            cloud_init: get("cloud-init")?,
+            drp_agent: get("drp-agent")?,
+            root_uuid: get("uuid")?,
+        })
+    }
+}
+
+/// Waits for the golden OS's report on `vm`'s console, like [`Vm::expect`].
+/// Panics on `GOLDEN-OS: error …`, on timeout and on an incomplete report,
+/// quoting the console log's path.
+pub fn wait_golden(vm: &Vm, timeout: Duration) -> GoldenReport {
+    let (which, line) = vm
+        .expect_any(&["GOLDEN-OS: end", "GOLDEN-OS: error"], timeout)
+        .unwrap_or_else(|e| panic!("waiting for the golden OS's report: {e:#}"));
+    assert_eq!(
+        which,
+        0,
+        "the golden OS failed: {} (console {})",
+        line.trim_end(),
+        vm.console_log_path().display()
+    );
+    GoldenReport::from_console(&vm.console()).unwrap_or_else(|| {
+        panic!(
+            "the golden OS's report is incomplete (console {})",
+            vm.console_log_path().display()
+        )
+    })
 }
 
 /// Boot to result under TCG takes ~10 s; transfers through QEMU's user
@@ -432,6 +568,59 @@ mod tests {
             ResultLine::parse("IMPRINT-RESULT: error: GET x: HTTP 404 Not Found"),
             ResultLine::Error("GET x: HTTP 404 Not Found".into())
         );
+    }
+
+    const GOLDEN_BOOT: &str = "\
+[    3.2] EXT4-fs (vda2): mounted filesystem
+GOLDEN-OS: booted cmdline=root=UUID=u-1 ro golden.entry=uki\r
+imprint: loaded virtio_blk
+GOLDEN-OS: root=/dev/vda2 fstype=ext4 uuid=u-1\r
+GOLDEN-OS: hostname=golden
+GOLDEN-OS: keys=none
+GOLDEN-OS: machine-id=set
+GOLDEN-OS: network=/etc/network/interfaces.d/50-imprint,/etc/systemd/network/a.link
+GOLDEN-OS: cloud-init=none
+GOLDEN-OS: drp-agent=present
+";
+
+    #[test]
+    fn golden_report_needs_the_end_line() {
+        assert_eq!(GoldenReport::from_console(GOLDEN_BOOT), None);
+        let report =
+            GoldenReport::from_console(&format!("{GOLDEN_BOOT}GOLDEN-OS: end\r\n")).unwrap();
+        assert_eq!(
+            report,
+            GoldenReport {
+                cmdline: "root=UUID=u-1 ro golden.entry=uki".into(),
+                hostname: "golden".into(),
+                keys: "none".into(),
+                machine_id: "set".into(),
+                network: "/etc/network/interfaces.d/50-imprint,/etc/systemd/network/a.link".into(),
+                cloud_init: "none".into(),
+                drp_agent: "present".into(),
+                root_uuid: "u-1".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn golden_report_is_the_latest_complete_one() {
+        let second = GOLDEN_BOOT
+            .replace("hostname=golden", "hostname=node-7")
+            .replace("golden.entry=uki", "golden.entry=bls");
+        let console = format!("{GOLDEN_BOOT}GOLDEN-OS: end\n{second}GOLDEN-OS: end\n");
+        let report = GoldenReport::from_console(&console).unwrap();
+        assert_eq!(report.hostname, "node-7");
+        assert_eq!(report.cmdline, "root=UUID=u-1 ro golden.entry=bls");
+        // A second boot that has not finished yet does not hide the first.
+        let console = format!("{GOLDEN_BOOT}GOLDEN-OS: end\n{second}");
+        assert_eq!(
+            GoldenReport::from_console(&console).unwrap().hostname,
+            "golden"
+        );
+        // An error ends a boot without a report.
+        let failed = "GOLDEN-OS: booted cmdline=x\nGOLDEN-OS: error no root=\nGOLDEN-OS: end\n";
+        assert_eq!(GoldenReport::from_console(failed), None);
     }
 
     #[test]

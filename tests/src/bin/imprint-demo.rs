@@ -1,18 +1,21 @@
-//! `scripts/demo`: make a sample golden image (a real ext4 filesystem),
-//! serve it over HTTP, boot imprint in a VM that deploys it onto a virtual
-//! disk, and show the result with timings. Exits non-zero if anything fails.
+//! `scripts/demo`: serve the golden test OS image (`out/golden/disk.img`,
+//! made by `scripts/golden-os`) zstd-compressed over HTTP, boot imprint in a
+//! VM that deploys it onto a virtual disk with a hostname of its own, then
+//! boot that disk under UEFI firmware and show what the deployed machine
+//! reports about itself, with timings. Exits non-zero if anything fails.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use imprint_qemu::http::FixtureServer;
 use imprint_qemu::{Disk, Nic, Vm};
-use imprint_vm_tests::{Artifacts, ResultLine, repo_root, sha256_hex};
+use imprint_vm_tests::{
+    Artifacts, GoldenReport, ResultLine, filter, golden_image, repo_root, sha256_hex,
+};
 
-const IMAGE_SIZE: &str = "256M";
 const DISK_SIZE: u64 = 1 << 30;
+const HOSTNAME: &str = "demo-01";
 
 fn main() {
     if let Err(e) = run() {
@@ -24,26 +27,28 @@ fn main() {
 fn run() -> Result<()> {
     let work = repo_root().join("target/demo");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let image = make_golden_image(&work)?;
+    let image = golden_image();
     let image_bytes =
         std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+    let compressed = filter("zstd", &["-q", "-c"], &image_bytes);
     println!(
-        "demo: golden image {} ({} MiB ext4, sha256 {})",
+        "demo: golden image {} ({} MiB GPT disk: ESP with a UKI, ext4 Debian-like root; sha256 {}), served as {} KiB of zstd",
         image.display(),
         image_bytes.len() >> 20,
-        sha256_hex(&image_bytes)
+        sha256_hex(&image_bytes),
+        compressed.len() >> 10
     );
 
     let server = FixtureServer::start()?;
-    server.add_file_from_disk("golden.raw", &image)?;
+    server.add_file("golden.img.zst", compressed);
     let disk = work.join("disk.raw");
     let _ = std::fs::remove_file(&disk);
     imprint_qemu::create_raw_disk(&disk, DISK_SIZE)?;
 
     let artifacts = Artifacts::get();
     let append = format!(
-        "console=ttyS0 panic=-1 imprint.url={} imprint.disk=/dev/vda imprint.on-success=poweroff imprint.on-failure=poweroff",
-        server.guest_url("golden.raw")
+        "console=ttyS0 panic=-1 imprint.url={} imprint.disk=/dev/vda imprint.hostname={HOSTNAME} imprint.on-success=poweroff imprint.on-failure=poweroff",
+        server.guest_url("golden.img.zst")
     );
     println!(
         "demo: booting {} + {}",
@@ -77,26 +82,54 @@ fn run() -> Result<()> {
             vm.console_log_path().display()
         );
     };
-    let written = read_prefix(&disk, bytes)?;
     ensure!(
         sha256 == sha256_hex(&image_bytes),
         "reported sha256 {sha256} is not the image's"
     );
-    ensure!(written == image_bytes, "the disk does not hold the image");
+    // The first MiB holds the GPT, which imprint moved to fit the larger
+    // disk, and the root partition got the hostname; the ESP is untouched.
+    let esp: std::ops::Range<usize> = 1 << 20..33 << 20;
+    let written = read_prefix(&disk, 33 << 20)?;
+    ensure!(
+        written[esp.clone()] == image_bytes[esp],
+        "the deployed ESP differs from the image's"
+    );
     println!(
         "demo: ok: {} MiB streamed in {seconds:.2} s; VM start to result {:.1} s (QEMU without KVM)",
         bytes >> 20,
         boot_to_result.as_secs_f64()
     );
-    println!("demo: the disk holds the image byte for byte (sha256 {sha256})");
-    if let Ok(out) = Command::new("debugfs")
-        .args(["-R", "cat /etc/os-release"])
-        .arg(&disk)
-        .output()
-    {
-        println!("demo: /etc/os-release on the deployed disk, read with debugfs:");
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!(
+        "demo: the disk got the image as served (sha256 {sha256}); the ESP is byte for byte the image's"
+    );
+
+    println!("demo: booting the deployed disk under UEFI firmware (OVMF), no kernel given");
+    let started = Instant::now();
+    let vm = Vm::builder()
+        .uefi()
+        .disk(Disk::new(&disk))
+        .console_log(work.join("console-deployed.log"))
+        .start()?;
+    let report = imprint_vm_tests::wait_golden(&vm, Duration::from_secs(300));
+    vm.wait_exit(Duration::from_secs(60))?;
+    for line in vm.console().lines().filter(|l| l.contains("GOLDEN-OS:")) {
+        println!("  | {}", line.trim_end());
     }
+    show_deployed(&report, started.elapsed())
+}
+
+/// The deployed machine booted and found the identity imprint gave it.
+fn show_deployed(report: &GoldenReport, elapsed: Duration) -> Result<()> {
+    ensure!(
+        report.hostname == HOSTNAME,
+        "the deployed OS has hostname {:?}, not {HOSTNAME:?}",
+        report.hostname
+    );
+    println!(
+        "demo: ok: the deployed machine booted its own kernel in {:.1} s and calls itself {}",
+        elapsed.as_secs_f64(),
+        report.hostname
+    );
     Ok(())
 }
 
@@ -140,47 +173,4 @@ fn read_prefix(path: &Path, len: u64) -> Result<Vec<u8>> {
         .and_then(|f| f.take(len).read_to_end(&mut data))
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(data)
-}
-
-/// A real filesystem made without root: `mkfs.ext4 -d` copies a directory
-/// tree into the new filesystem. The free space is zeros, like a real image.
-fn make_golden_image(work: &Path) -> Result<PathBuf> {
-    let root = work.join("golden-root");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("etc"))?;
-    std::fs::write(
-        root.join("etc/os-release"),
-        "PRETTY_NAME=\"imprint demo golden image\"\nID=imprint-demo\nVERSION_ID=1\n",
-    )?;
-    std::fs::write(root.join("etc/hostname"), "golden\n")?;
-    // Some real content: the boot artifacts themselves and the docs.
-    std::fs::create_dir_all(root.join("opt/imprint"))?;
-    let repo = repo_root();
-    for file in [
-        "out/imprint",
-        "out/initramfs.img",
-        "out/vmlinuz",
-        "README.md",
-    ] {
-        let from = repo.join(file);
-        let name = from.file_name().context("artifact has a file name")?;
-        std::fs::copy(&from, root.join("opt/imprint").join(name))
-            .with_context(|| format!("copying {}", from.display()))?;
-    }
-    let image = work.join("golden.raw");
-    let _ = std::fs::remove_file(&image);
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "golden", "-E", "root_owner=0:0", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg(IMAGE_SIZE)
-        .env("E2FSPROGS_FAKE_TIME", "1700000000")
-        .status()
-        .context("running mkfs.ext4 (e2fsprogs)")?;
-    ensure!(
-        status.success(),
-        "mkfs.ext4 failed to build {}",
-        image.display()
-    );
-    Ok(image)
 }
