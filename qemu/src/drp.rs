@@ -373,37 +373,37 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         stream: reader.into_inner(),
         bytes_sent: 0,
     };
-    let is_file = request.path.starts_with("/files/") || request.path.starts_with("/machines/");
-    let (status, authorized) = if is_file && matches!(request.method.as_str(), "GET" | "HEAD") {
-        (shared.files.serve_file(&request, &mut response), true)
-    } else if request.path == "/api/v3" || request.path.starts_with("/api/v3/") {
-        let answer = api(shared, &request);
-        let status = answer.status;
-        let sent = send_json(&mut response, status, answer.body.as_ref()).map(|()| status);
-        (sent, answer.authorized)
-    } else {
-        let body = error_body(
-            "API_ERROR",
-            404,
-            "",
-            "",
-            &format!("{} not found", request.path),
-        );
-        (
-            send_json(&mut response, 404, Some(&body)).map(|()| 404),
-            false,
-        )
-    };
-    shared.lock().calls.push(ApiCall {
+    let record = |status: u16, authorized: bool| ApiCall {
         method: request.method.clone(),
         path: request.path.clone(),
         authorized,
         content_type: request.header("content-type").map(str::to_owned),
-        status: status.as_ref().map_or(0, |status| *status),
-        body: request.body,
-    });
+        status,
+        body: request.body.clone(),
+    };
+    let is_file = request.path.starts_with("/files/") || request.path.starts_with("/machines/");
+    let result = if is_file && matches!(request.method.as_str(), "GET" | "HEAD") {
+        let status = shared.files.serve_file(&request, &mut response);
+        let call = record(status.as_ref().map_or(0, |status| *status), true);
+        shared.lock().calls.push(call);
+        status.map(|_| ())
+    } else {
+        let answer = if request.path == "/api/v3" || request.path.starts_with("/api/v3/") {
+            api(shared, &request)
+        } else {
+            let message = format!("{} not found", request.path);
+            let mut answer = Answer::error(404, "API_ERROR", "", "", &message);
+            answer.authorized = false;
+            answer
+        };
+        // Recorded before the answer leaves, so a client that has its answer
+        // finds its call in `calls()`.
+        let call = record(answer.status, answer.authorized);
+        shared.lock().calls.push(call);
+        send_json(&mut response, answer.status, answer.body.as_ref())
+    };
     response.stream.close(true);
-    status.map(|_| ())
+    result
 }
 
 fn send_json(response: &mut Response, status: u16, body: Option<&Value>) -> Result<()> {

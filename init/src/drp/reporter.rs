@@ -184,10 +184,14 @@ impl Worker {
                     if queue.closed {
                         return;
                     }
+                    // Marked busy under the same lock that takes the work, so
+                    // `flush` never sees an empty queue with work unfinished.
                     if !queue.lines.is_empty() {
+                        queue.busy = true;
                         break Work::Lines(take_batch(&mut queue.lines, self.options.batch_bytes));
                     }
                     if let Some(result) = queue.finish.take() {
+                        queue.busy = true;
                         break Work::Finish(result);
                     }
                     queue = self
@@ -197,7 +201,6 @@ impl Worker {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             };
-            self.shared.lock().busy = true;
             match work {
                 Work::Lines(lines) => self.append(lines),
                 Work::Finish(result) => self.finish(&result),
