@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod crc32;
 pub mod deploy;
 pub mod disk;
+pub mod drp;
 pub mod handoff;
 pub mod inject;
 pub mod logger;

@@ -114,26 +114,34 @@ impl FixtureServer {
     /// Like [`start`](Self::start) but HTTPS, presenting `cert_chain_pem` (leaf
     /// first) with the private key `key_pem`; behaviors and Range work the same.
     pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> Result<Self> {
-        let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the server certificate chain")?;
-        if chain.is_empty() {
-            bail!("reading the server certificate chain: no certificates found");
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .context("reading the server private key")?;
-        // The provider is named rather than taken from the process default, which
-        // rustls cannot pick when the dependency graph enables two.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("choosing TLS versions")?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .context("loading the server certificate and key")?;
-        Self::start_with(Some(Arc::new(config)))
+        Self::start_with(Some(server_config(cert_chain_pem, key_pem)?))
     }
+}
 
+/// The rustls configuration that presents `cert_chain_pem` (leaf first) with
+/// `key_pem`; shared with [`crate::drp::DrpStandIn`].
+pub(crate) fn server_config(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>> {
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the server certificate chain")?;
+    if chain.is_empty() {
+        bail!("reading the server certificate chain: no certificates found");
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .context("reading the server private key")?;
+    // The provider is named rather than taken from the process default, which
+    // rustls cannot pick when the dependency graph enables two.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("loading the server certificate and key")?;
+    Ok(Arc::new(config))
+}
+
+impl FixtureServer {
     fn start_with(tls: Option<Arc<ServerConfig>>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         let address = listener
@@ -263,6 +271,17 @@ impl FixtureServer {
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();
     }
+
+    /// Answers a `GET`/`HEAD` `request` that another server read, from this
+    /// server's files and queued behaviors, exactly as this server would;
+    /// it is not added to [`requests`](Self::requests). Returns the status sent.
+    pub(crate) fn serve_file(&self, request: &Request, response: &mut Response) -> Result<u16> {
+        let behavior = lock(&self.shared.behaviors)
+            .get_mut(&request.path)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Behavior::Normal);
+        answer(request, &behavior, &self.shared, response)
+    }
 }
 
 impl Drop for FixtureServer {
@@ -286,7 +305,7 @@ impl std::fmt::Debug for FixtureServer {
     }
 }
 
-fn normalize(path: &str) -> String {
+pub(crate) fn normalize(path: &str) -> String {
     if path.starts_with('/') {
         path.to_owned()
     } else {
@@ -315,18 +334,19 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// One parsed request (shared with [`crate::drp`]).
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// The largest request body the fixture keeps; webhook events are a few KiB.
 const MAX_REQUEST_BODY: u64 = 16 << 20;
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
@@ -334,7 +354,7 @@ impl Request {
     }
 }
 
-fn read_request(reader: &mut impl BufRead) -> Result<Request> {
+pub(crate) fn read_request(reader: &mut impl BufRead) -> Result<Request> {
     let mut request_line = String::new();
     reader
         .read_line(&mut request_line)
@@ -556,7 +576,7 @@ impl AsRef<[u8]> for SharedBytes {
 }
 
 /// One client connection, plain or TLS; the TLS handshake happens on the first read.
-enum Connection {
+pub(crate) enum Connection {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
 }
@@ -564,7 +584,7 @@ enum Connection {
 impl Connection {
     /// Ends the response. `clean` sends TLS close_notify first; without it a TLS
     /// client sees the connection cut, as a dropped plain connection would be.
-    fn close(&mut self, clean: bool) {
+    pub(crate) fn close(&mut self, clean: bool) {
         let socket = match self {
             Connection::Plain(socket) => socket,
             Connection::Tls(stream) => {
@@ -653,13 +673,13 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
     status.map(|_| ())
 }
 
-struct Response {
-    stream: Connection,
-    bytes_sent: u64,
+pub(crate) struct Response {
+    pub(crate) stream: Connection,
+    pub(crate) bytes_sent: u64,
 }
 
 impl Response {
-    fn head(&mut self, status: u16, headers: &[(&str, String)]) -> Result<()> {
+    pub(crate) fn head(&mut self, status: u16, headers: &[(&str, String)]) -> Result<()> {
         let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -671,7 +691,7 @@ impl Response {
     }
 
     /// Copies `length` bytes from `body`, stopping (or pausing) after `limit` of them.
-    fn body(
+    pub(crate) fn body(
         &mut self,
         body: &mut dyn Read,
         length: u64,
@@ -815,7 +835,7 @@ impl Read for Noise {
     }
 }
 
-fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",

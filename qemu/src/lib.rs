@@ -5,12 +5,15 @@
 //! - [`fast_boot_kernel`]: the PVH `vmlinux` inside a bzImage, which boots about twice
 //!   as fast under TCG.
 //! - [`create_raw_disk`], [`create_qcow2_disk`] and friends: disk images on the host.
+//! - [`drp::DrpStandIn`]: a stand-in for DRP (files, rendered machine templates, the
+//!   agent API) that records every call.
 //! - [`http::FixtureServer`]: an HTTP server the guest reaches at 10.0.2.2, with
 //!   scripted misbehaviour.
 #![forbid(unsafe_code)]
 
 mod console;
 mod disk;
+pub mod drp;
 pub mod http;
 mod kernel;
 mod vm;

@@ -1,0 +1,869 @@
+//! A stand-in for Digital Rebar Provision (DRP) in tests: its static file
+//! server, the per-machine rendered templates, and the part of its API
+//! (`/api/v3`) a machine agent uses.
+//!
+//! It follows DRP's documented behaviour where imprint depends on it:
+//!
+//! - `GET`/`HEAD /files/<path>`: static files with Range, ETag and the
+//!   scripted misbehaviour of [`FixtureServer`] (whose file handling it reuses).
+//! - `GET /machines/<uuid>/<name>`: rendered templates such as `imprint.json`,
+//!   unauthenticated as on DRP's file server.
+//! - Everything under `/api/v3/` wants `Authorization: Bearer <token>`; anything
+//!   else gets `401` with DRP's error body `{"Type","Messages","Code","Key","Model"}`.
+//! - `POST /api/v3/jobs {"Machine":uuid}`: `201` with a new job (server-assigned
+//!   `Uuid`, `State: "created"`) for the machine's task; `202` with the current
+//!   job when that is `incomplete` (it is run again); `204` and no body when the
+//!   machine has no task to run; `409` while its current job is `created` or
+//!   `running`; `422` for an unknown machine; `400` without `Machine`.
+//! - `GET`/`PATCH /api/v3/jobs/<id>`: the PATCH body is an RFC 6902 JSON Patch
+//!   (`test`, `add`, `replace`, `remove`), applied all or nothing: `409` when a
+//!   `test` fails (someone changed the job), `422` when an operation cannot be
+//!   applied, `400` when the body is not a patch.
+//! - `PUT /api/v3/jobs/<id>/log` (`application/octet-stream`, else `415`) appends;
+//!   `GET` reads the log.
+//! - `GET /api/v3/machines/<uuid>/params`, `GET`/`POST
+//!   /api/v3/machines/<uuid>/params/<key>` (the key may contain `/`, e.g.
+//!   `imprint/last-deploy`; the POST body is the JSON value).
+//!
+//! Every request is recorded ([`DrpStandIn::calls`]) with whether its token was
+//! right, the status sent and the body, so tests assert on what an agent did.
+//! [`DrpStandIn::push_statuses`] makes the next API calls of a path fail on
+//! purpose. Like [`FixtureServer`], each response closes its connection.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use serde_json::{Map, Value, json};
+
+use crate::http::{self, Connection, FixtureServer, Request, Response};
+
+/// The task a machine's jobs run unless [`DrpStandIn::set_task`] says otherwise.
+pub const DEFAULT_TASK: &str = "imprint-deploy";
+
+/// One request as the stand-in saw and answered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    /// `GET`, `POST`, `PATCH`, …
+    pub method: String,
+    /// The path, without query string.
+    pub path: String,
+    /// The request carried `Authorization: Bearer <the token>`.
+    pub authorized: bool,
+    /// The request's `Content-Type`, verbatim.
+    pub content_type: Option<String>,
+    /// The status sent.
+    pub status: u16,
+    /// The request body.
+    pub body: Vec<u8>,
+}
+
+impl ApiCall {
+    /// The request body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Default)]
+struct Machine {
+    /// The task a new job runs; `None`: nothing to do (`POST /jobs` is 204).
+    task: Option<String>,
+    current_job: Option<String>,
+    params: Map<String, Value>,
+}
+
+#[derive(Default)]
+struct State {
+    token: String,
+    machines: BTreeMap<String, Machine>,
+    /// Jobs by `Uuid`, in creation order.
+    jobs: Vec<Value>,
+    logs: HashMap<String, Vec<u8>>,
+    /// Statuses to answer the next API requests of a `(method, path)` with.
+    scripted: HashMap<(String, String), VecDeque<u16>>,
+    calls: Vec<ApiCall>,
+    next_id: u64,
+}
+
+struct Shared {
+    tls: Option<Arc<ServerConfig>>,
+    files: FixtureServer,
+    state: Mutex<State>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running DRP stand-in on 127.0.0.1; stops accepting when dropped.
+pub struct DrpStandIn {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DrpStandIn {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DrpStandIn")
+            .field("address", &self.address)
+            .field("scheme", &self.scheme())
+            .finish()
+    }
+}
+
+static TOKENS: AtomicU64 = AtomicU64::new(0);
+
+impl DrpStandIn {
+    /// Binds a random port on 127.0.0.1 and serves plain HTTP, with a fresh
+    /// token ([`token`](Self::token)).
+    pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start) but HTTPS, as DRP's API (port 8092) is.
+    pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::start_with(Some(http::server_config(cert_chain_pem, key_pem)?))
+    }
+
+    fn start_with(tls: Option<Arc<ServerConfig>>) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let address = listener
+            .local_addr()
+            .context("reading the listener address")?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |age| age.as_nanos());
+        let token = format!(
+            "drp-token-{nanos:x}-{}",
+            TOKENS.fetch_add(1, Ordering::Relaxed)
+        );
+        let shared = Arc::new(Shared {
+            tls,
+            files: FixtureServer::start()?,
+            state: Mutex::new(State {
+                token,
+                ..State::default()
+            }),
+            stopping: AtomicBool::new(false),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let accept_thread = std::thread::Builder::new()
+            .name("drp-accept".into())
+            .spawn(move || accept_loop(&listener, &accept_shared))
+            .context("spawning the DRP stand-in thread")?;
+        Ok(Self {
+            address,
+            shared,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    /// Accepts `token` (and no other) from now on.
+    pub fn with_token(self, token: &str) -> Self {
+        self.shared.lock().token = token.to_owned();
+        self
+    }
+
+    /// The bearer token the API accepts.
+    pub fn token(&self) -> String {
+        self.shared.lock().token.clone()
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The URL of `path` for the host (`url("")` is the API endpoint's base).
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "{}://127.0.0.1:{}{}",
+            self.scheme(),
+            self.port(),
+            tail(path)
+        )
+    }
+
+    /// The URL of `path` for a guest on QEMU user-mode networking.
+    pub fn guest_url(&self, path: &str) -> String {
+        format!("{}://10.0.2.2:{}{}", self.scheme(), self.port(), tail(path))
+    }
+
+    /// Serves `bytes` at `/files/<path>`, with Range.
+    pub fn add_file(&self, path: &str, bytes: impl Into<Vec<u8>>) {
+        self.shared.files.add_file(&files_path(path), bytes.into());
+    }
+
+    /// The [`FixtureServer`] behind `/files/` and `/machines/`, to queue
+    /// misbehaviour with [`FixtureServer::push_behaviors`] (under the full
+    /// path, e.g. `/files/images/golden.raw`). Its own port is not used.
+    pub fn files(&self) -> &FixtureServer {
+        &self.shared.files
+    }
+
+    /// Registers a machine (idempotent); its jobs run [`DEFAULT_TASK`].
+    pub fn add_machine(&self, uuid: &str) {
+        self.shared
+            .lock()
+            .machines
+            .entry(uuid.to_owned())
+            .or_insert_with(|| Machine {
+                task: Some(DEFAULT_TASK.to_owned()),
+                ..Machine::default()
+            });
+    }
+
+    /// The task the machine's next job runs; `None`: it has nothing to run,
+    /// so `POST /jobs` answers `204 No Content`. Registers the machine.
+    pub fn set_task(&self, uuid: &str, task: Option<&str>) {
+        self.add_machine(uuid);
+        if let Some(machine) = self.shared.lock().machines.get_mut(uuid) {
+            machine.task = task.map(str::to_owned);
+        }
+    }
+
+    /// Serves `bytes` unauthenticated at `/machines/<uuid>/<name>`, as DRP
+    /// serves a bootenv template rendered to `{{.Machine.Path}}/<name>`.
+    /// Registers the machine.
+    pub fn set_machine_file(&self, uuid: &str, name: &str, bytes: impl Into<Vec<u8>>) {
+        self.add_machine(uuid);
+        self.shared
+            .files
+            .add_file(&format!("/machines/{uuid}/{name}"), bytes.into());
+    }
+
+    /// Answers the next API requests `method path` with these statuses (and
+    /// DRP's error body) instead of handling them, one per request.
+    pub fn push_statuses(&self, method: &str, path: &str, statuses: impl IntoIterator<Item = u16>) {
+        self.shared
+            .lock()
+            .scripted
+            .entry((method.to_owned(), http::normalize(path)))
+            .or_default()
+            .extend(statuses);
+    }
+
+    /// Sets a job's `State` behind the agent's back, as an operator would.
+    /// `false` when there is no such job.
+    pub fn set_job_state(&self, id: &str, state: &str) -> bool {
+        let mut guard = self.shared.lock();
+        match guard.jobs.iter_mut().find(|job| job["Uuid"] == id) {
+            Some(job) => {
+                job["State"] = json!(state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every request answered so far, oldest first.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// [`calls`](Self::calls) once at least `count` are recorded (or after `timeout`).
+    pub fn calls_at_least(&self, count: usize, timeout: Duration) -> Vec<ApiCall> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let calls = self.calls();
+            if calls.len() >= count || Instant::now() >= deadline {
+                return calls;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every job, in creation order.
+    pub fn jobs(&self) -> Vec<Value> {
+        self.shared.lock().jobs.clone()
+    }
+
+    /// The log of job `id` (empty when nothing was appended).
+    pub fn job_log(&self, id: &str) -> Vec<u8> {
+        self.shared.lock().logs.get(id).cloned().unwrap_or_default()
+    }
+
+    /// The value of the machine's param `key`, when set.
+    pub fn machine_param(&self, uuid: &str, key: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .machines
+            .get(uuid)
+            .and_then(|machine| machine.params.get(key).cloned())
+    }
+}
+
+impl Drop for DrpStandIn {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect(self.address);
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn tail(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        http::normalize(path)
+    }
+}
+
+fn files_path(path: &str) -> String {
+    format!("/files/{}", path.trim_start_matches('/'))
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let shared = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name("drp-connection".into())
+            .spawn(move || {
+                if let Err(error) = serve_connection(stream, &shared) {
+                    log::debug!("DRP stand-in connection: {error:#}");
+                }
+            });
+        if let Err(error) = spawned {
+            log::warn!("spawning a DRP stand-in connection thread: {error}");
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .context("setting a read timeout")?;
+    let connection = match &shared.tls {
+        None => Connection::Plain(stream),
+        Some(config) => {
+            let tls = ServerConnection::new(Arc::clone(config)).context("starting TLS")?;
+            Connection::Tls(Box::new(StreamOwned::new(tls, stream)))
+        }
+    };
+    let mut reader = BufReader::new(connection);
+    let request = http::read_request(&mut reader)?;
+    let mut response = Response {
+        stream: reader.into_inner(),
+        bytes_sent: 0,
+    };
+    let record = |status: u16, authorized: bool| ApiCall {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        authorized,
+        content_type: request.header("content-type").map(str::to_owned),
+        status,
+        body: request.body.clone(),
+    };
+    let is_file = request.path.starts_with("/files/") || request.path.starts_with("/machines/");
+    let result = if is_file && matches!(request.method.as_str(), "GET" | "HEAD") {
+        let status = shared.files.serve_file(&request, &mut response);
+        let call = record(status.as_ref().map_or(0, |status| *status), true);
+        shared.lock().calls.push(call);
+        status.map(|_| ())
+    } else {
+        let answer = if request.path == "/api/v3" || request.path.starts_with("/api/v3/") {
+            api(shared, &request)
+        } else {
+            let message = format!("{} not found", request.path);
+            let mut answer = Answer::error(404, "API_ERROR", "", "", &message);
+            answer.authorized = false;
+            answer
+        };
+        // Recorded before the answer leaves, so a client that has its answer
+        // finds its call in `calls()`.
+        let call = record(answer.status, answer.authorized);
+        shared.lock().calls.push(call);
+        send_json(&mut response, answer.status, answer.body.as_ref())
+    };
+    response.stream.close(true);
+    result
+}
+
+fn send_json(response: &mut Response, status: u16, body: Option<&Value>) -> Result<()> {
+    let bytes = body.map(Value::to_string).unwrap_or_default().into_bytes();
+    let mut headers = vec![("Content-Length", bytes.len().to_string())];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json".to_owned()));
+    }
+    response.head(status, &headers)?;
+    response
+        .stream
+        .write_all(&bytes)
+        .context("writing the response body")?;
+    response.bytes_sent = u64::try_from(bytes.len())?;
+    response.stream.flush().context("writing the response body")
+}
+
+/// DRP's error body (`models.Error`).
+fn error_body(kind: &str, code: u16, model: &str, key: &str, message: &str) -> Value {
+    json!({"Model": model, "Key": key, "Type": kind, "Messages": [message], "Code": code})
+}
+
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+    authorized: bool,
+}
+
+impl Answer {
+    fn json(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            body: Some(body),
+            authorized: true,
+        }
+    }
+
+    fn empty(status: u16) -> Answer {
+        Answer {
+            status,
+            body: None,
+            authorized: true,
+        }
+    }
+
+    fn error(status: u16, kind: &str, model: &str, key: &str, message: &str) -> Answer {
+        Answer::json(status, error_body(kind, status, model, key, message))
+    }
+}
+
+fn api(shared: &Shared, request: &Request) -> Answer {
+    let mut state = shared.lock();
+    let expected = format!("Bearer {}", state.token);
+    if request.header("authorization") != Some(expected.as_str()) {
+        let mut answer = Answer::error(401, "API_ERROR", "", "", "Unauthorized");
+        answer.authorized = false;
+        return answer;
+    }
+    let scripted = state
+        .scripted
+        .get_mut(&(request.method.clone(), request.path.clone()))
+        .and_then(VecDeque::pop_front);
+    if let Some(status) = scripted {
+        let reason = http::reason(status);
+        return Answer::error(status, "API_ERROR", "", "", &format!("scripted {reason}"));
+    }
+    let rest = request.path.trim_start_matches("/api/v3");
+    let parts: Vec<&str> = rest.trim_start_matches('/').splitn(3, '/').collect();
+    let method = request.method.as_str();
+    match (method, parts.as_slice()) {
+        ("GET", ["jobs"]) => Answer::json(200, Value::Array(state.jobs.clone())),
+        ("POST", ["jobs"]) => create_job(&mut state, &request.body),
+        ("GET", ["jobs", id]) => match find_job(&state, id) {
+            Some(job) => Answer::json(200, job.clone()),
+            None => job_not_found(id),
+        },
+        ("PATCH", ["jobs", id]) => patch_job(&mut state, id, &request.body),
+        ("GET", ["jobs", id, "log"]) => match find_job(&state, id) {
+            Some(_) => {
+                let log = state.logs.get(*id).cloned().unwrap_or_default();
+                Answer::json(
+                    200,
+                    Value::String(String::from_utf8_lossy(&log).into_owned()),
+                )
+            }
+            None => job_not_found(id),
+        },
+        ("PUT", ["jobs", id, "log"]) => {
+            if request.header("content-type") != Some("application/octet-stream") {
+                return Answer::error(
+                    415,
+                    "API ERROR",
+                    "jobs",
+                    id,
+                    "job log put must have content-type application/octet-stream",
+                );
+            }
+            if find_job(&state, id).is_none() {
+                return job_not_found(id);
+            }
+            state
+                .logs
+                .entry((*id).to_owned())
+                .or_default()
+                .extend_from_slice(&request.body);
+            Answer::empty(204)
+        }
+        (_, ["machines", uuid, params]) if *params == "params" || params.starts_with("params/") => {
+            machine_params(
+                &mut state,
+                method,
+                uuid,
+                params.strip_prefix("params/"),
+                &request.body,
+            )
+        }
+        _ => Answer::error(
+            404,
+            "API_ERROR",
+            "",
+            "",
+            &format!("{method} {}: no such route in the stand-in", request.path),
+        ),
+    }
+}
+
+fn find_job<'a>(state: &'a State, id: &str) -> Option<&'a Value> {
+    state.jobs.iter().find(|job| job["Uuid"] == id)
+}
+
+fn job_not_found(id: &str) -> Answer {
+    Answer::error(
+        404,
+        "ValidationError",
+        "jobs",
+        id,
+        &format!("Job {id} does not exist"),
+    )
+}
+
+/// What DRP's `POST /jobs` does for an agent (see the module docs).
+fn create_job(state: &mut State, body: &[u8]) -> Answer {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(error) => {
+            return Answer::error(
+                400,
+                "API_ERROR",
+                "jobs",
+                "",
+                &format!("decoding the job: {error}"),
+            );
+        }
+    };
+    let Some(uuid) = request["Machine"].as_str().map(str::to_owned) else {
+        return Answer::error(
+            400,
+            "API_ERROR",
+            "jobs",
+            "",
+            "Create request must have Machine field",
+        );
+    };
+    let Some(machine) = state.machines.get(&uuid) else {
+        return Answer::error(
+            422,
+            "ValidationError",
+            "jobs",
+            "",
+            &format!("Machine {uuid} does not exist"),
+        );
+    };
+    let current = machine
+        .current_job
+        .as_deref()
+        .and_then(|id| find_job(state, id));
+    let current_state = current
+        .and_then(|job| job["State"].as_str())
+        .unwrap_or_default();
+    match current_state {
+        "incomplete" => {
+            if let Some(job) = current {
+                return Answer::json(202, job.clone());
+            }
+        }
+        "created" | "running" => {
+            return Answer::error(
+                409,
+                "Conflict",
+                "jobs",
+                "",
+                &format!("Machine {uuid} already has running or created job"),
+            );
+        }
+        _ => {}
+    }
+    let Some(task) = machine.task.clone() else {
+        return Answer::empty(204);
+    };
+    let previous = machine.current_job.clone().unwrap_or_default();
+    state.next_id += 1;
+    let id = job_uuid(state.next_id);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |age| age.as_secs());
+    let job = json!({
+        "Uuid": id,
+        "Machine": uuid,
+        "Task": task,
+        "State": "created",
+        "ExitState": "",
+        "Stage": "imprint",
+        "BootEnv": "imprint",
+        "Workflow": "",
+        "Previous": previous,
+        "CurrentIndex": 0,
+        "NextIndex": 1,
+        "Current": true,
+        "Archived": false,
+        "Available": true,
+        "Validated": true,
+        "ReadOnly": false,
+        "Errors": [],
+        "Meta": {},
+        "StartTime": now,
+    });
+    state.jobs.push(job.clone());
+    if let Some(machine) = state.machines.get_mut(&uuid) {
+        machine.current_job = Some(id);
+    }
+    Answer::json(201, job)
+}
+
+/// A version-4-shaped UUID, unique per stand-in and `serial`.
+fn job_uuid(serial: u64) -> String {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |age| {
+            u64::from(age.subsec_nanos()) ^ age.as_secs().rotate_left(32)
+        });
+    let mut bits = seed ^ serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        bits ^= bits << 13;
+        bits ^= bits >> 7;
+        bits ^= bits << 17;
+        bits
+    };
+    let (high, low) = (next(), next());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xfff,
+        0x8000 | (low >> 48) & 0x3fff,
+        low & 0xffff_ffff_ffff
+    )
+}
+
+fn patch_job(state: &mut State, id: &str, body: &[u8]) -> Answer {
+    let Some(index) = state.jobs.iter().position(|job| job["Uuid"] == id) else {
+        return job_not_found(id);
+    };
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(value @ Value::Array(_)) => value,
+        Ok(_) => return Answer::error(400, "API_ERROR", "jobs", id, "a JSON Patch is an array"),
+        Err(error) => {
+            return Answer::error(
+                400,
+                "API_ERROR",
+                "jobs",
+                id,
+                &format!("decoding the patch: {error}"),
+            );
+        }
+    };
+    match apply_patch(&state.jobs[index], &patch) {
+        Ok(patched) => {
+            state.jobs[index] = patched.clone();
+            Answer::json(200, patched)
+        }
+        Err(PatchError::TestFailed(line)) => Answer::error(
+            409,
+            "PATCH",
+            "jobs",
+            id,
+            &format!("Patch error at line {line}: Test op failed."),
+        ),
+        Err(PatchError::Invalid(line, why)) => Answer::error(
+            422,
+            "PATCH",
+            "jobs",
+            id,
+            &format!("Patch error at line {line}: {why}"),
+        ),
+    }
+}
+
+/// Why a JSON Patch was not applied; the number is the operation's index.
+#[derive(Debug, PartialEq, Eq)]
+enum PatchError {
+    TestFailed(usize),
+    Invalid(usize, String),
+}
+
+/// `document` with the RFC 6902 `patch` applied, or the first operation
+/// that failed (nothing is applied then).
+fn apply_patch(document: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let mut result = document.clone();
+    let operations = patch.as_array().map(Vec::as_slice).unwrap_or_default();
+    for (line, operation) in operations.iter().enumerate() {
+        let invalid = |why: &str| PatchError::Invalid(line, why.to_owned());
+        let op = operation["op"].as_str().ok_or_else(|| invalid("no op"))?;
+        let path = operation["path"]
+            .as_str()
+            .ok_or_else(|| invalid("no path"))?;
+        let tokens = pointer_tokens(path).ok_or_else(|| invalid("bad path"))?;
+        let value = operation.get("value");
+        match op {
+            "test" => {
+                let value = value.ok_or_else(|| invalid("test without a value"))?;
+                if result.pointer(path) != Some(value) {
+                    return Err(PatchError::TestFailed(line));
+                }
+            }
+            "replace" => {
+                let value = value.ok_or_else(|| invalid("replace without a value"))?;
+                let target = result
+                    .pointer_mut(path)
+                    .ok_or_else(|| invalid(&format!("{path} does not exist")))?;
+                *target = value.clone();
+            }
+            "add" => {
+                let value = value.ok_or_else(|| invalid("add without a value"))?;
+                add(&mut result, &tokens, value.clone()).map_err(|why| invalid(&why))?;
+            }
+            "remove" => {
+                remove(&mut result, &tokens).map_err(|why| invalid(&why))?;
+            }
+            other => return Err(invalid(&format!("unsupported op {other:?}"))),
+        }
+    }
+    Ok(result)
+}
+
+/// RFC 6901 reference tokens, unescaped; `None` for a path not starting with `/`.
+fn pointer_tokens(path: &str) -> Option<Vec<String>> {
+    if path.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = path.strip_prefix('/')?;
+    Some(
+        rest.split('/')
+            .map(|token| token.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
+}
+
+fn parent<'a>(document: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
+    let mut here = document;
+    for token in tokens {
+        here = match here {
+            Value::Object(map) => map.get_mut(token),
+            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("/{} does not exist", tokens.join("/")))?;
+    }
+    Ok(here)
+}
+
+fn add(document: &mut Value, tokens: &[String], value: Value) -> Result<(), String> {
+    let Some((last, up)) = tokens.split_last() else {
+        *document = value;
+        return Ok(());
+    };
+    match parent(document, up)? {
+        Value::Object(map) => {
+            map.insert(last.clone(), value);
+            Ok(())
+        }
+        Value::Array(items) if last == "-" => {
+            items.push(value);
+            Ok(())
+        }
+        Value::Array(items) => match last.parse::<usize>() {
+            Ok(index) if index <= items.len() => {
+                items.insert(index, value);
+                Ok(())
+            }
+            _ => Err(format!("array index {last} out of range")),
+        },
+        _ => Err(format!("cannot add {last} to a scalar")),
+    }
+}
+
+fn remove(document: &mut Value, tokens: &[String]) -> Result<(), String> {
+    let Some((last, up)) = tokens.split_last() else {
+        return Err("cannot remove the whole document".into());
+    };
+    let removed = match parent(document, up)? {
+        Value::Object(map) => map.remove(last).is_some(),
+        Value::Array(items) => match last.parse::<usize>() {
+            Ok(index) if index < items.len() => {
+                items.remove(index);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if removed {
+        Ok(())
+    } else {
+        Err(format!("{last} does not exist"))
+    }
+}
+
+fn machine_params(
+    state: &mut State,
+    method: &str,
+    uuid: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> Answer {
+    let Some(machine) = state.machines.get_mut(uuid) else {
+        return Answer::error(
+            404,
+            "API_ERROR",
+            "machines",
+            uuid,
+            &format!("machines GET: {uuid}: Not Found"),
+        );
+    };
+    match (method, key) {
+        ("GET", None) => Answer::json(200, Value::Object(machine.params.clone())),
+        ("GET", Some(key)) => {
+            Answer::json(200, machine.params.get(key).cloned().unwrap_or_default())
+        }
+        ("POST", Some(key)) if !key.is_empty() => match serde_json::from_slice::<Value>(body) {
+            Ok(value) => {
+                machine.params.insert(key.to_owned(), value.clone());
+                Answer::json(200, value)
+            }
+            Err(error) => Answer::error(
+                400,
+                "API_ERROR",
+                "machines",
+                uuid,
+                &format!("param {key}: the body is not JSON: {error}"),
+            ),
+        },
+        _ => Answer::error(
+            405,
+            "API_ERROR",
+            "machines",
+            uuid,
+            &format!("{method} is not allowed on machine params"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,415 @@
+use std::io::{Read, Write};
+
+use super::*;
+
+const MACHINE: &str = "3f0c6a3e-1111-4222-8333-444455556666";
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// One request; `token` adds `Authorization: Bearer`, `body` a Content-Length.
+fn send(
+    drp: &DrpStandIn,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[&str],
+    body: &[u8],
+) -> Reply {
+    let mut stream = TcpStream::connect(("127.0.0.1", drp.port())).unwrap();
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    if let Some(token) = token {
+        text.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for header in headers {
+        text.push_str(header);
+        text.push_str("\r\n");
+    }
+    text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn api(drp: &DrpStandIn, method: &str, path: &str, body: &str) -> Reply {
+    let token = drp.token();
+    send(
+        drp,
+        method,
+        path,
+        Some(&token),
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    )
+}
+
+fn patch(drp: &DrpStandIn, id: &str, operations: Value) -> Reply {
+    api(
+        drp,
+        "PATCH",
+        &format!("/api/v3/jobs/{id}"),
+        &operations.to_string(),
+    )
+}
+
+fn state_patch(from: &str, to: &str) -> Value {
+    json!([
+        {"op": "test", "path": "/State", "value": from},
+        {"op": "replace", "path": "/State", "value": to},
+    ])
+}
+
+fn create(drp: &DrpStandIn) -> Reply {
+    api(
+        drp,
+        "POST",
+        "/api/v3/jobs",
+        &json!({"Machine": MACHINE}).to_string(),
+    )
+}
+
+#[test]
+fn files_have_range_and_machine_files_need_no_token() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_file("images/golden.raw", (0u8..100).collect::<Vec<_>>());
+    drp.set_machine_file(MACHINE, "imprint.json", r#"{"url":"x"}"#);
+
+    let whole = send(&drp, "GET", "/files/images/golden.raw", None, &[], b"");
+    assert_eq!((whole.status, whole.body.len()), (200, 100));
+    let part = send(
+        &drp,
+        "GET",
+        "/files/images/golden.raw",
+        None,
+        &["Range: bytes=10-19"],
+        b"",
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, (10u8..20).collect::<Vec<_>>());
+    assert_eq!(part.header("content-range"), Some("bytes 10-19/100"));
+
+    let spec = send(
+        &drp,
+        "GET",
+        &format!("/machines/{MACHINE}/imprint.json"),
+        None,
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (spec.status, spec.body.as_slice()),
+        (200, &br#"{"url":"x"}"#[..])
+    );
+    assert_eq!(
+        send(&drp, "GET", "/files/missing", None, &[], b"").status,
+        404
+    );
+    assert_eq!(send(&drp, "GET", "/elsewhere", None, &[], b"").status, 404);
+
+    let calls = drp.calls();
+    assert_eq!(calls.len(), 5);
+    assert_eq!(calls[1].path, "/files/images/golden.raw");
+    assert_eq!(calls[1].status, 206);
+    assert_eq!(calls[2].path, format!("/machines/{MACHINE}/imprint.json"));
+    assert_eq!(
+        drp.url("files/x"),
+        format!("http://127.0.0.1:{}/files/x", drp.port())
+    );
+    assert_eq!(
+        drp.guest_url("/files/x"),
+        format!("http://10.0.2.2:{}/files/x", drp.port())
+    );
+    assert_eq!(drp.url(""), format!("http://127.0.0.1:{}", drp.port()));
+}
+
+#[test]
+fn wrong_or_missing_token_is_401_with_drps_error_body() {
+    let drp = DrpStandIn::start().unwrap().with_token("right");
+    drp.add_machine(MACHINE);
+    assert_eq!(drp.token(), "right");
+    for token in [Some("wrong"), None] {
+        let body = json!({"Machine": MACHINE}).to_string();
+        let reply = send(&drp, "POST", "/api/v3/jobs", token, &[], body.as_bytes());
+        assert_eq!(reply.status, 401);
+        let error = reply.json();
+        assert_eq!(error["Code"], 401);
+        assert_eq!(error["Messages"], json!(["Unauthorized"]));
+        for field in ["Type", "Key", "Model"] {
+            assert!(error[field].is_string(), "{field} missing in {error}");
+        }
+    }
+    assert!(drp.jobs().is_empty());
+    let calls = drp.calls();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls
+            .iter()
+            .all(|call| !call.authorized && call.status == 401)
+    );
+    assert_eq!(create(&drp).status, 201);
+    assert!(drp.calls()[2].authorized);
+}
+
+#[test]
+fn job_lifecycle_follows_drp() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_machine(MACHINE);
+    let created = create(&drp);
+    assert_eq!(created.status, 201);
+    let job = created.json();
+    let id = job["Uuid"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(
+        (&job["State"], &job["Machine"], &job["Task"]),
+        (&json!("created"), &json!(MACHINE), &json!(DEFAULT_TASK))
+    );
+    // One created or running job per machine.
+    let busy = create(&drp);
+    assert_eq!(busy.status, 409);
+    assert_eq!(busy.json()["Type"], "Conflict");
+
+    let running = patch(&drp, &id, state_patch("created", "running"));
+    assert_eq!(
+        (running.status, &running.json()["State"]),
+        (200, &json!("running"))
+    );
+    // The same transition again: its test fails, nothing changes.
+    let stale = patch(&drp, &id, state_patch("created", "failed"));
+    assert_eq!(stale.status, 409);
+    assert_eq!(stale.json()["Code"], 409);
+    assert_eq!(drp.jobs()[0]["State"], "running");
+
+    assert_eq!(
+        api(&drp, "PATCH", &format!("/api/v3/jobs/{id}"), "{\"op\":1}").status,
+        400
+    );
+    assert_eq!(
+        api(&drp, "PATCH", &format!("/api/v3/jobs/{id}"), "not json").status,
+        400
+    );
+    let missing = json!([{"op": "replace", "path": "/Nope", "value": 1}]);
+    assert_eq!(patch(&drp, &id, missing).status, 422);
+    assert_eq!(
+        patch(&drp, "no-such-job", state_patch("running", "failed")).status,
+        404
+    );
+
+    let finished = json!([
+        {"op": "test", "path": "/State", "value": "running"},
+        {"op": "replace", "path": "/State", "value": "finished"},
+        {"op": "replace", "path": "/ExitState", "value": "complete"},
+    ]);
+    assert_eq!(patch(&drp, &id, finished).status, 200);
+    let job = &drp.jobs()[0];
+    assert_eq!(
+        (&job["State"], &job["ExitState"]),
+        (&json!("finished"), &json!("complete"))
+    );
+
+    // The next job follows the finished one.
+    let next = create(&drp);
+    assert_eq!(next.status, 201);
+    assert_eq!(next.json()["Previous"], json!(id));
+    assert_eq!(drp.jobs().len(), 2);
+    assert_ne!(drp.jobs()[1]["Uuid"], json!(id));
+}
+
+#[test]
+fn no_task_is_204_and_incomplete_job_is_202() {
+    let drp = DrpStandIn::start().unwrap();
+    assert_eq!(create(&drp).status, 422, "unknown machine");
+    drp.set_task(MACHINE, None);
+    let none = create(&drp);
+    assert_eq!((none.status, none.body.len()), (204, 0));
+    assert!(drp.jobs().is_empty());
+
+    drp.set_task(MACHINE, Some("other-task"));
+    let job = create(&drp).json();
+    assert_eq!(job["Task"], "other-task");
+    let id = job["Uuid"].as_str().unwrap();
+    assert!(drp.set_job_state(id, "incomplete"));
+    let again = create(&drp);
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json()["Uuid"], job["Uuid"]);
+    assert!(!drp.set_job_state("nope", "failed"));
+    let no_machine = api(&drp, "POST", "/api/v3/jobs", "{}");
+    assert_eq!(no_machine.status, 400);
+}
+
+#[test]
+fn job_log_appends_octet_streams_only() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_machine(MACHINE);
+    let id = create(&drp).json()["Uuid"].as_str().unwrap().to_owned();
+    let path = format!("/api/v3/jobs/{id}/log");
+    let token = drp.token();
+    let octets = ["Content-Type: application/octet-stream"];
+    assert_eq!(
+        send(&drp, "PUT", &path, Some(&token), &octets, b"one\n").status,
+        204
+    );
+    assert_eq!(
+        send(&drp, "PUT", &path, Some(&token), &octets, b"two\n").status,
+        204
+    );
+    let json_log = api(&drp, "PUT", &path, "\"three\"");
+    assert_eq!(json_log.status, 415);
+    assert_eq!(drp.job_log(&id), b"one\ntwo\n");
+    assert_eq!(api(&drp, "GET", &path, "").json(), json!("one\ntwo\n"));
+    let missing = send(
+        &drp,
+        "PUT",
+        "/api/v3/jobs/nope/log",
+        Some(&token),
+        &octets,
+        b"x",
+    );
+    assert_eq!(missing.status, 404);
+    let calls = drp.calls();
+    let content_types: Vec<Option<String>> = calls
+        .iter()
+        .filter(|call| call.method == "PUT")
+        .map(|call| call.content_type.clone())
+        .collect();
+    assert_eq!(content_types.len(), 4);
+    assert_eq!(
+        content_types[0].as_deref(),
+        Some("application/octet-stream")
+    );
+}
+
+#[test]
+fn machine_params_take_json_and_keys_with_slashes() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_machine(MACHINE);
+    let path = format!("/api/v3/machines/{MACHINE}/params/imprint/last-deploy");
+    let value = json!({"image": "golden.raw", "result": "ok", "seconds": 12});
+    let set = api(&drp, "POST", &path, &value.to_string());
+    assert_eq!((set.status, set.json()), (200, value.clone()));
+    assert_eq!(
+        drp.machine_param(MACHINE, "imprint/last-deploy"),
+        Some(value.clone())
+    );
+    assert_eq!(api(&drp, "GET", &path, "").json(), value);
+    let all = api(
+        &drp,
+        "GET",
+        &format!("/api/v3/machines/{MACHINE}/params"),
+        "",
+    );
+    assert_eq!(all.json(), json!({"imprint/last-deploy": value}));
+    assert_eq!(api(&drp, "POST", &path, "not json").status, 400);
+    assert_eq!(drp.calls().last().unwrap().json(), Value::Null);
+    let unknown = api(&drp, "POST", "/api/v3/machines/nope/params/a", "1");
+    assert_eq!(unknown.status, 404);
+    assert_eq!(drp.machine_param(MACHINE, "missing"), None);
+}
+
+#[test]
+fn scripted_statuses_come_first_then_normal_handling() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_machine(MACHINE);
+    drp.push_statuses("POST", "api/v3/jobs", [503, 500]);
+    assert_eq!(create(&drp).status, 503);
+    let second = create(&drp);
+    assert_eq!((second.status, &second.json()["Code"]), (500, &json!(500)));
+    assert_eq!(create(&drp).status, 201);
+    let statuses: Vec<u16> = drp.calls().iter().map(|call| call.status).collect();
+    assert_eq!(statuses, [503, 500, 201]);
+    assert_eq!(drp.calls()[0].json(), json!({"Machine": MACHINE}));
+}
+
+#[test]
+fn json_patch_is_all_or_nothing() {
+    let document = json!({"State": "created", "Meta": {"a/b": 1, "t~": 2}, "List": [1, 2]});
+    // A failing test after a replace leaves the document as it was.
+    let failing = json!([
+        {"op": "replace", "path": "/State", "value": "running"},
+        {"op": "test", "path": "/State", "value": "created"},
+    ]);
+    assert_eq!(
+        apply_patch(&document, &failing),
+        Err(PatchError::TestFailed(1))
+    );
+
+    let patched = apply_patch(
+        &document,
+        &json!([
+            {"op": "test", "path": "/Meta/a~1b", "value": 1},
+            {"op": "test", "path": "/Meta/t~0", "value": 2},
+            {"op": "add", "path": "/Meta/new", "value": true},
+            {"op": "add", "path": "/List/-", "value": 3},
+            {"op": "add", "path": "/List/0", "value": 0},
+            {"op": "remove", "path": "/Meta/a~1b"},
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        patched,
+        json!({"State": "created", "Meta": {"t~": 2, "new": true}, "List": [0, 1, 2, 3]})
+    );
+    let invalid = |patch: Value| match apply_patch(&document, &patch) {
+        Err(PatchError::Invalid(line, _)) => line,
+        other => panic!("{patch}: {other:?}"),
+    };
+    assert_eq!(
+        invalid(json!([{"op": "move", "path": "/State", "from": "/x"}])),
+        0
+    );
+    assert_eq!(invalid(json!([{"op": "test", "path": "/State"}])), 0);
+    assert_eq!(
+        invalid(json!([{"op": "add", "path": "/Nope/x", "value": 1}])),
+        0
+    );
+    assert_eq!(invalid(json!([{"op": "remove", "path": "/List/9"}])), 0);
+    assert_eq!(
+        invalid(json!([{"op": "add", "path": "/List/9", "value": 1}])),
+        0
+    );
+    assert_eq!(
+        invalid(json!([{"op": "replace", "path": "State", "value": 1}])),
+        0
+    );
+    assert_eq!(
+        invalid(json!([{"op": "test", "path": "/State", "value": "created"}, {"path": "/x"}])),
+        1
+    );
+}
