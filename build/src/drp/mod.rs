@@ -314,7 +314,7 @@ const TASK_SCRIPT: &str = r#"#!/usr/bin/env sh
 # imprint-deploy is carried out by imprint's PID 1, which claims this job
 # through the DRP API. A runner only gets here when the machine did not
 # PXE boot into the imprint bootenv, so nothing was deployed: fail loudly.
-echo "imprint-deploy: machine {{.Machine.Name}} ({{.Machine.UUID}}) did not boot into the imprint bootenv; check that it PXE boots and that its BootEnv is imprint" >&2
+echo "imprint-deploy: machine {{.Machine.UUID}} did not boot into the imprint bootenv; check that it PXE boots and that its BootEnv is imprint" >&2
 exit 1
 "#;
 
