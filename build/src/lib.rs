@@ -6,5 +6,6 @@
 
 pub mod cpio;
 pub mod drivers;
+pub mod drp;
 pub mod initramfs;
 pub mod ipxe;

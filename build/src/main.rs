@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use imprint_build::drp;
 use imprint_build::initramfs::{self, InitramfsExtras, InitramfsInputs};
 use imprint_build::ipxe::{self, IpxeOptions};
 
-const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--extra-module NAME]... [--embed-image FILE]... [--ca PEM-FILE] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS]";
+const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--extra-module NAME]... [--embed-image FILE]... [--ca PEM-FILE] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -23,6 +24,11 @@ enum Command {
     Ipxe {
         out: PathBuf,
         options: IpxeOptions,
+    },
+    Drp {
+        kernel: PathBuf,
+        initramfs: PathBuf,
+        out: PathBuf,
     },
 }
 
@@ -108,6 +114,14 @@ fn parse_args(args: &[String]) -> Result<Command> {
                 },
             })
         }
+        "drp" => {
+            let flags = parse_flags(rest, &["--kernel", "--initramfs", "--out"])?;
+            Ok(Command::Drp {
+                kernel: required(&flags, "--kernel")?.into(),
+                initramfs: required(&flags, "--initramfs")?.into(),
+                out: required(&flags, "--out")?.into(),
+            })
+        }
         other => bail!("unknown command {other}"),
     }
 }
@@ -182,6 +196,17 @@ fn run(command: Command) -> Result<()> {
             let script = ipxe::render_script(&options)?;
             write_atomically(&out, script.as_bytes())?;
             println!("ipxe script: {}", out.display());
+        }
+        Command::Drp {
+            kernel,
+            initramfs,
+            out,
+        } => {
+            let written = drp::write_all(&kernel, &initramfs, &out, archive_mtime()?)?;
+            println!("drp tarball: {}", written.tarball.display());
+            println!("sha256: {}", written.tarball_sha256);
+            println!("content pack: {}", written.content_dir.display());
+            println!("bundle: {}", written.bundle.display());
         }
     }
     Ok(())
@@ -267,6 +292,24 @@ mod tests {
             options.append,
             "imprint.url=http://x/y imprint.disk=/dev/sda"
         );
+    }
+
+    #[test]
+    fn drp_arguments() {
+        let command = parse_args(&args(
+            "drp --kernel out/vmlinuz --initramfs out/initramfs.img --out out/drp",
+        ))
+        .unwrap();
+        assert_eq!(
+            command,
+            Command::Drp {
+                kernel: "out/vmlinuz".into(),
+                initramfs: "out/initramfs.img".into(),
+                out: "out/drp".into(),
+            }
+        );
+        let error = parse_args(&args("drp --kernel k --out o")).unwrap_err();
+        assert_eq!(error.to_string(), "--initramfs is required");
     }
 
     #[test]

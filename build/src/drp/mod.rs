@@ -1,0 +1,587 @@
+//! The Digital Rebar Provision content `imprint-build drp` emits.
+//!
+//! - `imprint-<version>.amd64.tar`: the kernel and initramfs under
+//!   `<version>/`, for `drpcli isos upload`; DRP unpacks it below the
+//!   bootenv's `OS.Name` and boots `Kernel`/`Initrds` from there.
+//! - the content pack, as a directory (`meta.yaml`, `bootenvs/`,
+//!   `templates/`, `params/`, `stages/`, `tasks/`, `workflows/`, the layout
+//!   `drpcli contents bundle` reads) and bundled (`imprint-content.yaml`,
+//!   `meta` + `sections`, what `drpcli contents upload` takes).
+//!
+//! The bootenv `imprint` boots imprint with Sledgehammer's command line
+//! conventions (`rs.uuid=`, `provisioner.web=`, static `provisioner.ip=`…
+//! from `network-data`, `kernel-options`, `--`, `kernel-console`) and renders
+//! `machines/<uuid>/imprint.json`: the machine's deploy spec, filled from the
+//! classic image-deploy params and the `imprint/*` params generated from
+//! [`imprint::spec::PARAMS`] (see [`params`]). PID 1 fetches that file.
+
+pub mod params;
+pub mod tar;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use tar::{TarEntry, TarWriter};
+
+/// The bootenv's name. DRP treats a bootenv whose name ends in `-install`
+/// as an OS installer (it switches the machine to `local` once the install
+/// tasks finish), which imprint is not.
+pub const BOOTENV: &str = "imprint";
+/// The content pack's name, and the `OS.Name` the tarball unpacks under.
+pub const PACK: &str = "imprint";
+pub const STAGE: &str = "imprint-deploy";
+pub const TASK: &str = "imprint-deploy";
+pub const WORKFLOW: &str = "imprint-image-deploy";
+/// The per-machine deploy spec's template and where DRP serves it.
+pub const SPEC_TEMPLATE: &str = "imprint.json.tmpl";
+pub const SPEC_PATH: &str = "{{.Machine.Path}}/imprint.json";
+pub const IPXE_TEMPLATE: &str = "imprint-ipxe.tmpl";
+pub const PXELINUX_TEMPLATE: &str = "imprint-pxelinux.tmpl";
+pub const GRUB_TEMPLATE: &str = "imprint-grub.tmpl";
+pub const TASK_TEMPLATE: &str = "imprint-deploy-outside.sh.tmpl";
+/// The file names inside the tarball's version directory.
+pub const KERNEL_NAME: &str = crate::ipxe::KERNEL_NAME;
+pub const INITRAMFS_NAME: &str = crate::ipxe::INITRAMFS_NAME;
+
+/// The workspace version, which names the tarball and the content pack.
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// `imprint-<version>.amd64.tar`: the bootenv's `IsoFile`.
+pub fn iso_file_name() -> String {
+    format!("{PACK}-{}.amd64.tar", version())
+}
+
+/// What went into the content and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrpOutput {
+    pub tarball: PathBuf,
+    /// Hex SHA-256 of the tarball, as the bootenv's `Sha256` carries it.
+    pub tarball_sha256: String,
+    pub content_dir: PathBuf,
+    pub bundle: PathBuf,
+}
+
+/// The tarball as the bootenv describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoInfo {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// Writes the tarball, the content directory and the bundle into `out`.
+/// `mtime` is the one timestamp in the tarball (SOURCE_DATE_EPOCH).
+pub fn write_all(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) -> Result<DrpOutput> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tarball = out.join(iso_file_name());
+    let sha256 = write_tarball(kernel, initramfs, &tarball, mtime)?;
+    let pack = content_pack(&IsoInfo {
+        file: iso_file_name(),
+        sha256: sha256.clone(),
+    });
+    let content_dir = out.join(format!("{PACK}-content"));
+    write_content_dir(&pack, &content_dir)?;
+    let bundle = out.join(format!("{PACK}-content.yaml"));
+    write_replacing(&bundle, pack.bundle_yaml().as_bytes())?;
+    Ok(DrpOutput {
+        tarball,
+        tarball_sha256: sha256,
+        content_dir,
+        bundle,
+    })
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hash.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `<version>/vmlinuz` and `<version>/initramfs.img` into a
+/// deterministic tarball and returns its hex SHA-256.
+pub fn write_tarball(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) -> Result<String> {
+    let temporary = temporary_path(out);
+    let file =
+        File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    let mut tar = TarWriter::new(
+        HashingWriter {
+            inner: BufWriter::new(file),
+            hash: Sha256::new(),
+        },
+        u64::from(mtime),
+    );
+    tar.append(TarEntry::Directory { path: version() })?;
+    for (source, name) in [(kernel, KERNEL_NAME), (initramfs, INITRAMFS_NAME)] {
+        let mut input =
+            File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        let size = input
+            .metadata()
+            .with_context(|| format!("reading the size of {}", source.display()))?
+            .len();
+        ensure!(size > 0, "{} is empty", source.display());
+        let path = format!("{}/{name}", version());
+        tar.append(TarEntry::File {
+            path: &path,
+            size,
+            contents: &mut input,
+        })
+        .with_context(|| format!("archiving {}", source.display()))?;
+    }
+    let HashingWriter { inner, hash } = tar.finish()?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", temporary.display()))?;
+    std::fs::rename(&temporary, out)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), out.display()))?;
+    Ok(hex(&hash.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+fn write_replacing(path: &Path, contents: &[u8]) -> Result<()> {
+    let temporary = temporary_path(path);
+    std::fs::write(&temporary, contents)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
+}
+
+/// The content pack: its `meta` and its objects by section and name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentPack {
+    pub meta: Value,
+    pub sections: BTreeMap<&'static str, BTreeMap<String, Value>>,
+}
+
+impl ContentPack {
+    /// The bundled form `drpcli contents upload` takes.
+    pub fn bundle_yaml(&self) -> String {
+        let sections: serde_json::Map<String, Value> = self
+            .sections
+            .iter()
+            .map(|(section, objects)| {
+                let objects: serde_json::Map<String, Value> = objects
+                    .iter()
+                    .map(|(name, object)| (name.clone(), object.clone()))
+                    .collect();
+                ((*section).to_owned(), Value::Object(objects))
+            })
+            .collect();
+        yaml::to_yaml(&json!({"meta": self.meta, "sections": sections}))
+    }
+}
+
+/// Writes the directory layout `drpcli contents bundle` reads: `meta.yaml`,
+/// one YAML file per object, templates as plain `.tmpl` files named by ID.
+/// Files from an earlier build that are no longer part of the pack are
+/// removed, so the directory and the bundle always hold the same objects.
+pub fn write_content_dir(pack: &ContentPack, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_replacing(&dir.join("meta.yaml"), yaml::to_yaml(&pack.meta).as_bytes())?;
+    for (section, objects) in &pack.sections {
+        let section_dir = dir.join(section);
+        std::fs::create_dir_all(&section_dir)
+            .with_context(|| format!("creating {}", section_dir.display()))?;
+        for (name, object) in objects {
+            let (file, contents) = if *section == "templates" {
+                let text = object["Contents"].as_str().unwrap_or_default();
+                (name.clone(), text.to_owned())
+            } else {
+                (
+                    format!("{}.yaml", name.replace('/', ".")),
+                    yaml::to_yaml(object),
+                )
+            };
+            write_replacing(&section_dir.join(file), contents.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel command line: Sledgehammer's (`provisioner.web=`, `rs.uuid=`,
+/// `kernel-options`, `--`, `kernel-console`) plus the static address of the
+/// first network in `network-data` (by name; `all` is skipped) that has an
+/// `address`, as `provisioner.ip=ADDR/PREFIX` (a `netmask` is turned into the
+/// prefix), `.gw=`, `.dns=` (the network's `dns-servers`, else the
+/// `dns-servers` param), `.interface=`, `.vlan=`, `.mtu=`. One line: the
+/// loader templates put it on the iPXE `kernel` line.
+pub fn boot_params() -> String {
+    const NETWORK: &str = concat!(
+        r#"{{- if .ParamExists "network-data" }}"#,
+        r#"{{- $net := dict }}{{ $name := "" }}"#,
+        r#"{{- range $key, $candidate := .Param "network-data" }}"#,
+        r#"{{- if and (eq $name "") (ne $key "all") (index $candidate "address") }}{{ $net = $candidate }}{{ $name = $key }}{{ end }}"#,
+        r#"{{- end }}"#,
+        r#"{{- with $net }}"#,
+        r#"{{- $addr := index . "address" }}"#,
+        r#"{{- if not (contains "/" $addr) }}"#,
+        r#"{{- $mask := index . "netmask" }}"#,
+        r#"{{- if not $mask }}{{ fail (printf "network-data %s: address %s needs a /prefix or a netmask" $name $addr) }}{{ end }}"#,
+        r#"{{- $bits := dict "255" 8 "254" 7 "252" 6 "248" 5 "240" 4 "224" 3 "192" 2 "128" 1 "0" 0 }}{{ $prefix := 0 }}"#,
+        r#"{{- range splitList "." $mask }}{{ if not (hasKey $bits .) }}{{ fail (printf "network-data %s: netmask %s is not a dotted IPv4 netmask" $name $mask) }}{{ end }}{{ $prefix = add $prefix (get $bits .) }}{{ end }}"#,
+        r#"{{- $addr = printf "%s/%d" $addr $prefix }}"#,
+        r#"{{- end }} provisioner.ip={{ $addr }}"#,
+        r#"{{- with index . "gateway" }} provisioner.gw={{ . }}{{ end }}"#,
+        r#"{{- $dns := index . "dns-servers" }}{{ if and (not $dns) ($.ParamExists "dns-servers") }}{{ $dns = $.Param "dns-servers" }}{{ end }}"#,
+        r#"{{- with $dns }} provisioner.dns={{ join "," . }}{{ end }}"#,
+        r#"{{- with index . "interface" }} provisioner.interface={{ . }}{{ end }}"#,
+        r#"{{- with index . "vlan" }} provisioner.vlan={{ . }}{{ end }}"#,
+        r#"{{- with index . "mtu" }} provisioner.mtu={{ . }}{{ end }}"#,
+        r#"{{- end }}"#,
+        r#"{{- end }}"#,
+    );
+    format!(
+        "rs.uuid={{{{.Machine.UUID}}}} provisioner.web={{{{.ProvisionerURL}}}}{NETWORK}\
+         {{{{ if .ParamExists \"kernel-options\" }}}} {{{{ .ParamExpand \"kernel-options\" }}}}{{{{ end }}}} --\
+         {{{{ if .ParamExists \"kernel-console\" }}}} {{{{ .ParamExpand \"kernel-console\" }}}}{{{{ end }}}}"
+    )
+}
+
+/// iPXE. `BOOTIF=` goes before the bootenv's parameters, not after them
+/// as in DRP's stock template: the parameters end with `-- console…`, and
+/// everything after `--` is init's argv, not a kernel parameter. `initrd=`
+/// names the initramfs for the EFI stub, as in `imprint-build ipxe`.
+const IPXE: &str = r#"#!ipxe
+# imprint ({{.Env.Name}}) for {{.Machine.Name}}
+kernel {{.Env.PathFor "http" .Env.Kernel}} initrd={{ base (index .Env.Initrds 0) }} BOOTIF=01-${netX/mac:hexhyp} {{.BootParams}}
+{{ range $initrd := .Env.Initrds -}}
+initrd {{$.Env.PathFor "http" $initrd}}
+{{ end -}}
+boot
+"#;
+
+/// pxelinux. `IPAPPEND 2` is pxelinux's own way to add `BOOTIF=`; it lands
+/// at the very end of the line.
+const PXELINUX: &str = r#"DEFAULT imprint
+PROMPT 0
+TIMEOUT 10
+LABEL imprint
+  KERNEL {{.Env.PathFor "tftp" .Env.Kernel}}
+  INITRD {{.Env.JoinInitrds "tftp"}}
+  APPEND {{.BootParams}}
+  IPAPPEND 2
+"#;
+
+/// GRUB (UEFI netboot). GRUB knows the boot NIC's MAC as `$net_default_mac`
+/// (colon form), which imprint's `BOOTIF=` accepts.
+const GRUB: &str = r#"set default=0
+set timeout=5
+menuentry "imprint {{.Machine.Name}}" {
+  linux {{.Env.PathFor "tftp" .Env.Kernel}} BOOTIF=${net_default_mac} {{.BootParams}}
+  initrd {{.Env.JoinInitrds "tftp"}}
+  boot
+}
+"#;
+
+/// Run by a DRP runner only if the machine did not boot into imprint:
+/// inside imprint, PID 1 itself takes the job for this task and reports to
+/// it, so a runner elsewhere must not mark it done.
+const TASK_SCRIPT: &str = r#"#!/usr/bin/env sh
+# imprint-deploy is carried out by imprint's PID 1, which claims this job
+# through the DRP API. A runner only gets here when the machine did not
+# PXE boot into the imprint bootenv, so nothing was deployed: fail loudly.
+echo "imprint-deploy: machine {{.Machine.UUID}} did not boot into the imprint bootenv; check that it PXE boots and that its BootEnv is imprint" >&2
+exit 1
+"#;
+
+/// The per-machine deploy spec PID 1 fetches from
+/// `<provisioner.web>/machines/<uuid>/imprint.json`. Every value goes
+/// through `toJson` or `ParamAsJSON`; nothing is quoted by hand.
+pub fn spec_template() -> String {
+    let mut text = String::from(concat!(
+        "{{- /* imprint's deploy spec for this machine; generated by imprint-build from imprint::spec::PARAMS. */ -}}\n",
+        "{{- $url := \"\" -}}\n",
+        "{{- if .ParamExists \"image-deploy/image-url\" -}}\n",
+        "{{- $url = .Param \"image-deploy/image-url\" -}}\n",
+        "{{- else if .ParamExists \"image-deploy/image-file\" -}}\n",
+        "{{- $url = printf \"%s/%s\" (trimSuffix \"/\" .ProvisionerURL) (trimPrefix \"/\" (.Param \"image-deploy/image-file\")) -}}\n",
+        "{{- else -}}\n",
+        "{{- fail \"imprint.json: set image-deploy/image-url or image-deploy/image-file on the machine\" -}}\n",
+        "{{- end -}}\n",
+        "{{- if not (.ParamExists \"image-deploy/install-disk\") -}}\n",
+        "{{- fail \"imprint.json: set image-deploy/install-disk on the machine (e.g. /dev/sda)\" -}}\n",
+        "{{- end -}}\n",
+        "{\n",
+        "  \"url\": {{ toJson $url }},\n",
+        "  \"disk\": {{ .ParamAsJSON \"image-deploy/install-disk\" }},\n",
+        "  \"hostname\": {{ toJson .Machine.Name }},\n",
+        "  \"drp\": {\n",
+        "    \"endpoint\": {{ toJson .ApiURL }},\n",
+        "    \"token\": {{ toJson .GenerateInfiniteToken }},\n",
+        "    \"machine-id\": {{ toJson .Machine.UUID }},\n",
+        "    \"provisioner-web\": {{ toJson .ProvisionerURL }}\n",
+        "  }\n",
+        "{{- if .ParamExists \"image-deploy/image-type\" }},\n",
+        "  \"format\": {{ .ParamAsJSON \"image-deploy/image-type\" }}\n",
+        "{{- end }}\n",
+        "{{- if .ParamExists \"access-keys\" }},\n",
+        "  \"access-keys\": {{ .ParamAsJSON \"access-keys\" }}\n",
+        "{{- end }}\n",
+        "{{- if .ParamExists \"cloud-init/user-data\" }},\n",
+        "  \"cloud-init\": {\"user-data\": {{ .ParamAsJSON \"cloud-init/user-data\" }}}\n",
+        "{{- end }}\n",
+    ));
+    text.push_str(&params::spec_template_lines());
+    text.push_str("}\n");
+    text
+}
+
+/// The classic params `imprint.json` and the command line read.
+pub const CLASSIC_PARAMS: &[&str] = &[
+    "image-deploy/image-url",
+    "image-deploy/image-file",
+    "image-deploy/image-type",
+    "access-keys",
+    "cloud-init/user-data",
+    "network-data",
+    "dns-servers",
+    "kernel-options",
+    "kernel-console",
+];
+
+fn template_object(id: &str, description: &str, contents: &str) -> Value {
+    json!({"ID": id, "Description": description, "Contents": contents})
+}
+
+/// Every object of the content pack, for a tarball described by `iso`.
+pub fn content_pack(iso: &IsoInfo) -> ContentPack {
+    let meta_color = json!({"icon": "hdd", "color": "blue", "title": "imprint"});
+    let loader = |name: &str, id: &str, path: &str| json!({"Name": name, "ID": id, "Path": path});
+    let mut optional: Vec<String> = CLASSIC_PARAMS.iter().map(|s| (*s).to_owned()).collect();
+    optional.extend(params::imprint_params().map(params::drp_name));
+    let bootenv = json!({
+        "Name": BOOTENV,
+        "Description": "Stream a golden disk image onto the machine with imprint",
+        "Documentation": concat!(
+            "Boots imprint's kernel and initramfs. Its PID 1 fetches the machine's deploy spec from\n",
+            "`{{.ProvisionerURL}}/machines/<uuid>/imprint.json` (rendered from the `image-deploy/*`,\n",
+            "`access-keys`, `cloud-init/user-data` and `imprint/*` params), streams the image onto\n",
+            "`image-deploy/install-disk`, injects the machine's identity and hands over.\n",
+        ),
+        "Meta": meta_color,
+        "OnlyUnknown": false,
+        "OS": {
+            "Name": PACK,
+            "Family": "imprint",
+            "Version": version(),
+            "SupportedArchitectures": {
+                "amd64": {
+                    "IsoFile": iso.file,
+                    "Sha256": iso.sha256,
+                    "Kernel": format!("{}/{KERNEL_NAME}", version()),
+                    "Initrds": [format!("{}/{INITRAMFS_NAME}", version())],
+                    "BootParams": boot_params(),
+                },
+            },
+        },
+        "RequiredParams": ["image-deploy/install-disk"],
+        "OptionalParams": optional,
+        "Templates": [
+            loader("pxelinux", PXELINUX_TEMPLATE, "pxelinux.cfg/{{.Machine.HexAddress}}"),
+            loader("ipxe", IPXE_TEMPLATE, "{{.Machine.Address}}.ipxe"),
+            loader("pxelinux-mac", PXELINUX_TEMPLATE, "pxelinux.cfg/{{.Machine.MacAddr \"pxelinux\"}}"),
+            loader("ipxe-mac", IPXE_TEMPLATE, "{{.Machine.MacAddr \"ipxe\"}}.ipxe"),
+            loader("grub", GRUB_TEMPLATE, "grub/{{.Machine.Address}}.cfg"),
+            loader("grub-mac", GRUB_TEMPLATE, "grub/{{.Machine.MacAddr \"grub\"}}.cfg"),
+            loader("imprint.json", SPEC_TEMPLATE, SPEC_PATH),
+        ],
+    });
+    let templates = [
+        template_object(IPXE_TEMPLATE, "iPXE script that boots imprint", IPXE),
+        template_object(
+            PXELINUX_TEMPLATE,
+            "pxelinux config that boots imprint",
+            PXELINUX,
+        ),
+        template_object(GRUB_TEMPLATE, "GRUB config that boots imprint", GRUB),
+        template_object(
+            SPEC_TEMPLATE,
+            "The machine's imprint deploy spec (JSON)",
+            &spec_template(),
+        ),
+        template_object(
+            TASK_TEMPLATE,
+            "Fails the task when it runs outside imprint",
+            TASK_SCRIPT,
+        ),
+    ];
+    let stage = json!({
+        "Name": STAGE,
+        "Description": "Deploy the machine's image with imprint",
+        "Documentation": "Switches the machine to the `imprint` bootenv; the runner reboots it into imprint, whose PID 1 runs the `imprint-deploy` task's job and reports to it.\n",
+        "BootEnv": BOOTENV,
+        "Tasks": [TASK],
+        "Meta": meta_color,
+    });
+    let task = json!({
+        "Name": TASK,
+        "Description": "Stream the image onto the disk (carried out by imprint's PID 1)",
+        "Documentation": "imprint's PID 1 claims this task's job, logs the deploy into it and finishes or fails it. Should a runner outside imprint get the job, its script fails, since nothing was deployed.\n",
+        "RequiredParams": ["image-deploy/install-disk"],
+        "OptionalParams": CLASSIC_PARAMS,
+        "Templates": [{"Name": "imprint-deploy-outside", "Path": "", "ID": TASK_TEMPLATE}],
+        "Meta": meta_color,
+    });
+    let workflow = json!({
+        "Name": WORKFLOW,
+        "Description": "Deploy an image with imprint, then boot from disk",
+        "Documentation": "`imprint-deploy` writes the image; `complete` switches the machine to the `local` bootenv, so the next boot is from disk and not another deploy.\n",
+        "Stages": [STAGE, "complete"],
+        "Meta": meta_color,
+    });
+    let mut sections: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
+    sections.insert("bootenvs", BTreeMap::from([(BOOTENV.to_owned(), bootenv)]));
+    sections.insert(
+        "templates",
+        templates
+            .into_iter()
+            .map(|t| (t["ID"].as_str().unwrap_or_default().to_owned(), t))
+            .collect(),
+    );
+    sections.insert(
+        "params",
+        params::imprint_params()
+            .map(|def| (params::drp_name(def), params::param_object(def)))
+            .collect(),
+    );
+    sections.insert("stages", BTreeMap::from([(STAGE.to_owned(), stage)]));
+    sections.insert("tasks", BTreeMap::from([(TASK.to_owned(), task)]));
+    sections.insert(
+        "workflows",
+        BTreeMap::from([(WORKFLOW.to_owned(), workflow)]),
+    );
+    let meta = json!({
+        "Name": PACK,
+        "Version": format!("v{}", version()),
+        "Description": "imprint: stream golden disk images onto bare metal",
+        "Documentation": concat!(
+            "Boot environment, templates, params, stage, task and workflow to deploy images\n",
+            "with imprint instead of Sledgehammer. Upload the boot tarball with\n",
+            "`drpcli isos upload`, this pack with `drpcli contents upload`.\n",
+        ),
+        "License": "Apache-2.0",
+        "Prerequisites": "",
+        "Source": "imprint-build drp",
+    });
+    ContentPack { meta, sections }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imprint::cmdline::KernelCmdline;
+
+    fn pack() -> ContentPack {
+        content_pack(&IsoInfo {
+            file: iso_file_name(),
+            sha256: "ab".repeat(32),
+        })
+    }
+
+    #[test]
+    fn bootenv_names_the_tarball_and_its_files() {
+        let pack = pack();
+        let env = &pack.sections["bootenvs"][BOOTENV];
+        assert!(!env["Name"].as_str().unwrap().ends_with("-install"));
+        let amd64 = &env["OS"]["SupportedArchitectures"]["amd64"];
+        assert_eq!(amd64["IsoFile"], format!("imprint-{}.amd64.tar", version()));
+        assert_eq!(amd64["Sha256"], "ab".repeat(32));
+        assert_eq!(amd64["Kernel"], format!("{}/vmlinuz", version()));
+        assert_eq!(amd64["Initrds"][0], format!("{}/initramfs.img", version()));
+    }
+
+    #[test]
+    fn every_referenced_template_is_in_the_pack() {
+        let pack = pack();
+        let ids = &pack.sections["templates"];
+        let env = &pack.sections["bootenvs"][BOOTENV];
+        for template in env["Templates"].as_array().unwrap() {
+            assert!(
+                ids.contains_key(template["ID"].as_str().unwrap()),
+                "{template}"
+            );
+        }
+        let task = &pack.sections["tasks"][TASK];
+        assert!(ids.contains_key(task["Templates"][0]["ID"].as_str().unwrap()));
+    }
+
+    #[test]
+    fn boot_params_template_is_one_line() {
+        let text = boot_params();
+        assert!(!text.contains('\n'));
+        // Without the templating, the skeleton is Sledgehammer's.
+        let cmdline = KernelCmdline::parse(&text);
+        assert_eq!(cmdline.params[0].key, "rs.uuid");
+        assert_eq!(cmdline.params[1].key, "provisioner.web");
+    }
+
+    #[test]
+    fn spec_template_has_a_line_per_generated_param() {
+        let text = spec_template();
+        for def in params::imprint_params() {
+            assert!(
+                text.contains(&format!("\"{}\": {{{{ .ParamAsJSON", def.name)),
+                "{}",
+                def.name
+            );
+        }
+    }
+
+    #[test]
+    fn tarball_is_deterministic_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("k");
+        let initramfs = dir.path().join("i");
+        std::fs::write(&kernel, b"kernel bytes").unwrap();
+        std::fs::write(&initramfs, vec![1u8; 3000]).unwrap();
+        let first = dir.path().join("a.tar");
+        let second = dir.path().join("b.tar");
+        let hash = write_tarball(&kernel, &initramfs, &first, 0).unwrap();
+        assert_eq!(
+            write_tarball(&kernel, &initramfs, &second, 0).unwrap(),
+            hash
+        );
+        let bytes = std::fs::read(&first).unwrap();
+        assert_eq!(bytes, std::fs::read(&second).unwrap());
+        assert_eq!(hex(&Sha256::digest(&bytes)), hash);
+        let other = write_tarball(&kernel, &initramfs, &second, 1).unwrap();
+        assert_ne!(other, hash, "the mtime is part of the archive");
+        std::fs::write(&initramfs, b"").unwrap();
+        let err = write_tarball(&kernel, &initramfs, &first, 0).unwrap_err();
+        assert!(format!("{err:#}").contains("is empty"), "{err:#}");
+    }
+}

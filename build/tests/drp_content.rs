@@ -1,0 +1,507 @@
+//! The DRP content rendered by Go's text/template + sprig (DRP's own
+//! engine) through `build/drp-render`, and its output read back by imprint
+//! itself: `imprint.json` through `DeploySpec::apply_json`, the boot
+//! parameters through `KernelCmdline::parse`.
+//!
+//! Go is required, not optional: `scripts/setup` installs `golang-go`,
+//! `golang-github-masterminds-sprig-dev` and `golang-gopkg-yaml.v3-dev`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use imprint::cmdline::KernelCmdline;
+use imprint::spec::{DeploySpec, SuccessPolicy};
+use imprint_build::drp;
+use serde_json::{Value, json};
+
+/// `<target>/drp-render/drp-render`, built once per test run in GOPATH
+/// mode against Debian's packaged sprig and yaml.v3; Go's build cache
+/// lives next to it, so later runs only relink when the source changed.
+fn renderer() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test binary>
+        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+        let dir = target.join("drp-render");
+        std::fs::create_dir_all(&dir).unwrap();
+        let binary = dir.join("drp-render");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("drp-render");
+        let output = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg(".")
+            .current_dir(&source)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", dir.join("gocache"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running go ({e}): install Go and sprig with scripts/setup \
+                     (golang-go, golang-github-masterminds-sprig-dev, golang-gopkg-yaml.v3-dev)"
+                )
+            });
+        assert!(
+            output.status.success(),
+            "building build/drp-render failed (scripts/setup installs its Go packages): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        binary
+    })
+}
+
+/// The content written by `imprint-build drp` from stand-in boot files.
+struct Content {
+    dir: tempfile::TempDir,
+    out: drp::DrpOutput,
+}
+
+fn content() -> Content {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinuz");
+    let initramfs = dir.path().join("initramfs.img");
+    std::fs::write(&kernel, vec![0x4d; 4096]).unwrap();
+    std::fs::write(&initramfs, vec![0x28; 10_000]).unwrap();
+    let out = drp::write_all(&kernel, &initramfs, &dir.path().join("drp"), 0).unwrap();
+    Content { dir, out }
+}
+
+/// Renders everything for one machine: Ok(output JSON) or Err(stderr).
+fn render(content: &Content, context: &Value) -> Result<Value, String> {
+    let file = content.dir.path().join("context.json");
+    std::fs::write(&file, context.to_string()).unwrap();
+    let output = Command::new(renderer())
+        .arg("render")
+        .arg(&content.out.bundle)
+        .arg(&file)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+fn validate(content: &Content) -> Result<(), String> {
+    let output = Command::new(renderer())
+        .arg("validate")
+        .arg(&content.out.bundle)
+        .arg(&content.out.content_dir)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn template<'a>(rendered: &'a Value, name: &str) -> (&'a str, &'a str) {
+    let entry = rendered["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no rendered template {name}"));
+    (
+        entry["path"].as_str().unwrap(),
+        entry["contents"].as_str().unwrap(),
+    )
+}
+
+const UUID: &str = "3f2a1b4c-0000-4000-8000-000000000001";
+const TOKEN: &str = "tok\"en<&>\\n";
+
+fn context(params: Value) -> Value {
+    json!({
+        "machine": {"uuid": UUID, "name": "web-01.lab", "address": "10.0.2.15", "mac": "52:54:00:12:34:56"},
+        "provisioner_url": "http://10.0.2.2:8091",
+        "api_url": "https://10.0.2.2:8092",
+        "token": TOKEN,
+        "params": params,
+    })
+}
+
+fn spec_from(rendered: &Value) -> DeploySpec {
+    let (path, json) = template(rendered, "imprint.json");
+    assert_eq!(path, format!("machines/{UUID}/imprint.json"));
+    let mut spec = DeploySpec::default();
+    spec.apply_json(json)
+        .unwrap_or_else(|e| panic!("imprint refuses imprint.json: {e:#}\n{json}"));
+    spec
+}
+
+fn check_drp_identity(spec: &DeploySpec) {
+    let drp = spec.identity.drp.as_ref().expect("drp agent block");
+    assert_eq!(drp.endpoint, "https://10.0.2.2:8092");
+    assert_eq!(drp.token.expose(), TOKEN);
+    assert_eq!(drp.machine_id, UUID);
+    assert_eq!(drp.provisioner_web, "http://10.0.2.2:8091");
+    assert_eq!(spec.identity.hostname.as_deref(), Some("web-01.lab"));
+}
+
+#[test]
+fn the_pack_carries_what_drp_validates() {
+    let content = content();
+    validate(&content).unwrap();
+    let bundle = std::fs::read_to_string(&content.out.bundle).unwrap();
+    assert!(bundle.contains(&format!("Sha256: \"{}\"", content.out.tarball_sha256)));
+}
+
+#[test]
+fn the_validator_catches_a_broken_pack() {
+    let content = content();
+    let bundle = std::fs::read_to_string(&content.out.bundle).unwrap();
+    // A template entry with both ID and Contents, and a directory out of step.
+    let broken = bundle.replacen(
+        "        - ID: \"imprint-grub.tmpl\"\n",
+        "        - Contents: \"x\"\n          ID: \"imprint-grub.tmpl\"\n",
+        1,
+    );
+    assert_ne!(
+        broken, bundle,
+        "the bundle layout changed; update this test"
+    );
+    std::fs::write(&content.out.bundle, broken).unwrap();
+    let err = validate(&content).unwrap_err();
+    assert!(
+        err.contains("template grub needs exactly one of ID and Contents"),
+        "{err}"
+    );
+    assert!(err.contains("differs from the bundle"), "{err}");
+}
+
+#[test]
+fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
+    let content = content();
+    let rendered = render(
+        &content,
+        &context(json!({
+            "image-deploy/image-file": "/images/golden.raw.zst",
+            "image-deploy/install-disk": "/dev/vda",
+            "image-deploy/image-type": "dd-zst",
+            "access-keys": {"ops": "ssh-ed25519 AAAA ops@x", "me": "ssh-rsa BBBB \"quoted\" me"},
+            "cloud-init/user-data": "#cloud-config\nruncmd: [\"echo {{ hi }}\"]\n",
+            "network-data": {
+                "all": {"mtu": "9000"},
+                "prod": {"address": "10.0.2.15", "netmask": "255.255.240.0", "gateway": "10.0.2.2",
+                         "interface": "eth0,enp0s3", "vlan": "100", "mtu": "1500"}
+            },
+            "dns-servers": ["1.1.1.1", "8.8.8.8"],
+            "kernel-options": "{{.Param \"kernel-console\"}} quiet",
+            "kernel-console": "console=ttyS0,115200 console=tty0",
+        })),
+    )
+    .unwrap();
+
+    let spec = spec_from(&rendered);
+    assert_eq!(
+        spec.url.as_deref(),
+        Some("http://10.0.2.2:8091/images/golden.raw.zst")
+    );
+    assert_eq!(spec.format.as_deref(), Some("dd-zst"));
+    assert_eq!(spec.disk.as_deref(), Some("/dev/vda"));
+    assert_eq!(spec.identity.access_keys.len(), 2);
+    assert_eq!(
+        spec.identity.access_keys["me"],
+        "ssh-rsa BBBB \"quoted\" me"
+    );
+    let cloud_init = spec.identity.cloud_init.as_ref().unwrap();
+    assert_eq!(
+        cloud_init.user_data.as_deref(),
+        Some("#cloud-config\nruncmd: [\"echo {{ hi }}\"]\n"),
+        "user-data is passed through, not expanded"
+    );
+    check_drp_identity(&spec);
+
+    let bootparams = rendered["bootparams"].as_str().unwrap();
+    assert!(bootparams.len() < 2048, "{} bytes", bootparams.len());
+    assert!(!bootparams.contains(['\n', '"']), "{bootparams}");
+    let cmdline = KernelCmdline::parse(bootparams);
+    assert_eq!(cmdline.value("rs.uuid"), Some(UUID));
+    assert_eq!(
+        cmdline.value("provisioner.web"),
+        Some("http://10.0.2.2:8091")
+    );
+    assert_eq!(cmdline.value("provisioner.ip"), Some("10.0.2.15/20"));
+    assert_eq!(cmdline.value("provisioner.gw"), Some("10.0.2.2"));
+    assert_eq!(cmdline.value("provisioner.dns"), Some("1.1.1.1,8.8.8.8"));
+    assert_eq!(cmdline.value("provisioner.interface"), Some("eth0,enp0s3"));
+    assert_eq!(cmdline.value("provisioner.vlan"), Some("100"));
+    assert_eq!(
+        cmdline.value("provisioner.mtu"),
+        Some("1500"),
+        "the named network's, not all's"
+    );
+    assert_eq!(
+        cmdline.value("console"),
+        Some("tty0"),
+        "kernel-options expanded"
+    );
+    assert!(cmdline.params.iter().any(|p| p.key == "quiet"));
+    assert_eq!(
+        cmdline.init_args,
+        vec!["console=ttyS0,115200", "console=tty0"]
+    );
+
+    // The loaders carry the same parameters; iPXE's BOOTIF= stays a kernel
+    // parameter, before the `--`.
+    let (path, ipxe) = template(&rendered, "ipxe");
+    assert_eq!(path, "10.0.2.15.ipxe");
+    assert!(ipxe.starts_with("#!ipxe\n"));
+    let kernel_line = ipxe.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let kernel_line = kernel_line.strip_prefix("kernel ").unwrap();
+    let (url, args) = kernel_line.split_once(' ').unwrap();
+    assert_eq!(
+        url,
+        format!("http://10.0.2.2:8091/imprint/{}/vmlinuz", drp::version())
+    );
+    let ipxe_cmdline = KernelCmdline::parse(args);
+    assert_eq!(ipxe_cmdline.value("BOOTIF"), Some("01-${netX/mac:hexhyp}"));
+    assert_eq!(ipxe_cmdline.value("rs.uuid"), Some(UUID));
+    assert!(ipxe.contains(&format!(
+        "\ninitrd http://10.0.2.2:8091/imprint/{}/initramfs.img\nboot\n",
+        drp::version()
+    )));
+    let (path, pxelinux) = template(&rendered, "pxelinux");
+    assert_eq!(path, "pxelinux.cfg/0A00020F");
+    assert!(pxelinux.contains(&format!("  APPEND {bootparams}\n")));
+    let (path, _) = template(&rendered, "pxelinux-mac");
+    assert_eq!(path, "pxelinux.cfg/01-52-54-00-12-34-56");
+    let (path, grub) = template(&rendered, "grub");
+    assert_eq!(path, "grub/10.0.2.15.cfg");
+    assert!(grub.contains(&format!("BOOTIF=${{net_default_mac}} {bootparams}\n")));
+    let (_, task) = template(&rendered, "imprint-deploy-outside");
+    assert!(task.contains(UUID) && task.contains("exit 1"));
+}
+
+#[test]
+fn minimal_context_leaves_optional_fields_out() {
+    let content = content();
+    let rendered = render(
+        &content,
+        &context(json!({
+            "image-deploy/image-url": "https://images.example/golden.raw.xz?sig=a&b=c",
+            "image-deploy/install-disk": "size>=8G,rotational=0",
+        })),
+    )
+    .unwrap();
+    let spec = spec_from(&rendered);
+    assert_eq!(
+        spec.url.as_deref(),
+        Some("https://images.example/golden.raw.xz?sig=a&b=c")
+    );
+    assert_eq!(spec.disk.as_deref(), Some("size>=8G,rotational=0"));
+    assert_eq!(spec.format, None);
+    assert!(spec.identity.access_keys.is_empty());
+    assert_eq!(spec.identity.cloud_init, None);
+    assert_eq!(spec.on_success, SuccessPolicy::Kexec { required: false });
+    check_drp_identity(&spec);
+    let (_, json) = template(&rendered, "imprint.json");
+    let fields: Value = serde_json::from_str(json).unwrap();
+    let mut keys: Vec<&str> = fields
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["disk", "drp", "hostname", "url"]);
+
+    let cmdline = KernelCmdline::parse(rendered["bootparams"].as_str().unwrap());
+    assert_eq!(cmdline.value("rs.uuid"), Some(UUID));
+    assert_eq!(cmdline.value("provisioner.ip"), None);
+    assert!(cmdline.init_args.is_empty());
+    assert_eq!(cmdline.params.len(), 2);
+}
+
+#[test]
+fn a_prefix_address_and_the_networks_own_dns() {
+    let content = content();
+    let rendered = render(
+        &content,
+        &context(json!({
+            "image-deploy/image-url": "http://h/a.img",
+            "image-deploy/install-disk": "/dev/sda",
+            "dns-servers": ["9.9.9.9"],
+            "network-data": {
+                "b-mgmt": {"dhcp": "true"},
+                "c-prov": {"address": "192.168.10.5/16", "dns-servers": ["192.168.0.53"]},
+                "d-late": {"address": "172.16.0.9/24"}
+            },
+        })),
+    )
+    .unwrap();
+    let cmdline = KernelCmdline::parse(rendered["bootparams"].as_str().unwrap());
+    assert_eq!(cmdline.value("provisioner.ip"), Some("192.168.10.5/16"));
+    assert_eq!(cmdline.value("provisioner.dns"), Some("192.168.0.53"));
+    assert_eq!(cmdline.value("provisioner.gw"), None);
+}
+
+#[test]
+fn missing_image_or_bad_network_fails_the_render_naming_the_param() {
+    let content = content();
+    let err = render(
+        &content,
+        &context(json!({"image-deploy/install-disk": "/dev/sda"})),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("set image-deploy/image-url or image-deploy/image-file"),
+        "{err}"
+    );
+    let err = render(
+        &content,
+        &context(json!({"image-deploy/image-url": "http://h/a.img"})),
+    )
+    .unwrap_err();
+    assert!(err.contains("set image-deploy/install-disk"), "{err}");
+    let err = render(
+        &content,
+        &context(json!({
+            "image-deploy/image-url": "http://h/a.img",
+            "image-deploy/install-disk": "/dev/sda",
+            "network-data": {"prod": {"address": "10.0.0.5"}},
+        })),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("network-data prod: address 10.0.0.5 needs a /prefix or a netmask"),
+        "{err}"
+    );
+    let err = render(
+        &content,
+        &context(json!({
+            "image-deploy/image-url": "http://h/a.img",
+            "image-deploy/install-disk": "/dev/sda",
+            "network-data": {"prod": {"address": "10.0.0.5", "netmask": "255.255.0.1"}},
+        })),
+    )
+    .unwrap_err();
+    assert!(err.contains("netmask 255.255.0.1 is not"), "{err}");
+}
+
+/// A value for every generated `imprint/*` param. The key set must match
+/// the pack's, so a new entry in `imprint::spec::PARAMS` fails here until
+/// it is exercised.
+fn every_imprint_param() -> Value {
+    json!({
+        "imprint/checksum": format!("sha256:{}", "ab".repeat(32)),
+        "imprint/checksum-url": "http://h/SHA256SUMS",
+        "imprint/retries": 5,
+        "imprint/retry-timeout": "2m",
+        "imprint/connect-timeout": "5s",
+        "imprint/stall-timeout": "45s",
+        "imprint/ca": "http://h/ca.pem",
+        "imprint/insecure": true,
+        "imprint/ssh-user": "admin",
+        "imprint/root": "PARTLABEL=root",
+        "imprint/grow": true,
+        "imprint/reset-machine-id": false,
+        "imprint/on-success": "kexec!",
+        "imprint/on-failure": "retry:2",
+        "imprint/kexec-kernel": "/boot/vmlinuz",
+        "imprint/kexec-initrd": "/boot/initrd.img",
+        "imprint/kexec-cmdline": "root=/dev/sda2 ro \"quiet\"",
+        "imprint/report": "https://ops.example/events",
+        "imprint/status-port": 8080,
+    })
+}
+
+fn matches_schema(value: &Value, schema: &Value) -> bool {
+    let typed = match schema["type"].as_str().unwrap() {
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_u64(),
+        "string" => value.is_string(),
+        other => panic!("unexpected schema type {other}"),
+    };
+    let in_enum = schema
+        .get("enum")
+        .is_none_or(|choices| choices.as_array().unwrap().contains(value));
+    typed && in_enum
+}
+
+#[test]
+fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
+    let content = content();
+    let mut params = every_imprint_param();
+    let pack = drp::content_pack(&drp::IsoInfo {
+        file: drp::iso_file_name(),
+        sha256: String::new(),
+    });
+    let defined: Vec<&String> = pack.sections["params"].keys().collect();
+    let mut sampled: Vec<&String> = params.as_object().unwrap().keys().collect();
+    sampled.sort();
+    assert_eq!(
+        sampled, defined,
+        "give every imprint/* param a sample value"
+    );
+    for (name, value) in params.as_object().unwrap() {
+        let schema = &pack.sections["params"][name]["Schema"];
+        assert!(
+            matches_schema(value, schema),
+            "{name}: {value} against {schema}"
+        );
+    }
+
+    let object = params.as_object_mut().unwrap();
+    object.insert("image-deploy/image-url".into(), json!("http://h/a.img"));
+    object.insert("image-deploy/install-disk".into(), json!("/dev/sda"));
+    let rendered = render(&content, &context(params)).unwrap();
+    let spec = spec_from(&rendered);
+    assert_eq!(spec.source.retries, 5);
+    assert!(spec.source.insecure);
+    assert!(spec.grow);
+    assert!(!spec.identity.reset_machine_id);
+    assert_eq!(spec.identity.ssh_user.as_deref(), Some("admin"));
+    assert_eq!(spec.on_success, SuccessPolicy::Kexec { required: true });
+    assert_eq!(
+        spec.kexec.cmdline.as_deref(),
+        Some("root=/dev/sda2 ro \"quiet\"")
+    );
+    assert_eq!(spec.status_port, Some(8080));
+    assert_eq!(spec.report.as_deref(), Some("https://ops.example/events"));
+}
+
+#[test]
+fn a_value_outside_the_schema_is_refused_by_imprint_too() {
+    // The schema says on-success is one of five words; imprint agrees.
+    let content = content();
+    let rendered = render(
+        &content,
+        &context(json!({
+            "image-deploy/image-url": "http://h/a.img",
+            "image-deploy/install-disk": "/dev/sda",
+            "imprint/on-success": "explode",
+        })),
+    )
+    .unwrap();
+    let (_, json) = template(&rendered, "imprint.json");
+    let err = DeploySpec::default().apply_json(json).unwrap_err();
+    assert!(format!("{err:#}").contains("on-success"), "{err:#}");
+}
+
+#[test]
+fn the_readme_maps_every_param() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("## Using imprint with Digital Rebar")
+        .expect("README section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    for def in drp::params::imprint_params() {
+        let row = format!("| `imprint/{0}` | `{0}` (`imprint.{0}=`) |", def.name);
+        assert!(section.contains(&row), "README lacks {row}");
+    }
+    for (name, _) in drp::params::FROM_DRP {
+        assert!(
+            section.contains(&format!("`{name}`")),
+            "README does not say where {name} comes from"
+        );
+    }
+    assert!(section.contains(&format!("imprint-{}.amd64.tar", drp::version())));
+}
