@@ -375,7 +375,7 @@ impl Machine {
     fn network(&mut self) -> Result<()> {
         if self.boot_mac.is_none() {
             self.enter(Stage::Network);
-            self.boot_mac = Some(bring_up_network(self.started)?);
+            self.boot_mac = Some(bring_up_network(self.started, &self.cmdline)?);
         }
         Ok(())
     }
@@ -496,12 +496,9 @@ impl Machine {
     }
 }
 
-fn bring_up_network(started: Instant) -> Result<[u8; 6]> {
-    let configured = net::bring_up(&net::NetOptions {
-        timeout: NET_TIMEOUT,
-        prefer_mac: None,
-    })
-    .context("bringing up the network")?;
+fn bring_up_network(started: Instant, cmdline: &KernelCmdline) -> Result<[u8; 6]> {
+    let config = net::NetConfig::from_cmdline(cmdline)?;
+    let configured = net::bring_up(&config, NET_TIMEOUT).context("bringing up the network")?;
     log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
     Ok(configured.mac)
 }

@@ -1,10 +1,11 @@
-//! What the kernel and libc must be told about a lease: a pure plan that
-//! `sys::net` carries out.
+//! What the kernel and libc must be told about a lease or a static setup:
+//! a pure plan that `sys::net` carries out.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use super::dhcp::Lease;
+use super::params::StaticConfig;
 
 /// One IPv4 route through the leased interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,8 @@ impl std::fmt::Display for Route {
     }
 }
 
-/// Everything needed to configure one interface from a lease.
+/// Everything needed to configure one interface from a lease or from
+/// `provisioner.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfacePlan {
     pub interface: String,
@@ -47,26 +49,44 @@ pub struct InterfacePlan {
     pub resolv_conf: String,
 }
 
+/// The plan for a DHCP lease on `interface`.
 pub fn plan(interface: &str, lease: &Lease) -> InterfacePlan {
     InterfacePlan {
         interface: interface.to_owned(),
         address: lease.address,
         prefix_len: lease.prefix_len,
         netmask: netmask(lease.prefix_len),
-        routes: routes(lease),
+        routes: routes(lease.address, lease.prefix_len, lease.router),
         resolv_conf: resolv_conf(interface, lease),
+    }
+}
+
+/// The plan for a static setup on `interface` (the VLAN interface when
+/// there is one).
+pub fn static_plan(interface: &str, config: &StaticConfig) -> InterfacePlan {
+    let mut resolv_conf = format!("# written by imprint from provisioner.dns= for {interface}\n");
+    for server in &config.dns {
+        let _ = writeln!(resolv_conf, "nameserver {server}");
+    }
+    InterfacePlan {
+        interface: interface.to_owned(),
+        address: config.address,
+        prefix_len: config.prefix_len,
+        netmask: netmask(config.prefix_len),
+        routes: routes(config.address, config.prefix_len, config.gateway),
+        resolv_conf,
     }
 }
 
 /// The default route via the router. A router outside the leased subnet
 /// (a /32 lease, as some clouds and routed fabrics hand out) needs an on-link
 /// host route to it first, or SIOCADDRT fails with ENETUNREACH.
-fn routes(lease: &Lease) -> Vec<Route> {
-    let Some(router) = lease.router else {
+fn routes(address: Ipv4Addr, prefix_len: u8, router: Option<Ipv4Addr>) -> Vec<Route> {
+    let Some(router) = router else {
         return Vec::new();
     };
     let mut routes = Vec::new();
-    if !same_subnet(lease.address, router, lease.prefix_len) {
+    if !same_subnet(address, router, prefix_len) {
         routes.push(Route {
             destination: router,
             prefix_len: 32,
@@ -182,6 +202,59 @@ mod tests {
         assert_eq!(
             resolv_conf("eno1", &lease),
             "# written by imprint from the DHCP lease on eno1 from 10.0.2.2\n"
+        );
+    }
+
+    fn static_config() -> StaticConfig {
+        StaticConfig {
+            address: Ipv4Addr::new(10, 0, 0, 5),
+            prefix_len: 24,
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            dns: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)],
+            interface: None,
+            vlan: Some(42),
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn static_plan_has_address_route_and_resolver() {
+        let plan = static_plan("eth0.42", &static_config());
+        assert_eq!(plan.interface, "eth0.42");
+        assert_eq!(plan.address, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(plan.netmask, Ipv4Addr::new(255, 255, 255, 0));
+        let shown: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["default via 10.0.0.1"]);
+        assert_eq!(
+            plan.resolv_conf,
+            "# written by imprint from provisioner.dns= for eth0.42\n\
+             nameserver 10.0.0.2\n\
+             nameserver 10.0.0.3\n"
+        );
+    }
+
+    #[test]
+    fn static_plan_with_off_link_gateway_or_none() {
+        let config = StaticConfig {
+            prefix_len: 32,
+            ..static_config()
+        };
+        let shown: Vec<String> = static_plan("eno1", &config)
+            .routes
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.1/32 on-link", "default via 10.0.0.1"]);
+        let config = StaticConfig {
+            gateway: None,
+            dns: Vec::new(),
+            ..static_config()
+        };
+        let plan = static_plan("eno1", &config);
+        assert!(plan.routes.is_empty());
+        assert_eq!(
+            plan.resolv_conf,
+            "# written by imprint from provisioner.dns= for eno1\n"
         );
     }
 

@@ -1,4 +1,6 @@
-//! Network bring-up: a sans-IO DHCPv4 client and the plan that configures the kernel.
+//! Network bring-up: a sans-IO DHCPv4 client, the static setup DRP renders
+//! onto the command line (`provisioner.ip=` and friends, with VLAN and MTU),
+//! and the plans that configure the kernel.
 //!
 //! [`bring_up`] is what PID 1 calls. The decisions in it (which interface,
 //! when to retransmit, what to configure) are pure functions tested here; the
@@ -6,6 +8,7 @@
 
 pub mod config;
 pub mod dhcp;
+pub mod params;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -18,30 +21,34 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 pub use config::{InterfacePlan, Route};
 pub use dhcp::{DhcpClient, Lease};
+pub use params::{InterfaceSelector, NetConfig, StaticConfig};
 
 use crate::sys::net as sys;
 
 /// How long to wait for link after bringing interfaces up. Copper links
 /// negotiate in 1–3 s; a port that has nothing plugged in costs this once.
 const CARRIER_WAIT: Duration = Duration::from_secs(6);
+/// How long the NIC chosen for a static setup may take to get link. Longer
+/// than [`CARRIER_WAIT`]: there is no DHCP timeout behind it to absorb a
+/// switch port that runs spanning tree before forwarding (up to 30 s).
+const STATIC_CARRIER_WAIT: Duration = Duration::from_secs(30);
 const CARRIER_POLL: Duration = Duration::from_millis(100);
 
 /// ARPHRD_ETHER, the `type` of an Ethernet interface in sysfs.
 const ARPHRD_ETHER: u16 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetOptions {
-    /// How long DHCP may take on each interface tried.
-    pub timeout: Duration,
-    /// The NIC the machine booted from (`BOOTIF=`), tried first.
-    pub prefer_mac: Option<[u8; 6]>,
-}
+/// The longest interface name the kernel takes (IFNAMSIZ - 1).
+const MAX_INTERFACE_NAME: usize = 15;
 
+/// What [`bring_up`] configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Configured {
+    /// The interface holding the address: the NIC, or `<nic>.<vid>` with a VLAN.
     pub interface: String,
+    /// The MAC of the physical NIC.
     pub mac: [u8; 6],
-    pub lease: Lease,
+    /// The DHCP lease; `None` for a static setup.
+    pub lease: Option<Lease>,
 }
 
 /// One entry of `/sys/class/net`.
@@ -54,9 +61,11 @@ pub struct InterfaceInfo {
     pub mac: Option<[u8; 6]>,
 }
 
-/// Brings up `lo` and the first Ethernet interface that gets a DHCP lease,
-/// configures its address, default route and `/etc/resolv.conf`.
-pub fn bring_up(opts: &NetOptions) -> Result<Configured> {
+/// Brings up `lo` and every Ethernet NIC, then configures one: statically
+/// when `config` has `provisioner.ip=`, else the first NIC that gets a DHCP
+/// lease within `dhcp_timeout` (the `BOOTIF=` NIC first). Sets the address,
+/// default route and `/etc/resolv.conf`.
+pub fn bring_up(config: &NetConfig, dhcp_timeout: Duration) -> Result<Configured> {
     sys::set_ipv4_address("lo", Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0))
         .context("setting 127.0.0.1/8 on lo")?;
     sys::set_link_up("lo").context("bringing up lo")?;
@@ -82,20 +91,30 @@ pub fn bring_up(opts: &NetOptions) -> Result<Configured> {
             Err(e) => log::warn!("net: bringing up {}: {e}", iface.name),
         }
     }
+    match &config.static_ipv4 {
+        Some(static_ipv4) => bring_up_static(sysfs, static_ipv4, config.boot_mac),
+        None => bring_up_dhcp(sysfs, config.boot_mac, dhcp_timeout),
+    }
+}
 
-    let interfaces = wait_for_carrier(sysfs, opts.prefer_mac)?;
-    let candidates = dhcp_candidates(&interfaces, opts.prefer_mac).map_err(|e| anyhow!(e))?;
+fn bring_up_dhcp(
+    sysfs: &Path,
+    prefer_mac: Option<[u8; 6]>,
+    timeout: Duration,
+) -> Result<Configured> {
+    let interfaces = wait_for_carrier(sysfs, prefer_mac)?;
+    let candidates = dhcp_candidates(&interfaces, prefer_mac).map_err(|e| anyhow!(e))?;
     let mut errors = Vec::new();
     // One interface at a time; `dhcp_on` holds everything per-interface so
     // that running them in parallel later is a change here only.
     for (name, mac) in candidates {
-        match dhcp_on(&name, mac, opts.timeout) {
+        match dhcp_on(&name, mac, timeout) {
             Ok(lease) => {
-                apply(&name, &lease, Path::new("/"))?;
+                apply(&config::plan(&name, &lease), Path::new("/"))?;
                 return Ok(Configured {
                     interface: name,
                     mac,
-                    lease,
+                    lease: Some(lease),
                 });
             }
             Err(e) => {
@@ -105,6 +124,216 @@ pub fn bring_up(opts: &NetOptions) -> Result<Configured> {
         }
     }
     bail!("{}", errors.join("; "))
+}
+
+/// The static setup: no DHCP packet is sent.
+fn bring_up_static(
+    sysfs: &Path,
+    static_ipv4: &StaticConfig,
+    boot_mac: Option<[u8; 6]>,
+) -> Result<Configured> {
+    // Named NICs need no carrier to be chosen; "the only NIC with carrier"
+    // needs every NIC to have had its chance to get link.
+    let interfaces = if static_ipv4.interface.is_some() || boot_mac.is_some() {
+        list_interfaces(sysfs).context("listing /sys/class/net")?
+    } else {
+        wait_for_carrier(sysfs, None)?
+    };
+    let (nic, mac) = choose_static_nic(&interfaces, static_ipv4.interface.as_ref(), boot_mac)
+        .map_err(|e| anyhow!(e))?;
+    let plan = plan_static(&nic, mac, static_ipv4).map_err(|e| anyhow!(e))?;
+    wait_for_nic_carrier(sysfs, &nic, STATIC_CARRIER_WAIT)?;
+    if let Some(mtu) = plan.mtu {
+        sys::set_mtu(&nic, mtu).with_context(|| format!("setting mtu {mtu} on {nic}"))?;
+        log::info!("net: {nic} mtu {mtu}");
+    }
+    if let Some(vid) = plan.vlan {
+        let vlan = &plan.address.interface;
+        load_vlan_module();
+        sys::add_vlan(&nic, vid)
+            .with_context(|| format!("creating VLAN interface {vlan} on {nic} (needs 8021q)"))?;
+        if let Some(mtu) = plan.mtu {
+            sys::set_mtu(vlan, mtu).with_context(|| format!("setting mtu {mtu} on {vlan}"))?;
+        }
+        sys::set_link_up(vlan).with_context(|| format!("bringing up {vlan}"))?;
+        log::info!("net: {vlan} up (vlan {vid} on {nic})");
+    }
+    apply(&plan.address, Path::new("/"))?;
+    log::info!("net: static {}", describe_plan(&plan.address));
+    Ok(Configured {
+        interface: plan.address.interface,
+        mac,
+        lease: None,
+    })
+}
+
+/// Loads 8021q and its dependencies from the initramfs's module tree. A
+/// failure is only logged: the kernel may have it built in, and if it has
+/// not, creating the VLAN interface fails naming it.
+fn load_vlan_module() {
+    let dir = Path::new("/lib/modules").join(crate::sys::kmod::kernel_release());
+    let load = || -> Result<()> {
+        let index = crate::modules::ModuleIndex::load(&dir)?;
+        for entry in index.closure(&["8021q"])? {
+            if crate::sys::kmod::load_module(&dir.join(&entry.path))?
+                == crate::sys::kmod::Loaded::Now
+            {
+                log::info!("loaded {}", entry.name);
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = load() {
+        log::warn!("net: loading 8021q: {e:#}");
+    }
+}
+
+/// What the static setup does, decided before anything is touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticPlan {
+    /// The physical NIC.
+    pub nic: String,
+    pub mac: [u8; 6],
+    /// Set on the NIC (and on the VLAN interface) before the address.
+    pub mtu: Option<u32>,
+    /// The VLAN interface `<nic>.<vid>` is created on the NIC.
+    pub vlan: Option<u16>,
+    /// The address, routes and resolver, on the VLAN interface if any.
+    pub address: InterfacePlan,
+}
+
+/// Plans the static setup on `nic`. The VLAN interface is named the way the
+/// kernel names it by default (`<nic>.<vid>`, VLAN_NAME_TYPE_RAW_PLUS_VID_NO_PAD),
+/// which must fit in IFNAMSIZ.
+pub fn plan_static(nic: &str, mac: [u8; 6], config: &StaticConfig) -> Result<StaticPlan, String> {
+    let interface = match config.vlan {
+        Some(vid) => {
+            let name = format!("{nic}.{vid}");
+            if name.len() > MAX_INTERFACE_NAME {
+                return Err(format!(
+                    "provisioner.vlan={vid}: the VLAN interface name {name} is longer than the kernel's {MAX_INTERFACE_NAME} bytes"
+                ));
+            }
+            name
+        }
+        None => nic.to_owned(),
+    };
+    Ok(StaticPlan {
+        nic: nic.to_owned(),
+        mac,
+        mtu: config.mtu,
+        vlan: config.vlan,
+        address: config::static_plan(&interface, config),
+    })
+}
+
+/// The NIC a static setup configures: `provisioner.interface=` (name or
+/// MAC), else the `BOOTIF=` NIC, else the only Ethernet NIC with carrier.
+/// Errors name the parameter and every NIC seen.
+pub fn choose_static_nic(
+    interfaces: &[InterfaceInfo],
+    selector: Option<&InterfaceSelector>,
+    boot_mac: Option<[u8; 6]>,
+) -> Result<(String, [u8; 6]), String> {
+    let ethernet = ethernet_interfaces(interfaces);
+    let found = || describe_with_macs(&ethernet);
+    let by_mac = |mac: [u8; 6]| {
+        ethernet
+            .iter()
+            .find(|i| i.mac == Some(mac))
+            .map(|i| (i.name.clone(), mac))
+    };
+    match (selector, boot_mac) {
+        (Some(InterfaceSelector::Name(name)), _) => ethernet
+            .iter()
+            .find(|i| &i.name == name)
+            .and_then(|i| Some((i.name.clone(), i.mac?)))
+            .ok_or_else(|| {
+                format!(
+                    "provisioner.interface={name}: no Ethernet interface of that name (found: {})",
+                    found()
+                )
+            }),
+        (Some(InterfaceSelector::Mac(mac)), _) => by_mac(*mac).ok_or_else(|| {
+            format!(
+                "provisioner.interface={}: no Ethernet interface has that MAC (found: {})",
+                format_mac(mac),
+                found()
+            )
+        }),
+        (None, Some(mac)) => by_mac(mac).ok_or_else(|| {
+            format!(
+                "BOOTIF={}: no Ethernet interface has that MAC (found: {}); set provisioner.interface=",
+                format_mac(&mac),
+                found()
+            )
+        }),
+        (None, None) => {
+            let with_carrier: Vec<&&InterfaceInfo> =
+                ethernet.iter().filter(|i| i.carrier).collect();
+            match with_carrier.as_slice() {
+                [only] => Ok((only.name.clone(), only.mac.unwrap_or_default())),
+                [] => Err(format!(
+                    "provisioner.ip=: no network interface with carrier (found: {}); set provisioner.interface=",
+                    describe_interfaces(&ethernet.iter().map(|i| (*i).clone()).collect::<Vec<_>>())
+                )),
+                several => {
+                    let names: Vec<&str> = several.iter().map(|i| i.name.as_str()).collect();
+                    Err(format!(
+                        "provisioner.ip=: {} all have carrier; say which to use with provisioner.interface= or BOOTIF=",
+                        names.join(", ")
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// `eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57`, or `none`.
+fn describe_with_macs(interfaces: &[&InterfaceInfo]) -> String {
+    if interfaces.is_empty() {
+        return "none".to_owned();
+    }
+    let parts: Vec<String> = interfaces
+        .iter()
+        .map(|i| match i.mac {
+            Some(mac) => format!("{} {}", i.name, format_mac(&mac)),
+            None => i.name.clone(),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// `10.0.2.50/24 on eth0 via 10.0.2.2`, the static counterpart of
+/// [`describe_lease`].
+pub fn describe_plan(plan: &InterfacePlan) -> String {
+    let mut text = format!("{}/{} on {}", plan.address, plan.prefix_len, plan.interface);
+    for route in &plan.routes {
+        if route.prefix_len == 0
+            && let Some(gateway) = route.gateway
+        {
+            let _ = write!(text, " via {gateway}");
+        }
+    }
+    text
+}
+
+/// Waits until `name` has carrier; an error after `timeout` names it.
+fn wait_for_nic_carrier(sysfs: &Path, name: &str, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let interfaces = list_interfaces(sysfs).context("listing /sys/class/net")?;
+        if interfaces.iter().any(|i| i.name == name && i.carrier) {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "{name} has no carrier after {} s: check its cable and switch port",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(CARRIER_POLL);
+    }
 }
 
 /// Re-reads sysfs until the preferred NIC (or, without one, every Ethernet
@@ -142,13 +371,17 @@ fn dhcp_on(name: &str, mac: [u8; 6], timeout: Duration) -> Result<Lease> {
     let start = Instant::now();
     let lease = run_dhcp(&mut socket, client, || start.elapsed(), timeout)
         .with_context(|| format!("dhcp on {name}"))?;
-    log::info!("dhcp: {name} leased {}", describe_lease(&lease));
+    log::info!(
+        "dhcp: {name} ({}) leased {}",
+        format_mac(&mac),
+        describe_lease(&lease)
+    );
     Ok(lease)
 }
 
 /// Sets the address and routes and writes `<root>/etc/resolv.conf`.
-fn apply(name: &str, lease: &Lease, root: &Path) -> Result<()> {
-    let plan = config::plan(name, lease);
+fn apply(plan: &InterfacePlan, root: &Path) -> Result<()> {
+    let name = &plan.interface;
     sys::set_ipv4_address(name, plan.address, plan.netmask)
         .with_context(|| format!("setting {}/{} on {name}", plan.address, plan.prefix_len))?;
     for route in &plan.routes {
@@ -482,6 +715,138 @@ mod tests {
         assert!(!carrier_settled(&[], None));
     }
 
+    fn static_config(vlan: Option<u16>) -> StaticConfig {
+        StaticConfig {
+            address: Ipv4Addr::new(10, 0, 2, 50),
+            prefix_len: 24,
+            gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            interface: None,
+            vlan,
+            mtu: Some(1400),
+        }
+    }
+
+    #[test]
+    fn static_nic_by_name_or_mac_regardless_of_carrier() {
+        let list = [iface("eth0", 1, true, MAC0), iface("eth1", 1, false, MAC1)];
+        let by_name = InterfaceSelector::Name("eth1".into());
+        assert_eq!(
+            choose_static_nic(&list, Some(&by_name), Some(MAC0)).unwrap(),
+            ("eth1".to_owned(), MAC1),
+            "provisioner.interface= wins over BOOTIF="
+        );
+        let by_mac = InterfaceSelector::Mac(MAC1);
+        assert_eq!(
+            choose_static_nic(&list, Some(&by_mac), None).unwrap(),
+            ("eth1".to_owned(), MAC1)
+        );
+        assert_eq!(
+            choose_static_nic(&list, None, Some(MAC1)).unwrap(),
+            ("eth1".to_owned(), MAC1),
+            "the BOOTIF NIC without provisioner.interface="
+        );
+    }
+
+    #[test]
+    fn static_nic_missing_names_the_parameter_and_the_nics() {
+        let list = [
+            iface("eth0", 1, true, MAC0),
+            iface("eth1", 1, false, MAC1),
+            iface("lo", 772, true, [0; 6]),
+        ];
+        assert_eq!(
+            choose_static_nic(&list, Some(&InterfaceSelector::Name("eno1".into())), None)
+                .unwrap_err(),
+            "provisioner.interface=eno1: no Ethernet interface of that name \
+             (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
+        );
+        assert_eq!(
+            choose_static_nic(&list, Some(&InterfaceSelector::Name("lo".into())), None)
+                .unwrap_err(),
+            "provisioner.interface=lo: no Ethernet interface of that name \
+             (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
+        );
+        assert_eq!(
+            choose_static_nic(&list, Some(&InterfaceSelector::Mac([9; 6])), None).unwrap_err(),
+            "provisioner.interface=09:09:09:09:09:09: no Ethernet interface has that MAC \
+             (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
+        );
+        assert_eq!(
+            choose_static_nic(&list, None, Some([9; 6])).unwrap_err(),
+            "BOOTIF=09:09:09:09:09:09: no Ethernet interface has that MAC \
+             (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57); set provisioner.interface="
+        );
+    }
+
+    #[test]
+    fn static_nic_without_hints_is_the_only_one_with_carrier() {
+        let one_up = [iface("eth0", 1, false, MAC0), iface("eth1", 1, true, MAC1)];
+        assert_eq!(
+            choose_static_nic(&one_up, None, None).unwrap(),
+            ("eth1".to_owned(), MAC1)
+        );
+        let both_up = [
+            iface("eth0", 1, true, MAC0),
+            iface("eth1", 1, true, MAC1),
+            iface("lo", 772, true, [0; 6]),
+        ];
+        assert_eq!(
+            choose_static_nic(&both_up, None, None).unwrap_err(),
+            "provisioner.ip=: eth0, eth1 all have carrier; \
+             say which to use with provisioner.interface= or BOOTIF="
+        );
+        let none_up = [iface("eth0", 1, false, MAC0), iface("eth1", 1, false, MAC1)];
+        assert_eq!(
+            choose_static_nic(&none_up, None, None).unwrap_err(),
+            "provisioner.ip=: no network interface with carrier \
+             (found: eth0 [no carrier], eth1 [no carrier]); set provisioner.interface="
+        );
+        assert_eq!(
+            choose_static_nic(&[], None, None).unwrap_err(),
+            "provisioner.ip=: no network interface with carrier (found: none); \
+             set provisioner.interface="
+        );
+    }
+
+    #[test]
+    fn static_plan_without_vlan_configures_the_nic() {
+        let plan = plan_static("eth0", MAC0, &static_config(None)).unwrap();
+        assert_eq!(plan.nic, "eth0");
+        assert_eq!(plan.mac, MAC0);
+        assert_eq!(plan.vlan, None);
+        assert_eq!(plan.mtu, Some(1400));
+        assert_eq!(plan.address.interface, "eth0");
+        assert_eq!(
+            describe_plan(&plan.address),
+            "10.0.2.50/24 on eth0 via 10.0.2.2"
+        );
+    }
+
+    #[test]
+    fn static_plan_with_vlan_puts_the_address_on_nic_dot_vid() {
+        let plan = plan_static("enp3s0f1", MAC1, &static_config(Some(4094))).unwrap();
+        assert_eq!(plan.nic, "enp3s0f1");
+        assert_eq!(plan.mac, MAC1, "the physical NIC's MAC");
+        assert_eq!(plan.vlan, Some(4094));
+        assert_eq!(plan.address.interface, "enp3s0f1.4094");
+        assert_eq!(
+            describe_plan(&plan.address),
+            "10.0.2.50/24 on enp3s0f1.4094 via 10.0.2.2"
+        );
+        assert!(plan.address.resolv_conf.contains("nameserver 10.0.2.3\n"));
+    }
+
+    #[test]
+    fn static_plan_refuses_a_vlan_name_the_kernel_cannot_hold() {
+        // 15 bytes fit, 16 do not.
+        assert!(plan_static("enp129s0f1", MAC0, &static_config(Some(4094))).is_ok());
+        assert_eq!(
+            plan_static("enp129s0f1np1", MAC0, &static_config(Some(42))).unwrap_err(),
+            "provisioner.vlan=42: the VLAN interface name enp129s0f1np1.42 is longer than the kernel's 15 bytes"
+        );
+    }
+
     #[test]
     fn macs() {
         assert_eq!(parse_mac("52:54:00:12:34:56"), Some(MAC0));
@@ -811,9 +1176,10 @@ mod veth_tests {
         );
 
         let root = tempfile::tempdir().unwrap();
-        apply(&name, &lease, root.path()).unwrap();
+        let plan = config::plan(&name, &lease);
+        apply(&plan, root.path()).unwrap();
         // Twice: a retried bring-up must not fail on the existing route.
-        apply(&name, &lease, root.path()).unwrap();
+        apply(&plan, root.path()).unwrap();
         assert!(ip("-4 -o addr show dev veth-c").contains("inet 10.9.0.15/24"));
         assert!(ip("-4 route show default").contains("default via 10.9.0.1 dev veth-c"));
         assert!(ip("-o link show lo").contains("UP"));

@@ -1,6 +1,6 @@
 //! Link-layer sockets and interface configuration: the syscalls behind
-//! `net`. Plain ioctls rather than rtnetlink, because four fixed requests
-//! do not justify a netlink message builder.
+//! `net`. Plain ioctls rather than rtnetlink, because a handful of fixed
+//! requests do not justify a netlink message builder.
 
 use std::ffi::CString;
 use std::io;
@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr;
 use std::time::Duration;
 
-use libc::{c_char, c_short, c_ulong, c_ushort, c_void, sockaddr};
+use libc::{c_char, c_int, c_short, c_ulong, c_ushort, c_void, sockaddr};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 // Kernel ABI values (<linux/socket.h>, <linux/if_ether.h>, <linux/sockios.h>),
@@ -24,6 +24,11 @@ const SIOCSIFFLAGS: libc::Ioctl = 0x8914;
 const SIOCSIFADDR: libc::Ioctl = 0x8916;
 const SIOCSIFNETMASK: libc::Ioctl = 0x891c;
 const SIOCADDRT: libc::Ioctl = 0x890b;
+const SIOCSIFMTU: libc::Ioctl = 0x8922;
+// Not in the libc crate for Linux; <linux/sockios.h>.
+const SIOCSIFVLAN: libc::Ioctl = 0x8983;
+// <linux/if_vlan.h> `enum vlan_ioctl_cmds`.
+const ADD_VLAN_CMD: c_int = 0;
 const IFF_UP: c_short = 0x1;
 const RTF_UP: c_ushort = 0x1;
 const RTF_GATEWAY: c_ushort = 0x2;
@@ -125,6 +130,63 @@ pub fn set_ipv4_address(interface: &str, address: Ipv4Addr, netmask: Ipv4Addr) -
     let mut req = ifreq(interface)?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(netmask);
     ioctl(&fd, SIOCSIFNETMASK, &mut req)
+}
+
+/// Sets the MTU of `interface`.
+pub fn set_mtu(interface: &str, mtu: u32) -> io::Result<()> {
+    let fd = control_socket()?;
+    let mut req = ifreq(interface)?;
+    req.ifr_ifru.ifru_mtu = c_int::try_from(mtu).map_err(|_| io::ErrorKind::InvalidInput)?;
+    ioctl(&fd, SIOCSIFMTU, &mut req)
+}
+
+/// Creates the 802.1Q interface `<parent>.<vid>` (the kernel's default
+/// naming) on `parent`; needs the 8021q module. An interface that already
+/// exists is not an error, so bring-up can be retried.
+pub fn add_vlan(parent: &str, vid: u16) -> io::Result<()> {
+    let fd = control_socket()?;
+    let mut args = VlanIoctlArgs {
+        cmd: ADD_VLAN_CMD,
+        device1: [0; 24],
+        u: [0; 24],
+        vlan_qos: 0,
+    };
+    let name = parent.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {parent:?}"),
+        ));
+    }
+    for (dst, src) in args.device1.iter_mut().zip(name) {
+        *dst = c_char::from_ne_bytes([*src]);
+    }
+    // `u.VID` is an int at the start of the union.
+    args.u[..4].copy_from_slice(&c_int::from(vid).to_ne_bytes());
+    // SAFETY: `args` is a fully initialised `struct vlan_ioctl_args` (layout
+    // checked by a test) that lives across the call; SIOCSIFVLAN only reads
+    // and writes within it.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCSIFVLAN, ptr::from_mut(&mut args)) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// `struct vlan_ioctl_args` from <linux/if_vlan.h>. The union `u` (device2,
+/// VID, skb_priority, name_type, bind_type, flag) is kept as its 24 bytes;
+/// it starts at offset 28, already aligned for its `int` members.
+#[repr(C)]
+struct VlanIoctlArgs {
+    cmd: c_int,
+    device1: [c_char; 24],
+    u: [u8; 24],
+    vlan_qos: c_short,
 }
 
 /// Adds an IPv4 route through `interface`. A route that already exists is
@@ -263,6 +325,7 @@ mod tests {
             (SIOCSIFADDR, libc::SIOCSIFADDR),
             (SIOCSIFNETMASK, libc::SIOCSIFNETMASK),
             (SIOCADDRT, libc::SIOCADDRT),
+            (SIOCSIFMTU, libc::SIOCSIFMTU),
         ] {
             assert_eq!(i128::from(ours), i128::from(theirs));
         }
@@ -273,6 +336,14 @@ mod tests {
         // x86_64 and aarch64: 8 + 3*16 + 2 + 2 + 4(pad) + 8 + 8 + 2 + 6(pad) + 8 + 8 + 8 + 2 + 6(pad).
         #[cfg(target_pointer_width = "64")]
         assert_eq!(size_of::<RtEntry>(), 120);
+    }
+
+    #[test]
+    fn vlan_ioctl_args_has_the_kernel_layout() {
+        // int cmd; char device1[24]; union (24 bytes, int-aligned) u; short vlan_qos; + 2 pad.
+        assert_eq!(size_of::<VlanIoctlArgs>(), 56);
+        assert_eq!(std::mem::offset_of!(VlanIoctlArgs, u), 28);
+        assert_eq!(std::mem::offset_of!(VlanIoctlArgs, vlan_qos), 52);
     }
 
     #[test]

@@ -1,0 +1,449 @@
+//! The network settings a DRP bootenv renders onto the kernel command line:
+//! `BOOTIF=` (the NIC the machine PXE-booted from) and the static
+//! `provisioner.ip=/gw=/dns=/interface=/vlan=/mtu=` settings. Parsing only;
+//! choosing the NIC is [`super::choose_static_nic`].
+//!
+//! DRP converts its `network-data` param (`address` + `netmask`) into
+//! `provisioner.ip=<addr>/<prefix>` when it renders Sledgehammer's boot
+//! entry, so the CIDR form is the only one accepted here.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::{format_mac, parse_mac};
+use crate::cmdline::KernelCmdline;
+
+/// Where the network settings came from, parsed and checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The NIC the machine booted from (`BOOTIF=`): DHCP tries it first, and
+    /// a static setup uses it when `provisioner.interface=` is not given.
+    pub boot_mac: Option<[u8; 6]>,
+    /// `provisioner.ip=` and friends; `None` means DHCP.
+    pub static_ipv4: Option<StaticConfig>,
+}
+
+/// A static IPv4 setup from `provisioner.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// In the order given; musl uses the first three.
+    pub dns: Vec<Ipv4Addr>,
+    pub interface: Option<InterfaceSelector>,
+    /// 802.1Q VLAN ID: the address goes on `<nic>.<vid>`.
+    pub vlan: Option<u16>,
+    pub mtu: Option<u32>,
+}
+
+/// `provisioner.interface=`: a kernel name (`eno1`) or a MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceSelector {
+    Name(String),
+    Mac([u8; 6]),
+}
+
+impl std::fmt::Display for InterfaceSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InterfaceSelector::Name(name) => f.write_str(name),
+            InterfaceSelector::Mac(mac) => f.write_str(&format_mac(mac)),
+        }
+    }
+}
+
+/// The `provisioner.*` keys that only make sense with `provisioner.ip=`.
+const STATIC_ONLY: [&str; 5] = [
+    "provisioner.gw",
+    "provisioner.dns",
+    "provisioner.interface",
+    "provisioner.vlan",
+    "provisioner.mtu",
+];
+
+/// Linux's minimum IPv4 MTU, and the largest jumbo frame common switches take.
+const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=9216;
+/// 0 and 4095 are reserved by 802.1Q.
+const VLAN_RANGE: std::ops::RangeInclusive<u16> = 1..=4094;
+
+impl NetConfig {
+    /// Reads `BOOTIF=` and `provisioner.*`. An empty value (`provisioner.gw=`,
+    /// as a template renders an unset param) counts as not given. Errors
+    /// name the parameter.
+    pub fn from_cmdline(cmdline: &KernelCmdline) -> Result<Self> {
+        let given = |key: &str| cmdline.value(key).map(str::trim).filter(|v| !v.is_empty());
+        let boot_mac = match given("BOOTIF") {
+            Some(value) => {
+                parse_bootif(value).with_context(|| format!("parameter BOOTIF={value}"))?
+            }
+            None => None,
+        };
+        let Some(ip) = given("provisioner.ip") else {
+            if let Some(key) = STATIC_ONLY.iter().find(|key| given(key).is_some()) {
+                bail!(
+                    "parameter {key}= is set but provisioner.ip= is not: a static setup needs provisioner.ip=<address>/<prefix>"
+                );
+            }
+            return Ok(NetConfig {
+                boot_mac,
+                static_ipv4: None,
+            });
+        };
+        let (address, prefix_len) =
+            parse_cidr(ip).with_context(|| format!("parameter provisioner.ip={ip}"))?;
+        let gateway = given("provisioner.gw")
+            .map(|gw| {
+                parse_host("gateway", gw).with_context(|| format!("parameter provisioner.gw={gw}"))
+            })
+            .transpose()?;
+        let dns = match given("provisioner.dns") {
+            Some(list) => {
+                parse_dns(list).with_context(|| format!("parameter provisioner.dns={list}"))?
+            }
+            None => Vec::new(),
+        };
+        let interface = given("provisioner.interface")
+            .map(|name| {
+                parse_interface(name)
+                    .with_context(|| format!("parameter provisioner.interface={name}"))
+            })
+            .transpose()?;
+        let vlan = given("provisioner.vlan")
+            .map(|vid| parse_vlan(vid).with_context(|| format!("parameter provisioner.vlan={vid}")))
+            .transpose()?;
+        let mtu = given("provisioner.mtu")
+            .map(|mtu| parse_mtu(mtu).with_context(|| format!("parameter provisioner.mtu={mtu}")))
+            .transpose()?;
+        Ok(NetConfig {
+            boot_mac,
+            static_ipv4: Some(StaticConfig {
+                address,
+                prefix_len,
+                gateway,
+                dns,
+                interface,
+                vlan,
+                mtu,
+            }),
+        })
+    }
+}
+
+/// `01-52-54-00-12-34-56` (PXELINUX's `IPAPPEND 2` and iPXE's form: ARP
+/// hardware type 1, Ethernet, then the MAC) or a plain `52:54:00:12:34:56`,
+/// any case.
+///
+/// `discovery` gives `None`: DRP's virtual-media boot ISO renders that
+/// placeholder when no PXE boot happened, so there is no boot NIC to prefer.
+pub fn parse_bootif(value: &str) -> Result<Option<[u8; 6]>> {
+    if value.eq_ignore_ascii_case("discovery") {
+        return Ok(None);
+    }
+    if !value.contains('-')
+        && let Some(mac) = parse_mac(value)
+    {
+        return Ok(Some(mac));
+    }
+    // Six hyphenated bytes alone are refused: `01-52-54-00-12-34` is a
+    // truncated BOOTIF, not a MAC.
+    if let Some((hardware_type, rest)) = value.split_once('-')
+        && !rest.contains(':')
+        && let Some(mac) = parse_mac(rest)
+    {
+        if hardware_type == "01" {
+            return Ok(Some(mac));
+        }
+        bail!("hardware type {hardware_type} is not Ethernet (01)");
+    }
+    Err(anyhow!(
+        "not a MAC address: expected 01-52-54-00-12-34-56 or 52:54:00:12:34:56"
+    ))
+}
+
+/// `10.0.0.5/24`.
+pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
+    let Some((address, prefix)) = text.split_once('/') else {
+        bail!("no prefix length: write it as <address>/<prefix>, e.g. {text}/24");
+    };
+    let address = parse_host("address", address)?;
+    let prefix_len: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .with_context(|| format!("prefix length {prefix} is not a number from 1 to 32"))?;
+    Ok((address, prefix_len))
+}
+
+/// One unicast IPv4 address.
+fn parse_host(what: &str, text: &str) -> Result<Ipv4Addr> {
+    let address: Ipv4Addr = text
+        .parse()
+        .ok()
+        .with_context(|| format!("{what} {text} is not an IPv4 address"))?;
+    if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
+        bail!("{what} {address} is not a host address");
+    }
+    Ok(address)
+}
+
+/// `10.0.0.2,10.0.0.3`: one or more addresses, comma-separated.
+fn parse_dns(list: &str) -> Result<Vec<Ipv4Addr>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| parse_host("DNS server", server))
+        .collect()
+}
+
+/// A MAC if it reads as one, else a kernel interface name.
+fn parse_interface(text: &str) -> Result<InterfaceSelector> {
+    if let Some(mac) = parse_mac(text) {
+        return Ok(InterfaceSelector::Mac(mac));
+    }
+    // The kernel's dev_valid_name(): below IFNAMSIZ, no '/', ':' or whitespace.
+    let valid = !text.is_empty()
+        && text.len() < 16
+        && text != "."
+        && text != ".."
+        && !text.contains(['/', ':'])
+        && !text.chars().any(char::is_whitespace);
+    if !valid {
+        bail!("not an interface name (like eno1) or a MAC address");
+    }
+    Ok(InterfaceSelector::Name(text.to_owned()))
+}
+
+fn parse_vlan(text: &str) -> Result<u16> {
+    text.parse()
+        .ok()
+        .filter(|vid| VLAN_RANGE.contains(vid))
+        .context("not a VLAN ID from 1 to 4094")
+}
+
+fn parse_mtu(text: &str) -> Result<u32> {
+    text.parse()
+        .ok()
+        .filter(|mtu| MTU_RANGE.contains(mtu))
+        .context("not an MTU from 68 to 9216")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    fn config(cmdline: &str) -> Result<NetConfig> {
+        NetConfig::from_cmdline(&KernelCmdline::parse(cmdline))
+    }
+
+    fn error(cmdline: &str) -> String {
+        format!("{:#}", config(cmdline).unwrap_err())
+    }
+
+    #[test]
+    fn nothing_given_means_dhcp_without_preference() {
+        assert_eq!(config("ro console=ttyS0").unwrap(), NetConfig::default());
+    }
+
+    #[test]
+    fn bootif_in_every_spelling() {
+        for value in ["01-52-54-00-12-34-56", "52:54:00:12:34:56"] {
+            assert_eq!(parse_bootif(value).unwrap(), Some(MAC), "{value}");
+        }
+        let upper = [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+        assert_eq!(parse_bootif("01-AA-BB-CC-DD-EE-FF").unwrap(), Some(upper));
+        assert_eq!(parse_bootif("aa:BB:cc:DD:ee:FF").unwrap(), Some(upper));
+        assert_eq!(
+            config("BOOTIF=01-52-54-00-12-34-56").unwrap().boot_mac,
+            Some(MAC)
+        );
+    }
+
+    #[test]
+    fn bootif_discovery_placeholder_is_no_boot_nic() {
+        assert_eq!(parse_bootif("discovery").unwrap(), None);
+        assert_eq!(config("BOOTIF=discovery").unwrap(), NetConfig::default());
+    }
+
+    #[test]
+    fn malformed_bootif_names_the_parameter() {
+        assert_eq!(
+            error("BOOTIF=01-52-54-00-12-34"),
+            "parameter BOOTIF=01-52-54-00-12-34: not a MAC address: expected 01-52-54-00-12-34-56 or 52:54:00:12:34:56"
+        );
+        assert_eq!(
+            error("BOOTIF=20-52-54-00-12-34-56"),
+            "parameter BOOTIF=20-52-54-00-12-34-56: hardware type 20 is not Ethernet (01)"
+        );
+        assert!(error("BOOTIF=eth0").starts_with("parameter BOOTIF=eth0: not a MAC address"));
+        for bad in [
+            "52:54:00:12:34:5g",
+            "52-54-00-12-34-56",
+            "01-52:54:00:12:34:56",
+            "01-52-54-00-12-34-56-78",
+        ] {
+            assert!(
+                error(&format!("BOOTIF={bad}")).starts_with(&format!("parameter BOOTIF={bad}: ")),
+                "{bad}"
+            );
+        }
+        // Empty, as a template renders an unknown MAC: not given.
+        assert_eq!(config("BOOTIF=").unwrap().boot_mac, None);
+    }
+
+    #[test]
+    fn full_static_setup() {
+        let config = config(
+            "BOOTIF=01-52-54-00-12-34-56 provisioner.ip=10.0.0.5/24 provisioner.gw=10.0.0.1 \
+             provisioner.dns=10.0.0.2,1.1.1.1 provisioner.interface=eno1 provisioner.vlan=42 \
+             provisioner.mtu=9000",
+        )
+        .unwrap();
+        assert_eq!(config.boot_mac, Some(MAC));
+        assert_eq!(
+            config.static_ipv4.unwrap(),
+            StaticConfig {
+                address: Ipv4Addr::new(10, 0, 0, 5),
+                prefix_len: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                dns: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(1, 1, 1, 1)],
+                interface: Some(InterfaceSelector::Name("eno1".into())),
+                vlan: Some(42),
+                mtu: Some(9000),
+            }
+        );
+    }
+
+    #[test]
+    fn drp_rendered_line_with_quotes_and_empty_params() {
+        // As DRP renders Sledgehammer's boot entry from network-data.
+        let config = config(
+            r#"BOOTIF=discovery provisioner.web=http://10.10.10.10:8091 provisioner.ip=10.10.10.199/24   provisioner.gw=10.10.10.254   provisioner.interface="eth10" provisioner.dns= -- console=ttyS0"#,
+        )
+        .unwrap();
+        let static_ipv4 = config.static_ipv4.unwrap();
+        assert_eq!(static_ipv4.address, Ipv4Addr::new(10, 10, 10, 199));
+        assert_eq!(static_ipv4.gateway, Some(Ipv4Addr::new(10, 10, 10, 254)));
+        assert_eq!(
+            static_ipv4.interface,
+            Some(InterfaceSelector::Name("eth10".into()))
+        );
+        assert!(static_ipv4.dns.is_empty());
+        assert_eq!(static_ipv4.vlan, None);
+    }
+
+    #[test]
+    fn address_only_is_enough() {
+        let static_ipv4 = config("provisioner.ip=192.168.1.9/32")
+            .unwrap()
+            .static_ipv4
+            .unwrap();
+        assert_eq!(static_ipv4.prefix_len, 32);
+        assert_eq!(static_ipv4.gateway, None);
+        assert_eq!(static_ipv4.interface, None);
+    }
+
+    #[test]
+    fn interface_may_be_a_mac() {
+        let static_ipv4 =
+            config("provisioner.ip=10.0.0.5/24 provisioner.interface=52:54:00:12:34:56")
+                .unwrap()
+                .static_ipv4
+                .unwrap();
+        assert_eq!(static_ipv4.interface, Some(InterfaceSelector::Mac(MAC)));
+    }
+
+    #[test]
+    fn bad_static_values_name_the_parameter() {
+        let cases = [
+            (
+                "provisioner.ip=10.0.0.5",
+                "parameter provisioner.ip=10.0.0.5: no prefix length: write it as <address>/<prefix>, e.g. 10.0.0.5/24",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/33",
+                "parameter provisioner.ip=10.0.0.5/33: prefix length 33 is not a number from 1 to 32",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/0",
+                "parameter provisioner.ip=10.0.0.5/0: prefix length 0 is not a number from 1 to 32",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/255.255.255.0",
+                "parameter provisioner.ip=10.0.0.5/255.255.255.0: prefix length 255.255.255.0 is not a number from 1 to 32",
+            ),
+            (
+                "provisioner.ip=10.0.0/24",
+                "parameter provisioner.ip=10.0.0/24: address 10.0.0 is not an IPv4 address",
+            ),
+            (
+                "provisioner.ip=0.0.0.0/24",
+                "parameter provisioner.ip=0.0.0.0/24: address 0.0.0.0 is not a host address",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.gw=gateway",
+                "parameter provisioner.gw=gateway: gateway gateway is not an IPv4 address",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.dns=10.0.0.2,224.0.0.1",
+                "parameter provisioner.dns=10.0.0.2,224.0.0.1: DNS server 224.0.0.1 is not a host address",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.vlan=4095",
+                "parameter provisioner.vlan=4095: not a VLAN ID from 1 to 4094",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.vlan=0",
+                "parameter provisioner.vlan=0: not a VLAN ID from 1 to 4094",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.mtu=67",
+                "parameter provisioner.mtu=67: not an MTU from 68 to 9216",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.mtu=9217",
+                "parameter provisioner.mtu=9217: not an MTU from 68 to 9216",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.interface=a-name-far-too-long",
+                "parameter provisioner.interface=a-name-far-too-long: not an interface name (like eno1) or a MAC address",
+            ),
+            (
+                "provisioner.ip=10.0.0.5/24 provisioner.interface=eth0:1",
+                "parameter provisioner.interface=eth0:1: not an interface name (like eno1) or a MAC address",
+            ),
+        ];
+        for (cmdline, expected) in cases {
+            assert_eq!(error(cmdline), expected, "{cmdline}");
+        }
+    }
+
+    #[test]
+    fn static_settings_without_an_address_are_an_error() {
+        assert_eq!(
+            error("provisioner.vlan=42"),
+            "parameter provisioner.vlan= is set but provisioner.ip= is not: a static setup needs provisioner.ip=<address>/<prefix>"
+        );
+        assert!(error("provisioner.gw=10.0.0.1").starts_with("parameter provisioner.gw= is set"));
+        // Rendered but empty: fine, DHCP.
+        assert_eq!(
+            config("provisioner.ip= provisioner.gw=").unwrap(),
+            NetConfig::default()
+        );
+    }
+
+    #[test]
+    fn later_value_wins() {
+        let static_ipv4 = config("provisioner.ip=10.0.0.5/24 provisioner.ip=10.0.0.6/16")
+            .unwrap()
+            .static_ipv4
+            .unwrap();
+        assert_eq!(
+            (static_ipv4.address, static_ipv4.prefix_len),
+            (Ipv4Addr::new(10, 0, 0, 6), 16)
+        );
+    }
+}
