@@ -5,6 +5,7 @@
 //! is followed. A panic hook does the same for bugs.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,6 +13,7 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
+use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
 use crate::inject::deployed::Injected;
 use crate::logger::ConsoleLogger;
 use crate::report::{self, DeploySummary};
@@ -175,6 +177,15 @@ pub fn main() -> ! {
         source: lenient.source.clone(),
         ..StatusOptions::default()
     });
+    // Every event also goes to the DRP job log of the current run, once
+    // the deploy spec says where DRP is.
+    let drp: DrpSlot = Arc::default();
+    let job_log = Arc::clone(&drp);
+    status.subscribe(Box::new(move |event| {
+        if let Some(reporter) = lock(&job_log).as_ref() {
+            reporter.log_line(event.log_line());
+        }
+    }));
     let mut machine = Machine {
         status,
         cmdline,
@@ -183,14 +194,20 @@ pub fn main() -> ! {
         boot_mac: None,
         stage: Stage::Drivers,
         on_failure: lenient.on_failure,
+        drp,
+        image: None,
+        result: None,
     };
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        let run_started = Instant::now();
         let outcome = DeploySpec::from_cmdline(&machine.cmdline).and_then(|spec| machine.run(spec));
         match outcome {
             Ok(done) => {
-                println!("{}", report::ok_line(&done.summary));
+                let line = report::ok_line(&done.summary);
+                println!("{line}");
+                machine.drp_finish(&line, Some(&done.summary), None, run_started);
                 machine.hand_over(&done)
             }
             Err(error) => {
@@ -202,6 +219,7 @@ pub fn main() -> ! {
                     offset: None,
                     attempt: Some(attempt),
                 });
+                machine.drp_finish(&line, None, Some(format!("{error:#}")), run_started);
                 if let FailurePolicy::Retry(limit) = machine.on_failure
                     && attempt <= limit
                 {
@@ -216,6 +234,8 @@ pub fn main() -> ! {
                         limit + 1,
                         pause.as_secs()
                     );
+                    // The next run is a new DRP job: this one has failed.
+                    machine.drp_done();
                     std::thread::sleep(pause);
                     continue;
                 }
@@ -240,6 +260,14 @@ fn halt_showing(line: &str) -> ! {
     }
 }
 
+/// The DRP job reporter of the current run, shared with the status listener
+/// that copies events into its job log.
+type DrpSlot = Arc<Mutex<Option<DrpReporter>>>;
+
+fn lock(slot: &DrpSlot) -> MutexGuard<'_, Option<DrpReporter>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A deploy that reached the end: the image is written, verified and injected.
 struct Done {
     spec: DeploySpec,
@@ -259,6 +287,11 @@ struct Machine {
     stage: Stage,
     /// From the deploy spec once it is loaded (it may come from JSON).
     on_failure: FailurePolicy,
+    drp: DrpSlot,
+    /// The image URL of the current run, for DRP's `imprint/last-deploy`.
+    image: Option<String>,
+    /// The run's result line and DRP result, until sent.
+    result: Option<(String, LastDeploy)>,
 }
 
 impl Machine {
@@ -303,6 +336,15 @@ impl Machine {
             }
             None => spec,
         };
+        // The spec may name what the command line did not.
+        self.status.adopt(&StatusOptions {
+            report_url: spec.report.clone(),
+            status_port: spec.status_port,
+            source: spec.source.clone(),
+            ..StatusOptions::default()
+        });
+        self.drp_start(&spec);
+        self.image = spec.url.clone();
         let url = spec.require_url()?.to_owned();
         self.enter(Stage::Disk);
         let wanted_disk = spec.disk.as_deref().context(
@@ -371,6 +413,89 @@ impl Machine {
         })
     }
 
+    /// Starts reporting this run as a DRP job when the spec carries DRP's
+    /// API URL and machine token (DRP's `imprint.json` does).
+    fn drp_start(&mut self, spec: &DeploySpec) {
+        let Some(agent) = &spec.identity.drp else {
+            return;
+        };
+        if lock(&self.drp).is_some() {
+            return;
+        }
+        let started = DrpClient::new(
+            &agent.endpoint,
+            &agent.token,
+            &agent.machine_id,
+            &spec.source,
+        )
+        .and_then(|client| DrpReporter::start(client, DrpOptions::default()));
+        match started {
+            Ok(reporter) => {
+                log::info!(
+                    "reporting the deploy as a job of DRP machine {}",
+                    agent.machine_id
+                );
+                *lock(&self.drp) = Some(reporter);
+            }
+            Err(e) => log::warn!("not reporting to DRP: {e:#}"),
+        }
+    }
+
+    /// Keeps the run's result for its DRP job: the result line for its log,
+    /// the job finished or failed, `imprint/last-deploy`. Sent by
+    /// [`flush_reports`](Self::flush_reports), after the last event (the
+    /// handoff), so the job log ends with it.
+    fn drp_finish(
+        &mut self,
+        line: &str,
+        summary: Option<&DeploySummary>,
+        error: Option<String>,
+        run_started: Instant,
+    ) {
+        self.result = Some((
+            line.to_owned(),
+            LastDeploy {
+                image: self.image.clone().unwrap_or_default(),
+                sha256: summary.map(|s| report::hex(&s.sha256)),
+                seconds: summary
+                    .map_or(run_started.elapsed(), |s| s.elapsed)
+                    .as_secs_f64(),
+                error,
+            },
+        ));
+    }
+
+    /// Sends what is left for the run's DRP job (bounded) and forgets it.
+    fn drp_done(&mut self) {
+        self.send_result();
+        if let Some(reporter) = lock(&self.drp).take()
+            && !reporter.flush(REPORT_FLUSH)
+        {
+            log::warn!("not everything reached DRP's job log");
+        }
+    }
+
+    fn send_result(&mut self) {
+        let result = self.result.take();
+        if let (Some(reporter), Some((line, last))) = (lock(&self.drp).as_ref(), result) {
+            reporter.log_line(line);
+            reporter.finish(last);
+        }
+    }
+
+    /// Waits (bounded) for the webhook and DRP to get the last events.
+    fn flush_reports(&mut self) {
+        self.send_result();
+        if !self.status.flush(REPORT_FLUSH) {
+            log::warn!("not every status event reached the report URL");
+        }
+        if let Some(reporter) = lock(&self.drp).as_ref()
+            && !reporter.flush(REPORT_FLUSH)
+        {
+            log::warn!("not everything reached DRP's job log");
+        }
+    }
+
     /// Brings the network up once; later runs reuse it.
     fn network(&mut self) -> Result<()> {
         if self.boot_mac.is_none() {
@@ -420,7 +545,7 @@ impl Machine {
                     cmdline: Some(staged.cmdline.clone()),
                     detail: Some(staged.entry.clone()),
                 });
-                self.status.flush(REPORT_FLUSH);
+                self.flush_reports();
                 handoff::unmount_everything();
                 log::info!("kexec into {} ({})", staged.kernel, staged.entry);
                 match sys::kexec::exec() {
@@ -454,17 +579,17 @@ impl Machine {
         )
     }
 
-    fn announce_handoff(&self, how: HandoffHow, detail: Option<String>) {
+    fn announce_handoff(&mut self, how: HandoffHow, detail: Option<String>) {
         self.status.emit(EventKind::Handoff {
             how,
             kernel: None,
             cmdline: None,
             detail,
         });
-        self.status.flush(REPORT_FLUSH);
+        self.flush_reports();
     }
 
-    fn power(&self, how: HandoffHow, detail: Option<String>, action: PowerAction) -> ! {
+    fn power(&mut self, how: HandoffHow, detail: Option<String>, action: PowerAction) -> ! {
         self.announce_handoff(how, detail);
         handoff::unmount_everything();
         power(action)
@@ -472,7 +597,7 @@ impl Machine {
 
     /// Follows the failure policy (retries are the caller's). Never returns.
     fn fail(&mut self, line: &str) -> ! {
-        self.status.flush(REPORT_FLUSH);
+        self.flush_reports();
         match self.on_failure {
             FailurePolicy::Reboot => {
                 handoff::unmount_everything();
