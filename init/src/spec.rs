@@ -260,6 +260,16 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "link-timeout",
+        values: "DURATION",
+        default: "5s",
+        help: "How long PID 1 waits for a NIC's carrier before leaving it out (read by the network bring-up, before any deploy spec).",
+        apply: |_, v| {
+            parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",
