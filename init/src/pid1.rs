@@ -16,12 +16,14 @@ use crate::disk::DiskSelector;
 use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
 use crate::inject::deployed::Injected;
 use crate::logger::ConsoleLogger;
+use crate::pipeline::progress::Progress;
 use crate::report::{self, DeploySummary};
 use crate::spec::{DeploySpec, FailurePolicy, SuccessPolicy};
 use crate::status::{
     EventKind, HandoffHow, MachineInfo, ProgressEvents, Stage, Status, StatusOptions,
 };
 use crate::sys::power::{PowerAction, power};
+use crate::timeline::{self, Mark, Timeline};
 use crate::{deploy, disk, handoff, modules, net, sys};
 
 /// One step of early boot. The table below is the whole of it, and each
@@ -150,6 +152,7 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_secs(300);
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
 
 pub fn main() -> ! {
+    let pid1_at = timeline::since_boot();
     std::panic::set_hook(Box::new(|info| {
         println!(
             "{}",
@@ -197,7 +200,9 @@ pub fn main() -> ! {
         drp,
         image: None,
         result: None,
+        timeline: Timeline::default(),
     };
+    machine.timeline.mark_at(Mark::Pid1, pid1_at);
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
@@ -268,6 +273,35 @@ fn lock(slot: &DrpSlot) -> MutexGuard<'_, Option<DrpReporter>> {
     slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A progress sink that also notes when the first and the last bytes
+/// reached the disk, for the timeline.
+struct Stamped<P> {
+    inner: P,
+    first: Option<Duration>,
+    last: Option<Duration>,
+}
+
+impl<P> Stamped<P> {
+    fn new(inner: P) -> Self {
+        Stamped {
+            inner,
+            first: None,
+            last: None,
+        }
+    }
+}
+
+impl<P: Progress> Progress for Stamped<P> {
+    fn update(&mut self, done: u64, total: Option<u64>) {
+        if done > 0 {
+            let now = timeline::since_boot();
+            self.first.get_or_insert(now);
+            self.last = Some(now);
+        }
+        self.inner.update(done, total);
+    }
+}
+
 /// A deploy that reached the end: the image is written, verified and injected.
 struct Done {
     spec: DeploySpec,
@@ -292,6 +326,7 @@ struct Machine {
     image: Option<String>,
     /// The run's result line and DRP result, until sent.
     result: Option<(String, LastDeploy)>,
+    timeline: Timeline,
 }
 
 impl Machine {
@@ -311,6 +346,7 @@ impl Machine {
                 self.started.elapsed().as_secs_f64()
             );
             self.drivers_loaded = true;
+            self.mark(Mark::Drivers);
             self.status.emit(EventKind::Started {
                 machine: MachineInfo::gather(Path::new("/sys")),
             });
@@ -345,6 +381,7 @@ impl Machine {
         });
         self.drp_start(&spec);
         self.image = spec.url.clone();
+        self.mark(Mark::Spec);
         let url = spec.require_url()?.to_owned();
         self.enter(Stage::Disk);
         let wanted_disk = spec.disk.as_deref().context(
@@ -369,12 +406,18 @@ impl Machine {
             self.network()?;
         }
         self.enter(Stage::Write);
+        let mut progress = Stamped::new(ProgressEvents::new(self.status.clone(), Stage::Write));
         let summary = deploy::deploy_to(
             &spec,
             &target,
             &deploy::DeployOptions::default(),
-            &mut ProgressEvents::new(self.status.clone(), Stage::Write),
+            &mut progress,
         )?;
+        if let (Some(first), Some(last)) = (progress.first, progress.last) {
+            self.timeline.mark_at(Mark::FirstByte, first);
+            self.timeline.mark_at(Mark::LastByte, last);
+        }
+        self.mark(Mark::Verified);
         self.status.emit(EventKind::Verified {
             sha256: report::hex(&summary.sha256),
             algorithm: summary.verified.map(str::to_owned),
@@ -383,6 +426,7 @@ impl Machine {
         self.enter(Stage::Inject);
         let injected =
             crate::inject::deployed::inject_or_fail_closed(&spec, &target, self.boot_mac)?;
+        self.mark(Mark::Injected);
         match &injected {
             Injected::Root {
                 partitions,
@@ -501,6 +545,7 @@ impl Machine {
         if self.boot_mac.is_none() {
             self.enter(Stage::Network);
             self.boot_mac = Some(bring_up_network(self.started, &self.cmdline)?);
+            self.mark(Mark::Lease);
         }
         Ok(())
     }
@@ -539,6 +584,7 @@ impl Machine {
         };
         let why = match staged {
             Ok(staged) => {
+                self.mark_handoff();
                 self.status.emit(EventKind::Handoff {
                     how: HandoffHow::Kexec,
                     kernel: Some(staged.kernel.clone()),
@@ -579,7 +625,19 @@ impl Machine {
         )
     }
 
+    /// Records the handoff and prints the timeline that led to it.
+    fn mark_handoff(&mut self) {
+        self.mark(Mark::Handoff);
+        println!("{}", self.timeline.line());
+    }
+
+    fn mark(&mut self, mark: Mark) {
+        self.timeline.mark(mark);
+        self.status.set_timeline(self.timeline.to_json());
+    }
+
     fn announce_handoff(&mut self, how: HandoffHow, detail: Option<String>) {
+        self.mark_handoff();
         self.status.emit(EventKind::Handoff {
             how,
             kernel: None,
@@ -597,6 +655,7 @@ impl Machine {
 
     /// Follows the failure policy (retries are the caller's). Never returns.
     fn fail(&mut self, line: &str) -> ! {
+        println!("{}", self.timeline.line());
         self.flush_reports();
         match self.on_failure {
             FailurePolicy::Reboot => {

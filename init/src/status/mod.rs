@@ -80,6 +80,8 @@ struct StatusState {
     error: Value,
     /// Every event in order, a run of progress events kept as its latest.
     events: Vec<Value>,
+    /// The boot timeline so far (`crate::timeline`).
+    timeline: Value,
 }
 
 impl Default for StatusState {
@@ -91,6 +93,7 @@ impl Default for StatusState {
             machine: Value::Null,
             progress: Value::Null,
             error: Value::Null,
+            timeline: Value::Null,
             events: Vec::new(),
         }
     }
@@ -137,6 +140,7 @@ impl StatusState {
             "machine": self.machine,
             "progress": self.progress,
             "error": self.error,
+            "timeline": self.timeline,
             "events": self.events,
         })
     }
@@ -245,7 +249,16 @@ impl Status {
             uptime: uptime().as_secs_f64(),
             kind,
         };
-        let json = state.record(&event);
+        let mut json = state.record(&event);
+        // The end of a run carries the timeline that led to it.
+        if matches!(
+            event.kind,
+            EventKind::Handoff { .. } | EventKind::Failed { .. }
+        ) && !state.timeline.is_null()
+            && let Value::Object(object) = &mut json
+        {
+            object.insert("timeline".into(), state.timeline.clone());
+        }
         // Queued under the state lock, so the webhook sees `seq` order
         // whichever threads emit.
         if let Some(webhook) = self.inner.webhook.get() {
@@ -277,6 +290,12 @@ impl Status {
     /// (stages that have none of their own: `drivers`, `network`, `spec`, `disk`).
     pub fn enter(&self, stage: Stage) {
         self.inner.state.lock().stage = Some(stage);
+    }
+
+    /// Sets the boot timeline shown in `/status` and sent with the
+    /// `handoff` and `failed` events.
+    pub fn set_timeline(&self, timeline: Value) {
+        self.inner.state.lock().timeline = timeline;
     }
 
     /// The stage last entered (`write` before any).
