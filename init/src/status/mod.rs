@@ -441,13 +441,44 @@ mod tests {
     }
 
     #[test]
+    fn the_timeline_is_in_the_document_and_the_final_events() {
+        let status = Status::new(&StatusOptions::default());
+        status.emit(EventKind::Verified {
+            sha256: "ab".into(),
+            algorithm: None,
+            bytes: 1,
+        });
+        status.set_timeline(json!({"kernel": 0.0, "pid1": 1.5}));
+        status.emit(handoff(HandoffHow::Reboot));
+        let document = status.document();
+        assert_eq!(document["timeline"], json!({"kernel": 0.0, "pid1": 1.5}));
+        let listened = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&listened);
+        status.subscribe(Box::new(move |event| {
+            sink.lock().unwrap().push(event.log_line());
+        }));
+        status.emit(EventKind::Failed {
+            stage: Stage::Handoff,
+            error: "kexec refused".into(),
+            offset: None,
+            attempt: None,
+        });
+        let lines = listened.lock().unwrap().clone();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("failed: {"), "{}", lines[0]);
+        assert!(lines[0].contains("kexec refused"), "{}", lines[0]);
+        assert!(!lines[0].contains("\"seq\""), "{}", lines[0]);
+    }
+
+    #[test]
     fn document_before_any_event() {
         let status = Status::new(&StatusOptions::default());
         assert_eq!(
             status.document(),
             json!({
                 "imprint": event::VERSION, "state": "running", "stage": null,
-                "machine": null, "progress": null, "error": null, "events": [],
+                "machine": null, "progress": null, "error": null, "timeline": null,
+                "events": [],
             })
         );
         assert!(status.flush(Duration::ZERO));
