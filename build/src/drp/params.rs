@@ -21,6 +21,10 @@ pub const FROM_DRP: &[(&str, &str)] = &[
         "config",
         "not needed: the rendered `imprint.json` is the config",
     ),
+    (
+        "link-timeout",
+        "`kernel-options` (`imprint.link-timeout=`): the network comes up before `imprint.json` is fetched",
+    ),
 ];
 
 /// The DRP param name for an imprint parameter.
