@@ -26,3 +26,4 @@ pub mod spec;
 pub mod status;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod timeline;

@@ -44,6 +44,12 @@ pub fn format_record(level: Level, message: &std::fmt::Arguments<'_>) -> String 
 
 impl Log for ConsoleLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        // ureq's protocol layer logs raw requests, `Authorization: Bearer`
+        // headers included, at debug and trace: never let those through,
+        // whatever the level, so no token reaches the console or kmsg.
+        if metadata.target().starts_with("ureq") && metadata.level() > Level::Info {
+            return false;
+        }
         metadata.level() <= self.level
     }
 
@@ -71,6 +77,20 @@ impl Log for ConsoleLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ureq_protocol_traces_never_pass_even_at_trace_level() {
+        let logger = ConsoleLogger {
+            kmsg: None,
+            level: LevelFilter::Trace,
+        };
+        let meta =
+            |target: &'static str, level| Metadata::builder().target(target).level(level).build();
+        assert!(!logger.enabled(&meta("ureq_proto::client", Level::Trace)));
+        assert!(!logger.enabled(&meta("ureq::unversioned", Level::Debug)));
+        assert!(logger.enabled(&meta("ureq", Level::Warn)));
+        assert!(logger.enabled(&meta("imprint::net", Level::Trace)));
+    }
 
     #[test]
     fn prefixes_by_level() {

@@ -5,6 +5,7 @@
 //! is followed. A panic hook does the same for bugs.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,14 +13,17 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
+use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
 use crate::inject::deployed::Injected;
 use crate::logger::ConsoleLogger;
+use crate::pipeline::progress::Progress;
 use crate::report::{self, DeploySummary};
 use crate::spec::{DeploySpec, FailurePolicy, SuccessPolicy};
 use crate::status::{
     EventKind, HandoffHow, MachineInfo, ProgressEvents, Stage, Status, StatusOptions,
 };
 use crate::sys::power::{PowerAction, power};
+use crate::timeline::{self, Mark, Timeline};
 use crate::{deploy, disk, handoff, modules, net, sys};
 
 /// One step of early boot. The table below is the whole of it, and each
@@ -148,6 +152,7 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_secs(300);
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
 
 pub fn main() -> ! {
+    let pid1_at = timeline::since_boot();
     std::panic::set_hook(Box::new(|info| {
         println!(
             "{}",
@@ -175,6 +180,15 @@ pub fn main() -> ! {
         source: lenient.source.clone(),
         ..StatusOptions::default()
     });
+    // Every event also goes to the DRP job log of the current run, once
+    // the deploy spec says where DRP is.
+    let drp: DrpSlot = Arc::default();
+    let job_log = Arc::clone(&drp);
+    status.subscribe(Box::new(move |event| {
+        if let Some(reporter) = lock(&job_log).as_ref() {
+            reporter.log_line(event.log_line());
+        }
+    }));
     let mut machine = Machine {
         status,
         cmdline,
@@ -183,14 +197,22 @@ pub fn main() -> ! {
         boot_mac: None,
         stage: Stage::Drivers,
         on_failure: lenient.on_failure,
+        drp,
+        image: None,
+        result: None,
+        timeline: Timeline::default(),
     };
+    machine.timeline.mark_at(Mark::Pid1, pid1_at);
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        let run_started = Instant::now();
         let outcome = DeploySpec::from_cmdline(&machine.cmdline).and_then(|spec| machine.run(spec));
         match outcome {
             Ok(done) => {
-                println!("{}", report::ok_line(&done.summary));
+                let line = report::ok_line(&done.summary);
+                println!("{line}");
+                machine.drp_finish(&line, Some(&done.summary), None, run_started);
                 machine.hand_over(&done)
             }
             Err(error) => {
@@ -202,6 +224,7 @@ pub fn main() -> ! {
                     offset: None,
                     attempt: Some(attempt),
                 });
+                machine.drp_finish(&line, None, Some(format!("{error:#}")), run_started);
                 if let FailurePolicy::Retry(limit) = machine.on_failure
                     && attempt <= limit
                 {
@@ -216,6 +239,8 @@ pub fn main() -> ! {
                         limit + 1,
                         pause.as_secs()
                     );
+                    // The next run is a new DRP job: this one has failed.
+                    machine.drp_done();
                     std::thread::sleep(pause);
                     continue;
                 }
@@ -240,6 +265,43 @@ fn halt_showing(line: &str) -> ! {
     }
 }
 
+/// The DRP job reporter of the current run, shared with the status listener
+/// that copies events into its job log.
+type DrpSlot = Arc<Mutex<Option<DrpReporter>>>;
+
+fn lock(slot: &DrpSlot) -> MutexGuard<'_, Option<DrpReporter>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A progress sink that also notes when the first and the last bytes
+/// reached the disk, for the timeline.
+struct Stamped<P> {
+    inner: P,
+    first: Option<Duration>,
+    last: Option<Duration>,
+}
+
+impl<P> Stamped<P> {
+    fn new(inner: P) -> Self {
+        Stamped {
+            inner,
+            first: None,
+            last: None,
+        }
+    }
+}
+
+impl<P: Progress> Progress for Stamped<P> {
+    fn update(&mut self, done: u64, total: Option<u64>) {
+        if done > 0 {
+            let now = timeline::since_boot();
+            self.first.get_or_insert(now);
+            self.last = Some(now);
+        }
+        self.inner.update(done, total);
+    }
+}
+
 /// A deploy that reached the end: the image is written, verified and injected.
 struct Done {
     spec: DeploySpec,
@@ -259,6 +321,12 @@ struct Machine {
     stage: Stage,
     /// From the deploy spec once it is loaded (it may come from JSON).
     on_failure: FailurePolicy,
+    drp: DrpSlot,
+    /// The image URL of the current run, for DRP's `imprint/last-deploy`.
+    image: Option<String>,
+    /// The run's result line and DRP result, until sent.
+    result: Option<(String, LastDeploy)>,
+    timeline: Timeline,
 }
 
 impl Machine {
@@ -278,6 +346,7 @@ impl Machine {
                 self.started.elapsed().as_secs_f64()
             );
             self.drivers_loaded = true;
+            self.mark(Mark::Drivers);
             self.status.emit(EventKind::Started {
                 machine: MachineInfo::gather(Path::new("/sys")),
             });
@@ -303,6 +372,16 @@ impl Machine {
             }
             None => spec,
         };
+        // The spec may name what the command line did not.
+        self.status.adopt(&StatusOptions {
+            report_url: spec.report.clone(),
+            status_port: spec.status_port,
+            source: spec.source.clone(),
+            ..StatusOptions::default()
+        });
+        self.drp_start(&spec);
+        self.image = spec.url.clone();
+        self.mark(Mark::Spec);
         let url = spec.require_url()?.to_owned();
         self.enter(Stage::Disk);
         let wanted_disk = spec.disk.as_deref().context(
@@ -327,12 +406,18 @@ impl Machine {
             self.network()?;
         }
         self.enter(Stage::Write);
+        let mut progress = Stamped::new(ProgressEvents::new(self.status.clone(), Stage::Write));
         let summary = deploy::deploy_to(
             &spec,
             &target,
             &deploy::DeployOptions::default(),
-            &mut ProgressEvents::new(self.status.clone(), Stage::Write),
+            &mut progress,
         )?;
+        if let (Some(first), Some(last)) = (progress.first, progress.last) {
+            self.timeline.mark_at(Mark::FirstByte, first);
+            self.timeline.mark_at(Mark::LastByte, last);
+        }
+        self.mark(Mark::Verified);
         self.status.emit(EventKind::Verified {
             sha256: report::hex(&summary.sha256),
             algorithm: summary.verified.map(str::to_owned),
@@ -341,6 +426,7 @@ impl Machine {
         self.enter(Stage::Inject);
         let injected =
             crate::inject::deployed::inject_or_fail_closed(&spec, &target, self.boot_mac)?;
+        self.mark(Mark::Injected);
         match &injected {
             Injected::Root {
                 partitions,
@@ -371,11 +457,95 @@ impl Machine {
         })
     }
 
+    /// Starts reporting this run as a DRP job when the spec carries DRP's
+    /// API URL and machine token (DRP's `imprint.json` does).
+    fn drp_start(&mut self, spec: &DeploySpec) {
+        let Some(agent) = &spec.identity.drp else {
+            return;
+        };
+        if lock(&self.drp).is_some() {
+            return;
+        }
+        let started = DrpClient::new(
+            &agent.endpoint,
+            &agent.token,
+            &agent.machine_id,
+            &spec.source,
+        )
+        .and_then(|client| DrpReporter::start(client, DrpOptions::default()));
+        match started {
+            Ok(reporter) => {
+                log::info!(
+                    "reporting the deploy as a job of DRP machine {}",
+                    agent.machine_id
+                );
+                *lock(&self.drp) = Some(reporter);
+            }
+            Err(e) => log::warn!("not reporting to DRP: {e:#}"),
+        }
+    }
+
+    /// Keeps the run's result for its DRP job: the result line for its log,
+    /// the job finished or failed, `imprint/last-deploy`. Sent by
+    /// [`flush_reports`](Self::flush_reports), after the last event (the
+    /// handoff), so the job log ends with it.
+    fn drp_finish(
+        &mut self,
+        line: &str,
+        summary: Option<&DeploySummary>,
+        error: Option<String>,
+        run_started: Instant,
+    ) {
+        self.result = Some((
+            line.to_owned(),
+            LastDeploy {
+                image: self.image.clone().unwrap_or_default(),
+                sha256: summary.map(|s| report::hex(&s.sha256)),
+                seconds: summary
+                    .map_or(run_started.elapsed(), |s| s.elapsed)
+                    .as_secs_f64(),
+                error,
+            },
+        ));
+    }
+
+    /// Sends what is left for the run's DRP job (bounded) and forgets it.
+    fn drp_done(&mut self) {
+        self.send_result();
+        if let Some(reporter) = lock(&self.drp).take()
+            && !reporter.flush(REPORT_FLUSH)
+        {
+            log::warn!("not everything reached DRP's job log");
+        }
+    }
+
+    fn send_result(&mut self) {
+        let result = self.result.take();
+        if let (Some(reporter), Some((line, last))) = (lock(&self.drp).as_ref(), result) {
+            reporter.log_line(line);
+            reporter.finish(last);
+        }
+    }
+
+    /// Waits (bounded) for the webhook and DRP to get the last events.
+    fn flush_reports(&mut self) {
+        self.send_result();
+        if !self.status.flush(REPORT_FLUSH) {
+            log::warn!("not every status event reached the report URL");
+        }
+        if let Some(reporter) = lock(&self.drp).as_ref()
+            && !reporter.flush(REPORT_FLUSH)
+        {
+            log::warn!("not everything reached DRP's job log");
+        }
+    }
+
     /// Brings the network up once; later runs reuse it.
     fn network(&mut self) -> Result<()> {
         if self.boot_mac.is_none() {
             self.enter(Stage::Network);
             self.boot_mac = Some(bring_up_network(self.started, &self.cmdline)?);
+            self.mark(Mark::Lease);
         }
         Ok(())
     }
@@ -414,13 +584,14 @@ impl Machine {
         };
         let why = match staged {
             Ok(staged) => {
+                self.mark_handoff();
                 self.status.emit(EventKind::Handoff {
                     how: HandoffHow::Kexec,
                     kernel: Some(staged.kernel.clone()),
                     cmdline: Some(staged.cmdline.clone()),
                     detail: Some(staged.entry.clone()),
                 });
-                self.status.flush(REPORT_FLUSH);
+                self.flush_reports();
                 handoff::unmount_everything();
                 log::info!("kexec into {} ({})", staged.kernel, staged.entry);
                 match sys::kexec::exec() {
@@ -454,17 +625,29 @@ impl Machine {
         )
     }
 
-    fn announce_handoff(&self, how: HandoffHow, detail: Option<String>) {
+    /// Records the handoff and prints the timeline that led to it.
+    fn mark_handoff(&mut self) {
+        self.mark(Mark::Handoff);
+        println!("{}", self.timeline.line());
+    }
+
+    fn mark(&mut self, mark: Mark) {
+        self.timeline.mark(mark);
+        self.status.set_timeline(self.timeline.to_json());
+    }
+
+    fn announce_handoff(&mut self, how: HandoffHow, detail: Option<String>) {
+        self.mark_handoff();
         self.status.emit(EventKind::Handoff {
             how,
             kernel: None,
             cmdline: None,
             detail,
         });
-        self.status.flush(REPORT_FLUSH);
+        self.flush_reports();
     }
 
-    fn power(&self, how: HandoffHow, detail: Option<String>, action: PowerAction) -> ! {
+    fn power(&mut self, how: HandoffHow, detail: Option<String>, action: PowerAction) -> ! {
         self.announce_handoff(how, detail);
         handoff::unmount_everything();
         power(action)
@@ -472,7 +655,8 @@ impl Machine {
 
     /// Follows the failure policy (retries are the caller's). Never returns.
     fn fail(&mut self, line: &str) -> ! {
-        self.status.flush(REPORT_FLUSH);
+        println!("{}", self.timeline.line());
+        self.flush_reports();
         match self.on_failure {
             FailurePolicy::Reboot => {
                 handoff::unmount_everything();

@@ -260,6 +260,16 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "link-timeout",
+        values: "DURATION",
+        default: "5s",
+        help: "How long PID 1 waits for a NIC's carrier before leaving it out (read by the network bring-up, before any deploy spec).",
+        apply: |_, v| {
+            parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",
@@ -485,6 +495,24 @@ fn parse_failure_policy(v: &str) -> Result<FailurePolicy> {
     })
 }
 
+/// Booted by a DRP bootenv (`provisioner.web=` and `rs.uuid=`, no
+/// `imprint.url=`): the deploy spec is the machine's rendered
+/// `imprint.json` template, `<provisioner.web>/machines/<uuid>/imprint.json`.
+fn drp_spec_url(cmdline: &KernelCmdline) -> Result<Option<String>> {
+    let given = |key: &str| cmdline.value(key).map(str::trim).filter(|v| !v.is_empty());
+    let (Some(web), Some(uuid)) = (given("provisioner.web"), given("rs.uuid")) else {
+        return Ok(None);
+    };
+    if !(web.starts_with("http://") || web.starts_with("https://")) {
+        bail!("parameter provisioner.web={web} is not an http:// or https:// URL");
+    }
+    if uuid.is_empty() || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        bail!("parameter rs.uuid={uuid} is not a machine UUID");
+    }
+    let web = web.trim_end_matches('/');
+    Ok(Some(format!("{web}/machines/{uuid}/imprint.json")))
+}
+
 /// A path inside the installed system: absolute, no `..`.
 fn absolute_path(v: &str) -> Result<String> {
     if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
@@ -518,6 +546,9 @@ impl DeploySpec {
         let mut spec = DeploySpec::default();
         for (name, param) in cmdline.with_prefix("imprint.") {
             spec.set("imprint.", name, param.value.as_deref())?;
+        }
+        if spec.url.is_none() && spec.config.is_none() {
+            spec.config = drp_spec_url(cmdline)?;
         }
         spec.validate("imprint.")?;
         Ok(spec)
@@ -772,6 +803,37 @@ mod tests {
             DeploySpec::lenient_from_cmdline(&c).on_failure,
             FailurePolicy::Halt
         );
+    }
+
+    #[test]
+    fn a_drp_bootenv_line_points_at_the_machines_rendered_spec() {
+        let uuid = "3f2a1b4c-0000-4000-8000-000000000001";
+        let s = spec(&format!(
+            "rs.uuid={uuid} provisioner.web=http://10.0.0.1:8091/ console=ttyS0 -- console=ttyS0"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.config.as_deref(),
+            Some(format!("http://10.0.0.1:8091/machines/{uuid}/imprint.json").as_str())
+        );
+        // An explicit image or spec wins over DRP's convention.
+        let s = spec(&format!(
+            "rs.uuid={uuid} provisioner.web=http://10.0.0.1:8091 imprint.url=http://x/i.img"
+        ))
+        .unwrap();
+        assert_eq!(s.config, None);
+        // Half of the pair is not DRP.
+        assert_eq!(spec(&format!("rs.uuid={uuid}")).unwrap().config, None);
+        let msg = format!(
+            "{:#}",
+            spec("rs.uuid=../../etc provisioner.web=http://10.0.0.1:8091").unwrap_err()
+        );
+        assert!(msg.contains("rs.uuid="), "{msg}");
+        let msg = format!(
+            "{:#}",
+            spec(&format!("rs.uuid={uuid} provisioner.web=10.0.0.1:8091")).unwrap_err()
+        );
+        assert!(msg.contains("provisioner.web="), "{msg}");
     }
 
     #[test]

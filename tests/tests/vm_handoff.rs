@@ -101,6 +101,27 @@ fn deploy_inject_and_kexec_into_the_installed_os() {
         .expect("the golden OS powers off");
     let console = vm.console();
     assert!(console.contains("kexec into /boot/vmlinuz-"), "{console}");
+    let timeline = timeline(&console);
+    let names: Vec<&str> = timeline.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "kernel",
+            "pid1",
+            "drivers",
+            "lease",
+            "spec",
+            "first-byte",
+            "last-byte",
+            "verified",
+            "injected",
+            "handoff"
+        ]
+    );
+    assert!(
+        timeline.windows(2).all(|w| w[0].1 <= w[1].1),
+        "the stages come in order: {timeline:?}"
+    );
 
     let uuid = golden_root_uuid();
     // The BLS entry wins over grub.cfg and the symlinks; its options are
@@ -148,6 +169,10 @@ fn deploy_inject_and_kexec_into_the_installed_os() {
     );
     let handoff = events.last().unwrap();
     assert_eq!(handoff["how"], "kexec");
+    assert!(
+        handoff["timeline"]["handoff"].as_f64().unwrap() >= timeline[1].1,
+        "{handoff}"
+    );
     assert_eq!(handoff["cmdline"], golden.cmdline.as_str());
     let injected = events.iter().find(|e| e["event"] == "injected").unwrap();
     assert!(injected["changes"].as_u64().unwrap() >= 2, "{injected}");
@@ -157,6 +182,20 @@ fn deploy_inject_and_kexec_into_the_installed_os() {
             "no key material in events: {event}"
         );
     }
+}
+
+/// The `IMPRINT-TIMELINE:` line's marks, in the order printed.
+fn timeline(console: &str) -> Vec<(String, f64)> {
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once("IMPRINT-TIMELINE: ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no IMPRINT-TIMELINE line: {console}"));
+    line.split_whitespace()
+        .map(|field| {
+            let (name, value) = field.split_once('=').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
 }
 
 #[test]

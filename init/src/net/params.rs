@@ -74,7 +74,16 @@ impl NetConfig {
     /// name the parameter.
     pub fn from_cmdline(cmdline: &KernelCmdline) -> Result<Self> {
         let given = |key: &str| cmdline.value(key).map(str::trim).filter(|v| !v.is_empty());
-        let boot_mac = match given("BOOTIF") {
+        // pxelinux's `IPAPPEND 2` appends BOOTIF= to the whole line, so
+        // after a `--` it lands among init's arguments: look there too.
+        let bootif_after_dashes = cmdline
+            .init_args
+            .iter()
+            .rev()
+            .find_map(|word| word.strip_prefix("BOOTIF="))
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let boot_mac = match given("BOOTIF").or(bootif_after_dashes) {
             Some(value) => {
                 parse_bootif(value).with_context(|| format!("parameter BOOTIF={value}"))?
             }
@@ -292,6 +301,13 @@ mod tests {
         }
         // Empty, as a template renders an unknown MAC: not given.
         assert_eq!(config("BOOTIF=").unwrap().boot_mac, None);
+        assert_eq!(
+            config("initrd=x -- console=ttyS0 BOOTIF=01-52-54-00-12-34-56")
+                .unwrap()
+                .boot_mac,
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            "pxelinux IPAPPEND 2 puts BOOTIF after --"
+        );
     }
 
     #[test]

@@ -169,6 +169,20 @@ impl Event {
     }
 }
 
+impl Event {
+    /// One line for a human log (DRP's job log): `[12.3 s] verified:
+    /// {"algorithm":…}`: the event's own fields, without the envelope.
+    pub fn log_line(&self) -> String {
+        let mut fields = self.to_json();
+        if let Value::Object(object) = &mut fields {
+            for key in ["event", "seq", "time", "uptime", "imprint", "machine"] {
+                object.remove(key);
+            }
+        }
+        format!("[{:.1} s] {}: {fields}", self.uptime, self.kind.name())
+    }
+}
+
 /// Seconds to the millisecond: more digits say nothing to an operator.
 fn round_millis(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0

@@ -16,7 +16,7 @@
 //! The README ("Status events") documents every event and the document.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -80,6 +80,8 @@ struct StatusState {
     error: Value,
     /// Every event in order, a run of progress events kept as its latest.
     events: Vec<Value>,
+    /// The boot timeline so far (`crate::timeline`).
+    timeline: Value,
 }
 
 impl Default for StatusState {
@@ -91,6 +93,7 @@ impl Default for StatusState {
             machine: Value::Null,
             progress: Value::Null,
             error: Value::Null,
+            timeline: Value::Null,
             events: Vec::new(),
         }
     }
@@ -137,6 +140,7 @@ impl StatusState {
             "machine": self.machine,
             "progress": self.progress,
             "error": self.error,
+            "timeline": self.timeline,
             "events": self.events,
         })
     }
@@ -157,11 +161,24 @@ impl SharedState {
     }
 }
 
-#[derive(Debug)]
+/// Called with every event after it is recorded; must not block.
+pub type Listener = Box<dyn Fn(&Event) + Send + Sync>;
+
 struct Inner {
     state: SharedState,
-    webhook: Option<Webhook>,
-    server: Option<StatusServer>,
+    webhook: OnceLock<Webhook>,
+    server: OnceLock<StatusServer>,
+    listeners: Mutex<Vec<Listener>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("state", &self.state)
+            .field("webhook", &self.webhook)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The handle everything reports through; cheap to clone, usable from any
@@ -175,29 +192,46 @@ impl Status {
     /// Starts the webhook and the status server that `options` ask for.
     /// Never fails: what cannot start is logged as a warning and left out.
     pub fn new(options: &StatusOptions) -> Status {
-        let state = SharedState::default();
-        let webhook = options.report_url.as_deref().and_then(|url| {
-            Webhook::start(url, &options.source, options.webhook.clone())
-                .inspect(|_| {
-                    log::info!("status events are posted to {}", webhook::redact_url(url));
-                })
-                .map_err(|error| log::warn!("imprint.report: {error:#}; events are not posted"))
-                .ok()
-        });
-        let server = options.status_port.and_then(|port| {
-            StatusServer::start(port, state.clone())
-                .inspect(|_| log::info!("status: GET http://<this machine>:{port}/status"))
-                .map_err(|error| {
-                    log::warn!("imprint.status-port: {error:#}; there is no status endpoint");
-                })
-                .ok()
-        });
-        Status {
+        let status = Status {
             inner: Arc::new(Inner {
-                state,
-                webhook,
-                server,
+                state: SharedState::default(),
+                webhook: OnceLock::new(),
+                server: OnceLock::new(),
+                listeners: Mutex::new(Vec::new()),
             }),
+        };
+        status.adopt(options);
+        status
+    }
+
+    /// Starts what `options` ask for and is not running yet: a deploy spec
+    /// loaded later (DRP's `imprint.json`) may name a report URL or a status
+    /// port the command line did not. What already runs is kept; events
+    /// emitted before a late webhook started are not replayed to it.
+    pub fn adopt(&self, options: &StatusOptions) {
+        if let Some(url) = options.report_url.as_deref()
+            && self.inner.webhook.get().is_none()
+        {
+            match Webhook::start(url, &options.source, options.webhook.clone()) {
+                Ok(webhook) => {
+                    log::info!("status events are posted to {}", webhook::redact_url(url));
+                    let _ = self.inner.webhook.set(webhook);
+                }
+                Err(error) => log::warn!("imprint.report: {error:#}; events are not posted"),
+            }
+        }
+        if let Some(port) = options.status_port
+            && self.inner.server.get().is_none()
+        {
+            match StatusServer::start(port, self.inner.state.clone()) {
+                Ok(server) => {
+                    log::info!("status: GET http://<this machine>:{port}/status");
+                    let _ = self.inner.server.set(server);
+                }
+                Err(error) => {
+                    log::warn!("imprint.status-port: {error:#}; there is no status endpoint");
+                }
+            }
         }
     }
 
@@ -215,18 +249,53 @@ impl Status {
             uptime: uptime().as_secs_f64(),
             kind,
         };
-        let json = state.record(&event);
+        let mut json = state.record(&event);
+        // The end of a run carries the timeline that led to it.
+        if matches!(
+            event.kind,
+            EventKind::Handoff { .. } | EventKind::Failed { .. }
+        ) && !state.timeline.is_null()
+            && let Value::Object(object) = &mut json
+        {
+            object.insert("timeline".into(), state.timeline.clone());
+        }
         // Queued under the state lock, so the webhook sees `seq` order
         // whichever threads emit.
-        if let Some(webhook) = &self.inner.webhook {
+        if let Some(webhook) = self.inner.webhook.get() {
             webhook.send(json.to_string(), event.kind.is_progress());
         }
+        drop(state);
+        let listeners = self
+            .inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for listener in listeners.iter() {
+            listener(&event);
+        }
+    }
+
+    /// Calls `listener` with every event from now on (after it is recorded
+    /// and queued for the webhook). It must return quickly: it runs on the
+    /// emitting thread.
+    pub fn subscribe(&self, listener: Listener) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
     }
 
     /// Says which stage the deploy is in, for `/status`, without an event
     /// (stages that have none of their own: `drivers`, `network`, `spec`, `disk`).
     pub fn enter(&self, stage: Stage) {
         self.inner.state.lock().stage = Some(stage);
+    }
+
+    /// Sets the boot timeline shown in `/status` and sent with the
+    /// `handoff` and `failed` events.
+    pub fn set_timeline(&self, timeline: Value) {
+        self.inner.state.lock().timeline = timeline;
     }
 
     /// The stage last entered (`write` before any).
@@ -240,7 +309,7 @@ impl Status {
     pub fn flush(&self, timeout: Duration) -> bool {
         self.inner
             .webhook
-            .as_ref()
+            .get()
             .is_none_or(|webhook| webhook.flush(timeout))
     }
 
@@ -256,12 +325,12 @@ impl Status {
 
     /// What the webhook did so far, when there is one.
     pub fn webhook_stats(&self) -> Option<WebhookStats> {
-        self.inner.webhook.as_ref().map(Webhook::stats)
+        self.inner.webhook.get().map(Webhook::stats)
     }
 
     /// Where the status server listens, when there is one.
     pub fn status_address(&self) -> Option<SocketAddr> {
-        self.inner.server.as_ref().map(StatusServer::local_addr)
+        self.inner.server.get().map(StatusServer::local_addr)
     }
 }
 
@@ -372,13 +441,44 @@ mod tests {
     }
 
     #[test]
+    fn the_timeline_is_in_the_document_and_the_final_events() {
+        let status = Status::new(&StatusOptions::default());
+        status.emit(EventKind::Verified {
+            sha256: "ab".into(),
+            algorithm: None,
+            bytes: 1,
+        });
+        status.set_timeline(json!({"kernel": 0.0, "pid1": 1.5}));
+        status.emit(handoff(HandoffHow::Reboot));
+        let document = status.document();
+        assert_eq!(document["timeline"], json!({"kernel": 0.0, "pid1": 1.5}));
+        let listened = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&listened);
+        status.subscribe(Box::new(move |event| {
+            sink.lock().unwrap().push(event.log_line());
+        }));
+        status.emit(EventKind::Failed {
+            stage: Stage::Handoff,
+            error: "kexec refused".into(),
+            offset: None,
+            attempt: None,
+        });
+        let lines = listened.lock().unwrap().clone();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("failed: {"), "{}", lines[0]);
+        assert!(lines[0].contains("kexec refused"), "{}", lines[0]);
+        assert!(!lines[0].contains("\"seq\""), "{}", lines[0]);
+    }
+
+    #[test]
     fn document_before_any_event() {
         let status = Status::new(&StatusOptions::default());
         assert_eq!(
             status.document(),
             json!({
                 "imprint": event::VERSION, "state": "running", "stage": null,
-                "machine": null, "progress": null, "error": null, "events": [],
+                "machine": null, "progress": null, "error": null, "timeline": null,
+                "events": [],
             })
         );
         assert!(status.flush(Duration::ZERO));
