@@ -1,0 +1,256 @@
+//! A Digital Rebar lab for the PXE VM tests: the content pack that
+//! `imprint-build drp` writes, rendered for one machine by DRP's template
+//! engine (`imprint_build::drp::render`), and served by a [`DrpStandIn`] the
+//! way DRP serves it, so that QEMU's own iPXE ROM can boot the machine.
+//!
+//! DRP answers on two ports: its static file server (8091, the
+//! `ProvisionerURL`: the bootenv's kernel and initrds under
+//! `<OS.Name>/<version>/`, `files/`, the rendered `machines/<uuid>/…`) and its
+//! API (8092, the `ApiURL`). The stand-in does the same: its API port is the
+//! `ApiURL`, and the [`FixtureServer`] behind its `/files/` and `/machines/`
+//! is, on its own port, the `ProvisionerURL` — the only server of the two
+//! that serves a path such as `/imprint/<version>/vmlinuz`. Requests to it
+//! are in [`DrpLab::file_requests`], API calls in [`DrpStandIn::calls`].
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use imprint_build::drp;
+use imprint_qemu::drp::DrpStandIn;
+use imprint_qemu::http::{FixtureServer, RequestRecord};
+use imprint_qemu::{Disk, Nic, Vm};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::{Artifacts, filter, golden_image, sha256_hex};
+
+/// The `image-deploy/image-file` param: the golden image's path on the
+/// file server, which (like DRP's) keeps uploaded files under `files/`.
+pub const IMAGE_FILE: &str = "files/images/golden.raw.zst";
+/// What `/files/drpcli.amd64.linux` holds: imprint's agent injection only
+/// copies it into the installed OS, so a marker is enough.
+pub const DRPCLI: &[u8] = b"#!/bin/sh\necho drpcli stand-in\n";
+
+/// The boot file DHCP names. Like DRP's own `default.ipxe` it only chains
+/// to the machine's loader; by the address the firmware was given, so a
+/// lease other than `DrpMachine::address` fails the boot.
+pub const DEFAULT_IPXE: &str = "default.ipxe";
+const CHAIN_BY_ADDRESS: &str = "#!ipxe\nchain ${netX/ip}.ipxe\n";
+
+/// The machine DRP knows: what its templates are rendered for.
+#[derive(Debug, Clone)]
+pub struct DrpMachine {
+    pub uuid: String,
+    /// `.Machine.Name`: the hostname imprint injects.
+    pub name: String,
+    /// The boot NIC's MAC, colon form.
+    pub mac: String,
+    /// `.Machine.Address`: the address the firmware's DHCP gives it, which
+    /// names the `ipxe` loader template (`<address>.ipxe`).
+    pub address: String,
+}
+
+/// The golden image zstd-compressed and the sha256 of what a deploy writes
+/// (the uncompressed image), made once per test binary.
+fn compressed_golden() -> &'static (Vec<u8>, String) {
+    static GOLDEN: OnceLock<(Vec<u8>, String)> = OnceLock::new();
+    GOLDEN.get_or_init(|| {
+        let image = std::fs::read(golden_image()).expect("reading the golden image");
+        let compressed = filter("zstd", &["-q", "-c", "-3"], &image);
+        (compressed, sha256_hex(&image))
+    })
+}
+
+/// `<target>` of the running test binary (`<target>/<profile>/deps/<exe>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// One machine set up in DRP for an `imprint` bootenv PXE boot: see the
+/// module docs and [`DrpLab::start`].
+#[derive(Debug)]
+pub struct DrpLab {
+    pub drp: DrpStandIn,
+    pub machine: DrpMachine,
+    /// The renderer's output for the machine: `bootparams` and `templates`.
+    pub rendered: Value,
+    /// The params the machine's templates were rendered with.
+    pub params: Value,
+    /// sha256 of the uncompressed golden image: what imprint writes.
+    pub image_sha256: String,
+    /// The TFTP root QEMU's user network serves: [`DEFAULT_IPXE`] and the
+    /// rendered `ipxe` loader.
+    tftp: TempDir,
+    /// The rendered `ipxe` loader's path (`<address>.ipxe`).
+    ipxe_path: String,
+    /// The DRP content written for this lab (bundle, tarball).
+    _content: TempDir,
+}
+
+impl DrpLab {
+    /// Sets up `machine` in a fresh stand-in:
+    ///
+    /// 1. writes the DRP content from `out/vmlinuz` and `out/initramfs.img`
+    ///    (`imprint_build::drp::write_all`) and renders it for the machine,
+    ///    with the guest's view of the stand-in as `ProvisionerURL`
+    ///    (the file server's port) and `ApiURL` (the API port), the classic
+    ///    image-deploy params (the golden image as `dd-zst` under `files/`,
+    ///    `/dev/vda`, one access key `KEY` named `ops`, cloud-init user-data,
+    ///    a serial console for imprint and, after `--`, for the installed OS)
+    ///    and `extra_params` on top;
+    /// 2. serves the kernel and initramfs at the URLs the rendered iPXE
+    ///    script loads, the compressed image, a `drpcli` stand-in, and the
+    ///    rendered `imprint.json` at `/machines/<uuid>/imprint.json`;
+    /// 3. registers the machine with its `imprint-deploy` task;
+    /// 4. writes the rendered `ipxe` loader into a TFTP root, beside the
+    ///    [`DEFAULT_IPXE`] that DHCP hands the firmware.
+    pub fn start(machine: DrpMachine, key: &str, extra_params: Value) -> DrpLab {
+        let artifacts = Artifacts::get();
+        let content = tempfile::tempdir().expect("temp dir for the DRP content");
+        let out = drp::write_all(
+            &artifacts.bzimage,
+            &artifacts.initramfs,
+            &content.path().join("drp"),
+            0,
+        )
+        .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
+
+        let drp = DrpStandIn::start().expect("starting the DRP stand-in");
+        let provisioner_url = drp.files().guest_url("");
+        let provisioner_url = provisioner_url.trim_end_matches('/').to_owned();
+        // DRP's ApiURL is the API's origin; clients add `/api/v3`.
+        let api_url = drp.guest_url("");
+
+        let mut params = json!({
+            "image-deploy/image-file": IMAGE_FILE,
+            "image-deploy/image-type": "dd-zst",
+            "image-deploy/install-disk": "/dev/vda",
+            "access-keys": {"ops": key},
+            "cloud-init/user-data": "#cloud-config\nruncmd: [\"echo hello from drp\"]\n",
+            "kernel-console": "console=ttyS0,115200",
+            // imprint's own console; panic=-1 so a PID 1 panic ends the VM.
+            "kernel-options": "console=ttyS0 panic=-1",
+        });
+        for (name, value) in extra_params
+            .as_object()
+            .expect("extra params are an object")
+        {
+            params[name] = value.clone();
+        }
+        let context = json!({
+            "machine": {
+                "uuid": machine.uuid,
+                "name": machine.name,
+                "address": machine.address,
+                "mac": machine.mac,
+            },
+            "provisioner_url": provisioner_url,
+            "api_url": api_url,
+            "token": drp.token(),
+            "params": params,
+        });
+        let renderer = drp::render::renderer(&target_dir())
+            .unwrap_or_else(|e| panic!("building the DRP renderer: {e:#}"));
+        let rendered = drp::render::render(&renderer, &out.bundle, &context)
+            .unwrap_or_else(|e| panic!("rendering the pack for {}: {e:#}", machine.name));
+
+        let template = |name: &str| -> (String, String) {
+            let (path, contents) =
+                drp::render::template(&rendered, name).unwrap_or_else(|e| panic!("{e:#}"));
+            (path.to_owned(), contents.to_owned())
+        };
+        let (ipxe_path, ipxe) = template("ipxe");
+        for (line, file) in [
+            ("kernel ", &artifacts.bzimage),
+            ("initrd ", &artifacts.initramfs),
+        ] {
+            let url = ipxe
+                .lines()
+                .find_map(|l| l.strip_prefix(line))
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or_else(|| panic!("the rendered iPXE script has no {line}line:\n{ipxe}"));
+            let path = url.strip_prefix(&provisioner_url).unwrap_or_else(|| {
+                panic!("{url} in the iPXE script is not on the provisioner {provisioner_url}")
+            });
+            drp.files()
+                .add_file_from_disk(path, file)
+                .unwrap_or_else(|e| panic!("serving {}: {e:#}", file.display()));
+        }
+
+        let (compressed, image_sha256) = compressed_golden();
+        drp.files()
+            .add_file(&format!("/{IMAGE_FILE}"), compressed.clone());
+        drp.add_file("drpcli.amd64.linux", DRPCLI);
+        let (spec_path, spec) = template("imprint.json");
+        let spec_name = spec_path
+            .strip_prefix(&format!("machines/{}/", machine.uuid))
+            .unwrap_or_else(|| panic!("imprint.json renders to {spec_path}"));
+        drp.set_machine_file(&machine.uuid, spec_name, spec);
+        drp.set_task(&machine.uuid, Some(drp::TASK));
+
+        let tftp = tempfile::tempdir().expect("temp dir for TFTP");
+        std::fs::write(tftp.path().join(&ipxe_path), &ipxe).expect("writing the iPXE script");
+        std::fs::write(tftp.path().join(DEFAULT_IPXE), CHAIN_BY_ADDRESS)
+            .expect("writing default.ipxe");
+        DrpLab {
+            drp,
+            machine,
+            rendered,
+            params,
+            image_sha256: image_sha256.clone(),
+            tftp,
+            ipxe_path,
+            _content: content,
+        }
+    }
+
+    /// The bootenv's rendered `BootParams`.
+    pub fn bootparams(&self) -> &str {
+        self.rendered["bootparams"]
+            .as_str()
+            .expect("the renderer prints bootparams")
+    }
+
+    /// The rendered iPXE script the firmware runs.
+    pub fn ipxe_script(&self) -> String {
+        std::fs::read_to_string(self.tftp.path().join(&self.ipxe_path))
+            .expect("reading the iPXE script back")
+    }
+
+    /// Requests to the provisioner's file server (kernel, initramfs,
+    /// `imprint.json`, the image, `drpcli`), oldest first.
+    pub fn file_requests(&self) -> Vec<RequestRecord> {
+        self.file_server().requests()
+    }
+
+    fn file_server(&self) -> &FixtureServer {
+        self.drp.files()
+    }
+
+    /// Powers on the machine with one blank `disk`: SeaBIOS runs the NIC's
+    /// iPXE ROM (`-boot n`), which gets an address by DHCP from QEMU's user
+    /// network, loads [`DEFAULT_IPXE`] and the rendered script over TFTP,
+    /// and from it the kernel and initramfs over HTTP from the provisioner. `nic` is the boot NIC
+    /// (its MAC must be the machine's). The VM exits instead of rebooting.
+    pub fn pxe_boot(&self, name: &str, disk: &Path, nic: Nic) -> Vm {
+        assert_eq!(
+            nic.mac.as_deref(),
+            Some(self.machine.mac.as_str()),
+            "the boot NIC has the machine's MAC"
+        );
+        let artifacts = Artifacts::get();
+        Vm::builder()
+            .nic(nic)
+            .boot_from_network(self.tftp.path(), DEFAULT_IPXE)
+            .disk(Disk::new(disk))
+            .memory_mib(1024)
+            .no_reboot(true)
+            .console_log(artifacts.log_path(name))
+            .start()
+            .expect("starting qemu")
+    }
+}
