@@ -87,8 +87,9 @@ pub struct DrpLab {
     tftp: TempDir,
     /// The rendered `ipxe` loader's path (`<address>.ipxe`).
     ipxe_path: String,
-    /// The DRP content written for this lab (bundle, tarball).
-    _content: TempDir,
+    /// The DRP content written for this lab (bundle, tarball), and the
+    /// boot NIC's packet capture.
+    work: TempDir,
 }
 
 impl DrpLab {
@@ -204,7 +205,7 @@ impl DrpLab {
             image_sha256: image_sha256.clone(),
             tftp,
             ipxe_path,
-            _content: content,
+            work: content,
         }
     }
 
@@ -231,11 +232,28 @@ impl DrpLab {
         self.drp.files()
     }
 
+    fn pcap_path(&self) -> PathBuf {
+        self.work.path().join("net0.pcap")
+    }
+
+    /// The DHCP messages the machine sent on its boot NIC so far (from
+    /// QEMU's packet capture of it), as their vendor class identifiers:
+    /// iPXE sends `PXEClient:Arch:…`, imprint none (`""`).
+    pub fn dhcp_vendor_classes(&self) -> Vec<String> {
+        let path = self.pcap_path();
+        let pcap = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("reading the capture {}: {e}", path.display()));
+        dhcp_vendor_classes(&pcap)
+            .unwrap_or_else(|e| panic!("reading the capture {}: {e}", path.display()))
+    }
+
     /// Powers on the machine with one blank `disk`: SeaBIOS runs the NIC's
     /// iPXE ROM (`-boot n`), which gets an address by DHCP from QEMU's user
     /// network, loads [`DEFAULT_IPXE`] and the rendered script over TFTP,
     /// and from it the kernel and initramfs over HTTP from the provisioner. `nic` is the boot NIC
-    /// (its MAC must be the machine's). The VM exits instead of rebooting.
+    /// (its MAC must be the machine's); QEMU captures its packets (see
+    /// [`dhcp_vendor_classes`](Self::dhcp_vendor_classes)). The VM exits
+    /// instead of rebooting.
     pub fn pxe_boot(&self, name: &str, disk: &Path, nic: Nic) -> Vm {
         assert_eq!(
             nic.mac.as_deref(),
@@ -250,7 +268,139 @@ impl DrpLab {
             .memory_mib(1024)
             .no_reboot(true)
             .console_log(artifacts.log_path(name))
+            // The boot NIC's netdev is net0 (imprint_qemu's naming).
+            .args([
+                "-object".to_owned(),
+                format!(
+                    "filter-dump,id=dump0,netdev=net0,file={}",
+                    self.pcap_path().display()
+                ),
+            ])
             .start()
             .expect("starting qemu")
+    }
+}
+
+/// The vendor class identifier (DHCP option 60, `""` when absent) of every
+/// DHCP client message (BOOTREQUEST to UDP port 67 over IPv4 on Ethernet)
+/// in a pcap capture, in order; other packets are skipped.
+pub fn dhcp_vendor_classes(pcap: &[u8]) -> Result<Vec<String>, String> {
+    let u32_at = |bytes: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    if u32_at(pcap, 0) != Some(0xa1b2_c3d4) {
+        return Err("not a little-endian pcap file".into());
+    }
+    if u32_at(pcap, 20) != Some(1) {
+        return Err("the capture's link type is not Ethernet".into());
+    }
+    let mut classes = Vec::new();
+    let mut at = 24;
+    while at < pcap.len() {
+        let length = u32_at(pcap, at + 8)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| format!("truncated record header at byte {at}"))?;
+        let frame = pcap
+            .get(at + 16..at + 16 + length)
+            .ok_or_else(|| format!("truncated record at byte {at}"))?;
+        at += 16 + length;
+        if let Some(class) = dhcp_request_class(frame) {
+            classes.push(class);
+        }
+    }
+    Ok(classes)
+}
+
+/// Option 60 of `frame` when it is a DHCP client message.
+fn dhcp_request_class(frame: &[u8]) -> Option<String> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let header = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != 17 {
+        return None;
+    }
+    let udp = ip.get(header..)?;
+    if udp.get(2..4)? != [0, 67] {
+        return None;
+    }
+    let bootp = udp.get(8..)?;
+    // BOOTREQUEST, then the magic cookie after the 236-byte fixed part.
+    if *bootp.first()? != 1 || bootp.get(236..240)? != [99, 130, 83, 99] {
+        return None;
+    }
+    let mut options = bootp.get(240..)?;
+    let mut class = String::new();
+    while let [code, rest @ ..] = options {
+        match code {
+            0 => options = rest,
+            255 => break,
+            _ => {
+                let (&length, rest) = rest.split_first()?;
+                let value = rest.get(..usize::from(length))?;
+                if *code == 60 {
+                    class = String::from_utf8_lossy(value).into_owned();
+                }
+                options = &rest[usize::from(length)..];
+            }
+        }
+    }
+    Some(class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/UDP frame to `port` carrying a BOOTP `op` message
+    /// with `options` after the magic cookie.
+    fn frame(port: u16, op: u8, options: &[u8]) -> Vec<u8> {
+        let mut bootp = vec![0u8; 236];
+        bootp[0] = op;
+        bootp.extend([99, 130, 83, 99]);
+        bootp.extend(options);
+        let mut udp = vec![0, 68];
+        udp.extend(port.to_be_bytes());
+        udp.extend([0, 0, 0, 0]);
+        udp.extend(bootp);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17];
+        ip.resize(20, 0);
+        ip.extend(udp);
+        let mut ethernet = vec![0xff; 6];
+        ethernet.extend([0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x08, 0x00]);
+        ethernet.extend(ip);
+        ethernet
+    }
+
+    fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = 0xa1b2_c3d4_u32.to_le_bytes().to_vec();
+        out.extend([2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        out.extend(1u32.to_le_bytes());
+        for frame in frames {
+            let length = u32::try_from(frame.len()).unwrap();
+            out.extend([0; 8]);
+            out.extend(length.to_le_bytes());
+            out.extend(length.to_le_bytes());
+            out.extend(frame);
+        }
+        out
+    }
+
+    #[test]
+    fn dhcp_requests_are_told_apart_by_vendor_class() {
+        let pxe = frame(67, 1, b"\x35\x01\x01\x00\x3c\x09PXEClient\xff");
+        let plain = frame(67, 1, b"\x35\x01\x01\xff");
+        let reply = frame(68, 2, b"\x35\x01\x02\xff");
+        let mut arp = frame(67, 1, b"\xff");
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let capture = pcap(&[pxe, reply, arp, plain]);
+        assert_eq!(dhcp_vendor_classes(&capture).unwrap(), ["PXEClient", ""]);
+        let err = dhcp_vendor_classes(&capture[..capture.len() - 1]).unwrap_err();
+        assert!(err.starts_with("truncated record at byte"), "{err}");
+        assert_eq!(
+            dhcp_vendor_classes(b"not a capture at all, no").unwrap_err(),
+            "not a little-endian pcap file"
+        );
     }
 }

@@ -11,8 +11,10 @@
 //! its iPXE ROM needs DHCP to learn its boot file, so the firmware gets
 //! `10.0.2.100` (`dhcpstart=`) while imprint must use the rendered
 //! `provisioner.ip=10.0.2.50/24` without sending any DHCP: proven by a host
-//! forward to exactly `10.0.2.50` reaching PID 1's `/status`, and by a
-//! console without DHCP lines.
+//! forward to exactly `10.0.2.50` reaching PID 1's `/status`, by a console
+//! without DHCP lines, and by QEMU's capture of the NIC, where every DHCP
+//! message carries iPXE's vendor class (in the first test imprint's DHCP,
+//! which has none, shows up there).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -254,6 +256,13 @@ fn pxe_boot_deploys_the_golden_os_and_reports_to_drp() {
 
     check_fetched(&lab);
     check_reported(&lab, &result);
+    // Both DHCP clients show in the capture: the firmware's and imprint's.
+    // (The static test relies on telling them apart.)
+    let classes = lab.dhcp_vendor_classes();
+    assert!(
+        classes.iter().any(|c| c.starts_with("PXEClient")) && classes.iter().any(String::is_empty),
+        "{classes:?}"
+    );
 }
 
 /// A port on the host's loopback that was free a moment ago.
@@ -341,6 +350,13 @@ fn pxe_boot_with_a_static_address_from_network_data() {
     assert!(
         !console.contains("dhcp:"),
         "imprint ran no DHCP with provisioner.ip=:\n{console}"
+    );
+    // On the wire too: every DHCP message the machine sent was the
+    // firmware's (iPXE's vendor class), none was imprint's.
+    let classes = lab.dhcp_vendor_classes();
+    assert!(
+        !classes.is_empty() && classes.iter().all(|c| c.starts_with("PXEClient")),
+        "{classes:?}"
     );
     check_fetched(&lab);
     check_reported(&lab, &result);
