@@ -100,7 +100,7 @@ impl DrpLab {
     ///    with the guest's view of the stand-in as `ProvisionerURL`
     ///    (the file server's port) and `ApiURL` (the API port), the classic
     ///    image-deploy params (the golden image as `dd-zst` under `files/`,
-    ///    `/dev/vda`, one access key `KEY` named `ops`, cloud-init user-data,
+    ///    `/dev/vda`, the access key `key` named `ops`, cloud-init user-data,
     ///    a serial console for imprint and, after `--`, for the installed OS)
     ///    and `extra_params` on top;
     /// 2. serves the kernel and initramfs at the URLs the rendered iPXE
