@@ -7,54 +7,25 @@
 //! `golang-github-masterminds-sprig-dev` and `golang-gopkg-yaml.v3-dev`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
 use imprint::cmdline::KernelCmdline;
 use imprint::spec::{DeploySpec, SuccessPolicy};
 use imprint_build::drp;
 use serde_json::{Value, json};
 
-/// `<target>/drp-render/drp-render`, built once per test run in GOPATH
-/// mode against Debian's packaged sprig and yaml.v3; Go's build cache
-/// lives next to it, so later runs only relink when the source changed.
-fn renderer() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test binary>
-        let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-        let dir = target.join("drp-render");
-        std::fs::create_dir_all(&dir).unwrap();
-        let binary = dir.join("drp-render");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("drp-render");
-        let output = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&binary)
-            .arg(".")
-            .current_dir(&source)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", dir.join("gocache"))
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running go ({e}): install Go and sprig with scripts/setup \
-                     (golang-go, golang-github-masterminds-sprig-dev, golang-gopkg-yaml.v3-dev)"
-                )
-            });
-        assert!(
-            output.status.success(),
-            "building build/drp-render failed (scripts/setup installs its Go packages): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        binary
-    })
+/// The renderer, built once per test run into the target directory.
+fn renderer() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target tmp dir has a parent");
+    drp::render::renderer(target).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The content written by `imprint-build drp` from stand-in boot files.
 struct Content {
-    dir: tempfile::TempDir,
+    /// Holds the files `out` names.
+    _dir: tempfile::TempDir,
     out: drp::DrpOutput,
 }
 
@@ -65,50 +36,21 @@ fn content() -> Content {
     std::fs::write(&kernel, vec![0x4d; 4096]).unwrap();
     std::fs::write(&initramfs, vec![0x28; 10_000]).unwrap();
     let out = drp::write_all(&kernel, &initramfs, &dir.path().join("drp"), 0).unwrap();
-    Content { dir, out }
+    Content { _dir: dir, out }
 }
 
-/// Renders everything for one machine: Ok(output JSON) or Err(stderr).
+/// Renders everything for one machine: Ok(output JSON) or Err(the message).
 fn render(content: &Content, context: &Value) -> Result<Value, String> {
-    let file = content.dir.path().join("context.json");
-    std::fs::write(&file, context.to_string()).unwrap();
-    let output = Command::new(renderer())
-        .arg("render")
-        .arg(&content.out.bundle)
-        .arg(&file)
-        .output()
-        .unwrap();
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&output.stdout).unwrap())
+    drp::render::render(&renderer(), &content.out.bundle, context).map_err(|e| format!("{e:#}"))
 }
 
 fn validate(content: &Content) -> Result<(), String> {
-    let output = Command::new(renderer())
-        .arg("validate")
-        .arg(&content.out.bundle)
-        .arg(&content.out.content_dir)
-        .output()
-        .unwrap();
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    drp::render::validate(&renderer(), &content.out.bundle, &content.out.content_dir)
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn template<'a>(rendered: &'a Value, name: &str) -> (&'a str, &'a str) {
-    let entry = rendered["templates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no rendered template {name}"));
-    (
-        entry["path"].as_str().unwrap(),
-        entry["contents"].as_str().unwrap(),
-    )
+    drp::render::template(rendered, name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 const UUID: &str = "3f2a1b4c-0000-4000-8000-000000000001";

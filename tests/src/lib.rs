@@ -1,7 +1,10 @@
 //! Shared helpers for the VM tests: where the boot artifacts are, test
 //! images, the parsed `IMPRINT-RESULT:` line, and the golden test OS
-//! (`scripts/golden-os`) with its parsed `GOLDEN-OS:` report.
+//! (`scripts/golden-os`) with its parsed `GOLDEN-OS:` report; [`drp`]: a
+//! Digital Rebar stand-in set up for a PXE boot.
 #![forbid(unsafe_code)]
+
+pub mod drp;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@
 //! [`imprint::spec::PARAMS`] (see [`params`]). PID 1 fetches that file.
 
 pub mod params;
+pub mod render;
 pub mod tar;
 pub mod yaml;
 
