@@ -1,7 +1,8 @@
 //! Assembles the initramfs: `/init`, `/dev/console`, the bare directory
 //! skeleton, the module closure of [`crate::drivers::BOOT_DRIVERS`] and a
-//! filtered module index that PID 1 reads with the same parser; optionally
-//! images to deploy without a network and a CA bundle ([`InitramfsExtras`]).
+//! filtered module index that PID 1 reads with the same parser, the firmware
+//! those modules name ([`crate::firmware`]); optionally images to deploy
+//! without a network and a CA bundle ([`InitramfsExtras`]).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cpio::CpioArchive;
 use crate::drivers::boot_driver_names;
+use crate::firmware::{self, FirmwarePlan};
 
 /// zstd level 19 is what the kernel's own build uses for `-19`-compressed
 /// images; it is deterministic when single-threaded, which the `zstd` crate
@@ -45,6 +47,10 @@ pub struct InitramfsInputs {
     pub extra_modules: Vec<String>,
     /// The timestamp of every entry: 0, or `SOURCE_DATE_EPOCH`.
     pub mtime: u32,
+    /// An unpacked firmware tree (`cache/firmware/root/lib/firmware`): the
+    /// files the carried modules name are copied to `/lib/firmware`. None:
+    /// no firmware, and drivers that need some fail to start their device.
+    pub firmware_root: Option<PathBuf>,
 }
 
 /// Where an embedded image lands: `imprint.url=file:///images/<name>`.
@@ -115,6 +121,9 @@ pub struct Initramfs {
     pub modules: Vec<ModuleEntry>,
     /// Requested modules the kernel has built in.
     pub builtin: Vec<String>,
+    /// The firmware carried and the names not found, when a firmware root
+    /// was given.
+    pub firmware: Option<FirmwarePlan>,
 }
 
 impl Initramfs {
@@ -212,6 +221,15 @@ pub fn build(inputs: &InitramfsInputs) -> Result<Initramfs> {
 /// [`build`], plus embedded images and a CA bundle.
 pub fn build_with(inputs: &InitramfsInputs, extras: &InitramfsExtras) -> Result<Initramfs> {
     let (mut archive, modules, builtin) = assemble(inputs)?;
+    let firmware = match &inputs.firmware_root {
+        Some(root) => {
+            let modules_dir = modules_dir(&inputs.kernel_root, &inputs.kernel_version)?;
+            let plan = firmware::plan(&modules_dir, &modules, root)?;
+            plan.add_to(&mut archive)?;
+            Some(plan)
+        }
+        None => None,
+    };
     extras.add_to(&mut archive)?;
     let cpio = archive.to_bytes(inputs.mtime)?;
     let compressed = compress(&cpio)?;
@@ -221,6 +239,7 @@ pub fn build_with(inputs: &InitramfsInputs, extras: &InitramfsExtras) -> Result<
         compressed,
         modules,
         builtin,
+        firmware,
     })
 }
 
@@ -242,7 +261,9 @@ mod tests {
         let mut write_module = |path: &str, deps: &[&str]| {
             let file = modules_dir.join(path);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(&file, format!("\x7fELF fake module {path}")).unwrap();
+            let mut elf = firmware::tests::fake_module(&[]);
+            elf.extend_from_slice(path.as_bytes());
+            std::fs::write(&file, elf).unwrap();
             dep.push_str(path);
             dep.push(':');
             for dependency in deps {
@@ -264,7 +285,7 @@ mod tests {
         write_module("kernel/fs/ext4/ext4.ko", &["kernel/fs/jbd2/jbd2.ko"]);
         write_module("kernel/arch/x86/crypto/crc32c-intel.ko", &[]);
         write_module("kernel/drivers/gpu/drm/nouveau/nouveau.ko", &[]);
-        write_module("kernel/fs/btrfs/btrfs.ko", &[]);
+        write_module("kernel/fs/nilfs2/nilfs2.ko", &[]);
         for group in BOOT_DRIVERS {
             for &module in group.modules {
                 if ["virtio_pci", "ext4", "af_packet"].contains(&module) {
@@ -281,7 +302,7 @@ mod tests {
         std::fs::write(modules_dir.join("modules.alias"), alias).unwrap();
         std::fs::write(
             modules_dir.join("modules.softdep"),
-            "softdep ext4 pre: crypto-crc32c\nsoftdep btrfs pre: xxhash64\n",
+            "softdep ext4 pre: crypto-crc32c\nsoftdep nilfs2 pre: xxhash64\n",
         )
         .unwrap();
         std::fs::write(
@@ -299,6 +320,7 @@ mod tests {
             init_binary: root.join("init"),
             extra_modules: Vec::new(),
             mtime: 0,
+            firmware_root: None,
         }
     }
 
@@ -347,7 +369,7 @@ mod tests {
         assert!(
             !shipped_modules
                 .iter()
-                .any(|path| path.contains("nouveau") || path.contains("btrfs"))
+                .any(|path| path.contains("nouveau") || path.contains("nilfs2"))
         );
         assert_eq!(initramfs.builtin, ["af_packet"]);
 
@@ -380,7 +402,7 @@ mod tests {
         .unwrap();
         assert_eq!(shipped_index.len(), initramfs.modules.len());
         assert!(!text("modules.alias").contains("nouveau"));
-        assert!(!text("modules.softdep").contains("btrfs"));
+        assert!(!text("modules.softdep").contains("nilfs2"));
         let requested = boot_driver_names();
         assert_eq!(
             shipped_index.closure(&requested).unwrap(),
@@ -393,9 +415,9 @@ mod tests {
         let tree = tempfile::tempdir().unwrap();
         fake_kernel_tree(tree.path());
         let mut with_extra = inputs(tree.path());
-        with_extra.extra_modules = vec!["btrfs".to_owned()];
+        with_extra.extra_modules = vec!["nilfs2".to_owned()];
         let initramfs = build(&with_extra).unwrap();
-        assert!(initramfs.modules.iter().any(|m| m.name == "btrfs"));
+        assert!(initramfs.modules.iter().any(|m| m.name == "nilfs2"));
 
         with_extra.extra_modules = vec!["zfs".to_owned()];
         let error = build(&with_extra).unwrap_err();
@@ -428,6 +450,52 @@ mod tests {
         assert!(
             format!("{error:#}").ends_with(&format!("module ice not found in kernel {KVER}")),
             "{error:#}"
+        );
+    }
+
+    #[test]
+    fn carries_the_firmware_its_modules_name() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        std::fs::write(
+            tree.path()
+                .join("lib/modules")
+                .join(KVER)
+                .join("kernel/misc/tg3.ko"),
+            firmware::tests::fake_module(&["tigon/tg3.bin", "tigon/tg3_tso.bin"]),
+        )
+        .unwrap();
+        let firmware = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(firmware.path().join("tigon")).unwrap();
+        std::fs::write(firmware.path().join("tigon/tg3.bin"), b"tg3 firmware").unwrap();
+        std::fs::write(firmware.path().join("tigon/unused.bin"), b"unused").unwrap();
+
+        let mut with_firmware = inputs(tree.path());
+        with_firmware.firmware_root = Some(firmware.path().to_owned());
+        let built = build(&with_firmware).unwrap();
+        let members = read_archive(&built.cpio).unwrap();
+        let firmware_members: Vec<(&str, &[u8])> = members
+            .iter()
+            .filter(|m| m.name.starts_with("lib/firmware/") && m.mode & 0o170_000 == 0o100_000)
+            .map(|m| (m.name.as_str(), m.data.as_slice()))
+            .collect();
+        assert_eq!(
+            firmware_members,
+            [("lib/firmware/tigon/tg3.bin", b"tg3 firmware".as_slice())]
+        );
+        let plan = built.firmware.as_ref().unwrap();
+        assert_eq!(plan.missing.len(), 1);
+        assert_eq!(plan.missing[0].name, "tigon/tg3_tso.bin");
+        assert_eq!(plan.missing[0].module, "tg3");
+        // Reproducible with firmware too, and different from the build without.
+        assert_eq!(build(&with_firmware).unwrap().compressed, built.compressed);
+        let without = build(&inputs(tree.path())).unwrap();
+        assert!(without.firmware.is_none());
+        assert!(
+            !read_archive(&without.cpio)
+                .unwrap()
+                .iter()
+                .any(|m| m.name.starts_with("lib/firmware"))
         );
     }
 
@@ -596,6 +664,7 @@ mod tests {
             init_binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"),
             extra_modules: Vec::new(),
             mtime: 0,
+            firmware_root: None,
         })
         .unwrap();
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();

@@ -7,5 +7,7 @@
 pub mod cpio;
 pub mod drivers;
 pub mod drp;
+pub mod firmware;
+pub mod hardware;
 pub mod initramfs;
 pub mod ipxe;

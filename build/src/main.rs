@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use imprint_build::drp;
+use imprint_build::hardware;
 use imprint_build::initramfs::{self, InitramfsExtras, InitramfsInputs};
 use imprint_build::ipxe::{self, IpxeOptions};
 
-const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--extra-module NAME]... [--embed-image FILE]... [--ca PEM-FILE] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR";
+const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--firmware-root DIR] [--extra-module NAME]... [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -19,7 +20,15 @@ enum Command {
         init_binary: PathBuf,
         out: PathBuf,
         extra_modules: Vec<String>,
+        firmware_root: Option<PathBuf>,
         extras: InitramfsExtras,
+    },
+    Hardware {
+        kernel_root: PathBuf,
+        kernel_version: String,
+        extra_modules: Vec<String>,
+        /// `lspci -n` output to check (`-` for stdin).
+        lspci: Option<PathBuf>,
     },
     Ipxe {
         out: PathBuf,
@@ -77,6 +86,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     "--extra-module",
                     "--embed-image",
                     "--ca",
+                    "--firmware-root",
                 ],
             )?;
             let all = |name: &str| {
@@ -95,6 +105,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     .into_iter()
                     .map(str::to_owned)
                     .collect(),
+                firmware_root: single(&flags, "--firmware-root")?.map(PathBuf::from),
                 extras: InitramfsExtras {
                     embed_images: all("--embed-image")
                         .into_iter()
@@ -102,6 +113,22 @@ fn parse_args(args: &[String]) -> Result<Command> {
                         .collect(),
                     ca_bundle: single(&flags, "--ca")?.map(PathBuf::from),
                 },
+            })
+        }
+        "hardware" => {
+            let flags = parse_flags(
+                rest,
+                &["--kernel-root", "--kver", "--extra-module", "--lspci"],
+            )?;
+            Ok(Command::Hardware {
+                kernel_root: required(&flags, "--kernel-root")?.into(),
+                kernel_version: required(&flags, "--kver")?.to_owned(),
+                extra_modules: flags
+                    .iter()
+                    .filter(|(flag, _)| *flag == "--extra-module")
+                    .map(|(_, value)| (*value).to_owned())
+                    .collect(),
+                lspci: single(&flags, "--lspci")?.map(PathBuf::from),
             })
         }
         "ipxe" => {
@@ -158,6 +185,7 @@ fn run(command: Command) -> Result<()> {
             init_binary,
             out,
             extra_modules,
+            firmware_root,
             extras,
         } => {
             let built = initramfs::build_with(
@@ -167,6 +195,7 @@ fn run(command: Command) -> Result<()> {
                     init_binary,
                     extra_modules,
                     mtime: archive_mtime()?,
+                    firmware_root,
                 },
                 &extras,
             )?;
@@ -188,9 +217,70 @@ fn run(command: Command) -> Result<()> {
             if !built.builtin.is_empty() {
                 println!("built in: {}", built.builtin.join(" "));
             }
+            match &built.firmware {
+                Some(plan) => {
+                    println!(
+                        "firmware: {} files, {} bytes ({} names declared)",
+                        plan.files.len(),
+                        plan.total_bytes(),
+                        plan.declared.len()
+                    );
+                    for missing in &plan.missing {
+                        println!(
+                            "firmware missing: {} (module {})",
+                            missing.name, missing.module
+                        );
+                    }
+                }
+                None => println!("firmware: none (no --firmware-root)"),
+            }
             println!("uncompressed: {} bytes", built.cpio.len());
             println!("compressed: {} bytes", built.compressed.len());
             println!("sha256: {}", built.sha256_hex());
+        }
+        Command::Hardware {
+            kernel_root,
+            kernel_version,
+            extra_modules,
+            lspci,
+        } => {
+            let matches =
+                hardware::initramfs_pci_matches(&kernel_root, &kernel_version, &extra_modules)?;
+            match lspci {
+                None => {
+                    for line in &matches {
+                        println!("{line}");
+                    }
+                }
+                Some(path) => {
+                    let text = if path.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())
+                            .context("reading lspci output from stdin")?
+                    } else {
+                        std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading lspci output {}", path.display()))?
+                    };
+                    let checks = hardware::check_lspci(&text, &matches);
+                    if checks.is_empty() {
+                        bail!(
+                            "{} holds no network or storage device lines of lspci -n",
+                            path.display()
+                        );
+                    }
+                    for check in &checks {
+                        println!("{check}");
+                    }
+                    let undriven = checks
+                        .iter()
+                        .filter(|c| c.drivers.is_empty() && c.maybe.is_empty())
+                        .count();
+                    if undriven > 0 {
+                        bail!(
+                            "{undriven} network or storage device(s) have no driver in this initramfs"
+                        );
+                    }
+                }
+            }
         }
         Command::Ipxe { out, options } => {
             let script = ipxe::render_script(&options)?;
@@ -252,6 +342,7 @@ mod tests {
                 init_binary: "target/imprint".into(),
                 out: "out/initramfs.img".into(),
                 extra_modules: vec!["btrfs".to_owned(), "zfs".to_owned()],
+                firmware_root: None,
                 extras: InitramfsExtras::default(),
             }
         );
@@ -277,6 +368,32 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(error.to_string(), "--ca given twice");
+    }
+
+    #[test]
+    fn hardware_arguments() {
+        let command = parse_args(&args(
+            "hardware --kernel-root k --kver 6.1 --extra-module zfs --lspci lspci.txt",
+        ))
+        .unwrap();
+        assert_eq!(
+            command,
+            Command::Hardware {
+                kernel_root: "k".into(),
+                kernel_version: "6.1".to_owned(),
+                extra_modules: vec!["zfs".to_owned()],
+                lspci: Some("lspci.txt".into()),
+            }
+        );
+        let error = parse_args(&args("hardware --kernel-root k")).unwrap_err();
+        assert_eq!(error.to_string(), "--kver is required");
+        let Command::Initramfs { firmware_root, .. } = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --firmware-root cache/fw",
+        ))
+        .unwrap() else {
+            panic!("not initramfs");
+        };
+        assert_eq!(firmware_root, Some(PathBuf::from("cache/fw")));
     }
 
     #[test]

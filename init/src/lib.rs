@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod disk;
 pub mod drp;
 pub mod handoff;
+pub mod hardware;
 pub mod inject;
 pub mod logger;
 pub mod modules;

@@ -758,6 +758,8 @@ pub fn collect_modaliases(root: &Path) -> Vec<String> {
 /// Loads the drivers for the hardware present, repeating until no new
 /// device shows up: loading a bus driver (virtio_pci) creates the devices
 /// (virtio0, virtio1) whose drivers (virtio_blk, virtio_net) come next.
+/// Then warns about every network or storage device left without a driver
+/// and every firmware file a driver could not load ([`crate::hardware`]).
 pub fn coldplug(module_dir: &Path) -> Result<()> {
     let index = modules::ModuleIndex::load(module_dir)?;
     let mut loaded = std::collections::BTreeSet::new();
@@ -773,7 +775,7 @@ pub fn coldplug(module_dir: &Path) -> Result<()> {
             .filter(|m| !loaded.contains(&m.name))
             .collect();
         if fresh.is_empty() {
-            return Ok(());
+            break;
         }
         for module in fresh {
             match sys::kmod::load_module(&module_dir.join(&module.path)) {
@@ -785,6 +787,7 @@ pub fn coldplug(module_dir: &Path) -> Result<()> {
             loaded.insert(module.name);
         }
     }
+    crate::hardware::HardwareReport::gather(Path::new("/sys"), Path::new("/dev/kmsg")).log();
     Ok(())
 }
 

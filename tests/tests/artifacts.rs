@@ -35,6 +35,8 @@ fn initramfs_is_reproducible() {
         init_binary: out("imprint"),
         extra_modules: Vec::new(),
         mtime: 0,
+        // As scripts/build passes it (scripts/fetch-firmware fills it).
+        firmware_root: Some(repo_root().join(imprint_build::firmware::CACHE_FIRMWARE_ROOT)),
     };
     let first = build(&inputs).unwrap();
     let second = build(&inputs).unwrap();

@@ -252,6 +252,7 @@ fn initramfs_with_image(dir: &Path, image: &Path) -> PathBuf {
             init_binary: Artifacts::get().out_dir.join("imprint"),
             extra_modules: Vec::new(),
             mtime: 0,
+            firmware_root: None,
         },
         &InitramfsExtras {
             embed_images: vec![image.to_owned()],
