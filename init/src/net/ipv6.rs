@@ -19,8 +19,11 @@ const OPTION_RDNSS: u8 = 25;
 /// IFA_F_DADFAILED (<linux/if_addr.h>).
 const IFA_F_TENTATIVE: u32 = 0x40;
 const IFA_F_DADFAILED: u32 = 0x08;
-/// `/proc/net/if_inet6` scope of a global address (IPV6_ADDR_ANY).
+/// `/proc/net/if_inet6` scopes that reach past the link: global
+/// (IPV6_ADDR_ANY) and site-local (IPV6_ADDR_SITELOCAL), which `fec0::/10`
+/// is, and which QEMU's user network hands out.
 const SCOPE_GLOBAL: u32 = 0x00;
+const SCOPE_SITE: u32 = 0x40;
 
 /// What a router advertisement says that the kernel does not act on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,9 +112,9 @@ pub struct InterfaceAddress {
 }
 
 impl InterfaceAddress {
-    /// A global address that passed duplicate address detection.
+    /// A global (or site-local) address that passed duplicate address detection.
     pub fn is_usable_global(&self) -> bool {
-        self.scope == SCOPE_GLOBAL
+        (self.scope == SCOPE_GLOBAL || self.scope == SCOPE_SITE)
             && self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED) == 0
             && !self.address.is_loopback()
     }
@@ -342,9 +345,10 @@ mod tests {
 
     const IF_INET6: &str = "\
 00000000000000000000000000000001 01 80 10 80       lo
-fec0000000000000505400fffe000001 02 40 00 00     eth0
+fec0000000000000505400fffe000001 02 40 40 00     eth0
 fe80000000000000505400fffe000001 02 40 20 80     eth0
-fec0000000000000505400fffe000002 03 40 00 40     eth1
+fec0000000000000505400fffe000002 03 40 40 40     eth1
+20010db8000000000000000000000005 03 40 00 40     eth1
 ";
     const IPV6_ROUTE: &str = "\
 fec00000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
@@ -400,7 +404,7 @@ fec00000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
     #[test]
     fn parses_the_kernels_address_and_route_tables() {
         let addresses = parse_if_inet6(IF_INET6);
-        assert_eq!(addresses.len(), 4);
+        assert_eq!(addresses.len(), 5);
         assert_eq!(
             addresses[1].address,
             "fec0::5054:ff:fe00:1".parse::<Ipv6Addr>().unwrap()
@@ -410,6 +414,13 @@ fec00000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert!(!addresses[0].is_usable_global(), "loopback");
         assert!(!addresses[2].is_usable_global() && addresses[2].is_usable_link_local());
         assert!(!addresses[3].is_usable_global(), "tentative");
+        assert_eq!(addresses[4].scope, 0);
+        assert!(!addresses[4].is_usable_global(), "tentative");
+        let global = InterfaceAddress {
+            flags: 0,
+            ..addresses[4].clone()
+        };
+        assert!(global.is_usable_global());
         assert_eq!(
             default_gateway(IPV6_ROUTE, "eth0"),
             Some("fe80::2".parse().unwrap())

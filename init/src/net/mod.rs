@@ -49,6 +49,9 @@ const IPV4_GRACE: Duration = Duration::from_secs(3);
 const CANCEL_POLL: Duration = Duration::from_millis(500);
 /// Router solicitations are repeated this often until an advertisement comes.
 const SOLICIT_INTERVAL: Duration = Duration::from_secs(1);
+/// After this long with a router advertisement but no usable setup, the
+/// IPv6 worker logs what it sees.
+const IPV6_STUCK: Duration = Duration::from_secs(10);
 /// How often the IPv6 worker looks at the kernel's addresses and routes.
 const IPV6_POLL: Duration = Duration::from_millis(200);
 /// How long the NIC chosen for a static setup may take to get link. Longer
@@ -288,7 +291,11 @@ fn configure(candidate: Candidate) -> Result<Configured> {
     match offer {
         Offer::Ipv4(lease) => {
             apply(&config::plan(&interface, &lease), Path::new("/"))?;
-            log::info!("net: using {interface}: {}", describe_lease(&lease));
+            log::info!(
+                "dhcp: {interface} ({}) leased {}",
+                format_mac(&mac),
+                describe_lease(&lease)
+            );
             Ok(Configured {
                 interface,
                 mac,
@@ -364,6 +371,8 @@ fn watch_ipv6(
     let mut dhcp6_started: Vec<String> = Vec::new();
     let mut reported: Vec<String> = Vec::new();
     let mut last_solicit: HashMap<String, Instant> = HashMap::new();
+    let mut advert_seen: HashMap<String, Instant> = HashMap::new();
+    let mut explained: Vec<String> = Vec::new();
     let (dhcp6_done, dhcp6_results) = mpsc::channel::<(String, Ipv6Addr, Vec<Ipv6Addr>)>();
     let mut buf = vec![0u8; 1500];
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -374,6 +383,7 @@ fn watch_ipv6(
                     indexes.iter().find(|(_, _, index)| *index == scope),
                 ) {
                     if !adverts.contains_key(name) {
+                        advert_seen.insert(name.clone(), Instant::now());
                         log::info!(
                             "net: {name} router advertisement{}{}",
                             if advert.managed { ", managed" } else { "" },
@@ -441,7 +451,31 @@ fn watch_ipv6(
                             });
                     }
                 }
-                Ipv6Step::Wait => {}
+                Ipv6Step::Wait => {
+                    // Say once why an advertised interface is not usable yet.
+                    let stuck = advert_seen
+                        .get(name)
+                        .is_some_and(|at| at.elapsed() >= IPV6_STUCK);
+                    if stuck && !explained.contains(name) {
+                        explained.push(name.clone());
+                        let mine: Vec<String> = addresses
+                            .iter()
+                            .filter(|a| a.interface == *name)
+                            .map(|a| {
+                                format!(
+                                    "{}/{} scope {:x} flags {:x}",
+                                    a.address, a.prefix_len, a.scope, a.flags
+                                )
+                            })
+                            .collect();
+                        log::warn!(
+                            "net: {name} has a router advertisement but no usable IPv6 yet: addresses [{}], default route {}",
+                            mine.join(", "),
+                            ipv6::default_gateway(&routes, name)
+                                .map_or_else(|| "none".to_owned(), |g| g.to_string())
+                        );
+                    }
+                }
                 Ipv6Step::Ready(setup) => {
                     log::info!("net: {name} ipv6 {}", setup.describe());
                     reported.push(name.clone());
@@ -755,8 +789,9 @@ fn dhcp_on(name: &str, mac: [u8; 6], timeout: Duration, stop: &AtomicBool) -> Re
         || stop.load(Ordering::SeqCst),
     )
     .with_context(|| format!("dhcp on {name}"))?;
+    // "leased" is logged for the NIC that is chosen and configured only.
     log::info!(
-        "dhcp: {name} ({}) leased {}",
+        "dhcp: {name} ({}) offered {}",
         format_mac(&mac),
         describe_lease(&lease)
     );
