@@ -1,6 +1,8 @@
-//! An HTTP/1.1 file server for tests, on 127.0.0.1, that can misbehave on request.
+//! An HTTP/1.1 file server for tests, on 127.0.0.1 (and the same port on
+//! `[::1]`), that can misbehave on request.
 //!
-//! Guests on QEMU user-mode networking reach it as `10.0.2.2`. Every response closes
+//! Guests on QEMU user-mode networking reach it as `10.0.2.2`, or as
+//! `[fec0::2]` over IPv6. Every response closes
 //! the connection, so each request is one connection and one entry in the log.
 //! `POST` and `PUT` to any path are accepted as a webhook would: the body is kept in
 //! the log ([`RequestRecord::body`]) and answered `204 No Content`, unless a
@@ -101,8 +103,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A running fixture server; stops accepting when dropped.
 pub struct FixtureServer {
     address: SocketAddr,
+    /// The same port on `[::1]`, for guests on IPv6; `None` if the host has no
+    /// IPv6 loopback or the port is taken there.
+    address6: Option<SocketAddr>,
     shared: Arc<Shared>,
-    accept_thread: Option<JoinHandle<()>>,
+    accept_threads: Vec<JoinHandle<()>>,
 }
 
 impl FixtureServer {
@@ -151,16 +156,44 @@ impl FixtureServer {
             tls,
             ..Shared::default()
         });
-        let accept_shared = Arc::clone(&shared);
-        let accept_thread = std::thread::Builder::new()
-            .name("fixture-accept".into())
-            .spawn(move || accept_loop(&listener, &accept_shared))
-            .context("spawning the fixture server thread")?;
+        // QEMU's user network hands a guest's connection to its IPv6 host
+        // address (fec0::2) to the host's [::1]: listen there on the same port.
+        let listener6 = match TcpListener::bind(("::1", address.port())) {
+            Ok(listener6) => Some(listener6),
+            Err(error) => {
+                log::debug!("fixture server: no [::1]:{}: {error}", address.port());
+                None
+            }
+        };
+        let address6 = listener6.as_ref().and_then(|l| l.local_addr().ok());
+        let mut accept_threads = Vec::new();
+        for listener in std::iter::once(listener).chain(listener6) {
+            let accept_shared = Arc::clone(&shared);
+            accept_threads.push(
+                std::thread::Builder::new()
+                    .name("fixture-accept".into())
+                    .spawn(move || accept_loop(&listener, &accept_shared))
+                    .context("spawning the fixture server thread")?,
+            );
+        }
         Ok(Self {
             address,
+            address6,
             shared,
-            accept_thread: Some(accept_thread),
+            accept_threads,
         })
+    }
+
+    /// The URL of `path` for a guest on QEMU's IPv6 user network, which reaches
+    /// the host's `[::1]` as `fec0::2`; `None` when the host has no `[::1]`.
+    pub fn guest_url6(&self, path: &str) -> Option<String> {
+        self.address6?;
+        Some(format!(
+            "{}://[fec0::2]:{}{}",
+            self.scheme(),
+            self.port(),
+            normalize(path)
+        ))
     }
 
     /// The port on 127.0.0.1.
@@ -288,8 +321,10 @@ impl Drop for FixtureServer {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the blocking accept so the thread sees the flag.
-        let _ = TcpStream::connect(self.address);
-        if let Some(thread) = self.accept_thread.take() {
+        for address in std::iter::once(self.address).chain(self.address6) {
+            let _ = TcpStream::connect(address);
+        }
+        for thread in self.accept_threads.drain(..) {
             let _ = thread.join();
         }
     }

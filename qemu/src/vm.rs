@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -220,6 +221,8 @@ pub struct VmBuilder {
     uefi: Option<UefiFirmware>,
     no_reboot: bool,
     console_log: Option<PathBuf>,
+    monitor_socket: Option<PathBuf>,
+    paused: bool,
     extra_args: Vec<OsString>,
 }
 
@@ -240,6 +243,8 @@ impl Default for VmBuilder {
             uefi: None,
             no_reboot: true,
             console_log: None,
+            monitor_socket: None,
+            paused: false,
             extra_args: Vec::new(),
         }
     }
@@ -380,6 +385,23 @@ impl VmBuilder {
         self
     }
 
+    /// Serves the human monitor on the Unix socket `path` (instead of none), for
+    /// [`Vm::monitor`]: e.g. `set_link net1 off` takes the second NIC's link down.
+    #[must_use]
+    pub fn monitor_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.monitor_socket = Some(path.into());
+        self
+    }
+
+    /// Starts with the CPUs stopped (`-S`) until the monitor says `cont`, so a
+    /// test can change devices before the guest sees them. Needs
+    /// [`monitor_socket`](Self::monitor_socket).
+    #[must_use]
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
     /// Extra raw QEMU arguments, appended last.
     #[must_use]
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -401,8 +423,23 @@ impl VmBuilder {
         }
         push("-nodefaults");
         // Not -nographic: it claims stdio too and clashes with `-serial stdio`.
-        for arg in ["-display", "none", "-monitor", "none", "-serial", "stdio"] {
+        let monitor = match &self.monitor_socket {
+            Some(path) => format!(
+                "unix:{},server=on,wait=off",
+                path.to_str()
+                    .with_context(|| format!("monitor socket {} is not UTF-8", path.display()))?
+                    .replace(',', ",,")
+            ),
+            None => "none".to_owned(),
+        };
+        for arg in ["-display", "none", "-monitor", &monitor, "-serial", "stdio"] {
             push(arg);
+        }
+        if self.paused {
+            if self.monitor_socket.is_none() {
+                bail!("a paused VM needs a monitor socket to be continued");
+            }
+            push("-S");
         }
         push("-machine");
         push(&self.machine);
@@ -656,6 +693,7 @@ impl VmBuilder {
             cursor: Mutex::new(0),
             stderr,
             console_log: log_path,
+            monitor_socket: self.monitor_socket.clone(),
             temporary_log,
             threads: vec![stdout_thread, stderr_thread],
         })
@@ -670,6 +708,7 @@ pub struct Vm {
     cursor: Mutex<usize>,
     stderr: Arc<Mutex<String>>,
     console_log: PathBuf,
+    monitor_socket: Option<PathBuf>,
     temporary_log: Option<TempPath>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -737,6 +776,47 @@ impl Vm {
         stdin.flush().context("writing to the qemu console")
     }
 
+    /// Runs one human-monitor command (`set_link net1 off`, `cont`) and returns
+    /// what the monitor printed for it. Needs [`VmBuilder::monitor_socket`].
+    pub fn monitor(&self, command: &str) -> Result<String> {
+        let path = self
+            .monitor_socket
+            .as_ref()
+            .context("the VM has no monitor: use VmBuilder::monitor_socket")?;
+        // QEMU creates the socket while starting: retry the connect briefly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match UnixStream::connect(path) {
+                Ok(stream) => break stream,
+                Err(error) if std::time::Instant::now() < deadline && !self.has_exited() => {
+                    log::debug!("monitor {}: {error}", path.display());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("connecting to the monitor {}", path.display()));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .context("setting the monitor timeout")?;
+        read_to_prompt(&mut stream).context("reading the monitor banner")?;
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .with_context(|| format!("sending `{command}` to the monitor"))?;
+        let answer = read_to_prompt(&mut stream)
+            .with_context(|| format!("reading the monitor's answer to `{command}`"))?;
+        // The monitor echoes the command (with terminal escapes) first.
+        Ok(answer
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim()
+            .to_owned())
+    }
+
     /// Waits for QEMU to exit (guest power-off, or reboot with `-no-reboot`).
     pub fn wait_exit(&self, timeout: Duration) -> Result<ExitStatus> {
         // QEMU's exit closes its stdout, which the console reader reports; that wait
@@ -801,6 +881,24 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// Reads the monitor until its `(qemu) ` prompt; returns what came before.
+fn read_to_prompt(stream: &mut UnixStream) -> Result<String> {
+    const PROMPT: &str = "(qemu) ";
+    let mut text = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let count = stream.read(&mut buffer)?;
+        if count == 0 {
+            bail!("the monitor closed the connection");
+        }
+        text.extend_from_slice(&buffer[..count]);
+        let so_far = String::from_utf8_lossy(&text);
+        if let Some(before) = so_far.strip_suffix(PROMPT) {
+            return Ok(before.to_owned());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -811,6 +909,20 @@ mod tests {
             .map(|arg| arg.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn a_paused_vm_serves_its_monitor_on_a_socket() {
+        let line = joined(&VmBuilder::new().monitor_socket("/tmp/m.sock").paused());
+        assert!(
+            line.contains("-monitor unix:/tmp/m.sock,server=on,wait=off -serial stdio -S "),
+            "{line}"
+        );
+        let err = VmBuilder::new().paused().qemu_args().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a paused VM needs a monitor socket to be continued"
+        );
     }
 
     #[test]

@@ -6,30 +6,56 @@
 //! when to retransmit, what to configure) are pure functions tested here; the
 //! syscalls are in [`crate::sys::net`].
 
+pub mod choice;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
+pub mod ipv6;
 pub mod params;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+pub use choice::{Candidate, Decision, LeaseChoice, Offer};
 pub use config::{InterfacePlan, Route};
 pub use dhcp::{DhcpClient, Lease};
+pub use dhcp6::Dhcp6Client;
+pub use ipv6::{Ipv6Setup, Ipv6Step};
 pub use params::{InterfaceSelector, NetConfig, StaticConfig};
 
 use crate::sys::net as sys;
 
-/// How long to wait for link after bringing interfaces up. Copper links
-/// negotiate in 1–3 s; a port that has nothing plugged in costs this once.
-const CARRIER_WAIT: Duration = Duration::from_secs(6);
+/// How long to wait for link after bringing interfaces up, unless
+/// `imprint.link-timeout=` says otherwise. Copper links negotiate in 1–3 s;
+/// DHCP starts on each NIC the moment it has link, so a port with nothing
+/// plugged in only delays the deploy when it is the `BOOTIF=` NIC, and
+/// then by [`BOOTIF_GRACE`] at most once another NIC has a lease.
+pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a lease from another NIC waits for the `BOOTIF=` NIC's own.
+const BOOTIF_GRACE: Duration = Duration::from_secs(2);
+/// How long a usable IPv6 setup waits for an IPv4 lease, which wins, so a
+/// dual-stack network deploys over IPv4 as before.
+const IPV4_GRACE: Duration = Duration::from_secs(3);
+/// How often a DHCP worker checks whether it is still wanted.
+const CANCEL_POLL: Duration = Duration::from_millis(500);
+/// Router solicitations are repeated this often until an advertisement comes.
+const SOLICIT_INTERVAL: Duration = Duration::from_secs(1);
+/// After this long with a router advertisement but no usable setup, the
+/// IPv6 worker logs what it sees.
+const IPV6_STUCK: Duration = Duration::from_secs(10);
+/// How often the IPv6 worker looks at the kernel's addresses and routes.
+const IPV6_POLL: Duration = Duration::from_millis(200);
 /// How long the NIC chosen for a static setup may take to get link. Longer
-/// than [`CARRIER_WAIT`]: there is no DHCP timeout behind it to absorb a
+/// than [`DEFAULT_LINK_TIMEOUT`]: there is no DHCP timeout behind it to absorb a
 /// switch port that runs spanning tree before forwarding (up to 30 s).
 const STATIC_CARRIER_WAIT: Duration = Duration::from_secs(30);
 const CARRIER_POLL: Duration = Duration::from_millis(100);
@@ -47,8 +73,10 @@ pub struct Configured {
     pub interface: String,
     /// The MAC of the physical NIC.
     pub mac: [u8; 6],
-    /// The DHCP lease; `None` for a static setup.
+    /// The DHCP lease; `None` for a static setup or IPv6.
     pub lease: Option<Lease>,
+    /// The IPv6 setup, when IPv6 was chosen (no IPv4 lease came).
+    pub ipv6: Option<Ipv6Setup>,
 }
 
 /// One entry of `/sys/class/net`.
@@ -61,10 +89,11 @@ pub struct InterfaceInfo {
     pub mac: Option<[u8; 6]>,
 }
 
-/// Brings up `lo` and every Ethernet NIC, then configures one: statically
-/// when `config` has `provisioner.ip=`, else the first NIC that gets a DHCP
-/// lease within `dhcp_timeout` (the `BOOTIF=` NIC first). Sets the address,
-/// default route and `/etc/resolv.conf`.
+/// Brings up `lo` and every Ethernet NIC (with IPv6 autoconfiguration on),
+/// then configures one: statically when `config` has `provisioner.ip=`, else
+/// from DHCP run on every NIC with carrier at once, choosing as
+/// [`choice`] says (the `BOOTIF=` NIC's lease first; IPv6 when no IPv4 lease
+/// comes). Sets the address, default route and `/etc/resolv.conf`.
 pub fn bring_up(config: &NetConfig, dhcp_timeout: Duration) -> Result<Configured> {
     sys::set_ipv4_address("lo", Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0))
         .context("setting 127.0.0.1/8 on lo")?;
@@ -80,6 +109,7 @@ pub fn bring_up(config: &NetConfig, dhcp_timeout: Duration) -> Result<Configured
         );
     }
     for iface in &ethernet {
+        enable_ipv6_autoconf(&iface.name);
         match sys::set_link_up(&iface.name) {
             Ok(()) => log::info!(
                 "net: {} up, mac {}",
@@ -92,38 +122,414 @@ pub fn bring_up(config: &NetConfig, dhcp_timeout: Duration) -> Result<Configured
         }
     }
     match &config.static_ipv4 {
-        Some(static_ipv4) => bring_up_static(sysfs, static_ipv4, config.boot_mac),
-        None => bring_up_dhcp(sysfs, config.boot_mac, dhcp_timeout),
+        Some(static_ipv4) => bring_up_static(
+            sysfs,
+            static_ipv4,
+            config.boot_mac,
+            config.link_timeout.unwrap_or(DEFAULT_LINK_TIMEOUT),
+        ),
+        None => bring_up_dynamic(
+            sysfs,
+            config.boot_mac,
+            config.link_timeout.unwrap_or(DEFAULT_LINK_TIMEOUT),
+            dhcp_timeout,
+        ),
     }
 }
 
-fn bring_up_dhcp(
+/// The kernel's defaults already accept router advertisements and
+/// autoconfigure on a host that does not forward; set them anyway, so a
+/// kernel built or booted otherwise (`ipv6.disable_ipv6=1` aside) still
+/// does. A kernel without IPv6 has no such files: only logged.
+fn enable_ipv6_autoconf(interface: &str) {
+    for (key, value) in [("disable_ipv6", "0"), ("accept_ra", "1"), ("autoconf", "1")] {
+        if let Err(e) = sys::set_ipv6_conf(interface, key, value) {
+            log::debug!("net: ipv6 {key}={value} on {interface}: {e}");
+        }
+    }
+}
+
+/// What the per-NIC workers report to [`bring_up_dynamic`].
+enum Event {
+    Offer(Candidate),
+    Ipv4Failed { interface: String, error: String },
+}
+
+/// DHCP on every NIC with carrier, IPv6 on all of them, one result chosen.
+fn bring_up_dynamic(
     sysfs: &Path,
-    prefer_mac: Option<[u8; 6]>,
-    timeout: Duration,
+    boot_mac: Option<[u8; 6]>,
+    link_timeout: Duration,
+    dhcp_timeout: Duration,
 ) -> Result<Configured> {
-    let interfaces = wait_for_carrier(sysfs, prefer_mac)?;
-    let candidates = dhcp_candidates(&interfaces, prefer_mac).map_err(|e| anyhow!(e))?;
-    let mut errors = Vec::new();
-    // One interface at a time; `dhcp_on` holds everything per-interface so
-    // that running them in parallel later is a change here only.
-    for (name, mac) in candidates {
-        match dhcp_on(&name, mac, timeout) {
-            Ok(lease) => {
-                apply(&config::plan(&name, &lease), Path::new("/"))?;
-                return Ok(Configured {
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Workers still running when a choice is made see `stop`; the guard sets
+    // it on every return, errors included.
+    let _stop_workers = StopOnDrop(Arc::clone(&stop));
+    let (events, received) = mpsc::channel();
+    let mut choice = LeaseChoice::new(boot_mac, BOOTIF_GRACE, IPV4_GRACE);
+
+    let nics: Vec<(String, [u8; 6])> =
+        ethernet_interfaces(&list_interfaces(sysfs).context("listing /sys/class/net")?)
+            .iter()
+            .filter_map(|i| Some((i.name.clone(), i.mac?)))
+            .collect();
+    let ipv6_deadline = start + link_timeout + dhcp_timeout;
+    {
+        let (nics, events, stop) = (nics.clone(), events.clone(), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("ipv6".into())
+            .spawn(move || watch_ipv6(&nics, &events, &stop, ipv6_deadline))
+            .context("starting the IPv6 thread")?;
+    }
+
+    let mut started: Vec<String> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut link_wait_over = false;
+    loop {
+        let now = start.elapsed();
+        if !link_wait_over {
+            let interfaces = list_interfaces(sysfs).context("listing /sys/class/net")?;
+            for nic in ethernet_interfaces(&interfaces) {
+                let (Some(mac), true) = (nic.mac, nic.carrier) else {
+                    continue;
+                };
+                if !started.contains(&nic.name) {
+                    started.push(nic.name.clone());
+                    spawn_dhcp(&nic.name, mac, dhcp_timeout, &stop, &events)?;
+                }
+            }
+            let boot_nic_up = boot_mac.is_some_and(|boot| {
+                ethernet_interfaces(&interfaces)
+                    .iter()
+                    .any(|i| i.mac == Some(boot) && i.carrier)
+            });
+            let all_up = ethernet_interfaces(&interfaces).iter().all(|i| i.carrier);
+            if all_up || now >= link_timeout {
+                link_wait_over = true;
+                if started.is_empty() {
+                    bail!(
+                        "no network interface with carrier after {:.1} s (found: {}); \
+                         check the cables, or wait longer with imprint.link-timeout=",
+                        link_timeout.as_secs_f64(),
+                        describe_interfaces(&interfaces)
+                    );
+                }
+                if let Some(boot) = boot_mac.filter(|_| !boot_nic_up) {
+                    log::warn!(
+                        "net: the BOOTIF NIC {} has no carrier after {:.1} s, not waiting for it",
+                        format_mac(&boot),
+                        link_timeout.as_secs_f64()
+                    );
+                    choice.boot_nic_out();
+                }
+            }
+        }
+        let wake = match choice.decide(now) {
+            Decision::Take(candidate) => {
+                stop.store(true, Ordering::SeqCst);
+                return configure(candidate);
+            }
+            Decision::WaitUntil(at) => Some(at),
+            Decision::Wait => None,
+        };
+        if !started.is_empty() && failed.len() == started.len() && link_wait_over {
+            // Every DHCP client gave up; IPv6 had as long to answer.
+            bail!("{}", errors.join("; "));
+        }
+        let mut wait = wake.unwrap_or(Duration::MAX).saturating_sub(now);
+        if !link_wait_over {
+            wait = wait.min(CARRIER_POLL);
+        }
+        let wait = wait
+            .min(link_timeout + dhcp_timeout)
+            .max(Duration::from_millis(1));
+        match received.recv_timeout(wait) {
+            Ok(Event::Offer(candidate)) => choice.offer(start.elapsed(), candidate),
+            Ok(Event::Ipv4Failed { interface, error }) => {
+                log::warn!("{error}");
+                if boot_mac.is_some_and(|boot| {
+                    nics.iter()
+                        .any(|(name, mac)| *name == interface && *mac == boot)
+                }) {
+                    choice.boot_nic_out();
+                }
+                failed.push(interface);
+                errors.push(error);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the network workers all stopped"),
+        }
+        if start.elapsed() >= link_timeout + dhcp_timeout + IPV4_GRACE {
+            bail!(
+                "no DHCP lease and no IPv6 address after {} s",
+                (link_timeout + dhcp_timeout).as_secs()
+            );
+        }
+    }
+}
+
+/// Sets `stop` when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Configures the chosen NIC (IPv6 is configured already: the kernel did
+/// SLAAC, or the DHCPv6 worker added its address) and writes resolv.conf.
+fn configure(candidate: Candidate) -> Result<Configured> {
+    let Candidate {
+        interface,
+        mac,
+        offer,
+    } = candidate;
+    match offer {
+        Offer::Ipv4(lease) => {
+            apply(&config::plan(&interface, &lease), Path::new("/"))?;
+            log::info!(
+                "dhcp: {interface} ({}) leased {}",
+                format_mac(&mac),
+                describe_lease(&lease)
+            );
+            Ok(Configured {
+                interface,
+                mac,
+                lease: Some(lease),
+                ipv6: None,
+            })
+        }
+        Offer::Ipv6(setup) => {
+            write_resolv_conf(Path::new("/"), &setup.resolv_conf())?;
+            log::info!("net: using {interface} over IPv6: {}", setup.describe());
+            Ok(Configured {
+                interface,
+                mac,
+                lease: None,
+                ipv6: Some(setup),
+            })
+        }
+    }
+}
+
+fn spawn_dhcp(
+    name: &str,
+    mac: [u8; 6],
+    timeout: Duration,
+    stop: &Arc<AtomicBool>,
+    events: &mpsc::Sender<Event>,
+) -> Result<()> {
+    let thread_name = format!("dhcp-{name}");
+    let (name, stop, events) = (name.to_owned(), Arc::clone(stop), events.clone());
+    std::thread::Builder::new()
+        .name(thread_name.clone())
+        .spawn(move || {
+            let event = match dhcp_on(&name, mac, timeout, &stop) {
+                Ok(lease) => Event::Offer(Candidate {
                     interface: name,
                     mac,
-                    lease: Some(lease),
-                });
+                    offer: Offer::Ipv4(lease),
+                }),
+                Err(e) => Event::Ipv4Failed {
+                    interface: name,
+                    error: format!("{e:#}"),
+                },
+            };
+            // The receiver is gone once a choice was made.
+            let _ = events.send(event);
+        })
+        .with_context(|| format!("starting {thread_name}"))?;
+    Ok(())
+}
+
+/// Follows IPv6 on every NIC until `stop` or `deadline`: solicits router
+/// advertisements, reads them (managed flag, RDNSS), runs DHCPv6 where the
+/// router says managed, and reports each NIC that becomes usable.
+fn watch_ipv6(
+    nics: &[(String, [u8; 6])],
+    events: &mpsc::Sender<Event>,
+    stop: &AtomicBool,
+    deadline: Instant,
+) {
+    let socket = match sys::Icmp6Socket::open() {
+        Ok(socket) => socket,
+        Err(e) => {
+            log::info!("net: no IPv6 ({e})");
+            return;
+        }
+    };
+    let indexes: Vec<(String, [u8; 6], u32)> = nics
+        .iter()
+        .filter_map(|(name, mac)| Some((name.clone(), *mac, sys::interface_index(name).ok()?)))
+        .collect();
+    let mut adverts: HashMap<String, ipv6::RouterAdvert> = HashMap::new();
+    let mut leases: HashMap<String, (Ipv6Addr, Vec<Ipv6Addr>)> = HashMap::new();
+    let mut dhcp6_started: Vec<String> = Vec::new();
+    let mut reported: Vec<String> = Vec::new();
+    let mut last_solicit: HashMap<String, Instant> = HashMap::new();
+    let mut advert_seen: HashMap<String, Instant> = HashMap::new();
+    let mut explained: Vec<String> = Vec::new();
+    let (dhcp6_done, dhcp6_results) = mpsc::channel::<(String, Ipv6Addr, Vec<Ipv6Addr>)>();
+    let mut buf = vec![0u8; 1500];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match socket.recv_timeout(&mut buf, IPV6_POLL) {
+            Ok(Some((len, scope))) => {
+                if let (Some(advert), Some((name, _, _))) = (
+                    ipv6::parse_router_advert(buf.get(..len).unwrap_or_default()),
+                    indexes.iter().find(|(_, _, index)| *index == scope),
+                ) {
+                    if !adverts.contains_key(name) {
+                        advert_seen.insert(name.clone(), Instant::now());
+                        log::info!(
+                            "net: {name} router advertisement{}{}",
+                            if advert.managed { ", managed" } else { "" },
+                            if advert.router_lifetime == 0 {
+                                ", not a default router"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    adverts.insert(name.clone(), advert);
+                }
             }
-            Err(e) => {
-                log::warn!("{e:#}");
-                errors.push(format!("{e:#}"));
+            Ok(None) => {}
+            Err(e) => log::debug!("net: icmpv6: {e}"),
+        }
+        while let Ok((name, address, dns)) = dhcp6_results.try_recv() {
+            leases.insert(name, (address, dns));
+        }
+        let addresses =
+            ipv6::parse_if_inet6(&fs::read_to_string("/proc/net/if_inet6").unwrap_or_default());
+        let routes = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+        for (name, mac, index) in &indexes {
+            if reported.contains(name) {
+                continue;
+            }
+            match ipv6::ipv6_step(
+                name,
+                adverts.get(name),
+                &addresses,
+                &routes,
+                leases.get(name),
+            ) {
+                Ipv6Step::Solicit => {
+                    if last_solicit
+                        .get(name)
+                        .is_none_or(|at| at.elapsed() >= SOLICIT_INTERVAL)
+                    {
+                        last_solicit.insert(name.clone(), Instant::now());
+                        // Fails until the link-local address passed DAD.
+                        if let Err(e) = socket.send_to_routers(&ipv6::router_solicitation(), *index)
+                        {
+                            log::debug!("net: router solicitation on {name}: {e}");
+                        }
+                    }
+                }
+                Ipv6Step::RunDhcpv6 => {
+                    let link_local = addresses
+                        .iter()
+                        .find(|a| a.interface == *name && a.is_usable_link_local());
+                    if let (Some(link_local), false) = (link_local, dhcp6_started.contains(name)) {
+                        dhcp6_started.push(name.clone());
+                        let (name, mac, index) = (name.clone(), *mac, *index);
+                        let (link_local, done) = (link_local.address, dhcp6_done.clone());
+                        let timeout = deadline.saturating_duration_since(Instant::now());
+                        let _ = std::thread::Builder::new()
+                            .name(format!("dhcpv6-{name}"))
+                            .spawn(move || {
+                                match dhcp6_on(&name, mac, index, link_local, timeout) {
+                                    Ok((address, dns)) => {
+                                        let _ = done.send((name, address, dns));
+                                    }
+                                    Err(e) => log::warn!("{e:#}"),
+                                }
+                            });
+                    }
+                }
+                Ipv6Step::Wait => {
+                    // Say once why an advertised interface is not usable yet.
+                    let stuck = advert_seen
+                        .get(name)
+                        .is_some_and(|at| at.elapsed() >= IPV6_STUCK);
+                    if stuck && !explained.contains(name) {
+                        explained.push(name.clone());
+                        let mine: Vec<String> = addresses
+                            .iter()
+                            .filter(|a| a.interface == *name)
+                            .map(|a| {
+                                format!(
+                                    "{}/{} scope {:x} flags {:x}",
+                                    a.address, a.prefix_len, a.scope, a.flags
+                                )
+                            })
+                            .collect();
+                        log::warn!(
+                            "net: {name} has a router advertisement but no usable IPv6 yet: addresses [{}], default route {}",
+                            mine.join(", "),
+                            ipv6::default_gateway(&routes, name)
+                                .map_or_else(|| "none".to_owned(), |g| g.to_string())
+                        );
+                    }
+                }
+                Ipv6Step::Ready(setup) => {
+                    log::info!("net: {name} ipv6 {}", setup.describe());
+                    reported.push(name.clone());
+                    let _ = events.send(Event::Offer(Candidate {
+                        interface: name.clone(),
+                        mac: *mac,
+                        offer: Offer::Ipv6(setup),
+                    }));
+                }
             }
         }
     }
-    bail!("{}", errors.join("; "))
+}
+
+/// Runs DHCPv6 on one interface and adds the leased address (as a /128:
+/// the on-link prefix comes from the router advertisement).
+fn dhcp6_on(
+    name: &str,
+    mac: [u8; 6],
+    ifindex: u32,
+    link_local: Ipv6Addr,
+    timeout: Duration,
+) -> Result<(Ipv6Addr, Vec<Ipv6Addr>)> {
+    let socket = sys::Dhcp6Socket::open(link_local, ifindex)
+        .with_context(|| format!("dhcpv6 on {name}: binding [{link_local}%{name}]:546"))?;
+    let xid = random_xid(mac).to_be_bytes();
+    let mut client = Dhcp6Client::new(mac, [xid[1], xid[2], xid[3]]);
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1500];
+    let lease = loop {
+        if let Some(lease) = client.lease() {
+            break lease.clone();
+        }
+        let now = start.elapsed();
+        if now >= timeout {
+            bail!("dhcpv6 on {name}: no answer after {} s", timeout.as_secs());
+        }
+        if let Some(message) = client.poll_transmit(now) {
+            socket
+                .send(&message)
+                .with_context(|| format!("dhcpv6 on {name}: sending"))?;
+        }
+        let wait = client.poll_at().min(timeout).saturating_sub(now);
+        if let Some(len) = socket
+            .recv_timeout(&mut buf, wait)
+            .with_context(|| format!("dhcpv6 on {name}: receiving"))?
+        {
+            client.handle(buf.get(..len).unwrap_or_default(), start.elapsed());
+        }
+    };
+    sys::add_ipv6_address(name, lease.address, 128)
+        .with_context(|| format!("adding {}/128 on {name}", lease.address))?;
+    log::info!("dhcpv6: {name} leased {}", lease.address);
+    Ok((lease.address, lease.dns_servers))
 }
 
 /// The static setup: no DHCP packet is sent.
@@ -131,13 +537,14 @@ fn bring_up_static(
     sysfs: &Path,
     static_ipv4: &StaticConfig,
     boot_mac: Option<[u8; 6]>,
+    link_timeout: Duration,
 ) -> Result<Configured> {
     // Named NICs need no carrier to be chosen; "the only NIC with carrier"
     // needs every NIC to have had its chance to get link.
     let interfaces = if static_ipv4.interface.is_some() || boot_mac.is_some() {
         list_interfaces(sysfs).context("listing /sys/class/net")?
     } else {
-        wait_for_carrier(sysfs, None)?
+        wait_for_carrier(sysfs, None, link_timeout)?
     };
     let (nic, mac) = choose_static_nic(&interfaces, static_ipv4.interface.as_ref(), boot_mac)
         .map_err(|e| anyhow!(e))?;
@@ -164,6 +571,7 @@ fn bring_up_static(
         interface: plan.address.interface,
         mac,
         lease: None,
+        ipv6: None,
     })
 }
 
@@ -337,12 +745,16 @@ fn wait_for_nic_carrier(sysfs: &Path, name: &str, timeout: Duration) -> Result<(
 }
 
 /// Re-reads sysfs until the preferred NIC (or, without one, every Ethernet
-/// NIC) has carrier, or [`CARRIER_WAIT`] is over.
-fn wait_for_carrier(sysfs: &Path, prefer_mac: Option<[u8; 6]>) -> Result<Vec<InterfaceInfo>> {
+/// NIC) has carrier, or `timeout` is over.
+fn wait_for_carrier(
+    sysfs: &Path,
+    prefer_mac: Option<[u8; 6]>,
+    timeout: Duration,
+) -> Result<Vec<InterfaceInfo>> {
     let start = Instant::now();
     loop {
         let interfaces = list_interfaces(sysfs).context("listing /sys/class/net")?;
-        if carrier_settled(&interfaces, prefer_mac) || start.elapsed() >= CARRIER_WAIT {
+        if carrier_settled(&interfaces, prefer_mac) || start.elapsed() >= timeout {
             return Ok(interfaces);
         }
         std::thread::sleep(CARRIER_POLL);
@@ -364,15 +776,22 @@ pub fn carrier_settled(interfaces: &[InterfaceInfo], prefer_mac: Option<[u8; 6]>
 }
 
 /// Runs DHCP on one interface over a fresh packet socket, dropped on return.
-fn dhcp_on(name: &str, mac: [u8; 6], timeout: Duration) -> Result<Lease> {
+fn dhcp_on(name: &str, mac: [u8; 6], timeout: Duration, stop: &AtomicBool) -> Result<Lease> {
     let mut socket = sys::PacketSocket::open(name)
         .with_context(|| format!("opening packet socket on {name}"))?;
     let client = DhcpClient::new(mac, random_xid(mac));
     let start = Instant::now();
-    let lease = run_dhcp(&mut socket, client, || start.elapsed(), timeout)
-        .with_context(|| format!("dhcp on {name}"))?;
+    let lease = run_dhcp(
+        &mut socket,
+        client,
+        || start.elapsed(),
+        timeout,
+        || stop.load(Ordering::SeqCst),
+    )
+    .with_context(|| format!("dhcp on {name}"))?;
+    // "leased" is logged for the NIC that is chosen and configured only.
     log::info!(
-        "dhcp: {name} ({}) leased {}",
+        "dhcp: {name} ({}) offered {}",
         format_mac(&mac),
         describe_lease(&lease)
     );
@@ -420,12 +839,15 @@ impl FrameLink for sys::PacketSocket {
     }
 }
 
-/// Drives `client` until it holds a lease or `timeout` has passed on `clock`.
+/// Drives `client` until it holds a lease, `timeout` has passed on `clock`,
+/// or `cancelled` says so (another NIC's result was chosen), which is looked
+/// at least every [`CANCEL_POLL`].
 pub fn run_dhcp(
     link: &mut impl FrameLink,
     mut client: DhcpClient,
     mut clock: impl FnMut() -> Duration,
     timeout: Duration,
+    cancelled: impl Fn() -> bool,
 ) -> Result<Lease> {
     // Jumbo frames are dropped; DHCP replies never need them.
     let mut buf = vec![0u8; 1514];
@@ -438,10 +860,17 @@ pub fn run_dhcp(
         if now >= deadline {
             bail!("no answer after {} s", timeout.as_secs());
         }
+        if cancelled() {
+            bail!("stopped: another interface was chosen");
+        }
         if let Some(frame) = client.poll_transmit(now) {
             link.send(&frame).context("sending")?;
         }
-        let wait = client.poll_at().min(deadline).saturating_sub(now);
+        let wait = client
+            .poll_at()
+            .min(deadline)
+            .saturating_sub(now)
+            .min(CANCEL_POLL);
         if let Some(len) = link.recv_timeout(&mut buf, wait).context("receiving")? {
             client.handle_frame(buf.get(..len).unwrap_or(&buf), clock());
         }
@@ -990,6 +1419,7 @@ mod tests {
             DhcpClient::new(MAC0, 7),
             move || clock.get(),
             Duration::from_secs(30),
+            || false,
         )
         .unwrap();
         assert_eq!(
@@ -1005,6 +1435,28 @@ mod tests {
     }
 
     #[test]
+    fn run_dhcp_stops_when_cancelled() {
+        let (mut link, now) = fake_link(1, 8);
+        let clock = Rc::clone(&now);
+        let polled = Cell::new(0);
+        let err = run_dhcp(
+            &mut link,
+            DhcpClient::new(MAC0, 7),
+            move || clock.get(),
+            Duration::from_secs(30),
+            || {
+                polled.set(polled.get() + 1);
+                polled.get() > 4
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "stopped: another interface was chosen");
+        // Four waits, none longer than CANCEL_POLL (retransmissions cut some short).
+        assert!(now.get() <= CANCEL_POLL * 4, "{:?}", now.get());
+        assert!(now.get() >= Duration::from_secs(1), "{:?}", now.get());
+    }
+
+    #[test]
     fn run_dhcp_survives_lost_replies() {
         // The server answers only every other transmission: each step needs
         // one retransmission.
@@ -1015,6 +1467,7 @@ mod tests {
             DhcpClient::new(MAC0, 7),
             move || clock.get(),
             Duration::from_secs(30),
+            || false,
         )
         .unwrap();
         assert_eq!(link.sent.len(), 4);
@@ -1030,6 +1483,7 @@ mod tests {
             DhcpClient::new(MAC0, 7),
             move || clock.get(),
             Duration::from_secs(30),
+            || false,
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "no answer after 30 s");
@@ -1160,7 +1614,8 @@ mod veth_tests {
         sys::set_ipv4_address("lo", Ipv4Addr::LOCALHOST, Ipv4Addr::new(255, 0, 0, 0)).unwrap();
         sys::set_link_up("lo").unwrap();
         sys::set_link_up("veth-c").unwrap();
-        let interfaces = wait_for_carrier(Path::new("/sys/class/net"), None).unwrap();
+        let interfaces =
+            wait_for_carrier(Path::new("/sys/class/net"), None, DEFAULT_LINK_TIMEOUT).unwrap();
         let candidates = dhcp_candidates(&interfaces, None).unwrap();
         let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["veth-c", "veth-s"]);
@@ -1168,7 +1623,7 @@ mod veth_tests {
         let server_mac = candidates[1].1;
 
         let server = std::thread::spawn(move || serve(server_mac));
-        let lease = dhcp_on(&name, mac, Duration::from_secs(20)).unwrap();
+        let lease = dhcp_on(&name, mac, Duration::from_secs(20), &AtomicBool::new(false)).unwrap();
         server.join().unwrap();
         assert_eq!(
             describe_lease(&lease),

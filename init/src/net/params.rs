@@ -8,6 +8,7 @@
 //! entry, so the CIDR form is the only one accepted here.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -22,6 +23,9 @@ pub struct NetConfig {
     pub boot_mac: Option<[u8; 6]>,
     /// `provisioner.ip=` and friends; `None` means DHCP.
     pub static_ipv4: Option<StaticConfig>,
+    /// `imprint.link-timeout=`: how long a NIC without carrier is waited
+    /// for; `None` means [`super::DEFAULT_LINK_TIMEOUT`].
+    pub link_timeout: Option<Duration>,
 }
 
 /// A static IPv4 setup from `provisioner.*`.
@@ -89,6 +93,12 @@ impl NetConfig {
             }
             None => None,
         };
+        let link_timeout = given("imprint.link-timeout")
+            .map(|value| {
+                parse_link_timeout(value)
+                    .with_context(|| format!("parameter imprint.link-timeout={value}"))
+            })
+            .transpose()?;
         let Some(ip) = given("provisioner.ip") else {
             if let Some(key) = STATIC_ONLY.iter().find(|key| given(key).is_some()) {
                 bail!(
@@ -98,6 +108,7 @@ impl NetConfig {
             return Ok(NetConfig {
                 boot_mac,
                 static_ipv4: None,
+                link_timeout,
             });
         };
         let (address, prefix_len) =
@@ -127,6 +138,7 @@ impl NetConfig {
             .transpose()?;
         Ok(NetConfig {
             boot_mac,
+            link_timeout,
             static_ipv4: Some(StaticConfig {
                 address,
                 prefix_len,
@@ -138,6 +150,23 @@ impl NetConfig {
             }),
         })
     }
+}
+
+/// The longest `imprint.link-timeout=`: past a few minutes a port is not
+/// slow, it is dead, and the deploy should fail saying so.
+const MAX_LINK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `5`, `5s`, `1500ms`: a duration up to [`MAX_LINK_TIMEOUT`].
+pub fn parse_link_timeout(value: &str) -> Result<Duration> {
+    let timeout = crate::spec::parse_duration(value)?;
+    if timeout > MAX_LINK_TIMEOUT {
+        bail!(
+            "{} s is longer than the {} s a port can take to get link",
+            timeout.as_secs(),
+            MAX_LINK_TIMEOUT.as_secs()
+        );
+    }
+    Ok(timeout)
 }
 
 /// `01-52-54-00-12-34-56` (PXELINUX's `IPAPPEND 2` and iPXE's form: ARP
@@ -307,6 +336,29 @@ mod tests {
                 .boot_mac,
             Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
             "pxelinux IPAPPEND 2 puts BOOTIF after --"
+        );
+    }
+
+    #[test]
+    fn link_timeout_is_a_bounded_duration() {
+        assert_eq!(config("").unwrap().link_timeout, None);
+        assert_eq!(
+            config("imprint.link-timeout=2").unwrap().link_timeout,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            config("imprint.link-timeout=1500ms provisioner.ip=10.0.0.5/24")
+                .unwrap()
+                .link_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            error("imprint.link-timeout=10m"),
+            "parameter imprint.link-timeout=10m: 600 s is longer than the 300 s a port can take to get link"
+        );
+        assert!(
+            error("imprint.link-timeout=soon")
+                .starts_with("parameter imprint.link-timeout=soon: \"soon\" is not a duration")
         );
     }
 

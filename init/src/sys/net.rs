@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr;
 use std::time::Duration;
@@ -102,6 +102,173 @@ impl PacketSocket {
             Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// A raw ICMPv6 socket: sends router solicitations and receives every
+/// ICMPv6 message the host gets (router advertisements among them), with
+/// the interface index it came in on. Closed on drop.
+#[derive(Debug)]
+pub struct Icmp6Socket {
+    fd: OwnedFd,
+}
+
+/// All-routers multicast (RFC 4291).
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+
+impl Icmp6Socket {
+    /// Fails when the kernel has no IPv6.
+    pub fn open() -> io::Result<Self> {
+        let fd = rustix::net::socket_with(
+            AddressFamily::INET6,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            Some(rustix::net::ipproto::ICMPV6),
+        )?;
+        // Neighbour discovery messages must carry hop limit 255 (RFC 4861 §6.1.1).
+        rustix::net::sockopt::set_ipv6_multicast_hops(&fd, 255)?;
+        rustix::net::sockopt::set_ipv6_unicast_hops(&fd, Some(255))?;
+        Ok(Self { fd })
+    }
+
+    /// Sends `message` to all routers on the interface with index `ifindex`.
+    /// The kernel computes the ICMPv6 checksum.
+    pub fn send_to_routers(&self, message: &[u8], ifindex: u32) -> io::Result<()> {
+        let to = SocketAddrV6::new(ALL_ROUTERS, 0, 0, ifindex);
+        rustix::net::sendto(&self.fd, message, SendFlags::empty(), &to)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for one ICMPv6 message: its length and the
+    /// index of the interface it came from (the scope of its link-local
+    /// source; 0 for a global source).
+    pub fn recv_timeout(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> io::Result<Option<(usize, u32)>> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        rustix::net::sockopt::set_socket_timeout(
+            &self.fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(timeout),
+        )?;
+        match rustix::net::recvfrom(&self.fd, buf, RecvFlags::empty()) {
+            Ok((_, len, from)) => {
+                let scope = from
+                    .and_then(|from| SocketAddrV6::try_from(from).ok())
+                    .map_or(0, |from| from.scope_id());
+                Ok(Some((len, scope)))
+            }
+            Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A UDP socket on the DHCPv6 client port of one interface's link-local
+/// address, sending to the all-servers multicast group on that interface.
+#[derive(Debug)]
+pub struct Dhcp6Socket {
+    socket: UdpSocket,
+    ifindex: u32,
+}
+
+impl Dhcp6Socket {
+    /// Binds `[link_local%ifindex]:546`; the address must have passed DAD.
+    pub fn open(link_local: Ipv6Addr, ifindex: u32) -> io::Result<Self> {
+        let socket = UdpSocket::bind(SocketAddrV6::new(
+            link_local,
+            crate::net::dhcp6::CLIENT_PORT,
+            0,
+            ifindex,
+        ))?;
+        Ok(Self { socket, ifindex })
+    }
+
+    /// Sends one message to `ff02::1:2` port 547.
+    pub fn send(&self, message: &[u8]) -> io::Result<()> {
+        let to = SocketAddrV6::new(
+            crate::net::dhcp6::SERVERS,
+            crate::net::dhcp6::SERVER_PORT,
+            0,
+            self.ifindex,
+        );
+        self.socket.send_to(message, to)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for one datagram; `None` when none came.
+    pub fn recv_timeout(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        match self.socket.recv(buf) {
+            Ok(len) => Ok(Some(len)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The kernel's index of `interface`.
+pub fn interface_index(interface: &str) -> io::Result<u32> {
+    let fd = control_socket()?;
+    Ok(rustix::net::netdevice::name_to_index(&fd, interface)?)
+}
+
+/// Writes `/proc/sys/net/ipv6/conf/<interface>/<key>`, e.g. `accept_ra`.
+pub fn set_ipv6_conf(interface: &str, key: &str, value: &str) -> io::Result<()> {
+    if interface.contains('/') || key.contains('/') {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    std::fs::write(format!("/proc/sys/net/ipv6/conf/{interface}/{key}"), value)
+}
+
+/// `struct in6_ifreq` from <linux/ipv6.h>.
+#[repr(C)]
+struct In6Ifreq {
+    ifr6_addr: libc::in6_addr,
+    ifr6_prefixlen: u32,
+    ifr6_ifindex: c_int,
+}
+
+/// Adds `address/prefix_len` to `interface`. An address that is already
+/// there is not an error, so bring-up can be retried.
+pub fn add_ipv6_address(interface: &str, address: Ipv6Addr, prefix_len: u8) -> io::Result<()> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET6,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let mut req = In6Ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: address.octets(),
+        },
+        ifr6_prefixlen: u32::from(prefix_len),
+        ifr6_ifindex: c_int::try_from(interface_index(interface)?)
+            .map_err(|_| io::ErrorKind::InvalidInput)?,
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket takes a `struct in6_ifreq`
+    // (layout checked by a test); `req` is initialised and outlives the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCSIFADDR, ptr::from_mut(&mut req)) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        Ok(())
+    } else {
+        Err(err)
     }
 }
 
@@ -344,6 +511,13 @@ mod tests {
         assert_eq!(size_of::<VlanIoctlArgs>(), 56);
         assert_eq!(std::mem::offset_of!(VlanIoctlArgs, u), 28);
         assert_eq!(std::mem::offset_of!(VlanIoctlArgs, vlan_qos), 52);
+    }
+
+    #[test]
+    fn in6_ifreq_has_the_kernel_layout() {
+        // struct in6_addr (16) + __u32 prefixlen + int ifindex.
+        assert_eq!(size_of::<In6Ifreq>(), 24);
+        assert_eq!(std::mem::offset_of!(In6Ifreq, ifr6_ifindex), 20);
     }
 
     #[test]
