@@ -263,9 +263,9 @@ pub const PARAMS: &[ParamDef] = &[
         name: "link-timeout",
         values: "DURATION",
         default: "5s",
-        help: "How long PID 1 waits for a NIC's carrier before leaving it out (read by the network bring-up, before any deploy spec).",
+        help: "How long PID 1 waits for a NIC's carrier before leaving it out, at most 300s (read by the network bring-up, before any deploy spec).",
         apply: |_, v| {
-            parse_duration(v)?;
+            crate::net::params::parse_link_timeout(v)?;
             Ok(())
         },
     },
