@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use imprint::disk::probe::FsInfo;
-use imprint::pid1::{EARLY_BOOT, EarlyStep};
+use imprint::pid1::{EARLY_BOOT, apply_early_step};
 use imprint::sys;
 use imprint::sys::power::{PowerAction, power};
 use imprint_golden::facts;
@@ -54,19 +54,6 @@ fn main() {
         }
     }
     power(PowerAction::Poweroff)
-}
-
-fn apply_early_step(step: &EarlyStep) -> Result<()> {
-    match step {
-        EarlyStep::Dir { path, mode } => sys::mount::mkdir_all(Path::new(path), *mode),
-        EarlyStep::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-        } => sys::mount::mount(source, Path::new(target), fstype, *flags, *data),
-    }
 }
 
 fn run(cmdline: &str) -> Result<()> {

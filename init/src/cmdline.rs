@@ -66,7 +66,9 @@ impl KernelCmdline {
     }
 }
 
-fn split_words(text: &str) -> Vec<String> {
+/// The kernel's word splitting: whitespace separates, double quotes group
+/// and are dropped.
+pub fn split_words(text: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut current = String::new();
     let mut in_word = false;

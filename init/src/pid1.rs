@@ -125,7 +125,8 @@ pub const EARLY_BOOT: &[EarlyStep] = &[
     },
 ];
 
-fn apply_early_step(step: &EarlyStep) -> Result<()> {
+/// Applies one step of [`EARLY_BOOT`] (golden-init shares the table).
+pub fn apply_early_step(step: &EarlyStep) -> Result<()> {
     match step {
         EarlyStep::Dir { path, mode } => sys::mount::mkdir_all(Path::new(path), *mode),
         EarlyStep::Mount {

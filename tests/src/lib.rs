@@ -237,6 +237,41 @@ pub fn boot_imprint(name: &str, params: &str, disks: Vec<Disk>) -> Vm {
     builder.start().expect("starting qemu")
 }
 
+/// A port on the host's loopback that was free a moment ago (for QEMU's
+/// `hostfwd`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// `GET /status` of a guest's status endpoint through a host forward on
+/// `host_port`, retried until PID 1 answers; the whole HTTP response.
+pub fn get_status(host_port: u16, timeout: Duration) -> String {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", host_port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /status HTTP/1.0\r\nHost: machine\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })();
+        match attempt {
+            Ok(response) if response.starts_with("HTTP/1.") => return response,
+            Ok(response) => last = format!("answer {response:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("no answer from /status through 127.0.0.1:{host_port}: {last}");
+}
+
 /// Waits for the result line and for the VM to power off.
 pub fn finish(vm: &Vm) -> ResultLine {
     let line = vm

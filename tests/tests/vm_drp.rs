@@ -16,15 +16,15 @@
 //! message carries iPXE's vendor class (in the first test imprint's DHCP,
 //! which has none, shows up there).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use imprint_qemu::drp::ApiCall;
 use imprint_qemu::{Nic, Vm};
 use imprint_vm_tests::drp::{DrpLab, DrpMachine, IMAGE_FILE};
-use imprint_vm_tests::{DEPLOY_TIMEOUT, ResultLine, sha256_hex, wait_golden};
+use imprint_vm_tests::{
+    DEPLOY_TIMEOUT, ResultLine, free_port, get_status, sha256_hex, wait_golden,
+};
 use serde_json::{Value, json};
 
 const KEY: &str =
@@ -263,38 +263,6 @@ fn pxe_boot_deploys_the_golden_os_and_reports_to_drp() {
         classes.iter().any(|c| c.starts_with("PXEClient")) && classes.iter().any(String::is_empty),
         "{classes:?}"
     );
-}
-
-/// A port on the host's loopback that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /status` through the host forward, retried until PID 1 answers.
-fn get_status(host_port: u16, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut stream = TcpStream::connect(("127.0.0.1", host_port))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(b"GET /status HTTP/1.0\r\nHost: machine\r\n\r\n")?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })();
-        match attempt {
-            Ok(response) if response.starts_with("HTTP/1.") => return response,
-            Ok(response) => last = format!("answer {response:?}"),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    panic!("no answer from /status through 127.0.0.1:{host_port}: {last}");
 }
 
 #[test]

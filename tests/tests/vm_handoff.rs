@@ -4,16 +4,14 @@
 //! halts and keeps answering `/status`; `retry:N` runs the deploy again; the
 //! report webhook receives the events in order.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
 use imprint_qemu::http::{Behavior, FixtureServer, RequestRecord};
 use imprint_qemu::{Disk, Nic, Vm};
 use imprint_vm_tests::{
-    Artifacts, DEPLOY_TIMEOUT, GoldenReport, ResultLine, filter, golden_image, golden_root_uuid,
-    sha256_hex, wait_golden,
+    Artifacts, DEPLOY_TIMEOUT, GoldenReport, ResultLine, filter, free_port, get_status,
+    golden_image, golden_root_uuid, sha256_hex, wait_golden,
 };
 
 const KEY: &str =
@@ -243,28 +241,12 @@ fn reboot_then_the_firmware_boots_the_deployed_disk() {
     assert_eq!(golden.machine_id, "empty");
 }
 
-/// A free TCP port on the host for QEMU's port forwarding.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get_status(port: u16) -> Option<serde_json::Value> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(b"GET /status HTTP/1.1\r\nHost: imprint\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    serde_json::from_str(body).ok()
+/// The status document, once the endpoint answers 200.
+fn status_document(port: u16) -> serde_json::Value {
+    let response = get_status(port, Duration::from_secs(60));
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    serde_json::from_str(body).expect("the status document is JSON")
 }
 
 #[test]
@@ -291,15 +273,7 @@ fn a_failed_deploy_halts_and_keeps_answering_status() {
 
     // Halted, not powered off: the status endpoint keeps answering, through
     // QEMU's port forwarding, with the error.
-    let mut document = None;
-    for _ in 0..50 {
-        document = get_status(port);
-        if document.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let document = document.expect("GET /status answers on the halted machine");
+    let document = status_document(port);
     assert_eq!(document["state"], "failed", "{document:#}");
     let error = document["error"]["error"].as_str().unwrap_or_default();
     assert!(
@@ -309,7 +283,7 @@ fn a_failed_deploy_halts_and_keeps_answering_status() {
     assert_eq!(document["error"]["stage"], "write", "{document:#}");
     std::thread::sleep(Duration::from_secs(2));
     assert!(!vm.has_exited(), "on-failure=halt keeps the machine up");
-    assert!(get_status(port).is_some(), "still answering");
+    assert_eq!(status_document(port)["state"], "failed", "still answering");
     vm.kill().unwrap();
 }
 

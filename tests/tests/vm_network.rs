@@ -8,14 +8,14 @@
 //! log and the static address by reaching PID 1's `/status` endpoint through
 //! a host forward to exactly that address.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imprint_qemu::http::FixtureServer;
 use imprint_qemu::{Disk, Nic, Vm};
-use imprint_vm_tests::{Artifacts, DEPLOY_TIMEOUT, ResultLine, sha256_hex, test_image};
+use imprint_vm_tests::{
+    Artifacts, DEPLOY_TIMEOUT, ResultLine, free_port, get_status, sha256_hex, test_image,
+};
 
 const BOOT_MAC: &str = "52:54:00:00:00:02";
 const OTHER_MAC: &str = "52:54:00:00:00:01";
@@ -47,38 +47,6 @@ fn disk_file(dir: &Path) -> PathBuf {
         .set_len(64 << 20)
         .unwrap();
     path
-}
-
-/// A port on the host's loopback that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /status` through the host forward, retried until PID 1 answers.
-fn get_status(host_port: u16, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut stream = TcpStream::connect(("127.0.0.1", host_port))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(b"GET /status HTTP/1.0\r\nHost: machine\r\n\r\n")?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })();
-        match attempt {
-            Ok(response) if response.starts_with("HTTP/1.") => return response,
-            Ok(response) => last = format!("answer {response:?}"),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    panic!("no answer from /status through 127.0.0.1:{host_port}: {last}");
 }
 
 #[test]

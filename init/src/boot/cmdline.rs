@@ -8,6 +8,7 @@
 //! DRP put after `--` on imprint's own command line are kept, so the
 //! installed system talks on the same serial port.
 
+use crate::cmdline::split_words;
 use anyhow::{Result, bail};
 
 /// The x86 kernel's `COMMAND_LINE_SIZE` (2048) less the terminating NUL.
@@ -77,37 +78,6 @@ fn is_dropped(word: &str) -> bool {
 
 fn is_console(word: &str) -> bool {
     matches!(key(word), "console" | "earlycon" | "earlyprintk")
-}
-
-/// Splits like the kernel does: whitespace separates words, double quotes
-/// group (and are dropped, to be put back around words holding spaces).
-fn split_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    let mut in_quotes = false;
-    for c in text.chars() {
-        match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                in_word = true;
-            }
-            c if c.is_whitespace() && !in_quotes => {
-                if in_word {
-                    words.push(std::mem::take(&mut current));
-                    in_word = false;
-                }
-            }
-            c => {
-                current.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(current);
-    }
-    words
 }
 
 #[cfg(test)]
