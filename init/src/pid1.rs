@@ -14,6 +14,7 @@ use rustix::mount::MountFlags;
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
 use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
+use crate::hardware::{FirmwareFailure, HardwareReport};
 use crate::inject::deployed::Injected;
 use crate::logger::ConsoleLogger;
 use crate::pipeline::progress::Progress;
@@ -202,6 +203,7 @@ pub fn main() -> ! {
         image: None,
         result: None,
         timeline: Timeline::default(),
+        firmware_reported: Vec::new(),
     };
     machine.timeline.mark_at(Mark::Pid1, pid1_at);
     let mut attempt: u32 = 0;
@@ -328,6 +330,8 @@ struct Machine {
     /// The run's result line and DRP result, until sent.
     result: Option<(String, LastDeploy)>,
     timeline: Timeline,
+    /// Firmware load failures already on the console.
+    firmware_reported: Vec<FirmwareFailure>,
 }
 
 impl Machine {
@@ -341,7 +345,9 @@ impl Machine {
         if !self.drivers_loaded {
             self.enter(Stage::Drivers);
             let kver = sys::kmod::kernel_release();
-            coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
+            let report =
+                coldplug(&Path::new("/lib/modules").join(&kver)).context("loading drivers")?;
+            self.firmware_reported = report.firmware;
             log::info!(
                 "drivers loaded after {:.2} s",
                 self.started.elapsed().as_secs_f64()
@@ -545,7 +551,9 @@ impl Machine {
     fn network(&mut self) -> Result<()> {
         if self.boot_mac.is_none() {
             self.enter(Stage::Network);
-            self.boot_mac = Some(bring_up_network(self.started, &self.cmdline)?);
+            let up = bring_up_network(self.started, &self.cmdline);
+            report_late_firmware(&mut self.firmware_reported);
+            self.boot_mac = Some(up?);
             self.mark(Mark::Lease);
         }
         Ok(())
@@ -606,6 +614,11 @@ impl Machine {
             let why = why.context("imprint.on-success=kexec!");
             let line = report::error_line(&why);
             println!("{line}");
+            // DRP's job ends failed, not finished, when it was not sent yet.
+            if let Some((result_line, last)) = self.result.as_mut() {
+                result_line.clone_from(&line);
+                last.error = Some(format!("{why:#}"));
+            }
             self.status.emit(EventKind::Failed {
                 stage: Stage::Handoff,
                 error: format!("{why:#}"),
@@ -760,8 +773,9 @@ pub fn collect_modaliases(root: &Path) -> Vec<String> {
 /// device shows up: loading a bus driver (virtio_pci) creates the devices
 /// (virtio0, virtio1) whose drivers (virtio_blk, virtio_net) come next.
 /// Then warns about every network or storage device left without a driver
-/// and every firmware file a driver could not load ([`crate::hardware`]).
-pub fn coldplug(module_dir: &Path) -> Result<()> {
+/// and every firmware file a driver could not load ([`crate::hardware`]),
+/// and returns that report.
+pub fn coldplug(module_dir: &Path) -> Result<HardwareReport> {
     let index = modules::ModuleIndex::load(module_dir)?;
     let mut loaded = std::collections::BTreeSet::new();
     for _round in 0..8 {
@@ -788,8 +802,22 @@ pub fn coldplug(module_dir: &Path) -> Result<()> {
             loaded.insert(module.name);
         }
     }
-    crate::hardware::HardwareReport::gather(Path::new("/sys"), Path::new("/dev/kmsg")).log();
-    Ok(())
+    let report = HardwareReport::gather(Path::new("/sys"), Path::new("/dev/kmsg"));
+    report.log();
+    Ok(report)
+}
+
+/// Firmware a driver asked for after the coldplug report (r8169 and bnx2x
+/// load theirs when the link comes up), each reported once: `known` holds
+/// what was reported before.
+fn report_late_firmware(known: &mut Vec<FirmwareFailure>) {
+    let log = crate::hardware::read_kmsg(Path::new("/dev/kmsg"));
+    for failure in crate::hardware::firmware_failures(&log) {
+        if !known.contains(&failure) {
+            log::warn!("{failure}");
+            known.push(failure);
+        }
+    }
 }
 
 #[cfg(test)]
