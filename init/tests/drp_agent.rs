@@ -156,7 +156,7 @@ fn happy_path_reports_like_an_agent() {
     let log_path = format!("{job_path}/log");
     let seen = summary(&calls);
     let (first, rest) = seen.split_at(2);
-    let (middle, last) = rest.split_at(rest.len() - 2);
+    let (middle, last) = rest.split_at(rest.len() - 3);
     assert_eq!(
         first,
         [
@@ -181,8 +181,11 @@ fn happy_path_reports_like_an_agent() {
                 format!("/api/v3/machines/{MACHINE}/params/{LAST_DEPLOY_PARAM}"),
                 200
             ),
+            // Asking for the next job moves the workflow on: nothing left.
+            ("POST".into(), "/api/v3/jobs".into(), 204),
         ]
     );
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
     assert_eq!(calls[0].json(), json!({"Machine": MACHINE}));
     assert_eq!(
         calls[1].json(),
@@ -191,8 +194,8 @@ fn happy_path_reports_like_an_agent() {
             {"op": "replace", "path": "/State", "value": "running"},
         ])
     );
-    assert_eq!(calls[calls.len() - 2].json()[0]["value"], "running");
-    let puts = &calls[2..calls.len() - 2];
+    assert_eq!(calls[calls.len() - 3].json()[0]["value"], "running");
+    let puts = &calls[2..calls.len() - 3];
     assert!(
         puts.iter()
             .all(|c| c.content_type.as_deref() == Some("application/octet-stream"))
@@ -204,7 +207,70 @@ fn happy_path_reports_like_an_agent() {
     assert_eq!((stats.lines_sent, stats.lines_dropped), (4, 0));
     assert!(stats.param_set);
     assert_eq!(stats.failures, 0);
+    assert_eq!(stats.advanced, Some(None));
     assert_token_never_logged(&token);
+}
+
+#[test]
+fn a_further_task_is_left_incomplete_for_the_installed_systems_agent() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.set_tasks(MACHINE, &["imprint-deploy", "post-install-check"]);
+    let token = drp.token();
+    let reporter = start_reporter(
+        &drp.url("/api/v3"),
+        &token,
+        &SourceOptions::default(),
+        fast(),
+    );
+    reporter.finish(ok_result());
+    assert!(reporter.flush(Duration::from_secs(20)));
+
+    let jobs = drp.jobs();
+    assert_eq!(jobs.len(), 2, "{jobs:#?}");
+    assert_eq!(jobs[0]["State"], "finished");
+    assert_eq!(jobs[1]["Task"], "post-install-check");
+    assert_eq!(
+        (&jobs[1]["State"], &jobs[1]["ExitState"]),
+        (&json!("incomplete"), &json!("reboot"))
+    );
+    assert_eq!(
+        reporter.stats().advanced,
+        Some(Some("post-install-check".to_owned()))
+    );
+    // The workflow is not done: the BootEnv stays, and the next agent that
+    // asks (the installed system's) gets that job back to run.
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("imprint"));
+    let again = ureq::post(drp.url("/api/v3/jobs"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(json!({"Machine": MACHINE}).to_string())
+        .unwrap();
+    assert_eq!(again.status(), 202);
+}
+
+#[test]
+fn a_failed_deploy_does_not_move_the_workflow_on() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_machine(MACHINE);
+    let token = drp.token();
+    let reporter = start_reporter(
+        &drp.url("/api/v3"),
+        &token,
+        &SourceOptions::default(),
+        fast(),
+    );
+    let mut failed = ok_result();
+    failed.error = Some("GET http://files/golden.raw.zst: HTTP 404".into());
+    reporter.finish(failed);
+    assert!(reporter.flush(Duration::from_secs(20)));
+    let posts = drp
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == "/api/v3/jobs")
+        .count();
+    assert_eq!(posts, 1, "no request for a next job after a failure");
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("imprint"));
+    assert_eq!(reporter.stats().advanced, None);
 }
 
 #[test]
@@ -372,7 +438,7 @@ fn server_errors_are_retried_until_they_pass() {
     reporter.finish(ok_result());
     assert!(reporter.flush(Duration::from_secs(20)));
     let statuses: Vec<u16> = drp.calls().iter().map(|call| call.status).collect();
-    assert_eq!(statuses, [503, 503, 201, 200, 200, 429, 200]);
+    assert_eq!(statuses, [503, 503, 201, 200, 200, 429, 200, 204]);
     assert_eq!(drp.jobs()[0]["State"], "finished");
     let stats = reporter.stats();
     assert!(stats.param_set);

@@ -11,9 +11,11 @@
 //! - Everything under `/api/v3/` wants `Authorization: Bearer <token>`; anything
 //!   else gets `401` with DRP's error body `{"Type","Messages","Code","Key","Model"}`.
 //! - `POST /api/v3/jobs {"Machine":uuid}`: `201` with a new job (server-assigned
-//!   `Uuid`, `State: "created"`) for the machine's task; `202` with the current
-//!   job when that is `incomplete` (it is run again); `204` and no body when the
-//!   machine has no task to run; `409` while its current job is `created` or
+//!   `Uuid`, `State: "created"`) for the next task of the machine's task list
+//!   (each task runs once, in order); `202` with the current job when that is
+//!   `incomplete` (it is run again); `204` and no body when the list is done,
+//!   which also moves the machine's BootEnv to `local`, as DRP's `complete`
+//!   stage at the end of a workflow does; `409` while its current job is `created` or
 //!   `running`; `422` for an unknown machine; `400` without `Machine`.
 //! - `GET`/`PATCH /api/v3/jobs/<id>`: the PATCH body is an RFC 6902 JSON Patch
 //!   (`test`, `add`, `replace`, `remove`), applied all or nothing: `409` when a
@@ -73,8 +75,10 @@ impl ApiCall {
 
 #[derive(Default)]
 struct Machine {
-    /// The task a new job runs; `None`: nothing to do (`POST /jobs` is 204).
-    task: Option<String>,
+    /// The tasks still to run, in order; empty: nothing to do (`POST /jobs`
+    /// is 204 and the workflow is complete).
+    tasks: VecDeque<String>,
+    bootenv: String,
     current_job: Option<String>,
     params: Map<String, Value>,
 }
@@ -228,7 +232,8 @@ impl DrpStandIn {
             .machines
             .entry(uuid.to_owned())
             .or_insert_with(|| Machine {
-                task: Some(DEFAULT_TASK.to_owned()),
+                tasks: VecDeque::from([DEFAULT_TASK.to_owned()]),
+                bootenv: "imprint".to_owned(),
                 ..Machine::default()
             });
     }
@@ -238,8 +243,26 @@ impl DrpStandIn {
     pub fn set_task(&self, uuid: &str, task: Option<&str>) {
         self.add_machine(uuid);
         if let Some(machine) = self.shared.lock().machines.get_mut(uuid) {
-            machine.task = task.map(str::to_owned);
+            machine.tasks = task.map(str::to_owned).into_iter().collect();
         }
+    }
+
+    /// The machine's task list from now on (its workflow's remaining tasks).
+    pub fn set_tasks(&self, uuid: &str, tasks: &[&str]) {
+        self.add_machine(uuid);
+        if let Some(machine) = self.shared.lock().machines.get_mut(uuid) {
+            machine.tasks = tasks.iter().map(|t| (*t).to_owned()).collect();
+        }
+    }
+
+    /// The machine's BootEnv: `imprint` until a `POST /jobs` finds its task
+    /// list done, then `local`.
+    pub fn machine_bootenv(&self, uuid: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .machines
+            .get(uuid)
+            .map(|m| m.bootenv.clone())
     }
 
     /// Serves `bytes` unauthenticated at `/machines/<uuid>/<name>`, as DRP
@@ -600,9 +623,13 @@ fn create_job(state: &mut State, body: &[u8]) -> Answer {
         }
         _ => {}
     }
-    let Some(task) = machine.task.clone() else {
+    if machine.tasks.is_empty() {
+        if let Some(machine) = state.machines.get_mut(&uuid) {
+            machine.bootenv = "local".to_owned();
+        }
         return Answer::empty(204);
-    };
+    }
+    let task = machine.tasks.front().cloned().unwrap_or_default();
     let previous = machine.current_job.clone().unwrap_or_default();
     state.next_id += 1;
     let id = job_uuid(state.next_id);
@@ -632,6 +659,7 @@ fn create_job(state: &mut State, body: &[u8]) -> Answer {
     });
     state.jobs.push(job.clone());
     if let Some(machine) = state.machines.get_mut(&uuid) {
+        machine.tasks.pop_front();
         machine.current_job = Some(id);
     }
     Answer::json(201, job)

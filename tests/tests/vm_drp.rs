@@ -122,6 +122,18 @@ fn check_reported(lab: &DrpLab, result: &ResultLine) {
     let id = job["Uuid"].as_str().expect("the job's Uuid");
     assert_eq!(job["State"], "finished", "{job}");
     assert_eq!(job["Machine"], uuid.as_str());
+    // After the job, PID 1 asks for the next one, which moves the workflow
+    // on: nothing is left, so the machine's BootEnv becomes `local`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab.drp.machine_bootenv(uuid).as_deref() != Some("local") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        lab.drp.machine_bootenv(uuid).as_deref(),
+        Some("local"),
+        "{:#?}",
+        lab.drp.calls()
+    );
     let calls = lab.drp.calls();
     let unauthorized: Vec<&ApiCall> = calls
         .iter()
@@ -132,8 +144,9 @@ fn check_reported(lab: &DrpLab, result: &ResultLine) {
         .iter()
         .filter(|c| c.method == "POST" && c.path == "/api/v3/jobs")
         .collect();
-    assert_eq!(created.len(), 1, "{calls:#?}");
+    assert_eq!(created.len(), 2, "{calls:#?}");
     assert_eq!(created[0].status, 201);
+    assert_eq!(created[1].status, 204, "the next job: nothing left");
     assert_eq!(created[0].json()["Machine"], uuid.as_str());
     assert_eq!(
         state_moves(&calls, id),

@@ -28,6 +28,10 @@ pub struct DrpStats {
     pub param_set: bool,
     /// Requests given up (after their last attempt, or at a final answer).
     pub failures: u64,
+    /// After a finished job, what asking for the next one gave:
+    /// `Some(None)` nothing left (the workflow moved on), `Some(Some(task))`
+    /// a further task left `incomplete` for the installed system's agent.
+    pub advanced: Option<Option<String>>,
 }
 
 #[derive(Default)]
@@ -283,6 +287,53 @@ impl Worker {
         });
         if set.is_ok() {
             self.shared.lock().stats.param_set = true;
+        }
+        if result.succeeded() && self.job.is_some() && !self.running {
+            self.advance();
+        }
+    }
+
+    /// Asks DRP for the machine's next job, as `drpcli agent` does after
+    /// each one: that request is what moves the workflow on (to `complete`,
+    /// which sets BootEnv `local`, so the next boot is from the disk and not
+    /// another deploy). DRP answers `204` when nothing is left. A job for a
+    /// further task cannot run here: it is handed to the installed system's
+    /// agent as DRP hands over a task that needs a reboot, `running` then
+    /// `incomplete` (ExitState `reboot`), which DRP gives to the next agent
+    /// that asks.
+    fn advance(&mut self) {
+        let next = self.attempt("asking DRP for the next job", DrpClient::create_job);
+        let job = match next {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                log::info!(
+                    "DRP {}: machine {} has no further task; its workflow moves on",
+                    self.client.endpoint(),
+                    self.client.machine()
+                );
+                self.shared.lock().stats.advanced = Some(None);
+                return;
+            }
+            Err(_) => return,
+        };
+        let id = job.uuid.clone();
+        let from = job.state.clone();
+        let handed = self
+            .attempt(&format!("starting job {id}"), |client| {
+                client.set_job_state(&id, &from, "running", None)
+            })
+            .and_then(|_| {
+                self.attempt(&format!("handing job {id} on"), |client| {
+                    client.set_job_state(&id, "running", "incomplete", Some("reboot"))
+                })
+            });
+        if handed.is_ok() {
+            log::info!(
+                "DRP {}: the next task, {}, is left for the installed system's agent (job {id} incomplete)",
+                self.client.endpoint(),
+                job.task
+            );
+            self.shared.lock().stats.advanced = Some(Some(job.task));
         }
     }
 

@@ -244,12 +244,35 @@ fn job_lifecycle_follows_drp() {
         (&json!("finished"), &json!("complete"))
     );
 
-    // The next job follows the finished one.
+    // The task list is done: asking again completes the workflow.
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("imprint"));
+    let done = create(&drp);
+    assert_eq!((done.status, done.body.len()), (204, 0));
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
+    assert_eq!(drp.jobs().len(), 1);
+}
+
+#[test]
+fn tasks_run_once_each_in_order_and_chain_their_jobs() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.set_tasks(MACHINE, &["imprint-deploy", "check"]);
+    let first = create(&drp);
+    assert_eq!(first.status, 201);
+    let id = first.json()["Uuid"].as_str().unwrap().to_owned();
+    assert_eq!(first.json()["Task"], "imprint-deploy");
+    for (from, to) in [("created", "running"), ("running", "finished")] {
+        let ops = json!([
+            {"op": "test", "path": "/State", "value": from},
+            {"op": "replace", "path": "/State", "value": to},
+        ]);
+        assert_eq!(patch(&drp, &id, ops).status, 200);
+    }
     let next = create(&drp);
     assert_eq!(next.status, 201);
+    assert_eq!(next.json()["Task"], "check");
     assert_eq!(next.json()["Previous"], json!(id));
     assert_eq!(drp.jobs().len(), 2);
-    assert_ne!(drp.jobs()[1]["Uuid"], json!(id));
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("imprint"));
 }
 
 #[test]
