@@ -204,12 +204,14 @@ pub fn main() -> ! {
         result: None,
         timeline: Timeline::default(),
         firmware_reported: Vec::new(),
+        written: None,
     };
     machine.timeline.mark_at(Mark::Pid1, pid1_at);
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
         let run_started = Instant::now();
+        machine.written = None;
         let outcome = DeploySpec::from_cmdline(&machine.cmdline).and_then(|spec| machine.run(spec));
         match outcome {
             Ok(done) => {
@@ -224,7 +226,7 @@ pub fn main() -> ! {
                 machine.status.emit(EventKind::Failed {
                     stage: machine.stage,
                     error: format!("{error:#}"),
-                    offset: None,
+                    offset: machine.written.filter(|_| machine.stage == Stage::Write),
                     attempt: Some(attempt),
                 });
                 machine.drp_finish(&line, None, Some(format!("{error:#}")), run_started);
@@ -282,6 +284,8 @@ struct Stamped<P> {
     inner: P,
     first: Option<Duration>,
     last: Option<Duration>,
+    /// Bytes written so far: where a failed write stopped.
+    done: u64,
 }
 
 impl<P> Stamped<P> {
@@ -290,12 +294,14 @@ impl<P> Stamped<P> {
             inner,
             first: None,
             last: None,
+            done: 0,
         }
     }
 }
 
 impl<P: Progress> Progress for Stamped<P> {
     fn update(&mut self, done: u64, total: Option<u64>) {
+        self.done = done;
         if done > 0 {
             let now = timeline::since_boot();
             self.first.get_or_insert(now);
@@ -332,6 +338,8 @@ struct Machine {
     timeline: Timeline,
     /// Firmware load failures already on the console.
     firmware_reported: Vec<FirmwareFailure>,
+    /// Bytes of the image written by the current run's write stage.
+    written: Option<u64>,
 }
 
 impl Machine {
@@ -414,12 +422,14 @@ impl Machine {
         }
         self.enter(Stage::Write);
         let mut progress = Stamped::new(ProgressEvents::new(self.status.clone(), Stage::Write));
-        let summary = deploy::deploy_to(
+        let written = deploy::deploy_to(
             &spec,
             &target,
             &deploy::DeployOptions::default(),
             &mut progress,
-        )?;
+        );
+        self.written = Some(progress.done);
+        let summary = written?;
         if let (Some(first), Some(last)) = (progress.first, progress.last) {
             self.timeline.mark_at(Mark::FirstByte, first);
             self.timeline.mark_at(Mark::LastByte, last);

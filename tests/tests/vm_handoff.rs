@@ -281,6 +281,12 @@ fn a_failed_deploy_halts_and_keeps_answering_status() {
         "{document:#}"
     );
     assert_eq!(document["error"]["stage"], "write", "{document:#}");
+    // Nothing was written before the 404: the failure is at byte 0.
+    assert_eq!(document["error"]["offset"], 0, "{document:#}");
+    assert!(
+        document["timeline"]["lease"].as_f64().is_some(),
+        "{document:#}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(!vm.has_exited(), "on-failure=halt keeps the machine up");
     assert_eq!(status_document(port)["state"], "failed", "still answering");
