@@ -221,14 +221,16 @@ pub fn main() -> ! {
                 machine.hand_over(&done)
             }
             Err(error) => {
-                let line = report::error_line(&error);
-                println!("{line}");
+                // The event first: whoever sees the console line and asks
+                // /status must find the failure there.
                 machine.status.emit(EventKind::Failed {
                     stage: machine.stage,
                     error: format!("{error:#}"),
                     offset: machine.written.filter(|_| machine.stage == Stage::Write),
                     attempt: Some(attempt),
                 });
+                let line = report::error_line(&error);
+                println!("{line}");
                 machine.drp_finish(&line, None, Some(format!("{error:#}")), run_started);
                 if let FailurePolicy::Retry(limit) = machine.on_failure
                     && attempt <= limit
