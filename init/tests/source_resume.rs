@@ -45,7 +45,9 @@ fn deploy(served: Vec<u8>, behaviors: Vec<Behavior>, extra: &[&str]) -> Run {
     let before = vec![0x5A; 8 * MIB];
     std::fs::write(&target, &before).unwrap();
     let url = server.url("image");
-    // Short timeouts keep the failing cases fast.
+    // No scenario here waits on these (the stall tests set their own), so
+    // they are generous: on a loaded machine a 2 s stall timeout fired
+    // before the first byte and turned a cut into a fresh start.
     let mut args = vec![
         "deploy",
         "--url",
@@ -53,9 +55,9 @@ fn deploy(served: Vec<u8>, behaviors: Vec<Behavior>, extra: &[&str]) -> Run {
         "--disk",
         target.to_str().unwrap(),
         "--connect-timeout",
-        "2s",
+        "10s",
         "--stall-timeout",
-        "2s",
+        "10s",
     ];
     args.extend_from_slice(extra);
     let output = imprint(&args);
