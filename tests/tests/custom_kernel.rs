@@ -127,20 +127,13 @@ fn disk_file(dir: &Path, size: u64) -> PathBuf {
     path
 }
 
-/// A raw image over HTTP onto an NVMe disk, booting out/custom/ (run
-/// scripts/build-kernel and scripts/build --kernel custom first; then
-/// `cargo test -p imprint-vm-tests --test custom_kernel -- --ignored
-/// --nocapture` prints the boot timeline).
-#[test]
-#[ignore = "needs scripts/build-kernel (slow, not part of CI)"]
-fn custom_kernel_deploys_with_no_modules() {
+/// Boots `bzimage` (as a PVH vmlinux) with `initrd`, deploys a 64 MiB raw
+/// image over HTTP onto an NVMe disk, checks the disk and returns the
+/// console and the `IMPRINT-TIMELINE:` line.
+fn deploy_to_nvme(name: &str, bzimage: &Path, initrd: &Path) -> (String, String) {
     let root = repo_root();
-    let how = "run scripts/build-kernel and scripts/build --kernel custom first";
-    let bzimage = existing(root.join("out/custom/vmlinuz"), how);
-    let initrd = existing(root.join("out/custom/initramfs.img"), how);
-    let kernel = imprint_qemu::fast_boot_kernel(&bzimage, &root.join("target/vm-cache"))
+    let kernel = imprint_qemu::fast_boot_kernel(bzimage, &root.join("target/vm-cache"))
         .unwrap_or_else(|e| panic!("no PVH vmlinux in {}: {e:#}", bzimage.display()));
-
     let image = test_image(64 << 20, 8);
     let server = FixtureServer::start().unwrap();
     server.add_file("golden.raw", image.clone());
@@ -150,7 +143,7 @@ fn custom_kernel_deploys_with_no_modules() {
     std::fs::create_dir_all(&logs).unwrap();
     let vm = Vm::builder()
         .kernel(&kernel)
-        .initrd(&initrd)
+        .initrd(initrd)
         .append(format!(
             "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff \
              imprint.url={} imprint.disk=/dev/nvme0n1",
@@ -159,7 +152,7 @@ fn custom_kernel_deploys_with_no_modules() {
         .memory_mib(1024)
         .nic(Nic::user())
         .disk(Disk::new(&disk).with_interface(DiskInterface::Nvme))
-        .console_log(logs.join("custom_kernel.log"))
+        .console_log(logs.join(format!("{name}.log")))
         .start()
         .expect("starting qemu");
     let result = finish(&vm);
@@ -174,16 +167,48 @@ fn custom_kernel_deploys_with_no_modules() {
         written[..image.len()] == image[..],
         "disk differs from the image"
     );
+    let timeline = console
+        .lines()
+        .find_map(|line| {
+            line.split_once("IMPRINT-TIMELINE:")
+                .map(|(_, rest)| rest.trim())
+        })
+        .unwrap_or_else(|| panic!("no IMPRINT-TIMELINE line:\n{console}"))
+        .to_owned();
+    eprintln!(
+        "{name}: initramfs {} bytes; IMPRINT-TIMELINE: {timeline}",
+        std::fs::metadata(initrd).unwrap().len()
+    );
+    (console, timeline)
+}
+
+/// A raw image over HTTP onto an NVMe disk, booting out/custom/ (run
+/// scripts/build-kernel and scripts/build --kernel custom first; then
+/// `cargo test -p imprint-vm-tests --test custom_kernel -- --ignored
+/// --nocapture` prints the boot timeline).
+#[test]
+#[ignore = "needs scripts/build-kernel (slow, not part of CI)"]
+fn custom_kernel_deploys_with_no_modules() {
+    let root = repo_root();
+    let how = "run scripts/build-kernel and scripts/build --kernel custom first";
+    let bzimage = existing(root.join("out/custom/vmlinuz"), how);
+    let initrd = existing(root.join("out/custom/initramfs.img"), how);
+    let (console, _) = deploy_to_nvme("custom_kernel", &bzimage, &initrd);
     assert!(
         !console.contains("imprint: loaded "),
         "a module was loaded:\n{console}"
     );
-    let timeline = console
-        .lines()
-        .find(|line| line.contains("IMPRINT-TIMELINE:"))
-        .unwrap_or_else(|| panic!("no IMPRINT-TIMELINE line:\n{console}"));
-    eprintln!(
-        "custom kernel, initramfs {} bytes: {timeline}",
-        std::fs::metadata(&initrd).unwrap().len()
-    );
+}
+
+/// The same deploy with the distribution kernel and its initramfs
+/// (`out/vmlinuz`, `out/initramfs.img`), for comparing the timelines on the
+/// same machine in the same minutes.
+#[test]
+#[ignore = "the comparison for custom_kernel_deploys_with_no_modules"]
+fn distribution_kernel_same_deploy() {
+    let root = repo_root();
+    let bzimage = existing(root.join("out/vmlinuz"), "run scripts/build first");
+    let initrd = existing(root.join("out/initramfs.img"), "run scripts/build first");
+    let (console, _) = deploy_to_nvme("distribution_kernel", &bzimage, &initrd);
+    assert!(console.contains("imprint: loaded nvme"), "{console}");
 }
