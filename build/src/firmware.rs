@@ -261,13 +261,7 @@ pub fn plan(
     modules: &[ModuleEntry],
     firmware_root: &Path,
 ) -> Result<FirmwarePlan> {
-    ensure!(
-        firmware_root.is_dir(),
-        "firmware root {} is not a directory (run scripts/fetch-firmware)",
-        firmware_root.display()
-    );
-    let mut plan = FirmwarePlan::default();
-    let mut listing: Option<Vec<String>> = None;
+    let mut declared = Vec::new();
     for module in modules {
         let path = modules_dir.join(&module.path);
         let elf = std::fs::read(&path)
@@ -279,44 +273,56 @@ pub fn plan(
                 path.display()
             )
         })?;
-        for name in names {
-            plan.declared.push((module.name.clone(), name.clone()));
-            let found = if has_glob(&name) {
-                if listing.is_none() {
-                    listing = Some(all_files(firmware_root)?);
-                }
-                let mut any = false;
-                for candidate in listing.iter().flatten() {
-                    if glob_matches(&name, candidate) {
-                        any |= add_path(firmware_root, candidate, &mut plan.files)?;
-                    }
-                }
-                any
-            } else {
-                let Some(relative) = normalize_relative(&name) else {
-                    bail!(
-                        "module {} names firmware {name} outside /lib/firmware",
-                        module.name
-                    );
-                };
-                let mut any = add_path(firmware_root, &relative, &mut plan.files)?;
-                for suffix in COMPRESSED_SUFFIXES {
-                    if !any {
-                        any = add_path(
-                            firmware_root,
-                            &format!("{relative}{suffix}"),
-                            &mut plan.files,
-                        )?;
-                    }
-                }
-                any
-            };
-            if !found {
-                plan.missing.push(MissingFirmware {
-                    module: module.name.clone(),
-                    name,
-                });
+        declared.extend(names.into_iter().map(|name| (module.name.clone(), name)));
+    }
+    plan_declared(&declared, firmware_root)
+}
+
+/// Finds `(module, firmware name)` pairs in the unpacked firmware tree
+/// `firmware_root`: what [`plan`] does once it has read the modules, and
+/// what a kernel with built-in drivers needs ([`crate::builtin`]).
+pub fn plan_declared(declared: &[(String, String)], firmware_root: &Path) -> Result<FirmwarePlan> {
+    ensure!(
+        firmware_root.is_dir(),
+        "firmware root {} is not a directory (run scripts/fetch-firmware)",
+        firmware_root.display()
+    );
+    let mut plan = FirmwarePlan::default();
+    let mut listing: Option<Vec<String>> = None;
+    for (module, name) in declared {
+        plan.declared.push((module.clone(), name.clone()));
+        let found = if has_glob(name) {
+            if listing.is_none() {
+                listing = Some(all_files(firmware_root)?);
             }
+            let mut any = false;
+            for candidate in listing.iter().flatten() {
+                if glob_matches(name, candidate) {
+                    any |= add_path(firmware_root, candidate, &mut plan.files)?;
+                }
+            }
+            any
+        } else {
+            let Some(relative) = normalize_relative(name) else {
+                bail!("module {module} names firmware {name} outside /lib/firmware");
+            };
+            let mut any = add_path(firmware_root, &relative, &mut plan.files)?;
+            for suffix in COMPRESSED_SUFFIXES {
+                if !any {
+                    any = add_path(
+                        firmware_root,
+                        &format!("{relative}{suffix}"),
+                        &mut plan.files,
+                    )?;
+                }
+            }
+            any
+        };
+        if !found {
+            plan.missing.push(MissingFirmware {
+                module: module.clone(),
+                name: name.clone(),
+            });
         }
     }
     Ok(plan)

@@ -3,6 +3,11 @@
 //! filtered module index that PID 1 reads with the same parser, the firmware
 //! those modules name ([`crate::firmware`]); optionally images to deploy
 //! without a network and a CA bundle ([`InitramfsExtras`]).
+//!
+//! For a kernel with every boot driver built in (the purpose-built kernel,
+//! `kernel-config/`), [`build_builtin`] assembles the same thing without a
+//! single module: the index PID 1 reads says every driver is built in, and
+//! the firmware is what the built-in drivers declare ([`crate::builtin`]).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +15,7 @@ use anyhow::{Context, Result, ensure};
 use imprint::modules::{ModuleEntry, ModuleIndex};
 use sha2::{Digest, Sha256};
 
+use crate::builtin::BuiltinModinfo;
 use crate::cpio::CpioArchive;
 use crate::drivers::boot_driver_names;
 use crate::firmware::{self, FirmwarePlan};
@@ -155,6 +161,21 @@ pub fn modules_dir(kernel_root: &Path, kernel_version: &str) -> Result<PathBuf> 
         })
 }
 
+/// The directories, `/init` and `/dev/console`: what every initramfs holds.
+fn skeleton(init_binary: &Path) -> Result<CpioArchive> {
+    let mut archive = CpioArchive::new();
+    for (directory, permissions) in SKELETON_DIRECTORIES {
+        archive.add_directory(directory, permissions)?;
+    }
+    let init = std::fs::read(init_binary)
+        .with_context(|| format!("reading the init binary {}", init_binary.display()))?;
+    archive.add_file("init", 0o755, init)?;
+    // The kernel opens /dev/console for PID 1's stdio before devtmpfs is
+    // mounted; without this node PID 1 starts with no console at all.
+    archive.add_char_device("dev/console", 0o600, 5, 1)?;
+    Ok(archive)
+}
+
 /// The uncompressed cpio archive plus the module list.
 pub fn assemble(inputs: &InitramfsInputs) -> Result<(CpioArchive, Vec<ModuleEntry>, Vec<String>)> {
     let kver = &inputs.kernel_version;
@@ -166,17 +187,7 @@ pub fn assemble(inputs: &InitramfsInputs) -> Result<(CpioArchive, Vec<ModuleEntr
         .resolve(&requested)
         .with_context(|| format!("collecting the modules for the initramfs of kernel {kver}"))?;
 
-    let mut archive = CpioArchive::new();
-    for (directory, permissions) in SKELETON_DIRECTORIES {
-        archive.add_directory(directory, permissions)?;
-    }
-    let init = std::fs::read(&inputs.init_binary)
-        .with_context(|| format!("reading the init binary {}", inputs.init_binary.display()))?;
-    archive.add_file("init", 0o755, init)?;
-    // The kernel opens /dev/console for PID 1's stdio before devtmpfs is
-    // mounted; without this node PID 1 starts with no console at all.
-    archive.add_char_device("dev/console", 0o600, 5, 1)?;
-
+    let mut archive = skeleton(&inputs.init_binary)?;
     let archive_modules_dir = format!("lib/modules/{kver}");
     archive.add_directory(&archive_modules_dir, 0o755)?;
     for module in &closure.modules {
@@ -239,6 +250,81 @@ pub fn build_with(inputs: &InitramfsInputs, extras: &InitramfsExtras) -> Result<
         compressed,
         modules,
         builtin,
+        firmware,
+    })
+}
+
+/// What goes into the initramfs of a kernel with its drivers built in.
+#[derive(Debug, Clone)]
+pub struct BuiltinInputs {
+    /// The kernel build's `modules.builtin.modinfo` (`scripts/build-kernel`
+    /// installs it as `out/custom/modules.builtin.modinfo`).
+    pub builtin_modinfo: PathBuf,
+    /// The kernel's release (`uname -r`), where PID 1 looks for the index.
+    pub kernel_version: String,
+    /// The static `imprint` binary that becomes `/init`.
+    pub init_binary: PathBuf,
+    /// The timestamp of every entry: 0, or `SOURCE_DATE_EPOCH`.
+    pub mtime: u32,
+    /// As in [`InitramfsInputs::firmware_root`], for the firmware the
+    /// built-in drivers declare.
+    pub firmware_root: Option<PathBuf>,
+}
+
+/// An initramfs without modules, for a kernel that has every driver of
+/// [`crate::drivers::BOOT_DRIVERS`] built in: the skeleton, `/init`, a
+/// module index whose `modules.builtin` lists the kernel's built-in drivers
+/// (so PID 1's coldplug finds nothing to load) and the firmware those
+/// drivers declare. A boot driver the kernel lacks is an error naming it,
+/// as it is for a kernel with modules.
+pub fn build_builtin(inputs: &BuiltinInputs, extras: &InitramfsExtras) -> Result<Initramfs> {
+    let kver = &inputs.kernel_version;
+    let path = &inputs.builtin_modinfo;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("reading {} (run scripts/build-kernel)", path.display()))?;
+    let modinfo =
+        BuiltinModinfo::parse(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let index = ModuleIndex::parse("", "", "", &modinfo.modules_builtin_text())
+        .with_context(|| format!("indexing the built-in modules of {}", path.display()))?
+        .with_kernel_version(kver);
+    let closure = index.resolve(&boot_driver_names()).with_context(|| {
+        format!(
+            "checking the built-in drivers of kernel {kver} ({})",
+            path.display()
+        )
+    })?;
+    ensure!(
+        closure.modules.is_empty(),
+        "kernel {kver} needs modules, which an initramfs for built-in drivers cannot carry"
+    );
+
+    let mut archive = skeleton(&inputs.init_binary)?;
+    let archive_modules_dir = format!("lib/modules/{kver}");
+    archive.add_directory(&archive_modules_dir, 0o755)?;
+    for (file_name, text) in index.metadata_files() {
+        archive.add_file(
+            &format!("{archive_modules_dir}/{file_name}"),
+            0o644,
+            text.into_bytes(),
+        )?;
+    }
+    let firmware = match &inputs.firmware_root {
+        Some(root) => {
+            let plan = firmware::plan_declared(&modinfo.firmware(), root)?;
+            plan.add_to(&mut archive)?;
+            Some(plan)
+        }
+        None => None,
+    };
+    extras.add_to(&mut archive)?;
+    let cpio = archive.to_bytes(inputs.mtime)?;
+    let compressed = compress(&cpio)?;
+    ensure!(!compressed.is_empty(), "zstd produced no output");
+    Ok(Initramfs {
+        cpio,
+        compressed,
+        modules: Vec::new(),
+        builtin: closure.builtin,
         firmware,
     })
 }
@@ -496,6 +582,109 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|m| m.name.starts_with("lib/firmware"))
+        );
+    }
+
+    /// A `modules.builtin.modinfo` with every boot driver built in except
+    /// `leave_out`, tg3 naming two firmware files.
+    fn builtin_modinfo(dir: &Path, leave_out: &str) -> PathBuf {
+        let mut bytes = Vec::new();
+        for name in boot_driver_names() {
+            if name != leave_out {
+                bytes.extend_from_slice(format!("{name}.file=drivers/x/{name}\0").as_bytes());
+            }
+        }
+        bytes.extend_from_slice(b"tg3.firmware=tigon/tg3.bin\0tg3.firmware=tigon/tg3_tso.bin\0");
+        let path = dir.join("modules.builtin.modinfo");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn built_in_drivers_need_no_modules_but_their_firmware() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("init"), b"\x7fELF init").unwrap();
+        let firmware = dir.path().join("firmware");
+        std::fs::create_dir_all(firmware.join("tigon")).unwrap();
+        std::fs::write(firmware.join("tigon/tg3.bin"), b"tg3 firmware").unwrap();
+        std::fs::write(firmware.join("tigon/unused.bin"), b"unused").unwrap();
+        let inputs = BuiltinInputs {
+            builtin_modinfo: builtin_modinfo(dir.path(), ""),
+            kernel_version: "6.1.192-imprint".to_owned(),
+            init_binary: dir.path().join("init"),
+            mtime: 0,
+            firmware_root: Some(firmware),
+        };
+        let built = build_builtin(&inputs, &InitramfsExtras::default()).unwrap();
+        assert!(built.modules.is_empty());
+        assert_eq!(built.builtin.len(), boot_driver_names().len());
+        let members =
+            read_archive(&zstd::decode_all(built.compressed.as_slice()).unwrap()).unwrap();
+        assert!(!members.iter().any(|m| m.name.ends_with(".ko")));
+        let member = |name: &str| {
+            members
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(member("init").data, b"\x7fELF init");
+        assert_eq!(member("lib/firmware/tigon/tg3.bin").data, b"tg3 firmware");
+        assert!(!members.iter().any(|m| m.name.contains("unused")));
+        let plan = built.firmware.as_ref().unwrap();
+        assert_eq!(plan.missing.len(), 1);
+        assert_eq!(plan.missing[0].name, "tigon/tg3_tso.bin");
+
+        // PID 1 loads the shipped index and finds every driver built in,
+        // so its coldplug has nothing to load.
+        let prefix = "lib/modules/6.1.192-imprint/";
+        let text = |file: &str| {
+            String::from_utf8(member(&format!("{prefix}{file}")).data.clone()).unwrap()
+        };
+        let index = ModuleIndex::parse(
+            &text("modules.dep"),
+            &text("modules.alias"),
+            &text("modules.softdep"),
+            &text("modules.builtin"),
+        )
+        .unwrap();
+        assert!(index.is_empty());
+        for name in boot_driver_names() {
+            assert!(index.is_builtin(name), "{name}");
+        }
+        assert_eq!(
+            build_builtin(&inputs, &InitramfsExtras::default())
+                .unwrap()
+                .compressed,
+            built.compressed,
+            "reproducible"
+        );
+    }
+
+    #[test]
+    fn a_boot_driver_not_built_in_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("init"), b"\x7fELF init").unwrap();
+        let inputs = BuiltinInputs {
+            builtin_modinfo: builtin_modinfo(dir.path(), "megaraid_sas"),
+            kernel_version: "6.1.192-imprint".to_owned(),
+            init_binary: dir.path().join("init"),
+            mtime: 0,
+            firmware_root: None,
+        };
+        let error = build_builtin(&inputs, &InitramfsExtras::default()).unwrap_err();
+        assert!(
+            format!("{error:#}")
+                .ends_with("module megaraid_sas not found in kernel 6.1.192-imprint"),
+            "{error:#}"
+        );
+        let absent = BuiltinInputs {
+            builtin_modinfo: dir.path().join("nope"),
+            ..inputs
+        };
+        let error = build_builtin(&absent, &InitramfsExtras::default()).unwrap_err();
+        assert!(
+            error.to_string().ends_with("(run scripts/build-kernel)"),
+            "{error}"
         );
     }
 

@@ -4,6 +4,7 @@
 //! here so that tests can call it.
 #![forbid(unsafe_code)]
 
+pub mod builtin;
 pub mod cpio;
 pub mod drivers;
 pub mod drp;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use imprint_build::drp;
 use imprint_build::hardware;
-use imprint_build::initramfs::{self, InitramfsExtras, InitramfsInputs};
+use imprint_build::initramfs::{self, BuiltinInputs, InitramfsExtras, InitramfsInputs};
 use imprint_build::ipxe::{self, IpxeOptions};
 
-const USAGE: &str = "usage: imprint-build initramfs --kernel-root DIR --kver VER --init PATH --out FILE [--firmware-root DIR] [--extra-module NAME]... [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR";
+const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -20,6 +20,15 @@ enum Command {
         init_binary: PathBuf,
         out: PathBuf,
         extra_modules: Vec<String>,
+        firmware_root: Option<PathBuf>,
+        extras: InitramfsExtras,
+    },
+    /// `initramfs --builtin-modinfo`: for a kernel with its drivers built in.
+    InitramfsBuiltin {
+        builtin_modinfo: PathBuf,
+        kernel_version: String,
+        init_binary: PathBuf,
+        out: PathBuf,
         firmware_root: Option<PathBuf>,
         extras: InitramfsExtras,
     },
@@ -87,6 +96,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     "--embed-image",
                     "--ca",
                     "--firmware-root",
+                    "--builtin-modinfo",
                 ],
             )?;
             let all = |name: &str| {
@@ -96,6 +106,31 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     .map(|(_, value)| *value)
                     .collect::<Vec<_>>()
             };
+            let extras = InitramfsExtras {
+                embed_images: all("--embed-image")
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect(),
+                ca_bundle: single(&flags, "--ca")?.map(PathBuf::from),
+            };
+            if let Some(modinfo) = single(&flags, "--builtin-modinfo")? {
+                if single(&flags, "--kernel-root")?.is_some() {
+                    bail!("--builtin-modinfo and --kernel-root exclude each other");
+                }
+                if !all("--extra-module").is_empty() {
+                    bail!(
+                        "--extra-module needs a kernel with modules; --builtin-modinfo carries none"
+                    );
+                }
+                return Ok(Command::InitramfsBuiltin {
+                    builtin_modinfo: modinfo.into(),
+                    kernel_version: required(&flags, "--kver")?.to_owned(),
+                    init_binary: required(&flags, "--init")?.into(),
+                    out: required(&flags, "--out")?.into(),
+                    firmware_root: single(&flags, "--firmware-root")?.map(PathBuf::from),
+                    extras,
+                });
+            }
             Ok(Command::Initramfs {
                 kernel_root: required(&flags, "--kernel-root")?.into(),
                 kernel_version: required(&flags, "--kver")?.to_owned(),
@@ -106,13 +141,7 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     .map(str::to_owned)
                     .collect(),
                 firmware_root: single(&flags, "--firmware-root")?.map(PathBuf::from),
-                extras: InitramfsExtras {
-                    embed_images: all("--embed-image")
-                        .into_iter()
-                        .map(PathBuf::from)
-                        .collect(),
-                    ca_bundle: single(&flags, "--ca")?.map(PathBuf::from),
-                },
+                extras,
             })
         }
         "hardware" => {
@@ -177,6 +206,53 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("renaming {} to {}", temporary.display(), path.display()))
 }
 
+/// Writes the initramfs and prints what went into it.
+fn report_initramfs(
+    out: &Path,
+    built: &initramfs::Initramfs,
+    extras: &InitramfsExtras,
+) -> Result<()> {
+    write_atomically(out, &built.compressed)?;
+    println!("initramfs: {}", out.display());
+    for image in &extras.embed_images {
+        if let Some(name) = image.file_name() {
+            println!(
+                "embedded: imprint.url=file:///{}/{}",
+                initramfs::EMBEDDED_IMAGES_DIR,
+                name.to_string_lossy()
+            );
+        }
+    }
+    if extras.ca_bundle.is_some() {
+        println!("CA bundle: /{}", initramfs::CA_BUNDLE_PATH);
+    }
+    println!("modules: {}", built.modules.len());
+    if !built.builtin.is_empty() {
+        println!("built in: {}", built.builtin.join(" "));
+    }
+    match &built.firmware {
+        Some(plan) => {
+            println!(
+                "firmware: {} files, {} bytes ({} names declared)",
+                plan.files.len(),
+                plan.total_bytes(),
+                plan.declared.len()
+            );
+            for missing in &plan.missing {
+                println!(
+                    "firmware missing: {} (module {})",
+                    missing.name, missing.module
+                );
+            }
+        }
+        None => println!("firmware: none (no --firmware-root)"),
+    }
+    println!("uncompressed: {} bytes", built.cpio.len());
+    println!("compressed: {} bytes", built.compressed.len());
+    println!("sha256: {}", built.sha256_hex());
+    Ok(())
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Initramfs {
@@ -199,44 +275,27 @@ fn run(command: Command) -> Result<()> {
                 },
                 &extras,
             )?;
-            write_atomically(&out, &built.compressed)?;
-            println!("initramfs: {}", out.display());
-            for image in &extras.embed_images {
-                if let Some(name) = image.file_name() {
-                    println!(
-                        "embedded: imprint.url=file:///{}/{}",
-                        initramfs::EMBEDDED_IMAGES_DIR,
-                        name.to_string_lossy()
-                    );
-                }
-            }
-            if extras.ca_bundle.is_some() {
-                println!("CA bundle: /{}", initramfs::CA_BUNDLE_PATH);
-            }
-            println!("modules: {}", built.modules.len());
-            if !built.builtin.is_empty() {
-                println!("built in: {}", built.builtin.join(" "));
-            }
-            match &built.firmware {
-                Some(plan) => {
-                    println!(
-                        "firmware: {} files, {} bytes ({} names declared)",
-                        plan.files.len(),
-                        plan.total_bytes(),
-                        plan.declared.len()
-                    );
-                    for missing in &plan.missing {
-                        println!(
-                            "firmware missing: {} (module {})",
-                            missing.name, missing.module
-                        );
-                    }
-                }
-                None => println!("firmware: none (no --firmware-root)"),
-            }
-            println!("uncompressed: {} bytes", built.cpio.len());
-            println!("compressed: {} bytes", built.compressed.len());
-            println!("sha256: {}", built.sha256_hex());
+            report_initramfs(&out, &built, &extras)?;
+        }
+        Command::InitramfsBuiltin {
+            builtin_modinfo,
+            kernel_version,
+            init_binary,
+            out,
+            firmware_root,
+            extras,
+        } => {
+            let built = initramfs::build_builtin(
+                &BuiltinInputs {
+                    builtin_modinfo,
+                    kernel_version,
+                    init_binary,
+                    mtime: archive_mtime()?,
+                    firmware_root,
+                },
+                &extras,
+            )?;
+            report_initramfs(&out, &built, &extras)?;
         }
         Command::Hardware {
             kernel_root,
@@ -368,6 +427,41 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(error.to_string(), "--ca given twice");
+    }
+
+    #[test]
+    fn initramfs_for_built_in_drivers() {
+        let command = parse_args(&args(
+            "initramfs --builtin-modinfo out/custom/modules.builtin.modinfo --kver 6.1.192 --init out/imprint --out out/custom/initramfs.img --firmware-root cache/fw --ca lab.pem",
+        ))
+        .unwrap();
+        assert_eq!(
+            command,
+            Command::InitramfsBuiltin {
+                builtin_modinfo: "out/custom/modules.builtin.modinfo".into(),
+                kernel_version: "6.1.192".to_owned(),
+                init_binary: "out/imprint".into(),
+                out: "out/custom/initramfs.img".into(),
+                firmware_root: Some("cache/fw".into()),
+                extras: InitramfsExtras {
+                    embed_images: Vec::new(),
+                    ca_bundle: Some("lab.pem".into()),
+                },
+            }
+        );
+        let error = |line: &str| parse_args(&args(line)).unwrap_err().to_string();
+        assert_eq!(
+            error("initramfs --builtin-modinfo m --kernel-root k --kver 1 --init i --out o"),
+            "--builtin-modinfo and --kernel-root exclude each other"
+        );
+        assert_eq!(
+            error("initramfs --builtin-modinfo m --extra-module zfs --kver 1 --init i --out o"),
+            "--extra-module needs a kernel with modules; --builtin-modinfo carries none"
+        );
+        assert_eq!(
+            error("initramfs --builtin-modinfo m --init i --out o"),
+            "--kver is required"
+        );
     }
 
     #[test]
