@@ -565,7 +565,11 @@ impl Machine {
             self.enter(Stage::Network);
             let up = bring_up_network(self.started, &self.cmdline);
             report_late_firmware(&mut self.firmware_reported);
-            self.boot_mac = Some(up?);
+            let configured = up?;
+            if let Some(at) = configured.link_up {
+                self.timeline.mark_at(Mark::Link, at);
+            }
+            self.boot_mac = Some(configured.mac);
             self.mark(Mark::Lease);
         }
         Ok(())
@@ -706,11 +710,11 @@ impl Machine {
     }
 }
 
-fn bring_up_network(started: Instant, cmdline: &KernelCmdline) -> Result<[u8; 6]> {
+fn bring_up_network(started: Instant, cmdline: &KernelCmdline) -> Result<net::Configured> {
     let config = net::NetConfig::from_cmdline(cmdline)?;
     let configured = net::bring_up(&config, NET_TIMEOUT).context("bringing up the network")?;
     log::info!("network up after {:.2} s", started.elapsed().as_secs_f64());
-    Ok(configured.mac)
+    Ok(configured)
 }
 
 fn needs_network(url: &str) -> bool {

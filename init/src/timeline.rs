@@ -3,7 +3,7 @@
 //! at zero when the kernel does), so firmware time is left out and kernel
 //! time is in.
 //!
-//! `IMPRINT-TIMELINE: kernel=0.00 pid1=1.21 drivers=2.02 network=4.40 …`
+//! `IMPRINT-TIMELINE: kernel=0.00 pid1=1.21 drivers=2.02 link=2.05 lease=4.40 …`
 //! is printed before the handoff; the same marks are in the status JSON.
 
 use std::fmt::Write as _;

@@ -107,6 +107,7 @@ fn deploy_inject_and_kexec_into_the_installed_os() {
             "kernel",
             "pid1",
             "drivers",
+            "link",
             "lease",
             "spec",
             "first-byte",

@@ -77,6 +77,9 @@ pub struct Configured {
     pub lease: Option<Lease>,
     /// The IPv6 setup, when IPv6 was chosen (no IPv4 lease came).
     pub ipv6: Option<Ipv6Setup>,
+    /// When (since the kernel started) a NIC first had carrier, for the
+    /// boot timeline.
+    pub link_up: Option<Duration>,
 }
 
 /// One entry of `/sys/class/net`.
@@ -188,6 +191,7 @@ fn bring_up_dynamic(
     let mut failed: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     let mut link_wait_over = false;
+    let mut first_link = None;
     loop {
         let now = start.elapsed();
         if !link_wait_over {
@@ -197,6 +201,7 @@ fn bring_up_dynamic(
                     continue;
                 };
                 if !started.contains(&nic.name) {
+                    first_link.get_or_insert_with(crate::timeline::since_boot);
                     started.push(nic.name.clone());
                     spawn_dhcp(&nic.name, mac, dhcp_timeout, &stop, &events)?;
                 }
@@ -230,7 +235,9 @@ fn bring_up_dynamic(
         let wake = match choice.decide(now) {
             Decision::Take(candidate) => {
                 stop.store(true, Ordering::SeqCst);
-                return configure(candidate);
+                let mut configured = configure(candidate)?;
+                configured.link_up = first_link;
+                return Ok(configured);
             }
             Decision::WaitUntil(at) => Some(at),
             Decision::Wait => None,
@@ -301,6 +308,7 @@ fn configure(candidate: Candidate) -> Result<Configured> {
                 mac,
                 lease: Some(lease),
                 ipv6: None,
+                link_up: None,
             })
         }
         Offer::Ipv6(setup) => {
@@ -311,6 +319,7 @@ fn configure(candidate: Candidate) -> Result<Configured> {
                 mac,
                 lease: None,
                 ipv6: Some(setup),
+                link_up: None,
             })
         }
     }
@@ -550,6 +559,7 @@ fn bring_up_static(
         .map_err(|e| anyhow!(e))?;
     let plan = plan_static(&nic, mac, static_ipv4).map_err(|e| anyhow!(e))?;
     wait_for_nic_carrier(sysfs, &nic, STATIC_CARRIER_WAIT)?;
+    let link_up = crate::timeline::since_boot();
     if let Some(mtu) = plan.mtu {
         sys::set_mtu(&nic, mtu).with_context(|| format!("setting mtu {mtu} on {nic}"))?;
         log::info!("net: {nic} mtu {mtu}");
@@ -572,6 +582,7 @@ fn bring_up_static(
         mac,
         lease: None,
         ipv6: None,
+        link_up: Some(link_up),
     })
 }
 
