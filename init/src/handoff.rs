@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::boot::{self, BootEntry, BootFs, FsSource};
-use crate::disk::root::{Candidate, MountingInspector};
+use crate::disk::root::{Candidate, MountingInspector, RootSelector};
 use crate::spec::KexecOverride;
 
 /// Where the installed system is mounted (read-only) while its kernel is read.
@@ -122,47 +122,45 @@ fn separate_boot<'a>(
     let Some(spec) = boot::boot_mount_from_fstab(&fstab) else {
         return Ok(None);
     };
-    let found = partitions.iter().find(|p| matches_source(p, &spec.source));
+    let wanted = selector(&spec.source);
+    let found = partitions
+        .iter()
+        .find(|p| wanted.as_ref().is_some_and(|w| w.matches(p)));
     match found {
         Some(partition) => {
             log::info!("kexec: /boot is {}", partition.describe());
             Ok(Some(partition))
         }
-        None => anyhow::bail!(
-            "/etc/fstab of the installed system mounts /boot from {}, which is not a partition of the deployed disk",
-            describe_source(&spec.source)
-        ),
-    }
-}
-
-fn describe_source(source: &FsSource) -> String {
-    match source {
-        FsSource::Uuid(v) => format!("UUID={v}"),
-        FsSource::Label(v) => format!("LABEL={v}"),
-        FsSource::PartUuid(v) => format!("PARTUUID={v}"),
-        FsSource::PartLabel(v) => format!("PARTLABEL={v}"),
-        FsSource::Device(path) => path.display().to_string(),
-    }
-}
-
-fn matches_source(partition: &Candidate, source: &FsSource) -> bool {
-    let fs = partition.fs.as_ref();
-    let eq = |a: Option<&String>, b: &str| a.is_some_and(|a| a.eq_ignore_ascii_case(b));
-    match source {
-        FsSource::Uuid(uuid) => eq(fs.and_then(|f| f.uuid.as_ref()), uuid),
-        FsSource::Label(label) => fs.and_then(|f| f.label.as_deref()) == Some(label.as_str()),
-        FsSource::PartUuid(uuid) => eq(partition.part_uuid.as_ref(), uuid),
-        FsSource::PartLabel(label) => partition.part_label.as_deref() == Some(label.as_str()),
-        // `/dev/sda1` in the installed system's fstab names a disk as that
-        // system will see it, not as we do: only the partition number can
-        // be trusted.
-        FsSource::Device(path) => {
-            path.to_str()
-                .and_then(|p| p.rsplit(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u32>().ok())
-                == Some(partition.number)
+        None => {
+            let named = match &spec.source {
+                FsSource::Device(path) => path.display().to_string(),
+                _ => wanted.as_ref().map(ToString::to_string).unwrap_or_default(),
+            };
+            anyhow::bail!(
+                "/etc/fstab of the installed system mounts /boot from {named}, which is not a partition of the deployed disk"
+            )
         }
     }
+}
+
+/// The fstab source as the partition selector `imprint.root=` uses, so both
+/// match partitions the same way. `/dev/sda1` in the installed system's
+/// fstab names a disk as that system will see it, not as we do: only its
+/// partition number can be trusted.
+fn selector(source: &FsSource) -> Option<RootSelector> {
+    Some(match source {
+        FsSource::Uuid(v) => RootSelector::Uuid(v.clone()),
+        FsSource::Label(v) => RootSelector::Label(v.clone()),
+        FsSource::PartUuid(v) => RootSelector::PartUuid(v.clone()),
+        FsSource::PartLabel(v) => RootSelector::PartLabel(v.clone()),
+        FsSource::Device(path) => RootSelector::Number(
+            path.to_str()?
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?,
+        ),
+    })
 }
 
 fn load(entry: &BootEntry, cmdline: &str) -> Result<()> {

@@ -280,6 +280,13 @@ fn lock(slot: &DrpSlot) -> MutexGuard<'_, Option<DrpReporter>> {
     slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits (bounded) until DRP got what was queued for it.
+fn flush_drp(reporter: &DrpReporter) {
+    if !reporter.flush(REPORT_FLUSH) {
+        log::warn!("not everything reached DRP's job log");
+    }
+}
+
 /// A progress sink that also notes when the first and the last bytes
 /// reached the disk, for the timeline.
 struct Stamped<P> {
@@ -531,10 +538,8 @@ impl Machine {
     /// Sends what is left for the run's DRP job (bounded) and forgets it.
     fn drp_done(&mut self) {
         self.send_result();
-        if let Some(reporter) = lock(&self.drp).take()
-            && !reporter.flush(REPORT_FLUSH)
-        {
-            log::warn!("not everything reached DRP's job log");
+        if let Some(reporter) = lock(&self.drp).take() {
+            flush_drp(&reporter);
         }
     }
 
@@ -552,10 +557,8 @@ impl Machine {
         if !self.status.flush(REPORT_FLUSH) {
             log::warn!("not every status event reached the report URL");
         }
-        if let Some(reporter) = lock(&self.drp).as_ref()
-            && !reporter.flush(REPORT_FLUSH)
-        {
-            log::warn!("not everything reached DRP's job log");
+        if let Some(reporter) = lock(&self.drp).as_ref() {
+            flush_drp(reporter);
         }
     }
 

@@ -105,7 +105,9 @@ impl RootSelector {
         })
     }
 
-    fn matches(&self, candidate: &Candidate) -> bool {
+    /// Whether `candidate` is the partition this names (UUIDs compared
+    /// without regard to case).
+    pub fn matches(&self, candidate: &Candidate) -> bool {
         let fs = candidate.fs.as_ref();
         match self {
             RootSelector::Number(number) => candidate.number == *number,

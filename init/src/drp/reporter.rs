@@ -2,7 +2,7 @@
 //! thread so the deploy never waits for DRP.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -45,19 +45,7 @@ struct Queue {
     stats: DrpStats,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
-    /// [`DrpOptions::queue_lines`].
-    capacity: usize,
-    /// Signalled when work is queued or done, or the reporter closes.
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+type Shared = crate::status::queue::Shared<Queue>;
 
 /// Reports one deploy to DRP as a machine agent would, from its own
 /// thread: see the [module docs](super). Dropping it stops the thread
@@ -80,14 +68,13 @@ impl DrpReporter {
     /// in the background. Fails only when no thread can be started.
     pub fn start(client: DrpClient, options: DrpOptions) -> Result<DrpReporter> {
         let endpoint = client.endpoint();
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
+        let shared = Arc::new(Shared::new(
+            Queue {
                 busy: true,
                 ..Queue::default()
-            }),
-            capacity: options.queue_lines.max(1),
-            changed: Condvar::new(),
-        });
+            },
+            options.queue_lines,
+        ));
         let worker = Worker {
             shared: Arc::clone(&shared),
             client: client.with_timeout(options.timeout),
@@ -127,23 +114,9 @@ impl DrpReporter {
     /// Waits, at most `timeout`, until everything queued is sent or given
     /// up; `true` when it is. Call before kexec, reboot or power-off.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut queue = self.shared.lock();
-        loop {
-            if !queue.busy && queue.lines.is_empty() && queue.finish.is_none() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            queue = self
-                .shared
-                .changed
-                .wait_timeout(queue, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.shared.wait_until(timeout, |queue| {
+            !queue.busy && queue.lines.is_empty() && queue.finish.is_none()
+        })
     }
 
     /// What the reporter did so far.

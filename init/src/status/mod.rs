@@ -26,6 +26,7 @@ use crate::source::SourceOptions;
 
 pub mod event;
 pub mod machine;
+pub(crate) mod queue;
 pub mod server;
 pub mod webhook;
 
@@ -246,7 +247,7 @@ impl Status {
         let event = Event {
             seq: state.seq,
             time,
-            uptime: uptime().as_secs_f64(),
+            uptime: crate::timeline::since_boot().as_secs_f64(),
             kind,
         };
         let mut json = state.record(&event);
@@ -332,15 +333,6 @@ impl Status {
     pub fn status_address(&self) -> Option<SocketAddr> {
         self.inner.server.get().map(StatusServer::local_addr)
     }
-}
-
-/// Time since boot (`CLOCK_BOOTTIME`, which counts suspend too).
-fn uptime() -> Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    )
 }
 
 /// A [`Progress`] sink for the pipeline that does both: logs a progress line

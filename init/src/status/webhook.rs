@@ -19,7 +19,7 @@
 //! Messages name the URL without user info and query, where tokens hide.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -78,19 +78,7 @@ struct Queue {
     stats: WebhookStats,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
-    /// [`WebhookOptions::queue_len`].
-    capacity: usize,
-    /// Signalled when an event is queued, one is finished, or the webhook closes.
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+type Shared = crate::status::queue::Shared<Queue>;
 
 /// A running webhook; its thread stops when this is dropped (without
 /// waiting for the queue: call [`flush`](Self::flush) first).
@@ -117,11 +105,7 @@ impl Webhook {
         if !matches!(scheme.as_deref(), Some("http" | "https")) {
             bail!("report URL {} is not http:// or https://", redact_url(url));
         }
-        let shared = Arc::new(Shared {
-            queue: Mutex::default(),
-            capacity: options.queue_len.max(1),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(Queue::default(), options.queue_len));
         let worker = Worker {
             shared: Arc::clone(&shared),
             url: url.to_owned(),
@@ -162,23 +146,9 @@ impl Webhook {
     /// Waits until every queued event is delivered or given up, at most
     /// `timeout`; `true` when the queue is empty.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut queue = self.shared.lock();
-        loop {
-            if queue.pending.is_empty() && !queue.in_flight {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            queue = self
-                .shared
-                .changed
-                .wait_timeout(queue, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.shared.wait_until(timeout, |queue| {
+            queue.pending.is_empty() && !queue.in_flight
+        })
     }
 
     /// Counts of delivered, given-up and dropped events.
