@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use imprint::cmdline::KernelCmdline;
+use imprint::pipeline::format::DeclaredFormat;
 use imprint::spec::{DeploySpec, SuccessPolicy};
 use imprint_build::drp;
 use serde_json::{Value, json};
@@ -140,11 +141,14 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
 
     let spec = spec_from(&rendered);
     assert_eq!(
-        spec.url.as_deref(),
+        spec.url.as_ref().map(|u| u.as_str()),
         Some("http://10.0.2.2:8091/images/golden.raw.zst")
     );
-    assert_eq!(spec.format.as_deref(), Some("dd-zst"));
-    assert_eq!(spec.disk.as_deref(), Some("/dev/vda"));
+    assert!(matches!(&spec.format, DeclaredFormat::Image { name, .. } if name == "dd-zst"));
+    assert_eq!(
+        spec.disk.as_ref().map(ToString::to_string).as_deref(),
+        Some("/dev/vda")
+    );
     assert_eq!(spec.identity.access_keys.len(), 2);
     assert_eq!(
         spec.identity.access_keys["me"],
@@ -232,11 +236,14 @@ fn minimal_context_leaves_optional_fields_out() {
     .unwrap();
     let spec = spec_from(&rendered);
     assert_eq!(
-        spec.url.as_deref(),
+        spec.url.as_ref().map(|u| u.as_str()),
         Some("https://images.example/golden.raw.xz?sig=a&b=c")
     );
-    assert_eq!(spec.disk.as_deref(), Some("size>=8G,rotational=0"));
-    assert_eq!(spec.format, None);
+    assert_eq!(
+        spec.disk.as_ref().map(ToString::to_string).as_deref(),
+        Some("size>=8G,rotational=0")
+    );
+    assert_eq!(spec.format, DeclaredFormat::Auto);
     assert!(spec.identity.access_keys.is_empty());
     assert_eq!(spec.identity.cloud_init, None);
     assert_eq!(spec.on_success, SuccessPolicy::Kexec { required: false });

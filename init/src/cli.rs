@@ -10,11 +10,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::disk::DiskSelector;
 use crate::logger::ConsoleLogger;
-use crate::report;
-use crate::spec::{DeploySpec, PARAMS};
-use crate::status::{
-    EventKind, HandoffHow, MachineInfo, ProgressEvents, Stage, Status, StatusOptions,
-};
+use crate::session::{self, Tracker};
+use crate::spec::{DeploySpec, Origin, PARAMS};
+use crate::status::{EventKind, HandoffHow, MachineInfo, Stage, Status, StatusOptions};
 
 /// How long the last status events may take to reach `--report`.
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
@@ -23,13 +21,39 @@ const USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTIO
        imprint params     list every parameter (imprint.X= on the kernel command line, --X here)
        imprint version";
 
+const DEPLOY_USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
+
+Writes the image at URL onto DEVICE (or a regular FILE standing in for one),
+verifies it and injects the machine's identity, then prints one
+IMPRINT-RESULT line. Every kernel parameter imprint.X= is the option --X
+(--X VALUE or --X=VALUE); `imprint params` lists them all.
+
+Exit status: 0 deployed, 1 the deploy failed, 2 usage error.";
+
 /// Runs the CLI and returns the process exit status: 0 only on success,
 /// 1 when the deploy failed, 2 for usage errors.
 pub fn main(args: &[String]) -> i32 {
+    let wants_help = args[1.min(args.len())..]
+        .iter()
+        .any(|a| a == "--help" || a == "-h");
     match args.first().map(String::as_str) {
+        Some("deploy") if wants_help => {
+            println!("{DEPLOY_USAGE}");
+            0
+        }
         Some("deploy") => deploy(&args[1..]),
+        Some("params") if wants_help => {
+            println!(
+                "usage: imprint params\n\nPrints the parameter reference as a Markdown table."
+            );
+            0
+        }
         Some("params") => {
             print!("{}", params_table());
+            0
+        }
+        Some("version") if wants_help => {
+            println!("usage: imprint version\n\nPrints imprint's version.");
             0
         }
         Some("version" | "--version") => {
@@ -60,52 +84,30 @@ fn deploy(args: &[String]) -> i32 {
         }
     };
     ConsoleLogger::install(log::LevelFilter::Info, false);
-    let spec = match with_config(spec, args) {
-        Ok(spec) => spec,
-        Err(e) => {
-            println!("{}", report::error_line(&e));
-            return 1;
-        }
-    };
     // --report and --status-port work here too: a fleet script can watch
     // CLI deploys the way it watches PID 1's.
-    let status = Status::new(&StatusOptions {
+    let mut tracker = Tracker::new(Status::new(&StatusOptions {
         report_url: spec.report.clone(),
         status_port: spec.status_port,
         source: spec.source.clone(),
         ..StatusOptions::default()
-    });
+    }));
     if spec.report.is_some() {
-        status.emit(EventKind::Started {
+        tracker.status.emit(EventKind::Started {
             machine: MachineInfo::gather(Path::new("/sys")),
         });
     }
-    let result = spec
-        .disk
-        .as_deref()
-        .context("no target given: pass --disk /dev/NAME or --disk FILE")
-        .and_then(resolve_target)
-        .and_then(|disk| {
-            status.enter(Stage::Write);
-            let summary = crate::deploy::deploy_to(
-                &spec,
-                &disk,
-                &crate::deploy::DeployOptions::default(),
-                &mut ProgressEvents::new(status.clone(), Stage::Write),
-            )?;
-            status.emit(EventKind::Verified {
-                sha256: report::hex(&summary.sha256),
-                algorithm: summary.verified.map(str::to_owned),
-                bytes: summary.bytes,
-            });
-            status.enter(Stage::Inject);
-            inject_if_possible(&spec, &disk, &status)?;
-            Ok(summary)
+    let outcome = with_config(spec, args)
+        .and_then(|spec| spec.resolve(Origin::Cli))
+        .and_then(|deploy| {
+            tracker.enter(Stage::Disk);
+            let target = resolve_target(&deploy.disk).context("option --disk")?;
+            session::run(&deploy, &target, None, &mut tracker)
         });
-    let code = match result {
-        Ok(summary) => {
-            println!("{}", report::ok_line(&summary));
-            status.emit(EventKind::Handoff {
+    println!("{}", session::result_line(&outcome));
+    let code = match outcome {
+        Ok(_) => {
+            tracker.status.emit(EventKind::Handoff {
                 how: HandoffHow::None,
                 kernel: None,
                 cmdline: None,
@@ -114,9 +116,8 @@ fn deploy(args: &[String]) -> i32 {
             0
         }
         Err(e) => {
-            println!("{}", report::error_line(&e));
-            status.emit(EventKind::Failed {
-                stage: status.stage(),
+            tracker.status.emit(EventKind::Failed {
+                stage: tracker.status.stage(),
                 error: format!("{e:#}"),
                 offset: None,
                 attempt: None,
@@ -124,7 +125,7 @@ fn deploy(args: &[String]) -> i32 {
             1
         }
     };
-    if !status.flush(REPORT_FLUSH) {
+    if !tracker.status.flush(REPORT_FLUSH) {
         log::warn!("not every status event reached the report URL");
     }
     code
@@ -135,65 +136,29 @@ fn with_config(spec: DeploySpec, args: &[String]) -> Result<DeploySpec> {
     let Some(config) = &spec.config else {
         return Ok(spec);
     };
-    let text = crate::source::fetch_text(config, 1 << 20, &spec.source)
-        .with_context(|| format!("fetching the deploy spec {config}"))?;
+    let text = session::fetch_spec(config, &spec.source)?;
     let mut base = DeploySpec::default();
     base.apply_json(&text)
         .with_context(|| format!("deploy spec {config}"))?;
     parse_deploy_args_over(base, args)
 }
 
-/// Injection needs the partitions of a block device; an image file has
-/// none the kernel shows, so it is skipped there, unless it was asked for.
-fn inject_if_possible(spec: &DeploySpec, disk: &Path, status: &Status) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let is_block = std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device());
-    if !is_block {
-        if crate::inject::deployed::requested(spec) {
-            anyhow::bail!(
-                "{} is a file: identity injection needs a block device (attach it with losetup -P)",
-                disk.display()
-            );
-        }
-        return Ok(());
-    }
-    match crate::inject::deployed::inject_or_fail_closed(spec, disk, None)? {
-        crate::inject::deployed::Injected::Root {
-            partitions,
-            root,
-            ops,
-        } => {
-            let root = partitions[root].describe();
-            log::info!("injected {ops} changes into {root}");
-            status.emit(EventKind::Injected {
-                root: Some(root),
-                changes: ops,
-                skipped: None,
-            });
-        }
-        crate::inject::deployed::Injected::Skipped(why) => {
-            log::info!("no injection: {why}");
-            status.emit(EventKind::Injected {
-                root: None,
-                changes: 0,
-                skipped: Some(why),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// A path is used as it is (a block device, or a regular file standing in
 /// for one); hints (`size>=100G,rotational=0`) and udev names are resolved
 /// against this machine's disks through sysfs, exactly as PID 1 does.
-fn resolve_target(value: &str) -> Result<PathBuf> {
-    let is_udev_name = value.starts_with("/dev/disk/by-") && !Path::new(value).exists();
-    if !value.contains('=') && !is_udev_name {
-        return Ok(PathBuf::from(value));
+fn resolve_target(selector: &DiskSelector) -> Result<PathBuf> {
+    match selector {
+        DiskSelector::Name(path) => return Ok(PathBuf::from(path)),
+        DiskSelector::ById(_) | DiskSelector::ByPath(_) => {
+            let path = PathBuf::from(selector.to_string());
+            if path.exists() {
+                return Ok(path);
+            }
+        }
+        DiskSelector::Hints { .. } => {}
     }
-    let selector = DiskSelector::parse(value).context("option --disk")?;
     let disks = crate::disk::list_disks(Path::new("/sys/block"))?;
-    let disk = crate::disk::select_disk(&selector, &disks, &[])?;
+    let disk = crate::disk::select_disk(selector, &disks, &[])?;
     log::info!("target disk: {}", disk.describe());
     Ok(disk.dev_path())
 }
@@ -214,9 +179,9 @@ fn parse_deploy_args_over(mut spec: DeploySpec, args: &[String]) -> Result<Deplo
             Some((name, value)) => (name, Some(value)),
             None => (option, rest.next().map(String::as_str)),
         };
-        spec.set("--", name, value)?;
+        spec.set(Origin::Cli, name, value)?;
     }
-    spec.validate("--")?;
+    spec.validate(Origin::Cli)?;
     Ok(spec)
 }
 
@@ -252,8 +217,8 @@ mod tests {
             "--url http://h/x.img --disk=/tmp/d --on-success poweroff",
         ))
         .unwrap();
-        assert_eq!(spec.url.as_deref(), Some("http://h/x.img"));
-        assert_eq!(spec.disk.as_deref(), Some("/tmp/d"));
+        assert_eq!(spec.url.unwrap().as_str(), "http://h/x.img");
+        assert_eq!(spec.disk.unwrap().to_string(), "/tmp/d");
         assert_eq!(spec.on_success, SuccessPolicy::Poweroff);
     }
 
@@ -265,7 +230,7 @@ mod tests {
         );
         assert!(msg.starts_with("unknown parameter --dsik"), "{msg}");
         let msg = format!("{:#}", parse_deploy_args(&args("--url")).unwrap_err());
-        assert_eq!(msg, "parameter --url needs a value");
+        assert_eq!(msg, "--url needs a value");
         let msg = format!("{:#}", parse_deploy_args(&args("http://x")).unwrap_err());
         assert!(msg.contains("unexpected argument"), "{msg}");
     }
@@ -276,6 +241,21 @@ mod tests {
         assert_eq!(main(&[]), 2);
         assert_eq!(main(&args("version")), 0);
         assert_eq!(main(&args("deploy --bogus 1")), 2);
+    }
+
+    #[test]
+    fn every_command_answers_help() {
+        for command in [
+            "deploy --help",
+            "deploy -h",
+            "deploy --url x --help",
+            "params --help",
+            "version -h",
+            "--help",
+            "help",
+        ] {
+            assert_eq!(main(&args(command)), 0, "{command}");
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::pipeline::{decode, read_full, xz_blocks, zstd_frames};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
 use crate::source::{self, SourceOptions, tls};
-use crate::spec::DeploySpec;
+use crate::spec::{Expected, Resolved};
 
 /// Network reads: small enough to keep the decoder fed early.
 const FETCH_CHUNK: usize = 1 << 20;
@@ -95,7 +95,7 @@ impl Default for DeployOptions {
 /// and the whole deploy starts again from byte 0, once: the held-back first
 /// MiB guarantees nothing bootable was written by the first attempt.
 pub fn deploy_to(
-    spec: &DeploySpec,
+    spec: &Resolved,
     target_path: &Path,
     options: &DeployOptions,
     progress: &mut dyn Progress,
@@ -116,20 +116,18 @@ pub fn deploy_to(
 }
 
 fn deploy_attempt(
-    spec: &DeploySpec,
+    spec: &Resolved,
     target_path: &Path,
     options: &DeployOptions,
     progress: &mut dyn Progress,
 ) -> Result<DeploySummary> {
     let started = Instant::now();
-    let url = spec.require_url()?.to_owned();
-    let declared_name = spec.format.as_deref().unwrap_or("auto");
-    let declared = format::parse_declared(declared_name)
-        .with_context(|| format!("parameter format={declared_name:?}"))?;
+    let url = spec.image.as_str().to_owned();
+    let declared = spec.format.clone();
     if let DeclaredFormat::Rootfs(_) = declared {
         format::reconcile(&declared, ImageFormat::new(Compression::None, false))?;
     }
-    let expected = expected_checksum(spec, &url, &spec.source)?;
+    let expected = expected_checksum(spec.expected.as_ref(), &url, &spec.source)?;
     let source = source::open(&url, &spec.source)?;
     let stats = source.stats.clone();
     let target = target::open_target(target_path)?;
@@ -243,15 +241,14 @@ fn progress_summary(bytes: u64, served: u64, elapsed: std::time::Duration) -> St
 }
 
 fn expected_checksum(
-    spec: &DeploySpec,
+    expected: Option<&Expected>,
     url: &str,
     options: &SourceOptions,
 ) -> Result<Option<Checksum>> {
-    if let Some(checksum) = &spec.checksum {
-        return Ok(Some(checksum.clone()));
-    }
-    let Some(sums_url) = &spec.checksum_url else {
-        return Ok(None);
+    let sums_url = match expected {
+        None => return Ok(None),
+        Some(Expected::Digest(checksum)) => return Ok(Some(checksum.clone())),
+        Some(Expected::List(sums_url)) => sums_url.as_str(),
     };
     let sums = source::fetch_text(sums_url, MAX_SUMS_LEN, options)
         .context("fetching the checksum list")?;

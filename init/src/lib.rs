@@ -22,6 +22,7 @@ pub mod net;
 pub mod pid1;
 pub mod pipeline;
 pub mod report;
+pub mod session;
 pub mod source;
 pub mod spec;
 pub mod status;

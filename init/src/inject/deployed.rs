@@ -17,7 +17,7 @@ use crate::disk::partitions::{self, PartitionTable, TableKind};
 use crate::disk::root::{self, Candidate, MountingInspector, NtfsImage, OsFamily, RootChoice};
 use crate::inject::{self, Identity, InjectContext, OsFamilyHint, RootView};
 use crate::pipeline::target::DeviceTarget;
-use crate::spec::DeploySpec;
+use crate::spec::Resolved;
 
 const PARTITION_WAIT: Duration = Duration::from_secs(10);
 const PROBE_MOUNTS: &str = "/run/imprint/probe";
@@ -38,7 +38,7 @@ pub enum Injected {
 
 /// Whether the spec asks for anything beyond the defaults. Without a
 /// request, an image with no Linux root (raw data, Windows) is not an error.
-pub fn requested(spec: &DeploySpec) -> bool {
+pub fn requested(spec: &Resolved) -> bool {
     let mut identity = spec.identity.clone();
     identity.reset_machine_id = Identity::default().reset_machine_id;
     identity != Identity::default() || spec.root.is_some() || spec.grow
@@ -47,7 +47,7 @@ pub fn requested(spec: &DeploySpec) -> bool {
 /// [`inject_into_disk`], failing closed: on any error the first and last
 /// MiB of the disk are zeroed, as for a failure during the write.
 pub fn inject_or_fail_closed(
-    spec: &DeploySpec,
+    spec: &Resolved,
     disk: &Path,
     boot_mac: Option<[u8; 6]>,
 ) -> Result<Injected> {
@@ -68,7 +68,7 @@ pub fn inject_or_fail_closed(
 /// the spec's identity into its root. Any error is a deploy failure; the
 /// caller fails closed.
 pub fn inject_into_disk(
-    spec: &DeploySpec,
+    spec: &Resolved,
     disk: &Path,
     boot_mac: Option<[u8; 6]>,
 ) -> Result<Injected> {
@@ -167,7 +167,7 @@ pub fn inject_into_disk(
 /// disk) to the end, grows the last partition when asked, and has the
 /// kernel re-read the table.
 fn fix_partition_table(
-    spec: &DeploySpec,
+    spec: &Resolved,
     disk: &Path,
     target: &mut DeviceTarget,
     table: &PartitionTable,
@@ -234,7 +234,7 @@ fn mount_read_write(root: &Candidate) -> Result<PathBuf> {
 }
 
 fn plan_and_apply(
-    spec: &DeploySpec,
+    spec: &Resolved,
     mount_point: &Path,
     boot_mac: Option<[u8; 6]>,
     family: OsFamilyHint,
@@ -280,16 +280,12 @@ mod tests {
 
     #[test]
     fn only_real_requests_make_missing_roots_an_error() {
-        let mut spec = DeploySpec::default();
+        let mut spec = crate::spec::tests::resolved("");
         assert!(!requested(&spec));
         spec.identity.reset_machine_id = false;
         assert!(!requested(&spec));
         spec.identity.hostname = Some("x".into());
         assert!(requested(&spec));
-        let spec = DeploySpec {
-            grow: true,
-            ..DeploySpec::default()
-        };
-        assert!(requested(&spec));
+        assert!(requested(&crate::spec::tests::resolved("imprint.grow=1")));
     }
 }

@@ -13,6 +13,7 @@ mod http;
 pub mod local;
 pub mod retry;
 pub mod tls;
+pub mod url;
 
 /// An opened image source: a byte stream and, when the server said so, its
 /// length.

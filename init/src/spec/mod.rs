@@ -1,18 +1,27 @@
 //! The deploy spec: what to deploy where, and what to do afterwards.
 //!
-//! Every source of settings (the kernel command line's `imprint.X=`, the
-//! CLI's `--X`) goes through one table, [`PARAMS`], so the two can never
-//! drift apart and the README documents exactly what the code accepts.
+//! Every layer of settings (a JSON deploy spec, the kernel command line's
+//! `imprint.X=`, the CLI's `--X`) goes through one table, [`PARAMS`], which
+//! parses each value into its type once and notes which layer set it; the
+//! layers can never drift apart and the README documents exactly what the
+//! code accepts. [`DeploySpec::resolve`] then checks what is required and
+//! hands the session a [`Resolved`] deploy with nothing left to parse.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::cmdline::KernelCmdline;
+use crate::disk::DiskSelector;
 use crate::disk::root::RootSelector;
 use crate::inject::Identity;
 use crate::pipeline::checksum::Checksum;
+use crate::pipeline::format::DeclaredFormat;
 use crate::source::SourceOptions;
+use crate::source::url::SourceUrl;
+
+mod params;
 
 /// What to do once the image is written, verified and injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,18 +65,22 @@ pub enum FailurePolicy {
     Retry(u32),
 }
 
+/// The settings as the layers gave them: every value already parsed into
+/// its type by [`PARAMS`], and where it came from. [`DeploySpec::resolve`]
+/// turns it into the [`Resolved`] deploy a session runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploySpec {
     /// Where the image comes from (`http://…`, `file:///…`).
-    pub url: Option<String>,
-    /// The target disk as given (`/dev/vda`, `vda`, or a file for the CLI).
-    pub disk: Option<String>,
-    /// The declared image format (`auto` when absent: sniffed).
-    pub format: Option<String>,
+    pub url: Option<SourceUrl>,
+    /// The target disk: a device, a by-id/by-path name or hints (the CLI
+    /// also takes a regular file).
+    pub disk: Option<DiskSelector>,
+    /// The declared image format ([`DeclaredFormat::Auto`]: sniffed).
+    pub format: DeclaredFormat,
     /// The expected digest of the image as served.
     pub checksum: Option<Checksum>,
     /// Where to read the expected digest from (a `SHA256SUMS`-style list).
-    pub checksum_url: Option<String>,
+    pub checksum_url: Option<SourceUrl>,
     /// Timeouts, retries and trust for fetching.
     pub source: SourceOptions,
     /// What makes this machine itself, injected after the write.
@@ -76,8 +89,8 @@ pub struct DeploySpec {
     pub root: Option<RootSelector>,
     /// Grow the last partition to the end of the disk (`imprint.grow=1`).
     pub grow: bool,
-    /// URL of a JSON deploy spec (`imprint.config=`).
-    pub config: Option<String>,
+    /// A JSON deploy spec (`imprint.config=`).
+    pub config: Option<SourceUrl>,
     pub on_success: SuccessPolicy,
     pub on_failure: FailurePolicy,
     /// What to kexec, overriding discovery in the installed root.
@@ -86,6 +99,81 @@ pub struct DeploySpec {
     pub report: Option<String>,
     /// The port of the read-only `/status` endpoint (`imprint.status-port=`).
     pub status_port: Option<u16>,
+    /// How long a NIC may take to get carrier (`imprint.link-timeout=`).
+    pub link_timeout: Option<Duration>,
+    /// Which layer set each parameter, for messages.
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+/// A layer of settings, in the order they are applied: later layers win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A JSON deploy spec (`imprint.config=`, `--config`, DRP's `imprint.json`).
+    Json,
+    /// `imprint.X=` on the kernel command line.
+    Cmdline,
+    /// `--X` on the `imprint deploy` command line.
+    Cli,
+}
+
+impl Origin {
+    /// How the user wrote parameter `name` on this layer, as errors quote it:
+    /// `imprint.disk= on the kernel command line`, `--disk`, `field "disk"
+    /// of the deploy spec`.
+    pub fn spelling(self, name: &str) -> String {
+        match self {
+            Origin::Cmdline => format!("imprint.{name}= on the kernel command line"),
+            Origin::Cli => format!("--{name}"),
+            Origin::Json => format!("field {name:?} of the deploy spec"),
+        }
+    }
+
+    /// How to set `name` on this layer, for "no image given: set …".
+    fn how_to_set(self, name: &str, example: &str) -> String {
+        match self {
+            Origin::Cmdline | Origin::Json => format!("set imprint.{name}={example}"),
+            Origin::Cli => format!("pass --{name} {example}"),
+        }
+    }
+}
+
+/// The deploy a session runs: the settings resolved once, required values
+/// present, every value typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub image: SourceUrl,
+    pub disk: DiskSelector,
+    pub format: DeclaredFormat,
+    pub expected: Option<Expected>,
+    pub source: SourceOptions,
+    pub identity: Identity,
+    pub root: Option<RootSelector>,
+    pub grow: bool,
+    pub on_success: SuccessPolicy,
+    pub on_failure: FailurePolicy,
+    pub kexec: KexecOverride,
+    /// Which layer set each parameter, for messages.
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+/// How the image's digest is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Given outright (`imprint.checksum=`).
+    Digest(Checksum),
+    /// Looked up by the image's file name in a checksum list.
+    List(SourceUrl),
+}
+
+impl Resolved {
+    /// Parameter `name` as the user wrote it: `imprint.disk= on the kernel
+    /// command line`; `imprint.disk=` when no layer set it.
+    pub fn spelling(&self, name: &str) -> String {
+        match self.origins.get(name) {
+            Some(origin) => origin.spelling(name),
+            None => format!("imprint.{name}="),
+        }
+    }
 }
 
 /// `imprint.kexec-kernel=`, `-initrd=`, `-cmdline=`: paths inside the
@@ -102,7 +190,7 @@ impl Default for DeploySpec {
         DeploySpec {
             url: None,
             disk: None,
-            format: None,
+            format: DeclaredFormat::Auto,
             checksum: None,
             checksum_url: None,
             source: SourceOptions::default(),
@@ -115,318 +203,13 @@ impl Default for DeploySpec {
             kexec: KexecOverride::default(),
             report: None,
             status_port: None,
+            link_timeout: None,
+            origins: BTreeMap::new(),
         }
     }
 }
 
-/// One parameter: `imprint.<name>=` on the kernel command line and
-/// `--<name>` on the CLI.
-#[derive(Debug)]
-pub struct ParamDef {
-    pub name: &'static str,
-    pub values: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-    apply: fn(&mut DeploySpec, &str) -> Result<()>,
-}
-
-pub const PARAMS: &[ParamDef] = &[
-    ParamDef {
-        name: "url",
-        values: "http[s]://HOST[:PORT]/PATH | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
-        default: "(required)",
-        help: "Where the disk image comes from: see Where the image comes from.",
-        apply: |spec, v| {
-            if v.is_empty() {
-                bail!("is empty; give the image URL, e.g. imprint.url=http://server/image.raw");
-            }
-            spec.url = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "disk",
-        values: "/dev/NAME | NAME | /dev/disk/by-id/ID | /dev/disk/by-path/PATH | HINT[,HINT]...",
-        default: "(required)",
-        help: "The disk the image is written to; everything on it is overwritten. Hints (`size>=100G,rotational=0,serial=…`) must match exactly one disk: see Choosing the disk.",
-        apply: |spec, v| {
-            if v.is_empty() {
-                bail!("is empty; name the target disk, e.g. imprint.disk=/dev/sda");
-            }
-            if v.contains('=') {
-                crate::disk::DiskSelector::parse(v)?;
-            }
-            spec.disk = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "format",
-        values: "auto | raw | gz | xz | zst | bz2 | raw.tar[.gz|.xz|.bz2|.zst] | dd-raw dd-gz dd-xz dd-bz2 dd-zst dd-tar dd-tgz dd-txz dd-tbz",
-        default: "auto",
-        help: "The image's format. Sniffed from its first bytes either way; a declared format that disagrees with them is an error. DRP's image types are accepted as they are.",
-        apply: |spec, v| {
-            crate::pipeline::format::parse_declared(v)?;
-            spec.format = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "checksum",
-        values: "sha256:HEX | sha512:HEX",
-        default: "(none)",
-        help: "Digest of the image as served (compressed, if it is). Checked before the first MiB, which holds the partition table, is written.",
-        apply: |spec, v| {
-            spec.checksum = Some(Checksum::parse(v)?);
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "checksum-url",
-        values: "URL of a SHA256SUMS-style list",
-        default: "(none)",
-        help: "Read the digest from a checksum list (GNU or BSD format, sha256 or sha512), by the image URL's file name.",
-        apply: |spec, v| {
-            if v.is_empty() {
-                bail!("is empty; give the URL of a SHA256SUMS file");
-            }
-            spec.checksum_url = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "retries",
-        values: "N",
-        default: "8",
-        help: "How often a failed request or a broken transfer is retried (with exponential backoff and jitter; `Retry-After` is honoured). A broken transfer resumes where it stopped, with an HTTP Range request.",
-        apply: |spec, v| {
-            spec.source.retries = v
-                .parse()
-                .with_context(|| format!("{v:?} is not a whole number"))?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "retry-timeout",
-        values: "DURATION (30s, 10m, 1h)",
-        default: "10m",
-        help: "The most time the retries of one transfer may take together.",
-        apply: |spec, v| {
-            spec.source.retry_timeout = parse_duration(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "connect-timeout",
-        values: "DURATION",
-        default: "15s",
-        help: "How long connecting to the server may take before it counts as a failed attempt.",
-        apply: |spec, v| {
-            spec.source.connect_timeout = parse_duration(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "stall-timeout",
-        values: "DURATION",
-        default: "30s",
-        help: "How long a transfer may deliver no bytes before it counts as a dropped connection (and is resumed).",
-        apply: |spec, v| {
-            spec.source.stall_timeout = parse_duration(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "ca",
-        values: "URL | /PATH (PEM)",
-        default: "(built in)",
-        help: "Trust roots for HTTPS: a PEM bundle by URL or by path inside the initramfs (`imprint-build --ca FILE` puts one at /etc/imprint/ca.pem, used by default).",
-        apply: |spec, v| {
-            if v.is_empty() {
-                bail!("is empty; give the URL or path of a PEM CA bundle");
-            }
-            spec.source.ca = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "insecure",
-        values: "0 | 1",
-        default: "0",
-        help: "Skip HTTPS certificate verification. Logged as a warning and reported in the result line; for labs only.",
-        apply: |spec, v| {
-            spec.source.insecure = parse_bool(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "link-timeout",
-        values: "DURATION",
-        default: "5s",
-        help: "How long PID 1 waits for a NIC's carrier before leaving it out, at most 300s (read by the network bring-up, before any deploy spec).",
-        apply: |_, v| {
-            crate::net::params::parse_link_timeout(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "config",
-        values: "URL of a JSON deploy spec",
-        default: "(none)",
-        help: "Every setting as one JSON document (see The deploy spec); parameters on the command line override it.",
-        apply: |spec, v| {
-            if v.is_empty() {
-                bail!("is empty; give the URL of a JSON deploy spec");
-            }
-            spec.config = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "hostname",
-        values: "NAME",
-        default: "(image's)",
-        help: "Written to /etc/hostname and the 127.0.1.1 line of /etc/hosts.",
-        apply: |spec, v| {
-            if v.is_empty() || v.len() > 253 || v.contains(char::is_whitespace) {
-                bail!("{v:?} is not a host name");
-            }
-            spec.identity.hostname = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "ssh-key",
-        values: "\"ssh-ed25519 AAAA… comment\" (repeatable)",
-        default: "(none)",
-        help: "A public key for root's authorized_keys (and --ssh-user's). Quote it on the kernel command line: \"imprint.ssh-key=ssh-ed25519 AAAA… me\".",
-        apply: |spec, v| {
-            if v.split_whitespace().count() < 2 {
-                bail!("{v:?} is not an SSH public key (TYPE BASE64 [COMMENT])");
-            }
-            spec.identity.ssh_keys.push(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "ssh-user",
-        values: "USER",
-        default: "(root only)",
-        help: "Also install the keys for this user of the image (uid and gid from its /etc/passwd).",
-        apply: |spec, v| {
-            spec.identity.ssh_user = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "root",
-        values: "N | LABEL=L | UUID=U | PARTLABEL=L | PARTUUID=U",
-        default: "(discovered)",
-        help: "The image's root partition. Otherwise: the root type GUID, then the first partition with /curtin, then the first with /etc/os-release.",
-        apply: |spec, v| {
-            spec.root = Some(RootSelector::parse(v)?);
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "grow",
-        values: "0 | 1",
-        default: "0",
-        help: "Grow the last partition to the end of the disk (the filesystem is left to the OS's first boot, like cloud-init's growpart).",
-        apply: |spec, v| {
-            spec.grow = parse_bool(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "reset-machine-id",
-        values: "0 | 1",
-        default: "1",
-        help: "Empty the image's /etc/machine-id so clones do not share it.",
-        apply: |spec, v| {
-            spec.identity.reset_machine_id = parse_bool(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "on-success",
-        values: "kexec | kexec! | reboot | poweroff | none",
-        default: "kexec",
-        help: "What the machine does after a successful deploy (PID 1 only; the CLI just exits). `kexec` boots the installed kernel directly, skipping the firmware, and reboots when it cannot (see Handing over); `kexec!` fails instead; `none` stays up showing the result.",
-        apply: |spec, v| {
-            spec.on_success = SuccessPolicy::parse(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "on-failure",
-        values: "halt | reboot | poweroff | retry:N",
-        default: "halt",
-        help: "What the machine does after a failed deploy: `halt` keeps it up, repeats the error on the console every minute and keeps answering `/status`; `retry:N` runs the whole deploy again up to N times (pausing 10 s, 20 s, … up to 5 min), then halts.",
-        apply: |spec, v| {
-            spec.on_failure = parse_failure_policy(v)?;
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "kexec-kernel",
-        values: "/PATH in the installed system",
-        default: "(discovered)",
-        help: "The kernel to kexec, instead of the BLS entry, grub.cfg default or /vmlinuz found in the installed root.",
-        apply: |spec, v| {
-            spec.kexec.kernel = Some(absolute_path(v)?);
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "kexec-initrd",
-        values: "/PATH in the installed system",
-        default: "(discovered)",
-        help: "The initrd to kexec with; needs kexec-kernel.",
-        apply: |spec, v| {
-            spec.kexec.initrd = Some(absolute_path(v)?);
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "kexec-cmdline",
-        values: "\"ARGS\"",
-        default: "(the entry's)",
-        help: "The installed kernel's command line, instead of the boot entry's options. `root=` is added when missing; console arguments after `--` are kept.",
-        apply: |spec, v| {
-            spec.kexec.cmdline = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "report",
-        values: "http[s]://URL",
-        default: "(none)",
-        help: "POST each status event as JSON to this URL (see Status events). Retried in the background; never delays or fails the deploy.",
-        apply: |spec, v| {
-            if !(v.starts_with("http://") || v.starts_with("https://")) {
-                bail!("{v:?} is not an http:// or https:// URL");
-            }
-            spec.report = Some(v.to_owned());
-            Ok(())
-        },
-    },
-    ParamDef {
-        name: "status-port",
-        values: "PORT",
-        default: "(off)",
-        help: "Serve the status document read-only at `http://MACHINE:PORT/status` (see Status events).",
-        apply: |spec, v| {
-            let port: u16 = v
-                .parse()
-                .ok()
-                .filter(|p| *p > 0)
-                .with_context(|| format!("{v:?} is not a TCP port (1-65535)"))?;
-            spec.status_port = Some(port);
-            Ok(())
-        },
-    },
-];
+pub use params::{PARAMS, ParamDef};
 
 /// The JSON keys that are identity fields rather than parameters.
 const IDENTITY_FIELDS: &[&str] = &[
@@ -498,7 +281,7 @@ fn parse_failure_policy(v: &str) -> Result<FailurePolicy> {
 /// Booted by a DRP bootenv (`provisioner.web=` and `rs.uuid=`, no
 /// `imprint.url=`): the deploy spec is the machine's rendered
 /// `imprint.json` template, `<provisioner.web>/machines/<uuid>/imprint.json`.
-fn drp_spec_url(cmdline: &KernelCmdline) -> Result<Option<String>> {
+fn drp_spec_url(cmdline: &KernelCmdline) -> Result<Option<SourceUrl>> {
     let given = |key: &str| cmdline.value(key).map(str::trim).filter(|v| !v.is_empty());
     let (Some(web), Some(uuid)) = (given("provisioner.web"), given("rs.uuid")) else {
         return Ok(None);
@@ -510,7 +293,9 @@ fn drp_spec_url(cmdline: &KernelCmdline) -> Result<Option<String>> {
         bail!("parameter rs.uuid={uuid} is not a machine UUID");
     }
     let web = web.trim_end_matches('/');
-    Ok(Some(format!("{web}/machines/{uuid}/imprint.json")))
+    SourceUrl::parse(&format!("{web}/machines/{uuid}/imprint.json"))
+        .context("parameter provisioner.web")
+        .map(Some)
 }
 
 /// A path inside the installed system: absolute, no `..`.
@@ -526,31 +311,42 @@ fn known_names() -> String {
 }
 
 impl DeploySpec {
-    /// Applies one `name=value` setting through the parameter table.
-    /// `origin` is how the user spelled the prefix (`imprint.` or `--`), so
-    /// errors quote the parameter exactly as it was written.
-    pub fn set(&mut self, origin: &str, name: &str, value: Option<&str>) -> Result<()> {
+    /// Applies one `name=value` setting of layer `origin` through the
+    /// parameter table. Errors quote the parameter as the user wrote it.
+    pub fn set(&mut self, origin: Origin, name: &str, value: Option<&str>) -> Result<()> {
         let def = PARAMS.iter().find(|p| p.name == name).with_context(|| {
-            format!(
-                "unknown parameter {origin}{name}; known parameters: {}",
-                known_names()
-            )
+            let unknown = match origin {
+                Origin::Cmdline => format!("unknown parameter imprint.{name}"),
+                Origin::Cli => format!("unknown parameter --{name}"),
+                Origin::Json => format!("unknown field {name:?} in the deploy spec"),
+            };
+            format!("{unknown}; known parameters: {}", known_names())
         })?;
-        let value = value.with_context(|| format!("parameter {origin}{name} needs a value"))?;
-        (def.apply)(self, value).with_context(|| format!("parameter {origin}{name}"))
+        let spelling = origin.spelling(name);
+        let value = value.with_context(|| format!("{spelling} needs a value"))?;
+        (def.apply)(self, value).with_context(|| spelling.clone())?;
+        self.origins.insert(def.name, origin);
+        Ok(())
     }
 
-    /// Builds the spec from the kernel command line. Parameters outside the
-    /// `imprint.` namespace belong to the kernel or to DRP and are ignored.
+    /// Applies every `imprint.X=` of the kernel command line. Parameters
+    /// outside the `imprint.` namespace belong to the kernel or to DRP.
+    fn apply_cmdline(&mut self, cmdline: &KernelCmdline) -> Result<()> {
+        for (name, param) in cmdline.with_prefix("imprint.") {
+            self.set(Origin::Cmdline, name, param.value.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Builds the spec from the kernel command line. Booted by DRP with no
+    /// image named, the spec is the machine's rendered `imprint.json`.
     pub fn from_cmdline(cmdline: &KernelCmdline) -> Result<DeploySpec> {
         let mut spec = DeploySpec::default();
-        for (name, param) in cmdline.with_prefix("imprint.") {
-            spec.set("imprint.", name, param.value.as_deref())?;
-        }
+        spec.apply_cmdline(cmdline)?;
         if spec.url.is_none() && spec.config.is_none() {
             spec.config = drp_spec_url(cmdline)?;
         }
-        spec.validate("imprint.")?;
+        spec.validate(Origin::Cmdline)?;
         Ok(spec)
     }
 
@@ -561,7 +357,7 @@ impl DeploySpec {
     pub fn lenient_from_cmdline(cmdline: &KernelCmdline) -> DeploySpec {
         let mut spec = DeploySpec::default();
         for (name, param) in cmdline.with_prefix("imprint.") {
-            let _ = spec.set("imprint.", name, param.value.as_deref());
+            let _ = spec.set(Origin::Cmdline, name, param.value.as_deref());
         }
         spec
     }
@@ -590,7 +386,7 @@ impl DeploySpec {
                 serde_json::Value::Null => continue,
                 _ => bail!("field {key:?}: expected a string, number or boolean"),
             };
-            self.set("field ", &key, Some(&text))?;
+            self.set(Origin::Json, &key, Some(&text))?;
         }
         if !identity.is_empty() {
             let parsed: Identity = serde_json::from_value(serde_json::Value::Object(identity))
@@ -604,41 +400,96 @@ impl DeploySpec {
     pub fn from_json_and_cmdline(json: &str, cmdline: &KernelCmdline) -> Result<DeploySpec> {
         let mut spec = DeploySpec::default();
         spec.apply_json(json)?;
-        for (name, param) in cmdline.with_prefix("imprint.") {
-            spec.set("imprint.", name, param.value.as_deref())?;
-        }
-        spec.validate("imprint.")?;
+        spec.apply_cmdline(cmdline)?;
+        spec.validate(Origin::Cmdline)?;
         Ok(spec)
     }
 
-    /// Checks that hold across parameters; `origin` spells the prefix.
-    pub fn validate(&self, origin: &str) -> Result<()> {
+    /// Checks that hold across parameters.
+    pub fn validate(&self, layer: Origin) -> Result<()> {
+        let spell = |name: &str| match self.origins.get(name) {
+            Some(origin) => origin.spelling(name),
+            None => layer.spelling(name),
+        };
         if self.checksum.is_some() && self.checksum_url.is_some() {
-            bail!("give {origin}checksum= or {origin}checksum-url=, not both");
+            bail!(
+                "give {} or {}, not both",
+                spell("checksum"),
+                spell("checksum-url")
+            );
         }
         if self.kexec.kernel.is_none()
             && (self.kexec.initrd.is_some() || self.kexec.cmdline.is_some())
         {
+            let given = if self.kexec.initrd.is_some() {
+                spell("kexec-initrd")
+            } else {
+                spell("kexec-cmdline")
+            };
             bail!(
-                "{origin}kexec-initrd= and {origin}kexec-cmdline= need {origin}kexec-kernel= (the kernel they go with)"
+                "{given} needs {} (the kernel it goes with)",
+                layer.spelling("kexec-kernel")
             );
         }
         Ok(())
     }
 
-    pub fn require_url(&self) -> Result<&str> {
-        self.url
-            .as_deref()
-            .context("no image given: set imprint.url= (or --url)")
+    /// Checks that what a deploy needs is there and hands over the typed
+    /// deploy. `layer` is where the user is expected to set what is
+    /// missing, for the message.
+    pub fn resolve(self, layer: Origin) -> Result<Resolved> {
+        self.validate(layer)?;
+        let image = self.url.with_context(|| {
+            format!(
+                "no image given: {}",
+                layer.how_to_set("url", "http://server/image.raw.zst")
+            )
+        })?;
+        let disk = self.disk.with_context(|| match layer {
+            Origin::Cli => "no target given: pass --disk /dev/NAME or --disk FILE".to_owned(),
+            Origin::Cmdline | Origin::Json => "no target disk given: set imprint.disk=/dev/NAME \
+                 or hints such as imprint.disk=size>=100G,rotational=0"
+                .to_owned(),
+        })?;
+        let expected = match (self.checksum, self.checksum_url) {
+            (Some(digest), _) => Some(Expected::Digest(digest)),
+            (None, Some(list)) => Some(Expected::List(list)),
+            (None, None) => None,
+        };
+        Ok(Resolved {
+            image,
+            disk,
+            format: self.format,
+            expected,
+            source: self.source,
+            identity: self.identity,
+            root: self.root,
+            grow: self.grow,
+            on_success: self.on_success,
+            on_failure: self.on_failure,
+            kexec: self.kexec,
+            origins: self.origins,
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn spec(line: &str) -> Result<DeploySpec> {
         DeploySpec::from_cmdline(&KernelCmdline::parse(line))
+    }
+
+    /// A resolved deploy of `http://h/x.img` onto `/dev/vda` with `extra`
+    /// parameters, for other modules' tests.
+    pub(crate) fn resolved(extra: &str) -> Resolved {
+        spec(&format!(
+            "imprint.url=http://h/x.img imprint.disk=/dev/vda {extra}"
+        ))
+        .unwrap()
+        .resolve(Origin::Cmdline)
+        .unwrap()
     }
 
     #[test]
@@ -648,8 +499,11 @@ mod tests {
              imprint.on-success=poweroff imprint.on-failure=reboot rs.uuid=abc",
         )
         .unwrap();
-        assert_eq!(s.url.as_deref(), Some("http://10.0.2.2:8000/a.img"));
-        assert_eq!(s.disk.as_deref(), Some("/dev/vda"));
+        assert_eq!(
+            s.url.as_ref().unwrap().as_str(),
+            "http://10.0.2.2:8000/a.img"
+        );
+        assert_eq!(s.disk, Some(DiskSelector::Name("/dev/vda".to_owned())));
         assert_eq!(s.on_success, SuccessPolicy::Poweroff);
         assert_eq!(s.on_failure, FailurePolicy::Reboot);
     }
@@ -660,11 +514,15 @@ mod tests {
         assert_eq!(s, DeploySpec::default());
         assert_eq!(s.on_success, SuccessPolicy::Kexec { required: false });
         assert_eq!(s.on_failure, FailurePolicy::Halt);
-        assert!(
-            s.require_url()
-                .unwrap_err()
-                .to_string()
-                .contains("imprint.url=")
+        let msg = format!("{:#}", s.clone().resolve(Origin::Cmdline).unwrap_err());
+        assert_eq!(
+            msg,
+            "no image given: set imprint.url=http://server/image.raw.zst"
+        );
+        let msg = format!("{:#}", s.resolve(Origin::Cli).unwrap_err());
+        assert_eq!(
+            msg,
+            "no image given: pass --url http://server/image.raw.zst"
         );
     }
 
@@ -686,12 +544,15 @@ mod tests {
     #[test]
     fn unknown_format_is_refused_up_front() {
         let msg = format!("{:#}", spec("imprint.format=dd-rar").unwrap_err());
-        assert!(msg.starts_with("parameter imprint.format: "), "{msg}");
-        assert!(msg.contains("dd-rar"), "{msg}");
-        assert_eq!(
-            spec("imprint.format=dd-zst").unwrap().format.as_deref(),
-            Some("dd-zst")
+        assert!(
+            msg.starts_with("imprint.format= on the kernel command line: "),
+            "{msg}"
         );
+        assert!(msg.contains("dd-rar"), "{msg}");
+        assert!(matches!(
+            spec("imprint.format=dd-zst").unwrap().format,
+            DeclaredFormat::Image { name, .. } if name == "dd-zst"
+        ));
     }
 
     #[test]
@@ -725,7 +586,7 @@ mod tests {
                 "drp": {"endpoint": "https://drp:8092", "token": "s3cret", "machine-id": "m1", "provisioner-web": "http://drp:8091"}}"#,
         )
         .unwrap();
-        assert_eq!(s.url.as_deref(), Some("http://h/golden.raw.zst"));
+        assert_eq!(s.url.as_ref().unwrap().as_str(), "http://h/golden.raw.zst");
         assert_eq!(s.source.retries, 3);
         assert!(s.grow);
         assert_eq!(s.identity.hostname.as_deref(), Some("web-01"));
@@ -740,9 +601,15 @@ mod tests {
     fn json_errors_name_the_field() {
         let mut s = DeploySpec::default();
         let msg = format!("{:#}", s.apply_json(r#"{"retries": "many"}"#).unwrap_err());
-        assert!(msg.starts_with("parameter field retries"), "{msg}");
+        assert!(
+            msg.starts_with("field \"retries\" of the deploy spec: "),
+            "{msg}"
+        );
         let msg = format!("{:#}", s.apply_json(r#"{"hostnme": "x"}"#).unwrap_err());
-        assert!(msg.contains("unknown parameter field hostnme"), "{msg}");
+        assert!(
+            msg.contains("unknown field \"hostnme\" in the deploy spec"),
+            "{msg}"
+        );
         let msg = format!(
             "{:#}",
             s.apply_json(r#"{"files": [{"path": "/x", "mode": "9z"}]}"#)
@@ -777,7 +644,7 @@ mod tests {
     #[test]
     fn flag_without_value_is_an_error() {
         let msg = format!("{:#}", spec("imprint.url").unwrap_err());
-        assert!(msg.contains("imprint.url needs a value"), "{msg}");
+        assert_eq!(msg, "imprint.url= on the kernel command line needs a value");
     }
 
     #[test]
@@ -813,8 +680,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            s.config.as_deref(),
-            Some(format!("http://10.0.0.1:8091/machines/{uuid}/imprint.json").as_str())
+            s.config.unwrap().as_str(),
+            format!("http://10.0.0.1:8091/machines/{uuid}/imprint.json")
         );
         // An explicit image or spec wins over DRP's convention.
         let s = spec(&format!(
@@ -877,7 +744,10 @@ mod tests {
             "{:#}",
             spec("imprint.kexec-initrd=/initrd.img").unwrap_err()
         );
-        assert!(msg.contains("need imprint.kexec-kernel="), "{msg}");
+        assert_eq!(
+            msg,
+            "imprint.kexec-initrd= on the kernel command line needs imprint.kexec-kernel= on the kernel command line (the kernel it goes with)"
+        );
         let msg = format!(
             "{:#}",
             spec("imprint.kexec-kernel=boot/vmlinuz").unwrap_err()
@@ -900,7 +770,45 @@ mod tests {
     #[test]
     fn cli_origin_is_quoted_in_errors() {
         let mut s = DeploySpec::default();
-        let msg = format!("{:#}", s.set("--", "nope", Some("1")).unwrap_err());
+        let msg = format!("{:#}", s.set(Origin::Cli, "nope", Some("1")).unwrap_err());
         assert!(msg.starts_with("unknown parameter --nope"), "{msg}");
+        let msg = format!(
+            "{:#}",
+            s.set(Origin::Cli, "disk", Some("/dev/disk/x")).unwrap_err()
+        );
+        assert!(msg.starts_with("--disk: disk /dev/disk/x: "), "{msg}");
+    }
+
+    #[test]
+    fn later_layers_win_and_errors_say_which_layer_set_a_value() {
+        let cmdline = KernelCmdline::parse("imprint.disk=/dev/vdb imprint.checksum=sha256:00");
+        let err = DeploySpec::from_json_and_cmdline(
+            r#"{"url": "http://h/x.img", "disk": "/dev/vda", "checksum-url": "http://h/SUMS"}"#,
+            &cmdline,
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "imprint.checksum= on the kernel command line: sha256 digest \"00\" must be 64 hex digits"
+        );
+        let cmdline = KernelCmdline::parse("imprint.disk=/dev/vdb imprint.link-timeout=2s");
+        let spec = DeploySpec::from_json_and_cmdline(
+            r#"{"url": "file:///srv/x.img", "disk": "/dev/vda", "link-timeout": "9s", "checksum-url": "http://h/SUMS"}"#,
+            &cmdline,
+        )
+        .unwrap();
+        assert_eq!(spec.link_timeout, Some(Duration::from_secs(2)));
+        let deploy = spec.resolve(Origin::Cmdline).unwrap();
+        assert_eq!(deploy.disk, DiskSelector::Name("/dev/vdb".to_owned()));
+        assert_eq!(
+            deploy.spelling("disk"),
+            "imprint.disk= on the kernel command line"
+        );
+        assert_eq!(deploy.spelling("url"), "field \"url\" of the deploy spec");
+        assert_eq!(deploy.spelling("grow"), "imprint.grow=");
+        assert!(!deploy.image.needs_network());
+        assert!(
+            matches!(deploy.expected, Some(Expected::List(ref list)) if list.as_str() == "http://h/SUMS")
+        );
     }
 }

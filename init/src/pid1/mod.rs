@@ -1,0 +1,573 @@
+//! PID 1: early boot, then a loop over the phases of a deploy, then the
+//! machine's fate.
+//!
+//! ```text
+//! drivers -> network (when something is fetched) -> spec -> disk -> write -> inject -> handoff
+//!             on failure: failed event, result line, then halt | reboot | poweroff | retry:N
+//! ```
+//!
+//! Every phase goes through a [`Platform`], so the policies (`retry:N`, the
+//! `kexec!` refusal, the reboot fallback, halt with `/status`, a panic) are
+//! host tests with a recording fake. PID 1 never returns and never panics
+//! into the kernel: [`Pid1::run`] gives an [`Ending`], the result line is
+//! already printed, and [`finish`] carries the ending out. A panic hook
+//! prints the result line and powers off.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::cmdline::KernelCmdline;
+use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
+use crate::hardware::FirmwareFailure;
+use crate::logger::ConsoleLogger;
+use crate::net::NetConfig;
+use crate::report;
+use crate::session::{self, Done, Tracker};
+use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
+use crate::status::{EventKind, HandoffHow, Stage, Status, StatusOptions};
+use crate::sys::power::{PowerAction, power};
+use crate::timeline::{self, Mark};
+
+mod early;
+mod platform;
+#[cfg(test)]
+mod tests;
+
+pub use early::{EARLY_BOOT, EarlyStep, apply_early_step};
+pub use platform::{Machine, Platform, coldplug, collect_modaliases};
+
+/// The longest pause between two runs of `on-failure=retry:N`.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(300);
+/// How long the last events may take to reach the report URL before the
+/// machine is handed over or powered off.
+const REPORT_FLUSH: Duration = Duration::from_secs(5);
+
+/// How PID 1's life ends, once the result line is out and the reports are
+/// flushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Jump into the kernel staged for kexec. `required` (`kexec!`): if the
+    /// jump itself fails, stay up with the error instead of rebooting.
+    Kexec {
+        required: bool,
+    },
+    Power(PowerAction),
+    /// Stay up, repeating this line on the console.
+    Halt(String),
+}
+
+pub fn main() -> ! {
+    let pid1_at = timeline::since_boot();
+    std::panic::set_hook(Box::new(|info| {
+        finish(on_panic(&mut Machine::new(), &info.to_string()))
+    }));
+    // The logger is not up yet: early boot reports straight to the console.
+    for step in EARLY_BOOT {
+        match apply_early_step(step) {
+            Ok(()) => eprintln!("imprint: early: {step}"),
+            Err(e) => eprintln!("imprint: early: {step} failed: {e:#}"),
+        }
+    }
+    ConsoleLogger::install(log::LevelFilter::Info, true);
+    log::info!("imprint {} starting as PID 1", env!("CARGO_PKG_VERSION"));
+
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut pid1 = Pid1::new(Machine::new(), KernelCmdline::parse(&cmdline_text));
+    pid1.tracker.mark_at(Mark::Pid1, pid1_at);
+    finish(pid1.run())
+}
+
+/// What a panic leaves: the result line, then the machine powers off.
+pub fn on_panic(platform: &mut dyn Platform, info: &str) -> Ending {
+    let line = report::error_line(&anyhow::anyhow!("imprint panicked: {info}"));
+    platform.console(&line);
+    Ending::Power(PowerAction::Poweroff)
+}
+
+/// Carries out an [`Ending`]. Never returns.
+pub fn finish(ending: Ending) -> ! {
+    match ending {
+        Ending::Power(action) => power(action),
+        Ending::Halt(line) => halt_showing(&line),
+        Ending::Kexec { required } => {
+            let Err(error) = crate::sys::kexec::exec();
+            let error = error.context("kexec is not possible");
+            if required {
+                let line = report::error_line(&error.context("imprint.on-success=kexec!"));
+                println!("{line}");
+                halt_showing(&line)
+            }
+            log::warn!("{error:#}; rebooting instead");
+            power(PowerAction::Reboot)
+        }
+    }
+}
+
+/// Keeps the machine up, repeating the result so that whoever opens the
+/// console later still sees why the deploy failed.
+fn halt_showing(line: &str) -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+        println!("{line}");
+    }
+}
+
+/// 10 s, 20 s, 40 s, … up to five minutes between whole-deploy retries.
+fn retry_pause(attempt: u32) -> Duration {
+    let secs = 10u64.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    Duration::from_secs(secs).min(RETRY_PAUSE_MAX)
+}
+
+/// PID 1's state across runs of the deploy (`on-failure=retry:N`):
+/// drivers stay loaded and the network stays up.
+pub struct Pid1<P: Platform> {
+    platform: P,
+    cmdline: KernelCmdline,
+    tracker: Tracker,
+    drivers_loaded: bool,
+    /// The NIC the network came up on, once it is up.
+    boot_mac: Option<[u8; 6]>,
+    /// From the deploy spec once it is loaded (it may come from JSON).
+    on_failure: FailurePolicy,
+    drp: DrpJob,
+    /// Firmware load failures already on the console.
+    firmware_reported: Vec<FirmwareFailure>,
+}
+
+impl<P: Platform> Pid1<P> {
+    /// Starts reporting from whatever parses of the command line: when it
+    /// is bad, PID 1 must still honour what the operator asked for on
+    /// failure, and still report and serve `/status`.
+    pub fn new(platform: P, cmdline: KernelCmdline) -> Pid1<P> {
+        let lenient = DeploySpec::lenient_from_cmdline(&cmdline);
+        let status = Status::new(&status_options(&lenient));
+        let drp = DrpJob::default();
+        drp.follow(&status);
+        Pid1 {
+            platform,
+            cmdline,
+            tracker: Tracker::new(status),
+            drivers_loaded: false,
+            boot_mac: None,
+            on_failure: lenient.on_failure,
+            drp,
+            firmware_reported: Vec::new(),
+        }
+    }
+
+    /// Runs the deploy, again on failure as `on-failure=retry:N` says, and
+    /// hands the machine over. The result line is printed before this
+    /// returns.
+    pub fn run(&mut self) -> Ending {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let run_started = Instant::now();
+            match self.attempt() {
+                Ok((deploy, done)) => {
+                    let line = report::ok_line(&done.summary);
+                    self.platform.console(&line);
+                    self.drp.finish(&line, Some(&done), run_started);
+                    return self.hand_over(&deploy, &done);
+                }
+                Err(error) => {
+                    // The event first: whoever sees the console line and
+                    // asks /status must find the failure there.
+                    self.tracker.status.emit(EventKind::Failed {
+                        stage: self.tracker.stage,
+                        error: format!("{error:#}"),
+                        offset: self.tracker.failed_offset(),
+                        attempt: Some(attempt),
+                    });
+                    let line = report::error_line(&error);
+                    self.platform.console(&line);
+                    self.drp.fail(&line, &error, run_started);
+                    if let FailurePolicy::Retry(limit) = self.on_failure
+                        && attempt <= limit
+                    {
+                        let pause = retry_pause(attempt);
+                        self.tracker.status.emit(EventKind::Retrying {
+                            attempt: attempt + 1,
+                            of: limit + 1,
+                            delay_seconds: pause.as_secs_f64(),
+                        });
+                        log::warn!(
+                            "deploy failed (run {attempt} of {}); running it again in {} s",
+                            limit + 1,
+                            pause.as_secs()
+                        );
+                        // The next run is a new DRP job: this one has failed.
+                        self.drp.close();
+                        self.platform.sleep(pause);
+                        continue;
+                    }
+                    return self.fail(&line);
+                }
+            }
+        }
+    }
+
+    /// One run: the phases up to an injected disk.
+    fn attempt(&mut self) -> Result<(Resolved, Done)> {
+        self.drivers()?;
+        let deploy = self.spec()?;
+        let target = self.disk(&deploy)?;
+        let done = session::run(&deploy, &target, self.boot_mac, &mut self.tracker)?;
+        Ok((deploy, done))
+    }
+
+    /// Phase drivers: once per boot.
+    fn drivers(&mut self) -> Result<()> {
+        if self.drivers_loaded {
+            return Ok(());
+        }
+        self.tracker.enter(Stage::Drivers);
+        let report = self.platform.load_drivers()?;
+        self.firmware_reported = report.firmware;
+        self.drivers_loaded = true;
+        self.tracker.mark(Mark::Drivers);
+        let machine = self.platform.machine_info();
+        self.tracker.status.emit(EventKind::Started { machine });
+        Ok(())
+    }
+
+    /// Phase spec: the command line, and the JSON spec it points at (over
+    /// the network, which comes up first when the spec or the image is
+    /// fetched over it).
+    fn spec(&mut self) -> Result<Resolved> {
+        let spec = DeploySpec::from_cmdline(&self.cmdline)?;
+        self.on_failure = spec.on_failure;
+        let fetched = spec.config.as_ref().is_some_and(|c| c.needs_network())
+            || spec.url.as_ref().is_some_and(|u| u.needs_network());
+        if fetched {
+            self.network(&spec)?;
+        }
+        let spec = match &spec.config {
+            Some(config) => {
+                self.tracker.enter(Stage::Spec);
+                let text = session::fetch_spec(config, &spec.source)?;
+                let merged = DeploySpec::from_json_and_cmdline(&text, &self.cmdline)
+                    .map_err(|e| e.context(format!("deploy spec {config}")))?;
+                log::info!("deploy spec {config} loaded");
+                self.on_failure = merged.on_failure;
+                merged
+            }
+            None => spec,
+        };
+        // The spec may name what the command line did not.
+        self.tracker.status.adopt(&status_options(&spec));
+        self.drp.start(&spec);
+        self.drp.image = spec.url.as_ref().map(ToString::to_string);
+        self.tracker.mark(Mark::Spec);
+        let deploy = spec.clone().resolve(Origin::Cmdline)?;
+        if deploy.image.needs_network() {
+            self.network(&spec)?;
+        }
+        Ok(deploy)
+    }
+
+    /// Phase disk: the target, never the disk the image is read from.
+    fn disk(&mut self, deploy: &Resolved) -> Result<std::path::PathBuf> {
+        self.tracker.enter(Stage::Disk);
+        // A local source's disk is found (and mounted read-only) first, so
+        // that target selection can leave it out.
+        let source_disk = self.platform.source_disk(&deploy.image)?;
+        let excluded: Vec<String> = source_disk.iter().cloned().collect();
+        let target = self
+            .platform
+            .wait_for_disk(&deploy.disk, &excluded)
+            .map_err(|e| e.context(deploy.spelling("disk")))?;
+        if let Some(source_disk) = &source_disk
+            && target == std::path::Path::new("/dev").join(source_disk)
+        {
+            anyhow::bail!(
+                "disk {} holds the image source {}; choose another target disk",
+                target.display(),
+                deploy.image
+            );
+        }
+        Ok(target)
+    }
+
+    /// Phase network: once per boot; later runs reuse it.
+    fn network(&mut self, spec: &DeploySpec) -> Result<()> {
+        if self.boot_mac.is_some() {
+            return Ok(());
+        }
+        self.tracker.enter(Stage::Network);
+        let mut config = NetConfig::from_cmdline(&self.cmdline)?;
+        if let Some(timeout) = spec.link_timeout {
+            config.link_timeout = Some(timeout);
+        }
+        let up = self.platform.bring_up_network(&config);
+        self.report_late_firmware();
+        let configured = up?;
+        if let Some(at) = configured.link_up {
+            self.tracker.mark_at(Mark::Link, at);
+        }
+        self.boot_mac = Some(configured.mac);
+        self.tracker.mark(Mark::Lease);
+        Ok(())
+    }
+
+    /// Firmware a driver asked for after the coldplug report (r8169 and
+    /// bnx2x load theirs when the link comes up), each reported once.
+    fn report_late_firmware(&mut self) {
+        for failure in self.platform.firmware_failures() {
+            if !self.firmware_reported.contains(&failure) {
+                log::warn!("{failure}");
+                self.firmware_reported.push(failure);
+            }
+        }
+    }
+
+    /// Phase handoff: follows the success policy.
+    fn hand_over(&mut self, deploy: &Resolved, done: &Done) -> Ending {
+        self.tracker.enter(Stage::Handoff);
+        match deploy.on_success {
+            SuccessPolicy::Kexec { required } => self.kexec(deploy, done, required),
+            SuccessPolicy::Reboot => self.power(HandoffHow::Reboot, None, PowerAction::Reboot),
+            SuccessPolicy::Poweroff => {
+                self.power(HandoffHow::Poweroff, None, PowerAction::Poweroff)
+            }
+            SuccessPolicy::None => {
+                self.announce_handoff(HandoffHow::None, None);
+                self.platform.unmount_everything();
+                log::info!("on-success=none: staying up");
+                Ending::Halt(report::ok_line(&done.summary))
+            }
+        }
+    }
+
+    fn kexec(&mut self, deploy: &Resolved, done: &Done, required: bool) -> Ending {
+        let why = match self
+            .platform
+            .stage_kexec(deploy, done, &self.cmdline.init_args)
+        {
+            Ok(staged) => {
+                self.mark_handoff();
+                self.tracker.status.emit(EventKind::Handoff {
+                    how: HandoffHow::Kexec,
+                    kernel: Some(staged.kernel.clone()),
+                    cmdline: Some(staged.cmdline.clone()),
+                    detail: Some(staged.entry.clone()),
+                });
+                self.flush_reports();
+                self.platform.unmount_everything();
+                log::info!("kexec into {} ({})", staged.kernel, staged.entry);
+                return Ending::Kexec { required };
+            }
+            Err(e) => e.context("kexec is not possible"),
+        };
+        if required {
+            let why = why.context("imprint.on-success=kexec!");
+            let line = report::error_line(&why);
+            self.platform.console(&line);
+            // DRP's job ends failed, not finished, when it was not sent yet.
+            self.drp.fail_unsent(&line, &why);
+            self.tracker.status.emit(EventKind::Failed {
+                stage: Stage::Handoff,
+                error: format!("{why:#}"),
+                offset: None,
+                attempt: None,
+            });
+            // The image on the disk is good: no retry, no wipe.
+            if let FailurePolicy::Retry(_) = self.on_failure {
+                self.on_failure = FailurePolicy::Halt;
+            }
+            return self.fail(&line);
+        }
+        log::warn!("{why:#}; rebooting instead");
+        self.power(
+            HandoffHow::Reboot,
+            Some(format!("{why:#}")),
+            PowerAction::Reboot,
+        )
+    }
+
+    /// Records the handoff and prints the timeline that led to it.
+    fn mark_handoff(&mut self) {
+        self.tracker.mark(Mark::Handoff);
+        let line = self.tracker.timeline.line();
+        self.platform.console(&line);
+    }
+
+    fn announce_handoff(&mut self, how: HandoffHow, detail: Option<String>) {
+        self.mark_handoff();
+        self.tracker.status.emit(EventKind::Handoff {
+            how,
+            kernel: None,
+            cmdline: None,
+            detail,
+        });
+        self.flush_reports();
+    }
+
+    fn power(&mut self, how: HandoffHow, detail: Option<String>, action: PowerAction) -> Ending {
+        self.announce_handoff(how, detail);
+        self.platform.unmount_everything();
+        Ending::Power(action)
+    }
+
+    /// Follows the failure policy (retries are the caller's).
+    fn fail(&mut self, line: &str) -> Ending {
+        let timeline = self.tracker.timeline.line();
+        self.platform.console(&timeline);
+        self.flush_reports();
+        match self.on_failure {
+            FailurePolicy::Reboot => {
+                self.platform.unmount_everything();
+                Ending::Power(PowerAction::Reboot)
+            }
+            FailurePolicy::Poweroff => {
+                self.platform.unmount_everything();
+                Ending::Power(PowerAction::Poweroff)
+            }
+            FailurePolicy::Halt | FailurePolicy::Retry(_) => {
+                // Someone may want to `curl` this machine's /status: give
+                // it a network if the deploy failed before it had one.
+                if self.tracker.status.status_address().is_some() && self.boot_mac.is_none() {
+                    let spec = DeploySpec::lenient_from_cmdline(&self.cmdline);
+                    if let Err(e) = self.network(&spec) {
+                        log::warn!("no network for the status endpoint: {e:#}");
+                    }
+                }
+                Ending::Halt(line.to_owned())
+            }
+        }
+    }
+
+    /// Waits (bounded) for the webhook and DRP to get the last events.
+    fn flush_reports(&mut self) {
+        self.drp.send_result();
+        if !self.tracker.status.flush(REPORT_FLUSH) {
+            log::warn!("not every status event reached the report URL");
+        }
+        self.drp.flush();
+    }
+}
+
+fn status_options(spec: &DeploySpec) -> StatusOptions {
+    StatusOptions {
+        report_url: spec.report.clone(),
+        status_port: spec.status_port,
+        source: spec.source.clone(),
+        ..StatusOptions::default()
+    }
+}
+
+/// The DRP job of the current run, when the spec carries DRP's API URL and
+/// machine token (DRP's `imprint.json` does): every status event goes to
+/// its log, then the result line, then the job is finished or failed and
+/// `imprint/last-deploy` set.
+#[derive(Default)]
+struct DrpJob {
+    reporter: Arc<Mutex<Option<DrpReporter>>>,
+    /// The image URL of the current run, for `imprint/last-deploy`.
+    image: Option<String>,
+    /// The run's result line and DRP result, until sent.
+    result: Option<(String, LastDeploy)>,
+}
+
+impl DrpJob {
+    fn lock(&self) -> MutexGuard<'_, Option<DrpReporter>> {
+        self.reporter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies every event of `status` into the current job's log.
+    fn follow(&self, status: &Status) {
+        let job_log = Arc::clone(&self.reporter);
+        status.subscribe(Box::new(move |event| {
+            if let Some(reporter) = job_log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+            {
+                reporter.log_line(event.log_line());
+            }
+        }));
+    }
+
+    fn start(&mut self, spec: &DeploySpec) {
+        let Some(agent) = &spec.identity.drp else {
+            return;
+        };
+        if self.lock().is_some() {
+            return;
+        }
+        let started = DrpClient::new(
+            &agent.endpoint,
+            &agent.token,
+            &agent.machine_id,
+            &spec.source,
+        )
+        .and_then(|client| DrpReporter::start(client, DrpOptions::default()));
+        match started {
+            Ok(reporter) => {
+                log::info!(
+                    "reporting the deploy as a job of DRP machine {}",
+                    agent.machine_id
+                );
+                *self.lock() = Some(reporter);
+            }
+            Err(e) => log::warn!("not reporting to DRP: {e:#}"),
+        }
+    }
+
+    /// Keeps a successful run's result for its job, sent after the last
+    /// event (the handoff), so the job log ends with it.
+    fn finish(&mut self, line: &str, done: Option<&Done>, run_started: Instant) {
+        self.result = Some((
+            line.to_owned(),
+            LastDeploy {
+                image: self.image.clone().unwrap_or_default(),
+                sha256: done.map(|d| report::hex(&d.summary.sha256)),
+                seconds: done
+                    .map_or(run_started.elapsed(), |d| d.summary.elapsed)
+                    .as_secs_f64(),
+                error: None,
+            },
+        ));
+    }
+
+    fn fail(&mut self, line: &str, error: &anyhow::Error, run_started: Instant) {
+        self.finish(line, None, run_started);
+        if let Some((_, last)) = self.result.as_mut() {
+            last.error = Some(format!("{error:#}"));
+        }
+    }
+
+    /// A handoff that failed after a successful run: the job ends failed.
+    fn fail_unsent(&mut self, line: &str, error: &anyhow::Error) {
+        if let Some((result_line, last)) = self.result.as_mut() {
+            result_line.clone_from(&line.to_owned());
+            last.error = Some(format!("{error:#}"));
+        }
+    }
+
+    fn send_result(&mut self) {
+        let result = self.result.take();
+        if let (Some(reporter), Some((line, last))) = (self.lock().as_ref(), result) {
+            reporter.log_line(line);
+            reporter.finish(last);
+        }
+    }
+
+    /// Waits (bounded) until DRP got what was queued for it.
+    fn flush(&self) {
+        if let Some(reporter) = self.lock().as_ref()
+            && !reporter.flush(REPORT_FLUSH)
+        {
+            log::warn!("not everything reached DRP's job log");
+        }
+    }
+
+    /// Sends what is left for the run's job and forgets it.
+    fn close(&mut self) {
+        self.send_result();
+        self.flush();
+        self.lock().take();
+    }
+}

@@ -1,0 +1,203 @@
+//! One deploy session, the same for PID 1 and the CLI:
+//!
+//! ```text
+//! [fetch the JSON spec] -> write (pipeline) -> verified -> inject -> Done | error
+//! ```
+//!
+//! The caller brings the machine to the point where a target exists (PID 1:
+//! drivers, network, disk; the CLI: a path) and turns the outcome into the
+//! result line ([`result_line`]) and a handoff. What the outside sees on the
+//! way (stages, timeline marks, status events) goes through a [`Tracker`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::deploy::{self, DeployOptions};
+use crate::inject::deployed::{self, Injected};
+use crate::pipeline::progress::Progress;
+use crate::report::{self, DeploySummary};
+use crate::source::SourceOptions;
+use crate::source::url::SourceUrl;
+use crate::spec::Resolved;
+use crate::status::{EventKind, ProgressEvents, Stage, Status};
+use crate::timeline::{self, Mark, Timeline};
+
+/// A JSON deploy spec larger than this is not a deploy spec.
+const MAX_SPEC_LEN: u64 = 1 << 20;
+
+/// A session that reached the end: the image is written, verified and,
+/// where the disk has a root to inject into, injected.
+#[derive(Debug)]
+pub struct Done {
+    pub summary: DeploySummary,
+    pub injected: Injected,
+}
+
+/// Where a run is and what it reached, told to the status sinks as it
+/// changes: the stage (for the `failed` event), the timeline marks and the
+/// bytes the write stage got to.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    pub status: Status,
+    pub timeline: Timeline,
+    pub stage: Stage,
+    /// Bytes of the image written by the current run's write stage.
+    pub written: Option<u64>,
+}
+
+impl Tracker {
+    pub fn new(status: Status) -> Tracker {
+        Tracker {
+            status,
+            timeline: Timeline::default(),
+            stage: Stage::Drivers,
+            written: None,
+        }
+    }
+
+    pub fn enter(&mut self, stage: Stage) {
+        self.stage = stage;
+        self.status.enter(stage);
+    }
+
+    pub fn mark(&mut self, mark: Mark) {
+        self.mark_at(mark, timeline::since_boot());
+    }
+
+    pub fn mark_at(&mut self, mark: Mark, at: Duration) {
+        self.timeline.mark_at(mark, at);
+        self.status.set_timeline(self.timeline.to_json());
+    }
+
+    /// Where a failed run stopped writing, for the `failed` event.
+    pub fn failed_offset(&self) -> Option<u64> {
+        self.written.filter(|_| self.stage == Stage::Write)
+    }
+}
+
+/// Fetches a JSON deploy spec's text (`imprint.config=`, `--config`, DRP's
+/// `imprint.json`).
+pub fn fetch_spec(config: &SourceUrl, options: &SourceOptions) -> Result<String> {
+    crate::source::fetch_text(config.as_str(), MAX_SPEC_LEN, options)
+        .with_context(|| format!("fetching the deploy spec {config}"))
+}
+
+/// Writes `deploy`'s image onto `target`, verifies it and injects the
+/// machine's identity. `boot_mac` is the NIC PID 1 booted from (the
+/// installed network config names it); the CLI has none.
+pub fn run(
+    deploy: &Resolved,
+    target: &Path,
+    boot_mac: Option<[u8; 6]>,
+    tracker: &mut Tracker,
+) -> Result<Done> {
+    tracker.enter(Stage::Write);
+    tracker.written = None;
+    let mut progress = Stamped::new(ProgressEvents::new(tracker.status.clone(), Stage::Write));
+    let written = deploy::deploy_to(deploy, target, &DeployOptions::default(), &mut progress);
+    tracker.written = Some(progress.done);
+    let summary = written?;
+    if let (Some(first), Some(last)) = (progress.first, progress.last) {
+        tracker.mark_at(Mark::FirstByte, first);
+        tracker.mark_at(Mark::LastByte, last);
+    }
+    tracker.mark(Mark::Verified);
+    tracker.status.emit(EventKind::Verified {
+        sha256: report::hex(&summary.sha256),
+        algorithm: summary.verified.map(str::to_owned),
+        bytes: summary.bytes,
+    });
+
+    tracker.enter(Stage::Inject);
+    let injected = inject(deploy, target, boot_mac)?;
+    tracker.mark(Mark::Injected);
+    let event = match &injected {
+        Injected::Root {
+            partitions,
+            root,
+            ops,
+        } => {
+            let root = partitions[*root].describe();
+            log::info!("injected {ops} changes into {root}");
+            EventKind::Injected {
+                root: Some(root),
+                changes: *ops,
+                skipped: None,
+            }
+        }
+        Injected::Skipped(why) => {
+            log::info!("no injection: {why}");
+            EventKind::Injected {
+                root: None,
+                changes: 0,
+                skipped: Some(why.clone()),
+            }
+        }
+    };
+    tracker.status.emit(event);
+    Ok(Done { summary, injected })
+}
+
+/// Injection needs the partitions of a block device. A regular file (the
+/// CLI's stand-in for a disk) has none the kernel shows, so it is skipped
+/// there, unless identity was asked for.
+fn inject(deploy: &Resolved, target: &Path, boot_mac: Option<[u8; 6]>) -> Result<Injected> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_block = std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device());
+    if !is_block {
+        if deployed::requested(deploy) {
+            bail!(
+                "{} is a file: identity injection needs a block device (attach it with losetup -P)",
+                target.display()
+            );
+        }
+        return Ok(Injected::Skipped(format!(
+            "{} is a file, not a disk",
+            target.display()
+        )));
+    }
+    deployed::inject_or_fail_closed(deploy, target, boot_mac)
+}
+
+/// The line harnesses and operators wait for.
+pub fn result_line(outcome: &Result<Done>) -> String {
+    match outcome {
+        Ok(done) => report::ok_line(&done.summary),
+        Err(error) => report::error_line(error),
+    }
+}
+
+/// A progress sink that also notes when the first and the last bytes
+/// reached the disk, for the timeline.
+struct Stamped<P> {
+    inner: P,
+    first: Option<Duration>,
+    last: Option<Duration>,
+    /// Bytes written so far: where a failed write stopped.
+    done: u64,
+}
+
+impl<P> Stamped<P> {
+    fn new(inner: P) -> Self {
+        Stamped {
+            inner,
+            first: None,
+            last: None,
+            done: 0,
+        }
+    }
+}
+
+impl<P: Progress> Progress for Stamped<P> {
+    fn update(&mut self, done: u64, total: Option<u64>) {
+        self.done = done;
+        if done > 0 {
+            let now = timeline::since_boot();
+            self.first.get_or_insert(now);
+            self.last = Some(now);
+        }
+        self.inner.update(done, total);
+    }
+}

@@ -1,0 +1,318 @@
+//! The parameter table: every setting imprint takes, its name on each
+//! layer (`imprint.X=`, `--X`, the deploy spec's `"X"`), its documentation
+//! and the function that parses it into [`DeploySpec`]'s typed fields.
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    DeploySpec, SuccessPolicy, absolute_path, parse_bool, parse_duration, parse_failure_policy,
+};
+use crate::disk::DiskSelector;
+use crate::disk::root::RootSelector;
+use crate::pipeline::checksum::Checksum;
+use crate::source::url::SourceUrl;
+
+/// One parameter: `imprint.<name>=` on the kernel command line and
+/// `--<name>` on the CLI.
+#[derive(Debug)]
+pub struct ParamDef {
+    pub name: &'static str,
+    pub values: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    pub(super) apply: fn(&mut DeploySpec, &str) -> Result<()>,
+}
+
+pub const PARAMS: &[ParamDef] = &[
+    ParamDef {
+        name: "url",
+        values: "http[s]://HOST[:PORT]/PATH | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
+        default: "(required)",
+        help: "Where the disk image comes from: see Where the image comes from.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the image URL, e.g. imprint.url=http://server/image.raw");
+            }
+            spec.url = Some(SourceUrl::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "disk",
+        values: "/dev/NAME | NAME | /dev/disk/by-id/ID | /dev/disk/by-path/PATH | HINT[,HINT]...",
+        default: "(required)",
+        help: "The disk the image is written to; everything on it is overwritten. Hints (`size>=100G,rotational=0,serial=…`) must match exactly one disk: see Choosing the disk.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; name the target disk, e.g. imprint.disk=/dev/sda");
+            }
+            spec.disk = Some(DiskSelector::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "format",
+        values: "auto | raw | gz | xz | zst | bz2 | raw.tar[.gz|.xz|.bz2|.zst] | dd-raw dd-gz dd-xz dd-bz2 dd-zst dd-tar dd-tgz dd-txz dd-tbz",
+        default: "auto",
+        help: "The image's format. Sniffed from its first bytes either way; a declared format that disagrees with them is an error. DRP's image types are accepted as they are.",
+        apply: |spec, v| {
+            spec.format = crate::pipeline::format::parse_declared(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "checksum",
+        values: "sha256:HEX | sha512:HEX",
+        default: "(none)",
+        help: "Digest of the image as served (compressed, if it is). Checked before the first MiB, which holds the partition table, is written.",
+        apply: |spec, v| {
+            spec.checksum = Some(Checksum::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "checksum-url",
+        values: "URL of a SHA256SUMS-style list",
+        default: "(none)",
+        help: "Read the digest from a checksum list (GNU or BSD format, sha256 or sha512), by the image URL's file name.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the URL of a SHA256SUMS file");
+            }
+            spec.checksum_url = Some(SourceUrl::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "retries",
+        values: "N",
+        default: "8",
+        help: "How often a failed request or a broken transfer is retried (with exponential backoff and jitter; `Retry-After` is honoured). A broken transfer resumes where it stopped, with an HTTP Range request.",
+        apply: |spec, v| {
+            spec.source.retries = v
+                .parse()
+                .with_context(|| format!("{v:?} is not a whole number"))?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "retry-timeout",
+        values: "DURATION (30s, 10m, 1h)",
+        default: "10m",
+        help: "The most time the retries of one transfer may take together.",
+        apply: |spec, v| {
+            spec.source.retry_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "connect-timeout",
+        values: "DURATION",
+        default: "15s",
+        help: "How long connecting to the server may take before it counts as a failed attempt.",
+        apply: |spec, v| {
+            spec.source.connect_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "stall-timeout",
+        values: "DURATION",
+        default: "30s",
+        help: "How long a transfer may deliver no bytes before it counts as a dropped connection (and is resumed).",
+        apply: |spec, v| {
+            spec.source.stall_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "ca",
+        values: "URL | /PATH (PEM)",
+        default: "(built in)",
+        help: "Trust roots for HTTPS: a PEM bundle by URL or by path inside the initramfs (`imprint-build --ca FILE` puts one at /etc/imprint/ca.pem, used by default).",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the URL or path of a PEM CA bundle");
+            }
+            spec.source.ca = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "insecure",
+        values: "0 | 1",
+        default: "0",
+        help: "Skip HTTPS certificate verification. Logged as a warning and reported in the result line; for labs only.",
+        apply: |spec, v| {
+            spec.source.insecure = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "link-timeout",
+        values: "DURATION",
+        default: "5s",
+        help: "How long PID 1 waits for a NIC's carrier before leaving it out, at most 300s. From a deploy spec it counts only where the spec is read before the network is up (a file:// spec).",
+        apply: |spec, v| {
+            spec.link_timeout = Some(crate::net::params::parse_link_timeout(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "config",
+        values: "URL of a JSON deploy spec",
+        default: "(none)",
+        help: "Every setting as one JSON document (see The deploy spec); parameters on the command line override it.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the URL of a JSON deploy spec");
+            }
+            spec.config = Some(SourceUrl::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "hostname",
+        values: "NAME",
+        default: "(image's)",
+        help: "Written to /etc/hostname and the 127.0.1.1 line of /etc/hosts.",
+        apply: |spec, v| {
+            if v.is_empty() || v.len() > 253 || v.contains(char::is_whitespace) {
+                bail!("{v:?} is not a host name");
+            }
+            spec.identity.hostname = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "ssh-key",
+        values: "\"ssh-ed25519 AAAA… comment\" (repeatable)",
+        default: "(none)",
+        help: "A public key for root's authorized_keys (and --ssh-user's). Quote it on the kernel command line: \"imprint.ssh-key=ssh-ed25519 AAAA… me\".",
+        apply: |spec, v| {
+            if v.split_whitespace().count() < 2 {
+                bail!("{v:?} is not an SSH public key (TYPE BASE64 [COMMENT])");
+            }
+            spec.identity.ssh_keys.push(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "ssh-user",
+        values: "USER",
+        default: "(root only)",
+        help: "Also install the keys for this user of the image (uid and gid from its /etc/passwd).",
+        apply: |spec, v| {
+            spec.identity.ssh_user = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "root",
+        values: "N | LABEL=L | UUID=U | PARTLABEL=L | PARTUUID=U",
+        default: "(discovered)",
+        help: "The image's root partition. Otherwise: the root type GUID, then the first partition with /curtin, then the first with /etc/os-release.",
+        apply: |spec, v| {
+            spec.root = Some(RootSelector::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "grow",
+        values: "0 | 1",
+        default: "0",
+        help: "Grow the last partition to the end of the disk (the filesystem is left to the OS's first boot, like cloud-init's growpart).",
+        apply: |spec, v| {
+            spec.grow = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "reset-machine-id",
+        values: "0 | 1",
+        default: "1",
+        help: "Empty the image's /etc/machine-id so clones do not share it.",
+        apply: |spec, v| {
+            spec.identity.reset_machine_id = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "on-success",
+        values: "kexec | kexec! | reboot | poweroff | none",
+        default: "kexec",
+        help: "What the machine does after a successful deploy (PID 1 only; the CLI just exits). `kexec` boots the installed kernel directly, skipping the firmware, and reboots when it cannot (see Handing over); `kexec!` fails instead; `none` stays up showing the result.",
+        apply: |spec, v| {
+            spec.on_success = SuccessPolicy::parse(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "on-failure",
+        values: "halt | reboot | poweroff | retry:N",
+        default: "halt",
+        help: "What the machine does after a failed deploy: `halt` keeps it up, repeats the error on the console every minute and keeps answering `/status`; `retry:N` runs the whole deploy again up to N times (pausing 10 s, 20 s, … up to 5 min), then halts.",
+        apply: |spec, v| {
+            spec.on_failure = parse_failure_policy(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "kexec-kernel",
+        values: "/PATH in the installed system",
+        default: "(discovered)",
+        help: "The kernel to kexec, instead of the BLS entry, grub.cfg default or /vmlinuz found in the installed root.",
+        apply: |spec, v| {
+            spec.kexec.kernel = Some(absolute_path(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "kexec-initrd",
+        values: "/PATH in the installed system",
+        default: "(discovered)",
+        help: "The initrd to kexec with; needs kexec-kernel.",
+        apply: |spec, v| {
+            spec.kexec.initrd = Some(absolute_path(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "kexec-cmdline",
+        values: "\"ARGS\"",
+        default: "(the entry's)",
+        help: "The installed kernel's command line, instead of the boot entry's options. `root=` is added when missing; console arguments after `--` are kept.",
+        apply: |spec, v| {
+            spec.kexec.cmdline = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "report",
+        values: "http[s]://URL",
+        default: "(none)",
+        help: "POST each status event as JSON to this URL (see Status events). Retried in the background; never delays or fails the deploy.",
+        apply: |spec, v| {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                bail!("{v:?} is not an http:// or https:// URL");
+            }
+            spec.report = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "status-port",
+        values: "PORT",
+        default: "(off)",
+        help: "Serve the status document read-only at `http://MACHINE:PORT/status` (see Status events).",
+        apply: |spec, v| {
+            let port: u16 = v
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .with_context(|| format!("{v:?} is not a TCP port (1-65535)"))?;
+            spec.status_port = Some(port);
+            Ok(())
+        },
+    },
+];
