@@ -77,68 +77,114 @@ impl NetConfig {
     /// as a template renders an unset param) counts as not given. Errors
     /// name the parameter.
     pub fn from_cmdline(cmdline: &KernelCmdline) -> Result<Self> {
-        let given = |key: &str| cmdline.value(key).map(str::trim).filter(|v| !v.is_empty());
         // pxelinux's `IPAPPEND 2` appends BOOTIF= to the whole line, so
         // after a `--` it lands among init's arguments: look there too.
         let bootif_after_dashes = cmdline
             .init_args
             .iter()
             .rev()
-            .find_map(|word| word.strip_prefix("BOOTIF="))
-            .map(str::trim)
-            .filter(|v| !v.is_empty());
-        let boot_mac = match given("BOOTIF").or(bootif_after_dashes) {
-            Some(value) => {
-                parse_bootif(value).with_context(|| format!("parameter BOOTIF={value}"))?
-            }
+            .find_map(|word| word.strip_prefix("BOOTIF="));
+        let given = |key: &str| {
+            let value = cmdline.value(key);
+            let value = if key == "BOOTIF" {
+                value.or(bootif_after_dashes)
+            } else {
+                value
+            };
+            value.map(|v| (v.trim().to_owned(), format!("parameter {key}={}", v.trim())))
+        };
+        Self::from_settings(&given)
+    }
+
+    /// The same settings from a deploy spec's `boot-network` object, keyed
+    /// by the command line's names without their prefix (`bootif`, `ip`,
+    /// `gw`, `dns`, `interface`, `vlan`, `mtu`), for a spec read before the
+    /// network is up (`imprint.config=file://LABEL=…/spec.json`). It
+    /// replaces the command line's static setup; without `bootif`, the
+    /// command line's `BOOTIF=` still says which NIC to prefer
+    /// ([`NetConfig::over`]).
+    pub fn from_json(object: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        const KEYS: [(&str, &str); 7] = [
+            ("bootif", "BOOTIF"),
+            ("ip", "provisioner.ip"),
+            ("gw", "provisioner.gw"),
+            ("dns", "provisioner.dns"),
+            ("interface", "provisioner.interface"),
+            ("vlan", "provisioner.vlan"),
+            ("mtu", "provisioner.mtu"),
+        ];
+        if let Some(unknown) = object.keys().find(|k| !KEYS.iter().any(|(j, _)| j == k)) {
+            bail!(
+                "field \"boot-network\" of the deploy spec: unknown key {unknown:?}; known keys: bootif, ip, gw, dns, interface, vlan, mtu"
+            );
+        }
+        let given = |key: &str| {
+            let (json_key, _) = KEYS.iter().find(|(_, k)| *k == key)?;
+            let text = match object.get(*json_key)? {
+                serde_json::Value::String(s) => s.trim().to_owned(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            let name = format!("field \"boot-network\".{json_key} of the deploy spec");
+            Some((text, name))
+        };
+        Self::from_settings(&given)
+    }
+
+    /// This setup (a deploy spec's) over `base` (the command line's): the
+    /// boot NIC is `base`'s unless this one names it.
+    pub fn over(self, base: NetConfig) -> NetConfig {
+        NetConfig {
+            boot_mac: self.boot_mac.or(base.boot_mac),
+            ..self
+        }
+    }
+
+    /// `given(key)` answers a setting by its command-line name with its
+    /// value and how to name it in an error.
+    fn from_settings(given: &dyn Fn(&str) -> Option<(String, String)>) -> Result<Self> {
+        let given = |key: &str| given(key).filter(|(value, _)| !value.is_empty());
+        let boot_mac = match given("BOOTIF") {
+            Some((value, name)) => parse_bootif(&value).with_context(|| name)?,
             None => None,
         };
-        let link_timeout = given("imprint.link-timeout")
-            .map(|value| {
-                parse_link_timeout(value)
-                    .with_context(|| format!("parameter imprint.link-timeout={value}"))
-            })
-            .transpose()?;
-        let Some(ip) = given("provisioner.ip") else {
-            if let Some(key) = STATIC_ONLY.iter().find(|key| given(key).is_some()) {
+        let Some((ip, ip_name)) = given("provisioner.ip") else {
+            if let Some((_, name)) = STATIC_ONLY.iter().find_map(|key| given(key)) {
                 bail!(
-                    "parameter {key}= is set but provisioner.ip= is not: a static setup needs provisioner.ip=<address>/<prefix>"
+                    "{name} is set but provisioner.ip= is not: a static setup needs provisioner.ip=<address>/<prefix>"
                 );
             }
             return Ok(NetConfig {
                 boot_mac,
                 static_ipv4: None,
-                link_timeout,
+                link_timeout: None,
             });
         };
-        let (address, prefix_len) =
-            parse_cidr(ip).with_context(|| format!("parameter provisioner.ip={ip}"))?;
+        let (address, prefix_len) = parse_cidr(&ip).with_context(|| ip_name)?;
         let gateway = given("provisioner.gw")
-            .map(|gw| {
-                parse_host("gateway", gw).with_context(|| format!("parameter provisioner.gw={gw}"))
-            })
+            .map(|(gw, name)| parse_host("gateway", &gw).with_context(|| name))
             .transpose()?;
         let dns = match given("provisioner.dns") {
-            Some(list) => {
-                parse_dns(list).with_context(|| format!("parameter provisioner.dns={list}"))?
-            }
+            Some((list, name)) => parse_dns(&list).with_context(|| name)?,
             None => Vec::new(),
         };
         let interface = given("provisioner.interface")
-            .map(|name| {
-                parse_interface(name)
-                    .with_context(|| format!("parameter provisioner.interface={name}"))
-            })
+            .map(|(text, name)| parse_interface(&text).with_context(|| name))
             .transpose()?;
         let vlan = given("provisioner.vlan")
-            .map(|vid| parse_vlan(vid).with_context(|| format!("parameter provisioner.vlan={vid}")))
+            .map(|(vid, name)| parse_vlan(&vid).with_context(|| name))
             .transpose()?;
         let mtu = given("provisioner.mtu")
-            .map(|mtu| parse_mtu(mtu).with_context(|| format!("parameter provisioner.mtu={mtu}")))
+            .map(|(mtu, name)| parse_mtu(&mtu).with_context(|| name))
             .transpose()?;
         Ok(NetConfig {
             boot_mac,
-            link_timeout,
+            link_timeout: None,
             static_ipv4: Some(StaticConfig {
                 address,
                 prefix_len,
@@ -341,25 +387,55 @@ mod tests {
 
     #[test]
     fn link_timeout_is_a_bounded_duration() {
-        assert_eq!(config("").unwrap().link_timeout, None);
+        assert_eq!(parse_link_timeout("2").unwrap(), Duration::from_secs(2));
         assert_eq!(
-            config("imprint.link-timeout=2").unwrap().link_timeout,
-            Some(Duration::from_secs(2))
+            parse_link_timeout("1500ms").unwrap(),
+            Duration::from_millis(1500)
         );
         assert_eq!(
-            config("imprint.link-timeout=1500ms provisioner.ip=10.0.0.5/24")
-                .unwrap()
-                .link_timeout,
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            error("imprint.link-timeout=10m"),
-            "parameter imprint.link-timeout=10m: 600 s is longer than the 300 s a port can take to get link"
+            format!("{:#}", parse_link_timeout("10m").unwrap_err()),
+            "600 s is longer than the 300 s a port can take to get link"
         );
         assert!(
-            error("imprint.link-timeout=soon")
-                .starts_with("parameter imprint.link-timeout=soon: \"soon\" is not a duration")
+            format!("{:#}", parse_link_timeout("soon").unwrap_err())
+                .starts_with("\"soon\" is not a duration")
         );
+    }
+
+    #[test]
+    fn a_deploy_spec_sets_the_boot_network() {
+        let object = |json: &str| match serde_json::from_str(json).unwrap() {
+            serde_json::Value::Object(object) => object,
+            _ => unreachable!(),
+        };
+        let cmdline = KernelCmdline::parse("BOOTIF=01-52-54-00-12-34-56 provisioner.ip=10.9.9.9/8");
+        let config = NetConfig::from_json(&object(
+            r#"{"ip": "10.0.0.5/24", "gw": "10.0.0.1", "dns": ["10.0.0.2", "10.0.0.3"], "vlan": 100, "mtu": 9000}"#,
+        ))
+        .unwrap()
+        .over(NetConfig::from_cmdline(&cmdline).unwrap());
+        assert_eq!(
+            config.boot_mac,
+            Some(MAC),
+            "BOOTIF stays the command line's"
+        );
+        let ipv4 = config.static_ipv4.unwrap();
+        assert_eq!(ipv4.address, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(ipv4.prefix_len, 24);
+        assert_eq!(
+            ipv4.dns,
+            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        assert_eq!((ipv4.vlan, ipv4.mtu), (Some(100), Some(9000)));
+        let error = |json: &str| format!("{:#}", NetConfig::from_json(&object(json)).unwrap_err());
+        assert_eq!(
+            error(r#"{"ip": "10.0.0.5"}"#),
+            "field \"boot-network\".ip of the deploy spec: no prefix length: write it as <address>/<prefix>, e.g. 10.0.0.5/24"
+        );
+        assert!(error(r#"{"gw": "10.0.0.1"}"#).starts_with(
+            "field \"boot-network\".gw of the deploy spec is set but provisioner.ip= is not"
+        ));
+        assert!(error(r#"{"address": "x"}"#).contains("unknown key \"address\""));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::logger::ConsoleLogger;
 use crate::net::NetConfig;
 use crate::report;
 use crate::session::{self, Done, Tracker};
+use crate::source::url::SourceUrl;
 use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
 use crate::status::{EventKind, HandoffHow, Stage, Status, StatusOptions};
 use crate::sys::power::{PowerAction, power};
@@ -239,8 +240,11 @@ impl<P: Platform> Pid1<P> {
     fn spec(&mut self) -> Result<Resolved> {
         let spec = DeploySpec::from_cmdline(&self.cmdline)?;
         self.on_failure = spec.on_failure;
-        let fetched = spec.config.as_ref().is_some_and(|c| c.needs_network())
-            || spec.url.as_ref().is_some_and(|u| u.needs_network());
+        // A spec read from a local file may still set up the network.
+        let fetched = match &spec.config {
+            Some(config) => config.needs_network(),
+            None => spec.url.as_ref().is_some_and(SourceUrl::needs_network),
+        };
         if fetched {
             self.network(&spec)?;
         }
@@ -261,6 +265,11 @@ impl<P: Platform> Pid1<P> {
         self.drp.start(&spec);
         self.drp.image = spec.url.as_ref().map(ToString::to_string);
         self.tracker.mark(Mark::Spec);
+        if spec.boot_network.is_some() && self.boot_mac.is_some() {
+            log::warn!(
+                "the deploy spec's boot-network is not used: the network was up to fetch the spec"
+            );
+        }
         let deploy = spec.clone().resolve(Origin::Cmdline)?;
         if deploy.image.needs_network() {
             self.network(&spec)?;
@@ -298,6 +307,9 @@ impl<P: Platform> Pid1<P> {
         }
         self.tracker.enter(Stage::Network);
         let mut config = NetConfig::from_cmdline(&self.cmdline)?;
+        if let Some(from_spec) = &spec.boot_network {
+            config = from_spec.clone().over(config);
+        }
         if let Some(timeout) = spec.link_timeout {
             config.link_timeout = Some(timeout);
         }

@@ -20,6 +20,7 @@ struct Fake {
     calls: Vec<String>,
     console: Vec<String>,
     sleeps: Vec<Duration>,
+    networks: Vec<NetConfig>,
     target: PathBuf,
     /// `None`: staging fails with this message.
     kexec: Option<Staged>,
@@ -35,6 +36,7 @@ impl Fake {
             calls: Vec::new(),
             console: Vec::new(),
             sleeps: Vec::new(),
+            networks: Vec::new(),
             target: target.to_owned(),
             kexec: Some(Staged {
                 entry: "bls: debian".to_owned(),
@@ -58,8 +60,9 @@ impl Platform for Fake {
         Ok(HardwareReport::default())
     }
 
-    fn bring_up_network(&mut self, _config: &NetConfig) -> Result<net::Configured> {
+    fn bring_up_network(&mut self, config: &NetConfig) -> Result<net::Configured> {
         self.calls.push("network".into());
+        self.networks.push(config.clone());
         if self.network_fails {
             bail!("no NIC has link");
         }
@@ -384,6 +387,40 @@ fn a_network_failure_is_the_result() {
         Ending::Halt("IMPRINT-RESULT: error: no NIC has link".to_owned())
     );
     assert!(!pid1.platform.calls.iter().any(|c| c.starts_with("disk")));
+}
+
+#[test]
+fn a_local_deploy_spec_sets_the_network_its_image_is_fetched_over() {
+    let world = World::new();
+    let spec = world.dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"url": "http://127.0.0.1:9/x.img", "disk": "/dev/vda", "retries": 0, "link-timeout": "2s",
+            "boot-network": {"ip": "10.0.0.5/24", "gw": "10.0.0.1"}}"#,
+    )
+    .unwrap();
+    let cmdline = KernelCmdline::parse(&format!(
+        "imprint.config=file://{} BOOTIF=01-52-54-00-12-34-56",
+        spec.display()
+    ));
+    let mut pid1 = Pid1::new(Fake::new(&world.target()), cmdline);
+    let ending = pid1.run();
+    let Ending::Halt(line) = &ending else {
+        panic!("{ending:?}");
+    };
+    assert!(
+        line.contains("127.0.0.1:9"),
+        "the image fetch failed: {line}"
+    );
+    let networks = &pid1.platform.networks;
+    assert_eq!(networks.len(), 1, "{networks:?}");
+    let static_ipv4 = networks[0].static_ipv4.as_ref().unwrap();
+    assert_eq!(static_ipv4.address.to_string(), "10.0.0.5");
+    assert_eq!(
+        networks[0].boot_mac,
+        Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+    );
+    assert_eq!(networks[0].link_timeout, Some(Duration::from_secs(2)));
 }
 
 #[test]

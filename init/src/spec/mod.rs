@@ -16,6 +16,7 @@ use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
 use crate::disk::root::RootSelector;
 use crate::inject::Identity;
+use crate::net::NetConfig;
 use crate::pipeline::checksum::Checksum;
 use crate::pipeline::format::DeclaredFormat;
 use crate::source::SourceOptions;
@@ -101,6 +102,10 @@ pub struct DeploySpec {
     pub status_port: Option<u16>,
     /// How long a NIC may take to get carrier (`imprint.link-timeout=`).
     pub link_timeout: Option<Duration>,
+    /// The deploy spec's `boot-network`: the network imprint itself uses,
+    /// over the command line's `BOOTIF=`/`provisioner.*` (only where the
+    /// spec is read before the network is up).
+    pub boot_network: Option<NetConfig>,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -204,6 +209,7 @@ impl Default for DeploySpec {
             report: None,
             status_port: None,
             link_timeout: None,
+            boot_network: None,
             origins: BTreeMap::new(),
         }
     }
@@ -363,8 +369,8 @@ impl DeploySpec {
     }
 
     /// Applies a JSON deploy spec: an object whose keys are the parameter
-    /// names (`url`, `disk`, `checksum`, …; strings, numbers or booleans)
-    /// and the identity fields (`hostname`, `ssh-keys`, `access-keys`,
+    /// names (`url`, `disk`, `checksum`, …; strings, numbers or booleans),
+    /// `boot-network` ([`NetConfig::from_json`]) and the identity fields (`hostname`, `ssh-keys`, `access-keys`,
     /// `ssh-user`, `network`, `cloud-init`, `drp`, `files`,
     /// `reset-machine-id`). Errors name the field and the reason.
     pub fn apply_json(&mut self, text: &str) -> Result<()> {
@@ -375,6 +381,13 @@ impl DeploySpec {
         };
         let mut identity = serde_json::Map::new();
         for (key, value) in fields {
+            if key == "boot-network" {
+                let serde_json::Value::Object(object) = &value else {
+                    bail!("field \"boot-network\" of the deploy spec must be an object");
+                };
+                self.boot_network = Some(NetConfig::from_json(object)?);
+                continue;
+            }
             if IDENTITY_FIELDS.contains(&key.as_str()) {
                 identity.insert(key, value);
                 continue;
