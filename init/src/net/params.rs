@@ -156,7 +156,7 @@ impl NetConfig {
         let Some((ip, ip_name)) = given("provisioner.ip") else {
             if let Some((_, name)) = STATIC_ONLY.iter().find_map(|key| given(key)) {
                 bail!(
-                    "{name} is set but provisioner.ip= is not: a static setup needs provisioner.ip=<address>/<prefix>"
+                    "{name} is set but no address is: a static setup needs provisioner.ip=<address>/<prefix> (\"ip\" in a deploy spec's boot-network)"
                 );
             }
             return Ok(NetConfig {
@@ -433,7 +433,7 @@ mod tests {
             "field \"boot-network\".ip of the deploy spec: no prefix length: write it as <address>/<prefix>, e.g. 10.0.0.5/24"
         );
         assert!(error(r#"{"gw": "10.0.0.1"}"#).starts_with(
-            "field \"boot-network\".gw of the deploy spec is set but provisioner.ip= is not"
+            "field \"boot-network\".gw of the deploy spec is set but no address is"
         ));
         assert!(error(r#"{"address": "x"}"#).contains("unknown key \"address\""));
     }
@@ -569,9 +569,11 @@ mod tests {
     fn static_settings_without_an_address_are_an_error() {
         assert_eq!(
             error("provisioner.vlan=42"),
-            "parameter provisioner.vlan= is set but provisioner.ip= is not: a static setup needs provisioner.ip=<address>/<prefix>"
+            "parameter provisioner.vlan=42 is set but no address is: a static setup needs provisioner.ip=<address>/<prefix> (\"ip\" in a deploy spec's boot-network)"
         );
-        assert!(error("provisioner.gw=10.0.0.1").starts_with("parameter provisioner.gw= is set"));
+        assert!(
+            error("provisioner.gw=10.0.0.1").starts_with("parameter provisioner.gw=10.0.0.1 is set")
+        );
         // Rendered but empty: fine, DHCP.
         assert_eq!(
             config("provisioner.ip= provisioner.gw=").unwrap(),

@@ -802,7 +802,7 @@ pub(crate) mod tests {
         .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            "imprint.checksum= on the kernel command line: sha256 digest \"00\" must be 64 hex digits"
+            "imprint.checksum= on the kernel command line: digest has 2 hex digits, expected 64"
         );
         let cmdline = KernelCmdline::parse("imprint.disk=/dev/vdb imprint.link-timeout=2s");
         let spec = DeploySpec::from_json_and_cmdline(
