@@ -5,7 +5,6 @@
 //! is followed. A panic hook does the same for bugs.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,7 +12,6 @@ use rustix::mount::MountFlags;
 
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
-use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
 use crate::hardware::{FirmwareFailure, HardwareReport};
 use crate::inject::deployed::Injected;
 use crate::logger::ConsoleLogger;
@@ -21,7 +19,8 @@ use crate::pipeline::progress::Progress;
 use crate::report::{self, DeploySummary};
 use crate::spec::{DeploySpec, FailurePolicy, SuccessPolicy};
 use crate::status::{
-    EventKind, HandoffHow, MachineInfo, ProgressEvents, Stage, Status, StatusOptions,
+    EventKind, HandoffHow, LastDeploy, MachineInfo, ProgressEvents, RunResult, Stage, Status,
+    StatusOptions,
 };
 use crate::sys::power::{PowerAction, power};
 use crate::timeline::{self, Mark, Timeline};
@@ -182,15 +181,6 @@ pub fn main() -> ! {
         source: lenient.source.clone(),
         ..StatusOptions::default()
     });
-    // Every event also goes to the DRP job log of the current run, once
-    // the deploy spec says where DRP is.
-    let drp: DrpSlot = Arc::default();
-    let job_log = Arc::clone(&drp);
-    status.subscribe(Box::new(move |event| {
-        if let Some(reporter) = lock(&job_log).as_ref() {
-            reporter.log_line(event.log_line());
-        }
-    }));
     let mut machine = Machine {
         status,
         cmdline,
@@ -199,9 +189,7 @@ pub fn main() -> ! {
         boot_mac: None,
         stage: Stage::Drivers,
         on_failure: lenient.on_failure,
-        drp,
         image: None,
-        result: None,
         timeline: Timeline::default(),
         firmware_reported: Vec::new(),
         written: None,
@@ -217,7 +205,7 @@ pub fn main() -> ! {
             Ok(done) => {
                 let line = report::ok_line(&done.summary);
                 println!("{line}");
-                machine.drp_finish(&line, Some(&done.summary), None, run_started);
+                machine.record_result(&line, Some(&done.summary), None, run_started);
                 machine.hand_over(&done)
             }
             Err(error) => {
@@ -231,7 +219,7 @@ pub fn main() -> ! {
                 });
                 let line = report::error_line(&error);
                 println!("{line}");
-                machine.drp_finish(&line, None, Some(format!("{error:#}")), run_started);
+                machine.record_result(&line, None, Some(format!("{error:#}")), run_started);
                 if let FailurePolicy::Retry(limit) = machine.on_failure
                     && attempt <= limit
                 {
@@ -247,7 +235,7 @@ pub fn main() -> ! {
                         pause.as_secs()
                     );
                     // The next run is a new DRP job: this one has failed.
-                    machine.drp_done();
+                    machine.flush_reports();
                     std::thread::sleep(pause);
                     continue;
                 }
@@ -269,21 +257,6 @@ fn halt_showing(line: &str) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(60));
         println!("{line}");
-    }
-}
-
-/// The DRP job reporter of the current run, shared with the status listener
-/// that copies events into its job log.
-type DrpSlot = Arc<Mutex<Option<DrpReporter>>>;
-
-fn lock(slot: &DrpSlot) -> MutexGuard<'_, Option<DrpReporter>> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits (bounded) until DRP got what was queued for it.
-fn flush_drp(reporter: &DrpReporter) {
-    if !reporter.flush(REPORT_FLUSH) {
-        log::warn!("not everything reached DRP's job log");
     }
 }
 
@@ -339,11 +312,8 @@ struct Machine {
     stage: Stage,
     /// From the deploy spec once it is loaded (it may come from JSON).
     on_failure: FailurePolicy,
-    drp: DrpSlot,
     /// The image URL of the current run, for DRP's `imprint/last-deploy`.
     image: Option<String>,
-    /// The run's result line and DRP result, until sent.
-    result: Option<(String, LastDeploy)>,
     timeline: Timeline,
     /// Firmware load failures already on the console.
     firmware_reported: Vec<FirmwareFailure>,
@@ -403,7 +373,9 @@ impl Machine {
             source: spec.source.clone(),
             ..StatusOptions::default()
         });
-        self.drp_start(&spec);
+        if let Some(agent) = &spec.identity.drp {
+            crate::drp::report_to(&self.status, agent, &spec.source);
+        }
         self.image = spec.url.clone();
         self.mark(Mark::Spec);
         let url = spec.require_url()?.to_owned();
@@ -483,48 +455,20 @@ impl Machine {
         })
     }
 
-    /// Starts reporting this run as a DRP job when the spec carries DRP's
-    /// API URL and machine token (DRP's `imprint.json` does).
-    fn drp_start(&mut self, spec: &DeploySpec) {
-        let Some(agent) = &spec.identity.drp else {
-            return;
-        };
-        if lock(&self.drp).is_some() {
-            return;
-        }
-        let started = DrpClient::new(
-            &agent.endpoint,
-            &agent.token,
-            &agent.machine_id,
-            &spec.source,
-        )
-        .and_then(|client| DrpReporter::start(client, DrpOptions::default()));
-        match started {
-            Ok(reporter) => {
-                log::info!(
-                    "reporting the deploy as a job of DRP machine {}",
-                    agent.machine_id
-                );
-                *lock(&self.drp) = Some(reporter);
-            }
-            Err(e) => log::warn!("not reporting to DRP: {e:#}"),
-        }
-    }
-
-    /// Keeps the run's result for its DRP job: the result line for its log,
-    /// the job finished or failed, `imprint/last-deploy`. Sent by
-    /// [`flush_reports`](Self::flush_reports), after the last event (the
-    /// handoff), so the job log ends with it.
-    fn drp_finish(
+    /// Tells the status sinks how the run ended: DRP's job gets the result
+    /// line for its log, ends finished or failed, and `imprint/last-deploy`
+    /// is set. Sent by [`flush_reports`](Self::flush_reports), after the
+    /// last event (the handoff), so the job log ends with it.
+    fn record_result(
         &mut self,
         line: &str,
         summary: Option<&DeploySummary>,
         error: Option<String>,
         run_started: Instant,
     ) {
-        self.result = Some((
-            line.to_owned(),
-            LastDeploy {
+        self.status.set_result(RunResult {
+            line: line.to_owned(),
+            deploy: LastDeploy {
                 image: self.image.clone().unwrap_or_default(),
                 sha256: summary.map(|s| report::hex(&s.sha256)),
                 seconds: summary
@@ -532,33 +476,14 @@ impl Machine {
                     .as_secs_f64(),
                 error,
             },
-        ));
+        });
     }
 
-    /// Sends what is left for the run's DRP job (bounded) and forgets it.
-    fn drp_done(&mut self) {
-        self.send_result();
-        if let Some(reporter) = lock(&self.drp).take() {
-            flush_drp(&reporter);
-        }
-    }
-
-    fn send_result(&mut self) {
-        let result = self.result.take();
-        if let (Some(reporter), Some((line, last))) = (lock(&self.drp).as_ref(), result) {
-            reporter.log_line(line);
-            reporter.finish(last);
-        }
-    }
-
-    /// Waits (bounded) for the webhook and DRP to get the last events.
+    /// Waits (bounded) for the webhook and DRP to get the last events and
+    /// the run's result.
     fn flush_reports(&mut self) {
-        self.send_result();
         if !self.status.flush(REPORT_FLUSH) {
-            log::warn!("not every status event reached the report URL");
-        }
-        if let Some(reporter) = lock(&self.drp).as_ref() {
-            flush_drp(reporter);
+            log::warn!("not every status event reached the report URL or DRP's job log");
         }
     }
 
@@ -634,10 +559,10 @@ impl Machine {
             let line = report::error_line(&why);
             println!("{line}");
             // DRP's job ends failed, not finished, when it was not sent yet.
-            if let Some((result_line, last)) = self.result.as_mut() {
-                result_line.clone_from(&line);
-                last.error = Some(format!("{why:#}"));
-            }
+            self.status.amend_result(|result| {
+                result.line.clone_from(&line);
+                result.deploy.error = Some(format!("{why:#}"));
+            });
             self.status.emit(EventKind::Failed {
                 stage: Stage::Handoff,
                 error: format!("{why:#}"),
