@@ -268,74 +268,39 @@ mod tests {
         pending.iter().map(|q| q.item).collect()
     }
 
+    /// Admits `item` with room for 3; whether another was dropped.
+    fn push(
+        pending: &mut VecDeque<Queued<&'static str>>,
+        item: &'static str,
+        class: Class,
+    ) -> bool {
+        admit(pending, Queued { item, class }, 3)
+    }
+
     #[test]
     fn a_full_queue_drops_progress_first_then_the_oldest_event_never_essentials() {
         use Class::{Essential, Event, Progress};
         let mut pending = queue(&[("p1", Progress), ("started", Event), ("p2", Progress)]);
-        assert!(admit(
-            &mut pending,
-            Queued {
-                item: "failed",
-                class: Event
-            },
-            3
-        ));
+        assert!(push(&mut pending, "failed", Event));
         assert_eq!(names(&pending), ["started", "p2", "failed"]);
-        assert!(admit(
-            &mut pending,
-            Queued {
-                item: "handoff",
-                class: Event
-            },
-            3
-        ));
+        assert!(push(&mut pending, "handoff", Event));
         assert_eq!(names(&pending), ["started", "failed", "handoff"]);
         // No progress left: the oldest event goes.
-        assert!(admit(
-            &mut pending,
-            Queued {
-                item: "last",
-                class: Event
-            },
-            3
-        ));
+        assert!(push(&mut pending, "last", Event));
         assert_eq!(names(&pending), ["failed", "handoff", "last"]);
         // Essentials neither count nor go.
-        assert!(!admit(
-            &mut pending,
-            Queued {
-                item: "end",
-                class: Essential
-            },
-            3
-        ));
-        assert!(admit(
-            &mut pending,
-            Queued {
-                item: "after",
-                class: Event
-            },
-            3
-        ));
+        assert!(!push(&mut pending, "end", Essential));
+        assert!(push(&mut pending, "after", Event));
         assert_eq!(names(&pending), ["handoff", "last", "end", "after"]);
-        let mut essentials = queue(&[("end1", Essential)]);
-        assert!(!admit(
-            &mut essentials,
-            Queued {
-                item: "x",
-                class: Event
-            },
-            1
-        ));
-        assert!(admit(
-            &mut essentials,
-            Queued {
-                item: "y",
-                class: Progress
-            },
-            1
-        ));
-        assert_eq!(names(&essentials), ["end1", "y"]);
+        // A progress item makes room like any other.
+        let mut events = queue(&[
+            ("end1", Essential),
+            ("a", Event),
+            ("b", Event),
+            ("c", Event),
+        ]);
+        assert!(push(&mut events, "p", Progress));
+        assert_eq!(names(&events), ["end1", "b", "c", "p"]);
     }
 
     /// Delivers by handing each batch to the test, then waiting for its
