@@ -1,4 +1,5 @@
-//! Trust for HTTPS sources.
+//! Trust for HTTPS: image sources, the checksum and spec fetches, DRP and the
+//! webhook all verify servers the same way.
 //!
 //! TLS is rustls with ring, compiled in: nothing is loaded at run time. Which roots
 //! verify a server, first match wins:
@@ -15,7 +16,8 @@
 //! A bundle given by URL is fetched over the same trust path as everything that has
 //! no `ca`: `http://` plainly, `https://` verified by 3 or 4. So an `http://` bundle
 //! is only as trustworthy as the network it crosses, exactly like an `http://` image.
-//! It is fetched once per process, then reused by every connection.
+//! It is fetched once per process (retried like an image, [`super::retry`]), then
+//! reused by every connection.
 
 use std::collections::HashMap;
 use std::path::Path;
