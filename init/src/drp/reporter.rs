@@ -441,6 +441,100 @@ impl JobAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::Secret;
+    use crate::status::{EventKind, HandoffHow, Stage, StatusOptions};
+    use imprint_qemu::drp::DrpStandIn;
+
+    const MACHINE: &str = "6c2d3f4e-aaaa-4bbb-8ccc-0123456789ab";
+
+    fn result(line: &str, error: Option<&str>) -> RunResult {
+        RunResult {
+            line: line.into(),
+            deploy: LastDeploy {
+                image: "http://files/golden.raw".into(),
+                sha256: None,
+                seconds: 1.0,
+                error: error.map(str::to_owned),
+            },
+        }
+    }
+
+    /// What PID 1 does with `on-failure=retry:1`, the first run failing:
+    /// each run is its own job, whose log ends with the run's result line.
+    #[test]
+    fn each_run_of_a_retried_deploy_is_its_own_job() {
+        let drp = DrpStandIn::start().unwrap();
+        drp.add_machine(MACHINE);
+        let status = Status::new(&StatusOptions::default());
+        let agent = DrpAgent {
+            endpoint: drp.url(""),
+            token: Secret::new(drp.token()),
+            machine_id: MACHINE.into(),
+            provisioner_web: "http://files".into(),
+        };
+        report_to(&status, &agent, &SourceOptions::default());
+        // A second run of the spec keeps the reporter.
+        report_to(&status, &agent, &SourceOptions::default());
+        assert!(status.has_sink(SINK_NAME));
+
+        status.emit(EventKind::Failed {
+            stage: Stage::Write,
+            error: "connection reset".into(),
+            offset: None,
+            attempt: Some(1),
+        });
+        status.set_result(result("IMPRINT-RESULT: error 1", Some("connection reset")));
+        status.emit(EventKind::Retrying {
+            attempt: 2,
+            of: 2,
+            delay_seconds: 10.0,
+        });
+        assert!(status.flush(Duration::from_secs(20)));
+        status.emit(EventKind::Handoff {
+            how: HandoffHow::Reboot,
+            kernel: None,
+            cmdline: None,
+            detail: None,
+        });
+        status.set_result(result("IMPRINT-RESULT: ok", None));
+        assert!(status.flush(Duration::from_secs(20)));
+
+        // Run 2 asks for a job of its own. The stand-in hands each task out
+        // once (`create_job` in qemu/src/drp.rs), so it answers 204 and the
+        // run's lines have nowhere to go; the param still records the run.
+        let job = drp.jobs()[0]["Uuid"].as_str().unwrap().to_owned();
+        let calls: Vec<(String, String, u16)> = drp
+            .calls()
+            .iter()
+            .map(|c| (c.method.clone(), c.path.replace(&job, "JOB"), c.status))
+            .collect();
+        let param = format!("/api/v3/machines/{MACHINE}/params/{LAST_DEPLOY_PARAM}");
+        let expected = [
+            ("POST", "/api/v3/jobs", 201),
+            ("PATCH", "/api/v3/jobs/JOB", 200),
+            ("PUT", "/api/v3/jobs/JOB/log", 204),
+            ("PATCH", "/api/v3/jobs/JOB", 200),
+            ("POST", param.as_str(), 200),
+            ("POST", "/api/v3/jobs", 204),
+            ("POST", param.as_str(), 200),
+        ]
+        .map(|(method, path, status)| (method.to_owned(), path.to_owned(), status));
+        assert_eq!(calls, expected);
+        assert_eq!(drp.jobs()[0]["State"], "failed");
+        let log: Vec<String> = String::from_utf8(drp.job_log(&job))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let line = line.split(": {").next().unwrap();
+                line.rsplit("] ").next().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(log, ["failed", "retrying", "IMPRINT-RESULT: error 1"]);
+        assert_eq!(
+            drp.machine_param(MACHINE, LAST_DEPLOY_PARAM).unwrap()["result"],
+            "ok"
+        );
+    }
 
     fn lines(texts: &[&str]) -> Vec<JobWork> {
         texts
