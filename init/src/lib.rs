@@ -15,6 +15,7 @@ pub mod disk;
 pub mod drp;
 pub mod handoff;
 pub mod hardware;
+pub(crate) mod http;
 pub mod inject;
 pub mod logger;
 pub mod modules;
