@@ -18,7 +18,7 @@
 //!   stage at the end of a workflow does; `409` while its current job is `created` or
 //!   `running`; `422` for an unknown machine; `400` without `Machine`.
 //! - `GET`/`PATCH /api/v3/jobs/<id>`: the PATCH body is an RFC 6902 JSON Patch
-//!   (`test`, `add`, `replace`, `remove`), applied all or nothing: `409` when a
+//!   (all six operations, by the json-patch crate), applied all or nothing: `409` when a
 //!   `test` fails (someone changed the job), `422` when an operation cannot be
 //!   applied, `400` when the body is not a patch.
 //! - `PUT /api/v3/jobs/<id>/log` (`application/octet-stream`, else `415`) appends;
@@ -736,117 +736,26 @@ enum PatchError {
     Invalid(usize, String),
 }
 
-/// `document` with the RFC 6902 `patch` applied, or the first operation
-/// that failed (nothing is applied then).
+/// `document` with the RFC 6902 `patch` (an array) applied, or the first
+/// operation that failed; json-patch undoes the operations before it, so
+/// nothing is applied then.
 fn apply_patch(document: &Value, patch: &Value) -> Result<Value, PatchError> {
-    let mut result = document.clone();
     let operations = patch.as_array().map(Vec::as_slice).unwrap_or_default();
-    for (line, operation) in operations.iter().enumerate() {
-        let invalid = |why: &str| PatchError::Invalid(line, why.to_owned());
-        let op = operation["op"].as_str().ok_or_else(|| invalid("no op"))?;
-        let path = operation["path"]
-            .as_str()
-            .ok_or_else(|| invalid("no path"))?;
-        let tokens = pointer_tokens(path).ok_or_else(|| invalid("bad path"))?;
-        let value = operation.get("value");
-        match op {
-            "test" => {
-                let value = value.ok_or_else(|| invalid("test without a value"))?;
-                if result.pointer(path) != Some(value) {
-                    return Err(PatchError::TestFailed(line));
-                }
-            }
-            "replace" => {
-                let value = value.ok_or_else(|| invalid("replace without a value"))?;
-                let target = result
-                    .pointer_mut(path)
-                    .ok_or_else(|| invalid(&format!("{path} does not exist")))?;
-                *target = value.clone();
-            }
-            "add" => {
-                let value = value.ok_or_else(|| invalid("add without a value"))?;
-                add(&mut result, &tokens, value.clone()).map_err(|why| invalid(&why))?;
-            }
-            "remove" => {
-                remove(&mut result, &tokens).map_err(|why| invalid(&why))?;
-            }
-            other => return Err(invalid(&format!("unsupported op {other:?}"))),
-        }
-    }
+    // Decoded one by one, so a malformed operation is named by its index.
+    let operations = operations
+        .iter()
+        .enumerate()
+        .map(|(line, operation)| {
+            serde_json::from_value(operation.clone())
+                .map_err(|error| PatchError::Invalid(line, error.to_string()))
+        })
+        .collect::<Result<Vec<json_patch::PatchOperation>, _>>()?;
+    let mut result = document.clone();
+    json_patch::patch(&mut result, &operations).map_err(|error| match error.kind {
+        json_patch::PatchErrorKind::TestFailed => PatchError::TestFailed(error.operation),
+        kind => PatchError::Invalid(error.operation, kind.to_string()),
+    })?;
     Ok(result)
-}
-
-/// RFC 6901 reference tokens, unescaped; `None` for a path not starting with `/`.
-fn pointer_tokens(path: &str) -> Option<Vec<String>> {
-    if path.is_empty() {
-        return Some(Vec::new());
-    }
-    let rest = path.strip_prefix('/')?;
-    Some(
-        rest.split('/')
-            .map(|token| token.replace("~1", "/").replace("~0", "~"))
-            .collect(),
-    )
-}
-
-fn parent<'a>(document: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
-    let mut here = document;
-    for token in tokens {
-        here = match here {
-            Value::Object(map) => map.get_mut(token),
-            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
-            _ => None,
-        }
-        .ok_or_else(|| format!("/{} does not exist", tokens.join("/")))?;
-    }
-    Ok(here)
-}
-
-fn add(document: &mut Value, tokens: &[String], value: Value) -> Result<(), String> {
-    let Some((last, up)) = tokens.split_last() else {
-        *document = value;
-        return Ok(());
-    };
-    match parent(document, up)? {
-        Value::Object(map) => {
-            map.insert(last.clone(), value);
-            Ok(())
-        }
-        Value::Array(items) if last == "-" => {
-            items.push(value);
-            Ok(())
-        }
-        Value::Array(items) => match last.parse::<usize>() {
-            Ok(index) if index <= items.len() => {
-                items.insert(index, value);
-                Ok(())
-            }
-            _ => Err(format!("array index {last} out of range")),
-        },
-        _ => Err(format!("cannot add {last} to a scalar")),
-    }
-}
-
-fn remove(document: &mut Value, tokens: &[String]) -> Result<(), String> {
-    let Some((last, up)) = tokens.split_last() else {
-        return Err("cannot remove the whole document".into());
-    };
-    let removed = match parent(document, up)? {
-        Value::Object(map) => map.remove(last).is_some(),
-        Value::Array(items) => match last.parse::<usize>() {
-            Ok(index) if index < items.len() => {
-                items.remove(index);
-                true
-            }
-            _ => false,
-        },
-        _ => false,
-    };
-    if removed {
-        Ok(())
-    } else {
-        Err(format!("{last} does not exist"))
-    }
 }
 
 fn machine_params(
