@@ -16,6 +16,7 @@ mod disk;
 pub mod drp;
 pub mod http;
 mod kernel;
+mod listener;
 mod vm;
 
 pub use disk::{create_qcow2_disk, create_raw_disk, fill_disk, read_disk_at, write_disk_at};
