@@ -607,14 +607,20 @@ mod tests {
         }
     }
 
+    /// A kernel and an initramfs of `initramfs_len` bytes in `dir`.
+    fn boot_files(dir: &Path, initramfs_len: usize) -> (PathBuf, PathBuf) {
+        let kernel = dir.join("k");
+        let initramfs = dir.join("i");
+        std::fs::write(&kernel, b"kernel bytes").unwrap();
+        std::fs::write(&initramfs, vec![1u8; initramfs_len]).unwrap();
+        (kernel, initramfs)
+    }
+
     #[test]
     fn tarball_holds_the_boot_files_as_root_with_fixed_modes_and_mtime() {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("k");
-        let initramfs = dir.path().join("i");
-        std::fs::write(&kernel, b"kernel bytes").unwrap();
         // One whole block: no padding after it.
-        std::fs::write(&initramfs, vec![1u8; 512]).unwrap();
+        let (kernel, initramfs) = boot_files(dir.path(), 512);
         let out = dir.path().join("a.tar");
         write_tarball(&kernel, &initramfs, &out, 1_700_000_000).unwrap();
         // Three headers, two data blocks, two end blocks.
@@ -680,10 +686,7 @@ mod tests {
     #[test]
     fn tarball_is_deterministic_and_hashed() {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("k");
-        let initramfs = dir.path().join("i");
-        std::fs::write(&kernel, b"kernel bytes").unwrap();
-        std::fs::write(&initramfs, vec![1u8; 3000]).unwrap();
+        let (kernel, initramfs) = boot_files(dir.path(), 3000);
         let first = dir.path().join("a.tar");
         let second = dir.path().join("b.tar");
         let hash = write_tarball(&kernel, &initramfs, &first, 0).unwrap();
