@@ -9,7 +9,6 @@
 pub mod boot;
 pub mod cli;
 pub mod cmdline;
-pub mod crc32;
 pub mod deploy;
 pub mod disk;
 pub mod drp;
