@@ -166,60 +166,18 @@ pub fn seconds(duration: Duration) -> String {
     format!("{:.1} s", duration.as_secs_f64())
 }
 
-/// A `Retry-After` header as a wait from `now`: delta-seconds or an
-/// IMF-fixdate (RFC 9110 §10.2.3). A date in the past is no wait; the
-/// obsolete date formats and anything unparsable are ignored (`None`), and
-/// the ordinary backoff applies.
+/// A `Retry-After` header as a wait from `now`: delta-seconds or an HTTP
+/// date (RFC 9110 §10.2.3; the obsolete RFC 850 and asctime forms too, as
+/// §5.6.7 asks of recipients). A date in the past is no wait; anything
+/// unparsable is ignored (`None`), and the ordinary backoff applies.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // An absurd number of seconds saturates; the retry timeout bounds it.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
-    let at = parse_http_date(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_http_date(value: &str) -> Option<SystemTime> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (_weekday, rest) = value.split_once(", ")?;
-    let mut parts = rest.split(' ');
-    let day: u32 = parts.next()?.parse().ok()?;
-    let month = parts.next()?;
-    let month = u32::try_from(MONTHS.iter().position(|m| *m == month)? + 1).ok()?;
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut clock = parts.next()?.split(':');
-    let hour: u64 = clock.next()?.parse().ok()?;
-    let minute: u64 = clock.next()?.parse().ok()?;
-    let second: u64 = clock.next()?.parse().ok()?;
-    if parts.next()? != "GMT"
-        || parts.next().is_some()
-        || clock.next().is_some()
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
-}
-
-/// Howard Hinnant's days_from_civil: days since 1970-01-01.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let month = i64::from(month);
-    let shifted_month = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -358,13 +316,19 @@ mod tests {
             parse_retry_after("Thu, 29 Feb 2024 00:00:00 GMT", UNIX_EPOCH),
             Some(Duration::from_secs(1_709_164_800))
         );
+        // The obsolete forms mean the same instant.
+        for obsolete in ["Sunday, 06-Nov-94 08:51:07 GMT", "Sun Nov  6 08:51:07 1994"] {
+            assert_eq!(
+                parse_retry_after(obsolete, now),
+                Some(Duration::from_secs(90)),
+                "{obsolete}"
+            );
+        }
         for bad in [
             "",
             "-5",
             "1.5",
             "soon",
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
             "Sun, 06 Nov 1994 08:49:37 UTC",
             "Sun, 06 Foo 1994 08:49:37 GMT",
             "Sun, 32 Nov 1994 08:49:37 GMT",
