@@ -9,6 +9,7 @@
 pub mod boot;
 pub mod cli;
 pub mod cmdline;
+pub mod console;
 pub mod deploy;
 pub mod disk;
 pub mod drp;

@@ -25,9 +25,7 @@ use crate::report;
 use crate::session::{self, Done, Tracker};
 use crate::source::url::SourceUrl;
 use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
-use crate::status::{
-    EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status, StatusOptions,
-};
+use crate::status::{EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status, StatusOptions};
 use crate::sys::power::{PowerAction, power};
 use crate::timeline::{self, Mark};
 
@@ -75,7 +73,15 @@ pub fn main() -> ! {
     log::info!("imprint {} starting as PID 1", env!("CARGO_PKG_VERSION"));
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let mut pid1 = Pid1::new(Machine::new(), KernelCmdline::parse(&cmdline_text));
+    let cmdline = KernelCmdline::parse(&cmdline_text);
+    match crate::console::open_extra(&cmdline) {
+        Ok(opened) if !opened.is_empty() => {
+            log::info!("also writing to console {}", opened.join(", "));
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("{e:#}"),
+    }
+    let mut pid1 = Pid1::new(Machine::new(), cmdline);
     pid1.tracker.mark_at(Mark::Pid1, pid1_at);
     finish(pid1.run())
 }
@@ -97,7 +103,7 @@ pub fn finish(ending: Ending) -> ! {
             let error = error.context("kexec is not possible");
             if required {
                 let line = report::error_line(&error.context("imprint.on-success=kexec!"));
-                println!("{line}");
+                crate::console::print_line(&line);
                 halt_showing(&line)
             }
             log::warn!("{error:#}; rebooting instead");
@@ -111,7 +117,7 @@ pub fn finish(ending: Ending) -> ! {
 fn halt_showing(line: &str) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(60));
-        println!("{line}");
+        crate::console::print_line(line);
     }
 }
 
