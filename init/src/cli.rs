@@ -158,12 +158,8 @@ fn inject_if_possible(spec: &DeploySpec, disk: &Path, status: &Status) -> Result
         return Ok(());
     }
     match crate::inject::deployed::inject_or_fail_closed(spec, disk, None)? {
-        crate::inject::deployed::Injected::Root {
-            partitions,
-            root,
-            ops,
-        } => {
-            let root = partitions[root].describe();
+        crate::inject::deployed::Injected::Root { root, ops } => {
+            let root = root.describe();
             log::info!("injected {ops} changes into {root}");
             status.emit(EventKind::Injected {
                 root: Some(root),

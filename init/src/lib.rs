@@ -16,6 +16,7 @@ pub mod drp;
 pub mod handoff;
 pub mod hardware;
 pub mod inject;
+pub mod installed;
 pub mod logger;
 pub mod modules;
 pub mod net;

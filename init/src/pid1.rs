@@ -454,12 +454,8 @@ impl Machine {
             crate::inject::deployed::inject_or_fail_closed(&spec, &target, self.boot_mac)?;
         self.mark(Mark::Injected);
         match &injected {
-            Injected::Root {
-                partitions,
-                root,
-                ops,
-            } => {
-                let root = partitions[*root].describe();
+            Injected::Root { root, ops } => {
+                let root = root.describe();
                 log::info!("injected {ops} changes into {root}");
                 self.status.emit(EventKind::Injected {
                     root: Some(root),
@@ -598,16 +594,9 @@ impl Machine {
 
     fn kexec(&mut self, done: &Done, required: bool) -> ! {
         let staged = match &done.injected {
-            Injected::Root {
-                partitions, root, ..
-            } => handoff::stage_kexec(
-                &handoff::Installed {
-                    partitions,
-                    root: *root,
-                },
-                &done.spec.kexec,
-                &self.cmdline.init_args,
-            ),
+            Injected::Root { root, .. } => {
+                handoff::stage_kexec(root, &done.spec.kexec, &self.cmdline.init_args)
+            }
             Injected::Skipped(why) => Err(anyhow::anyhow!("no installed root to boot: {why}")),
         };
         let why = match staged {
