@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Every path inside goes through [`RootDir`] and its one resolver
-//! ([`resolve`]): the kernel's `openat2(RESOLVE_IN_ROOT)` or, on kernels
+//! (`resolve.rs`): the kernel's `openat2(RESOLVE_IN_ROOT)` or, on kernels
 //! without it, a userspace walk with the same rules.
 
 mod resolve;
@@ -176,7 +176,12 @@ impl InstalledRoot {
             .get(index)
             .context("the chosen root is not among the partitions")?;
         let looked_into = probes.take(&candidate.dev_path);
-        probes.unmount_all()?;
+        if let Err(e) = probes.unmount_all() {
+            if let Some(point) = &looked_into {
+                let _ = crate::sys::mount::unmount(point);
+            }
+            return Err(e);
+        }
         let fs = mountable(candidate)?;
         let point = match looked_into {
             Some(point) => {

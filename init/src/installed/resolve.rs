@@ -96,20 +96,20 @@ pub fn open_in_root(
             };
             openat2_mode(root, relative, flags, mode)
         }
-        Resolver::Userspace => walk(root, path, flags, mode, follow_last),
+        Resolver::Userspace => walk(root, path, flags, mode),
     }
 }
 
 /// The userspace resolver: directories opened so far are kept on a stack,
 /// so `..` goes back to the directory the walk really came through, and
-/// stops at `root`.
+/// stops at `root`. `O_NOFOLLOW` in `flags` keeps a final symlink as is.
 fn walk(
     root: BorrowedFd<'_>,
     path: &Path,
     flags: OFlags,
     mode: Mode,
-    follow_last: bool,
 ) -> rustix::io::Result<OwnedFd> {
+    let follow_last = !flags.contains(OFlags::NOFOLLOW);
     // `pending` is a stack: the next component is last.
     let mut pending: Vec<OsString> = Vec::new();
     push_components(&mut pending, path);

@@ -66,6 +66,11 @@ fn each(test: impl Fn(&Tree, &RootDir)) {
     }
 }
 
+/// Writes `contents` to `path` as this user.
+fn put(root: &RootDir, path: &str, contents: &[u8]) -> Result<()> {
+    root.write_file(path, contents, 0o644, uid(), gid())
+}
+
 fn text(root: &RootDir, path: &str) -> Option<String> {
     root.read_text(path, 1 << 20).unwrap()
 }
@@ -108,13 +113,9 @@ fn a_relative_symlink_climbing_out_stops_at_the_root() {
         );
         assert_eq!(text(root, "/etc/sibling/secret"), None);
         assert_eq!(text(root, "/etc/up/outside/secret"), None);
-        root.write_file("/etc/up/etc/written", b"w", 0o644, uid(), gid())
-            .unwrap();
+        put(root, "/etc/up/etc/written", b"w").unwrap();
         assert_eq!(fs::read(t.root.join("etc/written")).unwrap(), b"w");
-        assert!(
-            root.write_file("/etc/sibling/x", b"x", 0o644, uid(), gid())
-                .is_err()
-        );
+        assert!(put(root, "/etc/sibling/x", b"x").is_err());
     });
 }
 
@@ -159,13 +160,9 @@ fn a_symlink_to_a_directory_is_followed_inside_the_root() {
             [std::ffi::OsString::from("passwd")]
         );
         // Writing below it lands in the directory it names inside.
-        root.write_file("/hostetc/hostname", b"n\n", 0o644, uid(), gid())
-            .unwrap();
+        put(root, "/hostetc/hostname", b"n\n").unwrap();
         assert_eq!(fs::read(t.root.join("etc/hostname")).unwrap(), b"n\n");
-        assert!(
-            root.write_file("/out/x", b"x", 0o644, uid(), gid())
-                .is_err()
-        );
+        assert!(put(root, "/out/x", b"x").is_err());
         // A file is not a directory on the way.
         assert_eq!(text(root, "/etc/passwd/x"), None);
     });
@@ -212,8 +209,7 @@ fn a_magic_link_is_refused() {
 fn a_write_through_a_dangling_absolute_symlink_creates_inside_the_root() {
     each(|t, root| {
         symlink("/var/lib/hostname", t.root.join("etc/hostname")).unwrap();
-        root.write_file("/etc/hostname", b"node\n", 0o644, uid(), gid())
-            .unwrap();
+        put(root, "/etc/hostname", b"node\n").unwrap();
         assert_eq!(
             fs::read(t.root.join("var/lib/hostname")).unwrap(),
             b"node\n"
@@ -322,20 +318,23 @@ fn image_tree() -> tempfile::TempDir {
     tree
 }
 
+/// Runs a tool the tests need (scripts/setup installs them); its output.
+fn run(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{command:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Makes a filesystem image from `tree` with `mkfs.ext4 -d`.
 fn ext4_image(tree: &Path, label: &str, image: &Path) {
     fs::File::create(image).unwrap().set_len(16 << 20).unwrap();
-    let out = Command::new("mkfs.ext4")
+    run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", label, "-d"])
         .arg(tree)
-        .arg(image)
-        .output()
-        .expect("running mkfs.ext4 (scripts/setup installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(image));
 }
 
 fn candidate(number: u32, dev_path: PathBuf) -> Candidate {
@@ -359,17 +358,10 @@ fn discovery_reads_images_made_by_mkfs_through_the_resolver() {
     let esp_tree = tempfile::tempdir().unwrap();
     fs::create_dir_all(esp_tree.path().join("EFI/BOOT")).unwrap();
     ext4_image(tree.path(), "rootfs", &dir.path().join("vda2"));
-    let out = Command::new("mkfs.vfat")
+    run(Command::new("mkfs.vfat")
         .args(["-C", "-n", "EFI"])
         .arg(dir.path().join("vda1"))
-        .arg("8192")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg("8192"));
     let candidates: Vec<Candidate> = [1, 2]
         .into_iter()
         .map(|number| candidate(number, dir.path().join(format!("vda{number}"))))
@@ -471,17 +463,10 @@ struct Loop(PathBuf);
 
 impl Loop {
     fn attach(image: &Path) -> Loop {
-        let out = Command::new("losetup")
+        let name = run(Command::new("losetup")
             .args(["--find", "--show"])
-            .arg(image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+            .arg(image));
+        Loop(PathBuf::from(name.trim()))
     }
 }
 
