@@ -57,6 +57,7 @@ mod fake_sysfs;
 pub mod gpt;
 mod hints;
 pub mod mbr;
+pub mod mount;
 pub mod partitions;
 pub mod probe;
 pub mod root;

@@ -126,16 +126,9 @@ impl Platform for Machine {
         init_args: &[String],
     ) -> Result<Staged> {
         match &done.injected {
-            crate::inject::deployed::Injected::Root {
-                partitions, root, ..
-            } => handoff::stage_kexec(
-                &handoff::Installed {
-                    partitions,
-                    root: *root,
-                },
-                &deploy.kexec,
-                init_args,
-            ),
+            crate::inject::deployed::Injected::Root { root, .. } => {
+                handoff::stage_kexec(root, &deploy.kexec, init_args)
+            }
             crate::inject::deployed::Injected::Skipped(why) => {
                 Err(anyhow::anyhow!("no installed root to boot: {why}"))
             }
