@@ -271,40 +271,135 @@ impl From<io::Error> for Stop {
 }
 
 /// A block header's fields the splitter needs (§3.1).
+#[derive(Debug, PartialEq, Eq)]
 struct BlockHeader {
-    compressed: u64,
-    uncompressed: u64,
+    compressed: Option<u64>,
+    uncompressed: Option<u64>,
+    /// Filters before LZMA2 (delta, BCJ): lzma-rust2's sans-I/O decoder
+    /// handles at most one.
+    pre_filters: usize,
 }
 
-/// Parses a whole block header (size byte through CRC32); `Ok(None)` when
-/// it lacks either size.
-fn parse_block_header(header: &[u8]) -> Result<Option<BlockHeader>, &'static str> {
+/// Why a block header was refused: the bytes are wrong, or they use a
+/// feature this decoder does not know (liblzma's `LZMA_DATA_ERROR` and
+/// `LZMA_OPTIONS_ERROR`).
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderError {
+    Corrupt(String),
+    Unsupported(String),
+}
+
+impl HeaderError {
+    fn into_io(self, offset: u64) -> io::Error {
+        match self {
+            HeaderError::Corrupt(what) => corrupt(offset, format!("block header: {what}")),
+            HeaderError::Unsupported(what) => io::Error::new(
+                ErrorKind::Unsupported,
+                format!("xz block header at input byte {offset}: {what} is not supported"),
+            ),
+        }
+    }
+}
+
+/// The largest Unpadded Size of a block (§3.1.3: the whole block stays
+/// below 2^63; liblzma's `UNPADDED_SIZE_MAX`).
+const UNPADDED_SIZE_MAX: u64 = ((1 << 63) - 1) & !3;
+/// The largest LZMA2 dictionary size byte (§5.3.1: 4 GiB - 1).
+const LZMA2_MAX_DICT_BYTE: u8 = 40;
+
+/// The filters `xz -dc` decodes by default (§5.3 and liblzma's filter
+/// table): their IDs and names, for errors.
+fn filter_name(id: u64) -> Option<&'static str> {
+    Some(match id {
+        0x03 => "delta",
+        0x04 => "x86 BCJ",
+        0x05 => "PowerPC BCJ",
+        0x06 => "IA-64 BCJ",
+        0x07 => "ARM BCJ",
+        0x08 => "ARM-Thumb BCJ",
+        0x09 => "SPARC BCJ",
+        0x0A => "ARM64 BCJ",
+        0x0B => "RISC-V BCJ",
+        0x21 => "LZMA2",
+        _ => return None,
+    })
+}
+
+/// Parses and checks a whole block header (size byte through CRC32) the
+/// way liblzma does, so a header that `xz -dc` refuses is refused here
+/// before any of its block is decoded. `check` is the stream's check size.
+fn parse_block_header(header: &[u8], check: u64) -> Result<BlockHeader, HeaderError> {
+    let bad = |what: &str| HeaderError::Corrupt(what.to_owned());
     let (body, crc) = header.split_at(header.len() - 4);
     if crc32(body).to_le_bytes() != crc {
-        return Err("block header CRC32 mismatch");
+        return Err(bad("CRC32 mismatch"));
     }
     let flags = body[1];
     if flags & 0x3C != 0 {
-        return Err("reserved bits set in the block flags");
+        return Err(HeaderError::Unsupported("a reserved block flag".to_owned()));
     }
     let mut fields = &body[2..];
     let compressed = if flags & 0x40 != 0 {
-        Some(varint(&mut fields).ok_or("bad compressed size")?)
+        let size = varint(&mut fields).ok_or_else(|| bad("bad compressed size"))?;
+        let limit = UNPADDED_SIZE_MAX - header.len() as u64 - check;
+        if size == 0 || size > limit {
+            return Err(HeaderError::Corrupt(format!(
+                "compressed size {size} is outside 1..={limit}"
+            )));
+        }
+        Some(size)
     } else {
         None
     };
     let uncompressed = if flags & 0x80 != 0 {
-        Some(varint(&mut fields).ok_or("bad uncompressed size")?)
+        Some(varint(&mut fields).ok_or_else(|| bad("bad uncompressed size"))?)
     } else {
         None
     };
-    Ok(match (compressed, uncompressed) {
-        (Some(0), _) => return Err("compressed size is zero"),
-        (Some(compressed), Some(uncompressed)) => Some(BlockHeader {
-            compressed,
-            uncompressed,
-        }),
-        _ => None,
+    let count = usize::from(flags & 0x03) + 1;
+    for i in 0..count {
+        let id = varint(&mut fields).ok_or_else(|| bad("filter flags end early"))?;
+        let props = varint(&mut fields).ok_or_else(|| bad("filter flags end early"))?;
+        let props = usize::try_from(props)
+            .ok()
+            .filter(|&p| p <= fields.len())
+            .ok_or_else(|| bad("filter properties end early"))?;
+        let (properties, rest) = fields.split_at(props);
+        fields = rest;
+        let Some(name) = filter_name(id) else {
+            return Err(HeaderError::Unsupported(format!("filter ID {id:#x}")));
+        };
+        let last = i + 1 == count;
+        if (id == 0x21) != last {
+            return Err(HeaderError::Unsupported(format!(
+                "a filter chain with {name} {} (only LZMA2, and only last)",
+                if last {
+                    "last"
+                } else {
+                    "before the last filter"
+                }
+            )));
+        }
+        let props_ok = match id {
+            0x03 => props == 1,
+            0x21 => props == 1 && properties[0] <= LZMA2_MAX_DICT_BYTE,
+            _ => props == 0 || props == 4,
+        };
+        if !props_ok {
+            return Err(HeaderError::Unsupported(format!(
+                "{name} filter properties {properties:02x?}"
+            )));
+        }
+    }
+    if fields.iter().any(|&b| b != 0) {
+        return Err(HeaderError::Unsupported(
+            "non-zero header padding (a newer header field)".to_owned(),
+        ));
+    }
+    Ok(BlockHeader {
+        compressed,
+        uncompressed,
+        pre_filters: count - 1,
     })
 }
 
@@ -366,7 +461,7 @@ struct Splitter<R> {
 impl<R: Read> Splitter<R> {
     fn run(mut self) {
         let result = match self.split_all() {
-            Ok(Some(prefix)) => self.decode_sequentially(prefix),
+            Ok(Some(sequential)) => self.decode_sequentially(sequential),
             Ok(None) => Ok(()),
             Err(stop) => Err(stop),
         };
@@ -397,11 +492,11 @@ impl<R: Read> Splitter<R> {
     }
 
     /// `Some(bytes read so far)` when the file must be decoded sequentially.
-    fn split_all(&mut self) -> Result<Option<Vec<u8>>, Stop> {
+    fn split_all(&mut self) -> Result<Option<Sequential>, Stop> {
         let mut header = [0u8; 12];
         let got = self.fill(&mut header)?;
         if got < header.len() || header[..6] != STREAM_MAGIC {
-            if got < header.len() && STREAM_MAGIC.starts_with(&header[..got.min(6)]) && got > 0 {
+            if got < header.len() && STREAM_MAGIC.starts_with(&header[..got.min(6)]) {
                 return Err(truncated(self.pos).into());
             }
             return Err(corrupt(0, "not an xz stream").into());
@@ -410,8 +505,8 @@ impl<R: Read> Splitter<R> {
         loop {
             let stream_start = self.pos - 12;
             check_stream_header(&header, stream_start)?;
-            if let Some(prefix) = self.split_stream(header, first)? {
-                return Ok(Some(prefix));
+            if let Some(sequential) = self.split_stream(header, first)? {
+                return Ok(Some(sequential));
             }
             first = false;
             // Stream padding: zeros in multiples of four, then another
@@ -441,7 +536,7 @@ impl<R: Read> Splitter<R> {
         &mut self,
         stream_header: [u8; 12],
         first: bool,
-    ) -> Result<Option<Vec<u8>>, Stop> {
+    ) -> Result<Option<Sequential>, Stop> {
         let check = check_len(stream_header[7] & 0x0F);
         let mut records: Vec<(u64, u64)> = Vec::new();
         loop {
@@ -459,24 +554,34 @@ impl<R: Read> Splitter<R> {
             let mut block = vec![0u8; header_len];
             block[0] = size[0];
             self.fill_exact(&mut block[1..])?;
-            let parsed = parse_block_header(&block).map_err(|e| corrupt(block_at, e))?;
+            let parsed = parse_block_header(&block, check).map_err(|e| e.into_io(block_at))?;
             let limit = self.max_block_output + self.max_block_output / 1024 + (64 << 10);
-            let fits = parsed
-                .as_ref()
-                .is_some_and(|h| h.uncompressed <= self.max_block_output && h.compressed <= limit);
-            let Some(parsed) = parsed.filter(|_| fits) else {
+            let sizes = match parsed {
+                BlockHeader {
+                    compressed: Some(compressed),
+                    uncompressed: Some(uncompressed),
+                    ..
+                } if uncompressed <= self.max_block_output && compressed <= limit => {
+                    Some((compressed, uncompressed))
+                }
+                _ => None,
+            };
+            let Some((compressed, uncompressed)) = sizes else {
                 if first && records.is_empty() {
                     let mut prefix = stream_header.to_vec();
                     prefix.extend_from_slice(&block);
-                    return Ok(Some(prefix));
+                    return Ok(Some(Sequential {
+                        prefix,
+                        pre_filters: parsed.pre_filters,
+                    }));
                 }
                 let msg = "block without sizes in its header, or larger than 32 MiB, after \
                            other blocks; recompress the image in one go with `xz -T0`";
                 return Err(corrupt(block_at, msg).into());
             };
             let header_len = header_len as u64;
-            let unpadded = header_len + parsed.compressed + check;
-            let body = parsed.compressed + pad4(parsed.compressed) + check;
+            let unpadded = header_len + compressed + check;
+            let body = compressed + pad4(compressed) + check;
             let mut stream = self
                 .buffers
                 .take(usize::try_from(12 + header_len + body + 64).unwrap_or(0));
@@ -485,10 +590,10 @@ impl<R: Read> Splitter<R> {
             let old = stream.len();
             stream.resize(old + usize::try_from(body).unwrap_or(usize::MAX), 0);
             self.fill_exact(&mut stream[old..])?;
-            let index = one_record_index(unpadded, parsed.uncompressed);
+            let index = one_record_index(unpadded, uncompressed);
             stream.extend_from_slice(&index);
             stream.extend_from_slice(&footer(&index, [stream_header[6], stream_header[7]]));
-            records.push((unpadded, parsed.uncompressed));
+            records.push((unpadded, uncompressed));
             let (result, rx) = mpsc::sync_channel(1);
             self.items
                 .send(Item::Block(rx))
@@ -496,7 +601,7 @@ impl<R: Read> Splitter<R> {
             let job = Job {
                 offset: block_at,
                 stream,
-                uncompressed: parsed.uncompressed,
+                uncompressed,
                 result,
             };
             self.jobs.send(job).map_err(|_| Stop::Cancelled)?;
@@ -558,27 +663,67 @@ impl<R: Read> Splitter<R> {
         varint(&mut &index[start..]).ok_or_else(|| corrupt(at, "index: bad integer"))
     }
 
-    /// Decodes the whole file with the sequential decoder, here; its errors
+    /// Decodes the whole file with a sequential decoder, here; its errors
     /// count input bytes from the start of the file, as the prefix holds
-    /// every byte read so far.
-    fn decode_sequentially(&mut self, prefix: Vec<u8>) -> Result<(), Stop> {
-        let mut decoder = XzDecoder::new(io::Cursor::new(prefix).chain(&mut self.input));
-        loop {
-            if self.cancelled.load(Ordering::Relaxed) {
-                return Err(Stop::Cancelled);
-            }
-            let mut chunk = self.outputs.take(STREAM_CHUNK);
-            chunk.resize(STREAM_CHUNK, 0);
-            let n = read_full(&mut decoder, &mut chunk)?;
-            chunk.truncate(n);
-            if n > 0 {
-                self.items
-                    .send(Item::Data(chunk))
-                    .map_err(|_| Stop::Cancelled)?;
-            }
-            if n < STREAM_CHUNK {
-                return Ok(());
-            }
+    /// every byte read so far. lzma-rust2's sans-I/O decoder (which checks
+    /// the index against the blocks) takes at most one filter before LZMA2;
+    /// a longer chain (`xz --delta --delta --lzma2`) goes to its `XzReader`.
+    fn decode_sequentially(&mut self, sequential: Sequential) -> Result<(), Stop> {
+        let input = io::Cursor::new(sequential.prefix).chain(&mut self.input);
+        if sequential.pre_filters > 1 {
+            let reader = XzReader::new_mem_limit(input, true, XZ_MEMORY_LIMIT);
+            let reader = ErrorContext {
+                inner: reader,
+                context: "corrupt xz stream",
+            };
+            return stream_chunks(reader, &self.outputs, &self.items, &self.cancelled);
+        }
+        let decoder = XzDecoder::new(input);
+        stream_chunks(decoder, &self.outputs, &self.items, &self.cancelled)
+    }
+}
+
+/// A file the splitter cannot cut: the bytes read so far, and what its
+/// first block header said.
+struct Sequential {
+    prefix: Vec<u8>,
+    pre_filters: usize,
+}
+
+/// Prefixes a reader's errors, so lzma-rust2's bare messages say what failed.
+struct ErrorContext<R> {
+    inner: R,
+    context: &'static str,
+}
+
+impl<R: Read> Read for ErrorContext<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))
+    }
+}
+
+/// Queues what `decoder` produces in `STREAM_CHUNK` pieces.
+fn stream_chunks(
+    mut decoder: impl Read,
+    outputs: &BufferPool,
+    items: &SyncSender<Item>,
+    cancelled: &AtomicBool,
+) -> Result<(), Stop> {
+    loop {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(Stop::Cancelled);
+        }
+        let mut chunk = outputs.take(STREAM_CHUNK);
+        chunk.resize(STREAM_CHUNK, 0);
+        let n = read_full(&mut decoder, &mut chunk)?;
+        chunk.truncate(n);
+        if n > 0 {
+            items.send(Item::Data(chunk)).map_err(|_| Stop::Cancelled)?;
+        }
+        if n < STREAM_CHUNK {
+            return Ok(());
         }
     }
 }
@@ -589,6 +734,16 @@ fn check_stream_header(header: &[u8; 12], at: u64) -> io::Result<()> {
     }
     if header[6] != 0 || header[7] & 0xF0 != 0 {
         return Err(corrupt(at, "unsupported stream flags"));
+    }
+    // None, CRC32, CRC64, SHA-256 (§2.1.1.2); the other IDs are reserved.
+    // `xz -dc` decodes such a file without verifying it and exits 2; an
+    // image that cannot be verified is not written.
+    let check = header[7] & 0x0F;
+    if !matches!(check, 0x00 | 0x01 | 0x04 | 0x0A) {
+        return Err(io::Error::new(
+            ErrorKind::Unsupported,
+            format!("xz stream at input byte {at}: check type {check:#x} is not supported"),
+        ));
     }
     Ok(())
 }
@@ -703,6 +858,158 @@ mod tests {
         let mut out = Vec::new();
         ParallelXzDecoder::new(Cursor::new(input), threads).read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// A file of xz's own test suite (tests/conformance/xz, see its README).
+    fn corpus(name: &str) -> Vec<u8> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/xz/");
+        std::fs::read(format!("{dir}{name}")).unwrap()
+    }
+
+    /// Both ways the pipeline decodes xz: one worker and several.
+    fn decode_both(name: &str) -> [io::Result<Vec<u8>>; 2] {
+        [decode(corpus(name), 1), decode(corpus(name), 4)]
+    }
+
+    #[test]
+    fn a_compressed_size_past_2_pow_63_is_refused_before_decoding() {
+        // Accepted before: the header was not checked when the file fell
+        // back to the sequential decoder, which ignores the sizes.
+        for result in decode_both("bad-1-block_header-4.xz") {
+            let err = result.unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "corrupt xz stream at input byte 12: block header: compressed size \
+                 9223372036854775807 is outside 1..=9223372036854775780"
+            );
+        }
+        for name in [
+            "bad-1-block_header-5.xz",
+            "bad-1-vli-1.xz",
+            "bad-1-vli-2.xz",
+            "bad-0-backward_size.xz",
+        ] {
+            for result in decode_both(name) {
+                assert!(result.is_err(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_filter_chain_xz_decodes_by_default_decodes() {
+        // Three delta filters failed before: "multiple non-LZMA2 filters
+        // not supported yet for stream API".
+        let hello = b"Hello\nWorld!\n";
+        for result in decode_both("good-1-3delta-lzma2.xz") {
+            assert_eq!(result.unwrap().len(), 457);
+        }
+        for name in ["good-1-arm64-lzma2-1.xz", "good-1-arm64-lzma2-2.xz"] {
+            for result in decode_both(name) {
+                assert_eq!(result.unwrap().len(), 8576, "{name}");
+            }
+        }
+        for result in decode_both("good-1-empty-bcj-lzma2.xz") {
+            assert_eq!(result.unwrap(), b"");
+        }
+        for result in decode_both("good-1-block_header-1.xz") {
+            assert_eq!(result.unwrap(), hello);
+        }
+    }
+
+    #[test]
+    fn unsupported_headers_say_what_is_unsupported() {
+        let table = [
+            (
+                "unsupported-block_header.xz",
+                "xz block header at input byte 12: non-zero header padding (a newer header \
+                 field) is not supported",
+            ),
+            (
+                "unsupported-filter_flags-1.xz",
+                "xz block header at input byte 12: filter ID 0x7f is not supported",
+            ),
+            (
+                "unsupported-filter_flags-2.xz",
+                "xz block header at input byte 12: a filter chain with delta last (only \
+                 LZMA2, and only last) is not supported",
+            ),
+            (
+                "unsupported-check.xz",
+                "xz stream at input byte 0: check type 0x2 is not supported",
+            ),
+        ];
+        for (name, want) in table {
+            for result in decode_both(name) {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Unsupported, "{name}");
+                assert_eq!(err.to_string(), want, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn block_header_parser_checks_every_field() {
+        fn header(body: &[u8]) -> Vec<u8> {
+            let mut h = body.to_vec();
+            h.resize((h.len() + 4).div_ceil(4) * 4 - 4, 0);
+            h[0] = u8::try_from((h.len() + 4) / 4 - 1).unwrap();
+            let crc = crc32(&h);
+            h.extend_from_slice(&crc.to_le_bytes());
+            h
+        }
+        // Sizes 100 and 200, then LZMA2 with an 8 MiB dictionary.
+        let good = header(&[0, 0xC0, 100, 0xC8, 0x01, 0x21, 1, 22]);
+        assert_eq!(
+            parse_block_header(&good, 4),
+            Ok(BlockHeader {
+                compressed: Some(100),
+                uncompressed: Some(200),
+                pre_filters: 0
+            })
+        );
+        let delta_x86 = header(&[0, 0x02, 0x03, 1, 0, 0x04, 0, 0x21, 1, 22]);
+        assert_eq!(parse_block_header(&delta_x86, 4).unwrap().pre_filters, 2);
+        let corrupt = |body: &[u8]| {
+            matches!(
+                parse_block_header(&header(body), 4),
+                Err(HeaderError::Corrupt(_))
+            )
+        };
+        let unsupported = |body: &[u8]| {
+            matches!(
+                parse_block_header(&header(body), 4),
+                Err(HeaderError::Unsupported(_))
+            )
+        };
+        assert!(corrupt(&[0, 0x40, 0, 0x21, 1, 22]), "compressed size 0");
+        assert!(
+            corrupt(&[0, 0x80, 0x80, 0x00, 0x21, 1, 22]),
+            "overlong integer"
+        );
+        assert!(
+            corrupt(&[0, 0x03, 0x03, 1, 0, 0x03, 1, 0]),
+            "four filters, two present"
+        );
+        assert!(corrupt(&[0, 0x00, 0x21, 9]), "properties past the end");
+        assert!(unsupported(&[0, 0x04, 0x21, 1, 22]), "reserved flag");
+        assert!(
+            unsupported(&[0, 0x00, 0x21, 1, 41]),
+            "dictionary over 4 GiB"
+        );
+        assert!(
+            unsupported(&[0, 0x01, 0x03, 2, 0, 0, 0x21, 1, 22]),
+            "delta with 2 property bytes"
+        );
+        assert!(
+            unsupported(&[0, 0x00, 0x21, 1, 22, 0, 7]),
+            "non-zero padding"
+        );
+        let mut bad_crc = good.clone();
+        bad_crc[2] ^= 1;
+        assert!(matches!(
+            parse_block_header(&bad_crc, 4),
+            Err(HeaderError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -829,9 +1136,10 @@ mod tests {
             err.to_string(),
             "corrupt xz stream at input byte 0: not an xz stream"
         );
+        // Empty input is a truncated stream, as in the sequential decoder.
         assert_eq!(
             decode(Vec::new(), 2).unwrap_err().kind(),
-            ErrorKind::InvalidData
+            ErrorKind::UnexpectedEof
         );
     }
 
