@@ -669,7 +669,7 @@ impl<R: Read> Splitter<R> {
     /// the index against the blocks) takes at most one filter before LZMA2;
     /// a longer chain (`xz --delta --delta --lzma2`) goes to its `XzReader`.
     fn decode_sequentially(&mut self, sequential: Sequential) -> Result<(), Stop> {
-        let input = io::Cursor::new(sequential.prefix).chain(&mut self.input);
+        let input = StructureGuard::new(io::Cursor::new(sequential.prefix).chain(&mut self.input));
         if sequential.pre_filters > 1 {
             let reader = XzReader::new_mem_limit(input, true, XZ_MEMORY_LIMIT);
             let reader = ErrorContext {
@@ -725,6 +725,310 @@ fn stream_chunks(
         if n < STREAM_CHUNK {
             return Ok(());
         }
+    }
+}
+
+/// Walks the xz container as its bytes pass to the sequential decoder, which
+/// (lzma-rust2's sans-I/O `XzStream`) decodes blocks without looking at
+/// their headers' sizes or padding, nor at the footer's Backward Size. The
+/// walk needs no decoding: LZMA2 chunk headers give each chunk's packed
+/// and unpacked size (xz file format §5.3.1, and XZ Utils'
+/// `lzma2_decoder.c`), so every block header is checked with
+/// [`parse_block_header`], its sizes against the block, and each footer
+/// against its index. Anything it cannot follow (garbage after a stream,
+/// a malformed index) it leaves to the decoder, which reports it.
+struct StructureGuard<R> {
+    inner: R,
+    /// Input offset of the next byte walked.
+    pos: u64,
+    walk: Walk,
+    /// Bytes of the header being collected.
+    acc: Vec<u8>,
+    check: u64,
+    block: BlockWalk,
+    /// Bytes of the index so far, and the value of its first integer.
+    index_len: u64,
+    varint: Vec<u8>,
+    failed: Option<(ErrorKind, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    StreamHeader,
+    BlockStart,
+    BlockHeader(usize),
+    Control,
+    ChunkHeader(usize),
+    Data(u64),
+    BlockTail(u64),
+    IndexCount,
+    IndexRecords(u64),
+    IndexPadding,
+    IndexCrc(u64),
+    Footer,
+    AfterStream,
+    Passive,
+}
+
+#[derive(Debug, Default)]
+struct BlockWalk {
+    at: u64,
+    header_len: u64,
+    compressed: Option<u64>,
+    uncompressed: Option<u64>,
+    /// Compressed and uncompressed bytes of the block so far.
+    packed: u64,
+    unpacked: u64,
+}
+
+impl<R: Read> StructureGuard<R> {
+    /// `inner` starts at the first byte of an xz file.
+    fn new(inner: R) -> Self {
+        StructureGuard {
+            inner,
+            pos: 0,
+            walk: Walk::StreamHeader,
+            acc: Vec::new(),
+            check: 0,
+            block: BlockWalk::default(),
+            index_len: 0,
+            varint: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Walks some of `bytes`; returns how many (at least one).
+    fn step(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let collect = |acc: &mut Vec<u8>, need: usize| {
+            let take = (need - acc.len()).min(bytes.len());
+            acc.extend_from_slice(&bytes[..take]);
+            (take, acc.len() == need)
+        };
+        let byte = bytes[0];
+        match self.walk {
+            Walk::Passive => return Ok(bytes.len()),
+            Walk::Data(n) | Walk::BlockTail(n) => {
+                let take = usize::try_from(n).map_or(bytes.len(), |n| n.min(bytes.len()));
+                let left = n - take as u64;
+                self.walk = match (self.walk, left) {
+                    (Walk::Data(_), 0) => Walk::Control,
+                    (Walk::Data(_), _) => Walk::Data(left),
+                    (_, 0) => Walk::BlockStart,
+                    _ => Walk::BlockTail(left),
+                };
+                return Ok(take);
+            }
+            Walk::StreamHeader | Walk::Footer => {
+                let (take, done) = collect(&mut self.acc, 12);
+                if done {
+                    self.walk = if self.walk == Walk::StreamHeader {
+                        self.stream_header()
+                    } else {
+                        self.footer()?
+                    };
+                    self.acc.clear();
+                }
+                return Ok(take);
+            }
+            Walk::BlockHeader(need) | Walk::ChunkHeader(need) => {
+                let (take, done) = collect(&mut self.acc, need);
+                if done {
+                    if matches!(self.walk, Walk::BlockHeader(_)) {
+                        self.block_header()?;
+                    } else {
+                        self.chunk_header()?;
+                    }
+                    self.acc.clear();
+                }
+                return Ok(take);
+            }
+            Walk::BlockStart => {
+                self.block = BlockWalk {
+                    at: self.pos,
+                    ..BlockWalk::default()
+                };
+                if byte == 0 {
+                    self.index_len = 1;
+                    self.varint.clear();
+                    self.walk = Walk::IndexCount;
+                } else {
+                    self.acc.clear();
+                    self.acc.push(byte);
+                    self.walk = Walk::BlockHeader((usize::from(byte) + 1) * 4);
+                }
+            }
+            Walk::Control => {
+                self.block.packed += 1;
+                match byte {
+                    0x00 => self.end_of_block()?,
+                    0x01 | 0x02 => {
+                        self.acc = vec![byte];
+                        self.walk = Walk::ChunkHeader(3);
+                    }
+                    0x80..=0xFF => {
+                        self.acc = vec![byte];
+                        self.walk = Walk::ChunkHeader(if byte >= 0xC0 { 6 } else { 5 });
+                    }
+                    _ => {
+                        return Err(self.corrupt(format!("reserved LZMA2 control byte {byte:#04x}")));
+                    }
+                }
+            }
+            Walk::IndexCount | Walk::IndexRecords(_) => {
+                self.index_len += 1;
+                self.varint.push(byte);
+                if byte & 0x80 == 0 || self.varint.len() >= 9 {
+                    let value = varint(&mut &self.varint[..]);
+                    self.varint.clear();
+                    let left = match (self.walk, value) {
+                        (Walk::IndexCount, Some(count)) => count.saturating_mul(2),
+                        (Walk::IndexRecords(left), Some(_)) => left - 1,
+                        _ => {
+                            self.walk = Walk::Passive;
+                            return Ok(1);
+                        }
+                    };
+                    self.walk = if left == 0 {
+                        Walk::IndexPadding
+                    } else {
+                        Walk::IndexRecords(left)
+                    };
+                }
+            }
+            Walk::IndexPadding => {
+                if self.index_len % 4 == 0 {
+                    self.walk = Walk::IndexCrc(4);
+                    return Ok(0);
+                }
+                self.index_len += 1;
+            }
+            Walk::IndexCrc(left) => {
+                self.index_len += 1;
+                self.walk = if left == 1 {
+                    Walk::Footer
+                } else {
+                    Walk::IndexCrc(left - 1)
+                };
+            }
+            Walk::AfterStream => {
+                let (take, done) = collect(&mut self.acc, 4);
+                if done {
+                    if self.acc == STREAM_MAGIC[..4] {
+                        self.walk = Walk::StreamHeader;
+                        return Ok(take);
+                    }
+                    self.walk = if self.acc == [0; 4] {
+                        Walk::AfterStream
+                    } else {
+                        Walk::Passive
+                    };
+                    self.acc.clear();
+                }
+                return Ok(take);
+            }
+        }
+        Ok(1)
+    }
+
+    fn corrupt(&self, what: impl std::fmt::Display) -> io::Error {
+        corrupt(self.block.at, what)
+    }
+
+    fn stream_header(&mut self) -> Walk {
+        if self.acc[..6] != STREAM_MAGIC {
+            return Walk::Passive;
+        }
+        self.check = check_len(self.acc[7] & 0x0F);
+        Walk::BlockStart
+    }
+
+    fn block_header(&mut self) -> io::Result<()> {
+        let header =
+            parse_block_header(&self.acc, self.check).map_err(|e| e.into_io(self.block.at))?;
+        self.block.header_len = self.acc.len() as u64;
+        self.block.compressed = header.compressed;
+        self.block.uncompressed = header.uncompressed;
+        self.walk = Walk::Control;
+        Ok(())
+    }
+
+    /// An LZMA2 chunk header, control byte included (§5.3.1; `lzma2_decoder.c`).
+    fn chunk_header(&mut self) -> io::Result<()> {
+        let h = &self.acc;
+        let (unpacked, packed) = if h[0] < 0x80 {
+            let size = u64::from(u16::from_be_bytes([h[1], h[2]])) + 1;
+            (size, size)
+        } else {
+            let high = u64::from(h[0] & 0x1F) << 16;
+            let unpacked = high + u64::from(u16::from_be_bytes([h[1], h[2]])) + 1;
+            (unpacked, u64::from(u16::from_be_bytes([h[3], h[4]])) + 1)
+        };
+        self.block.packed += h.len() as u64 - 1 + packed;
+        self.block.unpacked += unpacked;
+        if let Some(declared) = self.block.compressed {
+            if self.block.packed > declared {
+                return Err(self.corrupt(format!(
+                    "LZMA2 data runs past the compressed size of {declared} bytes in the block header"
+                )));
+            }
+        }
+        self.walk = Walk::Data(packed);
+        Ok(())
+    }
+
+    fn end_of_block(&mut self) -> io::Result<()> {
+        let block = &self.block;
+        if block.compressed.is_some_and(|c| c != block.packed) {
+            return Err(self.corrupt(format!(
+                "block holds {} compressed bytes, its header says {}",
+                block.packed,
+                block.compressed.unwrap_or(0)
+            )));
+        }
+        if block.uncompressed.is_some_and(|u| u != block.unpacked) {
+            return Err(self.corrupt(format!(
+                "block holds {} uncompressed bytes, its header says {}",
+                block.unpacked,
+                block.uncompressed.unwrap_or(0)
+            )));
+        }
+        self.walk = Walk::BlockTail(pad4(block.packed) + self.check);
+        Ok(())
+    }
+
+    fn footer(&mut self) -> io::Result<Walk> {
+        let backward = u32::from_le_bytes([self.acc[4], self.acc[5], self.acc[6], self.acc[7]]);
+        let said = (u64::from(backward) + 1) * 4;
+        if said != self.index_len {
+            return Err(self.corrupt(format!(
+                "stream footer: Backward Size says the index is {said} bytes, it is {}",
+                self.index_len
+            )));
+        }
+        Ok(Walk::AfterStream)
+    }
+}
+
+impl<R: Read> Read for StructureGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((kind, message)) = &self.failed {
+            return Err(io::Error::new(*kind, message.clone()));
+        }
+        let n = self.inner.read(buf)?;
+        let mut walked = 0;
+        while walked < n {
+            match self.step(&buf[walked..n]) {
+                Ok(step) => {
+                    walked += step;
+                    self.pos += step as u64;
+                }
+                Err(e) => {
+                    self.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -944,6 +1248,39 @@ mod tests {
                 assert_eq!(err.kind(), ErrorKind::Unsupported, "{name}");
                 assert_eq!(err.to_string(), want, "{name}");
             }
+        }
+    }
+
+    /// The sequential path (a first block without sizes, as plain `xz`
+    /// writes) checked only the first block header of the file, and never
+    /// a footer's Backward Size: these were accepted before.
+    #[test]
+    fn the_sequential_path_checks_every_header_and_footer() {
+        let mut concatenated = corpus("good-1-check-crc32.xz");
+        concatenated.extend(corpus("bad-1-block_header-4.xz"));
+        for threads in [1, 4] {
+            let err = decode(concatenated.clone(), threads)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("block header: compressed size 9223372036854775807"),
+                "{err}"
+            );
+        }
+        let data = payload(300_000);
+        let mut single = xz_cli(&["-c", "-1", "-T1"], &data);
+        for threads in [1, 4] {
+            assert_eq!(decode(single.clone(), threads).unwrap(), data);
+        }
+        // Backward Size one word too large, with the footer's CRC32 redone.
+        let footer = single.len() - 12;
+        let backward = u32::from_le_bytes(single[footer + 4..footer + 8].try_into().unwrap());
+        single[footer + 4..footer + 8].copy_from_slice(&(backward + 1).to_le_bytes());
+        let crc = crc32(&single[footer + 4..footer + 10]);
+        single[footer..footer + 4].copy_from_slice(&crc.to_le_bytes());
+        for threads in [1, 4] {
+            let err = decode(single.clone(), threads).unwrap_err().to_string();
+            assert!(err.contains("Backward Size"), "{err}");
         }
     }
 
