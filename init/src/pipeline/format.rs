@@ -734,39 +734,38 @@ mod tests {
         }
     }
 
+    /// The error `check_declared` gives without an explicit format.
+    fn auto_error(url: &str, served: &[u8], sniffed: ImageFormat) -> anyhow::Error {
+        check_declared(&DeclaredFormat::Auto, url, served, sniffed).unwrap_err()
+    }
+
     #[test]
     fn a_url_suffix_that_disagrees_with_the_bytes_names_both() {
         let xz_magic_damaged = [0xfd, b'7', b'z', b'X', b'Z', 0x01];
-        let err = check_declared(
-            &DeclaredFormat::Auto,
+        let err = auto_error(
             "file:///c/bad-0-header_magic.xz",
             &xz_magic_damaged,
             ImageFormat::RAW,
-        )
-        .unwrap_err();
+        );
         assert_eq!(
             err.to_string(),
             "the URL's file name ends in .xz (xz-compressed image) but the image is a raw \
              image; set imprint.format= to deploy it anyway"
         );
-        let err = check_declared(
-            &DeclaredFormat::Auto,
+        let err = auto_error(
             "http://h/disk.img",
             &ZSTD_MAGIC,
             image(Compression::Zstd, false),
-        )
-        .unwrap_err();
+        );
         assert!(
             err.to_string().contains(".img (uncompressed image)"),
             "{err}"
         );
-        let err = check_declared(
-            &DeclaredFormat::Auto,
+        let err = auto_error(
             "http://h/disk.tgz?sig=1",
             &GZIP_MAGIC,
             image(Compression::Gzip, false),
-        )
-        .unwrap_err();
+        );
         assert!(
             err.to_string().contains(
                 ".tgz (gzip-compressed tar of a raw image) but the image is a \
@@ -808,37 +807,23 @@ mod tests {
 
     #[test]
     fn formats_imprint_does_not_decode_are_refused_by_name() {
-        let err = check_declared(
-            &DeclaredFormat::Auto,
-            "http://h/disk",
-            b"LZIP\x01\x0c\x00",
-            ImageFormat::RAW,
-        )
-        .unwrap_err();
+        let err = auto_error("http://h/disk", b"LZIP\x01\x0c\x00", ImageFormat::RAW);
         assert_eq!(
             err.to_string(),
             "the image uses lzip compression, which is not supported; recompress it with xz \
              or zstd"
         );
-        let err = check_declared(
-            &DeclaredFormat::Auto,
+        let err = auto_error(
             "http://h/disk.lzma",
             &[0x5d, 0, 0, 0x80, 0],
             ImageFormat::RAW,
-        )
-        .unwrap_err();
+        );
         assert_eq!(
             err.to_string(),
             "the URL's file name ends in .lzma: LZMA_Alone (.lzma) compression is not \
              supported; recompress the image with xz or zstd"
         );
-        let qcow = check_declared(
-            &DeclaredFormat::Auto,
-            "http://h/vm.qcow2",
-            b"QFI\xfb\0\0\0\x03",
-            ImageFormat::RAW,
-        )
-        .unwrap_err();
+        let qcow = auto_error("http://h/vm.qcow2", b"QFI\xfb\0\0\0\x03", ImageFormat::RAW);
         assert!(qcow.to_string().contains("qcow2"), "{qcow}");
     }
 

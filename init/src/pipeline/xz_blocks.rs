@@ -870,7 +870,9 @@ impl<R: Read> StructureGuard<R> {
                         self.walk = Walk::ChunkHeader(if byte >= 0xC0 { 6 } else { 5 });
                     }
                     _ => {
-                        return Err(self.corrupt(format!("reserved LZMA2 control byte {byte:#04x}")));
+                        return Err(
+                            self.corrupt(format!("reserved LZMA2 control byte {byte:#04x}"))
+                        );
                     }
                 }
             }

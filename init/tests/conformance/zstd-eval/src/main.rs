@@ -56,36 +56,47 @@ fn ruzstd(mut input: &[u8]) -> Outcome {
             decoder
                 .decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(1 << 20))
                 .map_err(|e| e.to_string())?;
-            decoder.collect_to_writer(&mut out).map_err(|e| e.to_string())?;
+            decoder
+                .collect_to_writer(&mut out)
+                .map_err(|e| e.to_string())?;
             if out.len() > MAX_OUTPUT {
                 return Err("output limit".into());
             }
         }
-        decoder.collect_to_writer(&mut out).map_err(|e| e.to_string())?;
-        if let (Some(want), Some(got)) =
-            (decoder.get_checksum_from_data(), decoder.get_calculated_checksum())
+        decoder
+            .collect_to_writer(&mut out)
+            .map_err(|e| e.to_string())?;
+        if let (Some(want), Some(got)) = (
+            decoder.get_checksum_from_data(),
+            decoder.get_calculated_checksum(),
+        ) && want != got
         {
-            if want != got {
-                return Err("content checksum mismatch".into());
-            }
+            return Err("content checksum mismatch".into());
         }
     }
     Ok(out)
 }
 
-fn reference(zstd: &str, input: &[u8]) -> Outcome {
-    let mut child = Command::new(zstd)
-        .args(["-dc", "-q"])
+/// Runs `program args` with `input` on its stdin.
+fn pipe(program: &str, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {zstd}: {e}"))?;
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
+    // A decoder may stop reading early: a broken pipe is its answer.
     let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().unwrap();
     let _ = writer.join();
+    out
+}
+
+fn reference(zstd: &str, input: &[u8]) -> Outcome {
+    let out = pipe(zstd, &["-dc", "-q"], input);
     if out.status.success() {
         Ok(out.stdout)
     } else {
@@ -121,18 +132,8 @@ impl Rng {
 }
 
 fn compress(zstd: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new(zstd)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("zstd for the seeds");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(out.status.success());
+    let out = pipe(zstd, args, data);
+    assert!(out.status.success(), "{zstd} {args:?} failed");
     out.stdout
 }
 
@@ -161,7 +162,11 @@ fn main() {
             let b = rust_backend(&input);
             let z = ruzstd(&input);
             let right = |o: &Outcome| {
-                if want_ok { same(o, &r) && o.is_ok() } else { o.is_err() }
+                if want_ok {
+                    same(o, &r) && o.is_ok()
+                } else {
+                    o.is_err()
+                }
             };
             println!(
                 "{dir}/{}: expected {} | zstd -dc {} {} | rust-backend {} {} | ruzstd {} {}",
@@ -203,7 +208,10 @@ fn main() {
     multi.extend(compress(encoder, &["-c", "-9"], &text[5000..90_000]));
     seeds.push(multi);
 
-    println!("## differential: {mutations} seeded mutations of {} seeds", seeds.len());
+    println!(
+        "## differential: {mutations} seeded mutations of {} seeds",
+        seeds.len()
+    );
     let started = Instant::now();
     let mut tally = std::collections::BTreeMap::<String, usize>::new();
     let mut disagreements = Vec::new();
