@@ -14,7 +14,6 @@ pub const FROM_DRP: &[(&str, &str)] = &[
         "`image-deploy/image-url`, else `{{.ProvisionerURL}}/` + `image-deploy/image-file`",
     ),
     ("disk", "`image-deploy/install-disk`"),
-    ("format", "`image-deploy/image-type`"),
     ("hostname", "the machine's `Name`"),
     ("ssh-key", "`access-keys` (sent as `access-keys`)"),
     (
@@ -93,11 +92,29 @@ pub fn param_object(def: &ParamDef) -> Value {
     })
 }
 
+/// Stock params an `imprint/<name>` param stands in for when it is unset:
+/// `imprint/format` exists because image-deploy's `image-deploy/image-type`
+/// is an enum without `dd-zst` or imprint's other names
+/// (`params/image-deploy.image-type.yaml`, provision-plugins v4.8.0), so
+/// DRP refuses those values there.
+pub const FALLBACKS: &[(&str, &str)] = &[("format", "image-deploy/image-type")];
+
 /// The `imprint.json` lines for the generated params, each guarded by
-/// `ParamExists` and JSON-encoded by DRP (`ParamAsJSON`).
+/// `ParamExists` and JSON-encoded by DRP (`ParamAsJSON`); an
+/// `imprint/<name>` with a [`FALLBACKS`] entry wins over the stock param.
 pub fn spec_template_lines() -> String {
     let mut lines = String::new();
     for def in imprint_params() {
+        if let Some((_, stock)) = FALLBACKS.iter().find(|(name, _)| *name == def.name) {
+            lines.push_str(&format!(
+                "{{{{- if .ParamExists \"{param}\" }}}},\n  \"{name}\": {{{{ .ParamAsJSON \"{param}\" }}}}\n\
+                 {{{{- else if .ParamExists \"{stock}\" }}}},\n  \"{name}\": {{{{ .ParamAsJSON \"{stock}\" }}}}\n",
+                param = drp_name(def),
+                name = def.name,
+            ));
+            lines.push_str("{{- end }}\n");
+            continue;
+        }
         lines.push_str(&format!(
             "{{{{- if .ParamExists \"{param}\" }}}},\n  \"{name}\": {{{{ .ParamAsJSON \"{param}\" }}}}\n",
             param = drp_name(def),
