@@ -3,16 +3,17 @@
 //! - `imprint-<version>.amd64.tar`: the kernel and initramfs under
 //!   `<version>/`, for `drpcli isos upload`; DRP unpacks it below the
 //!   bootenv's `OS.Name` and boots `Kernel`/`Initrds` from there.
-//! - the content pack, as a directory (`meta.yaml`, `bootenvs/`,
-//!   `templates/`, `params/`, `stages/`, `tasks/`, `workflows/`, the layout
-//!   `drpcli contents bundle` reads) and bundled (`imprint-content.yaml`,
-//!   `meta` + `sections`, what `drpcli contents upload` takes).
+//! - the content pack, as a directory (`._Name.meta` and the other meta
+//!   files, `bootenvs/`, `templates/`, `params/`, `stages/`, `tasks/`,
+//!   `workflows/`, the layout `drpcli contents bundle` reads) and bundled
+//!   (`imprint-content.yaml`, `meta` + `sections`, what `drpcli contents
+//!   upload` takes).
 //!
 //! The bootenv `imprint` boots imprint with Sledgehammer's command line
 //! conventions (`rs.uuid=`, `provisioner.web=`, static `provisioner.ip=`…
 //! from `network-data`, `kernel-options`, `--`, `kernel-console`) and renders
-//! `machines/<uuid>/imprint.json`: the machine's deploy spec, filled from the
-//! classic image-deploy params and the `imprint/*` params generated from
+//! `machines/<uuid>/imprint.json`: the machine's deploy spec, filled from
+//! image-deploy's params (as the plugin defines them) and the `imprint/*` params generated from
 //! [`imprint::spec::PARAMS`] (see [`params`]). PID 1 fetches that file.
 
 pub mod params;
