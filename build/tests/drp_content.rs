@@ -45,6 +45,18 @@ fn render(content: &Content, context: &Value) -> Result<Value, String> {
     drp::render::render(&renderer(), &content.out.bundle, context).map_err(|e| format!("{e:#}"))
 }
 
+/// Renders for a machine with an image URL and a disk, plus `params`.
+fn render_deployable(content: &Content, params: Value) -> Result<Value, String> {
+    let mut all = json!({
+        "image-deploy/image-url": "http://h/a.img",
+        "image-deploy/install-disk": "/dev/sda",
+    });
+    for (name, value) in params.as_object().expect("params are an object") {
+        all[name] = value.clone();
+    }
+    render(content, &context(all))
+}
+
 fn validate(content: &Content) -> Result<(), String> {
     drp::render::validate(&renderer(), &content.out.bundle, &content.out.content_dir)
         .map_err(|e| format!("{e:#}"))
@@ -293,18 +305,16 @@ fn minimal_context_leaves_optional_fields_out() {
 #[test]
 fn a_prefix_address_and_the_networks_own_dns() {
     let content = content();
-    let rendered = render(
+    let rendered = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "dns-servers": ["9.9.9.9"],
             "network-data": {
                 "a-mgmt": {"address": "172.16.0.9/24"},
                 "prov": {"address": "192.168.10.5/16", "dns-servers": ["192.168.0.53"]},
                 "prod": {"address": "10.2.3.15/24"}
             },
-        })),
+        }),
     )
     .unwrap();
     let cmdline = KernelCmdline::parse(rendered["bootparams"].as_str().unwrap());
@@ -331,26 +341,22 @@ fn missing_image_or_bad_network_fails_the_render_naming_the_param() {
     )
     .unwrap_err();
     assert!(err.contains("set image-deploy/install-disk"), "{err}");
-    let err = render(
+    let err = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "network-data": {"prov": {"address": "10.0.0.5"}},
-        })),
+        }),
     )
     .unwrap_err();
     assert!(
         err.contains("network-data prov: address 10.0.0.5 needs a /prefix or a netmask"),
         "{err}"
     );
-    let err = render(
+    let err = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "network-data": {"prov": {"address": "10.0.0.5", "netmask": "255.255.0.1"}},
-        })),
+        }),
     )
     .unwrap_err();
     assert!(err.contains("netmask 255.255.0.1 is not"), "{err}");
@@ -445,13 +451,11 @@ fn a_value_outside_the_schema_is_refused_by_imprint_too() {
     // when it is set (the renderer checks as DRP does), and imprint agrees
     // should one get through (set before the pack defined the param).
     let content = content();
-    let err = render(
+    let err = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "imprint/on-success": "explode",
-        })),
+        }),
     )
     .unwrap_err();
     assert!(
@@ -558,14 +562,7 @@ fn the_task_fails_its_job_when_a_runner_outside_imprint_runs_it() {
     let sane = flags
         .split(',')
         .any(|flag| flag.trim() == "sane-exit-codes");
-    let rendered = render(
-        &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
-        })),
-    )
-    .unwrap();
+    let rendered = render_deployable(&content, json!({})).unwrap();
     let (_, script) = template(&rendered, "imprint-deploy-outside");
     let output = std::process::Command::new("sh")
         .arg("-c")
@@ -584,13 +581,11 @@ fn the_task_fails_its_job_when_a_runner_outside_imprint_runs_it() {
 #[test]
 fn the_kexec_template_is_what_the_agent_reads() {
     let content = content();
-    let rendered = render(
+    let rendered = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "kernel-console": "console=ttyS0,115200",
-        })),
+        }),
     )
     .unwrap();
     let (path, kexec) = template(&rendered, "kexec");
@@ -630,13 +625,11 @@ fn network_data_follows_sledgehammer_only_prov_is_the_boot_network() {
         "stor": {"name": "stor", "dhcp": "no", "gateway": "10.3.3.1", "netmask": "255.255.255.0",
                  "address": "10.3.3.15", "vlan": "2335", "interface": "eth0,enp0s3"},
     });
-    let rendered = render(
+    let rendered = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "network-data": example,
-        })),
+        }),
     )
     .unwrap();
     let cmdline = KernelCmdline::parse(rendered["bootparams"].as_str().unwrap());
