@@ -6,28 +6,28 @@
 //! root.
 #![deny(unsafe_code)]
 
-pub mod boot;
+pub(crate) mod boot;
 pub mod cli;
 pub mod cmdline;
-pub mod console;
-pub mod deploy;
+pub(crate) mod console;
+pub(crate) mod deploy;
 pub mod disk;
 pub mod drp;
-pub mod handoff;
-pub mod hardware;
+pub(crate) mod handoff;
+pub(crate) mod hardware;
 pub(crate) mod http;
 pub mod inject;
-pub mod installed;
+pub(crate) mod installed;
 pub mod logger;
 pub mod modules;
 pub mod net;
 pub mod pid1;
 pub mod pipeline;
-pub mod report;
-pub mod session;
+pub(crate) mod report;
+pub(crate) mod session;
 pub mod source;
 pub mod spec;
-pub mod status;
+pub(crate) mod status;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod timeline;
+pub(crate) mod timeline;

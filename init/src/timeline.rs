@@ -73,24 +73,12 @@ pub fn since_boot() -> Duration {
 }
 
 impl Timeline {
-    /// Records `mark` now.
-    pub fn mark(&mut self, mark: Mark) {
-        self.mark_at(mark, since_boot());
-    }
-
     /// Records `mark` at `at` (since boot): a later record of the same mark
     /// replaces the earlier one.
     pub fn mark_at(&mut self, mark: Mark, at: Duration) {
         self.marks.retain(|(m, _)| *m != mark);
         self.marks.push((mark, at));
         self.marks.sort_by_key(|(m, _)| *m);
-    }
-
-    pub fn get(&self, mark: Mark) -> Option<Duration> {
-        self.marks
-            .iter()
-            .find(|(m, _)| *m == mark)
-            .map(|(_, at)| *at)
     }
 
     /// `IMPRINT-TIMELINE: kernel=0.00 pid1=1.21 …`, marks not reached left out.
@@ -139,7 +127,6 @@ mod tests {
         let mut t = Timeline::default();
         t.mark_at(Mark::FirstByte, Duration::from_secs(5));
         t.mark_at(Mark::FirstByte, Duration::from_secs(30));
-        assert_eq!(t.get(Mark::FirstByte), Some(Duration::from_secs(30)));
         assert_eq!(t.line(), "IMPRINT-TIMELINE: kernel=0.00 first-byte=30.00");
     }
 

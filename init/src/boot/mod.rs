@@ -30,8 +30,7 @@ use anyhow::{Context, Result, bail};
 use crate::installed::RootDir;
 
 pub use cmdline::kexec_cmdline;
-pub use fstab::{FsSource, FsSpec, boot_mount_from_fstab};
-pub use version::compare_versions;
+pub use fstab::{FsSource, boot_mount_from_fstab};
 
 /// The installed system as mounted by the caller: its root, with a
 /// separate `/boot` filesystem (if any) mounted on its `/boot`.

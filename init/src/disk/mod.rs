@@ -54,11 +54,11 @@ use anyhow::{Context, Result, bail};
 
 #[cfg(test)]
 mod fake_sysfs;
-pub mod gpt;
+pub(crate) mod gpt;
 mod hints;
-pub mod mbr;
-pub mod mount;
-pub mod partitions;
+pub(crate) mod mbr;
+pub(crate) mod mount;
+pub(crate) mod partitions;
 pub mod probe;
 pub mod root;
 mod select;

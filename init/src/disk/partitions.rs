@@ -334,8 +334,9 @@ pub fn apply_writes<T: BlockTarget + ?Sized>(target: &mut T, writes: &[DiskWrite
         .with_context(|| format!("syncing {}", target.describe()))
 }
 
-/// Applies `writes` in order to an open file or device, then syncs it.
-/// `name` is for messages.
+/// Applies `writes` in order to an open file, then syncs it; `name` is for
+/// messages. The tests' stand-in for a disk.
+#[cfg(test)]
 pub fn apply_writes_to_file(file: &File, name: &str, writes: &[DiskWrite]) -> Result<()> {
     for w in writes {
         log::info!("{name}: writing the {}", w.what);

@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use crate::disk::mount::{self, Access};
 use crate::disk::root::{self, Candidate, Inspect, OsInfo};
 
-pub use resolve::{MAX_SYMLINKS, Resolver};
+pub use resolve::Resolver;
 pub use root_dir::RootDir;
 
 /// Where the partitions of the deployed disk are mounted, one directory

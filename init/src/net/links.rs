@@ -67,37 +67,6 @@ pub fn ethernet_interfaces(interfaces: &[InterfaceInfo]) -> Vec<&InterfaceInfo> 
         .collect()
 }
 
-/// The interfaces to try DHCP on, in order: the one with `prefer_mac` first,
-/// then the others with carrier by name. Errors name every interface seen.
-pub fn dhcp_candidates(
-    interfaces: &[InterfaceInfo],
-    prefer_mac: Option<[u8; 6]>,
-) -> Result<Vec<(String, [u8; 6])>, String> {
-    let ethernet = ethernet_interfaces(interfaces);
-    let mut candidates: Vec<(String, [u8; 6])> = ethernet
-        .iter()
-        .filter(|i| i.carrier)
-        .filter_map(|i| Some((i.name.clone(), i.mac?)))
-        .collect();
-    if candidates.is_empty() {
-        return Err(format!(
-            "no network interface with carrier (found: {})",
-            describe_interfaces(&ethernet.into_iter().cloned().collect::<Vec<_>>())
-        ));
-    }
-    if let Some(preferred) = prefer_mac {
-        // Stable: the rest keep their name order.
-        candidates.sort_by_key(|(_, mac)| *mac != preferred);
-        if candidates[0].1 != preferred {
-            log::warn!(
-                "net: no interface with carrier has the boot MAC {}, trying all",
-                format_mac(&preferred)
-            );
-        }
-    }
-    Ok(candidates)
-}
-
 /// `eth0 [no carrier], eth1 [no carrier]`, or `none`.
 pub fn describe_interfaces(interfaces: &[InterfaceInfo]) -> String {
     if interfaces.is_empty() {
@@ -245,55 +214,6 @@ pub(super) mod tests {
             .map(|i| i.name.as_str())
             .collect();
         assert_eq!(names, ["eth0", "eth1"]);
-    }
-
-    #[test]
-    fn candidates_in_name_order_with_carrier_only() {
-        let list = [
-            iface("eth0", 1, false, MAC0),
-            iface("eth1", 1, true, MAC1),
-            iface("eth2", 1, true, [2; 6]),
-            iface("wg0", 65534, true, [3; 6]),
-        ];
-        assert_eq!(
-            dhcp_candidates(&list, None).unwrap(),
-            [("eth1".to_owned(), MAC1), ("eth2".to_owned(), [2; 6])]
-        );
-    }
-
-    #[test]
-    fn preferred_mac_goes_first() {
-        let list = [iface("eth0", 1, true, MAC0), iface("eth1", 1, true, MAC1)];
-        let names: Vec<String> = dhcp_candidates(&list, Some(MAC1))
-            .unwrap()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        assert_eq!(names, ["eth1", "eth0"]);
-        // An unknown boot MAC falls back to name order.
-        let names: Vec<String> = dhcp_candidates(&list, Some([9; 6]))
-            .unwrap()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        assert_eq!(names, ["eth0", "eth1"]);
-    }
-
-    #[test]
-    fn no_carrier_error_names_every_interface() {
-        let list = [
-            iface("eth0", 1, false, MAC0),
-            iface("eth1", 1, false, MAC1),
-            iface("lo", 772, true, [0; 6]),
-        ];
-        assert_eq!(
-            dhcp_candidates(&list, None).unwrap_err(),
-            "no network interface with carrier (found: eth0 [no carrier], eth1 [no carrier])"
-        );
-        assert_eq!(
-            dhcp_candidates(&[], None).unwrap_err(),
-            "no network interface with carrier (found: none)"
-        );
     }
 
     #[test]

@@ -15,15 +15,15 @@
 //!   turns a lease into a plan; [`params`] reads the command line.
 
 mod apply;
-pub mod choice;
-pub mod config;
-pub mod dhcp;
-pub mod dhcp6;
+pub(crate) mod choice;
+pub(crate) mod config;
+pub(crate) mod dhcp;
+pub(crate) mod dhcp6;
 mod dhcp_worker;
 mod dynamic;
-pub mod ipv6;
+pub(crate) mod ipv6;
 mod links;
-pub mod params;
+pub(crate) mod params;
 mod static_setup;
 
 use std::net::Ipv4Addr;
@@ -32,19 +32,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-pub use apply::describe_lease;
 pub use choice::{Candidate, Decision, LeaseChoice, Offer};
-pub use config::{InterfacePlan, Route};
+pub use config::InterfacePlan;
 pub use dhcp::{DhcpClient, Lease};
-pub use dhcp_worker::{FrameLink, run_dhcp};
 pub use dhcp6::Dhcp6Client;
 pub use ipv6::{Ipv6Setup, Ipv6Step};
-pub use links::{
-    InterfaceInfo, carrier_settled, describe_interfaces, dhcp_candidates, ethernet_interfaces,
-    format_mac, list_interfaces, parse_mac,
-};
+pub use links::{describe_interfaces, ethernet_interfaces, format_mac, list_interfaces, parse_mac};
 pub use params::{InterfaceSelector, NetConfig, StaticConfig};
-pub use static_setup::{StaticPlan, choose_static_nic, describe_plan, plan_static};
 
 use crate::sys::net as sys;
 
@@ -244,7 +238,11 @@ mod veth_tests {
         sys::set_link_up("veth-c").unwrap();
         let interfaces =
             wait_for_carrier(Path::new("/sys/class/net"), None, DEFAULT_LINK_TIMEOUT).unwrap();
-        let candidates = dhcp_candidates(&interfaces, None).unwrap();
+        let candidates: Vec<(String, [u8; 6])> = ethernet_interfaces(&interfaces)
+            .iter()
+            .filter(|i| i.carrier)
+            .filter_map(|i| Some((i.name.clone(), i.mac?)))
+            .collect();
         let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["veth-c", "veth-s"]);
         let (name, mac) = candidates[0].clone();
@@ -254,7 +252,7 @@ mod veth_tests {
         let lease = dhcp_on(&name, mac, Duration::from_secs(20), &AtomicBool::new(false)).unwrap();
         server.join().unwrap();
         assert_eq!(
-            describe_lease(&lease),
+            apply::describe_lease(&lease),
             "10.9.0.15/24 via 10.9.0.1 dns 10.9.0.53 from 10.9.0.1"
         );
 

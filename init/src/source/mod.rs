@@ -9,9 +9,9 @@ use std::io::Read;
 use anyhow::{Context, Result, bail};
 
 mod http;
-pub mod local;
-pub mod retry;
-pub mod url;
+pub(crate) mod local;
+pub(crate) mod retry;
+pub(crate) mod url;
 
 /// An opened image source: a byte stream and, when the server said so, its
 /// length.
@@ -126,6 +126,12 @@ fn open_file_url(url: &str) -> Result<(File, std::path::PathBuf, Option<String>)
             &mut devices,
             std::path::Path::new(local::MOUNT_ROOT),
         )?;
+        log::debug!(
+            "{url}: {} on {} ({})",
+            opened.path.display(),
+            opened.device.dev_path().display(),
+            opened.fs.fstype
+        );
         return Ok((opened.file, opened.path, Some(opened.device.disk)));
     }
     let path = file_path(url)?;

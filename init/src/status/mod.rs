@@ -433,12 +433,6 @@ impl ProgressEvents {
         }
     }
 
-    /// Emits events at most every `interval` instead.
-    pub fn with_interval(mut self, interval: Duration) -> ProgressEvents {
-        self.interval = interval;
-        self
-    }
-
     /// [`Progress::update`] at the time `now`.
     fn update_at(&mut self, done: u64, total: Option<u64>, now: Instant) {
         let (last_time, last_done) = self.last;
@@ -835,8 +829,8 @@ mod tests {
     #[test]
     fn progress_interval_is_configurable() {
         let status = Status::new(&StatusOptions::default());
-        let mut sink =
-            ProgressEvents::new(status.clone(), Stage::Write).with_interval(Duration::ZERO);
+        let mut sink = ProgressEvents::new(status.clone(), Stage::Write);
+        sink.interval = Duration::ZERO;
         for done in [1, 2, 3] {
             sink.update(done, None);
         }
