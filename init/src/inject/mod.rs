@@ -343,8 +343,10 @@ impl fmt::Display for FileOp {
                 gid,
             } => write!(
                 f,
-                "fetch {path} from {} ({mode:04o} {uid}:{gid})",
-                redact_url(url)
+                "fetch {path} from {}{} ({mode:04o} {uid}:{gid})",
+                crate::http::redact_url(url),
+                // Say that a (signed URL's) query was cut.
+                if url.contains(['?', '#']) { "?…" } else { "" }
             ),
             FileOp::Symlink { path, target } => write!(f, "symlink {path} -> {target}"),
             FileOp::Remove { path } => write!(f, "remove {path}"),
@@ -358,33 +360,6 @@ impl fmt::Debug for FileOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
-}
-
-/// Drops `user:pass@` and everything from `?`: signed URLs carry tokens there.
-fn redact_url(url: &str) -> String {
-    let without_query = url.split(['?', '#']).next().unwrap_or_default();
-    let (scheme, rest) = match without_query.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, without_query),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let mut out = String::new();
-    if let Some(scheme) = scheme {
-        out.push_str(scheme);
-        out.push_str("://");
-    }
-    out.push_str(host);
-    out.push_str(path);
-    if without_query.len() < url.len() {
-        out.push_str("?…");
-    }
-    out
 }
 
 #[cfg(test)]
