@@ -30,4 +30,5 @@ pub mod spec;
 pub(crate) mod status;
 #[allow(unsafe_code)]
 pub mod sys;
+pub(crate) mod text;
 pub(crate) mod timeline;

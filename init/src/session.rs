@@ -105,7 +105,7 @@ pub fn run(
     }
     tracker.mark(Mark::Verified);
     tracker.status.emit(EventKind::Verified {
-        sha256: report::hex(&summary.sha256),
+        sha256: crate::text::hex(&summary.sha256),
         algorithm: summary.verified.map(str::to_owned),
         bytes: summary.bytes,
     });

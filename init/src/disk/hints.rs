@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{DiskInfo, human_size};
+use super::DiskInfo;
+use crate::text::human_size;
 
 const KNOWN_HINTS: &str = "size, model, vendor, serial, wwn, rotational, name, by-path, by-id";
 const GIB: u64 = 1 << 30;

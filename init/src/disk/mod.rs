@@ -218,21 +218,7 @@ pub fn find_named<'a>(wanted: &str, disks: &'a [DiskInfo]) -> Result<&'a DiskInf
     }
 }
 
-/// `1.5 GiB`, binary units, one decimal.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    #[allow(clippy::cast_precision_loss)] // for humans; one decimal is shown
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+pub(crate) use crate::text::human_size;
 
 #[cfg(test)]
 mod tests {
@@ -585,14 +571,5 @@ mod tests {
         ] {
             assert_eq!(partition_path(disk, n), Path::new(path), "{disk} {n}");
         }
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1024), "1.0 KiB");
-        assert_eq!(human_size(256 << 20), "256.0 MiB");
-        assert_eq!(human_size(3 << 30 | 512 << 20), "3.5 GiB");
     }
 }

@@ -16,6 +16,7 @@
 //! - Whitespace inside a virtio serial becomes `_`; udev would make one link
 //!   per word.
 
+use crate::text::hex;
 use std::path::{Path, PathBuf};
 
 use super::{DiskInfo, Transport};
@@ -373,10 +374,6 @@ fn trimmed_text(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim_matches(|c: char| c.is_whitespace() || c == '\0');
     (!text.is_empty()).then(|| text.to_owned())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SPC designator types, numbered as in page 0x83.

@@ -185,24 +185,16 @@ fn resolve_one(
     })
 }
 
-/// `aa:bb:cc:dd:ee:ff` or with dashes, any case.
+/// `aa:bb:cc:dd:ee:ff` or with dashes, any case, as lowercase text.
 fn parse_mac(text: &str) -> Result<String> {
-    let parts: Vec<&str> = text.split([':', '-']).collect();
-    let valid = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !valid {
-        bail!("mac {text:?} is not a MAC address");
+    match crate::text::parse_mac(text) {
+        Some(mac) => Ok(format_mac(mac)),
+        None => bail!("mac {text:?} is not a MAC address"),
     }
-    Ok(parts.join(":").to_ascii_lowercase())
 }
 
 fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::text::format_mac(&mac)
 }
 
 /// Kernel interface names: at most 15 bytes, no `/`, whitespace or `:`.

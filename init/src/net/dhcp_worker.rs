@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result, bail};
 
 use super::apply::describe_lease;
-use super::links::format_mac;
 use super::{DhcpClient, Lease, sys};
+use crate::text::format_mac;
 
 /// How often a DHCP worker checks whether it is still wanted.
 const CANCEL_POLL: Duration = Duration::from_millis(500);

@@ -2,6 +2,7 @@
 //! (router advertisements, DHCPv6) on all of them at once, each worker
 //! reporting to one loop that chooses as [`super::choice`] says.
 
+use crate::text::format_mac;
 use std::collections::HashMap;
 use std::fs;
 use std::net::Ipv6Addr;
@@ -14,9 +15,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::apply::{apply, describe_lease, write_resolv_conf};
 use super::dhcp_worker::{dhcp_on, random_xid};
-use super::links::{
-    CARRIER_POLL, describe_interfaces, ethernet_interfaces, format_mac, list_interfaces,
-};
+use super::links::{CARRIER_POLL, describe_interfaces, ethernet_interfaces, list_interfaces};
 use super::{
     Candidate, Configured, Decision, Dhcp6Client, Ipv6Step, LeaseChoice, Offer, config, ipv6, sys,
 };

@@ -1,6 +1,7 @@
 //! The NICs as `/sys/class/net` shows them: reading them, which are
 //! Ethernet, how they are named in messages, and waiting for carrier.
 
+use crate::text::parse_mac;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -135,27 +136,6 @@ pub fn carrier_settled(interfaces: &[InterfaceInfo], prefer_mac: Option<[u8; 6]>
     !ethernet.is_empty() && ethernet.iter().all(|i| i.carrier)
 }
 
-/// `52:54:00:12:34:56`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
-}
-
-/// Parses `52:54:00:12:34:56` (sysfs) or `52-54-00-12-34-56`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next()?;
-        // from_str_radix alone would take a sign ("+5").
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -227,16 +207,5 @@ pub(super) mod tests {
         assert!(carrier_settled(&one_up, Some(MAC1)));
         assert!(carrier_settled(&both_up, None));
         assert!(!carrier_settled(&[], None));
-    }
-
-    #[test]
-    fn macs() {
-        assert_eq!(parse_mac("52:54:00:12:34:56"), Some(MAC0));
-        assert_eq!(parse_mac("52-54-00-12-34-56"), Some(MAC0));
-        assert_eq!(parse_mac("52:54:00:12:34"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:56:78"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:5g"), None);
-        assert_eq!(parse_mac("52:54:00:12:34:+5"), None);
-        assert_eq!(format_mac(&MAC0), "52:54:00:12:34:56");
     }
 }

@@ -32,12 +32,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+pub use crate::text::{format_mac, parse_mac};
 pub use choice::{Candidate, Decision, LeaseChoice, Offer};
 pub use config::InterfacePlan;
 pub use dhcp::{DhcpClient, Lease};
 pub use dhcp6::Dhcp6Client;
 pub use ipv6::{Ipv6Setup, Ipv6Step};
-pub use links::{describe_interfaces, ethernet_interfaces, format_mac, list_interfaces, parse_mac};
+pub use links::{describe_interfaces, ethernet_interfaces, list_interfaces};
 pub use params::{InterfaceSelector, NetConfig, StaticConfig};
 
 use crate::sys::net as sys;

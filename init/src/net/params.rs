@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::{format_mac, parse_mac};
 use crate::cmdline::KernelCmdline;
+use crate::text::{format_mac, parse_mac};
 
 /// Where the network settings came from, parsed and checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,7 +208,7 @@ const MAX_LINK_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `5`, `5s`, `1500ms`: a duration up to [`MAX_LINK_TIMEOUT`].
 pub fn parse_link_timeout(value: &str) -> Result<Duration> {
-    let timeout = crate::spec::parse_duration(value)?;
+    let timeout = crate::text::parse_duration(value)?;
     if timeout > MAX_LINK_TIMEOUT {
         bail!(
             "{} s is longer than the {} s a port can take to get link",

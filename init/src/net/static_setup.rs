@@ -2,6 +2,7 @@
 //! and friends, with VLAN and MTU): which NIC, the plan, and carrying it
 //! out. No DHCP packet is sent.
 
+use crate::text::format_mac;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use anyhow::{Context as _, Result, anyhow};
 
 use super::apply::apply;
 use super::links::{
-    InterfaceInfo, describe_interfaces, ethernet_interfaces, format_mac, list_interfaces,
-    wait_for_carrier, wait_for_nic_carrier,
+    InterfaceInfo, describe_interfaces, ethernet_interfaces, list_interfaces, wait_for_carrier,
+    wait_for_nic_carrier,
 };
 use super::{Configured, InterfacePlan, InterfaceSelector, StaticConfig, config, sys};
 

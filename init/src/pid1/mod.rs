@@ -479,7 +479,7 @@ impl<P: Platform> Pid1<P> {
             line: line.to_owned(),
             deploy: LastDeploy {
                 image: self.image.clone().unwrap_or_default(),
-                sha256: done.map(|d| report::hex(&d.summary.sha256)),
+                sha256: done.map(|d| crate::text::hex(&d.summary.sha256)),
                 seconds: done
                     .map_or(run_started.elapsed(), |d| d.summary.elapsed)
                     .as_secs_f64(),

@@ -21,12 +21,7 @@ impl fmt::Debug for Checksum {
 
 impl fmt::Display for Checksum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            self.algorithm(),
-            crate::report::hex(self.bytes())
-        )
+        write!(f, "{}:{}", self.algorithm(), crate::text::hex(self.bytes()))
     }
 }
 

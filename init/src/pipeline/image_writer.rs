@@ -19,7 +19,7 @@
 use std::io::{self, Write};
 
 use super::target::{BlockTarget, write_zeros};
-use crate::disk::human_size;
+use crate::text::human_size;
 
 /// Bytes at the start of the image written only at commit.
 pub const HOLDBACK: usize = 1 << 20;

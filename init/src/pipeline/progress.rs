@@ -53,10 +53,10 @@ pub fn progress_line(done: u64, total: Option<u64>, elapsed: Duration) -> String
     let secs = elapsed.as_secs_f64();
     #[allow(clippy::cast_precision_loss)] // a rate for humans
     let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-    let mut line = format!("written {}", crate::disk::human_size(done));
+    let mut line = format!("written {}", crate::text::human_size(done));
     if let Some(total) = total.filter(|t| *t > 0) {
         let percent = done.saturating_mul(100) / total;
-        line += &format!(" of {} ({percent}%)", crate::disk::human_size(total));
+        line += &format!(" of {} ({percent}%)", crate::text::human_size(total));
         if rate > 0.0 {
             #[allow(clippy::cast_precision_loss)]
             let eta = total.saturating_sub(done) as f64 / rate;

@@ -243,22 +243,6 @@ fn merge_identity(from_json: Identity, earlier: Identity) -> Identity {
     merged
 }
 
-/// `90`, `90s`, `500ms`, `10m`, `1h`: a bare number is seconds.
-pub fn parse_duration(v: &str) -> Result<Duration> {
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (number, unit) = v.split_at(split);
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("{v:?} is not a duration such as 30s, 10m or 1h"))?;
-    Ok(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => bail!("{v:?} has an unknown unit {unit:?}; use ms, s, m or h"),
-    })
-}
-
 fn parse_bool(v: &str) -> Result<bool> {
     match v {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -585,8 +569,6 @@ pub(crate) mod tests {
         assert!(msg.contains("unknown unit \"x\""), "{msg}");
         let msg = format!("{:#}", spec("imprint.insecure=maybe").unwrap_err());
         assert!(msg.contains("must be 1 or 0"), "{msg}");
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("").is_err());
     }
 
     #[test]

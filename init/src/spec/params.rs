@@ -4,13 +4,12 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::{
-    DeploySpec, SuccessPolicy, absolute_path, parse_bool, parse_duration, parse_failure_policy,
-};
+use super::{DeploySpec, SuccessPolicy, absolute_path, parse_bool, parse_failure_policy};
 use crate::disk::DiskSelector;
 use crate::disk::root::RootSelector;
 use crate::pipeline::checksum::Checksum;
 use crate::source::url::SourceUrl;
+use crate::text::parse_duration;
 
 /// One parameter: `imprint.<name>=` on the kernel command line and
 /// `--<name>` on the CLI.
