@@ -21,7 +21,6 @@ use anyhow::{Context, Result};
 use crate::boot::{self, BootEntry, BootFs, FsSource};
 use crate::disk::root::{Candidate, RootSelector};
 use crate::installed::{InstalledRoot, RootDir};
-use crate::spec::KexecOverride;
 
 /// Several initrds (microcode first, then the main one) are concatenated
 /// here: `kexec_file_load` takes one, and the kernel unpacks concatenated
@@ -31,6 +30,15 @@ const JOINED_INITRD: &str = "/run/imprint/kexec-initrd.img";
 const IMPRINT_MOUNTS: &str = "/run/imprint";
 /// The most `/etc/fstab` may hold.
 const FSTAB_LIMIT: u64 = 1 << 20;
+
+/// `imprint.kexec-kernel=`, `-initrd=`, `-cmdline=`: paths inside the
+/// installed system and the command line to boot it with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KexecOverride {
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+}
 
 /// A kernel staged for `reboot(LINUX_REBOOT_CMD_KEXEC)`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -141,9 +141,15 @@ pub fn run(
 /// there, unless identity was asked for.
 fn inject(deploy: &Resolved, target: &Path, boot_mac: Option<[u8; 6]>) -> Result<Injected> {
     use std::os::unix::fs::FileTypeExt;
+    let request = deployed::Request {
+        identity: &deploy.identity,
+        root: deploy.root.as_ref(),
+        grow: deploy.grow,
+        source: &deploy.source,
+    };
     let is_block = std::fs::metadata(target).is_ok_and(|m| m.file_type().is_block_device());
     if !is_block {
-        if deployed::requested(deploy) {
+        if deployed::requested(&request) {
             bail!(
                 "{} is a file: identity injection needs a block device (attach it with losetup -P)",
                 target.display()
@@ -154,7 +160,7 @@ fn inject(deploy: &Resolved, target: &Path, boot_mac: Option<[u8; 6]>) -> Result
             target.display()
         )));
     }
-    deployed::inject_or_fail_closed(deploy, target, boot_mac)
+    deployed::inject_or_fail_closed(&request, target, boot_mac)
 }
 
 /// The line harnesses and operators wait for.

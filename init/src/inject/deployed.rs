@@ -17,11 +17,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::disk::partitions::{self, PartitionTable, TableKind};
+use crate::disk::root::RootSelector;
 use crate::disk::root::{self, Candidate, NtfsImage, OsFamily, RootChoice};
 use crate::inject::{self, Identity, InjectContext, OsFamilyHint};
 use crate::installed::{InstalledRoot, PARTITION_MOUNTS, PartitionMounts};
 use crate::pipeline::target::DeviceTarget;
-use crate::spec::Resolved;
+use crate::source::SourceOptions;
 
 const PARTITION_WAIT: Duration = Duration::from_secs(10);
 
@@ -34,9 +35,22 @@ pub enum Injected {
     Skipped(String),
 }
 
+/// What the deploy asks of the installed system: the parts of the
+/// resolved spec injection reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub identity: &'a Identity,
+    /// `imprint.root=`; discovered when absent.
+    pub root: Option<&'a RootSelector>,
+    /// `imprint.grow=1`.
+    pub grow: bool,
+    /// Timeouts and trust for the files injection fetches.
+    pub source: &'a SourceOptions,
+}
+
 /// Whether the spec asks for anything beyond the defaults. Without a
 /// request, an image with no Linux root (raw data, Windows) is not an error.
-pub fn requested(spec: &Resolved) -> bool {
+pub fn requested(spec: &Request<'_>) -> bool {
     let mut identity = spec.identity.clone();
     identity.reset_machine_id = Identity::default().reset_machine_id;
     identity != Identity::default() || spec.root.is_some() || spec.grow
@@ -45,7 +59,7 @@ pub fn requested(spec: &Resolved) -> bool {
 /// [`inject_into_disk`], failing closed: on any error the first and last
 /// MiB of the disk are zeroed, as for a failure during the write.
 pub fn inject_or_fail_closed(
-    spec: &Resolved,
+    spec: &Request<'_>,
     disk: &Path,
     boot_mac: Option<[u8; 6]>,
 ) -> Result<Injected> {
@@ -66,7 +80,7 @@ pub fn inject_or_fail_closed(
 /// the spec's identity into its root. Any error is a deploy failure; the
 /// caller fails closed.
 pub fn inject_into_disk(
-    spec: &Resolved,
+    spec: &Request<'_>,
     disk: &Path,
     boot_mac: Option<[u8; 6]>,
 ) -> Result<Injected> {
@@ -117,7 +131,7 @@ pub fn inject_into_disk(
     let candidates = candidates(&table, &nodes)?;
 
     let mut probes = PartitionMounts::new(Path::new(PARTITION_MOUNTS));
-    let choice = root::discover_root(spec.root.as_ref(), &candidates, &mut probes);
+    let choice = root::discover_root(spec.root, &candidates, &mut probes);
     let choice = match choice {
         Ok(choice) => choice,
         Err(e) => {
@@ -156,7 +170,7 @@ pub fn inject_into_disk(
 /// disk) to the end, grows the last partition when asked, and has the
 /// kernel re-read the table.
 fn fix_partition_table(
-    spec: &Resolved,
+    spec: &Request<'_>,
     disk: &Path,
     target: &mut DeviceTarget,
     table: &PartitionTable,
@@ -207,7 +221,7 @@ fn candidates(table: &PartitionTable, nodes: &[PathBuf]) -> Result<Vec<Candidate
 }
 
 fn plan_and_apply(
-    spec: &Resolved,
+    spec: &Request<'_>,
     root: &InstalledRoot,
     boot_mac: Option<[u8; 6]>,
     family: OsFamilyHint,
@@ -219,7 +233,7 @@ fn plan_and_apply(
         instance_id: None,
         image: root.dir(),
     };
-    let ops = inject::plan(&spec.identity, &ctx).context("planning the injection")?;
+    let ops = inject::plan(spec.identity, &ctx).context("planning the injection")?;
     for op in &ops {
         log::info!("inject: {op}");
     }
@@ -229,7 +243,7 @@ fn plan_and_apply(
 }
 
 /// Downloads a file the plan needs (drpcli, a `files` entry with a URL).
-fn fetch_bytes(url: &str, options: &crate::source::SourceOptions) -> Result<Vec<u8>> {
+fn fetch_bytes(url: &str, options: &SourceOptions) -> Result<Vec<u8>> {
     use std::io::Read;
     const MAX: u64 = 512 << 20;
     let mut source = crate::source::open(url, options)?;
@@ -252,12 +266,21 @@ mod tests {
 
     #[test]
     fn only_real_requests_make_missing_roots_an_error() {
-        let mut spec = crate::spec::tests::resolved("");
-        assert!(!requested(&spec));
-        spec.identity.reset_machine_id = false;
-        assert!(!requested(&spec));
-        spec.identity.hostname = Some("x".into());
-        assert!(requested(&spec));
-        assert!(requested(&crate::spec::tests::resolved("imprint.grow=1")));
+        let source = SourceOptions::default();
+        let mut identity = Identity::default();
+        let request = |identity: &Identity, grow| {
+            requested(&Request {
+                identity,
+                root: None,
+                grow,
+                source: &source,
+            })
+        };
+        assert!(!request(&identity, false));
+        identity.reset_machine_id = false;
+        assert!(!request(&identity, false));
+        assert!(request(&Identity::default(), true));
+        identity.hostname = Some("x".into());
+        assert!(request(&identity, false));
     }
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
 use crate::disk::root::RootSelector;
+pub use crate::handoff::KexecOverride;
 use crate::inject::Identity;
 use crate::net::NetConfig;
 use crate::pipeline::checksum::Checksum;
@@ -179,15 +180,6 @@ impl Resolved {
             None => format!("imprint.{name}="),
         }
     }
-}
-
-/// `imprint.kexec-kernel=`, `-initrd=`, `-cmdline=`: paths inside the
-/// installed system and the command line to boot it with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KexecOverride {
-    pub kernel: Option<String>,
-    pub initrd: Option<String>,
-    pub cmdline: Option<String>,
 }
 
 impl Default for DeploySpec {
@@ -471,22 +463,11 @@ impl DeploySpec {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     fn spec(line: &str) -> Result<DeploySpec> {
         DeploySpec::from_cmdline(&KernelCmdline::parse(line))
-    }
-
-    /// A resolved deploy of `http://h/x.img` onto `/dev/vda` with `extra`
-    /// parameters, for other modules' tests.
-    pub(crate) fn resolved(extra: &str) -> Resolved {
-        spec(&format!(
-            "imprint.url=http://h/x.img imprint.disk=/dev/vda {extra}"
-        ))
-        .unwrap()
-        .resolve(Origin::Cmdline)
-        .unwrap()
     }
 
     #[test]
