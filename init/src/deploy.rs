@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! fetch thread:  source -> count + checksum of the bytes as served -> [queue]
-//! decode thread: [queue] -> sniff -> decode (zstd frames, xz blocks on all cores) -> tar unwrap -> [queue]
+//! decode thread: [queue] -> sniff -> decode (zstd frames, xz blocks on every core) -> tar unwrap -> [queue]
 //! this thread:   [queue] -> size limit -> hold back the first MiB -> disk -> [queue]
 //! hash thread:   [queue] -> sha256 of the bytes written -> spent buffers back to their pool
 //! after EOF:     verify checksum -> write the first MiB -> sync -> re-read partitions
@@ -47,7 +47,8 @@ use crate::pipeline::progress::Progress;
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
-use crate::pipeline::{decode, read_full, xz_blocks, zstd_frames};
+use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
+use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
 use crate::source::{self, SourceOptions, tls};
@@ -70,20 +71,15 @@ const MAX_SUMS_LEN: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
-    /// Decoder threads for multi-frame zstd and multi-block xz images.
+    /// Decoder threads for zstd frames and xz blocks: every core. Memory,
+    /// not a thread count, bounds what they hold (`imprint.decode-memory=`).
     pub threads: usize,
 }
-
-/// Decoder threads are capped: a 64-core server gains nothing past the
-/// network's speed, and each thread may hold two zstd frames in memory.
-pub const MAX_DECODE_THREADS: usize = 8;
 
 impl Default for DeployOptions {
     fn default() -> Self {
         DeployOptions {
-            threads: thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(MAX_DECODE_THREADS),
+            threads: thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -151,7 +147,10 @@ fn deploy_attempt(
     })?;
     let decode = spawn("imprint-decode", {
         let url = url.clone();
-        let threads = options.threads;
+        let decoders = OrderedConfig::new(
+            options.threads,
+            spec.decode_memory.unwrap_or(DEFAULT_MEMORY),
+        );
         let source_options = spec.source.clone();
         let length = source.length;
         let pools = pools.clone();
@@ -161,7 +160,7 @@ fn deploy_attempt(
                 url: &url,
                 served_length: length,
                 declared: &declared,
-                threads,
+                decoders,
                 source_options: &source_options,
             };
             decode_stage(input, &pools, &image_tx)
@@ -392,7 +391,7 @@ struct DecodeInput<'a> {
     url: &'a str,
     served_length: Option<u64>,
     declared: &'a DeclaredFormat,
-    threads: usize,
+    decoders: OrderedConfig,
     source_options: &'a SourceOptions,
 }
 
@@ -406,7 +405,7 @@ fn decode_stage(
         url,
         served_length,
         declared,
-        threads,
+        decoders,
         source_options,
     } = input;
     let mut input = PeekReader::new(QueueReader::new(served, pools.served.clone()));
@@ -438,12 +437,11 @@ fn decode_stage(
         return Ok(format);
     }
     let decoder: Box<dyn Read + Send> = match compression {
-        Compression::Zstd if threads > 1 => {
-            Box::new(zstd_frames::ParallelZstdDecoder::new(input, threads))
-        }
-        Compression::Xz if threads > 1 => {
-            Box::new(xz_blocks::ParallelXzDecoder::new(input, threads))
-        }
+        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
+        Compression::Xz if decoders.threads > 1 => Box::new(xz_blocks::ParallelXzDecoder::new(
+            input,
+            decoders.threads,
+        )),
         other => decode::decoder(other, Box::new(input)),
     };
     let mut decoded = PeekReader::new(decoder);

@@ -13,13 +13,16 @@ pub mod checksum;
 pub mod decode;
 pub mod format;
 pub mod image_writer;
+pub mod ordered;
 pub mod peek;
 pub mod progress;
 pub mod size_hint;
 pub mod tar;
 pub mod target;
 pub mod xz_blocks;
+pub mod zstd_decoder;
 pub mod zstd_frames;
+pub mod zstd_split;
 
 use std::io::{ErrorKind, Read};
 
