@@ -87,45 +87,15 @@ impl UnitDecoder for ZstdFrameDecoder {
         if out.len() < limit {
             out.resize(limit, 0);
         }
-        self.context.reset();
-        let (mut read, mut written) = (0, 0);
-        loop {
-            let step = self
-                .context
-                .decompress(&data[read..], &mut out[written..limit])
-                .map_err(|e| corrupt(frame.offset, e))?;
-            read += step.read;
-            written += step.written;
-            if step.frame_done {
-                break;
-            }
-            if step.read > 0 || step.written > 0 {
-                continue;
-            }
-            if written < limit {
-                return Err(ends_early(frame));
-            }
-            // The output is full: one more byte would be one too many,
-            // but the frame may still have its checksum to read.
-            let step = self
-                .context
-                .decompress(&data[read..], &mut [0u8; 1])
-                .map_err(|e| corrupt(frame.offset, e))?;
-            if step.written > 0 {
-                return Err(too_long(frame));
-            }
-            read += step.read;
-            if step.frame_done {
-                break;
-            }
-            if step.read == 0 {
-                return Err(ends_early(frame));
-            }
+        // One pass straight into the output: no window buffer per worker
+        // and no copy out of it. The splitter cut exactly one frame, so
+        // libzstd's "Src size is incorrect" means the frame ends early.
+        match self.context.decompress_all(data, &mut out[..limit]) {
+            Ok(n) => Ok(n),
+            Err(e) if e == "Destination buffer is too small" => Err(too_long(frame)),
+            Err(e) if e == "Src size is incorrect" => Err(ends_early(frame)),
+            Err(e) => Err(corrupt(frame.offset, e)),
         }
-        if read != data.len() {
-            return Err(trailing(frame));
-        }
-        Ok(written)
     }
 
     fn stream(

@@ -141,7 +141,10 @@ impl<R: Read> ZstdSplit<R> {
             offset: start,
             content_size: header.content_size(rest),
         };
-        dispatch.reserve(data.len() as u64)?;
+        // The budget is charged for the buffer's capacity, what it holds
+        // in memory, before more of the frame is read into it.
+        let mut charged = data.capacity() as u64;
+        dispatch.reserve(charged)?;
         if frame
             .content_size
             .is_some_and(|size| !config.fits_whole(0, size))
@@ -171,8 +174,9 @@ impl<R: Read> ZstdSplit<R> {
             };
             output_bound += u64::from(output);
             let body = usize::try_from(body).unwrap_or(usize::MAX);
+            data.reserve(3 + body);
             if let Sink::Whole = sink {
-                dispatch.reserve(3 + body as u64)?;
+                charge_growth(dispatch, &data, &mut charged)?;
             }
             data.extend_from_slice(&block.to_le_bytes()[..3]);
             let old = data.len();
@@ -201,8 +205,9 @@ impl<R: Read> ZstdSplit<R> {
         if header.checksum {
             let mut checksum = [0u8; 4];
             self.fill_frame(&mut checksum, start)?;
+            data.reserve(4);
             if let Sink::Whole = sink {
-                dispatch.reserve(4)?;
+                charge_growth(dispatch, &data, &mut charged)?;
             }
             data.extend_from_slice(&checksum);
         }
@@ -216,6 +221,20 @@ impl<R: Read> ZstdSplit<R> {
             Sink::Stream(sender) => sender.send(data),
         }
     }
+}
+
+/// Charges what `data`'s capacity grew by since the last charge.
+fn charge_growth(
+    dispatch: &mut Dispatcher<FrameInfo>,
+    data: &Vec<u8>,
+    charged: &mut u64,
+) -> Result<(), Stop> {
+    let capacity = data.capacity() as u64;
+    if capacity > *charged {
+        dispatch.reserve(capacity - *charged)?;
+        *charged = capacity;
+    }
+    Ok(())
 }
 
 fn truncated(at: u64, start: u64) -> io::Error {

@@ -12,8 +12,8 @@ use std::ptr::NonNull;
 
 use libzstd_rs_sys::{
     ZSTD_DCtx, ZSTD_DCtx_reset, ZSTD_DCtx_setParameter, ZSTD_ResetDirective, ZSTD_createDCtx,
-    ZSTD_dParameter, ZSTD_decompressStream, ZSTD_freeDCtx, ZSTD_getErrorName, ZSTD_inBuffer,
-    ZSTD_isError, ZSTD_outBuffer,
+    ZSTD_dParameter, ZSTD_decompressDCtx, ZSTD_decompressStream, ZSTD_freeDCtx,
+    ZSTD_getErrorName, ZSTD_inBuffer, ZSTD_isError, ZSTD_outBuffer,
 };
 
 /// One decompression context: a frame's window and entropy tables, reused
@@ -99,6 +99,27 @@ impl ZstdContext {
             frame_done: left == 0,
         })
     }
+
+    /// Decodes the whole frames in `input` straight into `output`, in one
+    /// pass (no window buffer, no copy out of it); the output's length.
+    /// `input` must hold exactly whole frames; output that would not fit
+    /// is libzstd's "Destination buffer is too small".
+    pub fn decompress_all(&mut self, input: &[u8], output: &mut [u8]) -> Result<usize, String> {
+        // SAFETY: both pointers describe live slices with their exact
+        // lengths, borrowed for this call (input shared, output
+        // exclusive); libzstd writes only within output's capacity and
+        // keeps neither pointer.
+        let code = unsafe {
+            ZSTD_decompressDCtx(
+                self.dctx.as_ptr(),
+                output.as_mut_ptr().cast(),
+                output.len(),
+                input.as_ptr().cast(),
+                input.len(),
+            )
+        };
+        check(code).map(|n| n.min(output.len()))
+    }
 }
 
 impl Drop for ZstdContext {
@@ -166,6 +187,19 @@ mod tests {
             done = progress.frame_done;
         }
         assert_eq!(out, b"hello");
+    }
+
+    #[test]
+    fn decodes_a_whole_frame_in_one_pass() {
+        let mut context = ZstdContext::new(27).unwrap();
+        let mut out = [0u8; 5];
+        assert_eq!(context.decompress_all(&hello_frame(), &mut out), Ok(5));
+        assert_eq!(&out, b"hello");
+        let err = context.decompress_all(&hello_frame(), &mut [0u8; 4]).unwrap_err();
+        assert_eq!(err, "Destination buffer is too small");
+        let frame = hello_frame();
+        let err = context.decompress_all(&frame[..frame.len() - 1], &mut out).unwrap_err();
+        assert_eq!(err, "Src size is incorrect");
     }
 
     #[test]
