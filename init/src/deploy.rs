@@ -658,6 +658,27 @@ mod tests {
         );
     }
 
+    /// The bound of every deploy on a fast machine: the result line's
+    /// sha256 of the written bytes is one stream, on one core. Prints its
+    /// speed here (BENCHMARKS.md, "What bounds each number"):
+    /// `cargo test --release -p imprint --lib sha256_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark: hashes 1.5 GiB"]
+    fn sha256_speed() {
+        let chunk: Vec<u8> = (0..WRITE_CHUNK).map(|i| (i * 7 % 251) as u8).collect();
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let start = Instant::now();
+            let mut sha256 = Sha256::new();
+            for _ in 0..(512 << 20) / WRITE_CHUNK {
+                sha256.update(&chunk);
+            }
+            std::hint::black_box(sha256.finalize());
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        eprintln!("sha256: {:.0} MB/s", f64::from(512u32 << 20) / best / 1e6);
+    }
+
     #[test]
     fn queue_reader_yields_chunks_then_the_error() {
         let (tx, rx) = sync_channel(4);
