@@ -39,6 +39,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
 use crate::disk::human_size;
+use crate::http::tls;
 use crate::pipeline::checksum::{Checksum, ServedHasher, find_in_sums, url_file_name};
 use crate::pipeline::format::{self, Compression, DeclaredFormat, ImageFormat};
 use crate::pipeline::image_writer::ImageWriter;
@@ -51,7 +52,7 @@ use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
-use crate::source::{self, SourceOptions, tls};
+use crate::source::{self, SourceOptions};
 use crate::spec::{Expected, Resolved};
 
 /// Network reads: small enough to keep the decoder fed early.

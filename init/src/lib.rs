@@ -9,12 +9,13 @@
 pub mod boot;
 pub mod cli;
 pub mod cmdline;
-pub mod crc32;
+pub mod console;
 pub mod deploy;
 pub mod disk;
 pub mod drp;
 pub mod handoff;
 pub mod hardware;
+pub(crate) mod http;
 pub mod inject;
 pub mod logger;
 pub mod modules;

@@ -18,7 +18,7 @@
 //!   stage at the end of a workflow does; `409` while its current job is `created` or
 //!   `running`; `422` for an unknown machine; `400` without `Machine`.
 //! - `GET`/`PATCH /api/v3/jobs/<id>`: the PATCH body is an RFC 6902 JSON Patch
-//!   (`test`, `add`, `replace`, `remove`), applied all or nothing: `409` when a
+//!   (all six operations, by the json-patch crate), applied all or nothing: `409` when a
 //!   `test` fails (someone changed the job), `422` when an operation cannot be
 //!   applied, `400` when the body is not a patch.
 //! - `PUT /api/v3/jobs/<id>/log` (`application/octet-stream`, else `415`) appends;
@@ -33,18 +33,17 @@
 //! purpose. Like [`FixtureServer`], each response closes its connection.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::ServerConfig;
 use serde_json::{Map, Value, json};
 
-use crate::http::{self, Connection, FixtureServer, Request, Response};
+use crate::http::{self, FixtureServer};
+use crate::listener::{self, Listener, Request, Response, Serve};
 
 /// The task a machine's jobs run unless [`DrpStandIn::set_task`] says otherwise.
 pub const DEFAULT_TASK: &str = "imprint-deploy";
@@ -97,10 +96,8 @@ struct State {
 }
 
 struct Shared {
-    tls: Option<Arc<ServerConfig>>,
     files: FixtureServer,
     state: Mutex<State>,
-    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -111,16 +108,15 @@ impl Shared {
 
 /// A running DRP stand-in on 127.0.0.1; stops accepting when dropped.
 pub struct DrpStandIn {
-    address: SocketAddr,
+    listener: Listener,
     shared: Arc<Shared>,
-    accept_thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for DrpStandIn {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("DrpStandIn")
-            .field("address", &self.address)
+            .field("address", &self.listener.address())
             .field("scheme", &self.scheme())
             .finish()
     }
@@ -137,14 +133,10 @@ impl DrpStandIn {
 
     /// Like [`start`](Self::start) but HTTPS, as DRP's API (port 8092) is.
     pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> Result<Self> {
-        Self::start_with(Some(http::server_config(cert_chain_pem, key_pem)?))
+        Self::start_with(Some(listener::server_config(cert_chain_pem, key_pem)?))
     }
 
     fn start_with(tls: Option<Arc<ServerConfig>>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        let address = listener
-            .local_addr()
-            .context("reading the listener address")?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |age| age.as_nanos());
@@ -153,24 +145,15 @@ impl DrpStandIn {
             TOKENS.fetch_add(1, Ordering::Relaxed)
         );
         let shared = Arc::new(Shared {
-            tls,
             files: FixtureServer::start()?,
             state: Mutex::new(State {
                 token,
                 ..State::default()
             }),
-            stopping: AtomicBool::new(false),
         });
-        let accept_shared = Arc::clone(&shared);
-        let accept_thread = std::thread::Builder::new()
-            .name("drp-accept".into())
-            .spawn(move || accept_loop(&listener, &accept_shared))
-            .context("spawning the DRP stand-in thread")?;
-        Ok(Self {
-            address,
-            shared,
-            accept_thread: Some(accept_thread),
-        })
+        let server: Arc<dyn Serve> = Arc::clone(&shared) as Arc<dyn Serve>;
+        let listener = Listener::start("drp", false, tls, server)?;
+        Ok(Self { listener, shared })
     }
 
     /// Accepts `token` (and no other) from now on.
@@ -186,16 +169,12 @@ impl DrpStandIn {
 
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.address.port()
+        self.listener.address().port()
     }
 
     /// `https` or `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.shared.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        self.listener.scheme()
     }
 
     /// The URL of `path` for the host (`url("")` is the API endpoint's base).
@@ -336,17 +315,6 @@ impl DrpStandIn {
     }
 }
 
-impl Drop for DrpStandIn {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the thread sees the flag.
-        let _ = TcpStream::connect(self.address);
-        if let Some(thread) = self.accept_thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 fn tail(path: &str) -> String {
     if path.is_empty() {
         String::new()
@@ -359,60 +327,25 @@ fn files_path(path: &str) -> String {
     format!("/files/{}", path.trim_start_matches('/'))
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
+impl Serve for Shared {
+    fn serve(&self, request: Request, response: &mut Response) -> Result<()> {
+        let record = |status: u16, authorized: bool| ApiCall {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            authorized,
+            content_type: request.header("content-type").map(str::to_owned),
+            status,
+            body: request.body.clone(),
+        };
+        let is_file = request.path.starts_with("/files/") || request.path.starts_with("/machines/");
+        if is_file && matches!(request.method.as_str(), "GET" | "HEAD") {
+            let status = self.files.serve_file(&request, response);
+            let call = record(status.as_ref().map_or(0, |status| *status), true);
+            self.lock().calls.push(call);
+            return status.map(|_| ());
         }
-        let Ok(stream) = stream else { continue };
-        let shared = Arc::clone(shared);
-        let spawned = std::thread::Builder::new()
-            .name("drp-connection".into())
-            .spawn(move || {
-                if let Err(error) = serve_connection(stream, &shared) {
-                    log::debug!("DRP stand-in connection: {error:#}");
-                }
-            });
-        if let Err(error) = spawned {
-            log::warn!("spawning a DRP stand-in connection thread: {error}");
-        }
-    }
-}
-
-fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .context("setting a read timeout")?;
-    let connection = match &shared.tls {
-        None => Connection::Plain(stream),
-        Some(config) => {
-            let tls = ServerConnection::new(Arc::clone(config)).context("starting TLS")?;
-            Connection::Tls(Box::new(StreamOwned::new(tls, stream)))
-        }
-    };
-    let mut reader = BufReader::new(connection);
-    let request = http::read_request(&mut reader)?;
-    let mut response = Response {
-        stream: reader.into_inner(),
-        bytes_sent: 0,
-    };
-    let record = |status: u16, authorized: bool| ApiCall {
-        method: request.method.clone(),
-        path: request.path.clone(),
-        authorized,
-        content_type: request.header("content-type").map(str::to_owned),
-        status,
-        body: request.body.clone(),
-    };
-    let is_file = request.path.starts_with("/files/") || request.path.starts_with("/machines/");
-    let result = if is_file && matches!(request.method.as_str(), "GET" | "HEAD") {
-        let status = shared.files.serve_file(&request, &mut response);
-        let call = record(status.as_ref().map_or(0, |status| *status), true);
-        shared.lock().calls.push(call);
-        status.map(|_| ())
-    } else {
         let answer = if request.path == "/api/v3" || request.path.starts_with("/api/v3/") {
-            api(shared, &request)
+            api(self, &request)
         } else {
             let message = format!("{} not found", request.path);
             let mut answer = Answer::error(404, "API_ERROR", "", "", &message);
@@ -422,11 +355,9 @@ fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
         // Recorded before the answer leaves, so a client that has its answer
         // finds its call in `calls()`.
         let call = record(answer.status, answer.authorized);
-        shared.lock().calls.push(call);
-        send_json(&mut response, answer.status, answer.body.as_ref())
-    };
-    response.stream.close(true);
-    result
+        self.lock().calls.push(call);
+        send_json(response, answer.status, answer.body.as_ref())
+    }
 }
 
 fn send_json(response: &mut Response, status: u16, body: Option<&Value>) -> Result<()> {
@@ -490,7 +421,7 @@ fn api(shared: &Shared, request: &Request) -> Answer {
         .get_mut(&(request.method.clone(), request.path.clone()))
         .and_then(VecDeque::pop_front);
     if let Some(status) = scripted {
-        let reason = http::reason(status);
+        let reason = listener::reason(status);
         return Answer::error(status, "API_ERROR", "", "", &format!("scripted {reason}"));
     }
     let rest = request.path.trim_start_matches("/api/v3");
@@ -736,117 +667,26 @@ enum PatchError {
     Invalid(usize, String),
 }
 
-/// `document` with the RFC 6902 `patch` applied, or the first operation
-/// that failed (nothing is applied then).
+/// `document` with the RFC 6902 `patch` (an array) applied, or the first
+/// operation that failed; json-patch undoes the operations before it, so
+/// nothing is applied then.
 fn apply_patch(document: &Value, patch: &Value) -> Result<Value, PatchError> {
-    let mut result = document.clone();
     let operations = patch.as_array().map(Vec::as_slice).unwrap_or_default();
-    for (line, operation) in operations.iter().enumerate() {
-        let invalid = |why: &str| PatchError::Invalid(line, why.to_owned());
-        let op = operation["op"].as_str().ok_or_else(|| invalid("no op"))?;
-        let path = operation["path"]
-            .as_str()
-            .ok_or_else(|| invalid("no path"))?;
-        let tokens = pointer_tokens(path).ok_or_else(|| invalid("bad path"))?;
-        let value = operation.get("value");
-        match op {
-            "test" => {
-                let value = value.ok_or_else(|| invalid("test without a value"))?;
-                if result.pointer(path) != Some(value) {
-                    return Err(PatchError::TestFailed(line));
-                }
-            }
-            "replace" => {
-                let value = value.ok_or_else(|| invalid("replace without a value"))?;
-                let target = result
-                    .pointer_mut(path)
-                    .ok_or_else(|| invalid(&format!("{path} does not exist")))?;
-                *target = value.clone();
-            }
-            "add" => {
-                let value = value.ok_or_else(|| invalid("add without a value"))?;
-                add(&mut result, &tokens, value.clone()).map_err(|why| invalid(&why))?;
-            }
-            "remove" => {
-                remove(&mut result, &tokens).map_err(|why| invalid(&why))?;
-            }
-            other => return Err(invalid(&format!("unsupported op {other:?}"))),
-        }
-    }
+    // Decoded one by one, so a malformed operation is named by its index.
+    let operations = operations
+        .iter()
+        .enumerate()
+        .map(|(line, operation)| {
+            serde_json::from_value(operation.clone())
+                .map_err(|error| PatchError::Invalid(line, error.to_string()))
+        })
+        .collect::<Result<Vec<json_patch::PatchOperation>, _>>()?;
+    let mut result = document.clone();
+    json_patch::patch(&mut result, &operations).map_err(|error| match error.kind {
+        json_patch::PatchErrorKind::TestFailed => PatchError::TestFailed(error.operation),
+        kind => PatchError::Invalid(error.operation, kind.to_string()),
+    })?;
     Ok(result)
-}
-
-/// RFC 6901 reference tokens, unescaped; `None` for a path not starting with `/`.
-fn pointer_tokens(path: &str) -> Option<Vec<String>> {
-    if path.is_empty() {
-        return Some(Vec::new());
-    }
-    let rest = path.strip_prefix('/')?;
-    Some(
-        rest.split('/')
-            .map(|token| token.replace("~1", "/").replace("~0", "~"))
-            .collect(),
-    )
-}
-
-fn parent<'a>(document: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
-    let mut here = document;
-    for token in tokens {
-        here = match here {
-            Value::Object(map) => map.get_mut(token),
-            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
-            _ => None,
-        }
-        .ok_or_else(|| format!("/{} does not exist", tokens.join("/")))?;
-    }
-    Ok(here)
-}
-
-fn add(document: &mut Value, tokens: &[String], value: Value) -> Result<(), String> {
-    let Some((last, up)) = tokens.split_last() else {
-        *document = value;
-        return Ok(());
-    };
-    match parent(document, up)? {
-        Value::Object(map) => {
-            map.insert(last.clone(), value);
-            Ok(())
-        }
-        Value::Array(items) if last == "-" => {
-            items.push(value);
-            Ok(())
-        }
-        Value::Array(items) => match last.parse::<usize>() {
-            Ok(index) if index <= items.len() => {
-                items.insert(index, value);
-                Ok(())
-            }
-            _ => Err(format!("array index {last} out of range")),
-        },
-        _ => Err(format!("cannot add {last} to a scalar")),
-    }
-}
-
-fn remove(document: &mut Value, tokens: &[String]) -> Result<(), String> {
-    let Some((last, up)) = tokens.split_last() else {
-        return Err("cannot remove the whole document".into());
-    };
-    let removed = match parent(document, up)? {
-        Value::Object(map) => map.remove(last).is_some(),
-        Value::Array(items) => match last.parse::<usize>() {
-            Ok(index) if index < items.len() => {
-                items.remove(index);
-                true
-            }
-            _ => false,
-        },
-        _ => false,
-    };
-    if removed {
-        Ok(())
-    } else {
-        Err(format!("{last} does not exist"))
-    }
 }
 
 fn machine_params(

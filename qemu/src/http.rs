@@ -12,18 +12,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::ServerConfig;
+
+use crate::listener::{self, Listener, Request, Response, Serve};
 
 mod pki;
 pub use pki::{FIXTURE_NAMES, ServerCert, TestCa};
@@ -86,14 +84,10 @@ struct Fixture {
 
 #[derive(Default)]
 struct Shared {
-    /// Set for an HTTPS server.
-    tls: Option<Arc<ServerConfig>>,
     fixtures: Mutex<HashMap<String, Fixture>>,
     behaviors: Mutex<HashMap<String, VecDeque<Behavior>>>,
     requests: Mutex<Vec<RequestRecord>>,
-    failed_handshakes: AtomicU64,
     generations: AtomicU64,
-    stopping: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -102,12 +96,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A running fixture server; stops accepting when dropped.
 pub struct FixtureServer {
-    address: SocketAddr,
-    /// The same port on `[::1]`, for guests on IPv6; `None` if the host has no
-    /// IPv6 loopback or the port is taken there.
-    address6: Option<SocketAddr>,
+    /// Also on the same port on `[::1]`, for guests on IPv6, unless the host
+    /// has no IPv6 loopback or the port is taken there.
+    listener: Listener,
     shared: Arc<Shared>,
-    accept_threads: Vec<JoinHandle<()>>,
 }
 
 impl FixtureServer {
@@ -119,75 +111,22 @@ impl FixtureServer {
     /// Like [`start`](Self::start) but HTTPS, presenting `cert_chain_pem` (leaf
     /// first) with the private key `key_pem`; behaviors and Range work the same.
     pub fn start_tls(cert_chain_pem: &str, key_pem: &str) -> Result<Self> {
-        Self::start_with(Some(server_config(cert_chain_pem, key_pem)?))
+        Self::start_with(Some(listener::server_config(cert_chain_pem, key_pem)?))
     }
-}
-
-/// The rustls configuration that presents `cert_chain_pem` (leaf first) with
-/// `key_pem`; shared with [`crate::drp::DrpStandIn`].
-pub(crate) fn server_config(cert_chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>> {
-    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading the server certificate chain")?;
-    if chain.is_empty() {
-        bail!("reading the server certificate chain: no certificates found");
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .context("reading the server private key")?;
-    // The provider is named rather than taken from the process default, which
-    // rustls cannot pick when the dependency graph enables two.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("choosing TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("loading the server certificate and key")?;
-    Ok(Arc::new(config))
 }
 
 impl FixtureServer {
     fn start_with(tls: Option<Arc<ServerConfig>>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        let address = listener
-            .local_addr()
-            .context("reading the listener address")?;
-        let shared = Arc::new(Shared {
-            tls,
-            ..Shared::default()
-        });
-        // QEMU's user network hands a guest's connection to its IPv6 host
-        // address (fec0::2) to the host's [::1]: listen there on the same port.
-        let listener6 = match TcpListener::bind(("::1", address.port())) {
-            Ok(listener6) => Some(listener6),
-            Err(error) => {
-                log::debug!("fixture server: no [::1]:{}: {error}", address.port());
-                None
-            }
-        };
-        let address6 = listener6.as_ref().and_then(|l| l.local_addr().ok());
-        let mut accept_threads = Vec::new();
-        for listener in std::iter::once(listener).chain(listener6) {
-            let accept_shared = Arc::clone(&shared);
-            accept_threads.push(
-                std::thread::Builder::new()
-                    .name("fixture-accept".into())
-                    .spawn(move || accept_loop(&listener, &accept_shared))
-                    .context("spawning the fixture server thread")?,
-            );
-        }
-        Ok(Self {
-            address,
-            address6,
-            shared,
-            accept_threads,
-        })
+        let shared = Arc::new(Shared::default());
+        let server: Arc<dyn Serve> = Arc::clone(&shared) as Arc<dyn Serve>;
+        let listener = Listener::start("fixture", true, tls, server)?;
+        Ok(Self { listener, shared })
     }
 
     /// The URL of `path` for a guest on QEMU's IPv6 user network, which reaches
     /// the host's `[::1]` as `fec0::2`; `None` when the host has no `[::1]`.
     pub fn guest_url6(&self, path: &str) -> Option<String> {
-        self.address6?;
+        self.listener.address6()?;
         Some(format!(
             "{}://[fec0::2]:{}{}",
             self.scheme(),
@@ -198,16 +137,12 @@ impl FixtureServer {
 
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        self.address.port()
+        self.listener.address().port()
     }
 
     /// `https` or `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.shared.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        self.listener.scheme()
     }
 
     /// The URL of `path` for the host.
@@ -297,7 +232,7 @@ impl FixtureServer {
     /// TLS connections that ended before the handshake completed (a client that
     /// refused the certificate shows up here, not in [`requests`](Self::requests)).
     pub fn failed_handshakes(&self) -> u64 {
-        self.shared.failed_handshakes.load(Ordering::SeqCst)
+        self.listener.failed_handshakes()
     }
 
     /// Forgets the request log.
@@ -317,24 +252,11 @@ impl FixtureServer {
     }
 }
 
-impl Drop for FixtureServer {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the thread sees the flag.
-        for address in std::iter::once(self.address).chain(self.address6) {
-            let _ = TcpStream::connect(address);
-        }
-        for thread in self.accept_threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
 impl std::fmt::Debug for FixtureServer {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("FixtureServer")
-            .field("address", &self.address)
+            .field("address", &self.listener.address())
             .field("scheme", &self.scheme())
             .finish()
     }
@@ -346,150 +268,6 @@ pub(crate) fn normalize(path: &str) -> String {
     } else {
         format!("/{path}")
     }
-}
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(stream) = stream else { continue };
-        let shared = Arc::clone(shared);
-        // Connection threads are detached: a stalled response must not hold up Drop.
-        let spawned = std::thread::Builder::new()
-            .name("fixture-connection".into())
-            .spawn(move || {
-                if let Err(error) = serve_connection(stream, &shared) {
-                    log::debug!("fixture server connection: {error:#}");
-                }
-            });
-        if let Err(error) = spawned {
-            log::warn!("spawning a fixture connection thread: {error}");
-        }
-    }
-}
-
-/// One parsed request (shared with [`crate::drp`]).
-pub(crate) struct Request {
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Vec<u8>,
-}
-
-/// The largest request body the fixture keeps; webhook events are a few KiB.
-const MAX_REQUEST_BODY: u64 = 16 << 20;
-
-impl Request {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-pub(crate) fn read_request(reader: &mut impl BufRead) -> Result<Request> {
-    let mut request_line = String::new();
-    reader
-        .read_line(&mut request_line)
-        .context("reading the request line")?;
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        bail!("malformed request line {request_line:?}");
-    };
-    let path = target.split('?').next().unwrap_or(target).to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader
-            .read_line(&mut line)
-            .context("reading request headers")?
-            == 0
-        {
-            bail!("connection closed inside the request headers");
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
-        }
-        if headers.len() > 100 {
-            bail!("too many request headers");
-        }
-    }
-    let mut request = Request {
-        method: method.to_owned(),
-        path,
-        headers,
-        body: Vec::new(),
-    };
-    request.body = read_body(reader, &request)?;
-    Ok(request)
-}
-
-/// The body announced by `Content-Length` or `Transfer-Encoding: chunked`; none
-/// without either (no request here relies on the connection closing to end it).
-fn read_body(reader: &mut impl BufRead, request: &Request) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let chunked = request
-        .header("transfer-encoding")
-        .is_some_and(|value| value.to_ascii_lowercase().contains("chunked"));
-    if chunked {
-        loop {
-            let mut size_line = String::new();
-            reader
-                .read_line(&mut size_line)
-                .context("reading a chunk size")?;
-            let size_text = size_line.split(';').next().unwrap_or("").trim();
-            let size = u64::from_str_radix(size_text, 16)
-                .with_context(|| format!("malformed chunk size {size_line:?}"))?;
-            if u64::try_from(body.len())? + size > MAX_REQUEST_BODY {
-                bail!("request body larger than {MAX_REQUEST_BODY} bytes");
-            }
-            if size == 0 {
-                // Trailers, up to the empty line that ends the request.
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).context("reading trailers")? == 0
-                        || line.trim_end_matches(['\r', '\n']).is_empty()
-                    {
-                        return Ok(body);
-                    }
-                }
-            }
-            reader
-                .by_ref()
-                .take(size)
-                .read_to_end(&mut body)
-                .context("reading a chunk")?;
-            let mut end = String::new();
-            reader.read_line(&mut end).context("reading a chunk end")?;
-        }
-    }
-    let Some(length) = request.header("content-length") else {
-        return Ok(body);
-    };
-    let length: u64 = length
-        .parse()
-        .with_context(|| format!("malformed Content-Length {length:?}"))?;
-    if length > MAX_REQUEST_BODY {
-        bail!("request body of {length} bytes is larger than {MAX_REQUEST_BODY}");
-    }
-    reader
-        .by_ref()
-        .take(length)
-        .read_to_end(&mut body)
-        .context("reading the request body")?;
-    if u64::try_from(body.len())? != length {
-        bail!(
-            "connection closed after {} of {length} request body bytes",
-            body.len()
-        );
-    }
-    Ok(body)
 }
 
 /// A single byte range, inclusive, already clamped to the content.
@@ -598,7 +376,8 @@ fn snapshot(shared: &Shared, path: &str, change_etag: bool) -> Result<Option<Sna
         body,
         length,
         etag,
-        last_modified: http_date(modified),
+        // IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+        last_modified: httpdate::fmt_http_date(modified),
     }))
 }
 
@@ -610,152 +389,29 @@ impl AsRef<[u8]> for SharedBytes {
     }
 }
 
-/// One client connection, plain or TLS; the TLS handshake happens on the first read.
-pub(crate) enum Connection {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
-}
-
-impl Connection {
-    /// Ends the response. `clean` sends TLS close_notify first; without it a TLS
-    /// client sees the connection cut, as a dropped plain connection would be.
-    pub(crate) fn close(&mut self, clean: bool) {
-        let socket = match self {
-            Connection::Plain(socket) => socket,
-            Connection::Tls(stream) => {
-                if clean {
-                    stream.conn.send_close_notify();
-                    let _ = stream.flush();
-                }
-                &stream.sock
-            }
-        };
-        let _ = socket.shutdown(Shutdown::Write);
-    }
-}
-
-impl Read for Connection {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Connection::Plain(socket) => socket.read(buffer),
-            Connection::Tls(stream) => stream.read(buffer),
+impl Serve for Shared {
+    fn serve(&self, request: Request, response: &mut Response) -> Result<()> {
+        let behavior = lock(&self.behaviors)
+            .get_mut(&request.path)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Behavior::Normal);
+        let status = answer(&request, &behavior, self, response);
+        let range = request.header("range").map(str::to_owned);
+        if matches!(behavior, Behavior::DropAfter(_)) {
+            response.cut();
         }
-    }
-}
-
-impl Write for Connection {
-    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Connection::Plain(socket) => socket.write(buffer),
-            Connection::Tls(stream) => stream.write(buffer),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Connection::Plain(socket) => socket.flush(),
-            Connection::Tls(stream) => stream.flush(),
-        }
-    }
-}
-
-fn serve_connection(stream: TcpStream, shared: &Shared) -> Result<()> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .context("setting a read timeout")?;
-    let connection = match &shared.tls {
-        None => Connection::Plain(stream),
-        Some(config) => {
-            let tls = ServerConnection::new(Arc::clone(config)).context("starting TLS")?;
-            Connection::Tls(Box::new(StreamOwned::new(tls, stream)))
-        }
-    };
-    // The request body was read through the reader, and every response closes the
-    // connection, so nothing it buffered is lost by taking the stream back.
-    let mut reader = BufReader::new(connection);
-    let request = match read_request(&mut reader) {
-        Ok(request) => request,
-        Err(error) => {
-            if let Connection::Tls(stream) = reader.get_ref() {
-                if stream.conn.is_handshaking() {
-                    shared.failed_handshakes.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            return Err(error);
-        }
-    };
-    let behavior = lock(&shared.behaviors)
-        .get_mut(&request.path)
-        .and_then(VecDeque::pop_front)
-        .unwrap_or(Behavior::Normal);
-    let mut response = Response {
-        stream: reader.into_inner(),
-        bytes_sent: 0,
-    };
-    let status = answer(&request, &behavior, shared, &mut response);
-    let record = RequestRecord {
-        method: request.method.clone(),
-        path: request.path.clone(),
-        range: request.header("range").map(str::to_owned),
-        status: status.as_ref().map_or(0, |status| *status),
-        bytes_sent: response.bytes_sent,
-        behavior,
-        body: request.body,
-    };
-    let dropped = matches!(record.behavior, Behavior::DropAfter(_));
-    lock(&shared.requests).push(record);
-    response.stream.close(!dropped);
-    status.map(|_| ())
-}
-
-pub(crate) struct Response {
-    pub(crate) stream: Connection,
-    pub(crate) bytes_sent: u64,
-}
-
-impl Response {
-    pub(crate) fn head(&mut self, status: u16, headers: &[(&str, String)]) -> Result<()> {
-        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("Connection: close\r\n\r\n");
-        self.stream
-            .write_all(head.as_bytes())
-            .context("writing response headers")
-    }
-
-    /// Copies `length` bytes from `body`, stopping (or pausing) after `limit` of them.
-    pub(crate) fn body(
-        &mut self,
-        body: &mut dyn Read,
-        length: u64,
-        limit: Option<(u64, Option<Duration>)>,
-    ) -> Result<()> {
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut left = length;
-        while left > 0 {
-            let mut chunk = left.min(u64::try_from(buffer.len())?);
-            if let Some((after, pause)) = limit {
-                if self.bytes_sent == after {
-                    match pause {
-                        None => return Ok(()),
-                        Some(pause) => std::thread::sleep(pause),
-                    }
-                } else if self.bytes_sent < after {
-                    chunk = chunk.min(after - self.bytes_sent);
-                }
-            }
-            let chunk = usize::try_from(chunk)?;
-            body.read_exact(&mut buffer[..chunk])
-                .context("reading fixture content")?;
-            self.stream
-                .write_all(&buffer[..chunk])
-                .context("writing the response body")?;
-            self.bytes_sent += u64::try_from(chunk)?;
-            left -= u64::try_from(chunk)?;
-        }
-        self.stream.flush().context("writing the response body")
+        // Logged before the connection closes, so a client that read to EOF
+        // finds its request in the log.
+        lock(&self.requests).push(RequestRecord {
+            method: request.method,
+            path: request.path,
+            range,
+            status: status.as_ref().map_or(0, |status| *status),
+            bytes_sent: response.bytes_sent,
+            behavior,
+            body: request.body,
+        });
+        status.map(|_| ())
     }
 }
 
@@ -868,65 +524,6 @@ impl Read for Noise {
         }
         Ok(buffer.len())
     }
-}
-
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        416 => "Range Not Satisfiable",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
-/// IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(time: SystemTime) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let seconds = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |age| age.as_secs());
-    let days = seconds / 86_400;
-    let second_of_day = seconds % 86_400;
-    // Howard Hinnant's civil_from_days, for days after 1970 only.
-    let shifted = days + 719_468;
-    let era = shifted / 146_097;
-    let day_of_era = shifted % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    let weekday = WEEKDAYS[usize::try_from(days % 7).unwrap_or(0)];
-    let month_name = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
-    format!(
-        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} GMT",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
 }
 
 #[cfg(test)]

@@ -5,17 +5,18 @@
 //! (CONFIG_PVH), which boots roughly twice as fast.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result, bail, ensure};
-
-use crate::xz;
+use lzma_rust2::XzReader;
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the note QEMU looks for to boot an ELF kernel via PVH.
 const PVH_NOTE_TYPE: u32 = 18;
 const PT_NOTE: u32 = 4;
+/// The start of an xz stream (xz-file-format.txt §2.1.1.1).
+const XZ_MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
 
 /// Returns the path of an uncompressed PVH `vmlinux` extracted from `bzimage`, cached
 /// in `cache_dir` under a name keyed by the bzImage's name, size and mtime so repeated
@@ -60,13 +61,13 @@ pub fn fast_boot_kernel(bzimage: &Path, cache_dir: &Path) -> Result<PathBuf> {
 /// result is an ELF with a PVH entry note.
 pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>> {
     let payload = compressed_payload(bzimage);
-    let Some(start) = find(payload, &xz::XZ_MAGIC) else {
+    let Some(start) = find(payload, &XZ_MAGIC) else {
         bail!(
             "no xz stream in the kernel payload ({})",
             describe_payload(payload)
         );
     };
-    let vmlinux = xz::decode_first_stream(&payload[start..])
+    let vmlinux = decode_first_xz_stream(&payload[start..])
         .with_context(|| format!("decoding the xz stream at payload byte {start}"))?;
     ensure!(
         vmlinux.starts_with(b"\x7fELF"),
@@ -77,6 +78,16 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>> {
         "vmlinux has no PVH entry note (kernel built without CONFIG_PVH?)"
     );
     Ok(vmlinux)
+}
+
+/// Decodes the xz stream at the start of `input`. The kernel's payload is filtered
+/// with x86 BCJ (`scripts/xz_wrap.sh`) and followed by its 4-byte decompressed size;
+/// lzma-rust2's single-stream reader undoes the filter, verifies the block checks and
+/// stops at the stream footer, so the bytes after it are never read.
+fn decode_first_xz_stream(input: &[u8]) -> Result<Vec<u8>> {
+    let mut output = Vec::new();
+    XzReader::new(input, false).read_to_end(&mut output)?;
+    Ok(output)
 }
 
 /// The payload as the boot protocol describes it (so a stray magic in the setup code
@@ -180,6 +191,8 @@ fn has_pvh_note(elf: &[u8]) -> Result<bool> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use lzma_rust2::{CheckType, FilterType, XzOptions, XzWriter};
+
     use super::*;
 
     /// A minimal ELF64 with one PT_NOTE segment holding `notes`.
@@ -210,9 +223,18 @@ pub(crate) mod tests {
         elf
     }
 
+    /// `data` compressed as the kernel build does: x86 BCJ, then LZMA2, CRC-32 checks.
+    fn kernel_xz(data: &[u8]) -> Vec<u8> {
+        let mut options = XzOptions::with_preset(6);
+        options.set_check_sum_type(CheckType::Crc32);
+        options.prepend_pre_filter(FilterType::BcjX86, 0);
+        let mut writer = XzWriter::new(Vec::new(), options).unwrap();
+        writer.write_all(data).unwrap();
+        writer.finish().unwrap()
+    }
+
     fn fake_bzimage(vmlinux: &[u8]) -> Vec<u8> {
-        let mut compressed = Vec::new();
-        lzma_rs::xz_compress(&mut &vmlinux[..], &mut compressed).unwrap();
+        let compressed = kernel_xz(vmlinux);
         let mut image = b"setup code, no boot header ".repeat(40);
         image.extend_from_slice(&compressed);
         // The kernel appends the decompressed size after the stream.
@@ -225,6 +247,20 @@ pub(crate) mod tests {
     fn extracts_vmlinux_with_pvh_note() {
         let vmlinux = fake_elf(&[(b"GNU\0", 3), (b"Xen\0", 6), (b"Xen\0", PVH_NOTE_TYPE)]);
         assert_eq!(extract_vmlinux(&fake_bzimage(&vmlinux)).unwrap(), vmlinux);
+    }
+
+    #[test]
+    fn a_corrupt_stream_is_an_error_not_a_kernel() {
+        let vmlinux = fake_elf(&[(b"Xen\0", PVH_NOTE_TYPE)]);
+        let mut image = fake_bzimage(&vmlinux);
+        let start = find(&image, &XZ_MAGIC).unwrap();
+        // The block header's first field byte: its CRC-32 no longer matches.
+        image[start + 13] ^= 0xFF;
+        let error = extract_vmlinux(&image).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("decoding the xz stream"),
+            "{error:#}"
+        );
     }
 
     #[test]
@@ -249,14 +285,13 @@ pub(crate) mod tests {
     #[test]
     fn uses_the_boot_header_payload_fields() {
         let vmlinux = fake_elf(&[(b"Xen\0", PVH_NOTE_TYPE)]);
-        let mut compressed = Vec::new();
-        lzma_rs::xz_compress(&mut &vmlinux[..], &mut compressed).unwrap();
+        let compressed = kernel_xz(&vmlinux);
         let mut image = vec![0u8; 5 * 512];
         image[0x1f1] = 4;
         image[0x202..0x206].copy_from_slice(b"HdrS");
         image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         // A decoy stream inside the setup code must not be picked.
-        image[0x300..0x306].copy_from_slice(&xz::XZ_MAGIC);
+        image[0x300..0x306].copy_from_slice(&XZ_MAGIC);
         image.extend_from_slice(&[0u8; 100]);
         image[0x248..0x24c].copy_from_slice(&100u32.to_le_bytes());
         let length = u32::try_from(compressed.len() + 4).unwrap();

@@ -16,8 +16,8 @@ mod disk;
 pub mod drp;
 pub mod http;
 mod kernel;
+mod listener;
 mod vm;
-mod xz;
 
 pub use disk::{create_qcow2_disk, create_raw_disk, fill_disk, read_disk_at, write_disk_at};
 pub use kernel::{extract_vmlinux, fast_boot_kernel};

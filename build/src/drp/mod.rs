@@ -17,19 +17,17 @@
 
 pub mod params;
 pub mod render;
-pub mod tar;
 pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-use tar::{TarEntry, TarWriter};
+use tar::{EntryType, Header};
 
 /// The bootenv's name. DRP treats a bootenv whose name ends in `-install`
 /// as an OS installer (it switches the machine to `local` once the install
@@ -120,35 +118,37 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// Writes `<version>/vmlinuz` and `<version>/initramfs.img` into a
 /// deterministic tarball and returns its hex SHA-256.
+///
+/// DRP unpacks it (`drpcli isos upload`). Entries come in a fixed order with
+/// one `mtime`, owner root:root and modes 0755/0644: nothing from the host's
+/// file metadata leaks in, so the same kernel and initramfs give the same
+/// bytes and the same `Sha256` in the bootenv.
 pub fn write_tarball(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) -> Result<String> {
     let temporary = temporary_path(out);
     let file =
         File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
-    let mut tar = TarWriter::new(
-        HashingWriter {
-            inner: BufWriter::new(file),
-            hash: Sha256::new(),
-        },
-        u64::from(mtime),
-    );
-    tar.append(TarEntry::Directory { path: version() })?;
+    let mut tar = tar::Builder::new(HashingWriter {
+        inner: BufWriter::new(file),
+        hash: Sha256::new(),
+    });
+    let mut directory = tar_header(EntryType::Directory, 0o755, 0, mtime)?;
+    tar.append_data(&mut directory, format!("{}/", version()), io::empty())
+        .context("writing a tar header")?;
     for (source, name) in [(kernel, KERNEL_NAME), (initramfs, INITRAMFS_NAME)] {
-        let mut input =
-            File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        let input = File::open(source).with_context(|| format!("opening {}", source.display()))?;
         let size = input
             .metadata()
             .with_context(|| format!("reading the size of {}", source.display()))?
             .len();
         ensure!(size > 0, "{} is empty", source.display());
         let path = format!("{}/{name}", version());
-        tar.append(TarEntry::File {
-            path: &path,
-            size,
-            contents: &mut input,
-        })
-        .with_context(|| format!("archiving {}", source.display()))?;
+        let mut header = tar_header(EntryType::Regular, 0o644, size, mtime)?;
+        // tar::Builder pads whatever it was given to the header's size: a
+        // file that shrank meanwhile would leave a corrupt archive.
+        tar.append_data(&mut header, &path, ExactSize::new(input, size))
+            .with_context(|| format!("archiving {} as {path}", source.display()))?;
     }
-    let HashingWriter { inner, hash } = tar.finish()?;
+    let HashingWriter { inner, hash } = tar.into_inner().context("ending the tar")?;
     let file = inner
         .into_inner()
         .map_err(|e| e.into_error())
@@ -158,6 +158,51 @@ pub fn write_tarball(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) ->
     std::fs::rename(&temporary, out)
         .with_context(|| format!("renaming {} to {}", temporary.display(), out.display()))?;
     Ok(hex(&hash.finalize()))
+}
+
+/// A ustar header with every field but the name fixed: no host metadata.
+fn tar_header(kind: EntryType, mode: u32, size: u64, mtime: u32) -> Result<Header> {
+    let mut header = Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(u64::from(mtime));
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+        .set_username("root")
+        .and_then(|()| header.set_groupname("root"))
+        .context("naming the tar entry's owner")?;
+    Ok(header)
+}
+
+/// Reads exactly `size` bytes of `inner`: an early end is an error.
+struct ExactSize<R> {
+    inner: io::Take<R>,
+}
+
+impl<R: Read> ExactSize<R> {
+    fn new(inner: R, size: u64) -> Self {
+        ExactSize {
+            inner: inner.take(size),
+        }
+    }
+}
+
+impl<R: Read> Read for ExactSize<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        if read == 0 && !buf.is_empty() && self.inner.limit() > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file changed while it was archived: {} bytes short",
+                    self.inner.limit()
+                ),
+            ));
+        }
+        Ok(read)
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -562,13 +607,86 @@ mod tests {
         }
     }
 
+    /// A kernel and an initramfs of `initramfs_len` bytes in `dir`.
+    fn boot_files(dir: &Path, initramfs_len: usize) -> (PathBuf, PathBuf) {
+        let kernel = dir.join("k");
+        let initramfs = dir.join("i");
+        std::fs::write(&kernel, b"kernel bytes").unwrap();
+        std::fs::write(&initramfs, vec![1u8; initramfs_len]).unwrap();
+        (kernel, initramfs)
+    }
+
+    #[test]
+    fn tarball_holds_the_boot_files_as_root_with_fixed_modes_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        // One whole block: no padding after it.
+        let (kernel, initramfs) = boot_files(dir.path(), 512);
+        let out = dir.path().join("a.tar");
+        write_tarball(&kernel, &initramfs, &out, 1_700_000_000).unwrap();
+        // Three headers, two data blocks, two end blocks.
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 7 * 512);
+        let mut archive = tar::Archive::new(File::open(&out).unwrap());
+        let entries: Vec<_> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let mut entry = entry.unwrap();
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                let header = entry.header();
+                (
+                    String::from_utf8(header.path_bytes().into_owned()).unwrap(),
+                    header.entry_type(),
+                    header.mode().unwrap(),
+                    (header.uid().unwrap(), header.gid().unwrap()),
+                    (
+                        header.username().unwrap().map(str::to_owned),
+                        header.groupname().unwrap().map(str::to_owned),
+                    ),
+                    header.mtime().unwrap(),
+                    data,
+                )
+            })
+            .collect();
+        let entry = |path: String, kind, mode, data: Vec<u8>| {
+            let owner = (Some("root".to_owned()), Some("root".to_owned()));
+            (path, kind, mode, (0, 0), owner, 1_700_000_000, data)
+        };
+        let v = version();
+        assert_eq!(
+            entries,
+            [
+                entry(format!("{v}/"), EntryType::Directory, 0o755, Vec::new()),
+                entry(
+                    format!("{v}/{KERNEL_NAME}"),
+                    EntryType::Regular,
+                    0o644,
+                    b"kernel bytes".to_vec()
+                ),
+                entry(
+                    format!("{v}/{INITRAMFS_NAME}"),
+                    EntryType::Regular,
+                    0o644,
+                    vec![1u8; 512]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_archived_is_an_error() {
+        let mut short = ExactSize::new(&b"abc"[..], 10);
+        let error = io::copy(&mut short, &mut io::sink()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(error.to_string().contains("7 bytes short"), "{error}");
+        let mut exact = ExactSize::new(&b"abcdef"[..], 3);
+        assert_eq!(io::copy(&mut exact, &mut io::sink()).unwrap(), 3);
+    }
+
     #[test]
     fn tarball_is_deterministic_and_hashed() {
         let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("k");
-        let initramfs = dir.path().join("i");
-        std::fs::write(&kernel, b"kernel bytes").unwrap();
-        std::fs::write(&initramfs, vec![1u8; 3000]).unwrap();
+        let (kernel, initramfs) = boot_files(dir.path(), 3000);
         let first = dir.path().join("a.tar");
         let second = dir.path().join("b.tar");
         let hash = write_tarball(&kernel, &initramfs, &first, 0).unwrap();

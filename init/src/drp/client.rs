@@ -2,28 +2,35 @@
 //!
 //! Every operation is a single HTTP exchange that ends in the value, or in a
 //! [`DrpError`] that says whether another attempt could succeed
-//! ([`DrpError::retryable`]): connection errors, timeouts, 408, 429 and 5xx
-//! could; other 4xx (a wrong token, a job changed under us, a malformed
-//! request) and certificate failures could not. [`with_retries`] repeats an
-//! operation with doubling backoff while that holds.
+//! ([`DrpError::retryable`], by [`crate::http::classify`]): connection
+//! errors, timeouts, 408, 429 and most 5xx could; other 4xx (a wrong token,
+//! a job changed under us, a malformed request) and certificate failures
+//! could not. The reporter repeats an operation through
+//! [`crate::http::retry`] while that holds.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
+use crate::http::agent::{Exchange, agent};
+use crate::http::backoff::{Backoff, RetryPolicy};
+use crate::http::classify::{self, Failure};
+use crate::http::retry::{Retryable, retry_after_of};
+use crate::http::{redact_url, tls};
 use crate::inject::Secret;
 use crate::source::SourceOptions;
-use crate::status::webhook::redact_url;
 
 /// How hard the DRP client tries, per operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrpOptions {
     /// Attempts of one operation before it is given up.
     pub attempts: u32,
-    /// The wait after the first failure; doubled after each further one.
+    /// The wait after the first failure; doubled after each further one
+    /// (with jitter, [`crate::http::backoff`]).
     pub first_backoff: Duration,
-    /// The longest wait between two attempts.
+    /// The longest wait between two attempts (a `Retry-After` may ask for
+    /// longer).
     pub max_backoff: Duration,
     /// The time one request may take, connecting included.
     pub timeout: Duration,
@@ -43,6 +50,19 @@ impl Default for DrpOptions {
             queue_lines: 1024,
             batch_bytes: 64 << 10,
         }
+    }
+}
+
+impl DrpOptions {
+    /// The retries of one operation.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::attempts(
+            self.attempts,
+            Backoff {
+                first: self.first_backoff,
+                cap: self.max_backoff,
+            },
+        )
     }
 }
 
@@ -88,13 +108,23 @@ pub struct DrpError {
     /// What went wrong: `HTTP 401 Unauthorized: <DRP's Messages>`, or the
     /// connection error.
     pub message: String,
-    retryable: bool,
+    failure: Failure,
+    retry_after: Option<String>,
 }
 
 impl DrpError {
     /// Whether another attempt could succeed.
     pub fn retryable(&self) -> bool {
-        self.retryable
+        classify::is_retryable(self.failure)
+    }
+}
+
+impl Retryable for DrpError {
+    fn failure(&self) -> Failure {
+        self.failure
+    }
+    fn retry_after(&self) -> Option<&str> {
+        self.retry_after.as_deref()
     }
 }
 
@@ -106,34 +136,8 @@ impl std::fmt::Display for DrpError {
 
 impl std::error::Error for DrpError {}
 
-/// Runs `attempt` until it succeeds, fails for good, or `options.attempts`
-/// are used up, calling `pause` with the backoff in between; a `pause` that
-/// returns `false` (the reporter is closing) ends it. Returns the last error.
-pub fn with_retries<T>(
-    options: &DrpOptions,
-    mut pause: impl FnMut(Duration) -> bool,
-    mut attempt: impl FnMut() -> Result<T, DrpError>,
-) -> Result<T, DrpError> {
-    let attempts = options.attempts.max(1);
-    let mut backoff = options.first_backoff;
-    let mut tried = 1;
-    loop {
-        match attempt() {
-            Ok(value) => return Ok(value),
-            Err(error) if !error.retryable || tried >= attempts => return Err(error),
-            Err(error) => {
-                if !pause(backoff) {
-                    return Err(error);
-                }
-            }
-        }
-        tried += 1;
-        backoff = (backoff * 2).min(options.max_backoff);
-    }
-}
-
 /// A client of DRP's agent API for one machine, authenticated by a bearer
-/// token. HTTPS is verified like image sources ([`crate::source::tls`]). The
+/// token. HTTPS is verified like image sources ([`crate::http::tls`]). The
 /// HTTP agent is built on first use, so [`new`](Self::new) never touches the
 /// network (an `imprint.ca=` bundle may have to be fetched).
 pub struct DrpClient {
@@ -225,7 +229,8 @@ impl DrpClient {
                     "DRP answered a job {:?} in state {:?}; expected created or incomplete",
                     job.uuid, job.state
                 ),
-                retryable: false,
+                failure: Failure::Fatal,
+                retry_after: None,
             });
         }
         Ok(Some(job))
@@ -277,7 +282,8 @@ impl DrpClient {
             request: self.request_name(method, path),
             status: None,
             message: format!("the answer is not the JSON expected: {error}"),
-            retryable: false,
+            failure: Failure::Fatal,
+            retry_after: None,
         })
     }
 
@@ -290,20 +296,30 @@ impl DrpClient {
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), DrpError> {
         let request = self.request_name(method, path);
-        let fail = |status, message: String, retryable| DrpError {
+        let fail = |failure, message: String| DrpError {
             request: request.clone(),
-            status,
+            status: match failure {
+                Failure::Status(code) => Some(code),
+                _ => None,
+            },
             message,
-            retryable,
+            failure,
+            retry_after: None,
         };
         if self.agent.is_none() {
-            let built = build_agent(&self.source, self.timeout)
-                // A CA bundle that cannot be read or fetched now may be later.
-                .map_err(|error| fail(None, format!("{error:#}"), true))?;
+            let built = agent(
+                &self.source,
+                Exchange::Api {
+                    timeout: self.timeout,
+                },
+            )
+            // A CA bundle that cannot be read or fetched now may be later:
+            // counted as a connection failure, which is retried.
+            .map_err(|error| fail(Failure::Connection, format!("{error:#}")))?;
             self.agent = Some(built);
         }
         let Some(agent) = &self.agent else {
-            return Err(fail(None, "no HTTP agent".into(), false));
+            return Err(fail(Failure::Fatal, "no HTTP agent".into()));
         };
         let url = format!("{}/api/v3{path}", self.endpoint);
         let authorization = format!("Bearer {}", self.token.expose());
@@ -311,7 +327,7 @@ impl DrpClient {
             "POST" => agent.post(&url),
             "PUT" => agent.put(&url),
             "PATCH" => agent.patch(&url),
-            other => return Err(fail(None, format!("unsupported method {other}"), false)),
+            other => return Err(fail(Failure::Fatal, format!("unsupported method {other}"))),
         };
         let result = builder
             .header("Authorization", &authorization)
@@ -321,16 +337,14 @@ impl DrpClient {
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
-                return Err(
-                    match crate::source::tls::certificate_failure(&error, &self.source) {
-                        Some(message) => fail(None, message, false),
-                        None => fail(None, error.to_string(), true),
-                    },
-                );
+                let message = tls::certificate_failure(&error, &self.source)
+                    .unwrap_or_else(|| error.to_string());
+                return Err(fail(classify::classify(&error), message));
             }
         };
         let status = response.status();
         let code = status.as_u16();
+        let retry_after = retry_after_of(&response);
         // Answers are small JSON documents; the cap guards against a wrong URL
         // that serves something large.
         let answer = response
@@ -341,7 +355,10 @@ impl DrpClient {
         if (200..300).contains(&code) {
             return answer
                 .map(|answer| (code, answer))
-                .map_err(|error| fail(Some(code), format!("reading the answer: {error}"), true));
+                .map_err(|error| DrpError {
+                    status: Some(code),
+                    ..fail(Failure::BrokenBody, format!("reading the answer: {error}"))
+                });
         }
         let reason = status.canonical_reason().unwrap_or_default();
         let detail = answer
@@ -350,12 +367,13 @@ impl DrpClient {
             .map(|body| body.messages.join("; "))
             .filter(|messages| !messages.is_empty())
             .map_or_else(String::new, |messages| format!(": {messages}"));
-        let retryable = matches!(code, 408 | 429 | 500..=599);
-        Err(fail(
-            Some(code),
-            format!("HTTP {code} {reason}{detail}"),
-            retryable,
-        ))
+        Err(DrpError {
+            retry_after,
+            ..fail(
+                Failure::Status(code),
+                format!("HTTP {code} {reason}{detail}"),
+            )
+        })
     }
 }
 
@@ -372,105 +390,27 @@ pub fn state_patch(from: &str, to: &str, exit_state: Option<&str>) -> Value {
     Value::Array(operations)
 }
 
-fn build_agent(source: &SourceOptions, timeout: Duration) -> anyhow::Result<ureq::Agent> {
-    Ok(ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .timeout_connect(Some(source.connect_timeout.min(timeout)))
-        .http_status_as_error(false)
-        // The API does not redirect; following one would send the token elsewhere.
-        .max_redirects(0)
-        .tls_config(crate::source::tls::tls_config(source)?)
-        .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
 
-    fn error(retryable: bool) -> DrpError {
-        DrpError {
+    #[test]
+    fn errors_are_retried_by_the_shared_table() {
+        let error = |failure| DrpError {
             request: "POST x".into(),
             status: None,
             message: "m".into(),
-            retryable,
-        }
-    }
-
-    fn options(attempts: u32) -> DrpOptions {
-        DrpOptions {
-            attempts,
-            first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(300),
-            ..DrpOptions::default()
-        }
-    }
-
-    #[test]
-    fn retries_back_off_and_stop_at_the_limit() {
-        let pauses = RefCell::new(Vec::new());
-        let mut calls = 0;
-        let result: Result<(), _> = with_retries(
-            &options(5),
-            |pause| {
-                pauses.borrow_mut().push(pause.as_millis());
-                true
-            },
-            || {
-                calls += 1;
-                Err(error(true))
-            },
-        );
-        assert!(result.is_err());
-        assert_eq!(calls, 5);
-        assert_eq!(pauses.into_inner(), [100, 200, 300, 300]);
-    }
-
-    #[test]
-    fn final_errors_and_success_end_retries() {
-        let mut calls = 0;
-        let result: Result<(), _> = with_retries(
-            &options(5),
-            |_| true,
-            || {
-                calls += 1;
-                Err(error(false))
-            },
-        );
-        assert!(!result.unwrap_err().retryable());
-        assert_eq!(calls, 1);
-
-        let mut calls = 0;
-        let result = with_retries(
-            &options(5),
-            |_| true,
-            || {
-                calls += 1;
-                if calls < 3 {
-                    Err(error(true))
-                } else {
-                    Ok(calls)
-                }
-            },
-        );
-        assert_eq!(result, Ok(3));
-    }
-
-    #[test]
-    fn a_refused_pause_ends_retries() {
-        let mut calls = 0;
-        let result: Result<(), _> = with_retries(
-            &options(5),
-            |_| false,
-            || {
-                calls += 1;
-                Err(error(true))
-            },
-        );
-        assert!(result.is_err());
-        assert_eq!(calls, 1);
+            failure,
+            retry_after: None,
+        };
+        assert!(error(Failure::Status(503)).retryable());
+        assert!(error(Failure::Connection).retryable());
+        assert!(!error(Failure::Status(401)).retryable());
+        assert!(!error(Failure::Status(409)).retryable());
+        assert!(!error(Failure::Fatal).retryable());
+        let policy = DrpOptions::default().retry_policy();
+        assert_eq!(policy.retries, 4, "5 attempts");
+        assert_eq!(policy.retry_timeout, Duration::MAX);
     }
 
     #[test]

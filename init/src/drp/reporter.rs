@@ -1,20 +1,28 @@
-//! [`DrpReporter`]: the deploy's job in DRP, kept up to date by a background
-//! thread so the deploy never waits for DRP.
+//! [`DrpReporter`]: the deploy's job in DRP, kept up to date by the
+//! [shared background worker](crate::status::worker) so the deploy never
+//! waits for DRP. It is a [status sink](crate::status::Sink): attached to
+//! [`Status`], it copies every event into the job log, and the run's result
+//! closes the job (see [`Status::set_result`]).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use serde_json::Value;
 
-use super::client::{DrpClient, DrpError, DrpOptions, Job, with_retries};
+use super::client::{DrpClient, DrpError, DrpOptions, Job};
 use super::{LAST_DEPLOY_PARAM, LastDeploy};
+use crate::http::retry::{Clock, Retrier};
+use crate::inject::DrpAgent;
+use crate::source::SourceOptions;
+use crate::status::worker::{Class, Deliver, Reporter};
+use crate::status::{Event, RunResult, Sink, Status};
 
 /// What the reporter did so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrpStats {
-    /// The job DRP made for this deploy; `None` before it exists, when DRP
-    /// had no task to run, or when creating it failed.
+    /// The job DRP made for the current (or last) run; `None` before it
+    /// exists, when DRP had no task to run, or when creating it failed.
     pub job: Option<String>,
     /// The job's state as this reporter last set it (`running`, `finished`,
     /// `failed`); `None` while it has not set one.
@@ -34,24 +42,24 @@ pub struct DrpStats {
     pub advanced: Option<Option<String>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    lines: VecDeque<String>,
-    finish: Option<LastDeploy>,
-    /// The worker is doing something the caller may wait for (at first:
-    /// creating the job and moving it to running).
-    busy: bool,
-    closed: bool,
-    stats: DrpStats,
+/// What the worker is given to send, in order.
+enum JobWork {
+    /// A line for the job log.
+    Line(String),
+    /// The end of a run: the job becomes `finished` or `failed`, and
+    /// `imprint/last-deploy` is set.
+    End(LastDeploy),
 }
 
-type Shared = crate::status::queue::Shared<Queue>;
-
-/// Reports one deploy to DRP as a machine agent would, from its own
-/// thread: see the [module docs](super). Dropping it stops the thread
+/// Reports the deploy to DRP as a machine agent would, from the shared
+/// worker's thread: see the [module docs](super). Each run of the deploy
+/// (`on-failure=retry:N` makes several) is one job: the first is created
+/// when the reporter starts, each later one when the run after an ended one
+/// sends its first line or its end. Dropping the reporter stops the thread
 /// without waiting (call [`flush`](Self::flush) first).
 pub struct DrpReporter {
-    shared: Arc<Shared>,
+    reporter: Reporter<JobWork>,
+    stats: Arc<Mutex<DrpStats>>,
     endpoint: String,
 }
 
@@ -68,126 +76,177 @@ impl DrpReporter {
     /// in the background. Fails only when no thread can be started.
     pub fn start(client: DrpClient, options: DrpOptions) -> Result<DrpReporter> {
         let endpoint = client.endpoint();
-        let shared = Arc::new(Shared::new(
-            Queue {
-                busy: true,
-                ..Queue::default()
-            },
-            options.queue_lines,
-        ));
-        let worker = Worker {
-            shared: Arc::clone(&shared),
+        let stats = Arc::new(Mutex::new(DrpStats::default()));
+        let agent = JobAgent {
             client: client.with_timeout(options.timeout),
-            options,
-            job: None,
-            running: false,
+            stats: Arc::clone(&stats),
+            run: Run::Ended,
             failing: false,
+            options: options.clone(),
         };
-        std::thread::Builder::new()
-            .name("report-drp".into())
-            .spawn(move || worker.run())
-            .context("starting the DRP report thread")?;
-        Ok(DrpReporter { shared, endpoint })
+        let reporter = Reporter::start("report-drp", options.queue_lines, agent)?;
+        Ok(DrpReporter {
+            reporter,
+            stats,
+            endpoint,
+        })
     }
 
     /// Queues `line` for the job log (a newline is added). Never blocks on
     /// the network; when the queue is full the oldest line is dropped.
     pub fn log_line(&self, line: String) {
-        let mut queue = self.shared.lock();
-        if queue.lines.len() >= self.shared.capacity {
-            queue.lines.pop_front();
-            queue.stats.lines_dropped += 1;
-        }
-        queue.lines.push_back(line);
-        drop(queue);
-        self.shared.changed.notify_all();
+        self.reporter.push(JobWork::Line(line), Class::Event);
     }
 
-    /// Queues the end of the deploy: after the lines queued before, the job
+    /// Queues the end of the run: after the lines queued before, the job
     /// becomes `finished` or `failed` and `imprint/last-deploy` is set to
-    /// `result`. A second call replaces a result not yet sent.
+    /// `result`. Never dropped.
     pub fn finish(&self, result: LastDeploy) {
-        self.shared.lock().finish = Some(result);
-        self.shared.changed.notify_all();
+        self.reporter.push(JobWork::End(result), Class::Essential);
     }
 
     /// Waits, at most `timeout`, until everything queued is sent or given
     /// up; `true` when it is. Call before kexec, reboot or power-off.
     pub fn flush(&self, timeout: Duration) -> bool {
-        self.shared.wait_until(timeout, |queue| {
-            !queue.busy && queue.lines.is_empty() && queue.finish.is_none()
-        })
+        self.reporter.flush(timeout)
     }
 
     /// What the reporter did so far.
     pub fn stats(&self) -> DrpStats {
-        self.shared.lock().stats.clone()
+        let mut stats = lock(&self.stats).clone();
+        stats.lines_dropped += self.reporter.dropped();
+        stats
     }
 }
 
-impl Drop for DrpReporter {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.changed.notify_all();
+impl Sink for DrpReporter {
+    fn event(&self, event: &Event, _json: &Value) {
+        let class = if event.kind.is_progress() {
+            Class::Progress
+        } else {
+            Class::Event
+        };
+        self.reporter.push(JobWork::Line(event.log_line()), class);
+    }
+
+    fn run_ended(&self, result: &RunResult) {
+        self.log_line(result.line.clone());
+        self.finish(result.deploy.clone());
+    }
+
+    fn flush(&self, timeout: Duration) -> bool {
+        DrpReporter::flush(self, timeout)
+    }
+
+    fn name(&self) -> &'static str {
+        SINK_NAME
     }
 }
 
-/// The next thing the worker does.
-enum Work {
-    Lines(Vec<String>),
-    Finish(LastDeploy),
+/// The [`Sink::name`] of the DRP reporter.
+const SINK_NAME: &str = "DRP job";
+
+/// Reports the deploy to DRP as a job of the machine `agent` names, when
+/// `status` does not do so already (a later run of `on-failure=retry:N`
+/// keeps the reporter, and gets a job of its own). Never fails: a reporter
+/// that cannot start is logged and left out.
+pub fn report_to(status: &Status, agent: &DrpAgent, source: &SourceOptions) {
+    if status.has_sink(SINK_NAME) {
+        return;
+    }
+    let started = DrpClient::new(&agent.endpoint, &agent.token, &agent.machine_id, source)
+        .and_then(|client| DrpReporter::start(client, DrpOptions::default()));
+    match started {
+        Ok(reporter) => {
+            log::info!(
+                "reporting the deploy as a job of DRP machine {}",
+                agent.machine_id
+            );
+            status.attach(Arc::new(reporter));
+        }
+        Err(e) => log::warn!("not reporting to DRP: {e:#}"),
+    }
 }
 
-struct Worker {
-    shared: Arc<Shared>,
+fn lock(stats: &Mutex<DrpStats>) -> MutexGuard<'_, DrpStats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where the current run's job stands.
+enum Run {
+    /// The run's job, when it has one (DRP may have had no task, or
+    /// creating it failed), and whether this reporter moved it to
+    /// `running`, so it may end it.
+    Open { job: Option<Job>, running: bool },
+    /// The last run ended: the next line or end belongs to a new run.
+    Ended,
+}
+
+/// Talks to DRP, on the worker thread.
+struct JobAgent {
     client: DrpClient,
     options: DrpOptions,
-    job: Option<Job>,
-    /// This reporter moved the job to `running`, so it may end it.
-    running: bool,
+    stats: Arc<Mutex<DrpStats>>,
+    run: Run,
     /// In a streak of retryable failures: the first was logged, later ones are not.
     failing: bool,
 }
 
-impl Worker {
-    fn run(mut self) {
-        self.start_job();
-        loop {
-            let work = {
-                let mut queue = self.shared.lock();
-                queue.busy = false;
-                self.shared.changed.notify_all();
-                loop {
-                    if queue.closed {
-                        return;
-                    }
-                    // Marked busy under the same lock that takes the work, so
-                    // `flush` never sees an empty queue with work unfinished.
-                    if !queue.lines.is_empty() {
-                        queue.busy = true;
-                        break Work::Lines(take_batch(&mut queue.lines, self.options.batch_bytes));
-                    }
-                    if let Some(result) = queue.finish.take() {
-                        queue.busy = true;
-                        break Work::Finish(result);
-                    }
-                    queue = self
-                        .shared
-                        .changed
-                        .wait(queue)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-            };
-            match work {
-                Work::Lines(lines) => self.append(lines),
-                Work::Finish(result) => self.finish(&result),
-            }
-        }
+impl Deliver for JobAgent {
+    type Item = JobWork;
+
+    fn begin(&mut self, clock: &Arc<dyn Clock>) {
+        self.start_job(clock);
     }
 
+    fn batch_len<'a>(&self, pending: impl Iterator<Item = &'a JobWork>) -> usize {
+        lines_in_batch(pending, self.options.batch_bytes)
+    }
+
+    fn deliver(&mut self, items: Vec<JobWork>, clock: &Arc<dyn Clock>) {
+        if matches!(self.run, Run::Ended) {
+            self.start_job(clock);
+        }
+        let mut lines = Vec::new();
+        for work in items {
+            match work {
+                JobWork::Line(line) => lines.push(line),
+                JobWork::End(result) => self.finish(&result, clock),
+            }
+        }
+        if !lines.is_empty() {
+            self.append(&lines, clock);
+        }
+    }
+}
+
+/// How many of the first lines of `pending` go in one append: up to
+/// `max_bytes` of them (at least one line), and never past an end of run.
+fn lines_in_batch<'a>(pending: impl Iterator<Item = &'a JobWork>, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    let mut len = 0;
+    for work in pending {
+        let JobWork::Line(line) = work else {
+            break;
+        };
+        let size = line.len() + 1;
+        if len > 0 && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        len += 1;
+    }
+    len
+}
+
+impl JobAgent {
     /// Creates the job and moves it to `running`.
-    fn start_job(&mut self) {
-        let job = match self.attempt("creating a job", |client| client.create_job()) {
+    fn start_job(&mut self, clock: &Arc<dyn Clock>) {
+        self.run = Run::Open {
+            job: None,
+            running: false,
+        };
+        let job = match self.attempt(clock, "creating a job", DrpClient::create_job) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 log::info!(
@@ -199,70 +258,88 @@ impl Worker {
             }
             Err(_) => return,
         };
-        self.shared.lock().stats.job = Some(job.uuid.clone());
+        {
+            let mut stats = lock(&self.stats);
+            stats.job = Some(job.uuid.clone());
+            stats.state = None;
+        }
         let id = job.uuid.clone();
         let from = job.state.clone();
-        let moved = self.attempt(&format!("starting job {id}"), |client| {
+        let moved = self.attempt(clock, &format!("starting job {id}"), |client| {
             client.set_job_state(&id, &from, "running", None)
         });
-        if moved.is_ok() {
-            self.running = true;
-            self.shared.lock().stats.state = Some("running".into());
+        let running = moved.is_ok();
+        if running {
+            lock(&self.stats).state = Some("running".into());
             log::info!(
                 "DRP {}: job {id} (task {}) is running",
                 self.client.endpoint(),
                 job.task
             );
         }
-        self.job = Some(job);
+        self.run = Run::Open {
+            job: Some(job),
+            running,
+        };
     }
 
-    fn append(&mut self, lines: Vec<String>) {
+    fn append(&mut self, lines: &[String], clock: &Arc<dyn Clock>) {
         let count = lines.len() as u64;
-        let Some(id) = self.job.as_ref().map(|job| job.uuid.clone()) else {
-            self.shared.lock().stats.lines_dropped += count;
+        let Run::Open { job: Some(job), .. } = &self.run else {
+            lock(&self.stats).lines_dropped += count;
             return;
         };
+        let id = job.uuid.clone();
         let mut bytes = Vec::new();
-        for line in &lines {
+        for line in lines {
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
         }
-        let appended = self.attempt(&format!("appending to the log of job {id}"), |client| {
-            client.append_log(&id, &bytes)
-        });
-        let mut queue = self.shared.lock();
+        let appended = self.attempt(
+            clock,
+            &format!("appending to the log of job {id}"),
+            |client| client.append_log(&id, &bytes),
+        );
+        let mut stats = lock(&self.stats);
         match appended {
-            Ok(()) => queue.stats.lines_sent += count,
-            Err(_) => queue.stats.lines_dropped += count,
+            Ok(()) => stats.lines_sent += count,
+            Err(_) => stats.lines_dropped += count,
         }
     }
 
-    fn finish(&mut self, result: &LastDeploy) {
-        if let (Some(job), true) = (&self.job, self.running) {
+    /// Ends the run: its job, then `imprint/last-deploy`, then (after a
+    /// success) asks for the next job.
+    fn finish(&mut self, result: &LastDeploy, clock: &Arc<dyn Clock>) {
+        let (job, running) = match std::mem::replace(&mut self.run, Run::Ended) {
+            Run::Open { job, running } => (job, running),
+            Run::Ended => (None, false),
+        };
+        // Left running: ending it failed, so the workflow must not move on.
+        let mut left_running = false;
+        if let (Some(job), true) = (&job, running) {
             let id = job.uuid.clone();
             let (state, exit_state) = if result.succeeded() {
                 ("finished", "complete")
             } else {
                 ("failed", "failed")
             };
-            let ended = self.attempt(&format!("ending job {id}"), |client| {
+            let ended = self.attempt(clock, &format!("ending job {id}"), |client| {
                 client.set_job_state(&id, "running", state, Some(exit_state))
             });
-            if ended.is_ok() {
-                self.running = false;
-                self.shared.lock().stats.state = Some(state.into());
+            match ended {
+                Ok(_) => lock(&self.stats).state = Some(state.into()),
+                Err(_) => left_running = true,
             }
         }
         let value = result.to_json();
-        let set = self.attempt(&format!("setting {LAST_DEPLOY_PARAM}"), |client| {
+        let set = self.attempt(clock, &format!("setting {LAST_DEPLOY_PARAM}"), |client| {
             client.set_param(LAST_DEPLOY_PARAM, &value)
         });
         if set.is_ok() {
-            self.shared.lock().stats.param_set = true;
+            lock(&self.stats).param_set = true;
         }
-        if result.succeeded() && self.job.is_some() && !self.running {
-            self.advance();
+        if result.succeeded() && job.is_some() && !left_running {
+            self.advance(clock);
         }
     }
 
@@ -274,8 +351,8 @@ impl Worker {
     /// agent as DRP hands over a task that needs a reboot, `running` then
     /// `incomplete` (ExitState `reboot`), which DRP gives to the next agent
     /// that asks.
-    fn advance(&mut self) {
-        let next = self.attempt("asking DRP for the next job", DrpClient::create_job);
+    fn advance(&mut self, clock: &Arc<dyn Clock>) {
+        let next = self.attempt(clock, "asking DRP for the next job", DrpClient::create_job);
         let job = match next {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -284,7 +361,7 @@ impl Worker {
                     self.client.endpoint(),
                     self.client.machine()
                 );
-                self.shared.lock().stats.advanced = Some(None);
+                lock(&self.stats).advanced = Some(None);
                 return;
             }
             Err(_) => return,
@@ -292,11 +369,11 @@ impl Worker {
         let id = job.uuid.clone();
         let from = job.state.clone();
         let handed = self
-            .attempt(&format!("starting job {id}"), |client| {
+            .attempt(clock, &format!("starting job {id}"), |client| {
                 client.set_job_state(&id, &from, "running", None)
             })
             .and_then(|_| {
-                self.attempt(&format!("handing job {id} on"), |client| {
+                self.attempt(clock, &format!("handing job {id} on"), |client| {
                     client.set_job_state(&id, "running", "incomplete", Some("reboot"))
                 })
             });
@@ -306,7 +383,7 @@ impl Worker {
                 self.client.endpoint(),
                 job.task
             );
-            self.shared.lock().stats.advanced = Some(Some(job.task));
+            lock(&self.stats).advanced = Some(Some(job.task));
         }
     }
 
@@ -315,19 +392,19 @@ impl Worker {
     /// its first failure, and its end once.
     fn attempt<T>(
         &mut self,
+        clock: &Arc<dyn Clock>,
         what: &str,
         mut operation: impl FnMut(&mut DrpClient) -> Result<T, DrpError>,
     ) -> Result<T, DrpError> {
-        let Worker {
-            shared,
+        let JobAgent {
             client,
             options,
             failing,
+            stats,
             ..
         } = self;
-        let result = with_retries(
-            options,
-            |backoff| pause(shared, backoff),
+        let mut retrier = Retrier::new(options.retry_policy(), Arc::clone(clock));
+        let result = retrier.run(
             || {
                 let result = operation(client);
                 match &result {
@@ -346,68 +423,146 @@ impl Worker {
                 }
                 result
             },
+            |_, _| {},
         );
-        if let Err(error) = &result {
-            shared.lock().stats.failures += 1;
+        result.map_err(|exhausted| {
+            let error = exhausted.error;
+            lock(stats).failures += 1;
             if error.retryable() {
                 log::debug!("DRP: {what}: given up: {error}");
             } else {
                 log::warn!("DRP: {what}: {error}; the deploy goes on without it");
             }
-        }
-        result
+            error
+        })
     }
-}
-
-/// Sleeps `duration` unless the reporter is closed first; `false` then.
-fn pause(shared: &Shared, duration: Duration) -> bool {
-    let deadline = Instant::now() + duration;
-    let mut queue = shared.lock();
-    loop {
-        if queue.closed {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return true;
-        }
-        queue = shared
-            .changed
-            .wait_timeout(queue, deadline - now)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-}
-
-/// The oldest lines, up to `max_bytes` of them (at least one line).
-fn take_batch(lines: &mut VecDeque<String>, max_bytes: usize) -> Vec<String> {
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    while let Some(line) = lines.front() {
-        let size = line.len() + 1;
-        if !batch.is_empty() && bytes + size > max_bytes {
-            break;
-        }
-        bytes += size;
-        batch.extend(lines.pop_front());
-    }
-    batch
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inject::Secret;
+    use crate::status::{EventKind, HandoffHow, Stage, StatusOptions};
+    use imprint_qemu::drp::DrpStandIn;
+
+    const MACHINE: &str = "6c2d3f4e-aaaa-4bbb-8ccc-0123456789ab";
+
+    fn result(line: &str, error: Option<&str>) -> RunResult {
+        RunResult {
+            line: line.into(),
+            deploy: LastDeploy {
+                image: "http://files/golden.raw".into(),
+                sha256: None,
+                seconds: 1.0,
+                error: error.map(str::to_owned),
+            },
+        }
+    }
+
+    /// What PID 1 does with `on-failure=retry:1`, the first run failing:
+    /// each run is its own job, whose log ends with the run's result line.
+    #[test]
+    fn each_run_of_a_retried_deploy_is_its_own_job() {
+        let drp = DrpStandIn::start().unwrap();
+        drp.add_machine(MACHINE);
+        let status = Status::new(&StatusOptions::default());
+        let agent = DrpAgent {
+            endpoint: drp.url(""),
+            token: Secret::new(drp.token()),
+            machine_id: MACHINE.into(),
+            provisioner_web: "http://files".into(),
+        };
+        report_to(&status, &agent, &SourceOptions::default());
+        // A second run of the spec keeps the reporter.
+        report_to(&status, &agent, &SourceOptions::default());
+        assert!(status.has_sink(SINK_NAME));
+
+        status.emit(EventKind::Failed {
+            stage: Stage::Write,
+            error: "connection reset".into(),
+            offset: None,
+            attempt: Some(1),
+        });
+        status.set_result(result("IMPRINT-RESULT: error 1", Some("connection reset")));
+        status.emit(EventKind::Retrying {
+            attempt: 2,
+            of: 2,
+            delay_seconds: 10.0,
+        });
+        assert!(status.flush(Duration::from_secs(20)));
+        status.emit(EventKind::Handoff {
+            how: HandoffHow::Reboot,
+            kernel: None,
+            cmdline: None,
+            detail: None,
+        });
+        status.set_result(result("IMPRINT-RESULT: ok", None));
+        assert!(status.flush(Duration::from_secs(20)));
+
+        // Run 2 asks for a job of its own. The stand-in hands each task out
+        // once (`create_job` in qemu/src/drp.rs), so it answers 204 and the
+        // run's lines have nowhere to go; the param still records the run.
+        let job = drp.jobs()[0]["Uuid"].as_str().unwrap().to_owned();
+        let calls: Vec<(String, String, u16)> = drp
+            .calls()
+            .iter()
+            .map(|c| (c.method.clone(), c.path.replace(&job, "JOB"), c.status))
+            .collect();
+        let param = format!("/api/v3/machines/{MACHINE}/params/{LAST_DEPLOY_PARAM}");
+        let expected = [
+            ("POST", "/api/v3/jobs", 201),
+            ("PATCH", "/api/v3/jobs/JOB", 200),
+            ("PUT", "/api/v3/jobs/JOB/log", 204),
+            ("PATCH", "/api/v3/jobs/JOB", 200),
+            ("POST", param.as_str(), 200),
+            ("POST", "/api/v3/jobs", 204),
+            ("POST", param.as_str(), 200),
+        ]
+        .map(|(method, path, status)| (method.to_owned(), path.to_owned(), status));
+        assert_eq!(calls, expected);
+        assert_eq!(drp.jobs()[0]["State"], "failed");
+        let log: Vec<String> = String::from_utf8(drp.job_log(&job))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let line = line.split(": {").next().unwrap();
+                line.rsplit("] ").next().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(log, ["failed", "retrying", "IMPRINT-RESULT: error 1"]);
+        assert_eq!(
+            drp.machine_param(MACHINE, LAST_DEPLOY_PARAM).unwrap()["result"],
+            "ok"
+        );
+    }
+
+    fn lines(texts: &[&str]) -> Vec<JobWork> {
+        texts
+            .iter()
+            .map(|t| JobWork::Line((*t).to_owned()))
+            .collect()
+    }
 
     #[test]
     fn batches_keep_order_and_respect_the_byte_limit() {
-        let mut lines: VecDeque<String> = ["aaaa", "bbbb", "cccc"].map(String::from).into();
         // Each line is 5 bytes with its newline.
-        assert_eq!(take_batch(&mut lines, 10), ["aaaa", "bbbb"]);
-        assert_eq!(take_batch(&mut lines, 10), ["cccc"]);
-        assert!(take_batch(&mut lines, 10).is_empty());
+        let queue = lines(&["aaaa", "bbbb", "cccc"]);
+        assert_eq!(lines_in_batch(queue.iter(), 10), 2);
+        assert_eq!(lines_in_batch(queue[2..].iter(), 10), 1);
+        assert_eq!(lines_in_batch([].iter(), 10), 0);
         // A line longer than the limit still goes, alone.
-        let mut long: VecDeque<String> = ["x".repeat(50), "y".into()].into();
-        assert_eq!(take_batch(&mut long, 10), ["x".repeat(50)]);
-        assert_eq!(take_batch(&mut long, 10), ["y"]);
+        let long = lines(&[&"x".repeat(50), "y"]);
+        assert_eq!(lines_in_batch(long.iter(), 10), 1);
+        // An end of run is never batched with lines.
+        let mut ended = lines(&["a"]);
+        ended.push(JobWork::End(LastDeploy {
+            image: String::new(),
+            sha256: None,
+            seconds: 0.0,
+            error: None,
+        }));
+        ended.extend(lines(&["b"]));
+        assert_eq!(lines_in_batch(ended.iter(), 100), 1);
+        assert_eq!(lines_in_batch(ended[1..].iter(), 100), 0);
     }
 }

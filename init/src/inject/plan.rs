@@ -1,6 +1,9 @@
 //! From an identity and what the image holds to a list of file operations.
 
 use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{GeneralPurpose, general_purpose};
 
 use super::passwd::{Accounts, parse_group, parse_passwd};
 use super::{FileOp, FileSpec, Identity, ImageView, InjectContext, cloud_init, drp, network};
@@ -301,40 +304,17 @@ fn plan_file(file: &FileSpec, accounts: &Accounts) -> Result<Vec<FileOp>> {
 }
 
 /// Standard alphabet, padding optional, whitespace ignored (PEM-style line
-/// breaks are common in hand-written specs).
-pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut acc = 0u32;
-    let mut bits = 0u32;
-    let mut padding = false;
-    for (i, byte) in text.bytes().enumerate() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                padding = true;
-                continue;
-            }
-            b' ' | b'\t' | b'\r' | b'\n' => continue,
-            _ => bail!("invalid character at offset {i}"),
-        };
-        if padding {
-            bail!("data after '=' padding at offset {i}");
-        }
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).unwrap_or_default());
-        }
-    }
-    if bits >= 6 {
-        bail!("truncated input");
-    }
-    Ok(out)
+/// breaks are common in hand-written specs), trailing bits not checked.
+fn decode_base64(text: &str) -> Result<Vec<u8>> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        general_purpose::PAD_INDIFFERENT.with_decode_allow_trailing_bits(true),
+    );
+    let compact: Vec<u8> = text
+        .bytes()
+        .filter(|byte| !matches!(byte, b' ' | b'\t' | b'\r' | b'\n'))
+        .collect();
+    Ok(LENIENT.decode(compact)?)
 }
 
 fn write(path: &str, contents: String, mode: u32) -> FileOp {
@@ -598,7 +578,7 @@ mod tests {
                     base64: Some("a$".into()),
                     ..FileSpec::default()
                 },
-                "invalid character",
+                "Invalid symbol 36, offset 1",
             ),
             (
                 FileSpec {

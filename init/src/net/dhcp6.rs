@@ -37,12 +37,6 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(8);
 /// REQUESTs without a REPLY before soliciting again (REQ_MAX_RC is 10).
 const REQUEST_ATTEMPTS: u32 = 4;
 
-/// The client's port; servers listen on 547 at `ff02::1:2`.
-pub const CLIENT_PORT: u16 = 546;
-pub const SERVER_PORT: u16 = 547;
-/// All_DHCP_Relay_Agents_and_Servers.
-pub const SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
-
 /// What the server granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease6 {

@@ -432,9 +432,11 @@ mod tests {
             error(r#"{"ip": "10.0.0.5"}"#),
             "field \"boot-network\".ip of the deploy spec: no prefix length: write it as <address>/<prefix>, e.g. 10.0.0.5/24"
         );
-        assert!(error(r#"{"gw": "10.0.0.1"}"#).starts_with(
-            "field \"boot-network\".gw of the deploy spec is set but no address is"
-        ));
+        assert!(
+            error(r#"{"gw": "10.0.0.1"}"#).starts_with(
+                "field \"boot-network\".gw of the deploy spec is set but no address is"
+            )
+        );
         assert!(error(r#"{"address": "x"}"#).contains("unknown key \"address\""));
     }
 
@@ -572,7 +574,8 @@ mod tests {
             "parameter provisioner.vlan=42 is set but no address is: a static setup needs provisioner.ip=<address>/<prefix> (\"ip\" in a deploy spec's boot-network)"
         );
         assert!(
-            error("provisioner.gw=10.0.0.1").starts_with("parameter provisioner.gw=10.0.0.1 is set")
+            error("provisioner.gw=10.0.0.1")
+                .starts_with("parameter provisioner.gw=10.0.0.1 is set")
         );
         // Rendered but empty: fine, DHCP.
         assert_eq!(

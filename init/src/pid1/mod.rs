@@ -13,13 +13,11 @@
 //! already printed, and [`finish`] carries the ending out. A panic hook
 //! prints the result line and powers off.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::cmdline::KernelCmdline;
-use crate::drp::{DrpClient, DrpOptions, DrpReporter, LastDeploy};
 use crate::hardware::FirmwareFailure;
 use crate::logger::ConsoleLogger;
 use crate::net::NetConfig;
@@ -27,7 +25,7 @@ use crate::report;
 use crate::session::{self, Done, Tracker};
 use crate::source::url::SourceUrl;
 use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
-use crate::status::{EventKind, HandoffHow, Stage, Status, StatusOptions};
+use crate::status::{EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status, StatusOptions};
 use crate::sys::power::{PowerAction, power};
 use crate::timeline::{self, Mark};
 
@@ -75,7 +73,15 @@ pub fn main() -> ! {
     log::info!("imprint {} starting as PID 1", env!("CARGO_PKG_VERSION"));
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let mut pid1 = Pid1::new(Machine::new(), KernelCmdline::parse(&cmdline_text));
+    let cmdline = KernelCmdline::parse(&cmdline_text);
+    match crate::console::open_extra(&cmdline) {
+        Ok(opened) if !opened.is_empty() => {
+            log::info!("also writing to console {}", opened.join(", "));
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("{e:#}"),
+    }
+    let mut pid1 = Pid1::new(Machine::new(), cmdline);
     pid1.tracker.mark_at(Mark::Pid1, pid1_at);
     finish(pid1.run())
 }
@@ -97,7 +103,7 @@ pub fn finish(ending: Ending) -> ! {
             let error = error.context("kexec is not possible");
             if required {
                 let line = report::error_line(&error.context("imprint.on-success=kexec!"));
-                println!("{line}");
+                crate::console::print_line(&line);
                 halt_showing(&line)
             }
             log::warn!("{error:#}; rebooting instead");
@@ -111,7 +117,7 @@ pub fn finish(ending: Ending) -> ! {
 fn halt_showing(line: &str) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(60));
-        println!("{line}");
+        crate::console::print_line(line);
     }
 }
 
@@ -132,7 +138,8 @@ pub struct Pid1<P: Platform> {
     boot_mac: Option<[u8; 6]>,
     /// From the deploy spec once it is loaded (it may come from JSON).
     on_failure: FailurePolicy,
-    drp: DrpJob,
+    /// The image of the current run, for DRP's `imprint/last-deploy`.
+    image: Option<String>,
     /// Firmware load failures already on the console.
     firmware_reported: Vec<FirmwareFailure>,
 }
@@ -144,8 +151,6 @@ impl<P: Platform> Pid1<P> {
     pub fn new(platform: P, cmdline: KernelCmdline) -> Pid1<P> {
         let lenient = DeploySpec::lenient_from_cmdline(&cmdline);
         let status = Status::new(&status_options(&lenient));
-        let drp = DrpJob::default();
-        drp.follow(&status);
         Pid1 {
             platform,
             cmdline,
@@ -153,7 +158,7 @@ impl<P: Platform> Pid1<P> {
             drivers_loaded: false,
             boot_mac: None,
             on_failure: lenient.on_failure,
-            drp,
+            image: None,
             firmware_reported: Vec::new(),
         }
     }
@@ -170,7 +175,7 @@ impl<P: Platform> Pid1<P> {
                 Ok((deploy, done)) => {
                     let line = report::ok_line(&done.summary);
                     self.platform.console(&line);
-                    self.drp.finish(&line, Some(&done), run_started);
+                    self.record_result(&line, Some(&done), None, run_started);
                     return self.hand_over(&deploy, &done);
                 }
                 Err(error) => {
@@ -184,7 +189,7 @@ impl<P: Platform> Pid1<P> {
                     });
                     let line = report::error_line(&error);
                     self.platform.console(&line);
-                    self.drp.fail(&line, &error, run_started);
+                    self.record_result(&line, None, Some(format!("{error:#}")), run_started);
                     if let FailurePolicy::Retry(limit) = self.on_failure
                         && attempt <= limit
                     {
@@ -199,8 +204,9 @@ impl<P: Platform> Pid1<P> {
                             limit + 1,
                             pause.as_secs()
                         );
-                        // The next run is a new DRP job: this one has failed.
-                        self.drp.close();
+                        // The next run is a new DRP job: this one's result
+                        // goes out before the pause.
+                        self.flush_reports();
                         self.platform.sleep(pause);
                         continue;
                     }
@@ -262,8 +268,12 @@ impl<P: Platform> Pid1<P> {
         };
         // The spec may name what the command line did not.
         self.tracker.status.adopt(&status_options(&spec));
-        self.drp.start(&spec);
-        self.drp.image = spec.url.as_ref().map(ToString::to_string);
+        // DRP's imprint.json carries the API URL and the machine's token:
+        // the run is reported as a job of the machine.
+        if let Some(agent) = &spec.identity.drp {
+            crate::drp::report_to(&self.tracker.status, agent, &spec.source);
+        }
+        self.image = spec.url.as_ref().map(ToString::to_string);
         self.tracker.mark(Mark::Spec);
         if spec.boot_network.is_some() && self.boot_mac.is_some() {
             log::warn!(
@@ -378,7 +388,10 @@ impl<P: Platform> Pid1<P> {
             let line = report::error_line(&why);
             self.platform.console(&line);
             // DRP's job ends failed, not finished, when it was not sent yet.
-            self.drp.fail_unsent(&line, &why);
+            self.tracker.status.amend_result(|result| {
+                result.line.clone_from(&line);
+                result.deploy.error = Some(format!("{why:#}"));
+            });
             self.tracker.status.emit(EventKind::Failed {
                 stage: Stage::Handoff,
                 error: format!("{why:#}"),
@@ -451,13 +464,36 @@ impl<P: Platform> Pid1<P> {
         }
     }
 
-    /// Waits (bounded) for the webhook and DRP to get the last events.
+    /// Tells the status sinks how the run ended: DRP's job gets the result
+    /// line for its log, ends finished or failed, and `imprint/last-deploy`
+    /// is set. Sent by [`flush_reports`](Self::flush_reports), after the
+    /// last event (the handoff), so the job log ends with it.
+    fn record_result(
+        &mut self,
+        line: &str,
+        done: Option<&Done>,
+        error: Option<String>,
+        run_started: Instant,
+    ) {
+        self.tracker.status.set_result(RunResult {
+            line: line.to_owned(),
+            deploy: LastDeploy {
+                image: self.image.clone().unwrap_or_default(),
+                sha256: done.map(|d| report::hex(&d.summary.sha256)),
+                seconds: done
+                    .map_or(run_started.elapsed(), |d| d.summary.elapsed)
+                    .as_secs_f64(),
+                error,
+            },
+        });
+    }
+
+    /// Waits (bounded) for the webhook and DRP to get the last events and
+    /// the run's result.
     fn flush_reports(&mut self) {
-        self.drp.send_result();
         if !self.tracker.status.flush(REPORT_FLUSH) {
-            log::warn!("not every status event reached the report URL");
+            log::warn!("not every status event reached the report URL or DRP's job log");
         }
-        self.drp.flush();
     }
 }
 
@@ -467,119 +503,5 @@ fn status_options(spec: &DeploySpec) -> StatusOptions {
         status_port: spec.status_port,
         source: spec.source.clone(),
         ..StatusOptions::default()
-    }
-}
-
-/// The DRP job of the current run, when the spec carries DRP's API URL and
-/// machine token (DRP's `imprint.json` does): every status event goes to
-/// its log, then the result line, then the job is finished or failed and
-/// `imprint/last-deploy` set.
-#[derive(Default)]
-struct DrpJob {
-    reporter: Arc<Mutex<Option<DrpReporter>>>,
-    /// The image URL of the current run, for `imprint/last-deploy`.
-    image: Option<String>,
-    /// The run's result line and DRP result, until sent.
-    result: Option<(String, LastDeploy)>,
-}
-
-impl DrpJob {
-    fn lock(&self) -> MutexGuard<'_, Option<DrpReporter>> {
-        self.reporter.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Copies every event of `status` into the current job's log.
-    fn follow(&self, status: &Status) {
-        let job_log = Arc::clone(&self.reporter);
-        status.subscribe(Box::new(move |event| {
-            if let Some(reporter) = job_log
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-            {
-                reporter.log_line(event.log_line());
-            }
-        }));
-    }
-
-    fn start(&mut self, spec: &DeploySpec) {
-        let Some(agent) = &spec.identity.drp else {
-            return;
-        };
-        if self.lock().is_some() {
-            return;
-        }
-        let started = DrpClient::new(
-            &agent.endpoint,
-            &agent.token,
-            &agent.machine_id,
-            &spec.source,
-        )
-        .and_then(|client| DrpReporter::start(client, DrpOptions::default()));
-        match started {
-            Ok(reporter) => {
-                log::info!(
-                    "reporting the deploy as a job of DRP machine {}",
-                    agent.machine_id
-                );
-                *self.lock() = Some(reporter);
-            }
-            Err(e) => log::warn!("not reporting to DRP: {e:#}"),
-        }
-    }
-
-    /// Keeps a successful run's result for its job, sent after the last
-    /// event (the handoff), so the job log ends with it.
-    fn finish(&mut self, line: &str, done: Option<&Done>, run_started: Instant) {
-        self.result = Some((
-            line.to_owned(),
-            LastDeploy {
-                image: self.image.clone().unwrap_or_default(),
-                sha256: done.map(|d| report::hex(&d.summary.sha256)),
-                seconds: done
-                    .map_or(run_started.elapsed(), |d| d.summary.elapsed)
-                    .as_secs_f64(),
-                error: None,
-            },
-        ));
-    }
-
-    fn fail(&mut self, line: &str, error: &anyhow::Error, run_started: Instant) {
-        self.finish(line, None, run_started);
-        if let Some((_, last)) = self.result.as_mut() {
-            last.error = Some(format!("{error:#}"));
-        }
-    }
-
-    /// A handoff that failed after a successful run: the job ends failed.
-    fn fail_unsent(&mut self, line: &str, error: &anyhow::Error) {
-        if let Some((result_line, last)) = self.result.as_mut() {
-            result_line.clone_from(&line.to_owned());
-            last.error = Some(format!("{error:#}"));
-        }
-    }
-
-    fn send_result(&mut self) {
-        let result = self.result.take();
-        if let (Some(reporter), Some((line, last))) = (self.lock().as_ref(), result) {
-            reporter.log_line(line);
-            reporter.finish(last);
-        }
-    }
-
-    /// Waits (bounded) until DRP got what was queued for it.
-    fn flush(&self) {
-        if let Some(reporter) = self.lock().as_ref()
-            && !reporter.flush(REPORT_FLUSH)
-        {
-            log::warn!("not everything reached DRP's job log");
-        }
-    }
-
-    /// Sends what is left for the run's job and forgets it.
-    fn close(&mut self) {
-        self.send_result();
-        self.flush();
-        self.lock().take();
     }
 }

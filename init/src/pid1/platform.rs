@@ -147,7 +147,7 @@ impl Platform for Machine {
     }
 
     fn console(&mut self, line: &str) {
-        println!("{line}");
+        crate::console::print_line(line);
     }
 
     fn sleep(&mut self, pause: Duration) {

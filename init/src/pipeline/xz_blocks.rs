@@ -45,7 +45,6 @@ use lzma_rust2::XzReader;
 
 use super::decode::{XZ_MEMORY_LIMIT, XzDecoder};
 use super::read_full;
-use crate::crc32::crc32;
 
 const STREAM_MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
 const FOOTER_MAGIC: [u8; 2] = [b'Y', b'Z'];
@@ -280,7 +279,7 @@ struct BlockHeader {
 /// it lacks either size.
 fn parse_block_header(header: &[u8]) -> Result<Option<BlockHeader>, &'static str> {
     let (body, crc) = header.split_at(header.len() - 4);
-    if crc32(body).to_le_bytes() != crc {
+    if crc32fast::hash(body).to_le_bytes() != crc {
         return Err("block header CRC32 mismatch");
     }
     let flags = body[1];
@@ -531,7 +530,7 @@ impl<R: Read> Splitter<R> {
         index.extend_from_slice(&padding);
         let mut crc = [0u8; 4];
         self.fill_exact(&mut crc)?;
-        if crc32(&index).to_le_bytes() != crc {
+        if crc32fast::hash(&index).to_le_bytes() != crc {
             return Err(bad("CRC32 mismatch"));
         }
         index.extend_from_slice(&crc);
@@ -584,7 +583,7 @@ impl<R: Read> Splitter<R> {
 }
 
 fn check_stream_header(header: &[u8; 12], at: u64) -> io::Result<()> {
-    if crc32(&header[6..8]).to_le_bytes() != header[8..12] {
+    if crc32fast::hash(&header[6..8]).to_le_bytes() != header[8..12] {
         return Err(corrupt(at, "stream header CRC32 mismatch"));
     }
     if header[6] != 0 || header[7] & 0xF0 != 0 {
@@ -602,7 +601,7 @@ fn one_record_index(unpadded: u64, uncompressed: u64) -> Vec<u8> {
         index.len() + usize::try_from(pad4(index.len() as u64)).unwrap_or(0),
         0,
     );
-    let crc = crc32(&index);
+    let crc = crc32fast::hash(&index);
     index.extend_from_slice(&crc.to_le_bytes());
     index
 }
@@ -614,7 +613,7 @@ fn footer(index: &[u8], flags: [u8; 2]) -> [u8; 12] {
     footer[4..8].copy_from_slice(&backward.to_le_bytes());
     footer[8..10].copy_from_slice(&flags);
     footer[10..12].copy_from_slice(&FOOTER_MAGIC);
-    let crc = crc32(&footer[4..10]);
+    let crc = crc32fast::hash(&footer[4..10]);
     footer[..4].copy_from_slice(&crc.to_le_bytes());
     footer
 }

@@ -1,11 +1,12 @@
 //! HTTP(S) sources that survive flaky networks: retries, and resuming a
 //! broken body where it stopped.
 //!
-//! **Opening.** `GET` the URL, following up to [`MAX_REDIRECTS`] redirects
-//! (the final URL is logged when it differs, and later requests go there).
-//! Connection errors, timeouts and HTTP 408/429/500/502/503/504 are retried
-//! per [`retry`](super::retry) (exponential backoff with jitter, `Retry-After`
-//! honoured), each retry logged as
+//! **Opening.** `GET` the URL, following redirects (the final URL is logged
+//! when it differs, and later requests go there). Connection errors,
+//! timeouts and the statuses [`crate::http::classify`] calls retryable
+//! (408, 429, most 5xx) are retried per [`crate::http::backoff`]
+//! (exponential backoff with jitter, `Retry-After` honoured), each retry
+//! logged as
 //! `GET <url>: HTTP 503 Service Unavailable; retry 2/8 in 1.6 s`. Any other
 //! status fails at once as `GET <url>: HTTP 404 Not Found`, before the disk
 //! is touched.
@@ -40,35 +41,16 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use ureq::ResponseExt;
 
-use super::retry::{
-    self, Attempt, Clock, Decision, Failure, GiveUp, RestartRequired, RetryPolicy, SourceStats,
-    SystemClock,
-};
+use super::retry::{RestartRequired, SourceStats};
 use super::{Source, SourceOptions};
-
-/// Redirects followed before giving up; a loop ends here.
-pub const MAX_REDIRECTS: u32 = 10;
-
-fn agent(options: &SourceOptions) -> Result<ureq::Agent> {
-    Ok(ureq::Agent::config_builder()
-        .timeout_connect(Some(options.connect_timeout))
-        .timeout_recv_response(Some(options.stall_timeout))
-        .timeout_recv_body(None)
-        // A body that stalls this long is treated as broken and resumed.
-        .timeout_per_read(Some(options.stall_timeout))
-        // Status codes are turned into errors below, with the URL in them.
-        .http_status_as_error(false)
-        .max_redirects(MAX_REDIRECTS)
-        .tls_config(super::tls::tls_config(options)?)
-        .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into())
-}
+use crate::http::agent::{Exchange, agent};
+use crate::http::backoff::{self, GiveUp, RetryPolicy};
+use crate::http::classify::{self, Failure};
+use crate::http::retry::{Clock, Failed, Retrier, SystemClock, retry_after_of};
 
 pub(super) fn open(url: &str, options: &SourceOptions) -> Result<Source> {
     open_with(url, options, Arc::new(SystemClock::new()))
@@ -76,17 +58,9 @@ pub(super) fn open(url: &str, options: &SourceOptions) -> Result<Source> {
 
 fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Result<Source> {
     let stats = Arc::new(SourceStats::default());
-    let mut retrier = Retrier {
-        policy: RetryPolicy::new(options),
-        options: options.clone(),
-        clock,
-        stats: Arc::clone(&stats),
-        used: 0,
-        consecutive: 0,
-        spent: Duration::ZERO,
-    };
-    let agent = agent(options)?;
-    let (head, body) = retrier.get(&agent, url, None, "")?;
+    let mut transfer = Transfer::new(options, clock, Arc::clone(&stats));
+    let agent = agent(options, Exchange::Download)?;
+    let (head, body) = transfer.get(&agent, url, None, "")?;
     if !(200..300).contains(&head.status) {
         bail!("GET {url}: HTTP {} {}", head.status, head.reason);
     }
@@ -98,7 +72,7 @@ fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Resul
     let reader = ResumingReader {
         agent,
         url: head.final_url.clone(),
-        retrier,
+        transfer,
         original,
         next: 0,
         body: Some(body),
@@ -117,18 +91,11 @@ fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Resul
 /// The last `len` bytes by a Range request; `None` when the server ignores
 /// Range or cannot answer it. Retried like the image itself.
 pub(super) fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result<Option<Vec<u8>>> {
-    let mut retrier = Retrier {
-        policy: RetryPolicy::new(options),
-        options: options.clone(),
-        clock: Arc::new(SystemClock::new()),
-        stats: Arc::default(),
-        used: 0,
-        consecutive: 0,
-        spent: Duration::ZERO,
-    };
+    let mut transfer = Transfer::new(options, Arc::new(SystemClock::new()), Arc::default());
     let range = format!("bytes=-{len}");
     let what = format!(" (last {len} bytes)");
-    let (head, body) = retrier.get(&agent(options)?, url, Some((&range, None)), &what)?;
+    let agent = agent(options, Exchange::Download)?;
+    let (head, body) = transfer.get(&agent, url, Some((&range, None)), &what)?;
     if head.status != 206 {
         return Ok(None);
     }
@@ -171,50 +138,30 @@ fn head_of(response: &ureq::http::Response<ureq::Body>) -> Head {
         etag: header("etag"),
         last_modified: header("last-modified"),
         content_range: header("content-range"),
-        retry_after: header("retry-after"),
+        retry_after: retry_after_of(response),
         final_url: response.get_uri().to_string(),
     }
 }
 
-/// A failed request in a message: certificate failures say what to do.
-fn describe(error: &ureq::Error, options: &SourceOptions) -> String {
-    super::tls::certificate_failure(error, options).unwrap_or_else(|| error.to_string())
-}
-
-fn classify(error: &ureq::Error) -> Failure {
-    match error {
-        ureq::Error::Timeout(_) => Failure::Timeout,
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => Failure::Connection,
-        ureq::Error::Io(e) => match e.kind() {
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::Timeout,
-            // rustls reports certificate and handshake failures as InvalidData.
-            io::ErrorKind::InvalidData
-            | io::ErrorKind::InvalidInput
-            | io::ErrorKind::PermissionDenied
-            | io::ErrorKind::Unsupported => Failure::Fatal,
-            _ => Failure::Connection,
-        },
-        _ => Failure::Fatal,
-    }
-}
-
-/// One transfer's retry budget, shared by its initial request and its
-/// resumes.
-struct Retrier {
-    policy: RetryPolicy,
-    /// For messages about certificates, which name `imprint.ca=`.
+/// One transfer's retries: its initial request and its resumes share the
+/// budget ([`crate::http::retry`]).
+struct Transfer {
+    retrier: Retrier,
+    /// For messages: certificate failures name `imprint.ca=`, stalls the
+    /// stall timeout.
     options: SourceOptions,
-    clock: Arc<dyn Clock>,
     stats: Arc<SourceStats>,
-    /// Retries made so far.
-    used: u32,
-    /// Failures in a row without a byte of progress.
-    consecutive: u32,
-    /// Time spent in finished outages.
-    spent: Duration,
 }
 
-impl Retrier {
+impl Transfer {
+    fn new(options: &SourceOptions, clock: Arc<dyn Clock>, stats: Arc<SourceStats>) -> Self {
+        Transfer {
+            retrier: Retrier::new(RetryPolicy::transfer(options), clock),
+            options: options.clone(),
+            stats,
+        }
+    }
+
     /// `GET`s `url` until it answers with a status that is not retryable,
     /// or the budget runs out. `range` is a Range header and maybe an
     /// If-Range; `what` is added to messages after the URL.
@@ -225,65 +172,40 @@ impl Retrier {
         range: Option<(&str, Option<&str>)>,
         what: &str,
     ) -> Result<(Head, Body)> {
-        let outage_start = self.clock.elapsed();
-        loop {
-            let (message, retry_after) = match send(agent, url, range) {
-                Ok((head, body)) if !retry::is_retryable(Failure::Status(head.status)) => {
-                    self.spent += self.clock.elapsed().saturating_sub(outage_start);
-                    return Ok((head, body));
-                }
-                Ok((head, _)) => (
-                    format!("GET {url}{what}: HTTP {} {}", head.status, head.reason),
-                    head.retry_after,
-                ),
-                Err(error) if retry::is_retryable(classify(&error)) => (
-                    format!("GET {url}{what}: {}", describe(&error, &self.options)),
-                    None,
-                ),
-                Err(error) => bail!("GET {url}{what}: {}", describe(&error, &self.options)),
-            };
-            self.wait(outage_start, &message, retry_after.as_deref())
-                .map_err(|give_up| anyhow!(with_give_up(message, give_up)))?;
-        }
+        let Transfer {
+            retrier,
+            options,
+            stats,
+        } = self;
+        retrier
+            .run(
+                || attempt_get(agent, url, range, what, options),
+                |failed, retry| {
+                    failed.log_retry(retry);
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+            .map_err(|exhausted| exhausted.error.into_error(exhausted.give_up))
     }
+}
 
-    /// Waits before the next retry, or says why there is none.
-    fn wait(
-        &mut self,
-        outage_start: Duration,
-        message: &str,
-        retry_after: Option<&str>,
-    ) -> Result<(), GiveUp> {
-        self.consecutive = self.consecutive.saturating_add(1);
-        let now = self.clock.elapsed();
-        let attempt = Attempt {
-            retries_used: self.used,
-            consecutive_failures: self.consecutive,
-            elapsed: self.spent + now.saturating_sub(outage_start),
-            retry_after: retry_after
-                .and_then(|value| retry::parse_retry_after(value, self.clock.system_time())),
-            random: self.clock.random(),
-        };
-        match self.policy.decide(&attempt) {
-            Decision::Retry { number, of, delay } => {
-                log::warn!(
-                    "{message}; retry {number}/{of} in {}",
-                    retry::seconds(delay)
-                );
-                self.clock.sleep(delay);
-                self.used += 1;
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Decision::GiveUp(give_up) => {
-                self.spent += now.saturating_sub(outage_start);
-                Err(give_up)
-            }
-        }
-    }
-
-    fn progressed(&mut self) {
-        self.consecutive = 0;
+/// One `GET`: an answer whose status is not retried, or why not.
+fn attempt_get(
+    agent: &ureq::Agent,
+    url: &str,
+    range: Option<(&str, Option<&str>)>,
+    what: &str,
+    options: &SourceOptions,
+) -> Result<(Head, Body), Failed> {
+    let request = format!("GET {url}{what}");
+    match send(agent, url, range) {
+        Ok((head, _)) if classify::is_retryable(Failure::Status(head.status)) => Err(Failed {
+            failure: Failure::Status(head.status),
+            message: format!("{request}: HTTP {} {}", head.status, head.reason),
+            retry_after: head.retry_after,
+        }),
+        Ok(answer) => Ok(answer),
+        Err(error) => Err(Failed::request(&request, &error, options)),
     }
 }
 
@@ -297,14 +219,6 @@ fn is_stall(error: &io::Error) -> bool {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<ureq::Error>())
         .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
-}
-
-/// With retries off, errors read as they would without this module.
-fn with_give_up(message: String, give_up: GiveUp) -> String {
-    match give_up {
-        GiveUp::RetriesExhausted(0) => message,
-        _ => format!("{message} ({give_up})"),
-    }
 }
 
 fn send(
@@ -465,7 +379,7 @@ pub struct ResumingReader {
     agent: ureq::Agent,
     /// Where the first request ended up after redirects.
     url: String,
-    retrier: Retrier,
+    transfer: Transfer,
     original: Validators,
     /// Offset in the file of the next byte to hand out.
     next: u64,
@@ -505,7 +419,7 @@ impl Read for ResumingReader {
                     let read_u64 = u64::try_from(read).unwrap_or(u64::MAX);
                     if self.skip >= read_u64 {
                         self.skip -= read_u64;
-                        self.retrier
+                        self.transfer
                             .stats
                             .refetched_bytes
                             .fetch_add(read_u64, Ordering::Relaxed);
@@ -514,7 +428,7 @@ impl Read for ResumingReader {
                     let skip = usize::try_from(self.skip).unwrap_or(read);
                     if skip > 0 {
                         buf.copy_within(skip..read, 0);
-                        self.retrier
+                        self.transfer
                             .stats
                             .refetched_bytes
                             .fetch_add(self.skip, Ordering::Relaxed);
@@ -522,7 +436,7 @@ impl Read for ResumingReader {
                     }
                     let fresh = read - skip;
                     self.next += u64::try_from(fresh).unwrap_or(u64::MAX);
-                    self.retrier.progressed();
+                    self.transfer.retrier.progressed();
                     return Ok(fresh);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -530,7 +444,7 @@ impl Read for ResumingReader {
                     io::ErrorKind::TimedOut,
                     format!(
                         "no data for {} (stall-timeout)",
-                        retry::seconds(self.retrier.options.stall_timeout)
+                        backoff::seconds(self.transfer.options.stall_timeout)
                     ),
                 ),
                 Err(e) => e,
@@ -549,7 +463,6 @@ impl ResumingReader {
     fn resume(&mut self, cause: &io::Error) -> io::Result<()> {
         let next = self.next;
         let url = self.url.clone();
-        let outage_start = self.retrier.clock.elapsed();
         let if_range = self.original.if_range().map(str::to_owned);
         if if_range.is_none() {
             log::warn!(
@@ -558,75 +471,81 @@ impl ResumingReader {
             );
         }
         let range = format!("bytes={next}-");
-        let mut message = format!("GET {url}: the transfer broke off at byte {next} ({cause})");
-        let mut retry_after = None;
-        let mut tried = false;
-        loop {
-            if let Err(give_up) = self
-                .retrier
-                .wait(outage_start, &message, retry_after.as_deref())
-            {
-                let text = match give_up {
-                    GiveUp::RetriesExhausted(0) => cause.to_string(),
-                    _ if !tried => format!("{cause} ({give_up})"),
-                    _ => format!("{cause}; resuming at byte {next}: {message} ({give_up})"),
+        let what = format!(" (from byte {next})");
+        let Transfer {
+            retrier,
+            options,
+            stats,
+        } = &mut self.transfer;
+        // The break is the outage's first failure: the first request for the
+        // rest waits its backoff like any retry.
+        let broken = format!("GET {url}: the transfer broke off at byte {next} ({cause})");
+        let mut calls = 0u32;
+        let answer = retrier.run(
+            || {
+                calls += 1;
+                if calls == 1 {
+                    return Err(Failed {
+                        failure: Failure::BrokenBody,
+                        message: broken.clone(),
+                        retry_after: None,
+                    });
+                }
+                attempt_get(
+                    &self.agent,
+                    &url,
+                    Some((&range, if_range.as_deref())),
+                    &what,
+                    options,
+                )
+            },
+            |failed, retry| {
+                failed.log_retry(retry);
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        let (head, body) = match answer {
+            Ok(answer) => answer,
+            Err(exhausted) => {
+                // The first call is the break itself, not a request.
+                let tried = calls > 1;
+                let text = match exhausted.give_up {
+                    Some(GiveUp::RetriesExhausted(0)) => cause.to_string(),
+                    Some(give_up) if !tried => format!("{cause} ({give_up})"),
+                    Some(give_up) => format!(
+                        "{cause}; resuming at byte {next}: {} ({give_up})",
+                        exhausted.error.message
+                    ),
+                    None => format!("{cause}; resuming: {}", exhausted.error.message),
                 };
                 return Err(io::Error::new(cause.kind(), text));
             }
-            tried = true;
-            let what = format!(" (from byte {next})");
-            let (head, body) = match send(&self.agent, &url, Some((&range, if_range.as_deref()))) {
-                Ok(answer) => answer,
-                Err(error) if retry::is_retryable(classify(&error)) => {
-                    message = format!(
-                        "GET {url}{what}: {}",
-                        describe(&error, &self.retrier.options)
-                    );
-                    retry_after = None;
-                    continue;
+        };
+        match judge_resume(&self.original, next, &head) {
+            ResumeAnswer::Splice { skip } => {
+                if self.original.length.is_none() {
+                    // Learnt from the Content-Range: now a short body is
+                    // recognised as such even on a clean EOF.
+                    self.original.length = head
+                        .content_range
+                        .as_deref()
+                        .and_then(parse_content_range)
+                        .and_then(|(_, _, total)| total);
                 }
-                Err(error) => {
-                    return Err(io::Error::new(
-                        cause.kind(),
-                        format!(
-                            "{cause}; resuming: GET {url}{what}: {}",
-                            describe(&error, &self.retrier.options)
-                        ),
-                    ));
-                }
-            };
-            if retry::is_retryable(Failure::Status(head.status)) {
-                message = format!("GET {url}{what}: HTTP {} {}", head.status, head.reason);
-                retry_after = head.retry_after;
-                continue;
+                self.body = Some(body);
+                self.skip = skip;
+                self.transfer.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                log::info!("GET {url}: resumed at byte {next}");
+                Ok(())
             }
-            self.retrier.spent += self.retrier.clock.elapsed().saturating_sub(outage_start);
-            return match judge_resume(&self.original, next, &head) {
-                ResumeAnswer::Splice { skip } => {
-                    if self.original.length.is_none() {
-                        // Learnt from the Content-Range: now a short body is
-                        // recognised as such even on a clean EOF.
-                        self.original.length = head
-                            .content_range
-                            .as_deref()
-                            .and_then(parse_content_range)
-                            .and_then(|(_, _, total)| total);
-                    }
-                    self.body = Some(body);
-                    self.skip = skip;
-                    self.retrier.stats.resumes.fetch_add(1, Ordering::Relaxed);
-                    log::info!("GET {url}: resumed at byte {next}");
-                    Ok(())
-                }
-                ResumeAnswer::Restart(reason) => {
-                    log::warn!("GET {url}: cannot resume at byte {next}: {reason}");
-                    Err(io::Error::other(RestartRequired { reason }))
-                }
-                ResumeAnswer::Fail(reason) => Err(io::Error::new(
-                    cause.kind(),
-                    format!("{cause}; resuming: GET {url}{what}: {reason}"),
-                )),
-            };
+            ResumeAnswer::Restart(reason) => {
+                log::warn!("GET {url}: cannot resume at byte {next}: {reason}");
+                Err(io::Error::other(RestartRequired { reason }))
+            }
+            ResumeAnswer::Fail(reason) => Err(io::Error::new(
+                cause.kind(),
+                format!("{cause}; resuming: GET {url}{what}: {reason}"),
+            )),
         }
     }
 }
@@ -634,9 +553,11 @@ impl ResumingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::retry::tests::FakeClock;
+    use crate::http::retry::tests::FakeClock;
+    use crate::source::retry;
     use imprint_qemu::http::{Behavior, FixtureServer, RequestRecord};
     use std::io::Write;
+    use std::time::Duration;
 
     fn head(status: u16, content_range: Option<&str>, etag: Option<&str>) -> Head {
         Head {

@@ -139,23 +139,19 @@ impl DeviceFileUrl {
 
 /// `%XX` escapes, as in any URL; a label is text, so the result must be UTF-8.
 fn percent_decode(text: &str) -> Result<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.as_bytes();
-    while let Some((&byte, tail)) = rest.split_first() {
-        if byte == b'%' {
-            let hex = tail
-                .get(..2)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .with_context(|| format!("bad %-escape in {text:?}"))?;
-            bytes.push(hex);
-            rest = &tail[2..];
-        } else {
-            bytes.push(byte);
-            rest = tail;
-        }
+    // percent-encoding passes a malformed escape through unchanged; in a
+    // label it is a typo, so it is refused rather than searched for.
+    let malformed = text.match_indices('%').any(|(at, _)| {
+        text.get(at + 1..at + 3)
+            .is_none_or(|hex| !hex.bytes().all(|byte| byte.is_ascii_hexdigit()))
+    });
+    if malformed {
+        bail!("bad %-escape in {text:?}");
     }
-    String::from_utf8(bytes).with_context(|| format!("{text:?} is not UTF-8 once decoded"))
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .with_context(|| format!("{text:?} is not UTF-8 once decoded"))?;
+    Ok(decoded.into_owned())
 }
 
 /// A path that stays inside the mount point: no `..`, not empty.

@@ -5,14 +5,12 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 mod http;
 pub mod local;
 pub mod retry;
-pub mod tls;
 pub mod url;
 
 /// An opened image source: a byte stream and, when the server said so, its
@@ -39,38 +37,9 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Timeouts for network sources.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceOptions {
-    /// How long connecting to a server may take (`imprint.connect-timeout=`).
-    pub connect_timeout: Duration,
-    /// How long a read may wait for the next bytes before the transfer is
-    /// declared stalled and treated like a dropped connection
-    /// (`imprint.stall-timeout=`).
-    pub stall_timeout: Duration,
-    /// Retries of a failed request or a broken transfer (`imprint.retries=`).
-    pub retries: u32,
-    /// The time all retries of one transfer may take (`imprint.retry-timeout=`).
-    pub retry_timeout: Duration,
-    /// Trust roots for HTTPS: a PEM bundle's URL or path (`imprint.ca=`).
-    pub ca: Option<String>,
-    /// Skip certificate verification (`imprint.insecure=1`). Loud, and
-    /// reported in the result.
-    pub insecure: bool,
-}
-
-impl Default for SourceOptions {
-    fn default() -> Self {
-        SourceOptions {
-            connect_timeout: Duration::from_secs(15),
-            stall_timeout: Duration::from_secs(30),
-            retries: 8,
-            retry_timeout: Duration::from_secs(600),
-            ca: None,
-            insecure: false,
-        }
-    }
-}
+/// Timeouts, retries and TLS trust for network sources: the options of
+/// every HTTP client of imprint ([`crate::http`]), named for their first user.
+pub use crate::http::HttpOptions as SourceOptions;
 
 pub fn open(url: &str, options: &SourceOptions) -> Result<Source> {
     match url

@@ -2,9 +2,13 @@
 //! console.
 //!
 //! One [`Status`] handle is shared by everything that has something to say.
-//! [`Status::emit`] records an [`EventKind`] in the shared state and, with
-//! `imprint.report=<url>`, queues it for the [`webhook`], which POSTs
-//! each event as JSON in order, retrying in the background. With
+//! [`Status::emit`] records an [`EventKind`] in the shared state and hands
+//! it to every attached [`Sink`]: with `imprint.report=<url>` the
+//! [`webhook`], which POSTs each event as JSON in order, retrying in the
+//! background; with DRP credentials in the deploy spec, DRP's job reporter
+//! ([`crate::drp::DrpReporter`]), which copies each event into the job log
+//! and closes the job with the run's result ([`Status::set_result`]). Both
+//! run on the one [background worker](worker). With
 //! `imprint.status-port=<port>`, a [read-only HTTP server](server) answers
 //! `GET /status` with the [status document](Status::document). Neither ever
 //! blocks or fails the deploy: a report URL that is not HTTP(S) or a port
@@ -26,12 +30,14 @@ use crate::source::SourceOptions;
 
 pub mod event;
 pub mod machine;
-pub(crate) mod queue;
+mod result;
 pub mod server;
 pub mod webhook;
+pub(crate) mod worker;
 
 pub use event::{Event, EventKind, HandoffHow, Stage};
 pub use machine::MachineInfo;
+pub use result::{LastDeploy, RunResult};
 pub use server::StatusServer;
 pub use webhook::{Webhook, WebhookOptions, WebhookStats};
 
@@ -162,14 +168,32 @@ impl SharedState {
     }
 }
 
-/// Called with every event after it is recorded; must not block.
-pub type Listener = Box<dyn Fn(&Event) + Send + Sync>;
+/// Where events go besides the status document: the webhook, DRP's job.
+pub trait Sink: Send + Sync {
+    /// Takes `event`, just recorded (`json` is its JSON, as the webhook
+    /// posts it). Called in `seq` order; must only queue, never block.
+    fn event(&self, event: &Event, json: &Value);
+
+    /// The run ended with `result`, after every event emitted before the
+    /// [`Status::flush`] that passes it on. Must only queue.
+    fn run_ended(&self, _result: &RunResult) {}
+
+    /// Waits, at most `timeout`, until everything given is delivered or
+    /// given up; whether it is.
+    fn flush(&self, timeout: Duration) -> bool;
+
+    /// What kind of sink it is; [`Status`] holds one of each.
+    fn name(&self) -> &'static str;
+}
 
 struct Inner {
     state: SharedState,
-    webhook: OnceLock<Webhook>,
+    /// The webhook, also among the sinks: kept for its stats.
+    webhook: OnceLock<Arc<Webhook>>,
     server: OnceLock<StatusServer>,
-    listeners: Mutex<Vec<Listener>>,
+    sinks: Mutex<Vec<Arc<dyn Sink>>>,
+    /// The current run's result, until a flush passes it on.
+    result: Mutex<Option<RunResult>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -198,7 +222,8 @@ impl Status {
                 state: SharedState::default(),
                 webhook: OnceLock::new(),
                 server: OnceLock::new(),
-                listeners: Mutex::new(Vec::new()),
+                sinks: Mutex::new(Vec::new()),
+                result: Mutex::new(None),
             }),
         };
         status.adopt(options);
@@ -215,8 +240,14 @@ impl Status {
         {
             match Webhook::start(url, &options.source, options.webhook.clone()) {
                 Ok(webhook) => {
-                    log::info!("status events are posted to {}", webhook::redact_url(url));
-                    let _ = self.inner.webhook.set(webhook);
+                    log::info!(
+                        "status events are posted to {}",
+                        crate::http::redact_url(url)
+                    );
+                    let webhook = Arc::new(webhook);
+                    if self.inner.webhook.set(Arc::clone(&webhook)).is_ok() {
+                        self.attach(webhook);
+                    }
                 }
                 Err(error) => log::warn!("imprint.report: {error:#}; events are not posted"),
             }
@@ -236,7 +267,7 @@ impl Status {
         }
     }
 
-    /// Records `kind` as the next event and queues it for the webhook.
+    /// Records `kind` as the next event and hands it to every sink.
     /// Never blocks on the network.
     pub fn emit(&self, kind: EventKind) {
         let time = SystemTime::now()
@@ -260,31 +291,56 @@ impl Status {
         {
             object.insert("timeline".into(), state.timeline.clone());
         }
-        // Queued under the state lock, so the webhook sees `seq` order
+        // Handed over under the state lock, so every sink sees `seq` order
         // whichever threads emit.
-        if let Some(webhook) = self.inner.webhook.get() {
-            webhook.send(json.to_string(), event.kind.is_progress());
-        }
-        drop(state);
-        let listeners = self
-            .inner
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for listener in listeners.iter() {
-            listener(&event);
+        for sink in self.sinks().iter() {
+            sink.event(&event, &json);
         }
     }
 
-    /// Calls `listener` with every event from now on (after it is recorded
-    /// and queued for the webhook). It must return quickly: it runs on the
-    /// emitting thread.
-    pub fn subscribe(&self, listener: Listener) {
+    /// Hands every event from now on to `sink` too. A sink of a kind
+    /// already attached ([`Sink::name`]) is not attached again.
+    pub fn attach(&self, sink: Arc<dyn Sink>) {
+        let mut sinks = self.sinks();
+        if !sinks.iter().any(|s| s.name() == sink.name()) {
+            sinks.push(sink);
+        }
+    }
+
+    /// Whether a sink of kind `name` is attached.
+    pub fn has_sink(&self, name: &str) -> bool {
+        self.sinks().iter().any(|sink| sink.name() == name)
+    }
+
+    fn sinks(&self) -> MutexGuard<'_, Vec<Arc<dyn Sink>>> {
         self.inner
-            .listeners
+            .sinks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(listener);
+    }
+
+    fn held_result(&self) -> MutexGuard<'_, Option<RunResult>> {
+        self.inner
+            .result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Says how the current run ended: the result line as printed, and what
+    /// it did. Kept until the next [`flush`](Self::flush), which passes it to
+    /// the sinks after every event emitted before (the `handoff` or
+    /// `retrying` that follows the result line included); a second call
+    /// before that replaces it. With `on-failure=retry:N`, each run sets its
+    /// result and flushes before the next begins.
+    pub fn set_result(&self, result: RunResult) {
+        *self.held_result() = Some(result);
+    }
+
+    /// Changes the current run's result if it is not passed on yet (a
+    /// `kexec!` that fails after the result line turns success into
+    /// failure); `false` when there is none to change.
+    pub fn amend_result(&self, amend: impl FnOnce(&mut RunResult)) -> bool {
+        self.held_result().as_mut().map(amend).is_some()
     }
 
     /// Says which stage the deploy is in, for `/status`, without an event
@@ -304,14 +360,25 @@ impl Status {
         self.inner.state.lock().stage.unwrap_or(Stage::Write)
     }
 
-    /// Waits, at most `timeout`, until the webhook has dealt with every
-    /// event (delivered or given up); `true` when it has, or when there is
-    /// no webhook. Call before kexec, reboot or power-off.
+    /// Passes the run's result on (see [`set_result`](Self::set_result)),
+    /// then waits, at most `timeout` in all, until every sink has dealt with
+    /// everything (delivered or given up); `true` when all have, or when
+    /// there are none. Call before kexec, reboot or power-off, and between
+    /// the runs of `on-failure=retry:N`.
     pub fn flush(&self, timeout: Duration) -> bool {
-        self.inner
-            .webhook
-            .get()
-            .is_none_or(|webhook| webhook.flush(timeout))
+        let deadline = Instant::now() + timeout;
+        let sinks = self.sinks().clone();
+        if let Some(result) = self.held_result().take() {
+            for sink in &sinks {
+                sink.run_ended(&result);
+            }
+        }
+        let mut all = true;
+        for sink in &sinks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            all &= sink.flush(left);
+        }
+        all
     }
 
     /// The status document (see the README, "Status events").
@@ -326,7 +393,7 @@ impl Status {
 
     /// What the webhook did so far, when there is one.
     pub fn webhook_stats(&self) -> Option<WebhookStats> {
-        self.inner.webhook.get().map(Webhook::stats)
+        self.inner.webhook.get().map(|webhook| webhook.stats())
     }
 
     /// Where the status server listens, when there is one.
@@ -444,22 +511,120 @@ mod tests {
         status.emit(handoff(HandoffHow::Reboot));
         let document = status.document();
         assert_eq!(document["timeline"], json!({"kernel": 0.0, "pid1": 1.5}));
-        let listened = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&listened);
-        status.subscribe(Box::new(move |event| {
-            sink.lock().unwrap().push(event.log_line());
-        }));
+        let sink = Arc::new(Recorder::default());
+        status.attach(Arc::clone(&sink) as Arc<dyn Sink>);
         status.emit(EventKind::Failed {
             stage: Stage::Handoff,
             error: "kexec refused".into(),
             offset: None,
             attempt: None,
         });
-        let lines = listened.lock().unwrap().clone();
-        assert_eq!(lines.len(), 1);
-        assert!(lines[0].contains("failed: {"), "{}", lines[0]);
-        assert!(lines[0].contains("kexec refused"), "{}", lines[0]);
-        assert!(!lines[0].contains("\"seq\""), "{}", lines[0]);
+        let seen = sink.seen();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].starts_with("event "), "{}", seen[0]);
+        assert!(seen[0].contains("failed: {"), "{}", seen[0]);
+        assert!(seen[0].contains("kexec refused"), "{}", seen[0]);
+        assert!(!seen[0].contains("\"seq\""), "{}", seen[0]);
+    }
+
+    /// A sink that writes down what it is given.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink for Recorder {
+        fn event(&self, event: &Event, json: &Value) {
+            assert_eq!(json["seq"], event.seq);
+            self.seen
+                .lock()
+                .unwrap()
+                .push(format!("event {}", event.log_line()));
+        }
+        fn run_ended(&self, result: &RunResult) {
+            self.seen.lock().unwrap().push(format!(
+                "end {} {}",
+                result.line,
+                result.deploy.to_json()["result"]
+            ));
+        }
+        fn flush(&self, _: Duration) -> bool {
+            self.seen.lock().unwrap().push("flush".into());
+            true
+        }
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+    }
+
+    fn run_result(line: &str, error: Option<&str>) -> RunResult {
+        RunResult {
+            line: line.into(),
+            deploy: LastDeploy {
+                image: "http://h/img".into(),
+                sha256: None,
+                seconds: 1.0,
+                error: error.map(str::to_owned),
+            },
+        }
+    }
+
+    #[test]
+    fn the_result_reaches_sinks_at_the_flush_after_the_events() {
+        let status = Status::new(&StatusOptions::default());
+        let sink = Arc::new(Recorder::default());
+        status.attach(Arc::clone(&sink) as Arc<dyn Sink>);
+        // A second sink of the same kind is not attached.
+        status.attach(Arc::new(Recorder::default()));
+        assert!(status.has_sink("recorder"));
+        assert!(!status.has_sink("webhook"));
+
+        // Run 1 fails and is retried: failed, result, retrying, flush.
+        status.emit(failed(Stage::Write, "reset"));
+        status.set_result(run_result("IMPRINT-RESULT: error 1", Some("reset")));
+        status.emit(EventKind::Retrying {
+            attempt: 2,
+            of: 2,
+            delay_seconds: 10.0,
+        });
+        assert!(status.flush(Duration::from_secs(1)));
+        // Run 2 succeeds; kexec! then fails before the flush and amends it.
+        status.set_result(run_result("IMPRINT-RESULT: ok", None));
+        assert!(status.amend_result(|result| {
+            result.line = "IMPRINT-RESULT: error kexec".into();
+            result.deploy.error = Some("kexec".into());
+        }));
+        status.emit(failed(Stage::Handoff, "kexec"));
+        assert!(status.flush(Duration::from_secs(1)));
+        // Nothing left to amend once it is passed on.
+        assert!(!status.amend_result(|_| unreachable!()));
+        assert!(status.flush(Duration::from_secs(1)));
+
+        let seen: Vec<String> = sink
+            .seen()
+            .into_iter()
+            .map(|line| line.split(": {").next().unwrap().to_owned())
+            .collect();
+        let expected = [
+            "event [", // failed
+            "event [", // retrying
+            "end IMPRINT-RESULT: error 1 \"failed\"",
+            "flush",
+            "event [", // failed
+            "end IMPRINT-RESULT: error kexec \"failed\"",
+            "flush",
+            "flush",
+        ];
+        assert_eq!(seen.len(), expected.len(), "{seen:#?}");
+        for (seen, expected) in seen.iter().zip(expected) {
+            assert!(seen.starts_with(expected), "{seen} / {expected}");
+        }
     }
 
     #[test]

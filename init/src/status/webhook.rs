@@ -2,28 +2,37 @@
 //! `application/json` to the URL, in order, by a background thread.
 //!
 //! The deploy never waits for it and never fails because of it:
-//! [`Webhook::send`] only queues. The queue is bounded; when it is full the
-//! oldest `progress` event is dropped (a newer one says more), or the oldest
-//! event when there is none, and the drop is counted. A POST that fails
-//! (connection error, timeout, HTTP 408/429/5xx) is retried with doubling
-//! backoff; another answer that is not 2xx is final. After the last attempt
-//! the event is given up and the next one is tried. The first failure of a
-//! streak is logged as a warning, the recovery once as info; attempts in
-//! between are not logged, so an unreachable receiver does not flood the
-//! console. [`Webhook::flush`] waits, for a bounded time, until the queue is
-//! empty: PID 1 calls it before kexec or power-off so the last events leave.
+//! [`Webhook::send`] only queues, on the [shared worker](super::worker),
+//! whose queue is bounded: when it is full the oldest `progress` event is
+//! dropped (a newer one says more), or the oldest event when there is none,
+//! and the drop is counted. A POST that fails in a way
+//! [`crate::http::classify`] calls retryable (connection error, timeout,
+//! HTTP 408/429, most 5xx) is retried with its backoff; another answer that
+//! is not 2xx is final. After the last attempt the event is given up and
+//! the next one is tried. The first failure of a streak is logged as a
+//! warning, the recovery once as info; attempts in between are not logged,
+//! so an unreachable receiver does not flood the console.
+//! [`Webhook::flush`] waits, for a bounded time, until the queue is empty:
+//! PID 1 calls it before kexec or power-off so the last events leave.
 //!
-//! HTTPS is verified like image sources ([`crate::source::tls`]):
+//! HTTPS is verified like image sources ([`crate::http::tls`]):
 //! `imprint.ca=` and `imprint.insecure=1` apply. The agent is built on the
 //! worker thread, so fetching an `imprint.ca=` bundle cannot hold up the caller.
 //! Messages name the URL without user info and query, where tokens hide.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use serde_json::Value;
 
+use super::worker::{Class, Deliver, Reporter};
+use super::{Event, Sink};
+use crate::http::agent::{Exchange, agent};
+use crate::http::backoff::{Backoff, RetryPolicy};
+use crate::http::classify::Failure;
+use crate::http::retry::{Clock, Failed, Retrier, retry_after_of};
+use crate::http::{is_web_url, redact_url};
 use crate::source::SourceOptions;
 
 /// How hard the webhook tries.
@@ -31,9 +40,11 @@ use crate::source::SourceOptions;
 pub struct WebhookOptions {
     /// POSTs of one event before it is given up.
     pub attempts: u32,
-    /// The wait after the first failure; doubled after each further one.
+    /// The wait after the first failure; doubled after each further one
+    /// (with jitter, [`crate::http::backoff`]).
     pub first_backoff: Duration,
-    /// The longest wait between two attempts.
+    /// The longest wait between two attempts (a `Retry-After` may ask for
+    /// longer).
     pub max_backoff: Duration,
     /// The time one attempt may take, connecting included.
     pub timeout: Duration,
@@ -64,26 +75,11 @@ pub struct WebhookStats {
     pub dropped: u64,
 }
 
-struct Queued {
-    body: String,
-    progress: bool,
-}
-
-#[derive(Default)]
-struct Queue {
-    pending: VecDeque<Queued>,
-    /// The worker holds an event it has not finished with.
-    in_flight: bool,
-    closed: bool,
-    stats: WebhookStats,
-}
-
-type Shared = crate::status::queue::Shared<Queue>;
-
 /// A running webhook; its thread stops when this is dropped (without
 /// waiting for the queue: call [`flush`](Self::flush) first).
 pub struct Webhook {
-    shared: Arc<Shared>,
+    reporter: Reporter<String>,
+    stats: Arc<Mutex<WebhookStats>>,
     url: String,
 }
 
@@ -99,27 +95,29 @@ impl Webhook {
     /// Starts the thread that posts to `url` (`http://` or `https://`).
     /// Fails only on another scheme, or when no thread can be started.
     pub fn start(url: &str, source: &SourceOptions, options: WebhookOptions) -> Result<Webhook> {
-        let scheme = url
-            .split_once("://")
-            .map(|(scheme, _)| scheme.to_ascii_lowercase());
-        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+        if !is_web_url(url) {
             bail!("report URL {} is not http:// or https://", redact_url(url));
         }
-        let shared = Arc::new(Shared::new(Queue::default(), options.queue_len));
-        let worker = Worker {
-            shared: Arc::clone(&shared),
+        let stats = Arc::new(Mutex::new(WebhookStats::default()));
+        let poster = Poster {
             url: url.to_owned(),
             source: source.clone(),
-            options,
+            policy: RetryPolicy::attempts(
+                options.attempts,
+                Backoff {
+                    first: options.first_backoff,
+                    cap: options.max_backoff,
+                },
+            ),
+            timeout: options.timeout,
             agent: None,
             failing: false,
+            stats: Arc::clone(&stats),
         };
-        std::thread::Builder::new()
-            .name("report-webhook".into())
-            .spawn(move || worker.run())
-            .context("starting the report webhook thread")?;
+        let reporter = Reporter::start("report-webhook", options.queue_len, poster)?;
         Ok(Webhook {
-            shared,
+            reporter,
+            stats,
             url: url.to_owned(),
         })
     }
@@ -128,227 +126,147 @@ impl Webhook {
     /// before it. Never blocks on the network. `progress` marks an event
     /// that may be dropped first when the queue is full.
     pub fn send(&self, body: String, progress: bool) {
-        let mut queue = self.shared.lock();
-        if queue.pending.len() >= self.shared.capacity {
-            let victim = queue
-                .pending
-                .iter()
-                .position(|queued| queued.progress)
-                .unwrap_or(0);
-            queue.pending.remove(victim);
-            queue.stats.dropped += 1;
-        }
-        queue.pending.push_back(Queued { body, progress });
-        drop(queue);
-        self.shared.changed.notify_all();
+        let class = if progress {
+            Class::Progress
+        } else {
+            Class::Event
+        };
+        self.reporter.push(body, class);
     }
 
     /// Waits until every queued event is delivered or given up, at most
     /// `timeout`; `true` when the queue is empty.
     pub fn flush(&self, timeout: Duration) -> bool {
-        self.shared.wait_until(timeout, |queue| {
-            queue.pending.is_empty() && !queue.in_flight
-        })
+        self.reporter.flush(timeout)
     }
 
     /// Counts of delivered, given-up and dropped events.
     pub fn stats(&self) -> WebhookStats {
-        self.shared.lock().stats
+        WebhookStats {
+            dropped: self.reporter.dropped(),
+            ..*self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+        }
     }
 }
 
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.changed.notify_all();
+impl Sink for Webhook {
+    fn event(&self, event: &Event, json: &Value) {
+        self.send(json.to_string(), event.kind.is_progress());
+    }
+
+    fn flush(&self, timeout: Duration) -> bool {
+        Webhook::flush(self, timeout)
+    }
+
+    fn name(&self) -> &'static str {
+        "webhook"
     }
 }
 
-/// How one POST ended.
-enum Outcome {
-    Delivered,
-    /// Worth another attempt.
-    Retry(String),
-    /// Another attempt would get the same answer.
-    Final(String),
-}
-
-struct Worker {
-    shared: Arc<Shared>,
+/// Posts events, on the worker thread.
+struct Poster {
     url: String,
     source: SourceOptions,
-    options: WebhookOptions,
+    policy: RetryPolicy,
+    timeout: Duration,
     agent: Option<ureq::Agent>,
     /// In a failure streak: the first failure was logged, later ones are not.
     failing: bool,
+    stats: Arc<Mutex<WebhookStats>>,
 }
 
-impl Worker {
-    fn run(mut self) {
-        loop {
-            let body = {
-                let mut queue = self.shared.lock();
-                loop {
-                    if queue.closed {
-                        return;
-                    }
-                    if let Some(next) = queue.pending.pop_front() {
-                        queue.in_flight = true;
-                        break next.body;
-                    }
-                    queue = self
-                        .shared
-                        .changed
-                        .wait(queue)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-            };
-            let delivered = self.deliver(&body);
-            let mut queue = self.shared.lock();
-            queue.in_flight = false;
+impl Deliver for Poster {
+    type Item = String;
+
+    fn deliver(&mut self, items: Vec<String>, clock: &Arc<dyn Clock>) {
+        for body in items {
+            let delivered = self.deliver_one(&body, clock);
+            let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
             if delivered {
-                queue.stats.delivered += 1;
+                stats.delivered += 1;
             } else {
-                queue.stats.given_up += 1;
+                stats.given_up += 1;
             }
-            drop(queue);
-            self.shared.changed.notify_all();
         }
     }
+}
 
+impl Poster {
     /// Posts one event until it is delivered, final, or out of attempts.
-    fn deliver(&mut self, body: &str) -> bool {
-        let mut backoff = self.options.first_backoff;
-        for attempt in 1..=self.options.attempts.max(1) {
-            let (message, retry) = match self.post(body) {
-                Outcome::Delivered => {
-                    if self.failing {
-                        self.failing = false;
-                        let stats = self.shared.lock().stats;
-                        log::info!(
-                            "report {}: delivering again ({} events given up, {} dropped so far)",
-                            redact_url(&self.url),
-                            stats.given_up,
-                            stats.dropped
-                        );
-                    }
-                    return true;
+    fn deliver_one(&mut self, body: &str, clock: &Arc<dyn Clock>) -> bool {
+        let mut retrier = Retrier::new(self.policy, Arc::clone(clock));
+        let result = retrier.run(
+            || {
+                let result = self.post(body);
+                if let Err(failed) = &result
+                    && !self.failing
+                {
+                    self.failing = true;
+                    log::warn!(
+                        "report: {}; events are retried in the background \
+                         and further failures are not logged",
+                        failed.message
+                    );
                 }
-                Outcome::Retry(message) => (message, true),
-                Outcome::Final(message) => (message, false),
-            };
-            if !self.failing {
-                self.failing = true;
-                log::warn!(
-                    "report {}: {message}; events are retried in the background \
-                     and further failures are not logged",
-                    redact_url(&self.url)
-                );
+                result
+            },
+            |_, _| {},
+        );
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    let stats = *self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                    log::info!(
+                        "report {}: delivering again ({} events given up so far)",
+                        redact_url(&self.url),
+                        stats.given_up,
+                    );
+                }
+                true
             }
-            if !retry || attempt == self.options.attempts {
-                log::debug!(
-                    "report {}: event given up after {attempt} attempts: {message}",
-                    redact_url(&self.url)
-                );
-                return false;
+            Err(exhausted) => {
+                log::debug!("report: event given up: {}", exhausted.error.message);
+                false
             }
-            if !self.pause(backoff) {
-                return false;
-            }
-            backoff = (backoff * 2).min(self.options.max_backoff);
-        }
-        false
-    }
-
-    /// Sleeps `duration` unless the webhook is closed first; `false` then.
-    fn pause(&self, duration: Duration) -> bool {
-        let deadline = Instant::now() + duration;
-        let mut queue = self.shared.lock();
-        loop {
-            if queue.closed {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            queue = self
-                .shared
-                .changed
-                .wait_timeout(queue, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
     }
 
-    fn post(&mut self, body: &str) -> Outcome {
+    fn post(&mut self, body: &str) -> Result<(), Failed> {
         if self.agent.is_none() {
-            match self.build_agent() {
-                Ok(agent) => self.agent = Some(agent),
-                // A CA bundle that cannot be read or fetched now may be later.
-                Err(error) => return Outcome::Retry(format!("{error:#}")),
-            }
+            let built = agent(
+                &self.source,
+                Exchange::Api {
+                    timeout: self.timeout,
+                },
+            )
+            // A CA bundle that cannot be read or fetched now may be later:
+            // counted as a connection failure, which is retried.
+            .map_err(|error| Failed {
+                failure: Failure::Connection,
+                message: format!("{}: {error:#}", redact_url(&self.url)),
+                retry_after: None,
+            })?;
+            self.agent = Some(built);
         }
         let Some(agent) = &self.agent else {
-            return Outcome::Final("no HTTP agent".into());
+            return Err(Failed {
+                failure: Failure::Fatal,
+                message: "no HTTP agent".into(),
+                retry_after: None,
+            });
         };
-        let result = agent
+        let request = format!("POST {}", redact_url(&self.url));
+        let response = agent
             .post(&self.url)
             .header("Content-Type", "application/json")
-            .send(body.as_bytes());
-        match result {
-            Ok(response) => {
-                let status = response.status();
-                let code = status.as_u16();
-                let message = format!(
-                    "HTTP {code} {}",
-                    status.canonical_reason().unwrap_or_default()
-                );
-                match code {
-                    200..=299 => Outcome::Delivered,
-                    408 | 429 | 500..=599 => Outcome::Retry(message),
-                    _ => Outcome::Final(message),
-                }
-            }
-            Err(error) => {
-                let message = crate::source::tls::certificate_failure(&error, &self.source);
-                match message {
-                    Some(message) => Outcome::Final(message),
-                    None => Outcome::Retry(error.to_string()),
-                }
-            }
+            .send(body.as_bytes())
+            .map_err(|error| Failed::request(&request, &error, &self.source))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
         }
-    }
-
-    fn build_agent(&self) -> Result<ureq::Agent> {
-        Ok(ureq::Agent::config_builder()
-            .timeout_global(Some(self.options.timeout))
-            .http_status_as_error(false)
-            // A receiver that redirects a POST is misconfigured; say so, do not follow.
-            .max_redirects(0)
-            .tls_config(crate::source::tls::tls_config(&self.source)?)
-            .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into())
-    }
-}
-
-/// `url` without user info, query and fragment, which may hold tokens:
-/// `https://user:pw@drp:8092/hook?token=x` is `https://drp:8092/hook`.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = match rest.find('/') {
-        Some(slash) => rest.split_at(slash),
-        None => (rest, ""),
-    };
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if scheme.is_empty() {
-        format!("{host}{path}")
-    } else {
-        format!("{scheme}://{host}{path}")
+        Err(Failed::status(&request, status, retry_after_of(&response)))
     }
 }
 
@@ -356,6 +274,7 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
     use imprint_qemu::http::{Behavior, FixtureServer};
+    use std::time::Instant;
 
     fn fast() -> WebhookOptions {
         WebhookOptions {
@@ -510,10 +429,8 @@ mod tests {
         hook.send("failed".into(), false); // drops p1
         hook.send("handoff".into(), false); // drops p2
         hook.send("last".into(), false); // no progress left: drops the oldest
-        let queue = hook.shared.lock();
-        let pending: Vec<&str> = queue.pending.iter().map(|q| q.body.as_str()).collect();
-        assert_eq!(pending, ["failed", "handoff", "last"]);
-        assert_eq!(queue.stats.dropped, 3);
+        // Which ones went is the worker's policy, tested there.
+        assert_eq!(hook.stats().dropped, 3);
     }
 
     #[test]
@@ -563,16 +480,5 @@ mod tests {
             message,
             "report URL ftp://host/x is not http:// or https://"
         );
-    }
-
-    #[test]
-    fn urls_lose_credentials_and_queries() {
-        assert_eq!(
-            redact_url("https://user:pw@drp:8092/hook?token=x#f"),
-            "https://drp:8092/hook"
-        );
-        assert_eq!(redact_url("http://h"), "http://h");
-        assert_eq!(redact_url("http://h?x"), "http://h");
-        assert_eq!(redact_url("no-scheme/path"), "no-scheme/path");
     }
 }

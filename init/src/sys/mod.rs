@@ -5,4 +5,5 @@ pub mod kmod;
 pub mod mount;
 pub mod net;
 pub mod power;
+pub mod tty;
 pub mod zstd;

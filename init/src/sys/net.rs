@@ -166,6 +166,12 @@ impl Icmp6Socket {
     }
 }
 
+/// The DHCPv6 client's port; servers listen on 547 at `ff02::1:2` (RFC 8415 §7).
+pub const DHCP6_CLIENT_PORT: u16 = 546;
+pub const DHCP6_SERVER_PORT: u16 = 547;
+/// All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1).
+pub const DHCP6_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+
 /// A UDP socket on the DHCPv6 client port of one interface's link-local
 /// address, sending to the all-servers multicast group on that interface.
 #[derive(Debug)]
@@ -177,23 +183,13 @@ pub struct Dhcp6Socket {
 impl Dhcp6Socket {
     /// Binds `[link_local%ifindex]:546`; the address must have passed DAD.
     pub fn open(link_local: Ipv6Addr, ifindex: u32) -> io::Result<Self> {
-        let socket = UdpSocket::bind(SocketAddrV6::new(
-            link_local,
-            crate::net::dhcp6::CLIENT_PORT,
-            0,
-            ifindex,
-        ))?;
+        let socket = UdpSocket::bind(SocketAddrV6::new(link_local, DHCP6_CLIENT_PORT, 0, ifindex))?;
         Ok(Self { socket, ifindex })
     }
 
     /// Sends one message to `ff02::1:2` port 547.
     pub fn send(&self, message: &[u8]) -> io::Result<()> {
-        let to = SocketAddrV6::new(
-            crate::net::dhcp6::SERVERS,
-            crate::net::dhcp6::SERVER_PORT,
-            0,
-            self.ifindex,
-        );
+        let to = SocketAddrV6::new(DHCP6_SERVERS, DHCP6_SERVER_PORT, 0, self.ifindex);
         self.socket.send_to(message, to)?;
         Ok(())
     }

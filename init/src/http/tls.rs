@@ -1,4 +1,5 @@
-//! Trust for HTTPS sources.
+//! Trust for HTTPS: image sources, the checksum and spec fetches, DRP and the
+//! webhook all verify servers the same way.
 //!
 //! TLS is rustls with ring, compiled in: nothing is loaded at run time. Which roots
 //! verify a server, first match wins:
@@ -15,7 +16,8 @@
 //! A bundle given by URL is fetched over the same trust path as everything that has
 //! no `ca`: `http://` plainly, `https://` verified by 3 or 4. So an `http://` bundle
 //! is only as trustworthy as the network it crosses, exactly like an `http://` image.
-//! It is fetched once per process, then reused by every connection.
+//! It is fetched once per process (retried like an image, [`super::retry`]), then
+//! reused by every connection.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +26,11 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use anyhow::{Context, Result, bail};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
-use super::SourceOptions;
+use super::agent::{Exchange, agent};
+use super::backoff::RetryPolicy;
+use super::classify::{self, Failure};
+use super::retry::{Failed, Retrier, SystemClock, retry_after_of};
+use super::{HttpOptions, is_web_url};
 
 /// The bundle an initramfs carries, used when no `imprint.ca=` is given.
 pub const INITRAMFS_CA_BUNDLE: &str = "/etc/imprint/ca.pem";
@@ -51,7 +57,7 @@ pub enum Trust {
 
 /// Decides where trust comes from; `initramfs_bundle_exists` says whether
 /// [`INITRAMFS_CA_BUNDLE`] is there.
-pub fn choose_trust(options: &SourceOptions, initramfs_bundle_exists: bool) -> Trust {
+pub fn choose_trust(options: &HttpOptions, initramfs_bundle_exists: bool) -> Trust {
     if options.insecure {
         return Trust::Insecure;
     }
@@ -64,12 +70,12 @@ pub fn choose_trust(options: &SourceOptions, initramfs_bundle_exists: bool) -> T
 }
 
 /// Whether certificate verification is off, so the result line can say so.
-pub fn insecure_in_effect(options: &SourceOptions) -> bool {
+pub fn insecure_in_effect(options: &HttpOptions) -> bool {
     options.insecure
 }
 
 /// The TLS configuration for the HTTP agent.
-pub fn tls_config(options: &SourceOptions) -> Result<TlsConfig> {
+pub fn tls_config(options: &HttpOptions) -> Result<TlsConfig> {
     let trust = choose_trust(options, Path::new(INITRAMFS_CA_BUNDLE).exists());
     let roots = match &trust {
         Trust::Insecure => {
@@ -89,7 +95,7 @@ pub fn tls_config(options: &SourceOptions) -> Result<TlsConfig> {
 /// The certificate problem behind a failed request, as one line with the fix, e.g.
 /// `invalid certificate: UnknownIssuer; pass the CA with imprint.ca=`; `None` when
 /// the error is something else. Such a failure is final: retrying cannot fix it.
-pub fn certificate_failure(error: &ureq::Error, options: &SourceOptions) -> Option<String> {
+pub fn certificate_failure(error: &ureq::Error, options: &HttpOptions) -> Option<String> {
     // ureq hands rustls errors over inside an io::Error, and does not re-export
     // rustls to downcast to, so the failure is recognised by rustls' wording of
     // `Error::InvalidCertificate` (tests pin it).
@@ -103,12 +109,6 @@ pub fn certificate_failure(error: &ureq::Error, options: &SourceOptions) -> Opti
         _ => String::new(),
     };
     Some(format!("invalid certificate: {reason}{hint}"))
-}
-
-fn is_web_url(text: &str) -> bool {
-    text.split_once("://").is_some_and(|(scheme, _)| {
-        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
-    })
 }
 
 /// The certificates in a PEM bundle; other PEM sections (keys, CRLs) are skipped.
@@ -134,7 +134,7 @@ type Bundle = Arc<Vec<Certificate<'static>>>;
 /// the checksum list) needs the roots, and the bundle's server need not see each one.
 static FETCHED: LazyLock<Mutex<HashMap<String, Bundle>>> = LazyLock::new(Mutex::default);
 
-fn fetched_bundle(url: &str, options: &SourceOptions) -> Result<Bundle> {
+fn fetched_bundle(url: &str, options: &HttpOptions) -> Result<Bundle> {
     let cached = FETCHED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -145,13 +145,13 @@ fn fetched_bundle(url: &str, options: &SourceOptions) -> Result<Bundle> {
     }
     // Without a `ca`, the fetch itself is verified by the default roots (see the
     // module comment), and cannot come back here.
-    let default_trust = SourceOptions {
+    let default_trust = HttpOptions {
         ca: None,
         ..options.clone()
     };
-    let pem = super::fetch_text(url, MAX_BUNDLE_LEN, &default_trust)
+    let pem = fetch_small(url, MAX_BUNDLE_LEN, &default_trust)
         .context("fetching the CA bundle (verified by the default roots)")?;
-    let bundle = Arc::new(parse_bundle(url, pem.as_bytes())?);
+    let bundle = Arc::new(parse_bundle(url, &pem)?);
     log::info!("CA bundle {url}: {} certificates", bundle.len());
     FETCHED
         .lock()
@@ -160,15 +160,49 @@ fn fetched_bundle(url: &str, options: &SourceOptions) -> Result<Bundle> {
     Ok(bundle)
 }
 
+/// `GET url` and its body, at most `max_len` bytes, retried like an image
+/// (a body that breaks off is fetched again whole: it is small).
+fn fetch_small(url: &str, max_len: u64, options: &HttpOptions) -> Result<Vec<u8>> {
+    let agent = agent(options, Exchange::Download)?;
+    let mut retrier = Retrier::new(RetryPolicy::transfer(options), Arc::new(SystemClock::new()));
+    let request = format!("GET {url}");
+    let attempt = || -> Result<Vec<u8>, Failed> {
+        let mut response = agent
+            .get(url)
+            .call()
+            .map_err(|error| Failed::request(&request, &error, options))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Failed::status(&request, status, retry_after_of(&response)));
+        }
+        response
+            .body_mut()
+            .with_config()
+            .limit(max_len)
+            .read_to_vec()
+            .map_err(|error| Failed {
+                failure: match &error {
+                    ureq::Error::BodyExceedsLimit(_) => Failure::Fatal,
+                    other => classify::classify(other),
+                },
+                message: format!("{request}: reading the body: {error}"),
+                retry_after: None,
+            })
+    };
+    retrier
+        .run(attempt, Failed::log_retry)
+        .map_err(|exhausted| exhausted.error.into_error(exhausted.give_up))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn options(ca: Option<&str>, insecure: bool) -> SourceOptions {
-        SourceOptions {
+    fn options(ca: Option<&str>, insecure: bool) -> HttpOptions {
+        HttpOptions {
             ca: ca.map(str::to_owned),
             insecure,
-            ..SourceOptions::default()
+            ..HttpOptions::default()
         }
     }
 

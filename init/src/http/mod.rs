@@ -1,0 +1,104 @@
+//! The HTTP client plumbing every feature shares: how an agent is built
+//! ([`agent`]: timeouts, TLS trust, no proxy), which failures are worth
+//! another attempt ([`classify`]), how long to wait before it ([`backoff`]),
+//! and the loop that ties those together ([`retry`]).
+//!
+//! It sits below its users in the module graph: image sources and the
+//! checksum and spec fetches ([`crate::source`]), the DRP client
+//! ([`crate::drp`]) and the report webhook ([`crate::status`]) all call
+//! into it, and it calls none of them. A rule about retrying or trusting a
+//! server therefore changes in one place for all of them.
+
+use std::time::Duration;
+
+pub mod agent;
+pub mod backoff;
+pub mod classify;
+pub mod retry;
+pub mod tls;
+
+/// Timeouts, retries and TLS trust for HTTP(S). Image sources are opened
+/// with them (hence [`crate::source::SourceOptions`], the same type); the
+/// DRP client and the webhook take the trust and the connect timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// How long connecting to a server may take (`imprint.connect-timeout=`).
+    pub connect_timeout: Duration,
+    /// How long a read may wait for the next bytes before the transfer is
+    /// declared stalled and treated like a dropped connection
+    /// (`imprint.stall-timeout=`).
+    pub stall_timeout: Duration,
+    /// Retries of a failed request or a broken transfer (`imprint.retries=`).
+    pub retries: u32,
+    /// The time all retries of one transfer may take (`imprint.retry-timeout=`).
+    pub retry_timeout: Duration,
+    /// Trust roots for HTTPS: a PEM bundle's URL or path (`imprint.ca=`).
+    pub ca: Option<String>,
+    /// Skip certificate verification (`imprint.insecure=1`). Loud, and
+    /// reported in the result.
+    pub insecure: bool,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(30),
+            retries: 8,
+            retry_timeout: Duration::from_secs(600),
+            ca: None,
+            insecure: false,
+        }
+    }
+}
+
+/// `url` without user info, query and fragment, which may hold tokens:
+/// `https://user:pw@drp:8092/hook?token=x` is `https://drp:8092/hook`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// Whether `url` is `http://` or `https://` (any case).
+pub fn is_web_url(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pw@drp:8092/hook?token=x#f"),
+            "https://drp:8092/hook"
+        );
+        assert_eq!(redact_url("http://h"), "http://h");
+        assert_eq!(redact_url("http://h?x"), "http://h");
+        assert_eq!(redact_url("no-scheme/path"), "no-scheme/path");
+    }
+
+    #[test]
+    fn web_urls() {
+        assert!(is_web_url("HTTPS://h/x"));
+        assert!(is_web_url("http://h"));
+        assert!(!is_web_url("ftp://h/x"));
+        assert!(!is_web_url("/srv/ca.pem"));
+        assert!(!is_web_url("file:///srv/ca.pem"));
+    }
+}
