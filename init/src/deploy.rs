@@ -43,12 +43,12 @@ use crate::http::tls;
 use crate::pipeline::checksum::{Checksum, ServedHasher, find_in_sums, url_file_name};
 use crate::pipeline::format::{self, Compression, DeclaredFormat, ImageFormat};
 use crate::pipeline::image_writer::ImageWriter;
+use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::peek::PeekReader;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
-use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
@@ -439,10 +439,9 @@ fn decode_stage(
     }
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
-        Compression::Xz if decoders.threads > 1 => Box::new(xz_blocks::ParallelXzDecoder::new(
-            input,
-            decoders.threads,
-        )),
+        Compression::Xz if decoders.threads > 1 => {
+            Box::new(xz_blocks::ParallelXzDecoder::new(input, decoders.threads))
+        }
         other => decode::decoder(other, Box::new(input)),
     };
     let mut decoded = PeekReader::new(decoder);

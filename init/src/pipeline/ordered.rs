@@ -78,9 +78,14 @@ pub fn parse_memory(value: &str) -> anyhow::Result<u64> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| anyhow::anyhow!("{value:?} is not a size: use a whole number with K, M or G (binary)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("{value:?} is not a size: use a whole number with K, M or G (binary)")
+        })?;
     if bytes < MIN_MEMORY {
-        anyhow::bail!("{value} is less than the {} MiB the decoders need", MIN_MEMORY >> 20);
+        anyhow::bail!(
+            "{value} is less than the {} MiB the decoders need",
+            MIN_MEMORY >> 20
+        );
     }
     Ok(bytes)
 }
@@ -943,7 +948,10 @@ mod tests {
     impl ToyDecoder {
         /// A few milliseconds at random, so units finish out of order.
         fn dawdle(&mut self) {
-            self.seed = self.seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            self.seed = self
+                .seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             thread::sleep(Duration::from_micros(self.seed >> 52));
         }
     }
@@ -1031,7 +1039,9 @@ mod tests {
         };
         let (mut input, mut expected) = (Vec::new(), Vec::new());
         for i in 0..count {
-            let payload: Vec<u8> = (0..next(3000) + 1).map(|j| (i as u32 * 31 + j) as u8).collect();
+            let payload: Vec<u8> = (0..next(3000) + 1)
+                .map(|j| (i as u32 * 31 + j) as u8)
+                .collect();
             let (unit, out) = toy_unit(b'U', &payload, next(max_output));
             input.extend_from_slice(&unit);
             expected.extend_from_slice(&out);

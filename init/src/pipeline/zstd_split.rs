@@ -14,7 +14,9 @@
 
 use std::io::{self, BufReader, ErrorKind, Read};
 
-use super::ordered::{Dispatcher, OrderedConfig, OrderedDecoder, STREAM_CHUNK, Split, Stop, StreamSender};
+use super::ordered::{
+    Dispatcher, OrderedConfig, OrderedDecoder, STREAM_CHUNK, Split, Stop, StreamSender,
+};
 use super::read_full;
 use super::zstd_decoder::{FrameInfo, ZstdFrameDecoder, corrupt};
 
@@ -113,7 +115,9 @@ impl<R: Read> ZstdSplit<R> {
         let mut left = u64::from(u32::from_le_bytes(size));
         let mut scratch = [0u8; 8192];
         while left > 0 {
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(scratch.len());
+            let n = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(scratch.len());
             self.fill_frame(&mut scratch[..n], start)?;
             left -= n as u64;
         }
@@ -370,13 +374,26 @@ mod tests {
         }
         let eight: Vec<u8> = image
             .chunks(8 << 20)
-            .flat_map(|c| cli("zstd", &["-q", "-c", &format!("--stream-size={}", c.len())], c))
+            .flat_map(|c| {
+                cli(
+                    "zstd",
+                    &["-q", "-c", &format!("--stream-size={}", c.len())],
+                    c,
+                )
+            })
             .collect();
-        let one = cli("zstd", &["-q", "-c", "-T2", &format!("--stream-size={}", image.len())], &image);
+        let one = cli(
+            "zstd",
+            &["-q", "-c", "-T2", &format!("--stream-size={}", image.len())],
+            &image,
+        );
         let unsized_frame = cli("zstd", &["-q", "-c", "--no-content-size"], &image);
         for input in [split, eight, one, unsized_frame] {
             for config in configs() {
-                assert!(decode(input.clone(), config).unwrap() == image, "{config:?}");
+                assert!(
+                    decode(input.clone(), config).unwrap() == image,
+                    "{config:?}"
+                );
             }
         }
     }
@@ -396,7 +413,10 @@ mod tests {
         let err = decode([&input[..], b"junk"].concat(), configs()[1]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("trailing garbage after the zstd stream at input byte {}", input.len())
+            format!(
+                "trailing garbage after the zstd stream at input byte {}",
+                input.len()
+            )
         );
         let err = decode(Vec::new(), configs()[1]).unwrap_err();
         assert_eq!(err.to_string(), "zstd stream is empty");
@@ -424,8 +444,9 @@ mod tests {
                         failures += 1;
                         let msg = e.to_string();
                         assert!(
-                            msg.starts_with(&format!("corrupt zstd frame at input byte {offset}: "))
-                                || msg.contains("at input byte"),
+                            msg.starts_with(&format!(
+                                "corrupt zstd frame at input byte {offset}: "
+                            )) || msg.contains("at input byte"),
                             "flip at {i}: {msg}"
                         );
                     }

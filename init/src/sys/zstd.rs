@@ -12,8 +12,8 @@ use std::ptr::NonNull;
 
 use libzstd_rs_sys::{
     ZSTD_DCtx, ZSTD_DCtx_reset, ZSTD_DCtx_setParameter, ZSTD_ResetDirective, ZSTD_createDCtx,
-    ZSTD_dParameter, ZSTD_decompressDCtx, ZSTD_decompressStream, ZSTD_freeDCtx,
-    ZSTD_getErrorName, ZSTD_inBuffer, ZSTD_isError, ZSTD_outBuffer,
+    ZSTD_dParameter, ZSTD_decompressDCtx, ZSTD_decompressStream, ZSTD_freeDCtx, ZSTD_getErrorName,
+    ZSTD_inBuffer, ZSTD_isError, ZSTD_outBuffer,
 };
 
 /// One decompression context: a frame's window and entropy tables, reused
@@ -91,7 +91,8 @@ impl ZstdContext {
         // reads and writes only within [0, size) and keeps no pointer to
         // them after returning (it copies what it must keep into the
         // context's own window buffer).
-        let code = unsafe { ZSTD_decompressStream(self.dctx.as_ptr(), &raw mut outb, &raw mut inb) };
+        let code =
+            unsafe { ZSTD_decompressStream(self.dctx.as_ptr(), &raw mut outb, &raw mut inb) };
         let left = check(code)?;
         Ok(Progress {
             read: inb.pos.min(input.len()),
@@ -195,10 +196,14 @@ mod tests {
         let mut out = [0u8; 5];
         assert_eq!(context.decompress_all(&hello_frame(), &mut out), Ok(5));
         assert_eq!(&out, b"hello");
-        let err = context.decompress_all(&hello_frame(), &mut [0u8; 4]).unwrap_err();
+        let err = context
+            .decompress_all(&hello_frame(), &mut [0u8; 4])
+            .unwrap_err();
         assert_eq!(err, "Destination buffer is too small");
         let frame = hello_frame();
-        let err = context.decompress_all(&frame[..frame.len() - 1], &mut out).unwrap_err();
+        let err = context
+            .decompress_all(&frame[..frame.len() - 1], &mut out)
+            .unwrap_err();
         assert_eq!(err, "Src size is incorrect");
     }
 
