@@ -972,7 +972,7 @@ mod tests {
                 return Err(toy_error(unit.offset, "does not decode"));
             }
             out.clear();
-            repeat_into(data, unit.output as usize, out);
+            repeat_into(data, usize::try_from(unit.output).unwrap(), out);
             Ok(out.len())
         }
 
@@ -988,7 +988,7 @@ mod tests {
                 return Err(toy_error(unit.offset, "does not decode"));
             }
             let mut out = Vec::new();
-            repeat_into(&data, unit.output as usize, &mut out);
+            repeat_into(&data, usize::try_from(unit.output).unwrap(), &mut out);
             output.write_all(&out)
         }
     }
@@ -1040,7 +1040,7 @@ mod tests {
         let (mut input, mut expected) = (Vec::new(), Vec::new());
         for i in 0..count {
             let payload: Vec<u8> = (0..next(3000) + 1)
-                .map(|j| (i as u32 * 31 + j) as u8)
+                .map(|j| (i * 31 + j as usize).to_le_bytes()[0])
                 .collect();
             let (unit, out) = toy_unit(b'U', &payload, next(max_output));
             input.extend_from_slice(&unit);
