@@ -17,6 +17,7 @@ pub mod handoff;
 pub mod hardware;
 pub(crate) mod http;
 pub mod inject;
+pub mod installed;
 pub mod logger;
 pub mod modules;
 pub mod net;

@@ -35,7 +35,7 @@ mod platform;
 mod tests;
 
 pub use early::{EARLY_BOOT, EarlyStep, apply_early_step};
-pub use platform::{Machine, Platform, coldplug, collect_modaliases};
+pub use platform::{Machine, Platform};
 
 /// The longest pause between two runs of `on-failure=retry:N`.
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(300);
