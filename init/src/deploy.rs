@@ -440,9 +440,7 @@ fn decode_stage(
     }
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
-        Compression::Xz if decoders.threads > 1 => {
-            Box::new(xz_blocks::ParallelXzDecoder::new(input, decoders.threads))
-        }
+        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
         other => decode::decoder(other, Box::new(input)),
     };
     let mut decoded = PeekReader::new(decoder);

@@ -22,6 +22,7 @@ use super::format::{
     Compression, DeclaredFormat, ImageFormat, TAR_BLOCK, is_zstd_skippable_magic, looks_like_tar,
     reconcile, sniff_compression,
 };
+use super::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use super::peek::PeekReader;
 use super::tar::SingleFileTar;
 
@@ -42,12 +43,16 @@ pub fn decoder(compression: Compression, input: Box<dyn Read + Send>) -> Box<dyn
     match compression {
         Compression::None => input,
         Compression::Gzip => Box::new(GzipDecoder::new(input)),
-        // One worker: the splitter checks every block header, index and
-        // footer itself, more strictly than lzma-rust2 alone.
-        Compression::Xz => Box::new(super::xz_blocks::ParallelXzDecoder::new(input, 1)),
-        Compression::Zstd => Box::new(ZstdDecoder::new(input)),
+        // One worker: the splitters check every block and frame header,
+        // index and footer themselves, more strictly than a decoder alone.
+        Compression::Xz => Box::new(super::xz_blocks::decoder(input, one_worker())),
+        Compression::Zstd => Box::new(super::zstd_split::decoder(input, one_worker())),
         Compression::Bzip2 => Box::new(Bzip2Decoder::new(input)),
     }
+}
+
+fn one_worker() -> OrderedConfig {
+    OrderedConfig::new(1, DEFAULT_MEMORY)
 }
 
 /// The raw disk image inside a served stream, ready to be written.

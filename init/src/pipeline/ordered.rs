@@ -526,6 +526,12 @@ impl OrderedDecoder {
         self.alive.strong_count() == 0
     }
 
+    /// Tells, after the decoder is dropped, whether its threads have exited.
+    pub fn exited(&self) -> impl Fn() -> bool + use<> {
+        let alive = self.alive.clone();
+        move || alive.strong_count() == 0
+    }
+
     fn fail_to_start(&mut self, e: &io::Error) {
         self.cancelled.store(true, Ordering::Relaxed);
         self.items = None;

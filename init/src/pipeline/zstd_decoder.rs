@@ -55,6 +55,20 @@ pub(crate) fn corrupt(offset: u64, what: impl std::fmt::Display) -> io::Error {
     )
 }
 
+/// libzstd's error, named as the other decoders name theirs.
+fn libzstd_error(frame: &FrameInfo, name: &str) -> io::Error {
+    if name == "Restored data doesn't match checksum" {
+        let at = frame.offset;
+        return io::Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "corrupt zstd stream: content checksum mismatch in the frame at input byte {at}"
+            ),
+        );
+    }
+    corrupt(frame.offset, name)
+}
+
 fn too_long(frame: &FrameInfo) -> io::Error {
     match frame.content_size {
         Some(size) => corrupt(
@@ -94,7 +108,7 @@ impl UnitDecoder for ZstdFrameDecoder {
             Ok(n) => Ok(n),
             Err(e) if e == "Destination buffer is too small" => Err(too_long(frame)),
             Err(e) if e == "Src size is incorrect" => Err(ends_early(frame)),
-            Err(e) => Err(corrupt(frame.offset, e)),
+            Err(e) => Err(libzstd_error(frame, &e)),
         }
     }
 
@@ -118,7 +132,7 @@ impl UnitDecoder for ZstdFrameDecoder {
             let step = self
                 .context
                 .decompress(&self.input[start..end], output.space())
-                .map_err(|e| corrupt(frame.offset, e))?;
+                .map_err(|e| libzstd_error(frame, &e))?;
             start += step.read;
             total += step.written as u64;
             output.advance(step.written)?;

@@ -58,8 +58,7 @@ impl<R: Read + Send + 'static> Split<FrameInfo> for ZstdSplit<R> {
             let got = self.fill(&mut magic)?;
             if got == 0 {
                 if start == 0 {
-                    let e = io::Error::new(ErrorKind::UnexpectedEof, "zstd stream is empty");
-                    return Err(e.into());
+                    return Err(truncated(0, 0).into());
                 }
                 return Ok(());
             }
@@ -91,13 +90,10 @@ impl<R: Read + Send + 'static> Split<FrameInfo> for ZstdSplit<R> {
 }
 
 impl<R: Read> ZstdSplit<R> {
+    /// Reads what there is, up to `buf`'s length. The source's errors
+    /// pass through unchanged: they name their own source and offset.
     fn fill(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = read_full(&mut self.input, buf).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("reading zstd input at byte {}: {e}", self.pos),
-            )
-        })?;
+        let n = read_full(&mut self.input, buf)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -241,16 +237,17 @@ fn charge_growth(
     Ok(())
 }
 
-fn truncated(at: u64, start: u64) -> io::Error {
+/// The decode family's wording (`decode.rs`): where the input ended.
+fn truncated(at: u64, _frame_start: u64) -> io::Error {
     io::Error::new(
         ErrorKind::UnexpectedEof,
-        format!("zstd stream truncated at input byte {at} (in the frame at input byte {start})"),
+        format!("zstd stream truncated at input byte {at}"),
     )
 }
 
 fn not_a_frame(at: u64) -> io::Error {
     let msg = if at == 0 {
-        "not a zstd stream: no frame magic at input byte 0".to_string()
+        "corrupt zstd stream at input byte 0: no zstd frame magic".to_string()
     } else {
         format!("trailing garbage after the zstd stream at input byte {at}")
     };
@@ -419,7 +416,7 @@ mod tests {
             )
         );
         let err = decode(Vec::new(), configs()[1]).unwrap_err();
-        assert_eq!(err.to_string(), "zstd stream is empty");
+        assert_eq!(err.to_string(), "zstd stream truncated at input byte 0");
         let err = decode(input[..input.len() - 2].to_vec(), configs()[1]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
     }
