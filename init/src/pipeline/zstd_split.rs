@@ -302,29 +302,24 @@ impl FrameHeaderLayout {
     }
 }
 
+/// Parses the content size of the frame header at the start of `data`, if
+/// the header is whole and declares one. Shared with `size_hint`.
+pub(crate) fn frame_header_len_and_content_size(data: &[u8]) -> Option<(usize, Option<u64>)> {
+    let magic = u32::from_le_bytes(data.get(..4)?.try_into().ok()?);
+    if magic != ZSTD_MAGIC {
+        return None;
+    }
+    let layout = FrameHeaderLayout::parse(*data.get(4)?).ok()?;
+    let rest = data.get(5..5 + layout.rest_len())?;
+    Some((5 + rest.len(), layout.content_size(rest)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::decode::tests::cli;
     use crate::pipeline::ordered::{DEFAULT_MEMORY, MIN_MEMORY};
-    use std::io::{Cursor, Write};
-    use std::process::{Command, Stdio};
-    use std::thread;
-
-    fn cli(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("running {program} (scripts/setup installs it): {e}"));
-        let mut stdin = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        let writer = thread::spawn(move || stdin.write_all(&input));
-        let out = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        assert!(out.status.success(), "{program} {args:?} failed");
-        out.stdout
-    }
+    use std::io::Cursor;
 
     /// Compressible but not trivially: runs of a counter and of noise.
     fn data(len: usize) -> Vec<u8> {
