@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! fetch thread:  source -> count + checksum of the bytes as served -> [queue]
-//! decode thread: [queue] -> sniff -> decode (zstd frames, xz blocks on all cores) -> tar unwrap -> [queue]
+//! decode thread: [queue] -> sniff -> decode (zstd frames, xz blocks on every core) -> tar unwrap -> [queue]
 //! this thread:   [queue] -> size limit -> hold back the first MiB -> disk -> [queue]
 //! hash thread:   [queue] -> sha256 of the bytes written -> spent buffers back to their pool
 //! after EOF:     verify checksum -> write the first MiB -> sync -> re-read partitions
@@ -43,12 +43,13 @@ use crate::http::tls;
 use crate::pipeline::checksum::{Checksum, ServedHasher, find_in_sums, url_file_name};
 use crate::pipeline::format::{self, Compression, DeclaredFormat, ImageFormat};
 use crate::pipeline::image_writer::ImageWriter;
+use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::peek::PeekReader;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
-use crate::pipeline::{decode, read_full, xz_blocks, zstd_frames};
+use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
 use crate::source::{self, SourceOptions};
@@ -71,20 +72,15 @@ const MAX_SUMS_LEN: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct DeployOptions {
-    /// Decoder threads for multi-frame zstd and multi-block xz images.
+    /// Decoder threads for zstd frames and xz blocks: every core. Memory,
+    /// not a thread count, bounds what they hold (`imprint.decode-memory=`).
     pub threads: usize,
 }
-
-/// Decoder threads are capped: a 64-core server gains nothing past the
-/// network's speed, and each thread may hold two zstd frames in memory.
-pub const MAX_DECODE_THREADS: usize = 8;
 
 impl Default for DeployOptions {
     fn default() -> Self {
         DeployOptions {
-            threads: thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(MAX_DECODE_THREADS),
+            threads: thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -152,7 +148,10 @@ fn deploy_attempt(
     })?;
     let decode = spawn("imprint-decode", {
         let url = url.clone();
-        let threads = options.threads;
+        let decoders = OrderedConfig::new(
+            options.threads,
+            spec.decode_memory.unwrap_or(DEFAULT_MEMORY),
+        );
         let source_options = spec.source.clone();
         let length = source.length;
         let pools = pools.clone();
@@ -162,7 +161,7 @@ fn deploy_attempt(
                 url: &url,
                 served_length: length,
                 declared: &declared,
-                threads,
+                decoders,
                 source_options: &source_options,
             };
             decode_stage(input, &pools, &image_tx)
@@ -393,7 +392,7 @@ struct DecodeInput<'a> {
     url: &'a str,
     served_length: Option<u64>,
     declared: &'a DeclaredFormat,
-    threads: usize,
+    decoders: OrderedConfig,
     source_options: &'a SourceOptions,
 }
 
@@ -407,7 +406,7 @@ fn decode_stage(
         url,
         served_length,
         declared,
-        threads,
+        decoders,
         source_options,
     } = input;
     let mut input = PeekReader::new(QueueReader::new(served, pools.served.clone()));
@@ -440,12 +439,8 @@ fn decode_stage(
         return Ok(format);
     }
     let decoder: Box<dyn Read + Send> = match compression {
-        Compression::Zstd if threads > 1 => {
-            Box::new(zstd_frames::ParallelZstdDecoder::new(input, threads))
-        }
-        Compression::Xz if threads > 1 => {
-            Box::new(xz_blocks::ParallelXzDecoder::new(input, threads))
-        }
+        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
+        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
         other => decode::decoder(other, Box::new(input)),
     };
     let mut decoded = PeekReader::new(decoder);
@@ -661,6 +656,29 @@ mod tests {
             progress_summary(1 << 30, 300 << 20, Duration::from_secs(4)),
             "wrote 1.0 GiB (300.0 MiB served) in 4.0 s, 268.4 MB/s"
         );
+    }
+
+    /// The bound of every deploy on a fast machine: the result line's
+    /// sha256 of the written bytes is one stream, on one core. Prints its
+    /// speed here (BENCHMARKS.md, "What bounds each number"):
+    /// `cargo test --release -p imprint --lib sha256_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark: hashes 1.5 GiB"]
+    fn sha256_speed() {
+        let chunk: Vec<u8> = (0..WRITE_CHUNK)
+            .map(|i| (i % 251).to_le_bytes()[0])
+            .collect();
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let start = Instant::now();
+            let mut sha256 = Sha256::new();
+            for _ in 0..(512 << 20) / WRITE_CHUNK {
+                sha256.update(&chunk);
+            }
+            std::hint::black_box(sha256.finalize());
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        eprintln!("sha256: {:.0} MB/s", f64::from(512u32 << 20) / best / 1e6);
     }
 
     #[test]

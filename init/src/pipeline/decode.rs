@@ -14,14 +14,14 @@ use std::io::{self, BufRead, ErrorKind, Read};
 
 use flate2::bufread::GzDecoder;
 use lzma_rust2::{Action, Status, XzStream};
-use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
 use anyhow::Context;
 
 use super::format::{
-    Compression, DeclaredFormat, ImageFormat, TAR_BLOCK, is_zstd_skippable_magic, looks_like_tar,
-    reconcile, sniff_compression,
+    Compression, DeclaredFormat, ImageFormat, TAR_BLOCK, looks_like_tar, reconcile,
+    sniff_compression,
 };
+use super::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use super::peek::PeekReader;
 use super::tar::SingleFileTar;
 
@@ -34,7 +34,6 @@ pub const XZ_MEMORY_LIMIT: u32 = 256 << 10; // KiB
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const BZIP2_MAGIC: &[u8] = b"BZh";
 
 /// Wraps `input` in the decoder for `compression`; `None` passes it through.
@@ -42,12 +41,16 @@ pub fn decoder(compression: Compression, input: Box<dyn Read + Send>) -> Box<dyn
     match compression {
         Compression::None => input,
         Compression::Gzip => Box::new(GzipDecoder::new(input)),
-        // One worker: the splitter checks every block header, index and
-        // footer itself, more strictly than lzma-rust2 alone.
-        Compression::Xz => Box::new(super::xz_blocks::ParallelXzDecoder::new(input, 1)),
-        Compression::Zstd => Box::new(ZstdDecoder::new(input)),
+        // One worker: the splitters check every block and frame header,
+        // index and footer themselves, more strictly than a decoder alone.
+        Compression::Xz => Box::new(super::xz_blocks::decoder(input, one_worker())),
+        Compression::Zstd => Box::new(super::zstd_split::decoder(input, one_worker())),
         Compression::Bzip2 => Box::new(Bzip2Decoder::new(input)),
     }
+}
+
+fn one_worker() -> OrderedConfig {
+    OrderedConfig::new(1, DEFAULT_MEMORY)
 }
 
 /// The raw disk image inside a served stream, ready to be written.
@@ -188,24 +191,6 @@ impl<R: Read> Input<R> {
         }
         let end = self.end.min(self.pos + n);
         Ok(&self.buf[self.pos..end])
-    }
-
-    /// Discards `n` bytes; false if the input ended first.
-    fn skip(&mut self, mut n: u64) -> io::Result<bool> {
-        while n > 0 {
-            if self.pos == self.end {
-                if self.eof {
-                    return Ok(false);
-                }
-                self.refill()?;
-                continue;
-            }
-            let step =
-                usize::try_from(n).map_or(self.end - self.pos, |n| n.min(self.end - self.pos));
-            self.consume(step);
-            n -= step as u64;
-        }
-        Ok(true)
     }
 }
 
@@ -683,187 +668,8 @@ impl<R: Read> Read for XzDecoder<R> {
     }
 }
 
-/// zstd: every frame of a multi-frame file, skippable frames skipped,
-/// content checksums and declared content sizes verified. ruzstd keeps the
-/// window (at most its 128 MiB default, like `zstd -d`) plus one block.
-pub struct ZstdDecoder<R: Read> {
-    input: Input<R>,
-    frame: FrameDecoder,
-    in_frame: Option<FrameProgress>,
-    frames: u64,
-    failure: Option<Failure>,
-}
-
-struct FrameProgress {
-    start: u64,
-    produced: u64,
-    content_size: Option<u64>,
-}
-
-impl<R: Read> ZstdDecoder<R> {
-    pub fn new(inner: R) -> Self {
-        ZstdDecoder {
-            input: Input::new(inner),
-            frame: FrameDecoder::new(),
-            in_frame: None,
-            frames: 0,
-            failure: None,
-        }
-    }
-
-    /// Compressed bytes consumed so far.
-    pub fn input_bytes(&self) -> u64 {
-        self.input.consumed
-    }
-
-    pub fn into_inner(self) -> R {
-        self.input.inner
-    }
-
-    fn decode(&mut self, buf: &mut [u8]) -> Result<usize, Failure> {
-        loop {
-            let Some(progress) = self.in_frame.as_mut() else {
-                if !self.start_frame()? {
-                    return Ok(0);
-                }
-                continue;
-            };
-            while self.frame.can_collect() == 0 && !self.frame.is_finished() {
-                if let Err(e) = self
-                    .frame
-                    .decode_blocks(&mut self.input, BlockDecodingStrategy::UptoBlocks(1))
-                {
-                    let offset = self.input.consumed;
-                    let e = io::Error::other(e);
-                    return Err(classify("zstd", &mut self.input, offset, &e));
-                }
-            }
-            let n = self
-                .frame
-                .read(buf)
-                .map_err(|e| corrupt("zstd", self.input.consumed, e))?;
-            if n > 0 {
-                progress.produced += n as u64;
-                return Ok(n);
-            }
-            let start = progress.start;
-            if let Some(size) = progress.content_size
-                && size != progress.produced
-            {
-                return Err(corrupt(
-                    "zstd",
-                    self.input.consumed,
-                    format_args!(
-                        "frame at input byte {start} declares {size} bytes but holds {}",
-                        progress.produced
-                    ),
-                ));
-            }
-            if let Some(stored) = self.frame.get_checksum_from_data()
-                && self.frame.get_calculated_checksum() != Some(stored)
-            {
-                return Err(corrupt(
-                    "zstd",
-                    self.input.consumed,
-                    format_args!("content checksum mismatch in the frame at input byte {start}"),
-                ));
-            }
-            self.in_frame = None;
-            self.frames += 1;
-        }
-    }
-
-    /// Reads the next frame header, skipping skippable frames; false at the
-    /// clean end of input.
-    fn start_frame(&mut self) -> Result<bool, Failure> {
-        loop {
-            let offset = self.input.consumed;
-            let head = match self.input.peek(18) {
-                Ok(head) => head,
-                Err(e) => return Err(classify("zstd", &mut self.input, offset, &e)),
-            };
-            if head.is_empty() {
-                if self.frames == 0 {
-                    return Err(truncated("zstd", offset));
-                }
-                return Ok(false);
-            }
-            if is_zstd_skippable_magic(head) {
-                let Some(len) = head.get(4..8) else {
-                    return Err(truncated("zstd", offset + head.len() as u64));
-                };
-                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
-                self.input.consume(8);
-                match self.input.skip(u64::from(len)) {
-                    Ok(true) => {}
-                    Ok(false) => return Err(truncated("zstd", self.input.consumed)),
-                    Err(e) => {
-                        let offset = self.input.consumed;
-                        return Err(classify("zstd", &mut self.input, offset, &e));
-                    }
-                }
-                self.frames += 1;
-                continue;
-            }
-            if head.starts_with(ZSTD_MAGIC) {
-                let content_size = declared_content_size(head);
-                self.input.starved = false;
-                if let Err(e) = self.frame.reset(&mut self.input) {
-                    let e = io::Error::other(e);
-                    return Err(classify("zstd", &mut self.input, offset, &e));
-                }
-                self.in_frame = Some(FrameProgress {
-                    start: offset,
-                    produced: 0,
-                    content_size: content_size.map(|_| self.frame.content_size()),
-                });
-                return Ok(true);
-            }
-            let skippable_prefix = [head[0], 0x2a, 0x4d, 0x18];
-            let prefix_of_magic = ZSTD_MAGIC.starts_with(head)
-                || (head[0] & 0xf0 == 0x50 && skippable_prefix.starts_with(head));
-            if head.len() < 4 && prefix_of_magic {
-                return Err(truncated("zstd", offset + head.len() as u64));
-            }
-            if self.frames == 0 {
-                return Err(corrupt("zstd", offset, "not a zstd frame"));
-            }
-            return Err(trailing_garbage("zstd", offset));
-        }
-    }
-}
-
-/// Whether a zstd frame header (RFC 8878, 3.1.1.1.1) records the content
-/// size: `Some(())` if it does. ruzstd reports an absent size as 0, which
-/// is also a real size, so the flag is read here.
-fn declared_content_size(header: &[u8]) -> Option<()> {
-    let descriptor = *header.get(4)?;
-    let fcs_flag = descriptor >> 6;
-    let single_segment = descriptor & 0x20 != 0;
-    (fcs_flag != 0 || single_segment).then_some(())
-}
-
-impl<R: Read> Read for ZstdDecoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(failure) = &self.failure {
-            return Err(failure.to_error());
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        match self.decode(buf) {
-            Ok(n) => Ok(n),
-            Err(failure) => {
-                let e = failure.to_error();
-                self.failure = Some(failure);
-                Err(e)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{Cursor, Write};
     use std::process::{Command, Stdio};
@@ -894,7 +700,7 @@ mod tests {
     }
 
     /// Pipes `input` through a compressor CLI.
-    fn cli(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    pub(crate) fn cli(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
@@ -1308,10 +1114,6 @@ mod tests {
         let data = payload(100_000);
         let input = xz(&data);
         let mut dec = XzDecoder::new(Cursor::new(input.clone()));
-        dec.read_to_end(&mut Vec::new()).unwrap();
-        assert_eq!(dec.input_bytes(), input.len() as u64);
-        let input = zstd(&data);
-        let mut dec = ZstdDecoder::new(Cursor::new(input.clone()));
         dec.read_to_end(&mut Vec::new()).unwrap();
         assert_eq!(dec.input_bytes(), input.len() as u64);
         let input = gzip(&data);

@@ -27,6 +27,9 @@ pub const HOLDBACK: usize = 1 << 20;
 pub const WIPE_LEN: u64 = 1 << 20;
 /// Bytes gathered before a write: a few block-layer requests each.
 const WRITE_BATCH: usize = 4 << 20;
+/// A write at least this large, arriving when the batch is empty, goes to
+/// the target from the caller's buffer (deploy's chunks are 1 and 4 MiB).
+const DIRECT_WRITE: usize = 1 << 20;
 /// Shorter zero runs are written as data: a separate zeroing request costs
 /// more than it saves.
 const MIN_ZERO_RUN: usize = 64 << 10;
@@ -244,6 +247,28 @@ impl<T: BlockTarget> ImageWriter<T> {
         }
         result
     }
+
+    /// Writes `data`, whole blocks following what was written so far, as
+    /// a batch of its own (the batch buffer being empty).
+    fn write_runs_from(&mut self, data: &[u8]) -> io::Result<()> {
+        let Some(target) = self.target.as_mut() else {
+            return Err(other("image writer already finished".to_owned()));
+        };
+        let result = write_runs(
+            target,
+            data,
+            self.buf_offset,
+            self.block,
+            self.min_zero_run as u64,
+            &mut self.zero_run,
+            false,
+        );
+        self.buf_offset += data.len() as u64;
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
 }
 
 /// The heart of `write_batch`, apart so the borrows stay simple.
@@ -358,6 +383,14 @@ impl<T: BlockTarget> Write for ImageWriter<T> {
         if self.held.len() < HOLDBACK {
             let n = data.len().min(HOLDBACK - self.held.len());
             self.held.extend_from_slice(&data[..n]);
+            self.position += n as u64;
+            return Ok(n);
+        }
+        if self.buf.is_empty() && data.len() >= DIRECT_WRITE {
+            // Whole blocks straight from the caller's buffer: copying every
+            // byte of the image into the batch first cost a memcpy per byte.
+            let n = data.len() / self.block * self.block;
+            self.write_runs_from(&data[..n])?;
             self.position += n as u64;
             return Ok(n);
         }
@@ -620,6 +653,36 @@ mod tests {
     }
 
     #[test]
+    fn large_chunks_are_written_from_the_callers_buffer() {
+        let len = 13 * MIB + 4096;
+        let mut image = noise(len, 7);
+        image[6 * MIB..8 * MIB].fill(0);
+        let target = MemoryTarget::new(len);
+        deploy(&target, &image, 3 * MIB);
+        assert!(target.contents() == image);
+        let writes: Vec<Op> = ops_after_wipe(&target);
+        assert_eq!(
+            writes[..3],
+            [
+                // The first chunk's rest after the held-back MiB.
+                Op::Write {
+                    offset: MIB as u64,
+                    len: 2 * MIB as u64
+                },
+                // The zero run within the next chunk is a zeroing request.
+                Op::Write {
+                    offset: 3 * MIB as u64,
+                    len: 3 * MIB as u64
+                },
+                Op::Zero {
+                    offset: 6 * MIB as u64,
+                    len: 2 * MIB as u64
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn all_zero_image_after_the_holdback_is_one_zero_range() {
         let len = 10 * MIB + 4096;
         let mut image = vec![0; len];
@@ -710,8 +773,9 @@ mod tests {
         // Call 0 writes the first batch; call 1, the second, fails.
         let handle = MemoryTarget::from_vec(noise(size, 14)).fail_write_call(1);
         let mut writer = ImageWriter::begin(handle.clone(), None).unwrap();
+        // Chunks below DIRECT_WRITE, so that they are batched.
         let err = image
-            .chunks(MIB)
+            .chunks(MIB / 2)
             .try_for_each(|c| writer.write_all(c))
             .unwrap_err();
         assert_eq!(

@@ -4,7 +4,8 @@
 //!
 //! - [`checksum`]: the expected digest of the bytes as served, and its check;
 //! - [`peek`], [`format`]: sniff the magic bytes, reconcile the declared format;
-//! - [`decode`], [`zstd_frames`], [`xz_blocks`], [`tar`]: strict streaming decoders;
+//! - [`decode`], [`zstd_split`] and [`zstd_decoder`], [`xz_blocks`], [`tar`]: strict streaming decoders;
+//! - [`ordered`]: the engine that decodes zstd frames and xz blocks on every core;
 //! - [`size_hint`]: the image size from compressed headers, before writing;
 //! - [`image_writer`], [`target`]: hold back the first MiB, zero runs, fail closed;
 //! - [`progress`]: the trait progress is reported through.
@@ -13,13 +14,15 @@ pub mod checksum;
 pub mod decode;
 pub mod format;
 pub mod image_writer;
+pub mod ordered;
 pub mod peek;
 pub mod progress;
 pub mod size_hint;
 pub mod tar;
 pub mod target;
 pub mod xz_blocks;
-pub mod zstd_frames;
+pub mod zstd_decoder;
+pub mod zstd_split;
 
 use std::io::{ErrorKind, Read};
 

@@ -14,7 +14,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::zstd_frames::frame_header_len_and_content_size;
+use super::zstd_split::frame_header_len_and_content_size;
 
 /// What headers tell about the decoded size of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,233 +7,55 @@
 //! one-block stream (the original stream header, the block, a one-record
 //! index and a footer) and decoded by lzma-rust2's `XzReader` on a worker,
 //! which verifies the block's check (CRC32, CRC64 or SHA-256) and handles
-//! every filter chain the sequential decoder does. [`ParallelXzDecoder`]
+//! every filter chain the sequential decoder does. [`decoder`]
 //! hands the output back strictly in input order. The splitter verifies
 //! the real index (every record against the blocks cut, its CRC32), the
 //! footer, stream padding and concatenated streams, as strictly as
 //! [`decode::XzDecoder`](super::decode::XzDecoder).
 //!
+//! The blocks are decoded by the ordered engine ([`super::ordered`]) on
+//! every core, under its memory budget: a block whose output fits the
+//! engine's rule ([`OrderedConfig::fits_whole`], up to 64 MiB of output by
+//! default) is decoded whole; a larger one streams through one worker, its
+//! one-block stream sent in 1 MiB chunks.
+//!
 //! When the first block of the file has no sizes in its header (plain
-//! single-threaded `xz` writes none) or is larger than `max_block_output`,
-//! the whole file is decoded sequentially by `decode::XzDecoder` on the
-//! splitter thread, streamed in 1 MiB chunks. A later block without sizes,
-//! or too large, is an error naming it: only a concatenation of files made
-//! by different encoders has one; such a file is refused with a hint to
-//! recompress it in one go.
+//! single-threaded `xz` writes none), the whole file is decoded
+//! sequentially by `decode::XzDecoder` on the splitter thread, streamed in
+//! 1 MiB chunks. A later block without sizes is an error naming it: only a
+//! concatenation of files made by different encoders has one; such a file
+//! is refused with a hint to recompress it in one go.
 //!
-//! Memory is bounded whatever the stream size: at most `threads + 2`
-//! blocks are in flight (one being cut, `threads` queued or decoding, one
-//! being read out), each holding its compressed bytes (at most
-//! `max_block_output` plus 1/1024 plus 64 KiB) and its output (at most
-//! `max_block_output`), plus each worker's dictionary (capped by
-//! `XZ_MEMORY_LIMIT`, 8 MiB for `-6`). For `xz -6 -T2` (24 MiB blocks,
-//! about 4 MiB compressed for this benchmark's image) and 2 threads that
-//! is about 4 × 28 MiB + 16 MiB; the default limit of 32 MiB per block
-//! caps it at 4 × 64 MiB + 16 MiB.
-//!
-//! Dropping the decoder early cancels the work: every thread stops at its
-//! next channel operation or job, and none is joined, so a drop never
-//! blocks on an input stuck in a read.
+//! Dropping the decoder early cancels the work (see the engine).
 
 use std::io::{self, BufReader, ErrorKind, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
-use std::thread;
 
 use lzma_rust2::XzReader;
 
 use super::decode::{XZ_MEMORY_LIMIT, XzDecoder};
+use super::ordered::{
+    Dispatcher, OrderedConfig, OrderedDecoder, STREAM_CHUNK, Split, Stop, StreamOutput, UnitDecoder,
+};
 use super::read_full;
 
 const STREAM_MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
 const FOOTER_MAGIC: [u8; 2] = [b'Y', b'Z'];
-/// Sequential output moves through the item queue in chunks of this size.
-const STREAM_CHUNK: usize = 1 << 20;
 
-/// Blocks that decode to at most this run in parallel: `xz -T` makes blocks
-/// of three dictionaries, 24 MiB for the default `-6`.
-pub const DEFAULT_MAX_BLOCK_OUTPUT: usize = 32 << 20;
-
-/// Reads the decoded bytes of an xz file whose blocks are decoded on worker
-/// threads; see the module documentation for the memory bound.
-pub struct ParallelXzDecoder {
-    items: Option<Receiver<Item>>,
-    data: Vec<u8>,
-    pos: usize,
-    /// Every later read repeats the first error: the stream cannot go on.
-    failed: Option<(ErrorKind, String)>,
-    cancelled: Arc<AtomicBool>,
-    /// Spent output buffers go back to the workers.
-    outputs: BufferPool,
-    /// Dies when the last thread exits; lets tests prove none leaked.
-    #[cfg(test)]
-    alive: std::sync::Weak<()>,
+/// A `Read` of the decoded bytes of the xz file `input`, its blocks decoded
+/// on `config.threads` workers.
+pub fn decoder(input: impl Read + Send + 'static, config: OrderedConfig) -> OrderedDecoder {
+    let splitter = Splitter {
+        input: BufReader::with_capacity(STREAM_CHUNK, input),
+        pos: 0,
+    };
+    OrderedDecoder::start("xz", splitter, || Ok(XzBlockDecoder), config)
 }
 
-/// Recycled buffers: musl's malloc maps and unmaps every block-sized
-/// allocation, so fresh buffers would fault in every output byte again.
-#[derive(Clone, Default)]
-struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl BufferPool {
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        let reused = self.0.lock().ok().and_then(|mut pool| pool.pop());
-        let mut buf = reused.unwrap_or_default();
-        buf.clear();
-        buf.reserve(capacity);
-        buf
-    }
-
-    fn put(&self, buf: Vec<u8>) {
-        if buf.capacity() > 0 {
-            if let Ok(mut pool) = self.0.lock() {
-                pool.push(buf);
-            }
-        }
-    }
-}
-
-/// One entry per block (or sequential chunk), in input order.
-enum Item {
-    Block(Receiver<io::Result<Vec<u8>>>),
-    Data(Vec<u8>),
-    Failed(io::Error),
-    End,
-}
-
-struct Job {
+/// What the splitter knows of a block: where it starts and its size.
+#[derive(Debug)]
+pub struct XzBlock {
     offset: u64,
-    stream: Vec<u8>,
     uncompressed: u64,
-    result: SyncSender<io::Result<Vec<u8>>>,
-}
-
-impl ParallelXzDecoder {
-    pub fn new(input: impl Read + Send + 'static, threads: usize) -> Self {
-        Self::with_max_block_output(input, threads, DEFAULT_MAX_BLOCK_OUTPUT)
-    }
-
-    pub fn with_max_block_output(
-        input: impl Read + Send + 'static,
-        threads: usize,
-        max_block_output: usize,
-    ) -> Self {
-        let threads = threads.max(1);
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let alive = Arc::new(());
-        let (items_tx, items_rx) = mpsc::sync_channel(threads);
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-        let inputs = BufferPool::default();
-        let outputs = BufferPool::default();
-        let mut decoder = ParallelXzDecoder {
-            items: Some(items_rx),
-            data: Vec::new(),
-            pos: 0,
-            failed: None,
-            cancelled: Arc::clone(&cancelled),
-            outputs: outputs.clone(),
-            #[cfg(test)]
-            alive: Arc::downgrade(&alive),
-        };
-        for n in 0..threads {
-            let jobs = Arc::clone(&jobs_rx);
-            let cancelled = Arc::clone(&cancelled);
-            let alive = Arc::clone(&alive);
-            let pools = (inputs.clone(), outputs.clone());
-            let spawned = thread::Builder::new()
-                .name(format!("xz-decode-{n}"))
-                .spawn(move || {
-                    let _alive = alive;
-                    run_worker(&jobs, &cancelled, &pools.0, &pools.1);
-                });
-            if let Err(e) = spawned {
-                decoder.fail_to_start(&e);
-                return decoder;
-            }
-        }
-        let max = u64::try_from(max_block_output.max(1)).unwrap_or(u64::MAX);
-        let splitter = Splitter {
-            input: BufReader::with_capacity(STREAM_CHUNK, input),
-            pos: 0,
-            max_block_output: max,
-            buffers: inputs,
-            outputs,
-            items: items_tx,
-            jobs: jobs_tx,
-            cancelled,
-        };
-        let spawned = thread::Builder::new()
-            .name("xz-split".into())
-            .spawn(move || {
-                let _alive = alive;
-                splitter.run();
-            });
-        if let Err(e) = spawned {
-            decoder.fail_to_start(&e);
-        }
-        decoder
-    }
-
-    fn fail_to_start(&mut self, e: &io::Error) {
-        self.cancelled.store(true, Ordering::Relaxed);
-        self.items = None;
-        self.failed = Some((e.kind(), format!("starting xz decoder threads: {e}")));
-    }
-
-    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let rest = self.data.get(self.pos..).unwrap_or_default();
-            if !rest.is_empty() {
-                let n = rest.len().min(buf.len());
-                buf[..n].copy_from_slice(&rest[..n]);
-                self.pos += n;
-                return Ok(n);
-            }
-            let Some(items) = &self.items else {
-                return Ok(0);
-            };
-            let item = items.recv().unwrap_or_else(|_| Item::Failed(thread_died()));
-            self.pos = 0;
-            self.outputs.put(std::mem::take(&mut self.data));
-            self.data = match item {
-                Item::Block(rx) => rx.recv().unwrap_or_else(|_| Err(thread_died()))?,
-                Item::Data(data) => data,
-                Item::Failed(e) => return Err(e),
-                Item::End => {
-                    self.items = None;
-                    return Ok(0);
-                }
-            };
-        }
-    }
-}
-
-impl Read for ParallelXzDecoder {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some((kind, msg)) = &self.failed {
-            return Err(io::Error::new(*kind, msg.clone()));
-        }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        self.read_inner(buf).inspect_err(|e| {
-            self.cancelled.store(true, Ordering::Relaxed);
-            self.items = None;
-            self.failed = Some((e.kind(), e.to_string()));
-        })
-    }
-}
-
-impl Drop for ParallelXzDecoder {
-    fn drop(&mut self) {
-        self.cancelled.store(true, Ordering::Relaxed);
-    }
-}
-
-fn thread_died() -> io::Error {
-    io::Error::other("xz decoder thread stopped unexpectedly")
 }
 
 fn corrupt(offset: u64, what: impl std::fmt::Display) -> io::Error {
@@ -255,18 +77,6 @@ fn trailing_garbage(at: u64) -> io::Error {
         ErrorKind::InvalidData,
         format!("trailing garbage after the xz stream at input byte {at}"),
     )
-}
-
-/// Why the splitter stopped early: an error to pass on, or nobody listens.
-enum Stop {
-    Failed(io::Error),
-    Cancelled,
-}
-
-impl From<io::Error> for Stop {
-    fn from(e: io::Error) -> Self {
-        Stop::Failed(e)
-    }
 }
 
 /// A block header's fields the splitter needs (§3.1).
@@ -447,31 +257,18 @@ fn pad4(len: u64) -> u64 {
 struct Splitter<R> {
     input: R,
     pos: u64,
-    max_block_output: u64,
-    /// For the blocks' compressed bytes.
-    buffers: BufferPool,
-    /// For the sequential decoder's output.
-    outputs: BufferPool,
-    items: SyncSender<Item>,
-    jobs: Sender<Job>,
-    cancelled: Arc<AtomicBool>,
+}
+
+impl<R: Read + Send + 'static> Split<XzBlock> for Splitter<R> {
+    fn run(mut self, dispatch: &mut Dispatcher<XzBlock>) -> Result<(), Stop> {
+        match self.split_all(dispatch)? {
+            Some(sequential) => self.decode_sequentially(sequential, dispatch),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<R: Read> Splitter<R> {
-    fn run(mut self) {
-        let result = match self.split_all() {
-            Ok(Some(sequential)) => self.decode_sequentially(sequential),
-            Ok(None) => Ok(()),
-            Err(stop) => Err(stop),
-        };
-        let end = match result {
-            Ok(()) => Item::End,
-            Err(Stop::Failed(e)) => Item::Failed(e),
-            Err(Stop::Cancelled) => return,
-        };
-        let _ = self.items.send(end);
-    }
-
     fn fill(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = read_full(&mut self.input, buf).map_err(|e| {
             io::Error::new(
@@ -491,7 +288,10 @@ impl<R: Read> Splitter<R> {
     }
 
     /// `Some(bytes read so far)` when the file must be decoded sequentially.
-    fn split_all(&mut self) -> Result<Option<Sequential>, Stop> {
+    fn split_all(
+        &mut self,
+        dispatch: &mut Dispatcher<XzBlock>,
+    ) -> Result<Option<Sequential>, Stop> {
         let mut header = [0u8; 12];
         let got = self.fill(&mut header)?;
         if got < header.len() || header[..6] != STREAM_MAGIC {
@@ -504,7 +304,7 @@ impl<R: Read> Splitter<R> {
         loop {
             let stream_start = self.pos - 12;
             check_stream_header(&header, stream_start)?;
-            if let Some(sequential) = self.split_stream(header, first)? {
+            if let Some(sequential) = self.split_stream(header, first, dispatch)? {
                 return Ok(Some(sequential));
             }
             first = false;
@@ -535,11 +335,12 @@ impl<R: Read> Splitter<R> {
         &mut self,
         stream_header: [u8; 12],
         first: bool,
+        dispatch: &mut Dispatcher<XzBlock>,
     ) -> Result<Option<Sequential>, Stop> {
         let check = check_len(stream_header[7] & 0x0F);
         let mut records: Vec<(u64, u64)> = Vec::new();
         loop {
-            if self.cancelled.load(Ordering::Relaxed) {
+            if dispatch.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
             let block_at = self.pos;
@@ -554,15 +355,12 @@ impl<R: Read> Splitter<R> {
             block[0] = size[0];
             self.fill_exact(&mut block[1..])?;
             let parsed = parse_block_header(&block, check).map_err(|e| e.into_io(block_at))?;
-            let limit = self.max_block_output + self.max_block_output / 1024 + (64 << 10);
             let sizes = match parsed {
                 BlockHeader {
                     compressed: Some(compressed),
                     uncompressed: Some(uncompressed),
                     ..
-                } if uncompressed <= self.max_block_output && compressed <= limit => {
-                    Some((compressed, uncompressed))
-                }
+                } => Some((compressed, uncompressed)),
                 _ => None,
             };
             let Some((compressed, uncompressed)) = sizes else {
@@ -574,36 +372,61 @@ impl<R: Read> Splitter<R> {
                         pre_filters: parsed.pre_filters,
                     }));
                 }
-                let msg = "block without sizes in its header, or larger than 32 MiB, after \
-                           other blocks; recompress the image in one go with `xz -T0`";
+                let msg = "block without sizes in its header after other blocks; \
+                           recompress the image in one go with `xz -T0`";
                 return Err(corrupt(block_at, msg).into());
             };
             let header_len = header_len as u64;
             let unpadded = header_len + compressed + check;
             let body = compressed + pad4(compressed) + check;
-            let mut stream = self
-                .buffers
-                .take(usize::try_from(12 + header_len + body + 64).unwrap_or(0));
-            stream.extend_from_slice(&stream_header);
-            stream.extend_from_slice(&block);
-            let old = stream.len();
-            stream.resize(old + usize::try_from(body).unwrap_or(usize::MAX), 0);
-            self.fill_exact(&mut stream[old..])?;
             let index = one_record_index(unpadded, uncompressed);
-            stream.extend_from_slice(&index);
-            stream.extend_from_slice(&footer(&index, [stream_header[6], stream_header[7]]));
+            let tail = footer(&index, [stream_header[6], stream_header[7]]);
             records.push((unpadded, uncompressed));
-            let (result, rx) = mpsc::sync_channel(1);
-            self.items
-                .send(Item::Block(rx))
-                .map_err(|_| Stop::Cancelled)?;
-            let job = Job {
+            let unit = XzBlock {
                 offset: block_at,
-                stream,
                 uncompressed,
-                result,
             };
-            self.jobs.send(job).map_err(|_| Stop::Cancelled)?;
+            // The block as a one-block stream of its own: the stream
+            // header, the block, a one-record index and a footer.
+            let whole_len = 12 + header_len + body + index.len() as u64 + 12;
+            if dispatch.config().fits_whole(whole_len, uncompressed) {
+                let capacity = usize::try_from(whole_len).unwrap_or(usize::MAX);
+                let mut stream = dispatch.input_buffer(capacity);
+                dispatch.reserve(stream.capacity() as u64)?;
+                stream.extend_from_slice(&stream_header);
+                stream.extend_from_slice(&block);
+                let old = stream.len();
+                stream.resize(old + usize::try_from(body).unwrap_or(usize::MAX), 0);
+                self.fill_exact(&mut stream[old..])?;
+                stream.extend_from_slice(&index);
+                stream.extend_from_slice(&tail);
+                dispatch.whole(unit, stream, uncompressed)?;
+                continue;
+            }
+            let sender = dispatch.stream(unit)?;
+            let mut chunk = dispatch.input_buffer(STREAM_CHUNK);
+            chunk.extend_from_slice(&stream_header);
+            chunk.extend_from_slice(&block);
+            let mut left = body;
+            while left > 0 {
+                let old = chunk.len();
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(STREAM_CHUNK - old.min(STREAM_CHUNK - 1));
+                chunk.resize(old + n, 0);
+                if let Err(e) = self.fill_exact(&mut chunk[old..]) {
+                    sender.fail(&e);
+                    return Err(e.into());
+                }
+                left -= n as u64;
+                if chunk.len() >= STREAM_CHUNK {
+                    let next = dispatch.input_buffer(STREAM_CHUNK);
+                    sender.send(std::mem::replace(&mut chunk, next))?;
+                }
+            }
+            chunk.extend_from_slice(&index);
+            chunk.extend_from_slice(&tail);
+            sender.send(chunk)?;
         }
     }
 
@@ -667,7 +490,11 @@ impl<R: Read> Splitter<R> {
     /// every byte read so far. lzma-rust2's sans-I/O decoder (which checks
     /// the index against the blocks) takes at most one filter before LZMA2;
     /// a longer chain (`xz --delta --delta --lzma2`) goes to its `XzReader`.
-    fn decode_sequentially(&mut self, sequential: Sequential) -> Result<(), Stop> {
+    fn decode_sequentially(
+        &mut self,
+        sequential: Sequential,
+        dispatch: &mut Dispatcher<XzBlock>,
+    ) -> Result<(), Stop> {
         let input = StructureGuard::new(io::Cursor::new(sequential.prefix).chain(&mut self.input));
         if sequential.pre_filters > 1 {
             let reader = XzReader::new_mem_limit(input, true, XZ_MEMORY_LIMIT);
@@ -675,10 +502,10 @@ impl<R: Read> Splitter<R> {
                 inner: reader,
                 context: "corrupt xz stream",
             };
-            return stream_chunks(reader, &self.outputs, &self.items, &self.cancelled);
+            return stream_chunks(reader, dispatch);
         }
         let decoder = XzDecoder::new(input);
-        stream_chunks(decoder, &self.outputs, &self.items, &self.cancelled)
+        stream_chunks(decoder, dispatch)
     }
 }
 
@@ -704,22 +531,17 @@ impl<R: Read> Read for ErrorContext<R> {
 }
 
 /// Queues what `decoder` produces in `STREAM_CHUNK` pieces.
-fn stream_chunks(
-    mut decoder: impl Read,
-    outputs: &BufferPool,
-    items: &SyncSender<Item>,
-    cancelled: &AtomicBool,
-) -> Result<(), Stop> {
+fn stream_chunks(mut decoder: impl Read, dispatch: &mut Dispatcher<XzBlock>) -> Result<(), Stop> {
     loop {
-        if cancelled.load(Ordering::Relaxed) {
+        if dispatch.is_cancelled() {
             return Err(Stop::Cancelled);
         }
-        let mut chunk = outputs.take(STREAM_CHUNK);
+        let mut chunk = dispatch.output_buffer(STREAM_CHUNK);
         chunk.resize(STREAM_CHUNK, 0);
         let n = read_full(&mut decoder, &mut chunk)?;
         chunk.truncate(n);
         if n > 0 {
-            items.send(Item::Data(chunk)).map_err(|_| Stop::Cancelled)?;
+            dispatch.data(chunk)?;
         }
         if n < STREAM_CHUNK {
             return Ok(());
@@ -1079,55 +901,78 @@ fn footer(index: &[u8], flags: [u8; 2]) -> [u8; 12] {
     footer
 }
 
-fn run_worker(
-    jobs: &Mutex<Receiver<Job>>,
-    cancelled: &AtomicBool,
-    inputs: &BufferPool,
-    outputs: &BufferPool,
-) {
-    loop {
-        let job = {
-            let Ok(jobs) = jobs.lock() else { return };
-            match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
-        if cancelled.load(Ordering::Relaxed) {
-            continue;
+/// Decodes one block's one-block stream with lzma-rust2's `XzReader`,
+/// which verifies the block's check and handles every filter chain.
+struct XzBlockDecoder;
+
+impl XzBlockDecoder {
+    fn reader(stream: impl Read, block: &XzBlock) -> impl Read {
+        // One byte past the declared size: a block that decodes to more is corrupt.
+        XzReader::new_mem_limit(stream, false, XZ_MEMORY_LIMIT).take(block.uncompressed + 1)
+    }
+
+    fn check(block: &XzBlock, result: io::Result<u64>) -> io::Result<()> {
+        let decoded = result.map_err(|e| corrupt(block.offset, format!("block: {e}")))?;
+        if decoded != block.uncompressed {
+            return Err(corrupt(
+                block.offset,
+                format!(
+                    "block decoded to {decoded} bytes, its header says {}",
+                    block.uncompressed
+                ),
+            ));
         }
-        let decoded = decode_block(&job, outputs.take(0));
-        inputs.put(job.stream);
-        let _ = job.result.send(decoded);
+        Ok(())
     }
 }
 
-fn decode_block(job: &Job, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
-    let len = usize::try_from(job.uncompressed).unwrap_or(usize::MAX);
-    out.reserve(len);
-    let mut reader = XzReader::new_mem_limit(&job.stream[..], false, XZ_MEMORY_LIMIT);
-    // One byte past the declared size: a block that decodes to more is corrupt.
-    (&mut reader)
-        .take(job.uncompressed + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(job.offset, format!("block: {e}")))?;
-    if out.len() != len {
-        return Err(corrupt(
-            job.offset,
-            format!(
-                "block decoded to {} bytes, its header says {len}",
-                out.len()
-            ),
-        ));
+impl UnitDecoder for XzBlockDecoder {
+    type Unit = XzBlock;
+
+    fn decode(
+        &mut self,
+        block: &XzBlock,
+        data: &[u8],
+        _output_limit: u64,
+        out: &mut Vec<u8>,
+    ) -> io::Result<usize> {
+        out.clear();
+        out.reserve(usize::try_from(block.uncompressed).unwrap_or(0));
+        let result = Self::reader(data, block).read_to_end(out);
+        Self::check(block, result.map(|n| n as u64))?;
+        Ok(out.len())
     }
-    Ok(out)
+
+    fn stream(
+        &mut self,
+        block: &XzBlock,
+        input: &mut dyn Read,
+        output: &mut StreamOutput<'_>,
+    ) -> io::Result<()> {
+        let mut reader = Self::reader(input, block);
+        let mut total = 0u64;
+        let result = loop {
+            match reader.read(output.space()) {
+                Ok(0) => break Ok(total),
+                Ok(n) => {
+                    total += n as u64;
+                    output.advance(n)?;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        Self::check(block, result)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::ordered::{DEFAULT_MEMORY, MIN_MEMORY};
     use std::io::{Cursor, Write};
     use std::process::{Command, Stdio};
+    use std::thread;
 
     fn payload(len: usize) -> Vec<u8> {
         // Compressible but not trivially: a counter mixed into text.
@@ -1161,7 +1006,8 @@ mod tests {
 
     fn decode(input: Vec<u8>, threads: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        ParallelXzDecoder::new(Cursor::new(input), threads).read_to_end(&mut out)?;
+        let config = OrderedConfig::new(threads, DEFAULT_MEMORY);
+        decoder(Cursor::new(input), config).read_to_end(&mut out)?;
         Ok(out)
     }
 
@@ -1374,14 +1220,33 @@ mod tests {
     }
 
     #[test]
-    fn blocks_larger_than_the_limit_decode_sequentially() {
-        let data = payload(500_000);
-        let input = blocks(&data);
-        let mut out = Vec::new();
-        ParallelXzDecoder::with_max_block_output(Cursor::new(input), 2, 1000)
+    fn blocks_larger_than_a_quarter_of_the_budget_stream() {
+        // 6 MiB blocks against the smallest budget (16 MiB, so 4 MiB whole).
+        let data = payload(13 << 20);
+        let input = xz_cli(&["-c", "-0", "-T2", "--block-size=6MiB"], &data);
+        for threads in [1, 3] {
+            let mut out = Vec::new();
+            decoder(
+                Cursor::new(input.clone()),
+                OrderedConfig::new(threads, MIN_MEMORY),
+            )
             .read_to_end(&mut out)
             .unwrap();
-        assert_eq!(out, data);
+            assert!(out == data);
+        }
+        // Truncated inside a streamed block: the splitter says where.
+        let cut = input.len() / 2;
+        let mut out = Vec::new();
+        let err = decoder(
+            Cursor::new(input[..cut].to_vec()),
+            OrderedConfig::new(2, MIN_MEMORY),
+        )
+        .read_to_end(&mut out)
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("xz stream truncated at input byte {cut}")
+        );
     }
 
     #[test]
@@ -1484,13 +1349,13 @@ mod tests {
     #[test]
     fn early_drop_stops_every_thread() {
         let input = blocks(&payload(2_000_000));
-        let mut decoder = ParallelXzDecoder::new(Cursor::new(input), 4);
+        let mut decoder = decoder(Cursor::new(input), OrderedConfig::new(4, DEFAULT_MEMORY));
         let mut buf = [0u8; 1000];
         decoder.read_exact(&mut buf).unwrap();
-        let alive = decoder.alive.clone();
+        let exited = decoder.exited();
         drop(decoder);
         for _ in 0..500 {
-            if alive.upgrade().is_none() {
+            if exited() {
                 return;
             }
             thread::sleep(std::time::Duration::from_millis(10));

@@ -107,6 +107,9 @@ pub struct DeploySpec {
     /// over the command line's `BOOTIF=`/`provisioner.*` (only where the
     /// spec is read before the network is up).
     pub boot_network: Option<NetConfig>,
+    /// Bytes of compressed and decoded data the parallel decoders may hold
+    /// (`imprint.decode-memory=`); `pipeline::ordered`'s default if absent.
+    pub decode_memory: Option<u64>,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -158,6 +161,8 @@ pub struct Resolved {
     pub on_success: SuccessPolicy,
     pub on_failure: FailurePolicy,
     pub kexec: KexecOverride,
+    /// `imprint.decode-memory=`, when set.
+    pub decode_memory: Option<u64>,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -202,6 +207,7 @@ impl Default for DeploySpec {
             status_port: None,
             link_timeout: None,
             boot_network: None,
+            decode_memory: None,
             origins: BTreeMap::new(),
         }
     }
@@ -457,6 +463,7 @@ impl DeploySpec {
             on_success: self.on_success,
             on_failure: self.on_failure,
             kexec: self.kexec,
+            decode_memory: self.decode_memory,
             origins: self.origins,
         })
     }

@@ -158,6 +158,16 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "decode-memory",
+        values: "SIZE (256M, 1G; binary units)",
+        default: "256M",
+        help: "Memory for compressed and decoded data in flight while zstd frames and xz blocks are decoded on every core, whatever the core count. Frames and blocks too large to fit a quarter of it are decoded one at a time; raise it for images with frames over 64 MiB.",
+        apply: |spec, v| {
+            spec.decode_memory = Some(crate::pipeline::ordered::parse_memory(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",

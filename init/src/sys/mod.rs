@@ -6,3 +6,4 @@ pub mod mount;
 pub mod net;
 pub mod power;
 pub mod tty;
+pub mod zstd;
