@@ -38,7 +38,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::disk::human_size;
 use crate::http::tls;
 use crate::pipeline::checksum::{Checksum, ServedHasher, find_in_sums, url_file_name};
 use crate::pipeline::format::{self, Compression, DeclaredFormat, ImageFormat};
@@ -54,6 +53,7 @@ use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
 use crate::source::{self, SourceOptions};
 use crate::spec::{Expected, Resolved};
+use crate::text::human_size;
 
 /// Network reads: small enough to keep the decoder fed early.
 const FETCH_CHUNK: usize = 1 << 20;

@@ -523,7 +523,7 @@ fn plan_writes(
     ensure!(
         last_usable >= h.first_usable_lba,
         "a disk of {} is too small for this GPT",
-        super::human_size(disk_size)
+        crate::text::human_size(disk_size)
     );
     let size = usize::try_from(h.entry_size)?;
     for (e, number) in entries.chunks_exact(size).zip(1u32..) {
@@ -531,7 +531,7 @@ fn plan_writes(
         ensure!(
             guid_at(e, 0).is_zero() || last <= last_usable,
             "partition {number} ends at LBA {last}, past the last usable LBA {last_usable} of a {} disk",
-            super::human_size(disk_size)
+            crate::text::human_size(disk_size)
         );
     }
 

@@ -135,7 +135,11 @@ impl DiskInfo {
     /// [`describe`](Self::describe) without the closing parenthesis, so a
     /// caller can append why the disk was or was not chosen.
     fn describe_open(&self) -> String {
-        let mut s = format!("{} ({}", self.name, human_size(self.size_bytes));
+        let mut s = format!(
+            "{} ({}",
+            self.name,
+            crate::text::human_size(self.size_bytes)
+        );
         if let Some(model) = &self.model {
             s += &format!(", model {model:?}");
         }
@@ -217,8 +221,6 @@ pub fn find_named<'a>(wanted: &str, disks: &'a [DiskInfo]) -> Result<&'a DiskInf
         ),
     }
 }
-
-pub(crate) use crate::text::human_size;
 
 #[cfg(test)]
 mod tests {

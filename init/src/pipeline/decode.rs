@@ -15,15 +15,8 @@ use std::io::{self, BufRead, ErrorKind, Read};
 use flate2::bufread::GzDecoder;
 use lzma_rust2::{Action, Status, XzStream};
 
-use anyhow::Context;
-
-use super::format::{
-    Compression, DeclaredFormat, ImageFormat, TAR_BLOCK, looks_like_tar, reconcile,
-    sniff_compression,
-};
+use super::format::Compression;
 use super::ordered::{DEFAULT_MEMORY, OrderedConfig};
-use super::peek::PeekReader;
-use super::tar::SingleFileTar;
 
 /// Large enough that a network or pipe source is read in few syscalls.
 const INPUT_BUFFER: usize = 256 << 10;
@@ -51,66 +44,6 @@ pub fn decoder(compression: Compression, input: Box<dyn Read + Send>) -> Box<dyn
 
 fn one_worker() -> OrderedConfig {
     OrderedConfig::new(1, DEFAULT_MEMORY)
-}
-
-/// The raw disk image inside a served stream, ready to be written.
-pub struct OpenedImage {
-    /// What the bytes turned out to be (and agreed with the declared format).
-    pub format: ImageFormat,
-    /// The raw image's size when the container records it (a tar member).
-    pub size: Option<u64>,
-    /// The tar member's name, for messages.
-    pub member: Option<String>,
-    /// The decoded raw image; errors (truncation, corruption, trailing
-    /// garbage) surface from its reads, EOF only after a clean end.
-    pub reader: Box<dyn Read + Send>,
-}
-
-/// Sniffs `input`, checks it against `declared`, and unwraps it down to the
-/// raw image with the sequential decoders.
-pub fn open_image(
-    input: Box<dyn Read + Send>,
-    declared: &DeclaredFormat,
-) -> anyhow::Result<OpenedImage> {
-    open_image_with(input, declared, decoder)
-}
-
-/// `open_image` with another decoder factory (the parallel zstd decoder).
-/// Fails before yielding a byte when the format is wrong, so a mismatch
-/// never reaches the disk.
-pub fn open_image_with(
-    input: Box<dyn Read + Send>,
-    declared: &DeclaredFormat,
-    decode: impl FnOnce(Compression, Box<dyn Read + Send>) -> Box<dyn Read + Send>,
-) -> anyhow::Result<OpenedImage> {
-    if let DeclaredFormat::Rootfs(_) = declared {
-        reconcile(declared, ImageFormat::RAW)?;
-    }
-    let mut served = PeekReader::new(input);
-    let compression = sniff_compression(served.peek(16).context("reading the image")?);
-    let mut decoded = PeekReader::new(decode(compression, Box::new(served)));
-    let head = decoded
-        .peek(TAR_BLOCK)
-        .with_context(|| format!("decoding the start of the {compression} image"))?;
-    let format = reconcile(
-        declared,
-        ImageFormat::new(compression, looks_like_tar(head)),
-    )?;
-    if !format.tar {
-        return Ok(OpenedImage {
-            format,
-            size: None,
-            member: None,
-            reader: Box::new(decoded),
-        });
-    }
-    let tar = SingleFileTar::new(decoded).context("reading the tar archive around the image")?;
-    Ok(OpenedImage {
-        format,
-        size: Some(tar.member_size()),
-        member: Some(tar.member_name().to_owned()),
-        reader: Box::new(tar),
-    })
 }
 
 /// The buffered input under a decoder: counts what the decoder consumed and
@@ -1124,90 +1057,6 @@ pub(crate) mod tests {
         let mut dec = Bzip2Decoder::new(Cursor::new(input.clone()));
         dec.read_to_end(&mut Vec::new()).unwrap();
         assert_eq!(dec.input_bytes(), input.len() as u64);
-    }
-
-    fn open(input: Vec<u8>, declared: &str) -> anyhow::Result<(OpenedImage, Vec<u8>)> {
-        let declared = super::super::format::parse_declared(declared)?;
-        let mut image = open_image(Box::new(Cursor::new(input)), &declared)?;
-        let mut out = Vec::new();
-        image.reader.read_to_end(&mut out)?;
-        Ok((image, out))
-    }
-
-    fn tar_of(content: &[u8]) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("disk.raw"), content).unwrap();
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(dir.path())
-            .args(["--format=gnu", "-cf", "-", "disk.raw"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        out.stdout
-    }
-
-    #[test]
-    fn open_image_sniffs_every_format_and_unwraps_tars() {
-        let data = payload(100_003);
-        for compression in [Compression::None].into_iter().chain(ALL) {
-            for tar in [false, true] {
-                let inner = if tar { tar_of(&data) } else { data.clone() };
-                let format = ImageFormat::new(compression, tar);
-                for declared in ["auto", &format.name()] {
-                    let (image, out) = open(compress(compression, &inner), declared).unwrap();
-                    assert_eq!(image.format, format, "{declared}");
-                    assert!(out == data, "{format}");
-                    assert_eq!(image.size, tar.then_some(data.len() as u64));
-                    assert_eq!(image.member.as_deref(), tar.then_some("disk.raw"));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn open_image_handles_tiny_and_empty_images() {
-        for compression in [Compression::None].into_iter().chain(ALL) {
-            for data in [&b""[..], b"x"] {
-                let (image, out) = open(compress(compression, data), "auto").unwrap();
-                assert_eq!(image.format, ImageFormat::new(compression, false));
-                assert_eq!(out, data);
-            }
-        }
-    }
-
-    #[test]
-    fn open_image_rejects_a_mismatch_before_yielding_bytes() {
-        let err = open(zstd(&payload(1000)), "dd-xz").err().unwrap();
-        assert_eq!(
-            format!("{err:#}"),
-            "declared format dd-xz (xz-compressed raw image) but the image is a \
-             zstd-compressed raw image"
-        );
-        let err = open(gzip(&payload(1000)), "dd-tgz").err().unwrap();
-        assert!(format!("{err:#}").contains("but the image is a gzip-compressed raw image"));
-        let err = open(payload(1000), "tar-zst").err().unwrap();
-        assert!(format!("{err:#}").contains("not supported yet"), "{err:#}");
-    }
-
-    #[test]
-    fn open_image_reports_broken_starts_and_tars() {
-        let mut bad = gzip(&payload(100_000));
-        bad[20] ^= 0xff;
-        let err = open(bad, "auto").err().unwrap();
-        assert!(
-            format!("{err:#}").starts_with("decoding the start of the gzip image: corrupt gzip"),
-            "{err:#}"
-        );
-        let mut two = tar_of(b"image");
-        let second = tar_of(b"other");
-        two.truncate(1024);
-        two.extend(second);
-        let err = open(xz(&two), "dd-txz").err().unwrap();
-        assert_eq!(
-            format!("{err:#}"),
-            "tar holds more than one file: \"disk.raw\" and \"disk.raw\""
-        );
     }
 
     /// Single-threaded decode throughput on a real image. Set

@@ -272,15 +272,6 @@ fn le32(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(le)
 }
 
-/// The ISIZE of the last gzip member in `tail` (the file's last bytes): the
-/// member's decoded size mod 2^32. A multi-member file or an image of 4 GiB
-/// or more makes it useless as a size; compare it with the decoded byte
-/// count only as a consistency check.
-pub fn gzip_isize(tail: &[u8]) -> Option<u32> {
-    let start = tail.len().checked_sub(4)?;
-    Some(le32(&tail[start..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,13 +502,5 @@ mod tests {
                 let _ = xz_size_hint(tail(&bad, cut), len(&bad));
             }
         }
-    }
-
-    #[test]
-    fn gzip_isize_is_the_size_mod_2_32() {
-        let file = cli("gzip", &["-c", "-n"], &data(70_001));
-        assert_eq!(gzip_isize(&file), Some(70_001));
-        assert_eq!(gzip_isize(&file[file.len() - 4..]), Some(70_001));
-        assert_eq!(gzip_isize(&file[..3]), None);
     }
 }
