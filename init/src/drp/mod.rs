@@ -34,7 +34,7 @@ mod client;
 mod reporter;
 
 pub use crate::status::LastDeploy;
-pub use client::{DrpClient, DrpError, DrpOptions, Job, state_patch};
+pub use client::{DrpClient, DrpError, DrpOptions, Job, Machine, state_patch};
 pub use reporter::{DrpReporter, DrpStats, report_to};
 
 /// The machine param that holds the last deploy's result.
