@@ -143,6 +143,18 @@ impl Sink for DrpReporter {
     }
 }
 
+/// Whether `status` reports to a DRP job ([`report_to`] attached it).
+pub fn is_reporting(status: &Status) -> bool {
+    status.has_sink(SINK_NAME)
+}
+
+/// What a failure before the deploy spec was loaded means for DRP, for the
+/// console (README, "When DRP shows nothing").
+pub const UNREPORTED_FAILURE: &str = "this failure is not reported: DRP shows no job, \
+     no job log and no imprint/last-deploy for this boot, and the machine stays in its \
+     imprint stage; this console (and /status, when imprint.status-port= is on the \
+     command line) is all there is";
+
 /// The [`Sink::name`] of the DRP reporter.
 const SINK_NAME: &str = "DRP job";
 
