@@ -4,9 +4,10 @@
 //! way DRP serves it, so that QEMU's own iPXE ROM can boot the machine.
 //!
 //! DRP answers on two ports: its static file server (8091, the
-//! `ProvisionerURL`: the bootenv's kernel and initrds under
+//! `ProvisionerURL`, plain HTTP: the bootenv's kernel and initrds under
 //! `<OS.Name>/<version>/`, `files/`, the rendered `machines/<uuid>/…`) and its
-//! API (8092, the `ApiURL`). The stand-in does the same: its API port is the
+//! API (8092, the `ApiURL`), HTTPS only, with the self-signed certificate DRP
+//! generated at install ([`DrpStandIn::start_self_signed`]). The stand-in does the same: its API port is the
 //! `ApiURL`, and the [`FixtureServer`] behind its `/files/` and `/machines/`
 //! is, on its own port, the `ProvisionerURL` — the only server of the two
 //! that serves a path such as `/imprint/<version>/vmlinuz`. Requests to it
@@ -90,6 +91,9 @@ pub struct DrpLab {
     /// The DRP content written for this lab (bundle, tarball), and the
     /// boot NIC's packet capture.
     work: TempDir,
+    /// The job a power loss mid-deploy left `running`
+    /// ([`with_stale_job`](Self::with_stale_job)).
+    pub stale_job: Option<String>,
 }
 
 impl DrpLab {
@@ -106,7 +110,11 @@ impl DrpLab {
     /// 2. serves the kernel and initramfs at the URLs the rendered iPXE
     ///    script loads, the compressed image, a `drpcli` stand-in, and the
     ///    rendered `imprint.json` at `/machines/<uuid>/imprint.json`;
-    /// 3. registers the machine with its `imprint-deploy` task;
+    /// 3. does what the README's `drpcli machines workflow UUID
+    ///    imprint-image-deploy` does: the machine's workflow starts over at
+    ///    the `imprint-deploy` stage and task, in BootEnv `imprint`, and the
+    ///    BootEnv change leaves it **not runnable** (DRP's behaviour,
+    ///    `qemu/src/drp/machine.rs`), as a real endpoint would;
     /// 4. writes the rendered `ipxe` loader into a TFTP root, beside the
     ///    [`DEFAULT_IPXE`] that DHCP hands the firmware.
     pub fn start(machine: DrpMachine, key: &str, extra_params: Value) -> DrpLab {
@@ -120,7 +128,7 @@ impl DrpLab {
         )
         .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
 
-        let drp = DrpStandIn::start().expect("starting the DRP stand-in");
+        let drp = DrpStandIn::start_self_signed().expect("starting the DRP stand-in");
         let provisioner_url = drp.files().guest_url("");
         let provisioner_url = provisioner_url.trim_end_matches('/').to_owned();
         // DRP's ApiURL is the API's origin; clients add `/api/v3`.
@@ -191,7 +199,13 @@ impl DrpLab {
             .strip_prefix(&format!("machines/{}/", machine.uuid))
             .unwrap_or_else(|| panic!("imprint.json renders to {spec_path}"));
         drp.set_machine_file(&machine.uuid, spec_name, spec);
-        drp.set_task(&machine.uuid, Some(drp::TASK));
+        drp.set_workflow(
+            &machine.uuid,
+            drp::WORKFLOW,
+            drp::STAGE,
+            drp::BOOTENV,
+            &[drp::TASK],
+        );
 
         let tftp = tempfile::tempdir().expect("temp dir for TFTP");
         std::fs::write(tftp.path().join(&ipxe_path), &ipxe).expect("writing the iPXE script");
@@ -206,7 +220,24 @@ impl DrpLab {
             tftp,
             ipxe_path,
             work: content,
+            stale_job: None,
         }
+    }
+
+    /// The machine lost power in the middle of an earlier deploy: its job
+    /// is still `running`, and DRP refuses new jobs until an agent fails it.
+    pub fn with_stale_job(mut self) -> DrpLab {
+        self.stale_job = Some(self.drp.add_stale_job(&self.machine.uuid, "running"));
+        self
+    }
+
+    /// The jobs PID 1 made (all but [`stale_job`](Self::stale_job)), in order.
+    pub fn deploy_jobs(&self) -> Vec<Value> {
+        self.drp
+            .jobs()
+            .into_iter()
+            .filter(|job| self.stale_job.as_deref() != job["Uuid"].as_str())
+            .collect()
     }
 
     /// The bootenv's rendered `BootParams`.
