@@ -630,13 +630,7 @@ fn named_calls(drp: &DrpStandIn, calls: &[ApiCall]) -> Vec<String> {
 #[test]
 fn a_stale_job_and_a_not_runnable_machine_are_dealt_with_like_drpcli_agent() {
     let drp = DrpStandIn::start().unwrap();
-    drp.set_workflow(
-        MACHINE,
-        "imprint",
-        "imprint",
-        "imprint",
-        &["imprint-deploy"],
-    );
+    drp.assign_imprint_workflow(MACHINE);
     let stale = drp.add_stale_job(MACHINE, "running");
     assert_eq!(drp.machine_runnable(MACHINE), Some(false));
     let token = drp.token();
@@ -709,13 +703,7 @@ fn a_stale_job_and_a_not_runnable_machine_are_dealt_with_like_drpcli_agent() {
 #[test]
 fn a_retry_after_a_failed_run_gets_its_own_job_and_advances_the_workflow() {
     let drp = DrpStandIn::start().unwrap();
-    drp.set_workflow(
-        MACHINE,
-        "imprint",
-        "imprint",
-        "imprint",
-        &["imprint-deploy"],
-    );
+    drp.assign_imprint_workflow(MACHINE);
     let reporter = start_reporter(
         &drp.url(""),
         &drp.token(),

@@ -277,6 +277,19 @@ impl DrpStandIn {
         });
     }
 
+    /// [`set_workflow`](Self::set_workflow) with the README's workflow,
+    /// `imprint-image-deploy`: stage `imprint-deploy`, BootEnv `imprint`,
+    /// one task, [`DEFAULT_TASK`]. The machine is then not runnable.
+    pub fn assign_imprint_workflow(&self, uuid: &str) {
+        self.set_workflow(
+            uuid,
+            "imprint-image-deploy",
+            "imprint-deploy",
+            "imprint",
+            &[DEFAULT_TASK],
+        );
+    }
+
     /// Leaves the machine with a current job in `state` (`running` or
     /// `created`) for its current task, as a power loss in the middle of a
     /// deploy does: until an agent fails it (`init()` in `agent/agent.go`),

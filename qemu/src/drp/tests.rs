@@ -452,19 +452,13 @@ fn runnable_patch(from: bool, to: bool) -> String {
 #[test]
 fn a_workflow_leaves_the_machine_not_runnable_until_an_agent_marks_it() {
     let drp = DrpStandIn::start().unwrap();
-    drp.set_workflow(
-        MACHINE,
-        "imprint",
-        "imprint",
-        "imprint",
-        &["imprint-deploy"],
-    );
+    drp.assign_imprint_workflow(MACHINE);
     assert_eq!(drp.machine_runnable(MACHINE), Some(false));
     let machine_path = format!("/api/v3/machines/{MACHINE}");
     let shown = api(&drp, "GET", &machine_path, "").json();
     assert_eq!(
         (&shown["Runnable"], &shown["BootEnv"], &shown["Workflow"]),
-        (&json!(false), &json!("imprint"), &json!("imprint"))
+        (&json!(false), &json!("imprint"), &json!("imprint-image-deploy"))
     );
     let refused = create(&drp);
     assert_eq!(refused.status, 409);
@@ -525,35 +519,30 @@ fn a_stale_running_job_conflicts_until_it_is_failed() {
     assert_eq!(retried.json()["Previous"], json!(stale));
 }
 
+/// Runs job `id` as an agent does: `created` → `running` → `end`.
+fn run_job(drp: &DrpStandIn, id: &str, end: &str) {
+    for (from, to) in [("created", "running"), ("running", end)] {
+        assert_eq!(
+            patch(drp, id, state_patch(from, to)).status,
+            200,
+            "{from} → {to}"
+        );
+    }
+}
+
 #[test]
 fn a_failed_job_is_retried_for_the_same_task_and_a_finished_one_advances() {
     let drp = DrpStandIn::start().unwrap();
     drp.set_tasks(MACHINE, &["imprint-deploy"]);
     let first = create(&drp).json();
-    let id = first["Uuid"].as_str().unwrap().to_owned();
-    assert_eq!(
-        patch(&drp, &id, state_patch("created", "running")).status,
-        200
-    );
-    assert_eq!(
-        patch(&drp, &id, state_patch("running", "failed")).status,
-        200
-    );
+    run_job(&drp, first["Uuid"].as_str().unwrap(), "failed");
     assert_eq!(drp.machine_runnable(MACHINE), Some(false));
     assert_eq!(create(&drp).status, 409, "not runnable after a failed job");
     drp.set_runnable(MACHINE, true);
     let second = create(&drp);
     assert_eq!(second.status, 201);
     assert_eq!(second.json()["Task"], "imprint-deploy");
-    let id = second.json()["Uuid"].as_str().unwrap().to_owned();
-    assert_eq!(
-        patch(&drp, &id, state_patch("created", "running")).status,
-        200
-    );
-    assert_eq!(
-        patch(&drp, &id, state_patch("running", "finished")).status,
-        200
-    );
+    run_job(&drp, second.json()["Uuid"].as_str().unwrap(), "finished");
     assert_eq!(drp.machine_runnable(MACHINE), Some(true));
     assert_eq!(create(&drp).status, 204);
     assert_eq!(drp.machine_stage(MACHINE).as_deref(), Some("complete"));
