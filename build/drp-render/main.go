@@ -183,7 +183,7 @@ func validate(bundle object, dir string) []string {
 		for _, e := range list {
 			loaders[asString(asObject(e)["Name"])] = true
 		}
-		for _, loader := range []string{"ipxe", "pxelinux", "grub", "ipxe-mac", "pxelinux-mac", "grub-mac", "imprint.json"} {
+		for _, loader := range []string{"ipxe", "pxelinux", "grub", "ipxe-mac", "pxelinux-mac", "grub-mac", "kexec", "imprint.json"} {
 			if !loaders[loader] {
 				add("bootenvs/%s: no %s template", name, loader)
 			}
@@ -240,12 +240,34 @@ func validate(bundle object, dir string) []string {
 // same objects as the bundle.
 func compareDir(bundle object, dir string) []string {
 	var problems []string
-	meta, err := loadYAML(filepath.Join(dir, "meta.yaml"))
+	// Meta fields are `._<Field>.meta` files, read trimmed and skipped when
+	// empty (api/content.go FindOrFake, provision v4.8.0).
+	meta := object{}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return []string{err.Error()}
 	}
-	if !reflect.DeepEqual(meta, asObject(bundle["meta"])) {
-		problems = append(problems, "meta.yaml differs from the bundle's meta")
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || !strings.HasPrefix(name, "._") || !strings.HasSuffix(name, ".meta") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return []string{err.Error()}
+		}
+		if value := strings.TrimSpace(string(data)); value != "" {
+			meta[strings.TrimSuffix(strings.TrimPrefix(name, "._"), ".meta")] = value
+		}
+	}
+	want := object{}
+	for k, v := range asObject(bundle["meta"]) {
+		if value := strings.TrimSpace(asString(v)); value != "" {
+			want[k] = value
+		}
+	}
+	if !reflect.DeepEqual(meta, want) {
+		problems = append(problems, "the ._*.meta files differ from the bundle's meta")
 	}
 	for sectionName, objects := range asObject(bundle["sections"]) {
 		entries, err := os.ReadDir(filepath.Join(dir, sectionName))
@@ -333,6 +355,8 @@ type RenderData struct {
 	defaults       object
 	root           *template.Template
 	bootParams     string
+	// The path of the template being rendered: `.BootParams` depends on it.
+	tmplPath string
 }
 
 func (r *RenderData) lookup(key string) (interface{}, bool) {
@@ -382,8 +406,18 @@ func (r *RenderData) ParamExpand(key string) (string, error) {
 
 func (r *RenderData) GenerateInfiniteToken() string { return r.token }
 
+// BootParams renders the bootenv's BootParams; for a template whose path
+// ends in ".ipxe" DRP prepends "initrd=<base name of the first initrd>"
+// (backend/renderData.go BootParamsFor, hartsock/provision, July 2019).
 func (r *RenderData) BootParams() (string, error) {
-	return r.renderText("BootParams", r.bootParams)
+	s, err := r.renderText("BootParams", r.bootParams)
+	if err != nil {
+		return "", err
+	}
+	if strings.HasSuffix(r.tmplPath, ".ipxe") && len(r.Env.Initrds) > 0 {
+		s = fmt.Sprintf("initrd=%s %s", path.Base(r.Env.Initrds[0]), s)
+	}
+	return s, nil
 }
 
 func (r *RenderData) renderText(name, text string) (string, error) {
@@ -417,6 +451,10 @@ type context struct {
 	ApiURL         string `json:"api_url"`
 	Token          string `json:"token"`
 	Params         object `json:"params"`
+	// Params defined by other content on the endpoint (e.g. image-deploy's),
+	// by name: {"Schema": {...}}. Their defaults apply and their schemas
+	// check the machine's values, as the pack's own do.
+	ParamDefs object `json:"param_defs"`
 }
 
 type rendered struct {
@@ -442,9 +480,28 @@ func renderAll(bundle object, contextFile string) (interface{}, error) {
 		}
 	}
 	defaults := object{}
-	for name, p := range section(bundle, "params") {
-		if d, ok := asObject(asObject(p)["Schema"])["default"]; ok {
-			defaults[name] = d
+	schemas := object{}
+	for _, defs := range []object{ctx.ParamDefs, section(bundle, "params")} {
+		for name, p := range defs {
+			schema := asObject(asObject(p)["Schema"])
+			schemas[name] = schema
+			if d, ok := schema["default"]; ok {
+				defaults[name] = d
+			}
+		}
+	}
+	var names []string
+	for name := range ctx.Params {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if schema, ok := schemas[name]; ok {
+			if err := checkSchema(asObject(schema), ctx.Params[name]); err != "" {
+				// What `drpcli machines set` gets back: the machine fails
+				// validation (backend/param.go ValidateParams).
+				return nil, fmt.Errorf("Key '%s': invalid val '%v': %s", name, ctx.Params[name], err)
+			}
 		}
 	}
 	env := asObject(section(bundle, "bootenvs")[bootenvName])
@@ -492,6 +549,7 @@ func renderAll(bundle object, contextFile string) (interface{}, error) {
 				return fmt.Errorf("%s template %s path: %v", owner, name, err)
 			}
 			var contents string
+			r.tmplPath = p
 			if id, ok := e["ID"]; ok {
 				var buf bytes.Buffer
 				t, err := root.Clone()
@@ -508,6 +566,7 @@ func renderAll(bundle object, contextFile string) (interface{}, error) {
 					return fmt.Errorf("%s template %s: %v", owner, name, err)
 				}
 			}
+			r.tmplPath = ""
 			out = append(out, rendered{owner, name, p, contents})
 		}
 		return nil
@@ -527,4 +586,43 @@ func renderAll(bundle object, contextFile string) (interface{}, error) {
 		}
 	}
 	return map[string]interface{}{"bootparams": bootParams, "templates": out}, nil
+}
+
+// checkSchema: the part of JSON Schema DRP's param schemas use here (type,
+// enum), as gojsonschema words its errors. "" means valid.
+func checkSchema(schema object, value interface{}) string {
+	switch asString(schema["type"]) {
+	case "string":
+		if _, ok := value.(string); !ok {
+			return "(root): Invalid type. Expected: string"
+		}
+	case "boolean":
+		if _, ok := value.(bool); !ok {
+			return "(root): Invalid type. Expected: boolean"
+		}
+	case "integer", "number":
+		if _, ok := value.(float64); !ok {
+			return "(root): Invalid type. Expected: " + asString(schema["type"])
+		}
+	case "object":
+		if _, ok := value.(map[string]interface{}); !ok {
+			return "(root): Invalid type. Expected: object"
+		}
+	case "array":
+		if _, ok := value.([]interface{}); !ok {
+			return "(root): Invalid type. Expected: array"
+		}
+	}
+	if choices := asList(schema["enum"]); len(choices) > 0 {
+		var quoted []string
+		for _, c := range choices {
+			if reflect.DeepEqual(c, value) {
+				return ""
+			}
+			b, _ := json.Marshal(c)
+			quoted = append(quoted, string(b))
+		}
+		return "(root): (root) must be one of the following: " + strings.Join(quoted, ", ")
+	}
+	return ""
 }

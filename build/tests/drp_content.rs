@@ -45,6 +45,18 @@ fn render(content: &Content, context: &Value) -> Result<Value, String> {
     drp::render::render(&renderer(), &content.out.bundle, context).map_err(|e| format!("{e:#}"))
 }
 
+/// Renders for a machine with an image URL and a disk, plus `params`.
+fn render_deployable(content: &Content, params: Value) -> Result<Value, String> {
+    let mut all = json!({
+        "image-deploy/image-url": "http://h/a.img",
+        "image-deploy/install-disk": "/dev/sda",
+    });
+    for (name, value) in params.as_object().expect("params are an object") {
+        all[name] = value.clone();
+    }
+    render(content, &context(all))
+}
+
 fn validate(content: &Content) -> Result<(), String> {
     drp::render::validate(&renderer(), &content.out.bundle, &content.out.content_dir)
         .map_err(|e| format!("{e:#}"))
@@ -122,14 +134,15 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
     let rendered = render(
         &content,
         &context(json!({
-            "image-deploy/image-file": "/images/golden.raw.zst",
+            "image-deploy/image-file": "files/images/golden.raw.zst",
             "image-deploy/install-disk": "/dev/vda",
-            "image-deploy/image-type": "dd-zst",
+            "imprint/format": "dd-zst",
+            "image-deploy/image-type": "dd-raw",
             "access-keys": {"ops": "ssh-ed25519 AAAA ops@x", "me": "ssh-rsa BBBB \"quoted\" me"},
             "cloud-init/user-data": "#cloud-config\nruncmd: [\"echo {{ hi }}\"]\n",
             "network-data": {
                 "all": {"mtu": "9000"},
-                "prod": {"address": "10.0.2.15", "netmask": "255.255.240.0", "gateway": "10.0.2.2",
+                "prov": {"address": "10.0.2.15", "netmask": "255.255.240.0", "gateway": "10.0.2.2",
                          "interface": "eth0,enp0s3", "vlan": "100", "mtu": "1500"}
             },
             "dns-servers": ["1.1.1.1", "8.8.8.8"],
@@ -142,9 +155,12 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
     let spec = spec_from(&rendered);
     assert_eq!(
         spec.url.as_ref().map(|u| u.as_str()),
-        Some("http://10.0.2.2:8091/images/golden.raw.zst")
+        Some("http://10.0.2.2:8091/files/images/golden.raw.zst")
     );
-    assert!(matches!(&spec.format, DeclaredFormat::Image { name, .. } if name == "dd-zst"));
+    assert!(
+        matches!(&spec.format, DeclaredFormat::Image { name, .. } if name == "dd-zst"),
+        "imprint/format wins over image-deploy/image-type"
+    );
     assert_eq!(
         spec.disk.as_ref().map(ToString::to_string).as_deref(),
         Some("/dev/vda")
@@ -206,6 +222,13 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
     );
     let ipxe_cmdline = KernelCmdline::parse(args);
     assert_eq!(ipxe_cmdline.value("BOOTIF"), Some("01-${netX/mac:hexhyp}"));
+    // DRP's own `initrd=` prepend is the only one.
+    assert_eq!(
+        args.matches("initrd=").count(),
+        1,
+        "one initrd= on the iPXE kernel line: {args}"
+    );
+    assert_eq!(ipxe_cmdline.value("initrd"), Some("initramfs.img"));
     assert_eq!(ipxe_cmdline.value("rs.uuid"), Some(UUID));
     assert!(ipxe.contains(&format!(
         "\ninitrd http://10.0.2.2:8091/imprint/{}/initramfs.img\nboot\n",
@@ -218,7 +241,20 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
     assert_eq!(path, "pxelinux.cfg/01-52-54-00-12-34-56");
     let (path, grub) = template(&rendered, "grub");
     assert_eq!(path, "grub/10.0.2.15.cfg");
-    assert!(grub.contains(&format!("BOOTIF=${{net_default_mac}} {bootparams}\n")));
+    // Stock's default-grub.tmpl: linuxefi/initrdefi on x86 EFI, (tftp)/ paths.
+    assert!(grub.contains("    set _kernel=linuxefi\n    set _module=initrdefi\n"));
+    assert!(grub.contains(&format!(
+        "kernel (tftp)/imprint/{}/vmlinuz BOOTIF=01-${{net_default_mac}} {bootparams}\n",
+        drp::version()
+    )));
+    assert!(grub.contains(&format!(
+        "\nmodule (tftp)/imprint/{}/initramfs.img\nboot\n",
+        drp::version()
+    )));
+    assert!(
+        !bootparams.contains("initrd="),
+        "only .ipxe paths get initrd="
+    );
     let (_, task) = template(&rendered, "imprint-deploy-outside");
     assert!(task.contains(UUID) && task.contains("exit 1"));
 }
@@ -269,18 +305,16 @@ fn minimal_context_leaves_optional_fields_out() {
 #[test]
 fn a_prefix_address_and_the_networks_own_dns() {
     let content = content();
-    let rendered = render(
+    let rendered = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "dns-servers": ["9.9.9.9"],
             "network-data": {
-                "b-mgmt": {"dhcp": "true"},
-                "c-prov": {"address": "192.168.10.5/16", "dns-servers": ["192.168.0.53"]},
-                "d-late": {"address": "172.16.0.9/24"}
+                "a-mgmt": {"address": "172.16.0.9/24"},
+                "prov": {"address": "192.168.10.5/16", "dns-servers": ["192.168.0.53"]},
+                "prod": {"address": "10.2.3.15/24"}
             },
-        })),
+        }),
     )
     .unwrap();
     let cmdline = KernelCmdline::parse(rendered["bootparams"].as_str().unwrap());
@@ -307,26 +341,22 @@ fn missing_image_or_bad_network_fails_the_render_naming_the_param() {
     )
     .unwrap_err();
     assert!(err.contains("set image-deploy/install-disk"), "{err}");
-    let err = render(
+    let err = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
-            "network-data": {"prod": {"address": "10.0.0.5"}},
-        })),
+        json!({
+            "network-data": {"prov": {"address": "10.0.0.5"}},
+        }),
     )
     .unwrap_err();
     assert!(
-        err.contains("network-data prod: address 10.0.0.5 needs a /prefix or a netmask"),
+        err.contains("network-data prov: address 10.0.0.5 needs a /prefix or a netmask"),
         "{err}"
     );
-    let err = render(
+    let err = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
-            "network-data": {"prod": {"address": "10.0.0.5", "netmask": "255.255.0.1"}},
-        })),
+        json!({
+            "network-data": {"prov": {"address": "10.0.0.5", "netmask": "255.255.0.1"}},
+        }),
     )
     .unwrap_err();
     assert!(err.contains("netmask 255.255.0.1 is not"), "{err}");
@@ -337,6 +367,7 @@ fn missing_image_or_bad_network_fails_the_render_naming_the_param() {
 /// it is exercised.
 fn every_imprint_param() -> Value {
     json!({
+        "imprint/format": "dd-zst",
         "imprint/checksum": format!("sha256:{}", "ab".repeat(32)),
         "imprint/checksum-url": "http://h/SHA256SUMS",
         "imprint/retries": 5,
@@ -416,18 +447,22 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
 
 #[test]
 fn a_value_outside_the_schema_is_refused_by_imprint_too() {
-    // The schema says on-success is one of five words; imprint agrees.
+    // The schema says on-success is one of five words: DRP refuses another
+    // when it is set (the renderer checks as DRP does), and imprint agrees
+    // should one get through (set before the pack defined the param).
     let content = content();
-    let rendered = render(
+    let err = render_deployable(
         &content,
-        &context(json!({
-            "image-deploy/image-url": "http://h/a.img",
-            "image-deploy/install-disk": "/dev/sda",
+        json!({
             "imprint/on-success": "explode",
-        })),
+        }),
     )
-    .unwrap();
-    let (_, json) = template(&rendered, "imprint.json");
+    .unwrap_err();
+    assert!(
+        err.contains("Key 'imprint/on-success': invalid val 'explode'"),
+        "{err}"
+    );
+    let json = r#"{"url": "http://h/a.img", "disk": "/dev/sda", "on-success": "explode"}"#;
     let err = DeploySpec::default().apply_json(json).unwrap_err();
     assert!(format!("{err:#}").contains("on-success"), "{err:#}");
 }
@@ -453,4 +488,227 @@ fn the_readme_maps_every_param() {
         );
     }
     assert!(section.contains(&format!("imprint-{}.amd64.tar", drp::version())));
+}
+
+/// What `drpcli agent`'s task runner makes of the exit code of a task's
+/// last (here: only) script: the job's final `State` and `ExitState`.
+/// agent/taskRunner.go, provision v4.8.0: `perform` maps the code (the
+/// "sane" table when the task's `Meta` has `feature-flags: sane-exit-codes`,
+/// else the legacy one; an unlisted code leaves `failed` set), `run`
+/// derives the state, its deferred patch the exit state.
+fn runner_outcome(code: u32, sane: bool) -> (&'static str, &'static str) {
+    // (failed, incomplete, reboot, poweroff, stop)
+    let (failed, mut incomplete, reboot, poweroff, stop) = match (sane, code) {
+        (_, 0) => (false, false, false, false, false),
+        (true, 16) => (false, false, false, false, true),
+        (true, 32) => (false, false, false, true, false),
+        (true, 64) => (false, false, true, false, false),
+        (true, 128) => (false, true, false, false, false),
+        (true, 144) => (false, true, false, false, true),
+        (true, 160) => (false, true, false, true, false),
+        (true, 192) => (false, true, true, false, false),
+        (false, 1) => (false, false, true, false, false),
+        (false, 2) => (false, true, false, false, false),
+        (false, 3) => (false, true, true, false, false),
+        _ => (true, false, false, false, false),
+    };
+    // The final action: reboot/poweroff/stop keep `incomplete` as it is.
+    if failed {
+        incomplete = false;
+    }
+    let state = match (failed, incomplete) {
+        (true, _) => "failed",
+        (false, true) => "incomplete",
+        (false, false) => "finished",
+    };
+    let exit_state = if reboot {
+        "reboot"
+    } else if poweroff {
+        "poweroff"
+    } else if stop {
+        "stop"
+    } else if failed {
+        "failed"
+    } else {
+        "complete"
+    };
+    (state, exit_state)
+}
+
+#[test]
+fn the_runners_exit_code_tables() {
+    assert_eq!(runner_outcome(0, false), ("finished", "complete"));
+    assert_eq!(runner_outcome(1, false), ("finished", "reboot"));
+    assert_eq!(runner_outcome(3, false), ("incomplete", "reboot"));
+    assert_eq!(runner_outcome(4, false), ("failed", "failed"));
+    assert_eq!(runner_outcome(1, true), ("failed", "failed"));
+    assert_eq!(runner_outcome(64, true), ("finished", "reboot"));
+    assert_eq!(runner_outcome(192, true), ("incomplete", "reboot"));
+}
+
+/// A runner outside imprint that gets the `imprint-deploy` job must fail
+/// it: before the task carried `sane-exit-codes`, its `exit 1` was read as
+/// "reboot" and the job finished, so the workflow went on to `complete`
+/// with nothing deployed (issue 13).
+#[test]
+fn the_task_fails_its_job_when_a_runner_outside_imprint_runs_it() {
+    let content = content();
+    let pack = drp::content_pack(&drp::IsoInfo {
+        file: drp::iso_file_name(),
+        sha256: String::new(),
+    });
+    let task = &pack.sections["tasks"][drp::TASK];
+    let flags = task["Meta"]["feature-flags"].as_str().unwrap_or_default();
+    let sane = flags
+        .split(',')
+        .any(|flag| flag.trim() == "sane-exit-codes");
+    let rendered = render_deployable(&content, json!({})).unwrap();
+    let (_, script) = template(&rendered, "imprint-deploy-outside");
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    let code = u32::try_from(output.status.code().unwrap()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("did not boot into the imprint bootenv")
+    );
+    assert_eq!(runner_outcome(code, sane), ("failed", "failed"));
+}
+
+/// The `kexec` file as `drpcli agent` reads it (agent/agent.go, provision
+/// v4.8.0): a `kernel` URL, exactly one `initrd` URL, a `params` line.
+#[test]
+fn the_kexec_template_is_what_the_agent_reads() {
+    let content = content();
+    let rendered = render_deployable(
+        &content,
+        json!({
+            "kernel-console": "console=ttyS0,115200",
+        }),
+    )
+    .unwrap();
+    let (path, kexec) = template(&rendered, "kexec");
+    assert_eq!(path, format!("machines/{UUID}/kexec"));
+    let lines: Vec<(&str, &str)> = kexec
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .collect();
+    let base = format!("http://10.0.2.2:8091/imprint/{}", drp::version());
+    let bootparams = rendered["bootparams"].as_str().unwrap();
+    assert_eq!(
+        lines,
+        [
+            ("kernel", format!("{base}/vmlinuz").as_str()),
+            ("initrd", format!("{base}/initramfs.img").as_str()),
+            ("params", bootparams),
+        ]
+    );
+    // The agent appends the running kernel's BOOTIF= after the `--`.
+    let cmdline = KernelCmdline::parse(&format!("{bootparams} BOOTIF=01-52-54-00-12-34-56"));
+    assert_eq!(cmdline.value("rs.uuid"), Some(UUID));
+    let net = imprint::net::NetConfig::from_cmdline(&cmdline).unwrap();
+    assert_eq!(net.boot_mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+}
+
+/// `network-data`'s own documented example (provision-content v4.8.0
+/// `content/params/network-data.yaml`): `prov` is DHCP, so the boot NIC
+/// gets no static address; `prod`'s and `stor`'s are not the boot
+/// network's, whatever their names sort as.
+#[test]
+fn network_data_follows_sledgehammer_only_prov_is_the_boot_network() {
+    let content = content();
+    let example = json!({
+        "all": {"dns-servers": ["8.8.8.8", "8.8.4.4"]},
+        "prov": {"name": "prov", "dhcp": "yes"},
+        "prod": {"name": "prod", "dhcp": "no", "gateway": "10.2.3.1", "netmask": "255.255.255.0", "address": "10.2.3.15"},
+        "stor": {"name": "stor", "dhcp": "no", "gateway": "10.3.3.1", "netmask": "255.255.255.0",
+                 "address": "10.3.3.15", "vlan": "2335", "interface": "eth0,enp0s3"},
+    });
+    let rendered = render_deployable(
+        &content,
+        json!({
+            "network-data": example,
+        }),
+    )
+    .unwrap();
+    let cmdline = KernelCmdline::parse(rendered["bootparams"].as_str().unwrap());
+    assert_eq!(cmdline.value("provisioner.ip"), None);
+    assert_eq!(cmdline.value("provisioner.interface"), None);
+    assert_eq!(cmdline.value("provisioner.vlan"), None);
+}
+
+/// The README's DRP commands against an endpoint with RackN's image-deploy
+/// plugin installed: its params' schemas check the values (as
+/// `drpcli machines set` would) and its defaults apply.
+#[test]
+fn the_readme_params_with_image_deploy_installed() {
+    let content = content();
+    let with_plugin = |params: Value| {
+        let mut context = context(params);
+        context["param_defs"] = imprint_qemu::drp::params::image_deploy_params();
+        render(&content, &context)
+    };
+    // The README's values, verbatim.
+    let rendered = with_plugin(json!({
+        "image-deploy/image-file": "files/images/golden.raw.zst",
+        "imprint/format": "dd-zst",
+        "access-keys": {"ops": "ssh-ed25519 AAAA ops@example"},
+    }))
+    .unwrap();
+    let spec = spec_from(&rendered);
+    assert_eq!(
+        spec.url.as_ref().map(|u| u.as_str()),
+        Some("http://10.0.2.2:8091/files/images/golden.raw.zst"),
+        "uploaded files are served under files/"
+    );
+    assert_eq!(
+        spec.disk.as_ref().map(ToString::to_string).as_deref(),
+        Some("/dev/sda"),
+        "image-deploy's default install-disk"
+    );
+    assert!(matches!(&spec.format, DeclaredFormat::Image { name, .. } if name == "dd-zst"));
+    // The old README's type is refused by the plugin's enum.
+    let err = with_plugin(json!({
+        "image-deploy/image-file": "files/images/golden.raw.zst",
+        "image-deploy/image-type": "dd-zst",
+    }))
+    .unwrap_err();
+    assert!(
+        err.contains("Key 'image-deploy/image-type': invalid val 'dd-zst': (root): (root) must be one of the following"),
+        "{err}"
+    );
+    // A stock type still reaches imprint; the short disk name is a disk name.
+    let rendered = with_plugin(json!({
+        "image-deploy/image-url": "http://h/{{.Machine.Name}}.img.xz",
+        "image-deploy/image-type": "dd-xz",
+        "image-deploy/install-disk": "sda",
+    }))
+    .unwrap();
+    let spec = spec_from(&rendered);
+    assert_eq!(
+        spec.url.as_ref().map(|u| u.as_str()),
+        Some("http://h/web-01.lab.img.xz"),
+        "image-url is expanded, as image-deploy does"
+    );
+    assert!(matches!(&spec.format, DeclaredFormat::Image { name, .. } if name == "dd-xz"));
+    assert_eq!(
+        spec.disk,
+        Some(imprint::disk::DiskSelector::Name("sda".into()))
+    );
+}
+
+/// `drpcli contents bundle` reads the pack's meta from `._<Field>.meta`
+/// files (api/content.go `FindOrFake`, provision v4.8.0), not `meta.yaml`.
+#[test]
+fn the_content_directory_is_what_drpcli_contents_bundle_reads() {
+    let content = content();
+    let dir = &content.out.content_dir;
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(read("._Name.meta"), "imprint");
+    assert_eq!(read("._Version.meta"), format!("v{}", drp::version()));
+    assert_eq!(read("._Prerequisites.meta"), "drp-community-content");
+    assert!(!dir.join("meta.yaml").exists());
+    assert!(dir.join("templates").join(drp::KEXEC_TEMPLATE).exists());
+    assert!(dir.join("tasks/imprint-deploy.yaml").exists());
 }

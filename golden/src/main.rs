@@ -59,7 +59,7 @@ fn main() {
 fn run(cmdline: &str) -> Result<()> {
     let spec = RootSpec::from_cmdline(cmdline)?;
     let module_dir = Path::new("/lib/modules").join(sys::kmod::kernel_release());
-    imprint::pid1::coldplug(&module_dir).context("loading drivers")?;
+    imprint::modules::coldplug(&module_dir).context("loading drivers")?;
     let (device, fs) = wait_for_root(&spec, ROOT_WAIT)?;
     let fs = fs.with_context(|| {
         format!(

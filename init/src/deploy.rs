@@ -430,7 +430,8 @@ fn decode_stage(
         Compression::Gzip | Compression::Bzip2 => None,
     };
     if compression == Compression::None && !format::looks_like_tar(&prefix) {
-        let format = format::reconcile(declared, ImageFormat::RAW)?;
+        let format = format::check_declared(declared, url, &prefix, ImageFormat::RAW)?;
+        format::check_image_size(format, &prefix)?;
         log::info!(
             "format: {format}{}",
             size.map_or(String::new(), |s| format!(", image {}", human_size(s)))
@@ -452,7 +453,8 @@ fn decode_stage(
         .peek(512)
         .with_context(|| format!("decoding the {compression} stream"))?;
     let sniffed = ImageFormat::new(compression, format::looks_like_tar(start));
-    let format = format::reconcile(declared, sniffed)?;
+    let format = format::check_declared(declared, url, &prefix, sniffed)?;
+    format::check_image_size(format, start)?;
     let mut image: Box<dyn Read + Send> = if format.tar {
         let tar = SingleFileTar::new(decoded).context("reading the tar archive")?;
         log::info!(

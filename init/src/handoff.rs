@@ -2,9 +2,10 @@
 //! with kexec, and leave nothing mounted behind.
 //!
 //! ```text
-//! mount the root read-only -> /etc/fstab names a separate /boot? mount it
-//! -> find the boot entry (explicit, BLS, grub.cfg, /vmlinuz) -> build the command line
-//! -> kexec_file_load -> unmount everything -> (caller) reboot(KEXEC)
+//! the installed root (still mounted since injection) -> /etc/fstab names a
+//! separate /boot? mount it on the root's /boot -> find the boot entry
+//! (explicit, BLS, grub.cfg, /vmlinuz) -> build the command line
+//! -> kexec_file_load -> unmount /boot -> (caller) unmount everything, reboot(KEXEC)
 //! ```
 //!
 //! Staging happens before anything is unmounted or reported as handed over,
@@ -13,30 +14,23 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::boot::{self, BootEntry, BootFs, FsSource};
-use crate::disk::root::{Candidate, MountingInspector, RootSelector};
+use crate::disk::root::{Candidate, RootSelector};
+use crate::installed::{InstalledRoot, RootDir};
 use crate::spec::KexecOverride;
 
-/// Where the installed system is mounted (read-only) while its kernel is read.
-const HANDOFF_MOUNTS: &str = "/run/imprint/handoff";
 /// Several initrds (microcode first, then the main one) are concatenated
 /// here: `kexec_file_load` takes one, and the kernel unpacks concatenated
 /// cpio archives in order, as a boot loader passing several would.
 const JOINED_INITRD: &str = "/run/imprint/kexec-initrd.img";
 /// Everything imprint mounts lives under here.
 const IMPRINT_MOUNTS: &str = "/run/imprint";
-
-/// The installed system as the injection found it.
-#[derive(Debug, Clone)]
-pub struct Installed<'a> {
-    pub partitions: &'a [Candidate],
-    /// Index of the root in `partitions`.
-    pub root: usize,
-}
+/// The most `/etc/fstab` may hold.
+const FSTAB_LIMIT: u64 = 1 << 20;
 
 /// A kernel staged for `reboot(LINUX_REBOOT_CMD_KEXEC)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,34 +44,37 @@ pub struct Staged {
 
 /// Finds the installed kernel, builds its command line and stages it.
 /// `init_args` are the words after `--` on imprint's own command line.
+/// A separate `/boot` is mounted on the root's `/boot` meanwhile; the root
+/// itself stays mounted (the caller unmounts everything before the kexec).
 pub fn stage_kexec(
-    installed: &Installed<'_>,
+    root: &InstalledRoot,
     explicit: &KexecOverride,
     init_args: &[String],
 ) -> Result<Staged> {
-    let mut inspector = MountingInspector::new(Path::new(HANDOFF_MOUNTS));
-    let staged = stage_with(&mut inspector, installed, explicit, init_args);
-    let unmounted = inspector.unmount_all();
+    let fstab = root
+        .dir()
+        .read_text("/etc/fstab", FSTAB_LIMIT)
+        .context("reading /etc/fstab of the installed system")?;
+    let boot = match separate_boot(fstab.as_deref(), root.partitions(), root.partition())? {
+        Some(partition) => Some(root.mount_boot(partition)?),
+        None => None,
+    };
+    let staged = stage(root, boot.is_some(), explicit, init_args);
+    let unmounted = boot.map_or(Ok(()), |boot| boot.unmount());
     let staged = staged?;
     unmounted?;
     Ok(staged)
 }
 
-fn stage_with(
-    inspector: &mut MountingInspector,
-    installed: &Installed<'_>,
+fn stage(
+    root: &InstalledRoot,
+    separate_boot: bool,
     explicit: &KexecOverride,
     init_args: &[String],
 ) -> Result<Staged> {
-    let root = &installed.partitions[installed.root];
-    let root_dir = inspector.mount_point(root)?;
-    let boot_dir = match separate_boot(&root_dir, installed.partitions)? {
-        Some(boot) => Some(inspector.mount_point(boot)?),
-        None => None,
-    };
     let fs = BootFs {
-        root: &root_dir,
-        boot: boot_dir.as_deref(),
+        root: root.dir(),
+        separate_boot,
     };
     let explicit = boot::Explicit {
         kernel: explicit.kernel.clone(),
@@ -86,40 +83,29 @@ fn stage_with(
     };
     let entry = boot::find_boot_entry(&fs, &explicit)?;
     log::info!("kexec: {entry}");
-    let root_uuid = root.fs.as_ref().and_then(|fs| fs.uuid.as_deref());
+    let root_uuid = root
+        .partition()
+        .fs
+        .as_ref()
+        .and_then(|fs| fs.uuid.as_deref());
     let cmdline = boot::kexec_cmdline(entry.options.as_deref(), root_uuid, init_args)?;
     log::info!("kexec: command line {cmdline}");
-    load(&entry, &cmdline)?;
-    let kernel = inside(&entry.kernel, &root_dir, boot_dir.as_deref());
+    load(root.dir(), &entry, &cmdline)?;
     Ok(Staged {
         entry: entry.to_string(),
-        kernel,
+        kernel: entry.kernel.display().to_string(),
         cmdline,
     })
 }
 
-/// The kernel's path as the installed system sees it, for reports.
-fn inside(path: &Path, root: &Path, boot: Option<&Path>) -> String {
-    if let Some(rest) = boot.and_then(|b| path.strip_prefix(b).ok()) {
-        return format!("/boot/{}", rest.display());
-    }
-    match path.strip_prefix(root) {
-        Ok(rest) => format!("/{}", rest.display()),
-        Err(_) => path.display().to_string(),
-    }
-}
-
-/// The partition `/etc/fstab` mounts on `/boot`, when it is not the root.
+/// The partition the installed system's `/etc/fstab` mounts on `/boot`,
+/// when it is not the root.
 fn separate_boot<'a>(
-    root_dir: &Path,
+    fstab: Option<&str>,
     partitions: &'a [Candidate],
+    root: &Candidate,
 ) -> Result<Option<&'a Candidate>> {
-    let fstab = match std::fs::read_to_string(root_dir.join("etc/fstab")) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).context("reading /etc/fstab of the installed system"),
-    };
-    let Some(spec) = boot::boot_mount_from_fstab(&fstab) else {
+    let Some(spec) = fstab.and_then(boot::boot_mount_from_fstab) else {
         return Ok(None);
     };
     let wanted = selector(&spec.source);
@@ -127,6 +113,7 @@ fn separate_boot<'a>(
         .iter()
         .find(|p| wanted.as_ref().is_some_and(|w| w.matches(p)));
     match found {
+        Some(partition) if partition.dev_path == root.dev_path => Ok(None),
         Some(partition) => {
             log::info!("kexec: /boot is {}", partition.describe());
             Ok(Some(partition))
@@ -163,27 +150,40 @@ fn selector(source: &FsSource) -> Option<RootSelector> {
     })
 }
 
-fn load(entry: &BootEntry, cmdline: &str) -> Result<()> {
-    let kernel = File::open(&entry.kernel)
-        .with_context(|| format!("opening the kernel {}", entry.kernel.display()))?;
-    let initrd = match entry.initrds.as_slice() {
-        [] => None,
-        [one] => {
-            Some(File::open(one).with_context(|| format!("opening the initrd {}", one.display()))?)
-        }
-        several => Some(join_initrds(several, Path::new(JOINED_INITRD))?),
+/// Opens a file of the entry through the installed system's resolver.
+fn open_in(root: &RootDir, path: &Path, what: &str) -> Result<File> {
+    let shown = path.display().to_string();
+    root.open_file(&shown)
+        .with_context(|| format!("opening the {what} {shown}"))?
+        .with_context(|| format!("the {what} {shown} is gone"))
+}
+
+fn load(root: &RootDir, entry: &BootEntry, cmdline: &str) -> Result<()> {
+    let kernel = open_in(root, &entry.kernel, "kernel")?;
+    let initrds = entry
+        .initrds
+        .iter()
+        .map(|path| open_in(root, path, "initrd"))
+        .collect::<Result<Vec<File>>>()?;
+    let initrd = match initrds.len() {
+        0 => None,
+        1 => initrds.into_iter().next(),
+        _ => Some(join_initrds(
+            &entry.initrds,
+            initrds,
+            Path::new(JOINED_INITRD),
+        )?),
     };
     crate::sys::kexec::load(&kernel, initrd.as_ref(), cmdline)
 }
 
-/// Concatenates `parts` into `out` (on tmpfs) and opens the result.
-fn join_initrds(parts: &[PathBuf], out: &Path) -> Result<File> {
+/// Concatenates `parts` (opened from `names`) into `out` (on tmpfs) and
+/// opens the result.
+fn join_initrds(names: &[std::path::PathBuf], parts: Vec<File>, out: &Path) -> Result<File> {
     let mut joined = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    for part in parts {
-        let mut input =
-            File::open(part).with_context(|| format!("opening the initrd {}", part.display()))?;
-        std::io::copy(&mut input, &mut joined)
-            .with_context(|| format!("joining the initrd {}", part.display()))?;
+    for (name, mut part) in names.iter().zip(parts) {
+        std::io::copy(&mut part, &mut joined)
+            .with_context(|| format!("joining the initrd {}", name.display()))?;
     }
     joined.flush()?;
     File::open(out).with_context(|| format!("reopening {}", out.display()))
@@ -247,6 +247,8 @@ pub fn unmount_everything() {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::disk::probe::FsInfo;
 
@@ -267,58 +269,46 @@ mod tests {
 
     #[test]
     fn finds_the_separate_boot_partition_named_by_fstab() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("etc")).unwrap();
         let parts = [partition(1, "1111", "boot"), partition(2, "2222", "root")];
-        std::fs::write(
-            root.path().join("etc/fstab"),
-            "UUID=2222 / ext4 defaults 0 1\nUUID=1111 /boot ext4 defaults 0 2\n",
-        )
-        .unwrap();
-        let boot = separate_boot(root.path(), &parts).unwrap().unwrap();
-        assert_eq!(boot.number, 1);
-
-        std::fs::write(
-            root.path().join("etc/fstab"),
-            "LABEL=root / ext4 defaults 0 1\nPARTLABEL=boot /boot ext4 defaults 0 2\n",
-        )
-        .unwrap();
-        assert_eq!(
-            separate_boot(root.path(), &parts).unwrap().unwrap().number,
-            1
-        );
-
-        std::fs::write(
-            root.path().join("etc/fstab"),
-            "UUID=9999 /boot ext4 defaults 0 2\n",
-        )
-        .unwrap();
-        let error = separate_boot(root.path(), &parts).unwrap_err().to_string();
+        let root = &parts[1];
+        let find = |fstab: &str| separate_boot(Some(fstab), &parts, root);
+        let boot = find("UUID=2222 / ext4 defaults 0 1\nUUID=1111 /boot ext4 defaults 0 2\n");
+        assert_eq!(boot.unwrap().unwrap().number, 1);
+        let boot = find("LABEL=root / ext4 defaults 0 1\nPARTLABEL=boot /boot ext4 defaults 0 2\n");
+        assert_eq!(boot.unwrap().unwrap().number, 1);
+        let error = find("UUID=9999 /boot ext4 defaults 0 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("not a partition of the deployed disk"),
             "{error}"
         );
-
-        std::fs::write(
-            root.path().join("etc/fstab"),
-            "UUID=2222 / ext4 defaults 0 1\n",
-        )
-        .unwrap();
-        assert!(separate_boot(root.path(), &parts).unwrap().is_none());
-        std::fs::remove_file(root.path().join("etc/fstab")).unwrap();
-        assert!(separate_boot(root.path(), &parts).unwrap().is_none());
+        assert!(find("UUID=2222 / ext4 defaults 0 1\n").unwrap().is_none());
+        assert!(
+            find("UUID=2222 /boot ext4 defaults 0 1\n")
+                .unwrap()
+                .is_none(),
+            "the root itself"
+        );
+        assert!(separate_boot(None, &parts, root).unwrap().is_none());
     }
 
     #[test]
     fn several_initrds_are_joined_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("ucode.img");
-        let b = dir.path().join("initrd.img");
-        std::fs::write(&a, b"early").unwrap();
-        std::fs::write(&b, b"main").unwrap();
+        std::fs::write(dir.path().join("ucode.img"), b"early").unwrap();
+        std::fs::write(dir.path().join("initrd.img"), b"main").unwrap();
+        let root = RootDir::open(dir.path()).unwrap();
+        let names = [PathBuf::from("/ucode.img"), PathBuf::from("/initrd.img")];
+        let parts = names
+            .iter()
+            .map(|n| open_in(&root, n, "initrd").unwrap())
+            .collect();
         let out = dir.path().join("joined");
-        join_initrds(&[a, b], &out).unwrap();
+        join_initrds(&names, parts, &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"earlymain");
+        let gone = open_in(&root, Path::new("/gone"), "kernel").unwrap_err();
+        assert_eq!(gone.to_string(), "the kernel /gone is gone");
     }
 
     #[test]
@@ -335,20 +325,6 @@ mod tests {
                 "/run/imprint/handoff/vda2",
                 "/run/imprint/sources/vdb1",
             ]
-        );
-    }
-
-    #[test]
-    fn kernel_paths_are_reported_as_the_installed_system_sees_them() {
-        let root = Path::new("/run/imprint/handoff/vda2");
-        let boot = Path::new("/run/imprint/handoff/vda1");
-        assert_eq!(
-            inside(&root.join("boot/vmlinuz-6.1"), root, None),
-            "/boot/vmlinuz-6.1"
-        );
-        assert_eq!(
-            inside(&boot.join("vmlinuz-6.1"), root, Some(boot)),
-            "/boot/vmlinuz-6.1"
         );
     }
 }

@@ -9,6 +9,7 @@
 pub mod boot;
 pub mod cli;
 pub mod cmdline;
+pub mod console;
 pub mod deploy;
 pub mod disk;
 pub mod drp;
@@ -16,6 +17,7 @@ pub mod handoff;
 pub mod hardware;
 pub(crate) mod http;
 pub mod inject;
+pub mod installed;
 pub mod logger;
 pub mod modules;
 pub mod net;

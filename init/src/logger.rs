@@ -1,5 +1,6 @@
-//! The `log` backend: one line per record on the console (stderr), and in
-//! PID 1 also into the kernel log so `dmesg` of a stuck machine shows it.
+//! The `log` backend: one line per record on the console (stderr) and the
+//! extra consoles named after `--` ([`crate::console`]), and in PID 1 also
+//! into the kernel log so `dmesg` of a stuck machine shows it.
 
 use std::fs::File;
 use std::io::Write;
@@ -59,6 +60,7 @@ impl Log for ConsoleLogger {
         }
         let line = format_record(record.level(), record.args());
         let _ = writeln!(std::io::stderr().lock(), "{line}");
+        crate::console::write_line(&line);
         if let Some(kmsg) = &self.kmsg
             && let Ok(mut kmsg) = kmsg.lock()
         {

@@ -16,6 +16,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use crate::hardware::HardwareReport;
+
 /// The metadata files, in the order they are written out.
 pub const METADATA_FILES: [&str; 4] = [
     "modules.dep",
@@ -680,6 +682,73 @@ pub fn coldplug_plan(index: &ModuleIndex, modaliases: &[String], extra: &[&str])
     plan
 }
 
+/// Every `modalias` file under `root` (normally `/sys/devices`). Symlinks are
+/// not followed: sysfs is full of links back up the tree.
+pub fn collect_modaliases(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file()
+                && entry.file_name() == "modalias"
+                && let Ok(alias) = std::fs::read_to_string(entry.path())
+                && !alias.trim().is_empty()
+            {
+                found.push(alias.trim().to_owned());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Loads the drivers for the hardware present, repeating until no new
+/// device shows up: loading a bus driver (virtio_pci) creates the devices
+/// (virtio0, virtio1) whose drivers (virtio_blk, virtio_net) come next.
+/// Then warns about every network or storage device left without a driver
+/// and every firmware file a driver could not load ([`crate::hardware`]),
+/// and returns that report.
+pub fn coldplug(module_dir: &Path) -> Result<HardwareReport> {
+    let index = ModuleIndex::load(module_dir)?;
+    let mut loaded = BTreeSet::new();
+    for _round in 0..8 {
+        let aliases = collect_modaliases(Path::new("/sys/devices"));
+        let plan = coldplug_plan(&index, &aliases, &[]);
+        for alias in &plan.unmatched_modaliases {
+            log::debug!("no driver for device {alias}");
+        }
+        let fresh: Vec<_> = plan
+            .modules
+            .into_iter()
+            .filter(|m| !loaded.contains(&m.name))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for module in fresh {
+            match crate::sys::kmod::load_module(&module_dir.join(&module.path)) {
+                Ok(_) => log::info!("loaded {}", module.name),
+                // One driver failing (hardware it dislikes) must not stop the
+                // deploy; a missing disk or NIC is reported later by name.
+                Err(e) => log::warn!("{e:#}"),
+            }
+            loaded.insert(module.name);
+        }
+    }
+    let report = HardwareReport::gather(Path::new("/sys"), Path::new("/dev/kmsg"));
+    report.log();
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1022,5 +1091,27 @@ kernel/drivers/usb/host/xhci-hcd.ko
         assert_eq!(error.to_string(), "modules.dep line 1: no ':'");
         let error = ModuleIndex::parse("", "# c\nalias only-two\n", "", "").unwrap_err();
         assert!(error.to_string().starts_with("modules.alias line 2"));
+    }
+
+    #[test]
+    fn collects_modaliases_without_following_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let dev = root.path().join("pci0000:00/0000:00:03.0");
+        std::fs::create_dir_all(dev.join("virtio0")).unwrap();
+        std::fs::write(
+            dev.join("modalias"),
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
+        )
+        .unwrap();
+        std::fs::write(dev.join("virtio0/modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        std::fs::write(dev.join("virtio0/other"), "x").unwrap();
+        std::os::unix::fs::symlink(root.path(), dev.join("virtio0/loop")).unwrap();
+        assert_eq!(
+            collect_modaliases(root.path()),
+            vec![
+                "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+                "virtio:d00000001v00001AF4"
+            ]
+        );
     }
 }

@@ -114,12 +114,8 @@ pub fn run(
     let injected = inject(deploy, target, boot_mac)?;
     tracker.mark(Mark::Injected);
     let event = match &injected {
-        Injected::Root {
-            partitions,
-            root,
-            ops,
-        } => {
-            let root = partitions[*root].describe();
+        Injected::Root { root, ops } => {
+            let root = root.describe();
             log::info!("injected {ops} changes into {root}");
             EventKind::Injected {
                 root: Some(root),

@@ -32,7 +32,9 @@
 //!   `GET` reads the log.
 //! - `GET /api/v3/machines/<uuid>/params`, `GET`/`POST
 //!   /api/v3/machines/<uuid>/params/<key>` (the key may contain `/`, e.g.
-//!   `imprint/last-deploy`; the POST body is the JSON value).
+//!   `imprint/last-deploy`; the POST body is the JSON value). A value that
+//!   fails the schema of a param defined with [`DrpStandIn::define_params`]
+//!   is refused as DRP refuses it ([`params`]).
 //!
 //! [`DrpStandIn::start_self_signed`] serves it all over HTTPS with a
 //! certificate generated on the spot, self-signed, for IP addresses, as
@@ -95,6 +97,8 @@ struct State {
     scripted: HashMap<(String, String), VecDeque<u16>>,
     calls: Vec<ApiCall>,
     next_id: u64,
+    /// Defined params' schemas by name ([`DrpStandIn::define_params`]).
+    param_schemas: BTreeMap<String, Value>,
 }
 
 struct Shared {
@@ -227,6 +231,18 @@ impl DrpStandIn {
     /// path, e.g. `/files/images/golden.raw`). Its own port is not used.
     pub fn files(&self) -> &FixtureServer {
         &self.shared.files
+    }
+
+    /// Defines params as content does (`{name: {"Schema": …}}`, e.g.
+    /// [`params::image_deploy_params`] or a content pack's `params`
+    /// section): values set on a machine are checked against them.
+    pub fn define_params(&self, definitions: &Value) {
+        let mut state = self.shared.lock();
+        for (name, definition) in definitions.as_object().into_iter().flatten() {
+            state
+                .param_schemas
+                .insert(name.clone(), definition["Schema"].clone());
+        }
     }
 
     /// Registers a machine (idempotent), runnable, as `POST /machines`
@@ -757,6 +773,12 @@ fn machine_params(
         }
         ("POST", Some(key)) if !key.is_empty() => match serde_json::from_slice::<Value>(body) {
             Ok(value) => {
+                if let Some(schema) = state.param_schemas.get(key)
+                    && let Err(why) = params::check(schema, &value)
+                {
+                    let (status, body) = params::refusal(method, uuid, key, &value, &why);
+                    return Answer::json(status, body);
+                }
                 machine.params.insert(key.to_owned(), value.clone());
                 Answer::json(200, value)
             }
@@ -779,6 +801,7 @@ fn machine_params(
 }
 
 mod machine;
+pub mod params;
 
 #[cfg(test)]
 mod tests;

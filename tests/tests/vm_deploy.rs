@@ -138,3 +138,45 @@ fn unknown_parameter_is_named() {
         "{message}"
     );
 }
+
+/// DRP's templates put `kernel-console` after `--`, where the kernel does
+/// not read it: the kernel's console is then the screen (`tty0`), and only
+/// PID 1 can put the deploy on the serial line an operator watches.
+#[test]
+fn console_named_after_the_dashes_gets_the_deploy() {
+    let image = test_image(4 << 20, 3);
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", image.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk_file(dir.path(), 64 << 20, &[]);
+    let artifacts = imprint_vm_tests::Artifacts::get();
+    let vm = Vm::builder()
+        .kernel(&artifacts.kernel)
+        .initrd(&artifacts.initramfs)
+        .append(format!(
+            "panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff \
+             imprint.url={} imprint.disk=/dev/vda -- console=ttyS0,115200",
+            server.guest_url("golden.raw")
+        ))
+        .memory_mib(1024)
+        .nic(imprint_qemu::Nic::user())
+        .disk(Disk::new(&disk))
+        .console_log(artifacts.log_path("console_after_dashes"))
+        .start()
+        .expect("starting qemu");
+    let result = finish(&vm);
+    assert!(
+        matches!(result, ResultLine::Ok { .. }),
+        "{result:?}\n{}",
+        vm.console()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("imprint: also writing to console ttyS0"),
+        "{console}"
+    );
+    assert!(console.contains("IMPRINT-TIMELINE:"), "{console}");
+    // The kernel itself stayed on the screen: its boot messages are not on
+    // the serial line, so everything there came from PID 1.
+    assert!(!console.contains("Linux version"), "{console}");
+}

@@ -3,16 +3,17 @@
 //! - `imprint-<version>.amd64.tar`: the kernel and initramfs under
 //!   `<version>/`, for `drpcli isos upload`; DRP unpacks it below the
 //!   bootenv's `OS.Name` and boots `Kernel`/`Initrds` from there.
-//! - the content pack, as a directory (`meta.yaml`, `bootenvs/`,
-//!   `templates/`, `params/`, `stages/`, `tasks/`, `workflows/`, the layout
-//!   `drpcli contents bundle` reads) and bundled (`imprint-content.yaml`,
-//!   `meta` + `sections`, what `drpcli contents upload` takes).
+//! - the content pack, as a directory (`._Name.meta` and the other meta
+//!   files, `bootenvs/`, `templates/`, `params/`, `stages/`, `tasks/`,
+//!   `workflows/`, the layout `drpcli contents bundle` reads) and bundled
+//!   (`imprint-content.yaml`, `meta` + `sections`, what `drpcli contents
+//!   upload` takes).
 //!
 //! The bootenv `imprint` boots imprint with Sledgehammer's command line
 //! conventions (`rs.uuid=`, `provisioner.web=`, static `provisioner.ip=`…
 //! from `network-data`, `kernel-options`, `--`, `kernel-console`) and renders
-//! `machines/<uuid>/imprint.json`: the machine's deploy spec, filled from the
-//! classic image-deploy params and the `imprint/*` params generated from
+//! `machines/<uuid>/imprint.json`: the machine's deploy spec, filled from
+//! image-deploy's params (as the plugin defines them) and the `imprint/*` params generated from
 //! [`imprint::spec::PARAMS`] (see [`params`]). PID 1 fetches that file.
 
 pub mod params;
@@ -44,6 +45,7 @@ pub const SPEC_PATH: &str = "{{.Machine.Path}}/imprint.json";
 pub const IPXE_TEMPLATE: &str = "imprint-ipxe.tmpl";
 pub const PXELINUX_TEMPLATE: &str = "imprint-pxelinux.tmpl";
 pub const GRUB_TEMPLATE: &str = "imprint-grub.tmpl";
+pub const KEXEC_TEMPLATE: &str = "imprint-kexec.tmpl";
 pub const TASK_TEMPLATE: &str = "imprint-deploy-outside.sh.tmpl";
 /// The file names inside the tarball's version directory.
 pub const KERNEL_NAME: &str = crate::ipxe::KERNEL_NAME;
@@ -248,8 +250,13 @@ impl ContentPack {
     }
 }
 
-/// Writes the directory layout `drpcli contents bundle` reads: `meta.yaml`,
-/// one YAML file per object, templates as plain `.tmpl` files named by ID.
+/// Writes the directory layout `drpcli contents bundle` reads: one
+/// `._<Field>.meta` file per meta field (the value as plain text), one
+/// directory per section with one YAML file per object, templates as plain
+/// files named by ID (api/content.go `BundleContent` and `FindOrFake`,
+/// provision v4.8.0; provision-content's `content/._Name.meta`). There is
+/// no `meta.yaml`: `bundle` would ignore it and name the pack
+/// `Unspecified`.
 /// Files from an earlier build that are no longer part of the pack are
 /// removed, so the directory and the bundle always hold the same objects.
 pub fn write_content_dir(pack: &ContentPack, dir: &Path) -> Result<()> {
@@ -257,7 +264,15 @@ pub fn write_content_dir(pack: &ContentPack, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_replacing(&dir.join("meta.yaml"), yaml::to_yaml(&pack.meta).as_bytes())?;
+    if let Some(meta) = pack.meta.as_object() {
+        for (field, value) in meta {
+            let text = value.as_str().unwrap_or_default();
+            // FindOrFake trims the file; an empty one is no field.
+            if !text.trim().is_empty() {
+                write_replacing(&dir.join(format!("._{field}.meta")), text.as_bytes())?;
+            }
+        }
+    }
     for (section, objects) in &pack.sections {
         let section_dir = dir.join(section);
         std::fs::create_dir_all(&section_dir)
@@ -279,19 +294,20 @@ pub fn write_content_dir(pack: &ContentPack, dir: &Path) -> Result<()> {
 }
 
 /// The kernel command line: Sledgehammer's (`provisioner.web=`, `rs.uuid=`,
-/// `kernel-options`, `--`, `kernel-console`) plus the static address of the
-/// first network in `network-data` (by name; `all` is skipped) that has an
-/// `address`, as `provisioner.ip=ADDR/PREFIX` (a `netmask` is turned into the
-/// prefix), `.gw=`, `.dns=` (the network's `dns-servers`, else the
-/// `dns-servers` param), `.interface=`, `.vlan=`, `.mtu=`. One line: the
-/// loader templates put it on the iPXE `kernel` line.
+/// `kernel-options`, `--`, `kernel-console`) plus the static address of
+/// `network-data`'s `prov` network, the only one Sledgehammer configures
+/// (provision-content v4.8.0 `content/bootenvs/sledgehammer.yml`,
+/// `BootParams`), when it has an `address`: `provisioner.ip=ADDR/PREFIX` (a
+/// `netmask` is turned into the prefix), `.gw=`, `.dns=` (the network's
+/// `dns-servers`, else the `dns-servers` param), `.interface=` (as given: a
+/// comma-separated list is a preference order), `.vlan=`, `.mtu=`. Other
+/// networks (`prod`, `stor`, …) are the installed system's business. One
+/// line: the loader templates put it on the iPXE `kernel` line.
 pub fn boot_params() -> String {
     const NETWORK: &str = concat!(
         r#"{{- if .ParamExists "network-data" }}"#,
-        r#"{{- $net := dict }}{{ $name := "" }}"#,
-        r#"{{- range $key, $candidate := .Param "network-data" }}"#,
-        r#"{{- if and (eq $name "") (ne $key "all") (index $candidate "address") }}{{ $net = $candidate }}{{ $name = $key }}{{ end }}"#,
-        r#"{{- end }}"#,
+        r#"{{- $name := "prov" }}{{ $net := get (.Param "network-data") $name }}"#,
+        r#"{{- if and $net (index $net "address") }}"#,
         r#"{{- with $net }}"#,
         r#"{{- $addr := index . "address" }}"#,
         r#"{{- if not (contains "/" $addr) }}"#,
@@ -309,6 +325,7 @@ pub fn boot_params() -> String {
         r#"{{- with index . "mtu" }} provisioner.mtu={{ . }}{{ end }}"#,
         r#"{{- end }}"#,
         r#"{{- end }}"#,
+        r#"{{- end }}"#,
     );
     format!(
         "rs.uuid={{{{.Machine.UUID}}}} provisioner.web={{{{.ProvisionerURL}}}}{NETWORK}\
@@ -319,11 +336,14 @@ pub fn boot_params() -> String {
 
 /// iPXE. `BOOTIF=` goes before the bootenv's parameters, not after them
 /// as in DRP's stock template: the parameters end with `-- console…`, and
-/// everything after `--` is init's argv, not a kernel parameter. `initrd=`
-/// names the initramfs for the EFI stub, as in `imprint-build ipxe`.
+/// everything after `--` is init's argv, not a kernel parameter. No
+/// `initrd=` here: for a template whose path ends in `.ipxe`, DRP's
+/// `.BootParams` itself starts with `initrd=<first initrd's base name>`
+/// (backend/renderData.go `BootParamsFor`, hartsock/provision), which the
+/// EFI stub needs.
 const IPXE: &str = r#"#!ipxe
 # imprint ({{.Env.Name}}) for {{.Machine.Name}}
-kernel {{.Env.PathFor "http" .Env.Kernel}} initrd={{ base (index .Env.Initrds 0) }} BOOTIF=01-${netX/mac:hexhyp} {{.BootParams}}
+kernel {{.Env.PathFor "http" .Env.Kernel}} BOOTIF=01-${netX/mac:hexhyp} {{.BootParams}}
 {{ range $initrd := .Env.Initrds -}}
 initrd {{$.Env.PathFor "http" $initrd}}
 {{ end -}}
@@ -342,15 +362,37 @@ LABEL imprint
   IPAPPEND 2
 "#;
 
-/// GRUB (UEFI netboot). GRUB knows the boot NIC's MAC as `$net_default_mac`
-/// (colon form), which imprint's `BOOTIF=` accepts.
-const GRUB: &str = r#"set default=0
-set timeout=5
-menuentry "imprint {{.Machine.Name}}" {
-  linux {{.Env.PathFor "tftp" .Env.Kernel}} BOOTIF=${net_default_mac} {{.BootParams}}
-  initrd {{.Env.JoinInitrds "tftp"}}
-  boot
-}
+/// GRUB (UEFI netboot), as stock's `default-grub.tmpl` (provision-content
+/// v4.8.0): `(tftp)/` paths, `linuxefi`/`initrdefi` on x86 EFI (where
+/// shim's GRUB wants them), `linux`/`initrd` elsewhere. GRUB knows the boot
+/// NIC's MAC as `$net_default_mac` (colon form); `BOOTIF=` goes before the
+/// `--`, as in the iPXE template.
+const GRUB: &str = r#"set _kernel=linux
+set _module=initrd
+if [ "${grub_platform}" = "efi" -a "${grub_cpu}" != "arm64" ]; then
+    set _kernel=linuxefi
+    set _module=initrdefi
+fi
+function kernel { $_kernel "$@"; }
+function module { $_module "$@"; }
+kernel (tftp)/{{.Env.PathFor "tftp" .Env.Kernel}} BOOTIF=01-${net_default_mac} {{.BootParams}}
+{{ range $initrd := .Env.Initrds -}}
+module (tftp)/{{$.Env.PathFor "tftp" $initrd}}
+{{ end -}}
+boot
+"#;
+
+/// What a running `drpcli agent` reads from `machines/<uuid>/kexec` to
+/// switch bootenvs without a firmware reboot when `kexec-ok` is true
+/// (agent/agent.go `loadKexec`, provision v4.8.0; stock `kexec.tmpl`,
+/// provision-content v4.8.0): `kernel URL`, one `initrd URL` (the agent
+/// refuses more), `params LINE`. The agent appends the running kernel's
+/// `BOOTIF=` to `params`, after the `--`; imprint reads it there too.
+const KEXEC: &str = r#"kernel {{.Env.PathFor "http" .Env.Kernel}}
+{{ range $initrd := .Env.Initrds -}}
+initrd {{$.Env.PathFor "http" $initrd}}
+{{ end -}}
+params {{.BootParams}}
 "#;
 
 /// Run by a DRP runner only if the machine did not boot into imprint:
@@ -360,6 +402,8 @@ const TASK_SCRIPT: &str = r#"#!/usr/bin/env sh
 # imprint-deploy is carried out by imprint's PID 1, which claims this job
 # through the DRP API. A runner only gets here when the machine did not
 # PXE boot into the imprint bootenv, so nothing was deployed: fail loudly.
+# The task's sane-exit-codes flag makes exit 1 "failed"; without it the
+# runner would read 1 as "reboot" and finish the job.
 echo "imprint-deploy: machine {{.Machine.UUID}} did not boot into the imprint bootenv; check that it PXE boots and that its BootEnv is imprint" >&2
 exit 1
 "#;
@@ -367,14 +411,19 @@ exit 1
 /// The per-machine deploy spec PID 1 fetches from
 /// `<provisioner.web>/machines/<uuid>/imprint.json`. Every value goes
 /// through `toJson` or `ParamAsJSON`; nothing is quoted by hand.
+///
+/// `image-deploy/image-url` and `image-deploy/image-file` go through
+/// `.ParamExpand`, and the file is appended to `{{.ProvisionerURL}}/` as it
+/// is, as image-deploy's `curtin-config.yaml.tmpl` does (provision-plugins
+/// v4.8.0): an uploaded file is `files/<name>`, an ISO `isos/<name>`.
 pub fn spec_template() -> String {
     let mut text = String::from(concat!(
         "{{- /* imprint's deploy spec for this machine; generated by imprint-build from imprint::spec::PARAMS. */ -}}\n",
         "{{- $url := \"\" -}}\n",
         "{{- if .ParamExists \"image-deploy/image-url\" -}}\n",
-        "{{- $url = .Param \"image-deploy/image-url\" -}}\n",
+        "{{- $url = .ParamExpand \"image-deploy/image-url\" -}}\n",
         "{{- else if .ParamExists \"image-deploy/image-file\" -}}\n",
-        "{{- $url = printf \"%s/%s\" (trimSuffix \"/\" .ProvisionerURL) (trimPrefix \"/\" (.Param \"image-deploy/image-file\")) -}}\n",
+        "{{- $url = printf \"%s/%s\" (trimSuffix \"/\" .ProvisionerURL) (trimPrefix \"/\" (.ParamExpand \"image-deploy/image-file\")) -}}\n",
         "{{- else -}}\n",
         "{{- fail \"imprint.json: set image-deploy/image-url or image-deploy/image-file on the machine\" -}}\n",
         "{{- end -}}\n",
@@ -391,9 +440,6 @@ pub fn spec_template() -> String {
         "    \"machine-id\": {{ toJson .Machine.UUID }},\n",
         "    \"provisioner-web\": {{ toJson .ProvisionerURL }}\n",
         "  }\n",
-        "{{- if .ParamExists \"image-deploy/image-type\" }},\n",
-        "  \"format\": {{ .ParamAsJSON \"image-deploy/image-type\" }}\n",
-        "{{- end }}\n",
         "{{- if .ParamExists \"access-keys\" }},\n",
         "  \"access-keys\": {{ .ParamAsJSON \"access-keys\" }}\n",
         "{{- end }}\n",
@@ -463,6 +509,7 @@ pub fn content_pack(iso: &IsoInfo) -> ContentPack {
             loader("ipxe-mac", IPXE_TEMPLATE, "{{.Machine.MacAddr \"ipxe\"}}.ipxe"),
             loader("grub", GRUB_TEMPLATE, "grub/{{.Machine.Address}}.cfg"),
             loader("grub-mac", GRUB_TEMPLATE, "grub/{{.Machine.MacAddr \"grub\"}}.cfg"),
+            loader("kexec", KEXEC_TEMPLATE, "{{.Machine.Path}}/kexec"),
             loader("imprint.json", SPEC_TEMPLATE, SPEC_PATH),
         ],
     });
@@ -474,6 +521,11 @@ pub fn content_pack(iso: &IsoInfo) -> ContentPack {
             PXELINUX,
         ),
         template_object(GRUB_TEMPLATE, "GRUB config that boots imprint", GRUB),
+        template_object(
+            KEXEC_TEMPLATE,
+            "What drpcli agent kexecs into imprint with (kexec-ok)",
+            KEXEC,
+        ),
         template_object(
             SPEC_TEMPLATE,
             "The machine's imprint deploy spec (JSON)",
@@ -500,7 +552,10 @@ pub fn content_pack(iso: &IsoInfo) -> ContentPack {
         "RequiredParams": ["image-deploy/install-disk"],
         "OptionalParams": CLASSIC_PARAMS,
         "Templates": [{"Name": "imprint-deploy-outside", "Path": "", "ID": TASK_TEMPLATE}],
-        "Meta": meta_color,
+        // The runner's exit-code table: with this flag 0 is success and 1
+        // failure; without it 1 means "reboot" and the job is finished
+        // (agent/taskRunner.go `perform`, provision v4.8.0).
+        "Meta": {"icon": "hdd", "color": "blue", "title": "imprint", "feature-flags": "sane-exit-codes"},
     });
     let workflow = json!({
         "Name": WORKFLOW,
@@ -540,7 +595,9 @@ pub fn content_pack(iso: &IsoInfo) -> ContentPack {
             "`drpcli isos upload`, this pack with `drpcli contents upload`.\n",
         ),
         "License": "Apache-2.0",
-        "Prerequisites": "",
+        // The workflow's `complete` stage and the `local` bootenv
+        // (provision-content v4.8.0 `content/`, `._Name.meta`).
+        "Prerequisites": "drp-community-content",
         "Source": "imprint-build drp",
     });
     ContentPack { meta, sections }

@@ -14,7 +14,6 @@ pub const FROM_DRP: &[(&str, &str)] = &[
         "`image-deploy/image-url`, else `{{.ProvisionerURL}}/` + `image-deploy/image-file`",
     ),
     ("disk", "`image-deploy/install-disk`"),
-    ("format", "`image-deploy/image-type`"),
     ("hostname", "the machine's `Name`"),
     ("ssh-key", "`access-keys` (sent as `access-keys`)"),
     (
@@ -75,13 +74,23 @@ fn first_sentence(help: &str) -> &str {
 /// default, and imprint's own default (documented here) must stay the one
 /// that applies when the operator sets nothing.
 pub fn param_object(def: &ParamDef) -> Value {
+    let unset = match FALLBACKS.iter().find(|(name, _)| *name == def.name) {
+        Some((_, stock)) => format!(
+            "`{stock}` when that is set, else {} (imprint's own default; `imprint.json` \
+             leaves the field out)",
+            def.default
+        ),
+        None => format!(
+            "{} (imprint's own default; `imprint.json` leaves the field out)",
+            def.default
+        ),
+    };
     let documentation = format!(
-        "{help}\n\nValues: `{values}`. When unset: {default} (imprint's own default; \
-         `imprint.json` leaves the field out).\n\nRendered into the machine's `imprint.json` as \
-         `\"{name}\"`; the same setting as `imprint.{name}=` on the kernel command line.\n",
+        "{help}\n\nValues: `{values}`. When unset: {unset}.\n\nRendered into the machine's \
+         `imprint.json` as `\"{name}\"`; the same setting as `imprint.{name}=` on the kernel \
+         command line.\n",
         help = def.help,
         values = def.values,
-        default = def.default,
         name = def.name,
     );
     json!({
@@ -93,11 +102,29 @@ pub fn param_object(def: &ParamDef) -> Value {
     })
 }
 
+/// Stock params an `imprint/<name>` param stands in for when it is unset:
+/// `imprint/format` exists because image-deploy's `image-deploy/image-type`
+/// is an enum without `dd-zst` or imprint's other names
+/// (`params/image-deploy.image-type.yaml`, provision-plugins v4.8.0), so
+/// DRP refuses those values there.
+pub const FALLBACKS: &[(&str, &str)] = &[("format", "image-deploy/image-type")];
+
 /// The `imprint.json` lines for the generated params, each guarded by
-/// `ParamExists` and JSON-encoded by DRP (`ParamAsJSON`).
+/// `ParamExists` and JSON-encoded by DRP (`ParamAsJSON`); an
+/// `imprint/<name>` with a [`FALLBACKS`] entry wins over the stock param.
 pub fn spec_template_lines() -> String {
     let mut lines = String::new();
     for def in imprint_params() {
+        if let Some((_, stock)) = FALLBACKS.iter().find(|(name, _)| *name == def.name) {
+            lines.push_str(&format!(
+                "{{{{- if .ParamExists \"{param}\" }}}},\n  \"{name}\": {{{{ .ParamAsJSON \"{param}\" }}}}\n\
+                 {{{{- else if .ParamExists \"{stock}\" }}}},\n  \"{name}\": {{{{ .ParamAsJSON \"{stock}\" }}}}\n",
+                param = drp_name(def),
+                name = def.name,
+            ));
+            lines.push_str("{{- end }}\n");
+            continue;
+        }
         lines.push_str(&format!(
             "{{{{- if .ParamExists \"{param}\" }}}},\n  \"{name}\": {{{{ .ParamAsJSON \"{param}\" }}}}\n",
             param = drp_name(def),
@@ -146,6 +173,24 @@ mod tests {
             assert!(object["Documentation"].as_str().unwrap().contains(def.help));
             assert!(object["Schema"].get("default").is_none(), "{}", def.name);
         }
+    }
+
+    #[test]
+    fn format_prefers_imprints_param_over_image_deploys() {
+        let lines = spec_template_lines();
+        assert!(lines.contains(
+            "{{- if .ParamExists \"imprint/format\" }},\n  \"format\": {{ .ParamAsJSON \"imprint/format\" }}\n\
+             {{- else if .ParamExists \"image-deploy/image-type\" }},\n  \"format\": {{ .ParamAsJSON \"image-deploy/image-type\" }}\n{{- end }}\n"
+        ));
+        let format = PARAMS.iter().find(|d| d.name == "format").unwrap();
+        let docs = param_object(format)["Documentation"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            docs.contains("When unset: `image-deploy/image-type` when that is set, else auto"),
+            "{docs}"
+        );
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! where the installed boot loader would, in this order: the explicit
 //! `imprint.kexec-kernel=`/`-initrd=`/`-cmdline=`; the newest BLS entry
 //! (`loader/entries/*.conf`); the default entry of `grub.cfg`; the
-//! `/vmlinuz` + `/initrd.img` links Debian and Ubuntu keep. It only reads
-//! files under the mounted root (and separate `/boot`) and never leaves
-//! them: a path with `..`, or a symlink that climbs out, is refused, and an
-//! absolute symlink means the installed system's `/`, not the host's.
+//! `/vmlinuz` + `/initrd.img` links Debian and Ubuntu keep. It reads the
+//! installed system through [`RootDir`] (with a separate `/boot` mounted on
+//! its `/boot`, as there), so it never leaves it: a path with `..` is
+//! refused, `..` in a symlink stops at the root, and an absolute symlink
+//! means the installed system's `/`, not the host's.
 //!
 //! [`kexec_cmdline`] then turns the entry's options into the command line;
 //! [`boot_mount_from_fstab`] tells the caller which filesystem to mount as
@@ -21,24 +22,25 @@ mod grub;
 mod version;
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::fmt;
-use std::fs;
-use std::io::ErrorKind;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+use crate::installed::RootDir;
 
 pub use cmdline::kexec_cmdline;
 pub use fstab::{FsSource, FsSpec, boot_mount_from_fstab};
 pub use version::compare_versions;
 
-/// The installed system as mounted by the caller: its root, and its
-/// separate `/boot` if any (which may or may not be mounted under `root`).
+/// The installed system as mounted by the caller: its root, with a
+/// separate `/boot` filesystem (if any) mounted on its `/boot`.
 #[derive(Debug, Clone, Copy)]
 pub struct BootFs<'a> {
-    pub root: &'a Path,
-    pub boot: Option<&'a Path>,
+    pub root: &'a RootDir,
+    /// Whether `/boot` is a filesystem of its own: GRUB then names files
+    /// relative to it.
+    pub separate_boot: bool,
 }
 
 /// `imprint.kexec-kernel=` / `-initrd=` / `-cmdline=`: paths inside the
@@ -70,10 +72,11 @@ pub enum EntryOrigin {
 /// The kernel to kexec, its initrds and its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEntry {
-    /// Host path of the kernel (under root or boot, symlinks resolved);
-    /// it exists.
+    /// The kernel's path inside the installed system, symlinks resolved;
+    /// it is a regular file.
     pub kernel: PathBuf,
-    /// Host paths of the initrds, in order; each exists. May be empty.
+    /// The initrds' paths inside the installed system, in order; each is a
+    /// regular file. May be empty.
     pub initrds: Vec<PathBuf>,
     /// The entry's command line, variables resolved; `None` if it has none.
     pub options: Option<String>,
@@ -110,7 +113,7 @@ impl fmt::Display for BootEntry {
 pub fn find_boot_entry(fs: &BootFs, explicit: &Explicit) -> Result<BootEntry> {
     let tree = Tree {
         root: fs.root,
-        boot: fs.boot,
+        separate_boot: fs.separate_boot,
     };
     if explicit.kernel.is_some() || explicit.initrd.is_some() || explicit.cmdline.is_some() {
         return explicit_entry(&tree, explicit);
@@ -138,7 +141,7 @@ pub fn find_boot_entry(fs: &BootFs, explicit: &Explicit) -> Result<BootEntry> {
         "no kernel found in {}: looked for imprint.kexec-kernel=, BLS entries in \
          /boot/loader/entries, /boot/grub/grub.cfg, /boot/grub2/grub.cfg, \
          /vmlinuz and /boot/vmlinuz",
-        fs.root.display()
+        fs.root.path().display()
     )
 }
 
@@ -149,16 +152,13 @@ fn explicit_entry(tree: &Tree, explicit: &Explicit) -> Result<BootEntry> {
              add the kernel's path in the installed system"
         );
     };
-    let kernel = tree
-        .existing(kernel)?
-        .filter(|p| p.is_file())
-        .with_context(|| {
-            format!("imprint.kexec-kernel={kernel}: no such file in the installed system")
-        })?;
+    let kernel = tree.root.file_path(kernel)?.with_context(|| {
+        format!("imprint.kexec-kernel={kernel}: no such file in the installed system")
+    })?;
     let mut initrds = Vec::new();
     if let Some(initrd) = &explicit.initrd {
-        let host = tree.existing(initrd)?.filter(|p| p.is_file());
-        initrds.push(host.with_context(|| {
+        let found = tree.root.file_path(initrd)?;
+        initrds.push(found.with_context(|| {
             format!("imprint.kexec-initrd={initrd}: no such file in the installed system")
         })?);
     }
@@ -174,25 +174,27 @@ fn explicit_entry(tree: &Tree, explicit: &Explicit) -> Result<BootEntry> {
 
 const ENTRIES_DIR: &str = "/boot/loader/entries";
 
+/// The most a boot loader configuration file may hold.
+const CONFIG_LIMIT: u64 = 4 << 20;
+
 fn read_bls_entries(tree: &Tree) -> Result<Vec<bls::BlsEntry>> {
-    let Some(dir) = tree.existing(ENTRIES_DIR)? else {
+    let Some(names) = tree.root.list_dir(ENTRIES_DIR)? else {
         return Ok(Vec::new());
     };
-    let listing = match fs::read_dir(&dir) {
-        Ok(listing) => listing,
-        Err(e) if e.kind() == ErrorKind::NotADirectory => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
     let mut entries = Vec::new();
-    for item in listing {
-        let item = item.with_context(|| format!("listing {}", dir.display()))?;
-        let name = item.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".conf") {
+    for name in names {
+        let Some(name) = name.to_str().filter(|n| n.ends_with(".conf")) else {
             continue;
-        }
-        let text = fs::read_to_string(item.path())
-            .with_context(|| format!("reading {ENTRIES_DIR}/{name}"))?;
-        entries.push(bls::BlsEntry::parse(&name, &text));
+        };
+        let path = format!("{ENTRIES_DIR}/{name}");
+        let Some(text) = tree
+            .root
+            .read_text(&path, CONFIG_LIMIT)
+            .with_context(|| format!("reading {path}"))?
+        else {
+            continue;
+        };
+        entries.push(bls::BlsEntry::parse(name, &text));
     }
     Ok(entries)
 }
@@ -288,8 +290,11 @@ const GRUBENVS: &[&str] = &["/boot/grub2/grubenv", "/boot/grub/grubenv"];
 
 fn read_grub_cfg(tree: &Tree) -> Result<Option<(PathBuf, String)>> {
     for config in GRUB_CONFIGS {
-        if let Some(host) = tree.existing(config)? {
-            let text = fs::read_to_string(&host).with_context(|| format!("reading {config}"))?;
+        let text = tree
+            .root
+            .read_text(config, CONFIG_LIMIT)
+            .with_context(|| format!("reading {config}"))?;
+        if let Some(text) = text {
             return Ok(Some((PathBuf::from(config), text)));
         }
     }
@@ -298,9 +303,12 @@ fn read_grub_cfg(tree: &Tree) -> Result<Option<(PathBuf, String)>> {
 
 fn read_grubenv(tree: &Tree) -> Result<Vec<(String, String)>> {
     for env in GRUBENVS {
-        if let Some(host) = tree.existing(env)? {
-            let bytes = fs::read(&host).with_context(|| format!("reading {env}"))?;
-            return Ok(grub::parse_grubenv(&String::from_utf8_lossy(&bytes)));
+        let text = tree
+            .root
+            .read_text(env, CONFIG_LIMIT)
+            .with_context(|| format!("reading {env}"))?;
+        if let Some(text) = text {
+            return Ok(grub::parse_grubenv(&text));
         }
     }
     Ok(Vec::new())
@@ -397,13 +405,10 @@ fn grub_entry(
 
 fn symlink_entry(tree: &Tree) -> Result<Option<BootEntry>> {
     for dir in ["", "/boot"] {
-        if let Some(kernel) = tree
-            .existing(&format!("{dir}/vmlinuz"))?
-            .filter(|p| p.is_file())
-        {
+        if let Some(kernel) = tree.root.file_path(&format!("{dir}/vmlinuz"))? {
             let initrds = tree
-                .existing(&format!("{dir}/initrd.img"))?
-                .filter(|p| p.is_file())
+                .root
+                .file_path(&format!("{dir}/initrd.img"))?
                 .into_iter()
                 .collect();
             return Ok(Some(BootEntry {
@@ -426,92 +431,14 @@ fn names(set: &BTreeSet<String>) -> String {
 
 // --- paths -----------------------------------------------------------------
 
-/// Longest chain of symlinks followed, as the kernel's MAXSYMLINKS.
-const MAX_SYMLINKS: u32 = 40;
-
-/// The installed system's namespace: `/` is `root`, and `/boot` is `boot`
-/// when a separate one is given.
+/// The installed system's namespace: `/` is `root`, a separate `/boot`
+/// mounted on its `/boot`.
 struct Tree<'a> {
-    root: &'a Path,
-    boot: Option<&'a Path>,
+    root: &'a RootDir,
+    separate_boot: bool,
 }
 
 impl Tree<'_> {
-    fn host(&self, logical: &[OsString]) -> PathBuf {
-        match (self.boot, logical.split_first()) {
-            (Some(boot), Some((first, rest))) if first == "boot" => {
-                rest.iter().fold(boot.to_path_buf(), |p, c| p.join(c))
-            }
-            _ => logical
-                .iter()
-                .fold(self.root.to_path_buf(), |p, c| p.join(c)),
-        }
-    }
-
-    /// The host path of `path` (a path inside the installed system), with
-    /// every symlink resolved inside it; `None` if it does not exist.
-    fn existing(&self, path: &str) -> Result<Option<PathBuf>> {
-        let mut pending: Vec<OsString> = Vec::new();
-        for component in Path::new(path).components() {
-            match component {
-                Component::RootDir | Component::CurDir => {}
-                Component::Normal(name) => pending.push(name.to_owned()),
-                Component::ParentDir => {
-                    bail!("{path}: '..' is not allowed in a boot path")
-                }
-                Component::Prefix(_) => bail!("{path}: not a unix path"),
-            }
-        }
-        pending.reverse();
-        let mut logical: Vec<OsString> = Vec::new();
-        let mut links = 0u32;
-        while let Some(name) = pending.pop() {
-            if name == "." {
-                continue;
-            }
-            if name == ".." {
-                if logical.pop().is_none() {
-                    bail!("{path}: a symlink in the installed system climbs above its root");
-                }
-                continue;
-            }
-            logical.push(name);
-            let host = self.host(&logical);
-            let metadata = match fs::symlink_metadata(&host) {
-                Ok(metadata) => metadata,
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                    return Ok(None);
-                }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("{path}: inspecting {}", host.display()));
-                }
-            };
-            if metadata.file_type().is_symlink() {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    bail!("{path}: too many symlinks in the installed system");
-                }
-                let target = fs::read_link(&host)
-                    .with_context(|| format!("{path}: reading symlink {}", host.display()))?;
-                logical.pop();
-                if target.is_absolute() {
-                    logical.clear();
-                }
-                for component in target.components().rev() {
-                    match component {
-                        Component::Normal(part) => pending.push(part.to_owned()),
-                        Component::ParentDir => pending.push(OsString::from("..")),
-                        Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-                    }
-                }
-            } else if !pending.is_empty() && !metadata.is_dir() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(self.host(&logical)))
-    }
-
     /// Resolves a path as GRUB or a BLS entry writes it: relative to the
     /// filesystem GRUB reads, which is the separate /boot when there is
     /// one. Fedora writes `/vmlinuz-x` even when /boot is on the root, and
@@ -527,16 +454,14 @@ impl Tree<'_> {
         }
         let path = path.trim_start_matches('/');
         let (first, second) = (format!("/{path}"), format!("/boot/{path}"));
-        let candidates = if self.boot.is_some() {
+        let candidates = if self.separate_boot {
             [second, first]
         } else {
             [first, second]
         };
         for candidate in &candidates {
-            if let Some(host) = self.existing(candidate)? {
-                if host.is_file() {
-                    return Ok(Some(host));
-                }
+            if let Some(found) = self.root.file_path(candidate)? {
+                return Ok(Some(found));
             }
         }
         Ok(None)

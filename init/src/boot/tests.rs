@@ -23,8 +23,8 @@ const DEBIAN_UUID: &str = "0d4b1b4e-3c1e-4b6a-a1b5-1c2d3e4f5a6b";
 const UBUNTU_UUID: &str = "5b1f3c2e-8d4a-4f6b-9c7e-2a1d0e9f8b7c";
 const ALMA_MACHINE: &str = "e0b5f4f36ff94a3ab1b4f1c2e8a5e1d7";
 
-/// An installed system on a temp dir: `root/`, and `boot/` when /boot is
-/// a separate filesystem.
+/// An installed system on a temp dir: `root/`, with a separate /boot
+/// standing on its `boot/` as if mounted there.
 struct Installed {
     dir: TempDir,
     separate_boot: bool,
@@ -42,7 +42,6 @@ impl Installed {
 
     fn with_separate_boot() -> Self {
         let mut installed = Installed::new();
-        fs::create_dir(installed.dir.path().join("boot")).unwrap();
         installed.separate_boot = true;
         installed
     }
@@ -51,12 +50,9 @@ impl Installed {
         self.dir.path().join("root")
     }
 
-    fn boot(&self) -> PathBuf {
-        self.dir.path().join("boot")
-    }
-
-    fn fs(&self) -> (PathBuf, Option<PathBuf>) {
-        (self.root(), self.separate_boot.then(|| self.boot()))
+    /// Where a file of /boot is on this host, to change it.
+    fn host_boot(&self, path_in_boot: &str) -> PathBuf {
+        self.root().join("boot").join(path_in_boot)
     }
 
     /// Writes `path` under the host directory `base` (root or boot).
@@ -69,20 +65,12 @@ impl Installed {
 
     /// Writes a file on the filesystem holding /boot, at its path there.
     fn boot_file(&self, path_in_boot: &str, content: &str) -> &Self {
-        if self.separate_boot {
-            self.write(&self.boot(), path_in_boot, content)
-        } else {
-            self.write(&self.root().join("boot"), path_in_boot, content)
-        }
+        self.write(&self.root().join("boot"), path_in_boot, content)
     }
 
+    /// Where the installed system sees a file of its /boot.
     fn boot_path(&self, path_in_boot: &str) -> PathBuf {
-        let base = if self.separate_boot {
-            self.boot()
-        } else {
-            self.root().join("boot")
-        };
-        base.join(path_in_boot.trim_start_matches('/'))
+        Path::new("/boot").join(path_in_boot.trim_start_matches('/'))
     }
 
     fn link(&self, path: &str, target: &str) -> &Self {
@@ -97,11 +85,11 @@ impl Installed {
     }
 
     fn find_explicit(&self, explicit: &Explicit) -> Result<BootEntry> {
-        let (root, boot) = self.fs();
+        let root = RootDir::open(&self.root()).unwrap();
         find_boot_entry(
             &BootFs {
                 root: &root,
-                boot: boot.as_deref(),
+                separate_boot: self.separate_boot,
             },
             explicit,
         )
@@ -188,13 +176,10 @@ fn debian12_with_separate_boot_reads_paths_relative_to_it() {
         .boot_file("vmlinuz-6.1.0-13-amd64", "k")
         .boot_file("initrd.img-6.1.0-13-amd64", "i");
     let entry = installed.find().unwrap();
-    assert_eq!(
-        entry.kernel,
-        installed.boot().join("vmlinuz-6.1.0-13-amd64")
-    );
+    assert_eq!(entry.kernel, installed.boot_path("vmlinuz-6.1.0-13-amd64"));
     assert_eq!(
         entry.initrds,
-        vec![installed.boot().join("initrd.img-6.1.0-13-amd64")]
+        vec![installed.boot_path("initrd.img-6.1.0-13-amd64")]
     );
 }
 
@@ -315,17 +300,11 @@ fn alma9_boots_the_newest_bls_entry_with_tuned_variables_empty() {
     let entry = installed.find().unwrap();
     assert_eq!(
         entry.kernel,
-        installed
-            .boot()
-            .join("vmlinuz-5.14.0-427.13.1.el9_4.x86_64")
+        installed.boot_path("vmlinuz-5.14.0-427.13.1.el9_4.x86_64")
     );
     assert_eq!(
         entry.initrds,
-        vec![
-            installed
-                .boot()
-                .join("initramfs-5.14.0-427.13.1.el9_4.x86_64.img")
-        ]
+        vec![installed.boot_path("initramfs-5.14.0-427.13.1.el9_4.x86_64.img")]
     );
     assert_eq!(entry.options.as_deref(), Some(ALMA_OPTIONS));
     let file = format!("loader/entries/{ALMA_MACHINE}-5.14.0-427.13.1.el9_4.x86_64.conf");
@@ -341,12 +320,7 @@ fn alma9_boots_the_newest_bls_entry_with_tuned_variables_empty() {
 #[test]
 fn alma9_entry_whose_kernel_is_missing_is_skipped() {
     let installed = alma9();
-    fs::remove_file(
-        installed
-            .boot()
-            .join("vmlinuz-5.14.0-427.13.1.el9_4.x86_64"),
-    )
-    .unwrap();
+    fs::remove_file(installed.host_boot("vmlinuz-5.14.0-427.13.1.el9_4.x86_64")).unwrap();
     let entry = installed.find().unwrap();
     assert_eq!(
         entry.origin,
@@ -360,7 +334,7 @@ fn alma9_entry_whose_kernel_is_missing_is_skipped() {
 #[test]
 fn blscfg_without_usable_entries_is_a_clear_error() {
     let installed = alma9();
-    fs::remove_dir_all(installed.boot().join("loader")).unwrap();
+    fs::remove_dir_all(installed.host_boot("loader")).unwrap();
     let err = installed.find().unwrap_err().to_string();
     assert_eq!(
         err,
@@ -478,7 +452,7 @@ fn fedora39_entries_on_root_boot_written_without_the_boot_prefix() {
     let entry = installed.find().unwrap();
     assert_eq!(
         entry.kernel,
-        installed.root().join("boot/vmlinuz-6.7.4-200.fc39.x86_64")
+        PathBuf::from("/boot/vmlinuz-6.7.4-200.fc39.x86_64")
     );
     let options = entry.options.as_deref().unwrap();
     assert!(
@@ -522,7 +496,7 @@ fn grub_entry_with_an_unknown_variable_names_it() {
 #[test]
 fn grub_entry_with_a_missing_kernel_names_it() {
     let installed = debian12();
-    fs::remove_file(installed.boot_path("vmlinuz-6.1.0-13-amd64")).unwrap();
+    fs::remove_file(installed.host_boot("vmlinuz-6.1.0-13-amd64")).unwrap();
     let err = installed.find().unwrap_err().to_string();
     assert_eq!(
         err,
@@ -566,7 +540,7 @@ fn symlinks_under_boot_and_into_a_separate_boot() {
     installed.link("vmlinuz", "boot/vmlinuz-6.8.0");
     assert_eq!(
         installed.find().unwrap().kernel,
-        installed.boot().join("vmlinuz-6.8.0")
+        installed.boot_path("vmlinuz-6.8.0")
     );
 }
 
@@ -579,10 +553,15 @@ fn absolute_symlinks_resolve_inside_the_installed_root() {
     let entry = installed.find().unwrap();
     assert_eq!(entry.kernel, installed.boot_path("vmlinuz-6.1"));
 
+    // `..` stops at the installed root: the host's /etc/passwd is not a
+    // kernel to find, nor is anything else outside.
     let escaping = Installed::new();
     escaping.link("vmlinuz", "../../../../../../etc/passwd");
     let err = escaping.find().unwrap_err().to_string();
-    assert!(err.contains("climbs above its root"), "{err}");
+    assert!(err.starts_with("no kernel found"), "{err}");
+    escaping.write(&escaping.root(), "etc/passwd", "inside");
+    let entry = escaping.find().unwrap();
+    assert_eq!(entry.kernel, PathBuf::from("/etc/passwd"));
 }
 
 #[test]
@@ -616,7 +595,7 @@ fn explicit_parameters_win_and_are_checked() {
         .to_string();
     assert_eq!(
         err,
-        "/boot/../../etc/shadow: '..' is not allowed in a boot path"
+        "/boot/../../etc/shadow: '..' is not allowed in a path inside the installed system"
     );
 
     let err = installed

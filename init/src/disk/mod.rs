@@ -57,6 +57,7 @@ mod fake_sysfs;
 pub mod gpt;
 mod hints;
 pub mod mbr;
+pub mod mount;
 pub mod partitions;
 pub mod probe;
 pub mod root;
@@ -64,7 +65,7 @@ mod select;
 mod sysfs;
 
 pub use hints::{DiskSelector, Hint, SizeOp, TextMatch};
-pub use select::select_disk;
+pub use select::{select_disk, wait_for_disk};
 
 /// A whole disk as the kernel shows it under `/sys/block`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@
 //!
 //! "First" is by partition number. Rules 2–4 consider only filesystems the
 //! kernel can mount here: ext2/3/4, xfs, btrfs, vfat. Rules 3 and 4 mount
-//! each candidate read-only to look ([`MountingInspector`]); a mount that
+//! each candidate read-only to look (`installed::PartitionMounts`); a mount that
 //! fails stops discovery rather than skipping a partition that may be the
 //! root (`imprint.root=` names it and skips the looking).
 //!
@@ -35,16 +35,17 @@
 //!
 //! [`os_family`] reads `os-release(5)` text; [`read_os_release`] finds it on
 //! the root (`/etc/os-release`, else `/usr/lib/os-release`).
+//!
+//! Mounting and reading inside the partitions is `installed`'s: this module
+//! decides, through the [`Inspect`] seam.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use crate::disk::probe::{self, FsInfo, PROBE_LEN};
-use crate::source::local::{self, BlockDevice, LocalDevices, SystemDevices};
 
 /// The Discoverable Partitions Specification's "Root Partition (x86-64)".
 pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
@@ -166,7 +167,8 @@ impl Candidate {
         text + ")"
     }
 
-    fn mountable(&self) -> bool {
+    /// Whether it holds a filesystem that can be the root here.
+    pub fn mountable(&self) -> bool {
         self.fs
             .as_ref()
             .is_some_and(|fs| ROOT_MOUNT_TYPES.contains(&fs.mount_type()))
@@ -394,203 +396,14 @@ fn describe_fully(candidate: &Candidate) -> String {
     }
 }
 
-/// The most a file read through [`Inspect::read_file`] may hold: those read
-/// are small configuration files, and memory in the initramfs is not spare.
-const READ_LIMIT: u64 = 1 << 20;
-
-/// The real [`Inspect`]: mounts each candidate read-only (`nodev`, `nosuid`,
-/// `noexec`) under `mount_root/<device name>` the first time it is asked
-/// about, loading the filesystem's modules first, and keeps it mounted.
-///
-/// The mounts stay until [`unmount_all`](Self::unmount_all): injection
-/// remounts the chosen root read-write or unmounts first.
-#[derive(Debug)]
-pub struct MountingInspector {
-    mount_root: PathBuf,
-    module_dir: PathBuf,
-    /// Device path and where it is mounted.
-    mounted: Vec<(PathBuf, PathBuf)>,
-}
-
-impl MountingInspector {
-    /// `mount_root` is normally `/run/imprint/partitions`.
-    pub fn new(mount_root: &Path) -> MountingInspector {
-        MountingInspector {
-            mount_root: mount_root.to_owned(),
-            module_dir: Path::new("/lib/modules").join(crate::sys::kmod::kernel_release()),
-            mounted: Vec::new(),
-        }
-    }
-
-    /// Every device mounted so far and its mount point, in mount order.
-    pub fn mounted(&self) -> &[(PathBuf, PathBuf)] {
-        &self.mounted
-    }
-
-    /// Where `candidate` is mounted, mounting it now if it is not yet.
-    pub fn mount_point(&mut self, candidate: &Candidate) -> Result<PathBuf> {
-        if let Some((_, point)) = self
-            .mounted
-            .iter()
-            .find(|(dev, _)| *dev == candidate.dev_path)
-        {
-            return Ok(point.clone());
-        }
-        let dev_path = &candidate.dev_path;
-        let (Some(dir), Some(name)) = (dev_path.parent(), dev_path.file_name()) else {
-            bail!("{} is not a device path", dev_path.display());
-        };
-        let Some(fs) = candidate.fs.as_ref().filter(|_| candidate.mountable()) else {
-            bail!(
-                "{} holds no filesystem imprint can mount",
-                candidate.describe()
-            );
-        };
-        let point = self.mount_root.join(name);
-        let mounting = || {
-            format!(
-                "mounting {} read-only on {}",
-                candidate.describe(),
-                point.display()
-            )
-        };
-        // source::local already knows how to load a filesystem's modules
-        // from the initramfs index and to mount read-only; reuse it with
-        // `dev` set to the device's directory.
-        let mut devices = SystemDevices {
-            dev: dir.to_owned(),
-            module_dir: self.module_dir.clone(),
-            ..SystemDevices::new(std::time::Duration::ZERO)
-        };
-        let device = BlockDevice {
-            name: name.to_string_lossy().into_owned(),
-            disk: String::new(),
-        };
-        let plan = local::mount_plan(fs);
-        crate::sys::mount::mkdir_all(&point, 0o755).with_context(mounting)?;
-        devices
-            .load_fs_modules(plan.fstype, &plan.modules)
-            .with_context(mounting)?;
-        devices
-            .mount_read_only(&device, plan.fstype, plan.data, &point)
-            .with_context(mounting)?;
-        log::info!("mounted {} on {}", candidate.describe(), point.display());
-        self.mounted.push((dev_path.clone(), point.clone()));
-        Ok(point)
-    }
-
-    /// Unmounts everything mounted so far, newest first. Every mount is
-    /// tried; the first failure is returned.
-    pub fn unmount_all(&mut self) -> Result<()> {
-        let mut first_error = None;
-        while let Some((dev, point)) = self.mounted.pop() {
-            // TODO(sys): move to `sys::mount::unmount` once it exists.
-            let result = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::empty())
-                .map_err(std::io::Error::from)
-                .with_context(|| format!("unmounting {} from {}", dev.display(), point.display()));
-            if let Err(e) = result {
-                log::warn!("{e:#}");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-}
-
-impl Inspect for MountingInspector {
-    fn has_path(&mut self, candidate: &Candidate, path: &str) -> Result<bool> {
-        let root = self.mount_point(candidate)?;
-        Ok(resolve_in_root(&root, path, false)?.is_some())
-    }
-
-    fn read_file(&mut self, candidate: &Candidate, path: &str) -> Result<Option<String>> {
-        let root = self.mount_point(candidate)?;
-        read_in_root(&root, path)
-            .with_context(|| format!("reading {path} on {}", candidate.describe()))
-    }
-}
-
-/// `path` read under `root`, symbolic links resolved inside it.
-fn read_in_root(root: &Path, path: &str) -> Result<Option<String>> {
-    let Some(real) = resolve_in_root(root, path, true)? else {
-        return Ok(None);
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(&real)
-        .and_then(|file| file.take(READ_LIMIT + 1).read_to_end(&mut bytes))
-        .with_context(|| format!("reading {}", real.display()))?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > READ_LIMIT {
-        bail!("larger than {READ_LIMIT} bytes");
-    }
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// How many symbolic links one lookup may follow, as Linux's `MAXSYMLINKS`.
-const MAX_SYMLINKS: u32 = 40;
-
-/// Where `path` (absolute within the filesystem mounted on `root`) really
-/// is, following symbolic links as if `root` were `/`: an absolute target
-/// starts again at `root`, `..` stops at `root`. Without this an image's
-/// `/etc/os-release -> /usr/lib/os-release` would read the initramfs's
-/// own. `None` when a component is missing (or is not a directory); the
-/// last component is followed only when `follow_last`.
-fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Option<PathBuf>> {
-    fn push_components(pending: &mut Vec<OsString>, path: &Path) {
-        // `pending` is a stack: the next component is last.
-        for component in path.components().rev() {
-            match component {
-                Component::Normal(name) => pending.push(name.to_owned()),
-                Component::ParentDir => pending.push("..".into()),
-                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-            }
-        }
-    }
-    let mut pending = Vec::new();
-    push_components(&mut pending, Path::new(path));
-    let mut resolved = root.to_owned();
-    let mut depth = 0usize;
-    let mut links = 0u32;
-    while let Some(name) = pending.pop() {
-        if name == ".." {
-            if depth > 0 {
-                resolved.pop();
-                depth -= 1;
-            }
-            continue;
-        }
-        let here = resolved.join(&name);
-        let meta = match std::fs::symlink_metadata(&here) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("looking up {}", here.display())),
-        };
-        let last = pending.is_empty();
-        if meta.file_type().is_symlink() && (follow_last || !last) {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                bail!("too many symbolic links resolving {path}");
-            }
-            let target = std::fs::read_link(&here)
-                .with_context(|| format!("reading the link {}", here.display()))?;
-            if target.is_absolute() {
-                resolved = root.to_owned();
-                depth = 0;
-            }
-            push_components(&mut pending, &target);
-        } else if !last && !meta.is_dir() {
-            return Ok(None);
-        } else {
-            resolved = here;
-            depth += 1;
-        }
-    }
-    Ok(Some(resolved))
-}
-
-/// The root's `os-release(5)`: `/etc/os-release`, else `/usr/lib/os-release`.
-pub fn read_os_release(candidate: &Candidate, inspect: &mut dyn Inspect) -> Result<Option<OsInfo>> {
+/// The root's `os-release(5)`: `/etc/os-release`, else
+/// `/usr/lib/os-release`, read by `read` (absolute paths inside the root;
+/// none when missing).
+pub fn read_os_release(
+    read: &mut dyn FnMut(&str) -> Result<Option<String>>,
+) -> Result<Option<OsInfo>> {
     for path in ["/etc/os-release", "/usr/lib/os-release"] {
-        if let Some(text) = inspect.read_file(candidate, path)? {
+        if let Some(text) = read(path)? {
             return Ok(Some(os_family(&text)));
         }
     }
@@ -712,7 +525,6 @@ fn shell_value(raw: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
-    use std::process::Command;
 
     fn fs(fstype: &'static str, label: Option<&str>, uuid: Option<&str>) -> Option<FsInfo> {
         Some(FsInfo {
@@ -1353,204 +1165,5 @@ LOGO=archlinux-logo
         assert_eq!(os_family("ID=debian # trailing\n").id, "debian");
         assert_eq!(os_family("ID=\"unterminated\n").id, "unterminated");
         assert_eq!(os_family("PRETTY_NAME=\"a\\").pretty_name, "a\\");
-    }
-
-    /// A tree laid out as in an image: `/etc/os-release` an absolute link
-    /// into `/usr/lib`, as on Fedora and Arch.
-    fn image_tree() -> tempfile::TempDir {
-        let tree = tempfile::tempdir().unwrap();
-        let root = tree.path();
-        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("usr/lib/os-release"), ROCKY_9).unwrap();
-        std::os::unix::fs::symlink("/usr/lib/os-release", root.join("etc/os-release")).unwrap();
-        std::os::unix::fs::symlink("../../../../usr/lib", root.join("etc/up")).unwrap();
-        std::os::unix::fs::symlink("/usr/nonexistent", root.join("etc/dangling")).unwrap();
-        std::os::unix::fs::symlink("loop", root.join("etc/loop")).unwrap();
-        tree
-    }
-
-    #[test]
-    fn paths_resolve_inside_the_image_never_the_host() {
-        let tree = image_tree();
-        let root = tree.path();
-        let read = |path| read_in_root(root, path).unwrap();
-        // The host's /usr/lib/os-release (if any) is not Rocky's.
-        assert_eq!(read("/etc/os-release").as_deref(), Some(ROCKY_9));
-        assert_eq!(
-            read("etc/up/os-release").as_deref(),
-            Some(ROCKY_9),
-            ".. stops at the root"
-        );
-        assert_eq!(read("/etc/../../etc/os-release").as_deref(), Some(ROCKY_9));
-        assert_eq!(read("/etc/dangling"), None);
-        assert_eq!(read("/etc/os-release/x"), None, "not a directory");
-        assert_eq!(read("/curtin"), None);
-        let resolve = |path, follow| resolve_in_root(root, path, follow).unwrap();
-        assert_eq!(
-            resolve("/etc/dangling", false),
-            Some(root.join("etc/dangling"))
-        );
-        assert_eq!(resolve("/etc/dangling", true), None);
-        assert_eq!(
-            resolve("/etc/os-release", true),
-            Some(root.join("usr/lib/os-release"))
-        );
-        assert_eq!(resolve("/", true), Some(root.to_owned()));
-        assert_eq!(
-            format!(
-                "{:#}",
-                resolve_in_root(root, "/etc/loop", true).unwrap_err()
-            ),
-            "too many symbolic links resolving /etc/loop"
-        );
-        assert!(format!("{:#}", read_in_root(root, "/etc").unwrap_err()).starts_with("reading "));
-    }
-
-    /// Makes a filesystem image from `tree` with `mkfs.ext4 -d`.
-    fn ext4_image(tree: &Path, label: &str, image: &Path) {
-        std::fs::File::create(image)
-            .unwrap()
-            .set_len(16 << 20)
-            .unwrap();
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", label, "-d"])
-            .arg(tree)
-            .arg(image)
-            .output()
-            .expect("running mkfs.ext4 (scripts/setup installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Candidates built from real filesystem images, discovered with the
-    /// real inspector over trees standing in for the mounts (mounting needs
-    /// root; `real_mount_of_an_ext4_image` does it).
-    #[test]
-    fn real_inspector_on_images_made_by_mkfs() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = image_tree();
-        let esp_tree = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(esp_tree.path().join("EFI/BOOT")).unwrap();
-        ext4_image(tree.path(), "rootfs", &dir.path().join("vda2"));
-        let out = Command::new("mkfs.vfat")
-            .args(["-C", "-n", "EFI"])
-            .arg(dir.path().join("vda1"))
-            .arg("8192")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-
-        let candidates: Vec<Candidate> = [1, 2]
-            .into_iter()
-            .map(|number| {
-                let dev_path = dir.path().join(format!("vda{number}"));
-                Candidate {
-                    number,
-                    fs: probe_device(&dev_path).unwrap(),
-                    dev_path,
-                    part_type_guid: None,
-                    part_uuid: None,
-                    part_label: None,
-                }
-            })
-            .collect();
-        assert_eq!(candidates[0].fs.as_ref().unwrap().fstype, "vfat");
-        let root_fs = candidates[1].fs.as_ref().unwrap();
-        assert_eq!(
-            (root_fs.fstype, root_fs.label.as_deref()),
-            ("ext4", Some("rootfs"))
-        );
-
-        let mounts = tempfile::tempdir().unwrap();
-        let mut inspector = MountingInspector::new(mounts.path());
-        inspector.mounted = vec![
-            (candidates[0].dev_path.clone(), esp_tree.path().to_owned()),
-            (candidates[1].dev_path.clone(), tree.path().to_owned()),
-        ];
-        let choice = discover_root(None, &candidates, &mut inspector).unwrap();
-        assert_eq!((choice.index, choice.reason), (1, RootReason::OsRelease));
-        let os = read_os_release(&candidates[1], &mut inspector)
-            .unwrap()
-            .unwrap();
-        assert_eq!((os.id.as_str(), os.family), ("rocky", OsFamily::RedHat));
-        assert_eq!(
-            read_os_release(&candidates[0], &mut inspector).unwrap(),
-            None
-        );
-        assert_eq!(
-            probe_device(&dir.path().join("missing"))
-                .unwrap_err()
-                .to_string(),
-            format!(
-                "reading the start of {}",
-                dir.path().join("missing").display()
-            )
-        );
-    }
-
-    /// Mounts an ext4 image through a loop device: needs root and
-    /// `losetup`. `cargo test -p imprint --lib disk::root -- --ignored`.
-    #[test]
-    #[ignore = "needs root and a loop device"]
-    fn real_mount_of_an_ext4_image() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = image_tree();
-        std::fs::create_dir(tree.path().join("curtin")).unwrap();
-        let image = dir.path().join("root.img");
-        ext4_image(tree.path(), "cloudimg-rootfs", &image);
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--read-only"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let loop_dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        let detach = Detach(loop_dev.clone());
-        let candidate = Candidate {
-            number: 1,
-            fs: probe_device(&loop_dev).unwrap(),
-            dev_path: loop_dev.clone(),
-            part_type_guid: None,
-            part_uuid: None,
-            part_label: None,
-        };
-        let mounts = tempfile::tempdir().unwrap();
-        let mut inspector = MountingInspector::new(mounts.path());
-        let choice = discover_root(None, std::slice::from_ref(&candidate), &mut inspector).unwrap();
-        assert_eq!(choice.reason, RootReason::Curtin);
-        let os = read_os_release(&candidate, &mut inspector)
-            .unwrap()
-            .unwrap();
-        assert_eq!(os.family, OsFamily::RedHat);
-        let point = mounts.path().join(loop_dev.file_name().unwrap());
-        assert_eq!(inspector.mounted(), [(loop_dev.clone(), point.clone())]);
-        assert!(
-            std::fs::write(point.join("x"), "").is_err(),
-            "mounted read-only"
-        );
-        inspector.unmount_all().unwrap();
-        assert!(inspector.mounted().is_empty());
-        assert!(!point.join("curtin").exists(), "unmounted");
-        drop(detach);
-    }
-
-    struct Detach(PathBuf);
-
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-        }
     }
 }

@@ -1,6 +1,9 @@
 //! Picking the one target disk for a [`DiskSelector`]: a pure function over
 //! the disks [`list_disks`](super::list_disks) found.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 use anyhow::{Result, bail};
 
 use super::{DiskInfo, DiskSelector, Transport, find_named};
@@ -141,6 +144,45 @@ fn distinguishing_hint(disks: &[&DiskInfo]) -> &'static str {
     } else {
         "name="
     }
+}
+
+/// Quiet time before hints are matched again, so a disk that probes late
+/// makes the choice ambiguous instead of losing the race.
+const DISK_SETTLE: Duration = Duration::from_secs(1);
+
+/// Waits (bounded) until the selector picks exactly one disk. Hints are
+/// matched again after a quiet second: disks probe asynchronously, and a
+/// second matching disk that shows up late must make the choice ambiguous
+/// rather than lose the race.
+pub fn wait_for_disk(
+    selector: &DiskSelector,
+    excluded: &[String],
+    timeout: Duration,
+) -> Result<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    let pick = || -> Result<DiskInfo> {
+        let disks = super::list_disks(Path::new("/sys/block"))?;
+        select_disk(selector, &disks, excluded).cloned()
+    };
+    loop {
+        match pick() {
+            Ok(found) if selector.is_explicit() => return Ok(announce(found)),
+            Ok(found) => {
+                std::thread::sleep(DISK_SETTLE);
+                let again = pick()?;
+                if again == found {
+                    return Ok(announce(found));
+                }
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn announce(disk: DiskInfo) -> PathBuf {
+    log::info!("target disk: {}", disk.describe());
+    disk.dev_path()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //!   and `imprint.retry-timeout=` (one budget per transfer, its resumes
 //!   included); the background reporters a number of attempts per request.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::HttpOptions;
 
@@ -183,6 +183,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn policy(retries: u32, timeout_secs: u64) -> RetryPolicy {
         RetryPolicy {

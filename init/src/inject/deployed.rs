@@ -3,35 +3,33 @@
 //!
 //! ```text
 //! read GPT/MBR -> move the backup GPT to the disk's end (and grow) -> re-read partitions
-//! -> probe each partition -> discover the root -> read os-release
-//! -> mount the root read-write -> plan -> log the plan -> apply -> sync -> unmount
+//! -> probe each partition -> discover the root -> mount it read-write (InstalledRoot)
+//! -> read os-release -> plan -> log the plan -> apply -> sync
 //! ```
+//!
+//! The root stays mounted, in the [`Injected::Root`] handed back, for kexec
+//! staging; it is unmounted when that is dropped or by
+//! `handoff::unmount_everything`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rustix::mount::MountFlags;
 
 use crate::disk::partitions::{self, PartitionTable, TableKind};
-use crate::disk::root::{self, Candidate, MountingInspector, NtfsImage, OsFamily, RootChoice};
-use crate::inject::{self, Identity, InjectContext, OsFamilyHint, RootView};
+use crate::disk::root::{self, Candidate, NtfsImage, OsFamily, RootChoice};
+use crate::inject::{self, Identity, InjectContext, OsFamilyHint};
+use crate::installed::{InstalledRoot, PARTITION_MOUNTS, PartitionMounts};
 use crate::pipeline::target::DeviceTarget;
 use crate::spec::Resolved;
 
 const PARTITION_WAIT: Duration = Duration::from_secs(10);
-const PROBE_MOUNTS: &str = "/run/imprint/probe";
-const ROOT_MOUNT: &str = "/run/imprint/root";
 
 /// What happened after the write, for the log and the result line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Injected {
-    /// The identity went into `partitions[root]`: the handoff boots it.
-    Root {
-        partitions: Vec<Candidate>,
-        root: usize,
-        ops: usize,
-    },
+    /// The identity went into `root`, still mounted: the handoff boots it.
+    Root { root: InstalledRoot, ops: usize },
     /// Nothing to do, and why (no partition table, Windows image, …).
     Skipped(String),
 }
@@ -118,12 +116,12 @@ pub fn inject_into_disk(
         partitions::wait_for_partition_nodes(&disk_name, &numbers, PARTITION_WAIT, |p| p.exists())?;
     let candidates = candidates(&table, &nodes)?;
 
-    let mut inspector = MountingInspector::new(Path::new(PROBE_MOUNTS));
-    let choice = root::discover_root(spec.root.as_ref(), &candidates, &mut inspector);
+    let mut probes = PartitionMounts::new(Path::new(PARTITION_MOUNTS));
+    let choice = root::discover_root(spec.root.as_ref(), &candidates, &mut probes);
     let choice = match choice {
         Ok(choice) => choice,
         Err(e) => {
-            inspector.unmount_all()?;
+            probes.unmount_all()?;
             if let Some(ntfs) = e.downcast_ref::<NtfsImage>() {
                 return Ok(Injected::Skipped(ntfs.to_string()));
             }
@@ -134,9 +132,8 @@ pub fn inject_into_disk(
         }
     };
     let RootChoice { index, reason } = choice;
-    let root = &candidates[index];
-    let os = root::read_os_release(root, &mut inspector)?;
-    inspector.unmount_all()?;
+    let root = InstalledRoot::mount(candidates, index, &mut probes)?;
+    let os = root.os_release()?;
     log::info!(
         "root: {} ({reason}){}",
         root.describe(),
@@ -150,17 +147,9 @@ pub fn inject_into_disk(
         Some(OsFamily::Suse) => OsFamilyHint::Suse,
         Some(OsFamily::Other) | None => OsFamilyHint::Other,
     };
-    let mount_point = mount_read_write(root)?;
-    let result = plan_and_apply(spec, &mount_point, boot_mac, family);
+    let ops = plan_and_apply(spec, &root, boot_mac, family);
     rustix::fs::sync();
-    let unmounted = crate::sys::mount::unmount(&mount_point);
-    let ops = result?;
-    unmounted?;
-    Ok(Injected::Root {
-        root: index,
-        partitions: candidates,
-        ops,
-    })
+    Ok(Injected::Root { ops: ops?, root })
 }
 
 /// Moves a backup GPT that sits mid-disk (the image was smaller than the
@@ -217,42 +206,25 @@ fn candidates(table: &PartitionTable, nodes: &[PathBuf]) -> Result<Vec<Candidate
         .collect()
 }
 
-fn mount_read_write(root: &Candidate) -> Result<PathBuf> {
-    let fs = root.fs.as_ref().context("the root has no filesystem")?;
-    let plan = crate::source::local::mount_plan(fs);
-    let mount_point = PathBuf::from(ROOT_MOUNT);
-    crate::sys::mount::mkdir_all(&mount_point, 0o755)?;
-    crate::sys::mount::mount(
-        &root.dev_path.to_string_lossy(),
-        &mount_point,
-        plan.fstype,
-        MountFlags::NODEV | MountFlags::NOSUID,
-        plan.data,
-    )
-    .with_context(|| format!("mounting the root {} read-write", root.dev_path.display()))?;
-    Ok(mount_point)
-}
-
 fn plan_and_apply(
     spec: &Resolved,
-    mount_point: &Path,
+    root: &InstalledRoot,
     boot_mac: Option<[u8; 6]>,
     family: OsFamilyHint,
 ) -> Result<usize> {
-    let view = RootView(mount_point);
     let ctx = InjectContext {
         boot_mac,
         os_family: family,
         machine_name: None,
         instance_id: None,
-        image: &view,
+        image: root.dir(),
     };
     let ops = inject::plan(&spec.identity, &ctx).context("planning the injection")?;
     for op in &ops {
         log::info!("inject: {op}");
     }
     let options = spec.source.clone();
-    inject::apply(&ops, mount_point, &mut |url| fetch_bytes(url, &options)).context("injecting")?;
+    inject::apply(&ops, root.dir(), &mut |url| fetch_bytes(url, &options)).context("injecting")?;
     Ok(ops.len())
 }
 

@@ -186,7 +186,8 @@ mod tests {
             return;
         }
         let mut urls = Vec::new();
-        apply(&plan(&agent()).unwrap(), root, &mut |url| {
+        let dir = crate::installed::RootDir::open(root).unwrap();
+        apply(&plan(&agent()).unwrap(), &dir, &mut |url| {
             urls.push(url.to_owned());
             Ok(b"\x7fELF".to_vec())
         })

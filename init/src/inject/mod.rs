@@ -24,7 +24,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-pub use apply::{RootView, apply, resolve_in_root};
+pub use apply::apply;
 pub use network::NetworkFlavour;
 pub use passwd::{GroupEntry, PasswdEntry, parse_group, parse_passwd};
 pub use plan::plan;
@@ -204,8 +204,8 @@ pub enum OsFamilyHint {
 }
 
 /// What the image holds, as the planner may look at it: read-only, by
-/// absolute path inside the image. [`RootView`] reads a mounted root (never
-/// leaving it); [`MemoryImage`] stands in for one in tests.
+/// absolute path inside the image. [`RootDir`](crate::installed::RootDir)
+/// reads a mounted root (never leaving it); [`MemoryImage`] stands in for one in tests.
 pub trait ImageView {
     /// Whether `path` exists, as anything (symlinks followed inside the image).
     fn exists(&self, path: &str) -> bool;
@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(mkdir.to_string(), "mkdir /root/.ssh (0700 0:0)");
     }
 
-    /// An Ubuntu-like tree: plan through `RootView`, apply, then check the
+    /// An Ubuntu-like tree: plan through `RootDir`, apply, then check the
     /// files as the installed OS would see them.
     #[test]
     fn plan_then_apply_on_an_image_tree() {
@@ -515,7 +515,7 @@ mod tests {
                 "files":[{"path":"/etc/app.conf","owner":"ubuntu","mode":"0640","content":"a=1\n"}]}"#,
         )
         .unwrap();
-        let view = RootView(root);
+        let view = crate::installed::RootDir::open(root).unwrap();
         let ctx = InjectContext {
             boot_mac: Some([0x52, 0x54, 0, 0, 0, 7]),
             os_family: OsFamilyHint::Debian,
@@ -524,7 +524,7 @@ mod tests {
             image: &view,
         };
         let ops = plan(&identity, &ctx).unwrap();
-        apply(&ops, root, &mut |_| Ok(b"drpcli".to_vec())).unwrap();
+        apply(&ops, &view, &mut |_| Ok(b"drpcli".to_vec())).unwrap();
 
         let read = |p: &str| fs::read_to_string(root.join(p)).unwrap();
         let stat = |p: &str| {

@@ -211,7 +211,7 @@ mod tests {
             prefix_len: 24,
             gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
             dns: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)],
-            interface: None,
+            interface: Vec::new(),
             vlan: Some(42),
             mtu: None,
         }

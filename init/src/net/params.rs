@@ -36,13 +36,16 @@ pub struct StaticConfig {
     pub gateway: Option<Ipv4Addr>,
     /// In the order given; musl uses the first three.
     pub dns: Vec<Ipv4Addr>,
-    pub interface: Option<InterfaceSelector>,
+    /// `provisioner.interface=`, in preference order (DRP's `network-data`
+    /// documents `interface` as a comma-separated list, e.g.
+    /// `eth0,enp0s3`); empty: not given.
+    pub interface: Vec<InterfaceSelector>,
     /// 802.1Q VLAN ID: the address goes on `<nic>.<vid>`.
     pub vlan: Option<u16>,
     pub mtu: Option<u32>,
 }
 
-/// `provisioner.interface=`: a kernel name (`eno1`) or a MAC.
+/// One item of `provisioner.interface=`: a kernel name (`eno1`) or a MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InterfaceSelector {
     Name(String),
@@ -173,9 +176,10 @@ impl NetConfig {
             Some((list, name)) => parse_dns(&list).with_context(|| name)?,
             None => Vec::new(),
         };
-        let interface = given("provisioner.interface")
-            .map(|(text, name)| parse_interface(&text).with_context(|| name))
-            .transpose()?;
+        let interface = match given("provisioner.interface") {
+            Some((text, name)) => parse_interfaces(&text).with_context(|| name)?,
+            None => Vec::new(),
+        };
         let vlan = given("provisioner.vlan")
             .map(|(vid, name)| parse_vlan(&vid).with_context(|| name))
             .transpose()?;
@@ -282,6 +286,18 @@ fn parse_dns(list: &str) -> Result<Vec<Ipv4Addr>> {
 }
 
 /// A MAC if it reads as one, else a kernel interface name.
+/// `eno1`, `52:54:00:12:34:56` or a comma-separated list of them
+/// (`network-data`'s `interface`, provision-content v4.8.0
+/// `content/params/network-data.yaml`), in preference order.
+fn parse_interfaces(text: &str) -> Result<Vec<InterfaceSelector>> {
+    if !text.contains(',') {
+        return Ok(vec![parse_interface(text)?]);
+    }
+    text.split(',')
+        .map(|item| parse_interface(item.trim()).with_context(|| format!("item {:?}", item.trim())))
+        .collect()
+}
+
 fn parse_interface(text: &str) -> Result<InterfaceSelector> {
     if let Some(mac) = parse_mac(text) {
         return Ok(InterfaceSelector::Mac(mac));
@@ -432,9 +448,11 @@ mod tests {
             error(r#"{"ip": "10.0.0.5"}"#),
             "field \"boot-network\".ip of the deploy spec: no prefix length: write it as <address>/<prefix>, e.g. 10.0.0.5/24"
         );
-        assert!(error(r#"{"gw": "10.0.0.1"}"#).starts_with(
-            "field \"boot-network\".gw of the deploy spec is set but no address is"
-        ));
+        assert!(
+            error(r#"{"gw": "10.0.0.1"}"#).starts_with(
+                "field \"boot-network\".gw of the deploy spec is set but no address is"
+            )
+        );
         assert!(error(r#"{"address": "x"}"#).contains("unknown key \"address\""));
     }
 
@@ -454,7 +472,7 @@ mod tests {
                 prefix_len: 24,
                 gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 dns: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(1, 1, 1, 1)],
-                interface: Some(InterfaceSelector::Name("eno1".into())),
+                interface: vec![InterfaceSelector::Name("eno1".into())],
                 vlan: Some(42),
                 mtu: Some(9000),
             }
@@ -473,7 +491,7 @@ mod tests {
         assert_eq!(static_ipv4.gateway, Some(Ipv4Addr::new(10, 10, 10, 254)));
         assert_eq!(
             static_ipv4.interface,
-            Some(InterfaceSelector::Name("eth10".into()))
+            [InterfaceSelector::Name("eth10".into())]
         );
         assert!(static_ipv4.dns.is_empty());
         assert_eq!(static_ipv4.vlan, None);
@@ -487,7 +505,7 @@ mod tests {
             .unwrap();
         assert_eq!(static_ipv4.prefix_len, 32);
         assert_eq!(static_ipv4.gateway, None);
-        assert_eq!(static_ipv4.interface, None);
+        assert!(static_ipv4.interface.is_empty());
     }
 
     #[test]
@@ -497,7 +515,33 @@ mod tests {
                 .unwrap()
                 .static_ipv4
                 .unwrap();
-        assert_eq!(static_ipv4.interface, Some(InterfaceSelector::Mac(MAC)));
+        assert_eq!(static_ipv4.interface, [InterfaceSelector::Mac(MAC)]);
+    }
+
+    #[test]
+    fn interface_may_be_a_list_in_preference_order() {
+        // network-data's documented form (provision-content v4.8.0
+        // content/params/network-data.yaml).
+        let static_ipv4 = config(
+            "provisioner.ip=10.0.0.5/24 provisioner.interface=eth0,enp0s3,52:54:00:12:34:56",
+        )
+        .unwrap()
+        .static_ipv4
+        .unwrap();
+        assert_eq!(
+            static_ipv4.interface,
+            [
+                InterfaceSelector::Name("eth0".into()),
+                InterfaceSelector::Name("enp0s3".into()),
+                InterfaceSelector::Mac(MAC),
+            ]
+        );
+        let err =
+            config("provisioner.ip=10.0.0.5/24 provisioner.interface=eth0,,eth1").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "parameter provisioner.interface=eth0,,eth1: item \"\": not an interface name (like eno1) or a MAC address"
+        );
     }
 
     #[test]
@@ -572,7 +616,8 @@ mod tests {
             "parameter provisioner.vlan=42 is set but no address is: a static setup needs provisioner.ip=<address>/<prefix> (\"ip\" in a deploy spec's boot-network)"
         );
         assert!(
-            error("provisioner.gw=10.0.0.1").starts_with("parameter provisioner.gw=10.0.0.1 is set")
+            error("provisioner.gw=10.0.0.1")
+                .starts_with("parameter provisioner.gw=10.0.0.1 is set")
         );
         // Rendered but empty: fine, DHCP.
         assert_eq!(

@@ -32,13 +32,13 @@ pub(super) fn bring_up_static(
 ) -> Result<Configured> {
     // Named NICs need no carrier to be chosen; "the only NIC with carrier"
     // needs every NIC to have had its chance to get link.
-    let interfaces = if static_ipv4.interface.is_some() || boot_mac.is_some() {
+    let interfaces = if !static_ipv4.interface.is_empty() || boot_mac.is_some() {
         list_interfaces(sysfs).context("listing /sys/class/net")?
     } else {
         wait_for_carrier(sysfs, None, link_timeout)?
     };
-    let (nic, mac) = choose_static_nic(&interfaces, static_ipv4.interface.as_ref(), boot_mac)
-        .map_err(|e| anyhow!(e))?;
+    let (nic, mac) =
+        choose_static_nic(&interfaces, &static_ipv4.interface, boot_mac).map_err(|e| anyhow!(e))?;
     let plan = plan_static(&nic, mac, static_ipv4).map_err(|e| anyhow!(e))?;
     wait_for_nic_carrier(sysfs, &nic, STATIC_CARRIER_WAIT)?;
     let link_up = crate::timeline::since_boot();
@@ -128,12 +128,13 @@ pub fn plan_static(nic: &str, mac: [u8; 6], config: &StaticConfig) -> Result<Sta
     })
 }
 
-/// The NIC a static setup configures: `provisioner.interface=` (name or
-/// MAC), else the `BOOTIF=` NIC, else the only Ethernet NIC with carrier.
-/// Errors name the parameter and every NIC seen.
+/// The NIC a static setup configures: the first item of
+/// `provisioner.interface=` (names and MACs, in order) that an Ethernet NIC
+/// matches, else the `BOOTIF=` NIC, else the only Ethernet NIC with
+/// carrier. Errors name the parameter and every NIC seen.
 pub fn choose_static_nic(
     interfaces: &[InterfaceInfo],
-    selector: Option<&InterfaceSelector>,
+    selectors: &[InterfaceSelector],
     boot_mac: Option<[u8; 6]>,
 ) -> Result<(String, [u8; 6]), String> {
     let ethernet = ethernet_interfaces(interfaces);
@@ -144,32 +145,38 @@ pub fn choose_static_nic(
             .find(|i| i.mac == Some(mac))
             .map(|i| (i.name.clone(), mac))
     };
-    match (selector, boot_mac) {
-        (Some(InterfaceSelector::Name(name)), _) => ethernet
+    let by_selector = |selector: &InterfaceSelector| match selector {
+        InterfaceSelector::Name(name) => ethernet
             .iter()
             .find(|i| &i.name == name)
-            .and_then(|i| Some((i.name.clone(), i.mac?)))
-            .ok_or_else(|| {
-                format!(
-                    "provisioner.interface={name}: no Ethernet interface of that name (found: {})",
-                    found()
-                )
-            }),
-        (Some(InterfaceSelector::Mac(mac)), _) => by_mac(*mac).ok_or_else(|| {
-            format!(
-                "provisioner.interface={}: no Ethernet interface has that MAC (found: {})",
-                format_mac(mac),
-                found()
-            )
-        }),
-        (None, Some(mac)) => by_mac(mac).ok_or_else(|| {
+            .and_then(|i| Some((i.name.clone(), i.mac?))),
+        InterfaceSelector::Mac(mac) => by_mac(*mac),
+    };
+    if !selectors.is_empty() {
+        if let Some(chosen) = selectors.iter().find_map(by_selector) {
+            return Ok(chosen);
+        }
+        let given: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+        let what = match selectors {
+            [InterfaceSelector::Name(_)] => "no Ethernet interface of that name",
+            [InterfaceSelector::Mac(_)] => "no Ethernet interface has that MAC",
+            _ => "no Ethernet interface matches any of them",
+        };
+        return Err(format!(
+            "provisioner.interface={}: {what} (found: {})",
+            given.join(","),
+            found()
+        ));
+    }
+    match boot_mac {
+        Some(mac) => by_mac(mac).ok_or_else(|| {
             format!(
                 "BOOTIF={}: no Ethernet interface has that MAC (found: {}); set provisioner.interface=",
                 format_mac(&mac),
                 found()
             )
         }),
-        (None, None) => {
+        None => {
             let with_carrier: Vec<&&InterfaceInfo> =
                 ethernet.iter().filter(|i| i.carrier).collect();
             match with_carrier.as_slice() {
@@ -224,6 +231,8 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::cmdline::KernelCmdline;
+    use crate::net::NetConfig;
     use crate::net::links::tests::{MAC0, MAC1, iface};
 
     fn static_config(vlan: Option<u16>) -> StaticConfig {
@@ -232,7 +241,7 @@ mod tests {
             prefix_len: 24,
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
             dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
-            interface: None,
+            interface: Vec::new(),
             vlan,
             mtu: Some(1400),
         }
@@ -243,19 +252,57 @@ mod tests {
         let list = [iface("eth0", 1, true, MAC0), iface("eth1", 1, false, MAC1)];
         let by_name = InterfaceSelector::Name("eth1".into());
         assert_eq!(
-            choose_static_nic(&list, Some(&by_name), Some(MAC0)).unwrap(),
+            choose_static_nic(&list, &[by_name], Some(MAC0)).unwrap(),
             ("eth1".to_owned(), MAC1),
             "provisioner.interface= wins over BOOTIF="
         );
         let by_mac = InterfaceSelector::Mac(MAC1);
         assert_eq!(
-            choose_static_nic(&list, Some(&by_mac), None).unwrap(),
+            choose_static_nic(&list, &[by_mac], None).unwrap(),
             ("eth1".to_owned(), MAC1)
         );
         assert_eq!(
-            choose_static_nic(&list, None, Some(MAC1)).unwrap(),
+            choose_static_nic(&list, &[], Some(MAC1)).unwrap(),
             ("eth1".to_owned(), MAC1),
             "the BOOTIF NIC without provisioner.interface="
+        );
+    }
+
+    /// `network-data`'s `interface` is a comma-separated list
+    /// (provision-content v4.8.0 `content/params/network-data.yaml`, e.g.
+    /// `eth0,enp0s3`), rendered as it is: the first item present wins.
+    #[test]
+    fn static_nic_from_a_list_is_the_first_item_present() {
+        let list = [
+            iface("enp0s3", 1, false, MAC0),
+            iface("eth1", 1, true, MAC1),
+        ];
+        let config = NetConfig::from_cmdline(&KernelCmdline::parse(
+            "provisioner.ip=10.0.0.5/24 provisioner.interface=eth0,enp0s3,eth1",
+        ))
+        .unwrap();
+        let selectors = config.static_ipv4.unwrap().interface;
+        assert_eq!(
+            choose_static_nic(&list, &selectors, Some(MAC1)).unwrap(),
+            ("enp0s3".to_owned(), MAC0),
+            "eth0 is absent; enp0s3 comes before eth1 and wins over BOOTIF="
+        );
+        let by_mac_then_name = [
+            InterfaceSelector::Mac([9; 6]),
+            InterfaceSelector::Name("eth1".into()),
+        ];
+        assert_eq!(
+            choose_static_nic(&list, &by_mac_then_name, None).unwrap(),
+            ("eth1".to_owned(), MAC1)
+        );
+        let none_present = [
+            InterfaceSelector::Name("eth0".into()),
+            InterfaceSelector::Mac([9; 6]),
+        ];
+        assert_eq!(
+            choose_static_nic(&list, &none_present, None).unwrap_err(),
+            "provisioner.interface=eth0,09:09:09:09:09:09: no Ethernet interface matches any \
+             of them (found: enp0s3 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
         );
     }
 
@@ -267,24 +314,22 @@ mod tests {
             iface("lo", 772, true, [0; 6]),
         ];
         assert_eq!(
-            choose_static_nic(&list, Some(&InterfaceSelector::Name("eno1".into())), None)
-                .unwrap_err(),
+            choose_static_nic(&list, &[InterfaceSelector::Name("eno1".into())], None).unwrap_err(),
             "provisioner.interface=eno1: no Ethernet interface of that name \
              (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
         );
         assert_eq!(
-            choose_static_nic(&list, Some(&InterfaceSelector::Name("lo".into())), None)
-                .unwrap_err(),
+            choose_static_nic(&list, &[InterfaceSelector::Name("lo".into())], None).unwrap_err(),
             "provisioner.interface=lo: no Ethernet interface of that name \
              (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
         );
         assert_eq!(
-            choose_static_nic(&list, Some(&InterfaceSelector::Mac([9; 6])), None).unwrap_err(),
+            choose_static_nic(&list, &[InterfaceSelector::Mac([9; 6])], None).unwrap_err(),
             "provisioner.interface=09:09:09:09:09:09: no Ethernet interface has that MAC \
              (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57)"
         );
         assert_eq!(
-            choose_static_nic(&list, None, Some([9; 6])).unwrap_err(),
+            choose_static_nic(&list, &[], Some([9; 6])).unwrap_err(),
             "BOOTIF=09:09:09:09:09:09: no Ethernet interface has that MAC \
              (found: eth0 52:54:00:12:34:56, eth1 52:54:00:12:34:57); set provisioner.interface="
         );
@@ -294,7 +339,7 @@ mod tests {
     fn static_nic_without_hints_is_the_only_one_with_carrier() {
         let one_up = [iface("eth0", 1, false, MAC0), iface("eth1", 1, true, MAC1)];
         assert_eq!(
-            choose_static_nic(&one_up, None, None).unwrap(),
+            choose_static_nic(&one_up, &[], None).unwrap(),
             ("eth1".to_owned(), MAC1)
         );
         let both_up = [
@@ -303,18 +348,18 @@ mod tests {
             iface("lo", 772, true, [0; 6]),
         ];
         assert_eq!(
-            choose_static_nic(&both_up, None, None).unwrap_err(),
+            choose_static_nic(&both_up, &[], None).unwrap_err(),
             "provisioner.ip=: eth0, eth1 all have carrier; \
              say which to use with provisioner.interface= or BOOTIF="
         );
         let none_up = [iface("eth0", 1, false, MAC0), iface("eth1", 1, false, MAC1)];
         assert_eq!(
-            choose_static_nic(&none_up, None, None).unwrap_err(),
+            choose_static_nic(&none_up, &[], None).unwrap_err(),
             "provisioner.ip=: no network interface with carrier \
              (found: eth0 [no carrier], eth1 [no carrier]); set provisioner.interface="
         );
         assert_eq!(
-            choose_static_nic(&[], None, None).unwrap_err(),
+            choose_static_nic(&[], &[], None).unwrap_err(),
             "provisioner.ip=: no network interface with carrier (found: none); \
              set provisioner.interface="
         );

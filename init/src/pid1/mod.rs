@@ -35,7 +35,7 @@ mod platform;
 mod tests;
 
 pub use early::{EARLY_BOOT, EarlyStep, apply_early_step};
-pub use platform::{Machine, Platform, coldplug, collect_modaliases};
+pub use platform::{Machine, Platform};
 
 /// The longest pause between two runs of `on-failure=retry:N`.
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(300);
@@ -73,7 +73,15 @@ pub fn main() -> ! {
     log::info!("imprint {} starting as PID 1", env!("CARGO_PKG_VERSION"));
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let mut pid1 = Pid1::new(Machine::new(), KernelCmdline::parse(&cmdline_text));
+    let cmdline = KernelCmdline::parse(&cmdline_text);
+    match crate::console::open_extra(&cmdline) {
+        Ok(opened) if !opened.is_empty() => {
+            log::info!("also writing to console {}", opened.join(", "));
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("{e:#}"),
+    }
+    let mut pid1 = Pid1::new(Machine::new(), cmdline);
     pid1.tracker.mark_at(Mark::Pid1, pid1_at);
     finish(pid1.run())
 }
@@ -95,7 +103,7 @@ pub fn finish(ending: Ending) -> ! {
             let error = error.context("kexec is not possible");
             if required {
                 let line = report::error_line(&error.context("imprint.on-success=kexec!"));
-                println!("{line}");
+                crate::console::print_line(&line);
                 halt_showing(&line)
             }
             log::warn!("{error:#}; rebooting instead");
@@ -109,7 +117,7 @@ pub fn finish(ending: Ending) -> ! {
 fn halt_showing(line: &str) -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(60));
-        println!("{line}");
+        crate::console::print_line(line);
     }
 }
 

@@ -244,6 +244,162 @@ pub fn reconcile(declared: &DeclaredFormat, sniffed: ImageFormat) -> Result<Imag
     }
 }
 
+/// What the file name at the end of an image URL says the bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlSuffix {
+    /// `.xz`, `.img`, `.tar.gz`...: the compression, and for the tar
+    /// suffixes (`.tar*`, `.tgz`, `.txz`, `.tbz`) that a tar wraps the image.
+    Image {
+        suffix: &'static str,
+        compression: Compression,
+        tar: bool,
+    },
+    /// A format imprint does not decode, named for the error.
+    Unsupported {
+        suffix: &'static str,
+        what: &'static str,
+    },
+}
+
+/// File name suffixes that declare a format, longest first so `.tar.gz`
+/// wins over `.gz`. `.raw.xz` and `.img.gz` are their last suffix.
+const IMAGE_SUFFIXES: &[(&str, Compression, bool)] = &[
+    (".tar.gz", Compression::Gzip, true),
+    (".tar.xz", Compression::Xz, true),
+    (".tar.bz2", Compression::Bzip2, true),
+    (".tar.zst", Compression::Zstd, true),
+    (".tgz", Compression::Gzip, true),
+    (".txz", Compression::Xz, true),
+    (".tbz", Compression::Bzip2, true),
+    (".tbz2", Compression::Bzip2, true),
+    (".tzst", Compression::Zstd, true),
+    (".tar", Compression::None, true),
+    (".gz", Compression::Gzip, false),
+    (".xz", Compression::Xz, false),
+    (".zst", Compression::Zstd, false),
+    (".bz2", Compression::Bzip2, false),
+    (".raw", Compression::None, false),
+    (".img", Compression::None, false),
+];
+
+/// Suffixes of formats a user may reasonably serve but imprint does not
+/// decode: refused by name rather than written to the disk as raw bytes.
+const UNSUPPORTED_SUFFIXES: &[(&str, &str)] = &[
+    (".lz", "lzip compression"),
+    (".lzma", "LZMA_Alone (.lzma) compression"),
+    (".lz4", "lz4 compression"),
+    (
+        ".qcow2",
+        "qcow2 disk images (convert with `qemu-img convert -O raw`)",
+    ),
+];
+
+/// Magic bytes of those formats: lzip (lzip manual, "File format"), the
+/// lz4 frame (lz4 Frame format §"General structure"), qcow2 ("QFI\xfb").
+const UNSUPPORTED_MAGICS: &[(&[u8], &str)] = &[
+    (b"LZIP", "lzip compression"),
+    (&[0x04, 0x22, 0x4d, 0x18], "lz4 compression"),
+    (
+        b"QFI\xfb",
+        "qcow2 disk images (convert with `qemu-img convert -O raw`)",
+    ),
+];
+
+/// The format the last path segment of `url` declares, ignoring the query
+/// (`?sig=...`) and fragment, case-insensitively. `None` when its name has
+/// no suffix imprint knows.
+pub fn url_suffix(url: &str) -> Option<UrlSuffix> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    if let Some(&(suffix, compression, tar)) =
+        IMAGE_SUFFIXES.iter().find(|(s, _, _)| name.ends_with(s))
+    {
+        return Some(UrlSuffix::Image {
+            suffix,
+            compression,
+            tar,
+        });
+    }
+    UNSUPPORTED_SUFFIXES
+        .iter()
+        .find(|(s, _)| name.ends_with(s))
+        .map(|&(suffix, what)| UrlSuffix::Unsupported { suffix, what })
+}
+
+/// Checks what the served bytes turned out to be (`sniffed`, from the
+/// magic at the start of `served`) against what the user declared: an
+/// explicit `imprint.format=` wins; without one, the URL's file name
+/// suffix is a declaration too, so `disk.raw.xz` with a damaged magic is
+/// an error rather than a raw image. A format imprint does not decode is
+/// refused by name.
+pub fn check_declared(
+    declared: &DeclaredFormat,
+    url: &str,
+    served: &[u8],
+    sniffed: ImageFormat,
+) -> Result<ImageFormat> {
+    if *declared != DeclaredFormat::Auto {
+        return reconcile(declared, sniffed);
+    }
+    if sniffed.compression == Compression::None {
+        if let Some((_, what)) = UNSUPPORTED_MAGICS
+            .iter()
+            .find(|(m, _)| served.starts_with(m))
+        {
+            bail!("the image uses {what}, which is not supported; recompress it with xz or zstd");
+        }
+    }
+    match url_suffix(url) {
+        None => Ok(sniffed),
+        Some(UrlSuffix::Unsupported { suffix, what }) => bail!(
+            "the URL's file name ends in {suffix}: {what} is not supported; \
+             recompress the image with xz or zstd"
+        ),
+        Some(UrlSuffix::Image {
+            suffix,
+            compression,
+            tar,
+        }) => {
+            if compression == sniffed.compression && (!tar || sniffed.tar) {
+                return Ok(sniffed);
+            }
+            let said = if tar {
+                ImageFormat::new(compression, true).to_string()
+            } else if compression == Compression::None {
+                "uncompressed image".to_owned()
+            } else {
+                format!("{compression}-compressed image")
+            };
+            bail!(
+                "the URL's file name ends in {suffix} ({said}) but the image is a {sniffed}; \
+                 set imprint.format= to deploy it anyway"
+            )
+        }
+    }
+}
+
+/// The smallest raw image imprint writes: one sector. A smaller file served
+/// as raw is an error page, a truncated download or a compressed file whose
+/// magic is damaged, never a disk.
+pub const MIN_RAW_IMAGE: usize = 512;
+
+/// Refuses an image with nothing to write, and a raw one smaller than a
+/// sector. `image` is the start of the image as it will be written (up to
+/// `MIN_RAW_IMAGE` bytes; fewer only when the image ends there).
+pub fn check_image_size(format: ImageFormat, image: &[u8]) -> Result<()> {
+    if image.is_empty() {
+        bail!("the {format} is empty: nothing to write");
+    }
+    if format == ImageFormat::RAW && image.len() < MIN_RAW_IMAGE {
+        bail!(
+            "the raw image is {} bytes, smaller than one {MIN_RAW_IMAGE}-byte sector: \
+             not a disk image",
+            image.len()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,6 +685,164 @@ mod tests {
         assert_eq!(sniff_compression(&bytes[..64]), Compression::None);
         let tar = make_tar("gnu", "disk.raw", &bytes);
         assert!(looks_like_tar(&tar));
+    }
+
+    #[test]
+    fn url_suffixes_declare_formats() {
+        use Compression::*;
+        let image = |suffix, compression, tar| {
+            Some(UrlSuffix::Image {
+                suffix,
+                compression,
+                tar,
+            })
+        };
+        let table = [
+            ("http://h/disk.raw.xz", image(".xz", Xz, false)),
+            (
+                "http://h/disk.img.gz?sig=abc.raw&x=1",
+                image(".gz", Gzip, false),
+            ),
+            (
+                "https://h/a/b/DISK.ZST#frag.img",
+                image(".zst", Zstd, false),
+            ),
+            ("file:///srv/disk.tar.gz", image(".tar.gz", Gzip, true)),
+            ("http://h/disk.tgz", image(".tgz", Gzip, true)),
+            ("http://h/disk.txz", image(".txz", Xz, true)),
+            ("http://h/disk.tbz", image(".tbz", Bzip2, true)),
+            ("http://h/disk.tar.zst", image(".tar.zst", Zstd, true)),
+            ("http://h/disk.tar", image(".tar", None, true)),
+            ("http://h/disk.bz2", image(".bz2", Bzip2, false)),
+            ("http://h/disk.raw", image(".raw", None, false)),
+            ("http://h/disk.img", image(".img", None, false)),
+            (
+                "http://h/disk.lz",
+                Some(UrlSuffix::Unsupported {
+                    suffix: ".lz",
+                    what: "lzip compression",
+                }),
+            ),
+            ("http://h/download?file=disk.xz", Option::None),
+            ("http://h/disk.xz/", Option::None),
+            ("http://h/disk", Option::None),
+            ("http://h/disk.iso", Option::None),
+            ("http://h/disk.xzz", Option::None),
+        ];
+        for (url, want) in table {
+            assert_eq!(url_suffix(url), want, "{url}");
+        }
+    }
+
+    /// The error `check_declared` gives without an explicit format.
+    fn auto_error(url: &str, served: &[u8], sniffed: ImageFormat) -> anyhow::Error {
+        check_declared(&DeclaredFormat::Auto, url, served, sniffed).unwrap_err()
+    }
+
+    #[test]
+    fn a_url_suffix_that_disagrees_with_the_bytes_names_both() {
+        let xz_magic_damaged = [0xfd, b'7', b'z', b'X', b'Z', 0x01];
+        let err = auto_error(
+            "file:///c/bad-0-header_magic.xz",
+            &xz_magic_damaged,
+            ImageFormat::RAW,
+        );
+        assert_eq!(
+            err.to_string(),
+            "the URL's file name ends in .xz (xz-compressed image) but the image is a raw \
+             image; set imprint.format= to deploy it anyway"
+        );
+        let err = auto_error(
+            "http://h/disk.img",
+            &ZSTD_MAGIC,
+            image(Compression::Zstd, false),
+        );
+        assert!(
+            err.to_string().contains(".img (uncompressed image)"),
+            "{err}"
+        );
+        let err = auto_error(
+            "http://h/disk.tgz?sig=1",
+            &GZIP_MAGIC,
+            image(Compression::Gzip, false),
+        );
+        assert!(
+            err.to_string().contains(
+                ".tgz (gzip-compressed tar of a raw image) but the image is a \
+                 gzip-compressed raw image"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_url_suffix_that_agrees_passes_and_an_explicit_format_wins() {
+        let xz = image(Compression::Xz, false);
+        let ok = |declared: &DeclaredFormat, url, sniffed| {
+            check_declared(declared, url, &[], sniffed).unwrap()
+        };
+        assert_eq!(ok(&DeclaredFormat::Auto, "http://h/disk.raw.xz", xz), xz);
+        // A tar inside a plain `.xz` is still an xz file.
+        let txz = image(Compression::Xz, true);
+        assert_eq!(ok(&DeclaredFormat::Auto, "http://h/disk.xz", txz), txz);
+        assert_eq!(ok(&DeclaredFormat::Auto, "http://h/disk.txz", txz), txz);
+        assert_eq!(ok(&DeclaredFormat::Auto, "http://h/disk", xz), xz);
+        let raw = parse_declared("raw").unwrap();
+        assert_eq!(
+            ok(&raw, "http://h/disk.xz", ImageFormat::RAW),
+            ImageFormat::RAW
+        );
+        let err = check_declared(
+            &parse_declared("dd-zst").unwrap(),
+            "http://h/disk.xz",
+            &[],
+            xz,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("declared format dd-zst"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn formats_imprint_does_not_decode_are_refused_by_name() {
+        let err = auto_error("http://h/disk", b"LZIP\x01\x0c\x00", ImageFormat::RAW);
+        assert_eq!(
+            err.to_string(),
+            "the image uses lzip compression, which is not supported; recompress it with xz \
+             or zstd"
+        );
+        let err = auto_error(
+            "http://h/disk.lzma",
+            &[0x5d, 0, 0, 0x80, 0],
+            ImageFormat::RAW,
+        );
+        assert_eq!(
+            err.to_string(),
+            "the URL's file name ends in .lzma: LZMA_Alone (.lzma) compression is not \
+             supported; recompress the image with xz or zstd"
+        );
+        let qcow = auto_error("http://h/vm.qcow2", b"QFI\xfb\0\0\0\x03", ImageFormat::RAW);
+        assert!(qcow.to_string().contains("qcow2"), "{qcow}");
+    }
+
+    #[test]
+    fn empty_images_and_raw_images_under_a_sector_are_refused() {
+        assert_eq!(
+            check_image_size(ImageFormat::RAW, &[0; 511])
+                .unwrap_err()
+                .to_string(),
+            "the raw image is 511 bytes, smaller than one 512-byte sector: not a disk image"
+        );
+        check_image_size(ImageFormat::RAW, &[0; 512]).unwrap();
+        let xz = image(Compression::Xz, false);
+        assert_eq!(
+            check_image_size(xz, &[]).unwrap_err().to_string(),
+            "the xz-compressed raw image is empty: nothing to write"
+        );
+        // A compressed image says what it is: a small one is what was asked for.
+        check_image_size(xz, b"Hello\nWorld!\n").unwrap();
     }
 
     #[test]

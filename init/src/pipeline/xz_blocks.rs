@@ -270,40 +270,135 @@ impl From<io::Error> for Stop {
 }
 
 /// A block header's fields the splitter needs (§3.1).
+#[derive(Debug, PartialEq, Eq)]
 struct BlockHeader {
-    compressed: u64,
-    uncompressed: u64,
+    compressed: Option<u64>,
+    uncompressed: Option<u64>,
+    /// Filters before LZMA2 (delta, BCJ): lzma-rust2's sans-I/O decoder
+    /// handles at most one.
+    pre_filters: usize,
 }
 
-/// Parses a whole block header (size byte through CRC32); `Ok(None)` when
-/// it lacks either size.
-fn parse_block_header(header: &[u8]) -> Result<Option<BlockHeader>, &'static str> {
+/// Why a block header was refused: the bytes are wrong, or they use a
+/// feature this decoder does not know (liblzma's `LZMA_DATA_ERROR` and
+/// `LZMA_OPTIONS_ERROR`).
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderError {
+    Corrupt(String),
+    Unsupported(String),
+}
+
+impl HeaderError {
+    fn into_io(self, offset: u64) -> io::Error {
+        match self {
+            HeaderError::Corrupt(what) => corrupt(offset, format!("block header: {what}")),
+            HeaderError::Unsupported(what) => io::Error::new(
+                ErrorKind::Unsupported,
+                format!("xz block header at input byte {offset}: {what} is not supported"),
+            ),
+        }
+    }
+}
+
+/// The largest Unpadded Size of a block (§3.1.3: the whole block stays
+/// below 2^63; liblzma's `UNPADDED_SIZE_MAX`).
+const UNPADDED_SIZE_MAX: u64 = ((1 << 63) - 1) & !3;
+/// The largest LZMA2 dictionary size byte (§5.3.1: 4 GiB - 1).
+const LZMA2_MAX_DICT_BYTE: u8 = 40;
+
+/// The filters `xz -dc` decodes by default (§5.3 and liblzma's filter
+/// table): their IDs and names, for errors.
+fn filter_name(id: u64) -> Option<&'static str> {
+    Some(match id {
+        0x03 => "delta",
+        0x04 => "x86 BCJ",
+        0x05 => "PowerPC BCJ",
+        0x06 => "IA-64 BCJ",
+        0x07 => "ARM BCJ",
+        0x08 => "ARM-Thumb BCJ",
+        0x09 => "SPARC BCJ",
+        0x0A => "ARM64 BCJ",
+        0x0B => "RISC-V BCJ",
+        0x21 => "LZMA2",
+        _ => return None,
+    })
+}
+
+/// Parses and checks a whole block header (size byte through CRC32) the
+/// way liblzma does, so a header that `xz -dc` refuses is refused here
+/// before any of its block is decoded. `check` is the stream's check size.
+fn parse_block_header(header: &[u8], check: u64) -> Result<BlockHeader, HeaderError> {
+    let bad = |what: &str| HeaderError::Corrupt(what.to_owned());
     let (body, crc) = header.split_at(header.len() - 4);
     if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err("block header CRC32 mismatch");
+        return Err(bad("CRC32 mismatch"));
     }
     let flags = body[1];
     if flags & 0x3C != 0 {
-        return Err("reserved bits set in the block flags");
+        return Err(HeaderError::Unsupported("a reserved block flag".to_owned()));
     }
     let mut fields = &body[2..];
     let compressed = if flags & 0x40 != 0 {
-        Some(varint(&mut fields).ok_or("bad compressed size")?)
+        let size = varint(&mut fields).ok_or_else(|| bad("bad compressed size"))?;
+        let limit = UNPADDED_SIZE_MAX - header.len() as u64 - check;
+        if size == 0 || size > limit {
+            return Err(HeaderError::Corrupt(format!(
+                "compressed size {size} is outside 1..={limit}"
+            )));
+        }
+        Some(size)
     } else {
         None
     };
     let uncompressed = if flags & 0x80 != 0 {
-        Some(varint(&mut fields).ok_or("bad uncompressed size")?)
+        Some(varint(&mut fields).ok_or_else(|| bad("bad uncompressed size"))?)
     } else {
         None
     };
-    Ok(match (compressed, uncompressed) {
-        (Some(0), _) => return Err("compressed size is zero"),
-        (Some(compressed), Some(uncompressed)) => Some(BlockHeader {
-            compressed,
-            uncompressed,
-        }),
-        _ => None,
+    let count = usize::from(flags & 0x03) + 1;
+    for i in 0..count {
+        let id = varint(&mut fields).ok_or_else(|| bad("filter flags end early"))?;
+        let props = varint(&mut fields).ok_or_else(|| bad("filter flags end early"))?;
+        let props = usize::try_from(props)
+            .ok()
+            .filter(|&p| p <= fields.len())
+            .ok_or_else(|| bad("filter properties end early"))?;
+        let (properties, rest) = fields.split_at(props);
+        fields = rest;
+        let Some(name) = filter_name(id) else {
+            return Err(HeaderError::Unsupported(format!("filter ID {id:#x}")));
+        };
+        let last = i + 1 == count;
+        if (id == 0x21) != last {
+            return Err(HeaderError::Unsupported(format!(
+                "a filter chain with {name} {} (only LZMA2, and only last)",
+                if last {
+                    "last"
+                } else {
+                    "before the last filter"
+                }
+            )));
+        }
+        let props_ok = match id {
+            0x03 => props == 1,
+            0x21 => props == 1 && properties[0] <= LZMA2_MAX_DICT_BYTE,
+            _ => props == 0 || props == 4,
+        };
+        if !props_ok {
+            return Err(HeaderError::Unsupported(format!(
+                "{name} filter properties {properties:02x?}"
+            )));
+        }
+    }
+    if fields.iter().any(|&b| b != 0) {
+        return Err(HeaderError::Unsupported(
+            "non-zero header padding (a newer header field)".to_owned(),
+        ));
+    }
+    Ok(BlockHeader {
+        compressed,
+        uncompressed,
+        pre_filters: count - 1,
     })
 }
 
@@ -365,7 +460,7 @@ struct Splitter<R> {
 impl<R: Read> Splitter<R> {
     fn run(mut self) {
         let result = match self.split_all() {
-            Ok(Some(prefix)) => self.decode_sequentially(prefix),
+            Ok(Some(sequential)) => self.decode_sequentially(sequential),
             Ok(None) => Ok(()),
             Err(stop) => Err(stop),
         };
@@ -396,11 +491,11 @@ impl<R: Read> Splitter<R> {
     }
 
     /// `Some(bytes read so far)` when the file must be decoded sequentially.
-    fn split_all(&mut self) -> Result<Option<Vec<u8>>, Stop> {
+    fn split_all(&mut self) -> Result<Option<Sequential>, Stop> {
         let mut header = [0u8; 12];
         let got = self.fill(&mut header)?;
         if got < header.len() || header[..6] != STREAM_MAGIC {
-            if got < header.len() && STREAM_MAGIC.starts_with(&header[..got.min(6)]) && got > 0 {
+            if got < header.len() && STREAM_MAGIC.starts_with(&header[..got.min(6)]) {
                 return Err(truncated(self.pos).into());
             }
             return Err(corrupt(0, "not an xz stream").into());
@@ -409,8 +504,8 @@ impl<R: Read> Splitter<R> {
         loop {
             let stream_start = self.pos - 12;
             check_stream_header(&header, stream_start)?;
-            if let Some(prefix) = self.split_stream(header, first)? {
-                return Ok(Some(prefix));
+            if let Some(sequential) = self.split_stream(header, first)? {
+                return Ok(Some(sequential));
             }
             first = false;
             // Stream padding: zeros in multiples of four, then another
@@ -440,7 +535,7 @@ impl<R: Read> Splitter<R> {
         &mut self,
         stream_header: [u8; 12],
         first: bool,
-    ) -> Result<Option<Vec<u8>>, Stop> {
+    ) -> Result<Option<Sequential>, Stop> {
         let check = check_len(stream_header[7] & 0x0F);
         let mut records: Vec<(u64, u64)> = Vec::new();
         loop {
@@ -458,24 +553,34 @@ impl<R: Read> Splitter<R> {
             let mut block = vec![0u8; header_len];
             block[0] = size[0];
             self.fill_exact(&mut block[1..])?;
-            let parsed = parse_block_header(&block).map_err(|e| corrupt(block_at, e))?;
+            let parsed = parse_block_header(&block, check).map_err(|e| e.into_io(block_at))?;
             let limit = self.max_block_output + self.max_block_output / 1024 + (64 << 10);
-            let fits = parsed
-                .as_ref()
-                .is_some_and(|h| h.uncompressed <= self.max_block_output && h.compressed <= limit);
-            let Some(parsed) = parsed.filter(|_| fits) else {
+            let sizes = match parsed {
+                BlockHeader {
+                    compressed: Some(compressed),
+                    uncompressed: Some(uncompressed),
+                    ..
+                } if uncompressed <= self.max_block_output && compressed <= limit => {
+                    Some((compressed, uncompressed))
+                }
+                _ => None,
+            };
+            let Some((compressed, uncompressed)) = sizes else {
                 if first && records.is_empty() {
                     let mut prefix = stream_header.to_vec();
                     prefix.extend_from_slice(&block);
-                    return Ok(Some(prefix));
+                    return Ok(Some(Sequential {
+                        prefix,
+                        pre_filters: parsed.pre_filters,
+                    }));
                 }
                 let msg = "block without sizes in its header, or larger than 32 MiB, after \
                            other blocks; recompress the image in one go with `xz -T0`";
                 return Err(corrupt(block_at, msg).into());
             };
             let header_len = header_len as u64;
-            let unpadded = header_len + parsed.compressed + check;
-            let body = parsed.compressed + pad4(parsed.compressed) + check;
+            let unpadded = header_len + compressed + check;
+            let body = compressed + pad4(compressed) + check;
             let mut stream = self
                 .buffers
                 .take(usize::try_from(12 + header_len + body + 64).unwrap_or(0));
@@ -484,10 +589,10 @@ impl<R: Read> Splitter<R> {
             let old = stream.len();
             stream.resize(old + usize::try_from(body).unwrap_or(usize::MAX), 0);
             self.fill_exact(&mut stream[old..])?;
-            let index = one_record_index(unpadded, parsed.uncompressed);
+            let index = one_record_index(unpadded, uncompressed);
             stream.extend_from_slice(&index);
             stream.extend_from_slice(&footer(&index, [stream_header[6], stream_header[7]]));
-            records.push((unpadded, parsed.uncompressed));
+            records.push((unpadded, uncompressed));
             let (result, rx) = mpsc::sync_channel(1);
             self.items
                 .send(Item::Block(rx))
@@ -495,7 +600,7 @@ impl<R: Read> Splitter<R> {
             let job = Job {
                 offset: block_at,
                 stream,
-                uncompressed: parsed.uncompressed,
+                uncompressed,
                 result,
             };
             self.jobs.send(job).map_err(|_| Stop::Cancelled)?;
@@ -557,28 +662,374 @@ impl<R: Read> Splitter<R> {
         varint(&mut &index[start..]).ok_or_else(|| corrupt(at, "index: bad integer"))
     }
 
-    /// Decodes the whole file with the sequential decoder, here; its errors
+    /// Decodes the whole file with a sequential decoder, here; its errors
     /// count input bytes from the start of the file, as the prefix holds
-    /// every byte read so far.
-    fn decode_sequentially(&mut self, prefix: Vec<u8>) -> Result<(), Stop> {
-        let mut decoder = XzDecoder::new(io::Cursor::new(prefix).chain(&mut self.input));
-        loop {
-            if self.cancelled.load(Ordering::Relaxed) {
-                return Err(Stop::Cancelled);
+    /// every byte read so far. lzma-rust2's sans-I/O decoder (which checks
+    /// the index against the blocks) takes at most one filter before LZMA2;
+    /// a longer chain (`xz --delta --delta --lzma2`) goes to its `XzReader`.
+    fn decode_sequentially(&mut self, sequential: Sequential) -> Result<(), Stop> {
+        let input = StructureGuard::new(io::Cursor::new(sequential.prefix).chain(&mut self.input));
+        if sequential.pre_filters > 1 {
+            let reader = XzReader::new_mem_limit(input, true, XZ_MEMORY_LIMIT);
+            let reader = ErrorContext {
+                inner: reader,
+                context: "corrupt xz stream",
+            };
+            return stream_chunks(reader, &self.outputs, &self.items, &self.cancelled);
+        }
+        let decoder = XzDecoder::new(input);
+        stream_chunks(decoder, &self.outputs, &self.items, &self.cancelled)
+    }
+}
+
+/// A file the splitter cannot cut: the bytes read so far, and what its
+/// first block header said.
+struct Sequential {
+    prefix: Vec<u8>,
+    pre_filters: usize,
+}
+
+/// Prefixes a reader's errors, so lzma-rust2's bare messages say what failed.
+struct ErrorContext<R> {
+    inner: R,
+    context: &'static str,
+}
+
+impl<R: Read> Read for ErrorContext<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))
+    }
+}
+
+/// Queues what `decoder` produces in `STREAM_CHUNK` pieces.
+fn stream_chunks(
+    mut decoder: impl Read,
+    outputs: &BufferPool,
+    items: &SyncSender<Item>,
+    cancelled: &AtomicBool,
+) -> Result<(), Stop> {
+    loop {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(Stop::Cancelled);
+        }
+        let mut chunk = outputs.take(STREAM_CHUNK);
+        chunk.resize(STREAM_CHUNK, 0);
+        let n = read_full(&mut decoder, &mut chunk)?;
+        chunk.truncate(n);
+        if n > 0 {
+            items.send(Item::Data(chunk)).map_err(|_| Stop::Cancelled)?;
+        }
+        if n < STREAM_CHUNK {
+            return Ok(());
+        }
+    }
+}
+
+/// Walks the xz container as its bytes pass to the sequential decoder, which
+/// (lzma-rust2's sans-I/O `XzStream`) decodes blocks without looking at
+/// their headers' sizes or padding, nor at the footer's Backward Size. The
+/// walk needs no decoding: LZMA2 chunk headers give each chunk's packed
+/// and unpacked size (xz file format §5.3.1, and XZ Utils'
+/// `lzma2_decoder.c`), so every block header is checked with
+/// [`parse_block_header`], its sizes against the block, and each footer
+/// against its index. Anything it cannot follow (garbage after a stream,
+/// a malformed index) it leaves to the decoder, which reports it.
+struct StructureGuard<R> {
+    inner: R,
+    /// Input offset of the next byte walked.
+    pos: u64,
+    walk: Walk,
+    /// Bytes of the header being collected.
+    acc: Vec<u8>,
+    check: u64,
+    block: BlockWalk,
+    /// Bytes of the index so far, and the value of its first integer.
+    index_len: u64,
+    varint: Vec<u8>,
+    failed: Option<(ErrorKind, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    StreamHeader,
+    BlockStart,
+    BlockHeader(usize),
+    Control,
+    ChunkHeader(usize),
+    Data(u64),
+    BlockTail(u64),
+    IndexCount,
+    IndexRecords(u64),
+    IndexPadding,
+    IndexCrc(u64),
+    Footer,
+    AfterStream,
+    Passive,
+}
+
+#[derive(Debug, Default)]
+struct BlockWalk {
+    at: u64,
+    header_len: u64,
+    compressed: Option<u64>,
+    uncompressed: Option<u64>,
+    /// Compressed and uncompressed bytes of the block so far.
+    packed: u64,
+    unpacked: u64,
+}
+
+impl<R: Read> StructureGuard<R> {
+    /// `inner` starts at the first byte of an xz file.
+    fn new(inner: R) -> Self {
+        StructureGuard {
+            inner,
+            pos: 0,
+            walk: Walk::StreamHeader,
+            acc: Vec::new(),
+            check: 0,
+            block: BlockWalk::default(),
+            index_len: 0,
+            varint: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Walks some of `bytes`; returns how many (at least one).
+    fn step(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let collect = |acc: &mut Vec<u8>, need: usize| {
+            let take = (need - acc.len()).min(bytes.len());
+            acc.extend_from_slice(&bytes[..take]);
+            (take, acc.len() == need)
+        };
+        let byte = bytes[0];
+        match self.walk {
+            Walk::Passive => return Ok(bytes.len()),
+            Walk::Data(n) | Walk::BlockTail(n) => {
+                let take = usize::try_from(n).map_or(bytes.len(), |n| n.min(bytes.len()));
+                let left = n - take as u64;
+                self.walk = match (self.walk, left) {
+                    (Walk::Data(_), 0) => Walk::Control,
+                    (Walk::Data(_), _) => Walk::Data(left),
+                    (_, 0) => Walk::BlockStart,
+                    _ => Walk::BlockTail(left),
+                };
+                return Ok(take);
             }
-            let mut chunk = self.outputs.take(STREAM_CHUNK);
-            chunk.resize(STREAM_CHUNK, 0);
-            let n = read_full(&mut decoder, &mut chunk)?;
-            chunk.truncate(n);
-            if n > 0 {
-                self.items
-                    .send(Item::Data(chunk))
-                    .map_err(|_| Stop::Cancelled)?;
+            Walk::StreamHeader | Walk::Footer => {
+                let (take, done) = collect(&mut self.acc, 12);
+                if done {
+                    self.walk = if self.walk == Walk::StreamHeader {
+                        self.stream_header()
+                    } else {
+                        self.footer()?
+                    };
+                    self.acc.clear();
+                }
+                return Ok(take);
             }
-            if n < STREAM_CHUNK {
-                return Ok(());
+            Walk::BlockHeader(need) | Walk::ChunkHeader(need) => {
+                let (take, done) = collect(&mut self.acc, need);
+                if done {
+                    if matches!(self.walk, Walk::BlockHeader(_)) {
+                        self.block_header()?;
+                    } else {
+                        self.chunk_header()?;
+                    }
+                    self.acc.clear();
+                }
+                return Ok(take);
+            }
+            Walk::BlockStart => {
+                self.block = BlockWalk {
+                    at: self.pos,
+                    ..BlockWalk::default()
+                };
+                if byte == 0 {
+                    self.index_len = 1;
+                    self.varint.clear();
+                    self.walk = Walk::IndexCount;
+                } else {
+                    self.acc.clear();
+                    self.acc.push(byte);
+                    self.walk = Walk::BlockHeader((usize::from(byte) + 1) * 4);
+                }
+            }
+            Walk::Control => {
+                self.block.packed += 1;
+                match byte {
+                    0x00 => self.end_of_block()?,
+                    0x01 | 0x02 => {
+                        self.acc = vec![byte];
+                        self.walk = Walk::ChunkHeader(3);
+                    }
+                    0x80..=0xFF => {
+                        self.acc = vec![byte];
+                        self.walk = Walk::ChunkHeader(if byte >= 0xC0 { 6 } else { 5 });
+                    }
+                    _ => {
+                        return Err(
+                            self.corrupt(format!("reserved LZMA2 control byte {byte:#04x}"))
+                        );
+                    }
+                }
+            }
+            Walk::IndexCount | Walk::IndexRecords(_) => {
+                self.index_len += 1;
+                self.varint.push(byte);
+                if byte & 0x80 == 0 || self.varint.len() >= 9 {
+                    let value = varint(&mut &self.varint[..]);
+                    self.varint.clear();
+                    let left = match (self.walk, value) {
+                        (Walk::IndexCount, Some(count)) => count.saturating_mul(2),
+                        (Walk::IndexRecords(left), Some(_)) => left - 1,
+                        _ => {
+                            self.walk = Walk::Passive;
+                            return Ok(1);
+                        }
+                    };
+                    self.walk = if left == 0 {
+                        Walk::IndexPadding
+                    } else {
+                        Walk::IndexRecords(left)
+                    };
+                }
+            }
+            Walk::IndexPadding => {
+                if self.index_len % 4 == 0 {
+                    self.walk = Walk::IndexCrc(4);
+                    return Ok(0);
+                }
+                self.index_len += 1;
+            }
+            Walk::IndexCrc(left) => {
+                self.index_len += 1;
+                self.walk = if left == 1 {
+                    Walk::Footer
+                } else {
+                    Walk::IndexCrc(left - 1)
+                };
+            }
+            Walk::AfterStream => {
+                let (take, done) = collect(&mut self.acc, 4);
+                if done {
+                    if self.acc == STREAM_MAGIC[..4] {
+                        self.walk = Walk::StreamHeader;
+                        return Ok(take);
+                    }
+                    self.walk = if self.acc == [0; 4] {
+                        Walk::AfterStream
+                    } else {
+                        Walk::Passive
+                    };
+                    self.acc.clear();
+                }
+                return Ok(take);
             }
         }
+        Ok(1)
+    }
+
+    fn corrupt(&self, what: impl std::fmt::Display) -> io::Error {
+        corrupt(self.block.at, what)
+    }
+
+    fn stream_header(&mut self) -> Walk {
+        if self.acc[..6] != STREAM_MAGIC {
+            return Walk::Passive;
+        }
+        self.check = check_len(self.acc[7] & 0x0F);
+        Walk::BlockStart
+    }
+
+    fn block_header(&mut self) -> io::Result<()> {
+        let header =
+            parse_block_header(&self.acc, self.check).map_err(|e| e.into_io(self.block.at))?;
+        self.block.header_len = self.acc.len() as u64;
+        self.block.compressed = header.compressed;
+        self.block.uncompressed = header.uncompressed;
+        self.walk = Walk::Control;
+        Ok(())
+    }
+
+    /// An LZMA2 chunk header, control byte included (§5.3.1; `lzma2_decoder.c`).
+    fn chunk_header(&mut self) -> io::Result<()> {
+        let h = &self.acc;
+        let (unpacked, packed) = if h[0] < 0x80 {
+            let size = u64::from(u16::from_be_bytes([h[1], h[2]])) + 1;
+            (size, size)
+        } else {
+            let high = u64::from(h[0] & 0x1F) << 16;
+            let unpacked = high + u64::from(u16::from_be_bytes([h[1], h[2]])) + 1;
+            (unpacked, u64::from(u16::from_be_bytes([h[3], h[4]])) + 1)
+        };
+        self.block.packed += h.len() as u64 - 1 + packed;
+        self.block.unpacked += unpacked;
+        if let Some(declared) = self.block.compressed {
+            if self.block.packed > declared {
+                return Err(self.corrupt(format!(
+                    "LZMA2 data runs past the compressed size of {declared} bytes in the block header"
+                )));
+            }
+        }
+        self.walk = Walk::Data(packed);
+        Ok(())
+    }
+
+    fn end_of_block(&mut self) -> io::Result<()> {
+        let block = &self.block;
+        if block.compressed.is_some_and(|c| c != block.packed) {
+            return Err(self.corrupt(format!(
+                "block holds {} compressed bytes, its header says {}",
+                block.packed,
+                block.compressed.unwrap_or(0)
+            )));
+        }
+        if block.uncompressed.is_some_and(|u| u != block.unpacked) {
+            return Err(self.corrupt(format!(
+                "block holds {} uncompressed bytes, its header says {}",
+                block.unpacked,
+                block.uncompressed.unwrap_or(0)
+            )));
+        }
+        self.walk = Walk::BlockTail(pad4(block.packed) + self.check);
+        Ok(())
+    }
+
+    fn footer(&mut self) -> io::Result<Walk> {
+        let backward = u32::from_le_bytes([self.acc[4], self.acc[5], self.acc[6], self.acc[7]]);
+        let said = (u64::from(backward) + 1) * 4;
+        if said != self.index_len {
+            return Err(self.corrupt(format!(
+                "stream footer: Backward Size says the index is {said} bytes, it is {}",
+                self.index_len
+            )));
+        }
+        Ok(Walk::AfterStream)
+    }
+}
+
+impl<R: Read> Read for StructureGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((kind, message)) = &self.failed {
+            return Err(io::Error::new(*kind, message.clone()));
+        }
+        let n = self.inner.read(buf)?;
+        let mut walked = 0;
+        while walked < n {
+            match self.step(&buf[walked..n]) {
+                Ok(step) => {
+                    walked += step;
+                    self.pos += step as u64;
+                }
+                Err(e) => {
+                    self.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -588,6 +1039,16 @@ fn check_stream_header(header: &[u8; 12], at: u64) -> io::Result<()> {
     }
     if header[6] != 0 || header[7] & 0xF0 != 0 {
         return Err(corrupt(at, "unsupported stream flags"));
+    }
+    // None, CRC32, CRC64, SHA-256 (§2.1.1.2); the other IDs are reserved.
+    // `xz -dc` decodes such a file without verifying it and exits 2; an
+    // image that cannot be verified is not written.
+    let check = header[7] & 0x0F;
+    if !matches!(check, 0x00 | 0x01 | 0x04 | 0x0A) {
+        return Err(io::Error::new(
+            ErrorKind::Unsupported,
+            format!("xz stream at input byte {at}: check type {check:#x} is not supported"),
+        ));
     }
     Ok(())
 }
@@ -702,6 +1163,191 @@ mod tests {
         let mut out = Vec::new();
         ParallelXzDecoder::new(Cursor::new(input), threads).read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// A file of xz's own test suite (tests/conformance/xz, see its README).
+    fn corpus(name: &str) -> Vec<u8> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/xz/");
+        std::fs::read(format!("{dir}{name}")).unwrap()
+    }
+
+    /// Both ways the pipeline decodes xz: one worker and several.
+    fn decode_both(name: &str) -> [io::Result<Vec<u8>>; 2] {
+        [decode(corpus(name), 1), decode(corpus(name), 4)]
+    }
+
+    #[test]
+    fn a_compressed_size_past_2_pow_63_is_refused_before_decoding() {
+        // Accepted before: the header was not checked when the file fell
+        // back to the sequential decoder, which ignores the sizes.
+        for result in decode_both("bad-1-block_header-4.xz") {
+            let err = result.unwrap_err().to_string();
+            assert_eq!(
+                err,
+                "corrupt xz stream at input byte 12: block header: compressed size \
+                 9223372036854775807 is outside 1..=9223372036854775780"
+            );
+        }
+        for name in [
+            "bad-1-block_header-5.xz",
+            "bad-1-vli-1.xz",
+            "bad-1-vli-2.xz",
+            "bad-0-backward_size.xz",
+        ] {
+            for result in decode_both(name) {
+                assert!(result.is_err(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_filter_chain_xz_decodes_by_default_decodes() {
+        // Three delta filters failed before: "multiple non-LZMA2 filters
+        // not supported yet for stream API".
+        let hello = b"Hello\nWorld!\n";
+        for result in decode_both("good-1-3delta-lzma2.xz") {
+            assert_eq!(result.unwrap().len(), 457);
+        }
+        for name in ["good-1-arm64-lzma2-1.xz", "good-1-arm64-lzma2-2.xz"] {
+            for result in decode_both(name) {
+                assert_eq!(result.unwrap().len(), 8576, "{name}");
+            }
+        }
+        for result in decode_both("good-1-empty-bcj-lzma2.xz") {
+            assert_eq!(result.unwrap(), b"");
+        }
+        for result in decode_both("good-1-block_header-1.xz") {
+            assert_eq!(result.unwrap(), hello);
+        }
+    }
+
+    #[test]
+    fn unsupported_headers_say_what_is_unsupported() {
+        let table = [
+            (
+                "unsupported-block_header.xz",
+                "xz block header at input byte 12: non-zero header padding (a newer header \
+                 field) is not supported",
+            ),
+            (
+                "unsupported-filter_flags-1.xz",
+                "xz block header at input byte 12: filter ID 0x7f is not supported",
+            ),
+            (
+                "unsupported-filter_flags-2.xz",
+                "xz block header at input byte 12: a filter chain with delta last (only \
+                 LZMA2, and only last) is not supported",
+            ),
+            (
+                "unsupported-check.xz",
+                "xz stream at input byte 0: check type 0x2 is not supported",
+            ),
+        ];
+        for (name, want) in table {
+            for result in decode_both(name) {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Unsupported, "{name}");
+                assert_eq!(err.to_string(), want, "{name}");
+            }
+        }
+    }
+
+    /// The sequential path (a first block without sizes, as plain `xz`
+    /// writes) checked only the first block header of the file, and never
+    /// a footer's Backward Size: these were accepted before.
+    #[test]
+    fn the_sequential_path_checks_every_header_and_footer() {
+        let mut concatenated = corpus("good-1-check-crc32.xz");
+        concatenated.extend(corpus("bad-1-block_header-4.xz"));
+        for threads in [1, 4] {
+            let err = decode(concatenated.clone(), threads)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("block header: compressed size 9223372036854775807"),
+                "{err}"
+            );
+        }
+        let data = payload(300_000);
+        let mut single = xz_cli(&["-c", "-1", "-T1"], &data);
+        for threads in [1, 4] {
+            assert_eq!(decode(single.clone(), threads).unwrap(), data);
+        }
+        // Backward Size one word too large, with the footer's CRC32 redone.
+        let footer = single.len() - 12;
+        let backward = u32::from_le_bytes(single[footer + 4..footer + 8].try_into().unwrap());
+        single[footer + 4..footer + 8].copy_from_slice(&(backward + 1).to_le_bytes());
+        let crc = crc32fast::hash(&single[footer + 4..footer + 10]);
+        single[footer..footer + 4].copy_from_slice(&crc.to_le_bytes());
+        for threads in [1, 4] {
+            let err = decode(single.clone(), threads).unwrap_err().to_string();
+            assert!(err.contains("Backward Size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn block_header_parser_checks_every_field() {
+        fn header(body: &[u8]) -> Vec<u8> {
+            let mut h = body.to_vec();
+            h.resize((h.len() + 4).div_ceil(4) * 4 - 4, 0);
+            h[0] = u8::try_from((h.len() + 4) / 4 - 1).unwrap();
+            let crc = crc32fast::hash(&h);
+            h.extend_from_slice(&crc.to_le_bytes());
+            h
+        }
+        // Sizes 100 and 200, then LZMA2 with an 8 MiB dictionary.
+        let good = header(&[0, 0xC0, 100, 0xC8, 0x01, 0x21, 1, 22]);
+        assert_eq!(
+            parse_block_header(&good, 4),
+            Ok(BlockHeader {
+                compressed: Some(100),
+                uncompressed: Some(200),
+                pre_filters: 0
+            })
+        );
+        let delta_x86 = header(&[0, 0x02, 0x03, 1, 0, 0x04, 0, 0x21, 1, 22]);
+        assert_eq!(parse_block_header(&delta_x86, 4).unwrap().pre_filters, 2);
+        let corrupt = |body: &[u8]| {
+            matches!(
+                parse_block_header(&header(body), 4),
+                Err(HeaderError::Corrupt(_))
+            )
+        };
+        let unsupported = |body: &[u8]| {
+            matches!(
+                parse_block_header(&header(body), 4),
+                Err(HeaderError::Unsupported(_))
+            )
+        };
+        assert!(corrupt(&[0, 0x40, 0, 0x21, 1, 22]), "compressed size 0");
+        assert!(
+            corrupt(&[0, 0x80, 0x80, 0x00, 0x21, 1, 22]),
+            "overlong integer"
+        );
+        assert!(
+            corrupt(&[0, 0x03, 0x03, 1, 0, 0x03, 1, 0]),
+            "four filters, two present"
+        );
+        assert!(corrupt(&[0, 0x00, 0x21, 9]), "properties past the end");
+        assert!(unsupported(&[0, 0x04, 0x21, 1, 22]), "reserved flag");
+        assert!(
+            unsupported(&[0, 0x00, 0x21, 1, 41]),
+            "dictionary over 4 GiB"
+        );
+        assert!(
+            unsupported(&[0, 0x01, 0x03, 2, 0, 0, 0x21, 1, 22]),
+            "delta with 2 property bytes"
+        );
+        assert!(
+            unsupported(&[0, 0x00, 0x21, 1, 22, 0, 7]),
+            "non-zero padding"
+        );
+        let mut bad_crc = good.clone();
+        bad_crc[2] ^= 1;
+        assert!(matches!(
+            parse_block_header(&bad_crc, 4),
+            Err(HeaderError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -828,9 +1474,10 @@ mod tests {
             err.to_string(),
             "corrupt xz stream at input byte 0: not an xz stream"
         );
+        // Empty input is a truncated stream, as in the sequential decoder.
         assert_eq!(
             decode(Vec::new(), 2).unwrap_err().kind(),
-            ErrorKind::InvalidData
+            ErrorKind::UnexpectedEof
         );
     }
 

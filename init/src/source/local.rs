@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::disk::mount::{self as disk_mount, Access, mount_plan};
 use crate::disk::probe::{self, FsInfo, PROBE_LEN};
 
 /// Where source filesystems are mounted, one directory per device.
@@ -212,33 +213,6 @@ pub trait LocalDevices {
     fn wait_for_more(&mut self) -> bool;
 }
 
-/// What mounting `fs` takes: the type, the modules, the mount options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountPlan {
-    pub fstype: &'static str,
-    pub modules: Vec<&'static str>,
-    pub data: Option<&'static str>,
-}
-
-pub fn mount_plan(fs: &FsInfo) -> MountPlan {
-    match fs.mount_type() {
-        // FAT needs its code page and I/O charset as NLS modules, which the
-        // kernel would ask modprobe for (there is none in the initramfs).
-        // Debian's default charset is ascii, which mangles non-ASCII names;
-        // utf8 is right for file names typed on a command line.
-        "vfat" => MountPlan {
-            fstype: "vfat",
-            modules: vec!["vfat", "nls_cp437", "nls_utf8"],
-            data: Some("iocharset=utf8"),
-        },
-        fstype => MountPlan {
-            fstype,
-            modules: vec![fs.kernel_module()],
-            data: None,
-        },
-    }
-}
-
 /// A device and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probed {
@@ -403,31 +377,10 @@ impl SystemDevices {
         SystemDevices {
             sys_class_block: PathBuf::from("/sys/class/block"),
             dev: PathBuf::from("/dev"),
-            module_dir: Path::new("/lib/modules").join(crate::sys::kmod::kernel_release()),
+            module_dir: disk_mount::module_dir(),
             deadline: Instant::now() + wait,
         }
     }
-}
-
-/// Whether `path` is the root of a mount: its device differs from its
-/// parent's. (`mount(2)` says EBUSY both for "already mounted here" and
-/// for "mounted read-write elsewhere", and `sys::mount` takes EBUSY as
-/// done, so the result is checked rather than trusted.)
-fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    match (std::fs::metadata(path), std::fs::metadata(parent)) {
-        (Ok(here), Ok(above)) => here.dev() != above.dev(),
-        _ => false,
-    }
-}
-
-/// `/proc/filesystems` lists what the kernel can mount now (built in or
-/// loaded): `nodev\tproc` and `\text4` lines.
-fn kernel_has_filesystem(filesystems: &str, fstype: &str) -> bool {
-    filesystems
-        .lines()
-        .any(|line| line.split_whitespace().last() == Some(fstype))
 }
 
 impl LocalDevices for SystemDevices {
@@ -475,28 +428,7 @@ impl LocalDevices for SystemDevices {
     }
 
     fn load_fs_modules(&mut self, fstype: &str, modules: &[&str]) -> Result<()> {
-        let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-        let load = || -> Result<()> {
-            let index = crate::modules::ModuleIndex::load(&self.module_dir)?;
-            for entry in index.closure(modules)? {
-                // As in coldplug: one alternative failing (crc32c_intel on a
-                // CPU without SSE4.2, next to crc32c_generic) is not fatal;
-                // if something needed is missing, the mount says so.
-                if let Err(e) = crate::sys::kmod::load_module(&self.module_dir.join(&entry.path)) {
-                    log::warn!("{e:#}");
-                }
-            }
-            Ok(())
-        };
-        match load() {
-            // On a host (the CLI) the kernel may have it already, and
-            // modprobe for anything else; no index there is no problem.
-            Err(e) if kernel_has_filesystem(&filesystems, fstype) => {
-                log::debug!("{e:#}");
-                Ok(())
-            }
-            result => result,
-        }
+        disk_mount::load_fs_modules(&self.module_dir, fstype, modules)
     }
 
     fn mount_read_only(
@@ -506,18 +438,8 @@ impl LocalDevices for SystemDevices {
         data: Option<&str>,
         mount_point: &Path,
     ) -> Result<()> {
-        use rustix::mount::MountFlags;
-        if is_mount_point(mount_point) {
-            return Ok(());
-        }
         let source = self.dev.join(device.name.replace('!', "/"));
-        let flags =
-            MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
-        crate::sys::mount::mount(&source.to_string_lossy(), mount_point, fstype, flags, data)?;
-        if !is_mount_point(mount_point) {
-            bail!("the device is busy (mounted read-write elsewhere?)");
-        }
-        Ok(())
+        disk_mount::mount_device(&source, mount_point, fstype, data, Access::ReadOnly)
     }
 
     fn wait_for_more(&mut self) -> bool {
@@ -914,33 +836,5 @@ mod tests {
             Some("IMAGES")
         );
         assert!(!system.wait_for_more(), "the deadline has passed");
-    }
-
-    #[test]
-    fn mount_plans_name_module_and_options() {
-        let fs = |fstype| FsInfo {
-            fstype,
-            uuid: None,
-            label: None,
-        };
-        assert_eq!(
-            mount_plan(&fs("ext2")),
-            MountPlan {
-                fstype: "ext4",
-                modules: vec!["ext4"],
-                data: None
-            }
-        );
-        assert_eq!(mount_plan(&fs("iso9660")).modules, ["isofs"]);
-        assert_eq!(mount_plan(&fs("xfs")).fstype, "xfs");
-    }
-
-    #[test]
-    fn proc_filesystems_says_what_needs_no_module() {
-        let filesystems = "nodev\tsysfs\nnodev\ttmpfs\n\text4\n\tvfat\nnodev\tfuseblk\n";
-        assert!(kernel_has_filesystem(filesystems, "ext4"));
-        assert!(kernel_has_filesystem(filesystems, "tmpfs"));
-        assert!(!kernel_has_filesystem(filesystems, "xfs"));
-        assert!(!kernel_has_filesystem(filesystems, "fuse"));
     }
 }

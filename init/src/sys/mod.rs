@@ -5,3 +5,4 @@ pub mod kmod;
 pub mod mount;
 pub mod net;
 pub mod power;
+pub mod tty;

@@ -40,3 +40,25 @@ pub fn unmount(target: &Path) -> Result<()> {
         .map_err(std::io::Error::from)
         .with_context(|| format!("unmounting {}", target.display()))
 }
+
+/// Changes the flags of the filesystem mounted on `target` (`MS_REMOUNT`):
+/// a read-only mount becomes read-write in place, as an init system
+/// remounts `/` once it has checked it.
+pub fn remount(target: &Path, flags: MountFlags, data: Option<&str>) -> Result<()> {
+    rustix::mount::mount_remount(target, flags, data.unwrap_or(""))
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("remounting {}", target.display()))
+}
+
+/// Whether `path` is the root of a mount: its device differs from its
+/// parent's. (`mount(2)` says EBUSY both for "already mounted here" and
+/// for "mounted read-write elsewhere", and [`mount`] takes EBUSY as done,
+/// so callers check the result rather than trust it.)
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(here), Ok(above)) => here.dev() != above.dev(),
+        _ => false,
+    }
+}

@@ -458,7 +458,11 @@ fn a_workflow_leaves_the_machine_not_runnable_until_an_agent_marks_it() {
     let shown = api(&drp, "GET", &machine_path, "").json();
     assert_eq!(
         (&shown["Runnable"], &shown["BootEnv"], &shown["Workflow"]),
-        (&json!(false), &json!("imprint"), &json!("imprint-image-deploy"))
+        (
+            &json!(false),
+            &json!("imprint"),
+            &json!("imprint-image-deploy")
+        )
     );
     let refused = create(&drp);
     assert_eq!(refused.status, 409);
@@ -566,4 +570,41 @@ fn the_api_can_be_https_with_a_fresh_self_signed_certificate() {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     assert!(!raw.starts_with(b"HTTP/1.1 "), "{raw:?}");
+}
+
+/// `drpcli machines set UUID param image-deploy/image-type to '"dd-zst"'`
+/// with image-deploy installed: refused, the machine unchanged
+/// (drp/params.rs cites the sources).
+#[test]
+fn a_value_outside_a_defined_params_enum_is_refused() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.add_machine(MACHINE);
+    drp.define_params(&params::image_deploy_params());
+    let path = format!("/api/v3/machines/{MACHINE}/params/image-deploy/image-type");
+    let refused = api(&drp, "POST", &path, "\"dd-zst\"");
+    assert_eq!(refused.status, 409);
+    let body = refused.json();
+    assert_eq!(body["Model"], "machines");
+    assert_eq!(body["Key"], MACHINE);
+    assert_eq!(body["Type"], "POST");
+    let message = body["Messages"][0].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "Key 'image-deploy/image-type': invalid val 'dd-zst': (root): (root) must be one of the following: \"tgz\", \"dd-tgz\""
+        ),
+        "{message}"
+    );
+    assert_eq!(drp.machine_param(MACHINE, "image-deploy/image-type"), None);
+    // A listed value, a wrong type, and a param nobody defined.
+    assert_eq!(api(&drp, "POST", &path, "\"dd-raw\"").status, 200);
+    let typed = api(&drp, "POST", &path, "3");
+    assert_eq!(typed.status, 409);
+    assert!(
+        typed.json()["Messages"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("invalid val '3': (root): Invalid type. Expected: string")
+    );
+    let free = format!("/api/v3/machines/{MACHINE}/params/imprint/format");
+    assert_eq!(api(&drp, "POST", &free, "\"dd-zst\"").status, 200);
 }
