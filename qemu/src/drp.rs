@@ -433,6 +433,29 @@ impl DrpStandIn {
         self.shared.lock().logs.get(id).cloned().unwrap_or_default()
     }
 
+    /// What `drpcli machines set UUID param KEY to VALUE` does: `value` is
+    /// checked against the param's schema when one was defined
+    /// ([`define_params`](Self::define_params)), then set. The error is
+    /// DRP's message. Registers the machine.
+    pub fn set_machine_param(&self, uuid: &str, key: &str, value: &Value) -> Result<(), String> {
+        self.add_machine(uuid);
+        let mut state = self.shared.lock();
+        let answer = machine_params(
+            &mut state,
+            "POST",
+            uuid,
+            Some(key),
+            value.to_string().as_bytes(),
+        );
+        match answer.status {
+            200 => Ok(()),
+            _ => Err(answer
+                .body
+                .map(|body| body["Messages"].to_string())
+                .unwrap_or_default()),
+        }
+    }
+
     /// The value of the machine's param `key`, when set.
     pub fn machine_param(&self, uuid: &str, key: &str) -> Option<Value> {
         self.shared

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use imprint_build::drp;
 use imprint_qemu::drp::DrpStandIn;
 use imprint_qemu::http::{FixtureServer, RequestRecord};
-use imprint_qemu::{Disk, Nic, Vm};
+use imprint_qemu::{Disk, DiskInterface, Nic, Vm};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -28,6 +28,10 @@ use crate::{Artifacts, filter, golden_image, sha256_hex};
 /// The `image-deploy/image-file` param: the golden image's path on the
 /// file server, which (like DRP's) keeps uploaded files under `files/`.
 pub const IMAGE_FILE: &str = "files/images/golden.raw.zst";
+/// The `image-deploy/install-disk` param, as the README sets it: the
+/// machine's disk is attached on AHCI ([`DrpLab::pxe_boot`]) so that it is
+/// `/dev/sda`.
+pub const INSTALL_DISK: &str = "/dev/sda";
 /// What `/files/drpcli.amd64.linux` holds: imprint's agent injection only
 /// copies it into the installed OS, so a marker is enough.
 pub const DRPCLI: &[u8] = b"#!/bin/sh\necho drpcli stand-in\n";
@@ -102,11 +106,12 @@ impl DrpLab {
     /// 1. writes the DRP content from `out/vmlinuz` and `out/initramfs.img`
     ///    (`imprint_build::drp::write_all`) and renders it for the machine,
     ///    with the guest's view of the stand-in as `ProvisionerURL`
-    ///    (the file server's port) and `ApiURL` (the API port), the classic
-    ///    image-deploy params (the golden image as `dd-zst` under `files/`,
-    ///    `/dev/vda`, the access key `key` named `ops`, cloud-init user-data,
-    ///    a serial console for imprint and, after `--`, for the installed OS)
-    ///    and `extra_params` on top;
+    ///    (the file server's port) and `ApiURL` (the API port), the params
+    ///    the README's `drpcli machines set` lines set (the golden image under
+    ///    `files/`, `imprint/format` `dd-zst`, `/dev/sda`, the access key
+    ///    `key` named `ops`; each checked against image-deploy's schemas),
+    ///    cloud-init user-data, a serial console for imprint and, after
+    ///    `--`, for the installed OS, and `extra_params` on top;
     /// 2. serves the kernel and initramfs at the URLs the rendered iPXE
     ///    script loads, the compressed image, a `drpcli` stand-in, and the
     ///    rendered `imprint.json` at `/machines/<uuid>/imprint.json`;
@@ -134,16 +139,27 @@ impl DrpLab {
         // DRP's ApiURL is the API's origin; clients add `/api/v3`.
         let api_url = drp.guest_url("");
 
-        let mut params = json!({
+        // The README's `drpcli machines set` lines, verbatim, checked by
+        // the stand-in against image-deploy's param schemas as DRP with
+        // RackN's image-deploy plugin installed checks them.
+        drp.define_params(&imprint_qemu::drp::params::image_deploy_params());
+        let readme = json!({
             "image-deploy/image-file": IMAGE_FILE,
-            "image-deploy/image-type": "dd-zst",
-            "image-deploy/install-disk": "/dev/vda",
+            "imprint/format": "dd-zst",
+            "image-deploy/install-disk": INSTALL_DISK,
             "access-keys": {"ops": key},
+        });
+        let mut params = json!({
             "cloud-init/user-data": "#cloud-config\nruncmd: [\"echo hello from drp\"]\n",
             "kernel-console": "console=ttyS0,115200",
             // imprint's own console; panic=-1 so a PID 1 panic ends the VM.
             "kernel-options": "console=ttyS0 panic=-1",
         });
+        for (name, value) in readme.as_object().into_iter().flatten() {
+            drp.set_machine_param(&machine.uuid, name, value)
+                .unwrap_or_else(|e| panic!("drpcli machines set … param {name}: {e}"));
+            params[name] = value.clone();
+        }
         for (name, value) in extra_params
             .as_object()
             .expect("extra params are an object")
@@ -295,7 +311,8 @@ impl DrpLab {
         Vm::builder()
             .nic(nic)
             .boot_from_network(self.tftp.path(), DEFAULT_IPXE)
-            .disk(Disk::new(disk))
+            // AHCI, so the disk is the README's `/dev/sda`.
+            .disk(Disk::new(disk).with_interface(DiskInterface::Ahci))
             .memory_mib(1024)
             .no_reboot(true)
             .console_log(artifacts.log_path(name))
