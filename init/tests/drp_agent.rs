@@ -155,11 +155,13 @@ fn happy_path_reports_like_an_agent() {
     let job_path = format!("/api/v3/jobs/{id}");
     let log_path = format!("{job_path}/log");
     let seen = summary(&calls);
-    let (first, rest) = seen.split_at(2);
+    let (first, rest) = seen.split_at(3);
     let (middle, last) = rest.split_at(rest.len() - 3);
     assert_eq!(
         first,
         [
+            // A runnable machine with no current job: nothing to fix first.
+            ("GET".into(), format!("/api/v3/machines/{MACHINE}"), 200),
             ("POST".into(), "/api/v3/jobs".into(), 201),
             ("PATCH".into(), job_path.clone(), 200),
         ]
@@ -186,16 +188,16 @@ fn happy_path_reports_like_an_agent() {
         ]
     );
     assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
-    assert_eq!(calls[0].json(), json!({"Machine": MACHINE}));
+    assert_eq!(calls[1].json(), json!({"Machine": MACHINE}));
     assert_eq!(
-        calls[1].json(),
+        calls[2].json(),
         json!([
             {"op": "test", "path": "/State", "value": "created"},
             {"op": "replace", "path": "/State", "value": "running"},
         ])
     );
     assert_eq!(calls[calls.len() - 3].json()[0]["value"], "running");
-    let puts = &calls[2..calls.len() - 3];
+    let puts = &calls[3..calls.len() - 3];
     assert!(
         puts.iter()
             .all(|c| c.content_type.as_deref() == Some("application/octet-stream"))
@@ -320,6 +322,7 @@ fn a_wrong_token_is_logged_once_per_request_and_never_retried() {
     assert_eq!(
         seen,
         [
+            ("GET".into(), format!("/api/v3/machines/{MACHINE}"), 401),
             ("POST".into(), "/api/v3/jobs".into(), 401),
             (
                 "POST".into(),
@@ -332,15 +335,19 @@ fn a_wrong_token_is_logged_once_per_request_and_never_retried() {
     let stats = reporter.stats();
     assert_eq!(
         (stats.job, stats.param_set, stats.failures),
-        (None, false, 2)
+        (None, false, 3)
     );
     assert_eq!(stats.lines_dropped, 1);
     let endpoint = format!("127.0.0.1:{}", drp.port());
     let warnings = logged(&endpoint);
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(
-        warnings[0].starts_with("WARN DRP: creating a job: POST http://127.0.0.1:")
-            && warnings[0].contains("/api/v3/jobs: HTTP 401 Unauthorized: Unauthorized"),
+        warnings[0].starts_with("WARN DRP: reading the machine: GET http://127.0.0.1:"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("WARN DRP: creating a job: POST http://127.0.0.1:")
+            && warnings[1].contains("/api/v3/jobs: HTTP 401 Unauthorized: Unauthorized"),
         "{warnings:?}"
     );
     assert_token_never_logged(wrong);
@@ -406,6 +413,7 @@ fn no_task_to_run_means_no_job_but_the_param_is_set() {
     assert_eq!(
         seen,
         [
+            ("GET".into(), format!("/api/v3/machines/{MACHINE}"), 200),
             ("POST".into(), "/api/v3/jobs".into(), 204),
             (
                 "POST".into(),
@@ -438,7 +446,7 @@ fn server_errors_are_retried_until_they_pass() {
     reporter.finish(ok_result());
     assert!(reporter.flush(Duration::from_secs(20)));
     let statuses: Vec<u16> = drp.calls().iter().map(|call| call.status).collect();
-    assert_eq!(statuses, [503, 503, 201, 200, 200, 429, 200, 204]);
+    assert_eq!(statuses, [200, 503, 503, 201, 200, 200, 429, 200, 204]);
     assert_eq!(drp.jobs()[0]["State"], "finished");
     let stats = reporter.stats();
     assert!(stats.param_set);
@@ -498,14 +506,58 @@ fn an_unreachable_endpoint_never_blocks() {
         "one warning for the whole streak: {lines:?}"
     );
     assert!(
-        lines[0].starts_with("WARN DRP: creating a job: POST"),
+        lines[0].starts_with("WARN DRP: reading the machine: GET"),
         "{lines:?}"
     );
     assert_token_never_logged(token);
 }
 
+/// Issue 13, item 4: DRP's API is HTTPS with a certificate it generated
+/// for itself, self-signed, for an IP address. imprint reaches it as drpcli
+/// does (not verified, said once), the token never shows, and downloads
+/// still verify. Before the fix the API was verified against the Mozilla
+/// roots and the deploy had no job at all.
 #[test]
-fn https_uses_the_sources_trust() {
+fn a_self_signed_api_is_reached_like_drpcli_and_downloads_stay_strict() {
+    let drp = DrpStandIn::start_self_signed().unwrap();
+    drp.add_machine(MACHINE);
+    let token = drp.token();
+    for _ in 0..2 {
+        let reporter = start_reporter(&drp.url(""), &token, &SourceOptions::default(), fast());
+        reporter.log_line("IMPRINT-RESULT: ok".into());
+        reporter.finish(ok_result());
+        assert!(reporter.flush(Duration::from_secs(20)));
+        assert_eq!(reporter.stats().failures, 0);
+    }
+    assert_eq!(drp.jobs()[0]["State"], "finished");
+    let said = logged("certificate not verified, as drpcli does");
+    assert_eq!(said.len(), 1, "once per process: {said:?}");
+    assert!(
+        said[0].starts_with("WARN DRP API https://127.0.0.1:"),
+        "{said:?}"
+    );
+
+    // An image server with a certificate nobody trusts (the same one) is
+    // still refused.
+    drp.add_file("images/golden.raw", vec![0u8; 512]);
+    let refused = imprint::source::open(
+        &drp.url("/files/images/golden.raw"),
+        &SourceOptions::default(),
+    )
+    .err()
+    .map(|error| format!("{error:#}"))
+    .unwrap_or_default();
+    assert!(
+        refused.contains("invalid certificate: UnknownIssuer; pass the CA with imprint.ca="),
+        "{refused}"
+    );
+    assert_token_never_logged(&token);
+}
+
+/// With `imprint.ca=`, the API is verified against that CA like everything
+/// else, and a certificate it did not sign is a final failure.
+#[test]
+fn https_with_imprint_ca_verifies_the_api() {
     let ca = imprint_qemu::http::TestCa::new("drp test CA").unwrap();
     let cert = ca.issue_for_fixture().unwrap();
     let drp = DrpStandIn::start_tls(&cert.chain_pem, &cert.key_pem).unwrap();
@@ -522,22 +574,168 @@ fn https_uses_the_sources_trust() {
     assert!(reporter.flush(Duration::from_secs(20)));
     assert_eq!(drp.jobs()[0]["State"], "finished");
 
-    // Without the CA: a certificate failure is final, not retried.
-    let untrusted = start_reporter(
+    // The API's own self-signed certificate is not signed by that CA.
+    let other = DrpStandIn::start_self_signed().unwrap();
+    other.add_machine(MACHINE);
+    let untrusted = start_reporter(&other.url(""), &other.token(), &trusted, fast());
+    untrusted.finish(ok_result());
+    assert!(untrusted.flush(Duration::from_secs(20)));
+    let stats = untrusted.stats();
+    assert_eq!(stats.job, None);
+    assert!(other.jobs().is_empty());
+    let ca_name = ca_path.display().to_string();
+    let lines = logged(&format!(
+        "invalid certificate: UnknownIssuer; not signed by {ca_name}"
+    ));
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(&format!("127.0.0.1:{}", other.port()))),
+        "{lines:?}"
+    );
+    assert!(
+        other.calls().is_empty(),
+        "no request got through: {:?}",
+        other.calls()
+    );
+}
+
+/// The stand-in's calls from `start` on, `(method, path, status)`, with the
+/// job ids replaced by their index in `drp.jobs()` (`JOB0`, `JOB1`, …) and
+/// the machine's UUID by `M`.
+fn named_calls(drp: &DrpStandIn, calls: &[ApiCall]) -> Vec<String> {
+    let ids: Vec<String> = drp
+        .jobs()
+        .iter()
+        .map(|job| job["Uuid"].as_str().unwrap().to_owned())
+        .collect();
+    summary(calls)
+        .into_iter()
+        .map(|(method, mut path, status)| {
+            for (index, id) in ids.iter().enumerate() {
+                path = path.replace(id, &format!("JOB{index}"));
+            }
+            format!("{method} {} {status}", path.replace(MACHINE, "M"))
+        })
+        .collect()
+}
+
+/// Issue 13, items 1 and 2: a machine put in the imprint workflow (a
+/// BootEnv change: not runnable) after a power loss mid-deploy (its job
+/// still `running`). Like `drpcli agent` (`init()` and `Run()` in
+/// agent/agent.go), imprint fails the stale job, marks the machine runnable
+/// with the JSON patch drpcli's `PatchTo` sends, and then gets its job.
+/// Before the fix, `POST /jobs` got 409 and the deploy had no job, and the
+/// workflow never moved on.
+#[test]
+fn a_stale_job_and_a_not_runnable_machine_are_dealt_with_like_drpcli_agent() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.assign_imprint_workflow(MACHINE);
+    let stale = drp.add_stale_job(MACHINE, "running");
+    assert_eq!(drp.machine_runnable(MACHINE), Some(false));
+    let token = drp.token();
+    let reporter = start_reporter(&drp.url(""), &token, &SourceOptions::default(), fast());
+    reporter.log_line("progress".into());
+    reporter.log_line("IMPRINT-RESULT: ok".into());
+    reporter.finish(ok_result());
+    assert!(reporter.flush(Duration::from_secs(20)));
+
+    let jobs = drp.jobs();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[0]["Uuid"], json!(stale));
+    assert_eq!(jobs[0]["State"], "failed");
+    assert_eq!(
+        (&jobs[1]["State"], &jobs[1]["ExitState"], &jobs[1]["Task"]),
+        (
+            &json!("finished"),
+            &json!("complete"),
+            &json!("imprint-deploy")
+        )
+    );
+    let id = jobs[1]["Uuid"].as_str().unwrap();
+    assert_eq!(
+        String::from_utf8(drp.job_log(id)).unwrap(),
+        "progress\nIMPRINT-RESULT: ok\n"
+    );
+    assert_eq!(drp.machine_stage(MACHINE).as_deref(), Some("complete"));
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
+    assert!(drp.machine_param(MACHINE, LAST_DEPLOY_PARAM).is_some());
+
+    let calls = drp.calls();
+    let named = named_calls(&drp, &calls);
+    assert_eq!(
+        named[..6],
+        [
+            "GET /api/v3/machines/M 200",
+            "GET /api/v3/jobs/JOB0 200",
+            "PATCH /api/v3/jobs/JOB0 200",
+            "GET /api/v3/machines/M 200",
+            "PATCH /api/v3/machines/M 200",
+            "POST /api/v3/jobs 201",
+        ],
+        "{named:#?}"
+    );
+    assert_eq!(
+        calls[2].json(),
+        json!([
+            {"op": "test", "path": "/State", "value": "running"},
+            {"op": "replace", "path": "/State", "value": "failed"},
+        ])
+    );
+    assert_eq!(
+        calls[4].json(),
+        json!([
+            {"op": "test", "path": "/Runnable", "value": false},
+            {"op": "replace", "path": "/Runnable", "value": true},
+        ])
+    );
+    assert_eq!(named.last().unwrap(), "POST /api/v3/jobs 204");
+    assert_eq!(logged(&format!("job {stale}")).len(), 1, "said once");
+    assert_token_never_logged(&token);
+}
+
+/// Issue 13, item 3: `on-failure=retry:2`, the first run failing. The
+/// failed job leaves the machine not runnable; the second run marks it
+/// runnable again (as drpcli agent does whenever it starts), gets a job for
+/// the same task, finishes it, and the workflow moves on. Before the fix the
+/// second run's `POST /jobs` got 409, so no job was finished and the
+/// workflow never advanced.
+#[test]
+fn a_retry_after_a_failed_run_gets_its_own_job_and_advances_the_workflow() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.assign_imprint_workflow(MACHINE);
+    let reporter = start_reporter(
         &drp.url(""),
         &drp.token(),
         &SourceOptions::default(),
         fast(),
     );
-    assert!(untrusted.flush(Duration::from_secs(20)));
-    let stats = untrusted.stats();
-    assert_eq!((stats.job, stats.failures), (None, 1));
-    let lines = logged("invalid certificate: UnknownIssuer; pass the CA with imprint.ca=");
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.contains(&format!("127.0.0.1:{}", drp.port()))),
-        "{lines:?}"
+    reporter.log_line("IMPRINT-RESULT: error 1".into());
+    let mut failed = ok_result();
+    failed.error = Some("GET http://files/golden.raw.zst: HTTP 404".into());
+    reporter.finish(failed);
+    assert!(reporter.flush(Duration::from_secs(20)));
+    assert_eq!(drp.machine_runnable(MACHINE), Some(false));
+    reporter.log_line("IMPRINT-RESULT: ok".into());
+    reporter.finish(ok_result());
+    assert!(reporter.flush(Duration::from_secs(20)));
+
+    let states: Vec<(Value, Value)> = drp
+        .jobs()
+        .iter()
+        .map(|job| (job["State"].clone(), job["Task"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (json!("failed"), json!("imprint-deploy")),
+            (json!("finished"), json!("imprint-deploy")),
+        ]
     );
-    assert_eq!(drp.jobs().len(), 1);
+    let second = drp.jobs()[1]["Uuid"].as_str().unwrap().to_owned();
+    assert_eq!(drp.job_log(&second), b"IMPRINT-RESULT: ok\n");
+    assert_eq!(drp.machine_stage(MACHINE).as_deref(), Some("complete"));
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
+    assert_eq!(reporter.stats().advanced, Some(None));
+    assert_eq!(reporter.stats().failures, 0);
 }

@@ -10,13 +10,20 @@
 //!   unauthenticated as on DRP's file server.
 //! - Everything under `/api/v3/` wants `Authorization: Bearer <token>`; anything
 //!   else gets `401` with DRP's error body `{"Type","Messages","Code","Key","Model"}`.
-//! - `POST /api/v3/jobs {"Machine":uuid}`: `201` with a new job (server-assigned
-//!   `Uuid`, `State: "created"`) for the next task of the machine's task list
-//!   (each task runs once, in order); `202` with the current job when that is
-//!   `incomplete` (it is run again); `204` and no body when the list is done,
-//!   which also moves the machine's BootEnv to `local`, as DRP's `complete`
-//!   stage at the end of a workflow does; `409` while its current job is `created` or
-//!   `running`; `422` for an unknown machine; `400` without `Machine`.
+//! - `POST /api/v3/jobs {"Machine":uuid}`: `409` "is not runnable" unless the
+//!   machine is `Runnable`; `409` "already has running or created job" while
+//!   its current job is `created` or `running`; `202` with the current job
+//!   when that is `incomplete` (it is run again); `201` with a new job
+//!   (server-assigned `Uuid`, `State: "created"`) for the next task of the
+//!   machine's task list after a `finished` job, for the same task after a
+//!   `failed` one; `204` and no body when the list is done, which also moves
+//!   the machine to stage `complete` and BootEnv `local`, as DRP's `complete`
+//!   stage at the end of a workflow does; `422` for an unknown machine; `400`
+//!   without `Machine`. The machine model and its sources are in
+//!   [`machine`](self::machine): a BootEnv change (setting a workflow) and a
+//!   failed job leave a machine not runnable.
+//! - `GET`/`PATCH /api/v3/machines/<uuid>`: the machine (`Runnable`,
+//!   `BootEnv`, `Stage`, `Workflow`, `CurrentJob`), patched like a job.
 //! - `GET`/`PATCH /api/v3/jobs/<id>`: the PATCH body is an RFC 6902 JSON Patch
 //!   (all six operations, by the json-patch crate), applied all or nothing: `409` when a
 //!   `test` fails (someone changed the job), `422` when an operation cannot be
@@ -28,6 +35,10 @@
 //!   `imprint/last-deploy`; the POST body is the JSON value). A value that
 //!   fails the schema of a param defined with [`DrpStandIn::define_params`]
 //!   is refused as DRP refuses it ([`params`]).
+//!
+//! [`DrpStandIn::start_self_signed`] serves it all over HTTPS with a
+//! certificate generated on the spot, self-signed, for IP addresses, as
+//! `dr-provision` does at install.
 //!
 //! Every request is recorded ([`DrpStandIn::calls`]) with whether its token was
 //! right, the status sent and the body, so tests assert on what an agent did.
@@ -42,10 +53,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use rustls::ServerConfig;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::http::{self, FixtureServer};
 use crate::listener::{self, Listener, Request, Response, Serve};
+use machine::Machine;
 
 /// The task a machine's jobs run unless [`DrpStandIn::set_task`] says otherwise.
 pub const DEFAULT_TASK: &str = "imprint-deploy";
@@ -72,16 +84,6 @@ impl ApiCall {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
-}
-
-#[derive(Default)]
-struct Machine {
-    /// The tasks still to run, in order; empty: nothing to do (`POST /jobs`
-    /// is 204 and the workflow is complete).
-    tasks: VecDeque<String>,
-    bootenv: String,
-    current_job: Option<String>,
-    params: Map<String, Value>,
 }
 
 #[derive(Default)]
@@ -114,6 +116,7 @@ impl Shared {
 pub struct DrpStandIn {
     listener: Listener,
     shared: Arc<Shared>,
+    certificate_pem: Option<String>,
 }
 
 impl std::fmt::Debug for DrpStandIn {
@@ -140,6 +143,24 @@ impl DrpStandIn {
         Self::start_with(Some(listener::server_config(cert_chain_pem, key_pem)?))
     }
 
+    /// Like [`start_tls`](Self::start_tls) with the certificate DRP makes
+    /// for itself at install (`server/cert.go` in `hartsock/provision`):
+    /// generated now, self-signed, not a CA, for IP addresses (127.0.0.1
+    /// for the host, 10.0.2.2 for a guest) and no DNS name, signed by no
+    /// CA any client trusts. Its PEM is [`certificate_pem`](Self::certificate_pem).
+    pub fn start_self_signed() -> Result<Self> {
+        let (cert_pem, key_pem) = self_signed_certificate(&["127.0.0.1", "10.0.2.2"])?;
+        let mut drp = Self::start_tls(&cert_pem, &key_pem)?;
+        drp.certificate_pem = Some(cert_pem);
+        Ok(drp)
+    }
+
+    /// The certificate of a [`start_self_signed`](Self::start_self_signed)
+    /// stand-in.
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.certificate_pem.as_deref()
+    }
+
     fn start_with(tls: Option<Arc<ServerConfig>>) -> Result<Self> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -157,7 +178,11 @@ impl DrpStandIn {
         });
         let server: Arc<dyn Serve> = Arc::clone(&shared) as Arc<dyn Serve>;
         let listener = Listener::start("drp", false, tls, server)?;
-        Ok(Self { listener, shared })
+        Ok(Self {
+            listener,
+            shared,
+            certificate_pem: None,
+        })
     }
 
     /// Accepts `token` (and no other) from now on.
@@ -220,34 +245,104 @@ impl DrpStandIn {
         }
     }
 
-    /// Registers a machine (idempotent); its jobs run [`DEFAULT_TASK`].
+    /// Registers a machine (idempotent), runnable, as `POST /machines`
+    /// makes it; its jobs run [`DEFAULT_TASK`].
     pub fn add_machine(&self, uuid: &str) {
         self.shared
             .lock()
             .machines
             .entry(uuid.to_owned())
-            .or_insert_with(|| Machine {
-                tasks: VecDeque::from([DEFAULT_TASK.to_owned()]),
-                bootenv: "imprint".to_owned(),
-                ..Machine::default()
-            });
+            .or_insert_with(|| Machine::new(uuid, DEFAULT_TASK));
     }
 
     /// The task the machine's next job runs; `None`: it has nothing to run,
     /// so `POST /jobs` answers `204 No Content`. Registers the machine.
     pub fn set_task(&self, uuid: &str, task: Option<&str>) {
-        self.add_machine(uuid);
-        if let Some(machine) = self.shared.lock().machines.get_mut(uuid) {
-            machine.tasks = task.map(str::to_owned).into_iter().collect();
-        }
+        let tasks: Vec<&str> = task.into_iter().collect();
+        self.set_tasks(uuid, &tasks);
     }
 
-    /// The machine's task list from now on (its workflow's remaining tasks).
+    /// The machine's task list from now on (its workflow's remaining
+    /// tasks), started over.
     pub fn set_tasks(&self, uuid: &str, tasks: &[&str]) {
-        self.add_machine(uuid);
-        if let Some(machine) = self.shared.lock().machines.get_mut(uuid) {
+        self.with_machine(uuid, |machine| {
             machine.tasks = tasks.iter().map(|t| (*t).to_owned()).collect();
-        }
+            machine.current_task = -1;
+        });
+    }
+
+    /// What `drpcli machines workflow <uuid> <workflow>` does to a machine
+    /// that was elsewhere (Sledgehammer, after discovery): its task list
+    /// starts over at `tasks`, its stage becomes `stage` and its BootEnv
+    /// `bootenv`, and the BootEnv change leaves it **not runnable**
+    /// (`backend/machines.go`), until an agent marks it runnable. Registers
+    /// the machine, as discovery would have, in BootEnv `sledgehammer`.
+    pub fn set_workflow(
+        &self,
+        uuid: &str,
+        workflow: &str,
+        stage: &str,
+        bootenv: &str,
+        tasks: &[&str],
+    ) {
+        self.with_machine(uuid, |machine| {
+            if machine.current_job.is_none() {
+                machine.bootenv = "sledgehammer".to_owned();
+            }
+            machine.set_workflow(workflow, stage, bootenv, tasks);
+        });
+    }
+
+    /// [`set_workflow`](Self::set_workflow) with the README's workflow,
+    /// `imprint-image-deploy`: stage `imprint-deploy`, BootEnv `imprint`,
+    /// one task, [`DEFAULT_TASK`]. The machine is then not runnable.
+    pub fn assign_imprint_workflow(&self, uuid: &str) {
+        self.set_workflow(
+            uuid,
+            "imprint-image-deploy",
+            "imprint-deploy",
+            "imprint",
+            &[DEFAULT_TASK],
+        );
+    }
+
+    /// Leaves the machine with a current job in `state` (`running` or
+    /// `created`) for its current task, as a power loss in the middle of a
+    /// deploy does: until an agent fails it (`init()` in `agent/agent.go`),
+    /// every `POST /jobs` is `409`. Returns the job's id.
+    pub fn add_stale_job(&self, uuid: &str, state: &str) -> String {
+        self.add_machine(uuid);
+        let mut guard = self.shared.lock();
+        guard.next_id += 1;
+        let id = job_uuid(guard.next_id);
+        let Some(machine) = guard.machines.get_mut(uuid) else {
+            return id;
+        };
+        machine.current_task = machine.current_task.max(0);
+        let index = machine.current_task;
+        let task = machine.tasks.first().cloned().unwrap_or_default();
+        let previous = machine.current_job.replace(id.clone()).unwrap_or_default();
+        let job = machine::new_job(&id, uuid, &task, &previous, index, state);
+        guard.jobs.push(job);
+        id
+    }
+
+    /// The machine as `GET /api/v3/machines/<uuid>` shows it (`Runnable`,
+    /// `BootEnv`, `Stage`, `Workflow`, `CurrentJob`, …).
+    pub fn machine(&self, uuid: &str) -> Option<Value> {
+        self.shared.lock().machines.get(uuid).map(Machine::view)
+    }
+
+    /// Whether `POST /jobs` may make a job for the machine.
+    pub fn machine_runnable(&self, uuid: &str) -> Option<bool> {
+        self.shared.lock().machines.get(uuid).map(|m| m.runnable)
+    }
+
+    /// Marks the machine runnable or not behind the agent's back (as
+    /// Sledgehammer's agent does before it reboots the machine,
+    /// `markNotRunnable` in `agent/agent.go`). Registers the machine.
+    pub fn set_runnable(&self, uuid: &str, runnable: bool) {
+        self.with_machine(uuid, |machine| machine.runnable = runnable);
     }
 
     /// The machine's BootEnv: `imprint` until a `POST /jobs` finds its task
@@ -258,6 +353,23 @@ impl DrpStandIn {
             .machines
             .get(uuid)
             .map(|m| m.bootenv.clone())
+    }
+
+    /// The machine's stage: `complete` once a `POST /jobs` found its task
+    /// list done.
+    pub fn machine_stage(&self, uuid: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .machines
+            .get(uuid)
+            .map(|m| m.stage.clone())
+    }
+
+    fn with_machine(&self, uuid: &str, change: impl FnOnce(&mut Machine)) {
+        self.add_machine(uuid);
+        if let Some(machine) = self.shared.lock().machines.get_mut(uuid) {
+            change(machine);
+        }
     }
 
     /// Serves `bytes` unauthenticated at `/machines/<uuid>/<name>`, as DRP
@@ -321,6 +433,29 @@ impl DrpStandIn {
         self.shared.lock().logs.get(id).cloned().unwrap_or_default()
     }
 
+    /// What `drpcli machines set UUID param KEY to VALUE` does: `value` is
+    /// checked against the param's schema when one was defined
+    /// ([`define_params`](Self::define_params)), then set. The error is
+    /// DRP's message. Registers the machine.
+    pub fn set_machine_param(&self, uuid: &str, key: &str, value: &Value) -> Result<(), String> {
+        self.add_machine(uuid);
+        let mut state = self.shared.lock();
+        let answer = machine_params(
+            &mut state,
+            "POST",
+            uuid,
+            Some(key),
+            value.to_string().as_bytes(),
+        );
+        match answer.status {
+            200 => Ok(()),
+            _ => Err(answer
+                .body
+                .map(|body| body["Messages"].to_string())
+                .unwrap_or_default()),
+        }
+    }
+
     /// The value of the machine's param `key`, when set.
     pub fn machine_param(&self, uuid: &str, key: &str) -> Option<Value> {
         self.shared
@@ -329,6 +464,32 @@ impl DrpStandIn {
             .get(uuid)
             .and_then(|machine| machine.params.get(key).cloned())
     }
+}
+
+/// A self-signed server certificate for `addresses` and its key, PEM, made
+/// as `dr-provision` makes its own (`server/cert.go`): key encipherment and
+/// digital signature, server and client auth, no CA.
+fn self_signed_certificate(addresses: &[&str]) -> Result<(String, String)> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let names: Vec<String> = addresses.iter().map(|name| (*name).to_owned()).collect();
+    let mut params = CertificateParams::new(names)
+        .context("making the DRP stand-in's certificate parameters")?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Acme Co");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().context("generating the DRP stand-in's key")?;
+    let cert = params
+        .self_signed(&key)
+        .context("self-signing the DRP stand-in's certificate")?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn tail(path: &str) -> String {
@@ -445,7 +606,7 @@ fn api(shared: &Shared, request: &Request) -> Answer {
     let method = request.method.as_str();
     match (method, parts.as_slice()) {
         ("GET", ["jobs"]) => Answer::json(200, Value::Array(state.jobs.clone())),
-        ("POST", ["jobs"]) => create_job(&mut state, &request.body),
+        ("POST", ["jobs"]) => machine::create_job(&mut state, &request.body),
         ("GET", ["jobs", id]) => match find_job(&state, id) {
             Some(job) => Answer::json(200, job.clone()),
             None => job_not_found(id),
@@ -481,6 +642,9 @@ fn api(shared: &Shared, request: &Request) -> Answer {
                 .extend_from_slice(&request.body);
             Answer::empty(204)
         }
+        ("GET" | "PATCH", ["machines", uuid]) => {
+            machine::machine(&mut state, method, uuid, &request.body)
+        }
         (_, ["machines", uuid, params]) if *params == "params" || params.starts_with("params/") => {
             machine_params(
                 &mut state,
@@ -514,104 +678,6 @@ fn job_not_found(id: &str) -> Answer {
     )
 }
 
-/// What DRP's `POST /jobs` does for an agent (see the module docs).
-fn create_job(state: &mut State, body: &[u8]) -> Answer {
-    let request: Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(error) => {
-            return Answer::error(
-                400,
-                "API_ERROR",
-                "jobs",
-                "",
-                &format!("decoding the job: {error}"),
-            );
-        }
-    };
-    let Some(uuid) = request["Machine"].as_str().map(str::to_owned) else {
-        return Answer::error(
-            400,
-            "API_ERROR",
-            "jobs",
-            "",
-            "Create request must have Machine field",
-        );
-    };
-    let Some(machine) = state.machines.get(&uuid) else {
-        return Answer::error(
-            422,
-            "ValidationError",
-            "jobs",
-            "",
-            &format!("Machine {uuid} does not exist"),
-        );
-    };
-    let current = machine
-        .current_job
-        .as_deref()
-        .and_then(|id| find_job(state, id));
-    let current_state = current
-        .and_then(|job| job["State"].as_str())
-        .unwrap_or_default();
-    match current_state {
-        "incomplete" => {
-            if let Some(job) = current {
-                return Answer::json(202, job.clone());
-            }
-        }
-        "created" | "running" => {
-            return Answer::error(
-                409,
-                "Conflict",
-                "jobs",
-                "",
-                &format!("Machine {uuid} already has running or created job"),
-            );
-        }
-        _ => {}
-    }
-    if machine.tasks.is_empty() {
-        if let Some(machine) = state.machines.get_mut(&uuid) {
-            machine.bootenv = "local".to_owned();
-        }
-        return Answer::empty(204);
-    }
-    let task = machine.tasks.front().cloned().unwrap_or_default();
-    let previous = machine.current_job.clone().unwrap_or_default();
-    state.next_id += 1;
-    let id = job_uuid(state.next_id);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |age| age.as_secs());
-    let job = json!({
-        "Uuid": id,
-        "Machine": uuid,
-        "Task": task,
-        "State": "created",
-        "ExitState": "",
-        "Stage": "imprint",
-        "BootEnv": "imprint",
-        "Workflow": "",
-        "Previous": previous,
-        "CurrentIndex": 0,
-        "NextIndex": 1,
-        "Current": true,
-        "Archived": false,
-        "Available": true,
-        "Validated": true,
-        "ReadOnly": false,
-        "Errors": [],
-        "Meta": {},
-        "StartTime": now,
-    });
-    state.jobs.push(job.clone());
-    if let Some(machine) = state.machines.get_mut(&uuid) {
-        machine.tasks.pop_front();
-        machine.current_job = Some(id);
-    }
-    Answer::json(201, job)
-}
-
 /// A version-4-shaped UUID, unique per stand-in and `serial`.
 fn job_uuid(serial: u64) -> String {
     let seed = SystemTime::now()
@@ -641,38 +707,17 @@ fn patch_job(state: &mut State, id: &str, body: &[u8]) -> Answer {
     let Some(index) = state.jobs.iter().position(|job| job["Uuid"] == id) else {
         return job_not_found(id);
     };
-    let patch: Value = match serde_json::from_slice(body) {
-        Ok(value @ Value::Array(_)) => value,
-        Ok(_) => return Answer::error(400, "API_ERROR", "jobs", id, "a JSON Patch is an array"),
-        Err(error) => {
-            return Answer::error(
-                400,
-                "API_ERROR",
-                "jobs",
-                id,
-                &format!("decoding the patch: {error}"),
-            );
-        }
+    let patch = match machine::parse_patch(body) {
+        Ok(patch) => patch,
+        Err(message) => return Answer::error(400, "API_ERROR", "jobs", id, &message),
     };
     match apply_patch(&state.jobs[index], &patch) {
         Ok(patched) => {
-            state.jobs[index] = patched.clone();
+            let old = std::mem::replace(&mut state.jobs[index], patched.clone());
+            machine::job_changed(state, &old, &patched);
             Answer::json(200, patched)
         }
-        Err(PatchError::TestFailed(line)) => Answer::error(
-            409,
-            "PATCH",
-            "jobs",
-            id,
-            &format!("Patch error at line {line}: Test op failed."),
-        ),
-        Err(PatchError::Invalid(line, why)) => Answer::error(
-            422,
-            "PATCH",
-            "jobs",
-            id,
-            &format!("Patch error at line {line}: {why}"),
-        ),
+        Err(error) => error.answer("jobs", id),
     }
 }
 
@@ -681,6 +726,29 @@ fn patch_job(state: &mut State, id: &str, body: &[u8]) -> Answer {
 enum PatchError {
     TestFailed(usize),
     Invalid(usize, String),
+}
+
+impl PatchError {
+    /// DRP's answer to a patch of `model` `key` that failed: `409` when a
+    /// `test` failed (someone changed the object), `422` otherwise.
+    fn answer(self, model: &str, key: &str) -> Answer {
+        match self {
+            PatchError::TestFailed(line) => Answer::error(
+                409,
+                "PATCH",
+                model,
+                key,
+                &format!("Patch error at line {line}: Test op failed."),
+            ),
+            PatchError::Invalid(line, why) => Answer::error(
+                422,
+                "PATCH",
+                model,
+                key,
+                &format!("Patch error at line {line}: {why}"),
+            ),
+        }
+    }
 }
 
 /// `document` with the RFC 6902 `patch` (an array) applied, or the first
@@ -755,6 +823,8 @@ fn machine_params(
     }
 }
 
+mod machine;
 pub mod params;
+
 #[cfg(test)]
 mod tests;

@@ -4,9 +4,10 @@
 //! way DRP serves it, so that QEMU's own iPXE ROM can boot the machine.
 //!
 //! DRP answers on two ports: its static file server (8091, the
-//! `ProvisionerURL`: the bootenv's kernel and initrds under
+//! `ProvisionerURL`, plain HTTP: the bootenv's kernel and initrds under
 //! `<OS.Name>/<version>/`, `files/`, the rendered `machines/<uuid>/…`) and its
-//! API (8092, the `ApiURL`). The stand-in does the same: its API port is the
+//! API (8092, the `ApiURL`), HTTPS only, with the self-signed certificate DRP
+//! generated at install ([`DrpStandIn::start_self_signed`]). The stand-in does the same: its API port is the
 //! `ApiURL`, and the [`FixtureServer`] behind its `/files/` and `/machines/`
 //! is, on its own port, the `ProvisionerURL` — the only server of the two
 //! that serves a path such as `/imprint/<version>/vmlinuz`. Requests to it
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 use imprint_build::drp;
 use imprint_qemu::drp::DrpStandIn;
 use imprint_qemu::http::{FixtureServer, RequestRecord};
-use imprint_qemu::{Disk, Nic, Vm};
+use imprint_qemu::{Disk, DiskInterface, Nic, Vm};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -27,6 +28,10 @@ use crate::{Artifacts, filter, golden_image, sha256_hex};
 /// The `image-deploy/image-file` param: the golden image's path on the
 /// file server, which (like DRP's) keeps uploaded files under `files/`.
 pub const IMAGE_FILE: &str = "files/images/golden.raw.zst";
+/// The `image-deploy/install-disk` param, as the README sets it: the
+/// machine's disk is attached on AHCI ([`DrpLab::pxe_boot`]) so that it is
+/// `/dev/sda`.
+pub const INSTALL_DISK: &str = "/dev/sda";
 /// What `/files/drpcli.amd64.linux` holds: imprint's agent injection only
 /// copies it into the installed OS, so a marker is enough.
 pub const DRPCLI: &[u8] = b"#!/bin/sh\necho drpcli stand-in\n";
@@ -90,6 +95,9 @@ pub struct DrpLab {
     /// The DRP content written for this lab (bundle, tarball), and the
     /// boot NIC's packet capture.
     work: TempDir,
+    /// The job a power loss mid-deploy left `running`
+    /// ([`with_stale_job`](Self::with_stale_job)).
+    pub stale_job: Option<String>,
 }
 
 impl DrpLab {
@@ -98,15 +106,20 @@ impl DrpLab {
     /// 1. writes the DRP content from `out/vmlinuz` and `out/initramfs.img`
     ///    (`imprint_build::drp::write_all`) and renders it for the machine,
     ///    with the guest's view of the stand-in as `ProvisionerURL`
-    ///    (the file server's port) and `ApiURL` (the API port), the classic
-    ///    image-deploy params (the golden image as `dd-zst` under `files/`,
-    ///    `/dev/vda`, the access key `key` named `ops`, cloud-init user-data,
-    ///    a serial console for imprint and, after `--`, for the installed OS)
-    ///    and `extra_params` on top;
+    ///    (the file server's port) and `ApiURL` (the API port), the params
+    ///    the README's `drpcli machines set` lines set (the golden image under
+    ///    `files/`, `imprint/format` `dd-zst`, `/dev/sda`, the access key
+    ///    `key` named `ops`; each checked against image-deploy's schemas),
+    ///    cloud-init user-data, a serial console for imprint and, after
+    ///    `--`, for the installed OS, and `extra_params` on top;
     /// 2. serves the kernel and initramfs at the URLs the rendered iPXE
     ///    script loads, the compressed image, a `drpcli` stand-in, and the
     ///    rendered `imprint.json` at `/machines/<uuid>/imprint.json`;
-    /// 3. registers the machine with its `imprint-deploy` task;
+    /// 3. does what the README's `drpcli machines workflow UUID
+    ///    imprint-image-deploy` does: the machine's workflow starts over at
+    ///    the `imprint-deploy` stage and task, in BootEnv `imprint`, and the
+    ///    BootEnv change leaves it **not runnable** (DRP's behaviour,
+    ///    `qemu/src/drp/machine.rs`), as a real endpoint would;
     /// 4. writes the rendered `ipxe` loader into a TFTP root, beside the
     ///    [`DEFAULT_IPXE`] that DHCP hands the firmware.
     pub fn start(machine: DrpMachine, key: &str, extra_params: Value) -> DrpLab {
@@ -120,22 +133,33 @@ impl DrpLab {
         )
         .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
 
-        let drp = DrpStandIn::start().expect("starting the DRP stand-in");
+        let drp = DrpStandIn::start_self_signed().expect("starting the DRP stand-in");
         let provisioner_url = drp.files().guest_url("");
         let provisioner_url = provisioner_url.trim_end_matches('/').to_owned();
         // DRP's ApiURL is the API's origin; clients add `/api/v3`.
         let api_url = drp.guest_url("");
 
-        let mut params = json!({
+        // The README's `drpcli machines set` lines, verbatim, checked by
+        // the stand-in against image-deploy's param schemas as DRP with
+        // RackN's image-deploy plugin installed checks them.
+        drp.define_params(&imprint_qemu::drp::params::image_deploy_params());
+        let readme = json!({
             "image-deploy/image-file": IMAGE_FILE,
-            "image-deploy/image-type": "dd-zst",
-            "image-deploy/install-disk": "/dev/vda",
+            "imprint/format": "dd-zst",
+            "image-deploy/install-disk": INSTALL_DISK,
             "access-keys": {"ops": key},
+        });
+        let mut params = json!({
             "cloud-init/user-data": "#cloud-config\nruncmd: [\"echo hello from drp\"]\n",
             "kernel-console": "console=ttyS0,115200",
             // imprint's own console; panic=-1 so a PID 1 panic ends the VM.
             "kernel-options": "console=ttyS0 panic=-1",
         });
+        for (name, value) in readme.as_object().into_iter().flatten() {
+            drp.set_machine_param(&machine.uuid, name, value)
+                .unwrap_or_else(|e| panic!("drpcli machines set … param {name}: {e}"));
+            params[name] = value.clone();
+        }
         for (name, value) in extra_params
             .as_object()
             .expect("extra params are an object")
@@ -191,7 +215,13 @@ impl DrpLab {
             .strip_prefix(&format!("machines/{}/", machine.uuid))
             .unwrap_or_else(|| panic!("imprint.json renders to {spec_path}"));
         drp.set_machine_file(&machine.uuid, spec_name, spec);
-        drp.set_task(&machine.uuid, Some(drp::TASK));
+        drp.set_workflow(
+            &machine.uuid,
+            drp::WORKFLOW,
+            drp::STAGE,
+            drp::BOOTENV,
+            &[drp::TASK],
+        );
 
         let tftp = tempfile::tempdir().expect("temp dir for TFTP");
         std::fs::write(tftp.path().join(&ipxe_path), &ipxe).expect("writing the iPXE script");
@@ -206,7 +236,24 @@ impl DrpLab {
             tftp,
             ipxe_path,
             work: content,
+            stale_job: None,
         }
+    }
+
+    /// The machine lost power in the middle of an earlier deploy: its job
+    /// is still `running`, and DRP refuses new jobs until an agent fails it.
+    pub fn with_stale_job(mut self) -> DrpLab {
+        self.stale_job = Some(self.drp.add_stale_job(&self.machine.uuid, "running"));
+        self
+    }
+
+    /// The jobs PID 1 made (all but [`stale_job`](Self::stale_job)), in order.
+    pub fn deploy_jobs(&self) -> Vec<Value> {
+        self.drp
+            .jobs()
+            .into_iter()
+            .filter(|job| self.stale_job.as_deref() != job["Uuid"].as_str())
+            .collect()
     }
 
     /// The bootenv's rendered `BootParams`.
@@ -264,7 +311,8 @@ impl DrpLab {
         Vm::builder()
             .nic(nic)
             .boot_from_network(self.tftp.path(), DEFAULT_IPXE)
-            .disk(Disk::new(disk))
+            // AHCI, so the disk is the README's `/dev/sda`.
+            .disk(Disk::new(disk).with_interface(DiskInterface::Ahci))
             .memory_mib(1024)
             .no_reboot(true)
             .console_log(artifacts.log_path(name))

@@ -69,23 +69,20 @@ fn summary(requests: &[imprint_qemu::http::RequestRecord]) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the machine's only job has left `running` (PID 1 reports in
-/// the background), then returns it.
-fn settled_job(lab: &DrpLab) -> Value {
+/// Waits until PID 1 has made `runs` jobs and every one has left
+/// `running` (PID 1 reports in the background), then returns them.
+fn settled_jobs(lab: &DrpLab, runs: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let jobs = lab.drp.jobs();
-        assert!(jobs.len() <= 1, "one job for one deploy: {jobs:#?}");
-        let state = jobs.first().map(|job| job["State"].clone());
-        if matches!(
-            state.as_ref().and_then(Value::as_str),
-            Some("finished" | "failed")
-        ) || Instant::now() >= deadline
-        {
-            return jobs
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| panic!("no job was created: {:#?}", lab.drp.calls()));
+        let jobs = lab.deploy_jobs();
+        assert!(jobs.len() <= runs, "one job per run: {jobs:#?}");
+        let settled = jobs.len() == runs
+            && jobs
+                .iter()
+                .all(|job| matches!(job["State"].as_str(), Some("finished" | "failed")));
+        if settled || Instant::now() >= deadline {
+            assert_eq!(jobs.len(), runs, "jobs: {:#?}", lab.drp.calls());
+            return jobs;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -114,16 +111,28 @@ fn state_moves(calls: &[ApiCall], job: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Checks what PID 1 did through DRP's API: one job, created → running →
-/// finished, a log holding the result line, and `imprint/last-deploy`.
-fn check_reported(lab: &DrpLab, result: &ResultLine) {
+/// Checks what PID 1 did through DRP's API, over `runs` runs of the deploy
+/// (`on-failure=retry:N`) of which only the last succeeded: a job per run,
+/// each for the `imprint-deploy` task, the last one created → running →
+/// finished (so exactly one finished job), its log holding the result line,
+/// the workflow at `complete` with BootEnv `local`, and
+/// `imprint/last-deploy`. A stale job ([`DrpLab::with_stale_job`]) was
+/// failed first, and the machine, not runnable after the workflow was set
+/// (and after each failed run), was marked runnable before each job.
+fn check_reported(lab: &DrpLab, result: &ResultLine, runs: usize) {
     let uuid = &lab.machine.uuid;
-    let job = settled_job(lab);
+    let jobs = settled_jobs(lab, runs);
+    let job = jobs.last().expect("a job");
     let id = job["Uuid"].as_str().expect("the job's Uuid");
+    let finished = jobs.iter().filter(|job| job["State"] == "finished").count();
+    assert_eq!(finished, 1, "exactly one finished job: {jobs:#?}");
     assert_eq!(job["State"], "finished", "{job}");
-    assert_eq!(job["Machine"], uuid.as_str());
+    for job in &jobs {
+        assert_eq!(job["Machine"], uuid.as_str());
+        assert_eq!(job["Task"], imprint_build::drp::TASK);
+    }
     // After the job, PID 1 asks for the next one, which moves the workflow
-    // on: nothing is left, so the machine's BootEnv becomes `local`.
+    // on: nothing is left, so the machine reaches `complete`, BootEnv `local`.
     let deadline = Instant::now() + Duration::from_secs(30);
     while lab.drp.machine_bootenv(uuid).as_deref() != Some("local") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -134,20 +143,36 @@ fn check_reported(lab: &DrpLab, result: &ResultLine) {
         "{:#?}",
         lab.drp.calls()
     );
+    assert_eq!(lab.drp.machine_stage(uuid).as_deref(), Some("complete"));
+    if let Some(stale) = &lab.stale_job {
+        let stale_job = lab
+            .drp
+            .jobs()
+            .into_iter()
+            .find(|j| j["Uuid"] == stale.as_str());
+        assert_eq!(stale_job.expect("the stale job")["State"], "failed");
+    }
     let calls = lab.drp.calls();
     let unauthorized: Vec<&ApiCall> = calls
         .iter()
         .filter(|c| c.path.starts_with("/api/") && !c.authorized)
         .collect();
     assert!(unauthorized.is_empty(), "{unauthorized:#?}");
-    let created: Vec<&ApiCall> = calls
+    let created: Vec<u16> = calls
         .iter()
         .filter(|c| c.method == "POST" && c.path == "/api/v3/jobs")
+        .map(|c| c.status)
         .collect();
-    assert_eq!(created.len(), 2, "{calls:#?}");
-    assert_eq!(created[0].status, 201);
-    assert_eq!(created[1].status, 204, "the next job: nothing left");
-    assert_eq!(created[0].json()["Machine"], uuid.as_str());
+    let mut expected = vec![201; runs];
+    // The next job: nothing left.
+    expected.push(204);
+    assert_eq!(created, expected, "{calls:#?}");
+    let marked = calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path == format!("/api/v3/machines/{uuid}"))
+        .filter(|c| c.status == 200 && c.json()[1]["path"] == "/Runnable")
+        .count();
+    assert_eq!(marked, runs, "marked runnable before each job: {calls:#?}");
     assert_eq!(
         state_moves(&calls, id),
         [
@@ -210,6 +235,12 @@ fn check_fetched(lab: &DrpLab) {
     }
 }
 
+/// The README's DRP section, as a real endpoint would take it: the machine
+/// was put in the `imprint-image-deploy` workflow (so it is not runnable),
+/// had lost power in the middle of an earlier deploy (its job still
+/// `running`), and DRP's API is HTTPS with its self-signed certificate.
+/// imprint deploys once, its one job finishes with its log, the workflow
+/// reaches `complete`, and the installed OS boots once.
 #[test]
 fn pxe_boot_deploys_the_golden_os_and_reports_to_drp() {
     let machine = DrpMachine {
@@ -219,7 +250,9 @@ fn pxe_boot_deploys_the_golden_os_and_reports_to_drp() {
         // QEMU's user network leases its first address to the only guest.
         address: "10.0.2.15".into(),
     };
-    let lab = DrpLab::start(machine.clone(), KEY, json!({}));
+    let lab = DrpLab::start(machine.clone(), KEY, json!({})).with_stale_job();
+    assert_eq!(lab.drp.machine_runnable(&machine.uuid), Some(false));
+    assert!(lab.drp.url("").starts_with("https://"));
     let script = lab.ipxe_script();
     assert!(
         script.starts_with("#!ipxe\n") && script.contains(&format!("rs.uuid={}", machine.uuid)),
@@ -268,7 +301,11 @@ fn pxe_boot_deploys_the_golden_os_and_reports_to_drp() {
     }
 
     check_fetched(&lab);
-    check_reported(&lab, &result);
+    check_reported(&lab, &result, 1);
+    // Deployed once, booted once: no second deploy after the kexec.
+    let console = vm.console();
+    assert_eq!(console.matches("IMPRINT-RESULT:").count(), 1, "{console}");
+    assert_eq!(console.matches("GOLDEN-OS: end").count(), 1, "{console}");
     // Both DHCP clients show in the capture: the firmware's and imprint's.
     // (The static test relies on telling them apart.)
     let classes = lab.dhcp_vendor_classes();
@@ -340,6 +377,56 @@ fn pxe_boot_with_a_static_address_from_network_data() {
         "{classes:?}"
     );
     check_fetched(&lab);
-    check_reported(&lab, &result);
+    check_reported(&lab, &result, 1);
     vm.kill().unwrap();
+}
+
+/// The same with `imprint/on-failure` `retry:2` and a first attempt whose
+/// image download is a 404: the failed run's job fails (which leaves the
+/// machine not runnable), the second run marks it runnable, gets a job for
+/// the same task, finishes it, and the workflow moves on: exactly one
+/// finished job, and one installed OS.
+#[test]
+fn pxe_boot_retries_after_a_404_with_a_job_per_run_and_advances_the_workflow() {
+    let machine = DrpMachine {
+        uuid: "3f2a1b4c-0000-4000-8000-0000000000a3".into(),
+        name: "retry-03.lab".into(),
+        mac: "52:54:00:12:34:58".into(),
+        address: "10.0.2.15".into(),
+    };
+    let lab = DrpLab::start(
+        machine.clone(),
+        KEY,
+        json!({"imprint/on-failure": "retry:2"}),
+    )
+    .with_stale_job();
+    lab.drp.files().push_behaviors(
+        &format!("/{IMAGE_FILE}"),
+        [imprint_qemu::http::Behavior::Status(404)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let disk = blank_disk(dir.path());
+    let vm = lab.pxe_boot("drp_pxe_retry", &disk, Nic::user().mac(&machine.mac));
+    let failed = vm
+        .expect("IMPRINT-RESULT:", PXE_DEPLOY_TIMEOUT)
+        .expect("the first run's result line");
+    assert!(failed.contains("IMPRINT-RESULT: error"), "{failed}");
+    assert!(failed.contains("404"), "{failed}");
+    // The second run, after its pause: the same wait as a first deploy.
+    let line = vm
+        .expect("IMPRINT-RESULT: ok", PXE_DEPLOY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no second result line: {e:#}"));
+    let result = ResultLine::parse(&line);
+    wait_golden(&vm, GOLDEN_TIMEOUT);
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("the golden OS powers off");
+    check_reported(&lab, &result, 2);
+    let first = &lab.deploy_jobs()[0];
+    assert_eq!(
+        (&first["State"], &first["ExitState"]),
+        (&json!("failed"), &json!("failed"))
+    );
+    let console = vm.console();
+    assert_eq!(console.matches("IMPRINT-RESULT:").count(), 2, "{console}");
+    assert_eq!(console.matches("GOLDEN-OS: end").count(), 1, "{console}");
 }

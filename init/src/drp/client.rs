@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use crate::http::agent::{Exchange, agent};
+use crate::http::agent::{Exchange, agent_with_tls};
 use crate::http::backoff::{Backoff, RetryPolicy};
 use crate::http::classify::{self, Failure};
 use crate::http::retry::{Retryable, retry_after_of};
@@ -85,6 +85,32 @@ pub struct Job {
     pub workflow: String,
     #[serde(deserialize_with = "null_as_empty")]
     pub exit_state: String,
+    /// The agent context that created the job; `""` for a machine agent
+    /// (drpcli agent, imprint), a name for context runners.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub context: String,
+}
+
+/// A DRP machine, as far as an agent needs it (`models/machine.go` has more).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Machine {
+    #[serde(deserialize_with = "null_as_empty")]
+    pub uuid: String,
+    /// Whether DRP will make a job for it (`POST /jobs` answers 409 "is not
+    /// runnable" otherwise).
+    pub runnable: bool,
+    /// The job it ran last or runs now; `""` when none.
+    #[serde(deserialize_with = "null_as_empty")]
+    pub current_job: String,
+    #[serde(deserialize_with = "null_as_empty")]
+    pub context: String,
+    #[serde(deserialize_with = "null_as_empty")]
+    pub boot_env: String,
+    #[serde(deserialize_with = "null_as_empty")]
+    pub stage: String,
+    #[serde(deserialize_with = "null_as_empty")]
+    pub workflow: String,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -137,7 +163,8 @@ impl std::fmt::Display for DrpError {
 impl std::error::Error for DrpError {}
 
 /// A client of DRP's agent API for one machine, authenticated by a bearer
-/// token. HTTPS is verified like image sources ([`crate::http::tls`]). The
+/// token. HTTPS is trusted as [`crate::http::tls::drp_api_trust`] says: like
+/// drpcli (DRP's certificate is self-signed) unless `imprint.ca=` is given. The
 /// HTTP agent is built on first use, so [`new`](Self::new) never touches the
 /// network (an `imprint.ca=` bundle may have to be fetched).
 pub struct DrpClient {
@@ -253,6 +280,34 @@ impl DrpClient {
         self.parse("PATCH", &path, &answer)
     }
 
+    /// `GET /machines/{uuid}`: the machine this client acts for.
+    pub fn machine_state(&mut self) -> Result<Machine, DrpError> {
+        let path = format!("/machines/{}", self.machine);
+        let (_, answer) = self.send("GET", &path, "", b"")?;
+        self.parse("GET", &path, &answer)
+    }
+
+    /// `GET /jobs/{id}`.
+    pub fn job(&mut self, id: &str) -> Result<Job, DrpError> {
+        let path = format!("/jobs/{id}");
+        let (_, answer) = self.send("GET", &path, "", b"")?;
+        self.parse("GET", &path, &answer)
+    }
+
+    /// Marks the machine runnable, with the patch `drpcli agent`'s `Run()`
+    /// sends (agent/agent.go: `PatchTo` a clone with `Runnable = true`,
+    /// which tests the old value first, api/client.go `GenPatch`).
+    pub fn mark_runnable(&mut self) -> Result<Machine, DrpError> {
+        let path = format!("/machines/{}", self.machine);
+        let patch = json!([
+            {"op": "test", "path": "/Runnable", "value": false},
+            {"op": "replace", "path": "/Runnable", "value": true},
+        ])
+        .to_string();
+        let (_, answer) = self.send("PATCH", &path, "application/json", patch.as_bytes())?;
+        self.parse("PATCH", &path, &answer)
+    }
+
     /// `PUT /jobs/{id}/log`: appends `bytes` to the job's log.
     pub fn append_log(&mut self, id: &str, bytes: &[u8]) -> Result<(), DrpError> {
         let path = format!("/jobs/{id}/log");
@@ -307,33 +362,40 @@ impl DrpClient {
             retry_after: None,
         };
         if self.agent.is_none() {
-            let built = agent(
-                &self.source,
-                Exchange::Api {
-                    timeout: self.timeout,
-                },
-            )
-            // A CA bundle that cannot be read or fetched now may be later:
-            // counted as a connection failure, which is retried.
-            .map_err(|error| fail(Failure::Connection, format!("{error:#}")))?;
-            self.agent = Some(built);
+            let tls = tls::drp_api_tls_config(&self.source, &redact_url(&self.endpoint))
+                // A CA bundle that cannot be read or fetched now may be
+                // later: counted as a connection failure, which is retried.
+                .map_err(|error| fail(Failure::Connection, format!("{error:#}")))?;
+            let exchange = Exchange::Api {
+                timeout: self.timeout,
+            };
+            self.agent = Some(agent_with_tls(&self.source, exchange, tls));
         }
         let Some(agent) = &self.agent else {
             return Err(fail(Failure::Fatal, "no HTTP agent".into()));
         };
         let url = format!("{}/api/v3{path}", self.endpoint);
         let authorization = format!("Bearer {}", self.token.expose());
-        let builder = match method {
-            "POST" => agent.post(&url),
-            "PUT" => agent.put(&url),
-            "PATCH" => agent.patch(&url),
+        let result = match method {
+            "GET" => agent
+                .get(&url)
+                .header("Authorization", &authorization)
+                .header("Accept", "application/json")
+                .call(),
+            "POST" | "PUT" | "PATCH" => {
+                let builder = match method {
+                    "POST" => agent.post(&url),
+                    "PUT" => agent.put(&url),
+                    _ => agent.patch(&url),
+                };
+                builder
+                    .header("Authorization", &authorization)
+                    .header("Content-Type", content_type)
+                    .header("Accept", "application/json")
+                    .send(body)
+            }
             other => return Err(fail(Failure::Fatal, format!("unsupported method {other}"))),
         };
-        let result = builder
-            .header("Authorization", &authorization)
-            .header("Content-Type", content_type)
-            .header("Accept", "application/json")
-            .send(body);
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {

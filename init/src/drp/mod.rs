@@ -34,8 +34,8 @@ mod client;
 mod reporter;
 
 pub use crate::status::LastDeploy;
-pub use client::{DrpClient, DrpError, DrpOptions, Job, state_patch};
-pub use reporter::{DrpReporter, DrpStats, report_to};
+pub use client::{DrpClient, DrpError, DrpOptions, Job, Machine, state_patch};
+pub use reporter::{DrpReporter, DrpStats, UNREPORTED_FAILURE, is_reporting, report_to};
 
 /// The machine param that holds the last deploy's result.
 pub const LAST_DEPLOY_PARAM: &str = "imprint/last-deploy";

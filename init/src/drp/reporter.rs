@@ -143,6 +143,18 @@ impl Sink for DrpReporter {
     }
 }
 
+/// Whether `status` reports to a DRP job ([`report_to`] attached it).
+pub fn is_reporting(status: &Status) -> bool {
+    status.has_sink(SINK_NAME)
+}
+
+/// What a failure before the deploy spec was loaded means for DRP, for the
+/// console (README, "When DRP shows nothing").
+pub const UNREPORTED_FAILURE: &str = "this failure is not reported: DRP shows no job, \
+     no job log and no imprint/last-deploy for this boot, and the machine stays in its \
+     imprint stage; this console (and /status, when imprint.status-port= is on the \
+     command line) is all there is";
+
 /// The [`Sink::name`] of the DRP reporter.
 const SINK_NAME: &str = "DRP job";
 
@@ -246,6 +258,7 @@ impl JobAgent {
             job: None,
             running: false,
         };
+        self.prepare_machine(clock);
         let job = match self.attempt(clock, "creating a job", DrpClient::create_job) {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -281,6 +294,68 @@ impl JobAgent {
             job: Some(job),
             running,
         };
+    }
+
+    /// What `drpcli agent` does before it asks for a job (agent/agent.go),
+    /// so DRP makes one: `init()` fails the machine's current job when a
+    /// machine agent (`Context` empty) left it `created` or `running` (a
+    /// deploy cut short by a power loss or a reset: DRP refuses new jobs
+    /// while it stands, 409 "already has running or created job"); `Run()`
+    /// marks the machine runnable (setting the workflow changed its BootEnv,
+    /// or its last job failed, and DRP refuses jobs to a machine that is not
+    /// runnable, 409 "is not runnable"). Done at the start of every run, as
+    /// an agent does at every start. Failures are logged and the run goes on:
+    /// creating the job then says what DRP thinks.
+    fn prepare_machine(&mut self, clock: &Arc<dyn Clock>) {
+        let Ok(mut machine) = self.attempt(clock, "reading the machine", DrpClient::machine_state)
+        else {
+            return;
+        };
+        if !machine.current_job.is_empty() {
+            let id = machine.current_job.clone();
+            let job = self.attempt(clock, &format!("reading job {id}"), |client| {
+                client.job(&id)
+            });
+            if let Ok(job) = job
+                && matches!(job.state.as_str(), "created" | "running")
+                && job.context.is_empty()
+            {
+                log::info!(
+                    "DRP {}: job {id} (task {}) was left {} by a deploy cut short; \
+                     marking it failed, as drpcli agent does",
+                    self.client.endpoint(),
+                    job.task,
+                    job.state
+                );
+                let failed = self.attempt(clock, "failing the stale job", |client| {
+                    client.set_job_state(&id, &job.state, "failed", None)
+                });
+                // Failing a job may have changed the machine (on DRP, the
+                // agent marks it not runnable).
+                if failed.is_ok()
+                    && let Ok(now) =
+                        self.attempt(clock, "reading the machine", DrpClient::machine_state)
+                {
+                    machine = now;
+                }
+            }
+        }
+        if !machine.runnable {
+            log::info!(
+                "DRP {}: machine {} is not runnable (BootEnv {:?}, workflow {:?}); \
+                 marking it runnable, as drpcli agent does",
+                self.client.endpoint(),
+                self.client.machine(),
+                machine.boot_env,
+                machine.workflow
+            );
+            // A failure shows again, with DRP's reason, when the job is asked for.
+            let _ = self.attempt(
+                clock,
+                "marking the machine runnable",
+                DrpClient::mark_runnable,
+            );
+        }
     }
 
     fn append(&mut self, lines: &[String], clock: &Arc<dyn Clock>) {
@@ -499,27 +574,44 @@ mod tests {
         status.set_result(result("IMPRINT-RESULT: ok", None));
         assert!(status.flush(Duration::from_secs(20)));
 
-        // Run 2 asks for a job of its own. The stand-in hands each task out
-        // once (`create_job` in qemu/src/drp.rs), so it answers 204 and the
-        // run's lines have nowhere to go; the param still records the run.
-        let job = drp.jobs()[0]["Uuid"].as_str().unwrap().to_owned();
+        // Run 2 asks for a job of its own. The failed job left the machine
+        // not runnable (qemu/src/drp/machine.rs), so it is marked runnable
+        // first, as drpcli agent does; DRP then retries the same task, and
+        // the finished job moves the workflow on (204).
+        let jobs = drp.jobs();
+        assert_eq!(jobs.len(), 2);
+        let job = jobs[0]["Uuid"].as_str().unwrap().to_owned();
+        let second = jobs[1]["Uuid"].as_str().unwrap().to_owned();
         let calls: Vec<(String, String, u16)> = drp
             .calls()
             .iter()
-            .map(|c| (c.method.clone(), c.path.replace(&job, "JOB"), c.status))
+            .map(|c| {
+                let path = c.path.replace(&job, "JOB").replace(&second, "JOB2");
+                (c.method.clone(), path.replace(MACHINE, "M"), c.status)
+            })
             .collect();
-        let param = format!("/api/v3/machines/{MACHINE}/params/{LAST_DEPLOY_PARAM}");
+        let param = format!("/api/v3/machines/M/params/{LAST_DEPLOY_PARAM}");
         let expected = [
+            ("GET", "/api/v3/machines/M", 200),
             ("POST", "/api/v3/jobs", 201),
             ("PATCH", "/api/v3/jobs/JOB", 200),
             ("PUT", "/api/v3/jobs/JOB/log", 204),
             ("PATCH", "/api/v3/jobs/JOB", 200),
             ("POST", param.as_str(), 200),
-            ("POST", "/api/v3/jobs", 204),
+            ("GET", "/api/v3/machines/M", 200),
+            ("GET", "/api/v3/jobs/JOB", 200),
+            ("PATCH", "/api/v3/machines/M", 200),
+            ("POST", "/api/v3/jobs", 201),
+            ("PATCH", "/api/v3/jobs/JOB2", 200),
+            ("PUT", "/api/v3/jobs/JOB2/log", 204),
+            ("PATCH", "/api/v3/jobs/JOB2", 200),
             ("POST", param.as_str(), 200),
+            ("POST", "/api/v3/jobs", 204),
         ]
         .map(|(method, path, status)| (method.to_owned(), path.to_owned(), status));
         assert_eq!(calls, expected);
+        assert_eq!(jobs[1]["State"], "finished");
+        assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
         assert_eq!(drp.jobs()[0]["State"], "failed");
         let log: Vec<String> = String::from_utf8(drp.job_log(&job))
             .unwrap()

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use ureq::tls::TlsConfig;
 
 use super::HttpOptions;
 
@@ -35,9 +36,19 @@ pub const MAX_REDIRECTS: u32 = 10;
 /// An agent for `exchange`, trusting what `options` say. May fetch an
 /// `imprint.ca=` bundle given by URL (once per process).
 pub fn agent(options: &HttpOptions, exchange: Exchange) -> Result<ureq::Agent> {
+    Ok(agent_with_tls(
+        options,
+        exchange,
+        super::tls::tls_config(options)?,
+    ))
+}
+
+/// Like [`agent`], with TLS trust decided by the caller: the DRP API's own
+/// trust mode ([`super::tls::drp_api_tls_config`]) is the one user.
+pub fn agent_with_tls(options: &HttpOptions, exchange: Exchange, tls: TlsConfig) -> ureq::Agent {
     let builder = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .tls_config(super::tls::tls_config(options)?)
+        .tls_config(tls)
         .user_agent(concat!("imprint/", env!("CARGO_PKG_VERSION")));
     let builder = match exchange {
         Exchange::Download => builder
@@ -52,7 +63,7 @@ pub fn agent(options: &HttpOptions, exchange: Exchange) -> Result<ureq::Agent> {
             .timeout_connect(Some(options.connect_timeout.min(timeout)))
             .max_redirects(0),
     };
-    Ok(builder.build().into())
+    builder.build().into()
 }
 
 #[cfg(test)]

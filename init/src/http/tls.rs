@@ -13,6 +13,13 @@
 //! A bundle from 2 or 3 *replaces* the Mozilla roots rather than adding to them: a
 //! deployment that names its CA trusts that CA alone.
 //!
+//! The DRP API is the one exception ([`drp_api_trust`]): DRP serves it over
+//! HTTPS with a certificate it generated for itself at install, self-signed
+//! and for an IP address, that no root knows. Unless `imprint.ca=` or
+//! `imprint.insecure=1` says otherwise, imprint trusts it the way `drpcli`
+//! and every stock DRP script do (they skip verification), says so once,
+//! and keeps verifying everything else.
+//!
 //! A bundle given by URL is fetched over the same trust path as everything that has
 //! no `ca`: `http://` plainly, `https://` verified by 3 or 4. So an `http://` bundle
 //! is only as trustworthy as the network it crosses, exactly like an `http://` image.
@@ -90,6 +97,48 @@ pub fn tls_config(options: &HttpOptions) -> Result<TlsConfig> {
         Trust::Url(url) => RootCerts::Specific(fetched_bundle(url, options)?),
     };
     Ok(TlsConfig::builder().root_certs(roots).build())
+}
+
+/// How the DRP API's server is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrpApiTrust {
+    /// As everything else ([`choose_trust`]): `imprint.ca=` names the CA that
+    /// signed DRP's certificate (one that replaced the self-signed one, as
+    /// DRP's security guide advises for production), or
+    /// `imprint.insecure=1` is on anyway, or the API is plain `http://`.
+    LikeSources,
+    /// Not verified, as `drpcli` does: DRP's certificate is self-signed.
+    LikeDrpcli,
+}
+
+/// Decides how the DRP API at `endpoint` is verified (module docs).
+pub fn drp_api_trust(options: &HttpOptions, endpoint: &str) -> DrpApiTrust {
+    let https = endpoint
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"));
+    if !https || options.insecure || options.ca.is_some() {
+        DrpApiTrust::LikeSources
+    } else {
+        DrpApiTrust::LikeDrpcli
+    }
+}
+
+/// What is logged, once per process, when the DRP API is not verified.
+pub const DRP_API_UNVERIFIED: &str = "certificate not verified, as drpcli does (DRP's own is \
+     self-signed); image downloads are still verified. To verify the API too, give DRP a \
+     certificate from your CA and pass that CA with imprint.ca=";
+
+/// The TLS configuration for the DRP API at `endpoint` (no user info):
+/// [`drp_api_trust`] decides.
+pub fn drp_api_tls_config(options: &HttpOptions, endpoint: &str) -> Result<TlsConfig> {
+    match drp_api_trust(options, endpoint) {
+        DrpApiTrust::LikeSources => tls_config(options),
+        DrpApiTrust::LikeDrpcli => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| log::warn!("DRP API {endpoint}: {DRP_API_UNVERIFIED}"));
+            Ok(TlsConfig::builder().disable_verification(true).build())
+        }
+    }
 }
 
 /// The certificate problem behind a failed request, as one line with the fix, e.g.
@@ -229,6 +278,33 @@ mod tests {
             choose_trust(&options(Some("http://h/ca.pem"), true), true),
             Trust::Insecure
         );
+    }
+
+    #[test]
+    fn the_drp_api_is_trusted_like_drpcli_unless_told_otherwise() {
+        let drp = "https://10.0.0.2:8092";
+        assert_eq!(
+            drp_api_trust(&options(None, false), drp),
+            DrpApiTrust::LikeDrpcli
+        );
+        assert_eq!(
+            drp_api_trust(&options(None, false), "HTTPS://drp:8092"),
+            DrpApiTrust::LikeDrpcli
+        );
+        assert_eq!(
+            drp_api_trust(&options(Some("/ca.pem"), false), drp),
+            DrpApiTrust::LikeSources
+        );
+        assert_eq!(
+            drp_api_trust(&options(None, true), drp),
+            DrpApiTrust::LikeSources
+        );
+        assert_eq!(
+            drp_api_trust(&options(None, false), "http://10.0.0.2:8092"),
+            DrpApiTrust::LikeSources
+        );
+        // Only the API: everything else is still verified.
+        assert_eq!(choose_trust(&options(None, false), false), Trust::Bundled);
     }
 
     #[test]

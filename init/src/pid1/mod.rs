@@ -188,6 +188,7 @@ impl<P: Platform> Pid1<P> {
                         attempt: Some(attempt),
                     });
                     let line = report::error_line(&error);
+                    self.say_if_unreported();
                     self.platform.console(&line);
                     self.record_result(&line, None, Some(format!("{error:#}")), run_started);
                     if let FailurePolicy::Retry(limit) = self.on_failure
@@ -434,6 +435,21 @@ impl<P: Platform> Pid1<P> {
         self.announce_handoff(how, detail);
         self.platform.unmount_everything();
         Ending::Power(action)
+    }
+
+    /// A failure before the deploy spec named where to report (DRP's job,
+    /// a report URL) reaches nobody but this console and `/status`: says
+    /// so, and what DRP shows meanwhile (README, "When DRP shows nothing").
+    fn say_if_unreported(&mut self) {
+        let config = DeploySpec::lenient_from_cmdline(&self.cmdline).config;
+        if let Some(config) = config
+            && !crate::drp::is_reporting(&self.tracker.status)
+        {
+            self.platform.console(&format!(
+                "imprint: deploy spec {config} not loaded: {}",
+                crate::drp::UNREPORTED_FAILURE
+            ));
+        }
     }
 
     /// Follows the failure policy (retries are the caller's).

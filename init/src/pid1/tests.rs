@@ -389,6 +389,50 @@ fn a_network_failure_is_the_result() {
     assert!(!pid1.platform.calls.iter().any(|c| c.starts_with("disk")));
 }
 
+/// Issue 13, item 8: a DRP deploy whose network fails never loads its spec,
+/// so DRP gets no job; the console says so, and what DRP shows.
+#[test]
+fn a_failure_before_the_spec_is_loaded_says_drp_shows_nothing() {
+    let world = World::new();
+    let mut fake = Fake::new(&world.target());
+    fake.network_fails = true;
+    let cmdline = KernelCmdline::parse(
+        "imprint.config=http://10.0.2.2:8091/machines/m-1/imprint.json imprint.status-port=8080",
+    );
+    let mut pid1 = Pid1::new(fake, cmdline);
+    pid1.run();
+    let said: Vec<&String> = pid1
+        .platform
+        .console
+        .iter()
+        .filter(|line| line.contains("not reported"))
+        .collect();
+    assert_eq!(said.len(), 1, "{:?}", pid1.platform.console);
+    assert!(
+        said[0].starts_with(
+            "imprint: deploy spec http://10.0.2.2:8091/machines/m-1/imprint.json not loaded: \
+             this failure is not reported: DRP shows no job"
+        ),
+        "{said:?}"
+    );
+    // Without a spec to load, there is nothing to say.
+    let mut fake = Fake::new(&world.target());
+    fake.network_fails = true;
+    let cmdline =
+        KernelCmdline::parse("imprint.url=http://10.0.2.2:8080/x.img imprint.disk=/dev/vda");
+    let mut pid1 = Pid1::new(fake, cmdline);
+    pid1.run();
+    assert!(
+        !pid1
+            .platform
+            .console
+            .iter()
+            .any(|l| l.contains("not reported")),
+        "{:?}",
+        pid1.platform.console
+    );
+}
+
 #[test]
 fn a_local_deploy_spec_sets_the_network_its_image_is_fetched_over() {
     let world = World::new();

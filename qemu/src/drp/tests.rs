@@ -284,6 +284,9 @@ fn no_task_is_204_and_incomplete_job_is_202() {
     let none = create(&drp);
     assert_eq!((none.status, none.body.len()), (204, 0));
     assert!(drp.jobs().is_empty());
+    // The move to BootEnv `local` left it not runnable; an agent marks it.
+    assert_eq!(drp.machine_runnable(MACHINE), Some(false));
+    drp.set_runnable(MACHINE, true);
 
     drp.set_task(MACHINE, Some("other-task"));
     let job = create(&drp).json();
@@ -436,6 +439,137 @@ fn json_patch_is_all_or_nothing() {
         invalid(json!([{"op": "test", "path": "/State", "value": "created"}, {"path": "/x"}])),
         1
     );
+}
+
+fn runnable_patch(from: bool, to: bool) -> String {
+    json!([
+        {"op": "test", "path": "/Runnable", "value": from},
+        {"op": "replace", "path": "/Runnable", "value": to},
+    ])
+    .to_string()
+}
+
+#[test]
+fn a_workflow_leaves_the_machine_not_runnable_until_an_agent_marks_it() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.assign_imprint_workflow(MACHINE);
+    assert_eq!(drp.machine_runnable(MACHINE), Some(false));
+    let machine_path = format!("/api/v3/machines/{MACHINE}");
+    let shown = api(&drp, "GET", &machine_path, "").json();
+    assert_eq!(
+        (&shown["Runnable"], &shown["BootEnv"], &shown["Workflow"]),
+        (
+            &json!(false),
+            &json!("imprint"),
+            &json!("imprint-image-deploy")
+        )
+    );
+    let refused = create(&drp);
+    assert_eq!(refused.status, 409);
+    assert_eq!(
+        refused.json()["Messages"],
+        json!([format!("Machine {MACHINE} is not runnable")])
+    );
+    assert!(drp.jobs().is_empty());
+
+    // What `drpcli agent`'s Run() sends (PatchTo: a test op, then the change).
+    let stale = api(&drp, "PATCH", &machine_path, &runnable_patch(true, true));
+    assert_eq!(stale.status, 409, "the test op sees Runnable false");
+    let marked = api(&drp, "PATCH", &machine_path, &runnable_patch(false, true));
+    assert_eq!(
+        (marked.status, &marked.json()["Runnable"]),
+        (200, &json!(true))
+    );
+    assert_eq!(create(&drp).status, 201);
+
+    // A BootEnv change through the API makes it not runnable again.
+    let ops = json!([{"op": "replace", "path": "/BootEnv", "value": "sledgehammer"}]);
+    let moved = api(&drp, "PATCH", &machine_path, &ops.to_string());
+    assert_eq!(moved.json()["Runnable"], false);
+}
+
+#[test]
+fn a_stale_running_job_conflicts_until_it_is_failed() {
+    let drp = DrpStandIn::start().unwrap();
+    let stale = drp.add_stale_job(MACHINE, "running");
+    assert_eq!(
+        drp.machine(MACHINE).unwrap()["CurrentJob"],
+        json!(stale.clone())
+    );
+    let refused = create(&drp);
+    assert_eq!(refused.status, 409);
+    assert_eq!(
+        refused.json()["Messages"],
+        json!([format!(
+            "Machine {MACHINE} already has running or created job"
+        )])
+    );
+    let job = api(&drp, "GET", &format!("/api/v3/jobs/{stale}"), "").json();
+    assert_eq!(
+        (&job["State"], &job["Context"]),
+        (&json!("running"), &json!(""))
+    );
+    // agent init(): the stale job is failed; which leaves the machine not
+    // runnable, until it is marked runnable (Run()).
+    assert_eq!(
+        patch(&drp, &stale, state_patch("running", "failed")).status,
+        200
+    );
+    assert_eq!(create(&drp).status, 409);
+    drp.set_runnable(MACHINE, true);
+    let retried = create(&drp);
+    assert_eq!(retried.status, 201);
+    assert_eq!(retried.json()["Task"], DEFAULT_TASK);
+    assert_eq!(retried.json()["Previous"], json!(stale));
+}
+
+/// Runs job `id` as an agent does: `created` → `running` → `end`.
+fn run_job(drp: &DrpStandIn, id: &str, end: &str) {
+    for (from, to) in [("created", "running"), ("running", end)] {
+        assert_eq!(
+            patch(drp, id, state_patch(from, to)).status,
+            200,
+            "{from} → {to}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_job_is_retried_for_the_same_task_and_a_finished_one_advances() {
+    let drp = DrpStandIn::start().unwrap();
+    drp.set_tasks(MACHINE, &["imprint-deploy"]);
+    let first = create(&drp).json();
+    run_job(&drp, first["Uuid"].as_str().unwrap(), "failed");
+    assert_eq!(drp.machine_runnable(MACHINE), Some(false));
+    assert_eq!(create(&drp).status, 409, "not runnable after a failed job");
+    drp.set_runnable(MACHINE, true);
+    let second = create(&drp);
+    assert_eq!(second.status, 201);
+    assert_eq!(second.json()["Task"], "imprint-deploy");
+    run_job(&drp, second.json()["Uuid"].as_str().unwrap(), "finished");
+    assert_eq!(drp.machine_runnable(MACHINE), Some(true));
+    assert_eq!(create(&drp).status, 204);
+    assert_eq!(drp.machine_stage(MACHINE).as_deref(), Some("complete"));
+    assert_eq!(drp.machine_bootenv(MACHINE).as_deref(), Some("local"));
+}
+
+#[test]
+fn the_api_can_be_https_with_a_fresh_self_signed_certificate() {
+    let drp = DrpStandIn::start_self_signed().unwrap();
+    assert_eq!(drp.scheme(), "https");
+    assert!(drp.url("").starts_with("https://127.0.0.1:"));
+    let pem = drp.certificate_pem().unwrap();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 1, "{pem}");
+    let other = DrpStandIn::start_self_signed().unwrap();
+    assert_ne!(other.certificate_pem(), Some(pem), "generated per stand-in");
+    // Plain HTTP gets no HTTP answer: the port speaks TLS only.
+    let mut stream = TcpStream::connect(("127.0.0.1", drp.port())).unwrap();
+    stream
+        .write_all(b"GET /api/v3/machines HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    assert!(!raw.starts_with(b"HTTP/1.1 "), "{raw:?}");
 }
 
 /// `drpcli machines set UUID param image-deploy/image-type to '"dd-zst"'`
