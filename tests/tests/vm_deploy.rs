@@ -111,7 +111,9 @@ fn missing_disk_lists_the_disks_that_exist() {
         panic!("expected an error, got {result:?}")
     };
     assert!(
-        message.starts_with("disk /dev/vdz not found; disks present: vda (256.0 MiB"),
+        message.starts_with(
+            "imprint.disk= on the kernel command line: disk /dev/vdz not found; disks present: vda (256.0 MiB"
+        ),
         "{message}"
     );
     assert!(
