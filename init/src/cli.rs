@@ -100,9 +100,10 @@ fn deploy(args: &[String]) -> i32 {
     let outcome = with_config(spec, args)
         .and_then(|spec| spec.resolve(Origin::Cli))
         .and_then(|deploy| {
+            let source = tracker.opening_source(&deploy)?;
             tracker.enter(Stage::Disk);
             let target = resolve_target(&deploy.disk).context("option --disk")?;
-            session::run(&deploy, &target, None, &mut tracker)
+            session::run(&deploy, source, &target, None, &mut tracker)
         });
     println!("{}", session::result_line(&outcome));
     let code = match outcome {

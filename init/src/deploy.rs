@@ -51,7 +51,7 @@ use crate::pipeline::target::{self, BlockTarget};
 use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
 use crate::report::DeploySummary;
 use crate::source::retry::{restart_required, restart_required_in};
-use crate::source::{self, SourceOptions};
+use crate::source::{self, Source, SourceOptions};
 use crate::spec::{Expected, Resolved};
 use crate::text::human_size;
 
@@ -85,7 +85,8 @@ impl Default for DeployOptions {
     }
 }
 
-/// Streams the spec's image onto the disk or file at `target_path`.
+/// Streams `source` (the spec's image, opened by the caller) onto the disk
+/// or file at `target_path`.
 ///
 /// When a broken transfer cannot be resumed safely (the server ignored the
 /// Range request, or the file changed under us), the attempt fails closed
@@ -93,17 +94,22 @@ impl Default for DeployOptions {
 /// MiB guarantees nothing bootable was written by the first attempt.
 pub fn deploy_to(
     spec: &Resolved,
+    source: Source,
     target_path: &Path,
     options: &DeployOptions,
     progress: &mut dyn Progress,
 ) -> Result<DeploySummary> {
-    match deploy_attempt(spec, target_path, options, progress) {
+    match deploy_attempt(spec, source, target_path, options, progress) {
         Err(error) => {
             let Some(restart) = restart_required_in(&error) else {
                 return Err(error);
             };
             log::warn!("{restart}; starting the deploy again from byte 0 (once)");
-            let mut summary = deploy_attempt(spec, target_path, options, progress)
+            // The only second open of the source: the first one's bytes
+            // cannot be trusted any more.
+            let source = source::open(spec.image.as_str(), &spec.source)
+                .context("after restarting from byte 0 once")?;
+            let mut summary = deploy_attempt(spec, source, target_path, options, progress)
                 .context("after restarting from byte 0 once")?;
             summary.restarts = 1;
             Ok(summary)
@@ -114,6 +120,7 @@ pub fn deploy_to(
 
 fn deploy_attempt(
     spec: &Resolved,
+    source: Source,
     target_path: &Path,
     options: &DeployOptions,
     progress: &mut dyn Progress,
@@ -125,7 +132,6 @@ fn deploy_attempt(
         format::reconcile(&declared, ImageFormat::new(Compression::None, false))?;
     }
     let expected = expected_checksum(spec.expected.as_ref(), &url, &spec.source)?;
-    let source = source::open(&url, &spec.source)?;
     let stats = source.stats.clone();
     let target = target::open_target(target_path)?;
     log::info!(

@@ -18,8 +18,8 @@ use crate::deploy::{self, DeployOptions};
 use crate::inject::deployed::{self, Injected};
 use crate::pipeline::progress::Progress;
 use crate::report::{self, DeploySummary};
-use crate::source::SourceOptions;
 use crate::source::url::SourceUrl;
+use crate::source::{Source, SourceOptions};
 use crate::spec::Resolved;
 use crate::status::{EventKind, ProgressEvents, Stage, Status};
 use crate::timeline::{self, Mark, Timeline};
@@ -71,6 +71,14 @@ impl Tracker {
         self.status.set_timeline(self.timeline.to_json());
     }
 
+    /// Opens `deploy`'s image ([`open_source`]). Its failures (a 404, an
+    /// unreachable server) belong to the write stage, at byte 0.
+    pub fn opening_source(&mut self, deploy: &Resolved) -> Result<Source> {
+        self.enter(Stage::Write);
+        self.written = Some(0);
+        open_source(deploy)
+    }
+
     /// Where a failed run stopped writing, for the `failed` event.
     pub fn failed_offset(&self) -> Option<u64> {
         self.written.filter(|_| self.stage == Stage::Write)
@@ -84,11 +92,20 @@ pub fn fetch_spec(config: &SourceUrl, options: &SourceOptions) -> Result<String>
         .with_context(|| format!("fetching the deploy spec {config}"))
 }
 
-/// Writes `deploy`'s image onto `target`, verifies it and injects the
-/// machine's identity. `boot_mac` is the NIC PID 1 booted from (the
-/// installed network config names it); the CLI has none.
+/// Opens `deploy`'s image, once: before the target is chosen, so a 404 or
+/// an unreachable server fails with no disk touched, and so a local
+/// source's disk ([`Source::device`]) can be left out of the choice.
+pub fn open_source(deploy: &Resolved) -> Result<Source> {
+    crate::source::open(deploy.image.as_str(), &deploy.source)
+}
+
+/// Writes `source` (`deploy`'s image, from [`open_source`]) onto `target`,
+/// verifies it and injects the machine's identity. `boot_mac` is the NIC
+/// PID 1 booted from (the installed network config names it); the CLI has
+/// none.
 pub fn run(
     deploy: &Resolved,
+    source: Source,
     target: &Path,
     boot_mac: Option<[u8; 6]>,
     tracker: &mut Tracker,
@@ -96,7 +113,13 @@ pub fn run(
     tracker.enter(Stage::Write);
     tracker.written = None;
     let mut progress = Stamped::new(ProgressEvents::new(tracker.status.clone(), Stage::Write));
-    let written = deploy::deploy_to(deploy, target, &DeployOptions::default(), &mut progress);
+    let written = deploy::deploy_to(
+        deploy,
+        source,
+        target,
+        &DeployOptions::default(),
+        &mut progress,
+    );
     tracker.written = Some(progress.done);
     let summary = written?;
     if let (Some(first), Some(last)) = (progress.first, progress.last) {

@@ -23,6 +23,7 @@ use crate::logger::ConsoleLogger;
 use crate::net::NetConfig;
 use crate::report;
 use crate::session::{self, Done, Tracker};
+use crate::source::Source;
 use crate::source::url::SourceUrl;
 use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
 use crate::status::{EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status, StatusOptions};
@@ -221,8 +222,8 @@ impl<P: Platform> Pid1<P> {
     fn attempt(&mut self) -> Result<(Resolved, Done)> {
         self.drivers()?;
         let deploy = self.spec()?;
-        let target = self.disk(&deploy)?;
-        let done = session::run(&deploy, &target, self.boot_mac, &mut self.tracker)?;
+        let (source, target) = self.disk(&deploy)?;
+        let done = session::run(&deploy, source, &target, self.boot_mac, &mut self.tracker)?;
         Ok((deploy, done))
     }
 
@@ -288,12 +289,13 @@ impl<P: Platform> Pid1<P> {
         Ok(deploy)
     }
 
-    /// Phase disk: the target, never the disk the image is read from.
-    fn disk(&mut self, deploy: &Resolved) -> Result<std::path::PathBuf> {
+    /// Phase disk: the image is opened (once; a local source's filesystem is
+    /// found and mounted read-only), then the target chosen, never the disk
+    /// the image is read from.
+    fn disk(&mut self, deploy: &Resolved) -> Result<(Source, std::path::PathBuf)> {
+        let source = self.tracker.opening_source(deploy)?;
         self.tracker.enter(Stage::Disk);
-        // A local source's disk is found (and mounted read-only) first, so
-        // that target selection can leave it out.
-        let source_disk = self.platform.source_disk(&deploy.image)?;
+        let source_disk = source.device.clone();
         let excluded: Vec<String> = source_disk.iter().cloned().collect();
         let target = self
             .platform
@@ -308,7 +310,7 @@ impl<P: Platform> Pid1<P> {
                 deploy.image
             );
         }
-        Ok(target)
+        Ok((source, target))
     }
 
     /// Phase network: once per boot; later runs reuse it.

@@ -13,7 +13,6 @@ use crate::handoff::{self, Staged};
 use crate::hardware::{FirmwareFailure, HardwareReport};
 use crate::net::{self, NetConfig};
 use crate::session::Done;
-use crate::source::url::SourceUrl;
 use crate::spec::Resolved;
 use crate::status::MachineInfo;
 use crate::{modules, sys};
@@ -36,10 +35,6 @@ pub trait Platform {
     fn firmware_failures(&mut self) -> Vec<FirmwareFailure>;
     /// What the `started` event says about the machine.
     fn machine_info(&mut self) -> MachineInfo;
-    /// The whole disk holding a local image source (`vdb` for
-    /// `file://LABEL=…` found on `vdb1`, found and mounted read-only), so
-    /// that target selection leaves it out.
-    fn source_disk(&mut self, image: &SourceUrl) -> Result<Option<String>>;
     /// Waits (bounded) until `selector` picks exactly one disk, other than
     /// those `excluded`, and gives its device path.
     fn wait_for_disk(&mut self, selector: &DiskSelector, excluded: &[String]) -> Result<PathBuf>;
@@ -109,10 +104,6 @@ impl Platform for Machine {
 
     fn machine_info(&mut self) -> MachineInfo {
         MachineInfo::gather(Path::new("/sys"))
-    }
-
-    fn source_disk(&mut self, image: &SourceUrl) -> Result<Option<String>> {
-        crate::source::source_disk(image.as_str())
     }
 
     fn wait_for_disk(&mut self, selector: &DiskSelector, excluded: &[String]) -> Result<PathBuf> {

@@ -12,7 +12,6 @@ use crate::disk::DiskSelector;
 use crate::handoff::Staged;
 use crate::hardware::HardwareReport;
 use crate::net::{self, NetConfig};
-use crate::source::url::SourceUrl;
 use crate::status::MachineInfo;
 
 /// Records what PID 1 asked of the machine; each answer is scripted.
@@ -81,10 +80,6 @@ impl Platform for Fake {
 
     fn machine_info(&mut self) -> MachineInfo {
         MachineInfo::default()
-    }
-
-    fn source_disk(&mut self, _image: &SourceUrl) -> Result<Option<String>> {
-        Ok(None)
     }
 
     fn wait_for_disk(&mut self, selector: &DiskSelector, _excluded: &[String]) -> Result<PathBuf> {

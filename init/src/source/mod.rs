@@ -92,17 +92,6 @@ pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<St
     String::from_utf8(bytes).with_context(|| format!("{url} is not text"))
 }
 
-/// The whole disk holding the source `url` names, so target selection can
-/// leave it out: `Some("vdb")` for `file://LABEL=IMAGES/…` found on `vdb1`
-/// (found and mounted read-only as [`open`] would; `open` then reuses the
-/// mount). `None` for network sources and paths in the running system.
-pub fn source_disk(url: &str) -> Result<Option<String>> {
-    match local::DeviceFileUrl::parse(url)? {
-        Some(_) => open_file_url(url).map(|(_, _, disk)| disk),
-        None => Ok(None),
-    }
-}
-
 fn file_path(url: &str) -> Result<&str> {
     let path = url.get("file://".len()..).unwrap_or_default();
     if !path.starts_with('/') {
@@ -206,13 +195,6 @@ mod tests {
             .unwrap_err()
         );
         assert!(msg.contains("DEV= takes a kernel device name"), "{msg}");
-    }
-
-    #[test]
-    fn only_device_file_urls_have_a_source_disk() {
-        assert_eq!(source_disk("http://h/x.img").unwrap(), None);
-        assert_eq!(source_disk("file:///nonexistent/x.img").unwrap(), None);
-        assert!(source_disk("file://UUID=").is_err());
     }
 
     #[test]
