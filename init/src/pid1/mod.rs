@@ -447,10 +447,12 @@ impl<P: Platform> Pid1<P> {
         if let Some(config) = config
             && !crate::drp::is_reporting(&self.tracker.status)
         {
-            self.platform.console(&format!(
-                "imprint: deploy spec {config} not loaded: {}",
+            let why = format!(
+                "deploy spec {config} not loaded: {}",
                 crate::drp::UNREPORTED_FAILURE
-            ));
+            );
+            self.platform.console(&format!("imprint: {why}"));
+            self.tracker.status.set_unreported(why);
         }
     }
 

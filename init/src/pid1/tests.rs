@@ -410,6 +410,14 @@ fn a_failure_before_the_spec_is_loaded_says_drp_shows_nothing() {
         ),
         "{said:?}"
     );
+    // /status says the same, for whoever asks the halted machine.
+    let document = pid1.tracker.status.document();
+    assert!(
+        document["unreported"]
+            .as_str()
+            .is_some_and(|why| why.contains("DRP shows no job")),
+        "{document}"
+    );
     // Without a spec to load, there is nothing to say.
     let mut fake = Fake::new(&world.target());
     fake.network_fails = true;

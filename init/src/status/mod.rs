@@ -89,6 +89,8 @@ struct StatusState {
     events: Vec<Value>,
     /// The boot timeline so far (`crate::timeline`).
     timeline: Value,
+    /// Why nobody else heard of a failure (no DRP job to report it to).
+    unreported: Option<String>,
 }
 
 impl Default for StatusState {
@@ -102,6 +104,7 @@ impl Default for StatusState {
             error: Value::Null,
             timeline: Value::Null,
             events: Vec::new(),
+            unreported: None,
         }
     }
 }
@@ -148,6 +151,7 @@ impl StatusState {
             "progress": self.progress,
             "error": self.error,
             "timeline": self.timeline,
+            "unreported": self.unreported,
             "events": self.events,
         })
     }
@@ -353,6 +357,12 @@ impl Status {
     /// `handoff` and `failed` events.
     pub fn set_timeline(&self, timeline: Value) {
         self.inner.state.lock().timeline = timeline;
+    }
+
+    /// Says, in `/status`'s `unreported`, what no report sink was told: a
+    /// failure before DRP's `imprint.json` was loaded reaches no DRP job.
+    pub fn set_unreported(&self, why: String) {
+        self.inner.state.lock().unreported = Some(why);
     }
 
     /// The stage last entered (`write` before any).
@@ -629,7 +639,7 @@ mod tests {
             json!({
                 "imprint": event::VERSION, "state": "running", "stage": null,
                 "machine": null, "progress": null, "error": null, "timeline": null,
-                "events": [],
+                "unreported": null, "events": [],
             })
         );
         assert!(status.flush(Duration::ZERO));
