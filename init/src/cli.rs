@@ -12,7 +12,7 @@ use crate::disk::DiskSelector;
 use crate::logger::ConsoleLogger;
 use crate::session::{self, Tracker};
 use crate::spec::{DeploySpec, Origin, PARAMS};
-use crate::status::{EventKind, HandoffHow, MachineInfo, Stage, Status, StatusOptions};
+use crate::status::{EventKind, HandoffHow, MachineInfo, Stage, Status};
 
 /// How long the last status events may take to reach `--report`.
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
@@ -86,12 +86,7 @@ fn deploy(args: &[String]) -> i32 {
     ConsoleLogger::install(log::LevelFilter::Info, false);
     // --report and --status-port work here too: a fleet script can watch
     // CLI deploys the way it watches PID 1's.
-    let mut tracker = Tracker::new(Status::new(&StatusOptions {
-        report_url: spec.report.clone(),
-        status_port: spec.status_port,
-        source: spec.source.clone(),
-        ..StatusOptions::default()
-    }));
+    let mut tracker = Tracker::new(Status::new(&spec.status_options()));
     if spec.report.is_some() {
         tracker.status.emit(EventKind::Started {
             machine: MachineInfo::gather(Path::new("/sys")),

@@ -26,7 +26,7 @@ use crate::session::{self, Done, Tracker};
 use crate::source::Source;
 use crate::source::url::SourceUrl;
 use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
-use crate::status::{EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status, StatusOptions};
+use crate::status::{EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status};
 use crate::sys::power::{PowerAction, power};
 use crate::timeline::{self, Mark};
 
@@ -151,7 +151,7 @@ impl<P: Platform> Pid1<P> {
     /// failure, and still report and serve `/status`.
     pub fn new(platform: P, cmdline: KernelCmdline) -> Pid1<P> {
         let lenient = DeploySpec::lenient_from_cmdline(&cmdline);
-        let status = Status::new(&status_options(&lenient));
+        let status = Status::new(&lenient.status_options());
         Pid1 {
             platform,
             cmdline,
@@ -269,7 +269,7 @@ impl<P: Platform> Pid1<P> {
             None => spec,
         };
         // The spec may name what the command line did not.
-        self.tracker.status.adopt(&status_options(&spec));
+        self.tracker.status.adopt(&spec.status_options());
         // DRP's imprint.json carries the API URL and the machine's token:
         // the run is reported as a job of the machine.
         if let Some(agent) = &spec.identity.drp {
@@ -514,14 +514,5 @@ impl<P: Platform> Pid1<P> {
         if !self.tracker.status.flush(REPORT_FLUSH) {
             log::warn!("not every status event reached the report URL or DRP's job log");
         }
-    }
-}
-
-fn status_options(spec: &DeploySpec) -> StatusOptions {
-    StatusOptions {
-        report_url: spec.report.clone(),
-        status_port: spec.status_port,
-        source: spec.source.clone(),
-        ..StatusOptions::default()
     }
 }

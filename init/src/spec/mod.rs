@@ -22,6 +22,7 @@ use crate::pipeline::checksum::Checksum;
 use crate::pipeline::format::DeclaredFormat;
 use crate::source::SourceOptions;
 use crate::source::url::SourceUrl;
+use crate::status::StatusOptions;
 
 mod params;
 
@@ -427,6 +428,17 @@ impl DeploySpec {
             );
         }
         Ok(())
+    }
+
+    /// Where status goes: the report URL and the status port this spec
+    /// names, with its fetch options for the webhook.
+    pub fn status_options(&self) -> StatusOptions {
+        StatusOptions {
+            report_url: self.report.clone(),
+            status_port: self.status_port,
+            source: self.source.clone(),
+            ..StatusOptions::default()
+        }
     }
 
     /// Checks that what a deploy needs is there and hands over the typed
