@@ -374,6 +374,7 @@ fn every_imprint_param() -> Value {
         "imprint/retry-timeout": "2m",
         "imprint/connect-timeout": "5s",
         "imprint/decode-memory": "512M",
+        "imprint/direct-io": "off",
         "imprint/stall-timeout": "45s",
         "imprint/ca": "http://h/ca.pem",
         "imprint/insecure": true,

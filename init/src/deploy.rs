@@ -133,7 +133,7 @@ fn deploy_attempt(
     }
     let expected = expected_checksum(spec.expected.as_ref(), &url, &spec.source)?;
     let stats = source.stats.clone();
-    let target = target::open_target(target_path)?;
+    let target = target::open_target(target_path, spec.direct_io)?;
     log::info!(
         "deploying {url} ({}) to {}",
         source

@@ -7,11 +7,13 @@
 //! - [`decode`], [`zstd_split`] and [`zstd_decoder`], [`xz_blocks`], [`tar`]: strict streaming decoders;
 //! - [`ordered`]: the engine that decodes zstd frames and xz blocks on every core;
 //! - [`size_hint`]: the image size from compressed headers, before writing;
-//! - [`image_writer`], [`target`]: hold back the first MiB, zero runs, fail closed;
+//! - [`image_writer`], [`target`], [`direct`]: hold back the first MiB, zero runs, fail closed,
+//!   bulk writes past the page cache;
 //! - [`progress`]: the trait progress is reported through.
 
 pub mod checksum;
 pub mod decode;
+pub mod direct;
 pub mod format;
 pub mod image_writer;
 pub mod ordered;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::pipeline::direct::{DirectIo, DirectWrites};
 use crate::sys::block;
 
 /// A disk, or something standing in for one.
@@ -70,15 +71,21 @@ impl<T: BlockTarget + ?Sized> BlockTarget for Box<T> {
 /// opened with `O_EXCL`, which the kernel refuses while the device or one of
 /// its partitions is mounted or otherwise claimed: imprint never writes under
 /// a live filesystem. A missing path becomes a new, growing image file.
-pub fn open_target(path: &Path) -> Result<Box<dyn BlockTarget>> {
+/// `direct` says whether the bulk of the image may bypass the page cache
+/// ([`DirectIo`]).
+pub fn open_target(path: &Path, direct: DirectIo) -> Result<Box<dyn BlockTarget>> {
     match std::fs::metadata(path) {
-        Ok(meta) if meta.file_type().is_block_device() => Ok(Box::new(DeviceTarget::open(path)?)),
-        Ok(meta) if meta.is_file() => Ok(Box::new(FileTarget::open(path)?)),
+        Ok(meta) if meta.file_type().is_block_device() => {
+            Ok(Box::new(DeviceTarget::open(path)?.with_direct_io(direct)))
+        }
+        Ok(meta) if meta.is_file() => Ok(Box::new(FileTarget::open(path)?.with_direct_io(direct))),
         Ok(_) => bail!(
             "target {} is neither a block device nor a regular file",
             path.display()
         ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Box::new(FileTarget::open(path)?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Box::new(FileTarget::open(path)?.with_direct_io(direct)))
+        }
         Err(e) => Err(e).with_context(|| format!("inspecting target {}", path.display())),
     }
 }
@@ -117,6 +124,7 @@ pub struct DeviceTarget {
     /// Cleared when BLKZEROOUT says the device cannot do it, so the
     /// fallback does not pay for a failing ioctl on every zero run.
     zeroout: bool,
+    direct: DirectWrites,
 }
 
 impl DeviceTarget {
@@ -141,7 +149,15 @@ impl DeviceTarget {
             size,
             logical_block_size,
             zeroout: true,
+            direct: DirectWrites::new(DirectIo::default()),
         })
+    }
+
+    /// Sets whether the image's bulk may bypass the page cache.
+    #[must_use]
+    pub fn with_direct_io(mut self, direct: DirectIo) -> Self {
+        self.direct = DirectWrites::new(direct);
+        self
     }
 }
 
@@ -159,7 +175,11 @@ impl BlockTarget for DeviceTarget {
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        let block = self.logical_block_size as usize;
+        let path = &self.path;
+        self.direct.write_at(&self.file, buf, offset, block, &|| {
+            path.display().to_string()
+        })
     }
 
     fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
@@ -256,6 +276,7 @@ pub struct FileTarget {
     len: u64,
     grows: bool,
     punch: bool,
+    direct: DirectWrites,
 }
 
 impl FileTarget {
@@ -278,7 +299,20 @@ impl FileTarget {
             len,
             grows: len == 0,
             punch: true,
+            direct: DirectWrites::new(DirectIo::default()),
         })
+    }
+
+    /// Sets whether the image's bulk may bypass the page cache.
+    #[must_use]
+    pub fn with_direct_io(mut self, direct: DirectIo) -> Self {
+        self.direct = DirectWrites::new(direct);
+        self
+    }
+
+    /// Bytes written past the page cache so far.
+    pub fn direct_bytes(&self) -> u64 {
+        self.direct.direct_bytes()
     }
 
     fn check_end(&self, offset: u64, len: u64) -> io::Result<u64> {
@@ -320,7 +354,10 @@ impl BlockTarget for FileTarget {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         let end = self.check_end(offset, buf.len() as u64)?;
-        self.file.write_all_at(buf, offset)?;
+        let path = &self.path;
+        self.direct.write_at(&self.file, buf, offset, 4096, &|| {
+            path.display().to_string()
+        })?;
         self.len = self.len.max(end);
         Ok(())
     }
@@ -590,7 +627,7 @@ mod tests {
     fn new_file_grows_and_existing_file_has_a_fixed_size() {
         let dir = tempfile::tempdir().unwrap();
         let fresh = dir.path().join("new.img");
-        let mut target = open_target(&fresh).unwrap();
+        let mut target = open_target(&fresh, DirectIo::Auto).unwrap();
         assert!(target.grows());
         assert_eq!(target.size(), 0);
         target.write_at(b"abc", 10).unwrap();
@@ -605,7 +642,7 @@ mod tests {
 
         let image = dir.path().join("disk.img");
         std::fs::write(&image, [0xffu8; 8192]).unwrap();
-        let mut target = open_target(&image).unwrap();
+        let mut target = open_target(&image, DirectIo::Auto).unwrap();
         assert!(!target.grows());
         assert_eq!(target.size(), 8192);
         assert_eq!(target.describe(), image.display().to_string());
@@ -627,18 +664,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, b"0123456789").unwrap();
-        let target = open_target(&path).unwrap();
+        let target = open_target(&path, DirectIo::Auto).unwrap();
         assert_eq!(target.size(), 10);
         drop(target);
         assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
-        let msg = format!("{:#}", open_target(dir.path()).err().unwrap());
+        let msg = format!(
+            "{:#}",
+            open_target(dir.path(), DirectIo::Auto).err().unwrap()
+        );
         assert!(
             msg.contains("neither a block device nor a regular file"),
             "{msg}"
         );
         let msg = format!(
             "{:#}",
-            open_target(&dir.path().join("no/such/dir/x"))
+            open_target(&dir.path().join("no/such/dir/x"), DirectIo::Auto)
                 .err()
                 .unwrap()
         );
@@ -811,7 +851,7 @@ mod tests {
         if !parses {
             eprintln!("this kernel parses no MBR: partition checks skipped");
         }
-        let target = open_target(&lo.dev).unwrap();
+        let target = open_target(&lo.dev, DirectIo::Auto).unwrap();
         let mut writer = ImageWriter::begin(target, Some(image.len() as u64)).unwrap();
         writer.write_all(&image).unwrap();
         assert!(!lo.partition(1).exists(), "partition visible before commit");
@@ -822,7 +862,7 @@ mod tests {
         assert!(back[image.len()..7 << 20].iter().all(|&b| b == 0xa5));
         assert!(back[7 << 20..].iter().all(|&b| b == 0));
 
-        let target = open_target(&lo.dev).unwrap();
+        let target = open_target(&lo.dev, DirectIo::Auto).unwrap();
         let mut writer = ImageWriter::begin(target, None).unwrap();
         writer.write_all(&image[..3 << 20]).unwrap();
         let mut target = writer.abort().unwrap();

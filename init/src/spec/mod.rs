@@ -19,6 +19,7 @@ pub use crate::handoff::KexecOverride;
 use crate::inject::Identity;
 use crate::net::NetConfig;
 use crate::pipeline::checksum::Checksum;
+use crate::pipeline::direct::DirectIo;
 use crate::pipeline::format::DeclaredFormat;
 use crate::source::SourceOptions;
 use crate::source::url::SourceUrl;
@@ -111,6 +112,8 @@ pub struct DeploySpec {
     /// Bytes of compressed and decoded data the parallel decoders may hold
     /// (`imprint.decode-memory=`); `pipeline::ordered`'s default if absent.
     pub decode_memory: Option<u64>,
+    /// Whether the image is written past the page cache (`imprint.direct-io=`).
+    pub direct_io: DirectIo,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -164,6 +167,8 @@ pub struct Resolved {
     pub kexec: KexecOverride,
     /// `imprint.decode-memory=`, when set.
     pub decode_memory: Option<u64>,
+    /// `imprint.direct-io=`.
+    pub direct_io: DirectIo,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -209,6 +214,7 @@ impl Default for DeploySpec {
             link_timeout: None,
             boot_network: None,
             decode_memory: None,
+            direct_io: DirectIo::default(),
             origins: BTreeMap::new(),
         }
     }
@@ -476,6 +482,7 @@ impl DeploySpec {
             on_failure: self.on_failure,
             kexec: self.kexec,
             decode_memory: self.decode_memory,
+            direct_io: self.direct_io,
             origins: self.origins,
         })
     }

@@ -168,6 +168,16 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "direct-io",
+        values: "auto | off",
+        default: "auto",
+        help: "auto writes the image's whole blocks past the page cache (O_DIRECT) where the disk or file takes it, which saves the copy into the page cache and the writeback threads' CPU; off writes everything through the page cache.",
+        apply: |spec, v| {
+            spec.direct_io = crate::pipeline::direct::DirectIo::parse(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",
