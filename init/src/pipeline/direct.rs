@@ -177,7 +177,9 @@ pub(crate) mod tests {
     use std::io::Read;
 
     fn noise(len: usize) -> Vec<u8> {
-        (0..len).map(|i| u8::try_from((i * 7 + i / 4099) % 251).unwrap()).collect()
+        (0..len)
+            .map(|i| u8::try_from((i * 7 + i / 4099) % 251).unwrap())
+            .collect()
     }
 
     /// A file in a fresh temporary directory (on the disk here and in CI;
@@ -251,11 +253,23 @@ pub(crate) mod tests {
         let mut off = DirectWrites::new(DirectIo::Off);
         off.write_at(&file, &data, 0, 4096, &|| "t".into()).unwrap();
         assert_eq!(off.direct_bytes(), 0);
+        // A direct write, then one at an unaligned offset from the same
+        // state: O_DIRECT must be off again for the second.
         let mut auto = DirectWrites::new(DirectIo::Auto);
+        auto.write_at(&file, &data[4096..2 * 4096 + 4096], 1 << 20, 4096, &|| {
+            "t".into()
+        })
+        .unwrap();
+        let direct_before = auto.direct_bytes();
         auto.write_at(&file, &data[..8192], 512, 4096, &|| "t".into())
             .unwrap();
-        assert_eq!(auto.direct_bytes(), 0, "offset 512 is not block-aligned");
+        assert_eq!(
+            auto.direct_bytes(),
+            direct_before,
+            "offset 512 is not block-aligned"
+        );
         let mut expected = data.clone();
+        expected[1 << 20..(1 << 20) + 8192].copy_from_slice(&data[4096..3 * 4096]);
         expected[512..512 + 8192].copy_from_slice(&data[..8192]);
         assert_eq!(read_back(&path), expected);
     }

@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -159,6 +159,11 @@ impl DeviceTarget {
         self.direct = DirectWrites::new(direct);
         self
     }
+
+    /// Bytes written past the page cache so far.
+    pub fn direct_bytes(&self) -> u64 {
+        self.direct.direct_bytes()
+    }
 }
 
 impl BlockTarget for DeviceTarget {
@@ -201,8 +206,15 @@ impl BlockTarget for DeviceTarget {
                 Err(e) => return Err(e),
             }
         }
-        let file = &self.file;
-        write_zeros(|buf, at| file.write_all_at(buf, at), offset, len)
+        // Through the direct-write state, which knows whether O_DIRECT is
+        // set on the descriptor (an unaligned buffer would get EINVAL).
+        let (file, path, block) = (&self.file, &self.path, self.logical_block_size as usize);
+        let direct = &mut self.direct;
+        write_zeros(
+            |buf, at| direct.write_at(file, buf, at, block, &|| path.display().to_string()),
+            offset,
+            len,
+        )
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -383,8 +395,13 @@ impl BlockTarget for FileTarget {
                 Err(e) => return Err(e),
             }
         }
-        let file = &self.file;
-        write_zeros(|buf, at| file.write_all_at(buf, at), offset, len)?;
+        let (file, path) = (&self.file, &self.path);
+        let direct = &mut self.direct;
+        write_zeros(
+            |buf, at| direct.write_at(file, buf, at, 4096, &|| path.display().to_string()),
+            offset,
+            len,
+        )?;
         self.len = self.len.max(end);
         Ok(())
     }
@@ -793,6 +810,10 @@ mod tests {
         }
         target.zero_range(2 << 20, 1 << 20).unwrap();
         target.write_at(b"hello", 4 << 20).unwrap();
+        assert_eq!(target.direct_bytes(), 0, "5 bytes are not a whole block");
+        // Whole blocks bypass the page cache, and the device holds them.
+        target.write_at(&[7u8; 64 << 10], 5 << 20).unwrap();
+        assert_eq!(target.direct_bytes(), 64 << 10);
         target.sync().unwrap();
         target.reread_partitions().unwrap();
         drop(target);
@@ -813,7 +834,13 @@ mod tests {
         assert!(back[..1 << 20].iter().all(|&b| b == 0xa5));
         assert!(back[1 << 20..3 << 20].iter().all(|&b| b == 0));
         assert_eq!(&back[4 << 20..(4 << 20) + 5], b"hello");
-        assert!(back[(4 << 20) + 5..].iter().all(|&b| b == 0xa5));
+        assert!(back[(4 << 20) + 5..5 << 20].iter().all(|&b| b == 0xa5));
+        assert!(
+            back[5 << 20..(5 << 20) + (64 << 10)]
+                .iter()
+                .all(|&b| b == 7)
+        );
+        assert!(back[(5 << 20) + (64 << 10)..].iter().all(|&b| b == 0xa5));
     }
 
     /// Whether the running kernel parses MBR partition tables. Sandbox
