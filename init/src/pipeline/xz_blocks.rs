@@ -56,6 +56,67 @@ pub fn decoder(input: impl Read + Send + 'static, config: OrderedConfig) -> Orde
 pub struct XzBlock {
     offset: u64,
     uncompressed: u64,
+    /// The block's CRC32 or CRC64 as stored, when the worker checks it
+    /// itself (see [`OwnCheck`]); `None` when lzma-rust2 does.
+    check: Option<OwnCheck>,
+}
+
+/// A block's check verified by imprint instead of lzma-rust2, whose CRC32
+/// and CRC64 run one byte at a time through a table: about 2.2 CPU-s per
+/// GiB of output for CRC64 on the 2-core machine, a fifth of the whole
+/// decode (`BENCHMARKS.md`). A whole block is handed to lzma-rust2 as a
+/// one-block stream whose check type is None, and its output is checked
+/// here with crc32fast (SIMD) or `crc`'s slice-by-16 CRC-64/XZ. SHA-256
+/// checks stay with lzma-rust2 (sha2 either way), as do streamed blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnCheck {
+    Crc32(u32),
+    Crc64(u64),
+}
+
+/// CRC-64/XZ (ECMA-182, reflected), the xz format's CRC64 (§6).
+const CRC64_XZ: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
+
+impl OwnCheck {
+    /// The check ID of a stream header's flags that imprint verifies
+    /// itself, with the stored check bytes.
+    fn parse(check_id: u8, stored: &[u8]) -> Option<OwnCheck> {
+        match check_id {
+            0x01 => Some(OwnCheck::Crc32(u32::from_le_bytes(stored.try_into().ok()?))),
+            0x04 => Some(OwnCheck::Crc64(u64::from_le_bytes(stored.try_into().ok()?))),
+            _ => None,
+        }
+    }
+
+    fn is_own(check_id: u8) -> bool {
+        matches!(check_id, 0x01 | 0x04)
+    }
+
+    /// Whether `output` matches; the error names the check.
+    fn verify(self, output: &[u8]) -> Result<(), &'static str> {
+        let ok = match self {
+            OwnCheck::Crc32(stored) => crc32fast::hash(output) == stored,
+            OwnCheck::Crc64(stored) => CRC64_XZ.checksum(output) == stored,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(match self {
+                OwnCheck::Crc32(_) => "block: CRC32 of the decoded data does not match",
+                OwnCheck::Crc64(_) => "block: CRC64 of the decoded data does not match",
+            })
+        }
+    }
+}
+
+/// `stream_header` with its check type set to None (flags and CRC32 redone).
+fn without_check(stream_header: [u8; 12]) -> [u8; 12] {
+    let mut header = stream_header;
+    header[6..8].copy_from_slice(&[0, 0]);
+    let crc = crc32fast::hash(&header[6..8]);
+    header[8..12].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 fn corrupt(offset: u64, what: impl std::fmt::Display) -> io::Error {
@@ -382,13 +443,40 @@ impl<R: Read> Splitter<R> {
             let index = one_record_index(unpadded, uncompressed);
             let tail = footer(&index, [stream_header[6], stream_header[7]]);
             records.push((unpadded, uncompressed));
-            let unit = XzBlock {
+            let mut unit = XzBlock {
                 offset: block_at,
                 uncompressed,
+                check: None,
             };
             // The block as a one-block stream of its own: the stream
             // header, the block, a one-record index and a footer.
             let whole_len = 12 + header_len + body + index.len() as u64 + 12;
+            let check_id = stream_header[7] & 0x0F;
+            if OwnCheck::is_own(check_id) && dispatch.config().fits_whole(whole_len, uncompressed) {
+                // The same, without the check field: checked by the worker.
+                let header = without_check(stream_header);
+                let unpadded = header_len + compressed;
+                let index = one_record_index(unpadded, uncompressed);
+                let tail = footer(&index, [0, 0]);
+                let packed = compressed + pad4(compressed);
+                let whole_len = 12 + header_len + packed + index.len() as u64 + 12;
+                let capacity = usize::try_from(whole_len).unwrap_or(usize::MAX);
+                let mut stream = dispatch.input_buffer(capacity);
+                dispatch.reserve(stream.capacity() as u64)?;
+                stream.extend_from_slice(&header);
+                stream.extend_from_slice(&block);
+                let old = stream.len();
+                stream.resize(old + usize::try_from(packed).unwrap_or(usize::MAX), 0);
+                self.fill_exact(&mut stream[old..])?;
+                let mut stored = [0u8; 8];
+                let stored = &mut stored[..usize::try_from(check).unwrap_or(0)];
+                self.fill_exact(stored)?;
+                unit.check = OwnCheck::parse(check_id, stored);
+                stream.extend_from_slice(&index);
+                stream.extend_from_slice(&tail);
+                dispatch.whole(unit, stream, uncompressed)?;
+                continue;
+            }
             if dispatch.config().fits_whole(whole_len, uncompressed) {
                 let capacity = usize::try_from(whole_len).unwrap_or(usize::MAX);
                 let mut stream = dispatch.input_buffer(capacity);
@@ -940,6 +1028,11 @@ impl UnitDecoder for XzBlockDecoder {
         out.reserve(usize::try_from(block.uncompressed).unwrap_or(0));
         let result = Self::reader(data, block).read_to_end(out);
         Self::check(block, result.map(|n| n as u64))?;
+        if let Some(check) = block.check {
+            check
+                .verify(out)
+                .map_err(|what| corrupt(block.offset, what))?;
+        }
         Ok(out.len())
     }
 
@@ -1204,6 +1297,37 @@ mod tests {
             let input = xz_cli(&["-c", "-1", "-T2", "--block-size=100KiB", &arg], &data);
             assert_eq!(decode(input.clone(), 1).unwrap(), data, "{check}");
             assert_eq!(decode(input, 4).unwrap(), data, "{check}");
+        }
+    }
+
+    /// A wrong check in a block is caught on the parallel path for every
+    /// check type, whoever verifies it (imprint for CRC32 and CRC64,
+    /// lzma-rust2 for SHA-256), and names the block.
+    #[test]
+    fn a_wrong_block_check_is_an_error_naming_the_block() {
+        let data = payload(1_000_003);
+        for (check, len, says) in [
+            ("crc32", 4, "CRC32 of the decoded data does not match"),
+            ("crc64", 8, "CRC64 of the decoded data does not match"),
+            ("sha256", 32, "invalid block checksum"),
+        ] {
+            let arg = format!("--check={check}");
+            let input = xz_cli(&["-c", "-1", "-T2", "--block-size=100KiB", &arg], &data);
+            let header_len = (usize::from(input[12]) + 1) * 4;
+            let header = parse_block_header(&input[12..12 + header_len], len).unwrap();
+            let compressed = header.compressed.unwrap();
+            let at = 12 + header_len as u64 + compressed + pad4(compressed);
+            for byte in [0, len - 1] {
+                let mut bad = input.clone();
+                bad[usize::try_from(at + byte).unwrap()] ^= 0x10;
+                for threads in [1, 4] {
+                    let err = decode(bad.clone(), threads).unwrap_err();
+                    assert_eq!(err.kind(), ErrorKind::InvalidData, "{check}: {err}");
+                    let msg = err.to_string();
+                    assert!(msg.contains(says), "{check}: {msg}");
+                    assert!(msg.contains("at input byte 12:"), "{check}: {msg}");
+                }
+            }
         }
     }
 
