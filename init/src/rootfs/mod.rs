@@ -17,6 +17,8 @@
 
 mod acl;
 mod archive;
+#[cfg(test)]
+mod gnu_tar_tests;
 mod header;
 #[cfg(test)]
 mod tests;
