@@ -32,6 +32,9 @@ printf 'setuid binary' > usr/bin/su && chmod 4755 usr/bin/su
 printf 'setgid binary' > usr/bin/wall && chown 0:5 usr/bin/wall && chmod 2755 usr/bin/wall
 printf 'pretend ping' > usr/bin/ping && chmod 0755 usr/bin/ping
 setcap cap_net_raw+ep usr/bin/ping
+# Owned by someone else: chown after chmod, or after setcap, would clear these.
+printf 'user setuid' > usr/bin/suid-user && chown 1234:5678 usr/bin/suid-user && chmod 6755 usr/bin/suid-user
+printf 'user cap' > usr/bin/cap-user && chown 1234:5678 usr/bin/cap-user && setcap cap_net_raw+ep usr/bin/cap-user
 chmod 1777 sticky
 chmod 2775 sgid
 printf 'notes' > etc/noted
@@ -194,6 +197,7 @@ fn assert_features(a: &BTreeMap<PathBuf, Entry>, root: &Path, pax: bool) {
     if pax {
         let has = |p: &str, name: &str| get(p).xattrs.contains_key(name);
         assert!(has("usr/bin/ping", "security.capability"));
+        assert!(has("usr/bin/cap-user", "security.capability"));
         assert_eq!(get("etc/noted").xattrs["user.note"], b"hello world");
         assert_eq!(
             get("etc/noted").xattrs["trusted.binary"],
@@ -207,6 +211,7 @@ fn assert_features(a: &BTreeMap<PathBuf, Entry>, root: &Path, pax: bool) {
         (3_000_000, 4_000_000)
     );
     assert_eq!(get("usr/bin/su").mode & 0o7777, 0o4755);
+    assert_eq!(get("usr/bin/suid-user").mode & 0o7777, 0o6755);
     assert_eq!(get("usr/bin/wall").mode & 0o7777, 0o2755);
     assert_eq!(get("sticky").mode & 0o7777, 0o1777);
     assert_eq!((get("srv/owned").uid, get("srv/owned").gid), (1234, 5678));

@@ -32,8 +32,6 @@ use anyhow::Result;
 use crate::installed::RootDir;
 use crate::pipeline::progress::Progress;
 
-pub use unpack::member_path;
-
 /// What an unpack created.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackSummary {
