@@ -19,6 +19,7 @@ use std::process::Command;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::installed::{Resolver, RootDir};
 use crate::pipeline::progress::NoProgress;
 
 const SPARSE_SIZE: u64 = 64 << 20;
@@ -284,6 +285,16 @@ fn compare(work: &Path, src: &Path, v: &Variant<'_>) -> Vec<u8> {
     }
     assert_eq!(groups_a, groups_b, "{label}: hard links");
     assert_eq!(groups_a.len(), 1, "{label}: {groups_a:?}");
+    // The userspace resolver (kernels without openat2) makes the same tree.
+    let c = work.join(format!("{label}-userspace"));
+    std::fs::create_dir(&c).unwrap();
+    let userspace = RootDir::with_resolver(&c, Resolver::Userspace);
+    super::unpack::unpack_into(File::open(&archive).unwrap(), &userspace, &mut NoProgress)
+        .unwrap_or_else(|e| panic!("{label}: imprint (userspace resolver) failed: {e:#}"));
+    assert!(
+        walk(&c) == (tree_b, groups_b),
+        "{label}: the userspace resolver differs"
+    );
     let sparse = allocated(&b.join("usr/lib/sparse"));
     assert!(
         sparse < 1 << 20,

@@ -712,3 +712,65 @@ fn a_file_where_a_non_empty_directory_stands_is_an_error() {
     );
     assert!(e.contains("extracting d") && e.contains("directory"), "{e}");
 }
+
+/// At most 7 bytes per read and `Interrupted` on every other call.
+struct Dribble<R>(R, usize);
+
+impl<R: std::io::Read> std::io::Read for Dribble<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.1 += 1;
+        if self.1 % 2 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let n = buf.len().min(7);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+#[test]
+fn short_reads_and_interruptions_change_nothing() {
+    let mut bytes = pax_member(
+        &[
+            ("path", b"p/long".as_slice()),
+            ("SCHILY.xattr.user.x", b"1"),
+        ],
+        Block::new("p", b'0', 1000),
+        &[9u8; 1000],
+    );
+    bytes.extend(archive(&[(Block::new("q", b'2', 0).link("p/long"), b"")]));
+    let t = target();
+    let dribbled = unpack_into(
+        Dribble(Cursor::new(&bytes), 0),
+        &RootDir::with_resolver(&t.root, Resolver::Kernel),
+        &mut NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        (dribbled.files, dribbled.symlinks, dribbled.bytes),
+        (1, 1, 1000)
+    );
+    assert_eq!(std::fs::read(t.root.join("q")).unwrap(), [9u8; 1000]);
+}
+
+#[test]
+fn a_hard_link_to_a_member_not_yet_extracted_is_an_error() {
+    let t = target();
+    let bytes = archive(&[(Block::new("h", b'1', 0).link("nowhere/x"), b"")]);
+    let e = format!(
+        "{:#}",
+        unpack_with(&bytes, &t.root, Resolver::Kernel).unwrap_err()
+    );
+    assert!(e.contains("extracting h") && e.contains("nowhere/x"), "{e}");
+}
+
+#[test]
+fn names_need_not_be_utf8() {
+    let t = target();
+    let mut block = Block::new("", b'0', 2);
+    block.name = b"caf\xe9".to_vec();
+    let bytes = archive(&[(block, b"ok")]);
+    unpack_with(&bytes, &t.root, Resolver::Userspace).unwrap();
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    assert_eq!(std::fs::read(t.root.join(name)).unwrap(), b"ok");
+}
