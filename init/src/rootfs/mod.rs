@@ -14,6 +14,24 @@
 //!                         -> unpack.rs (create by name in the resolved parent, then metadata)
 //! header.rs: one header block, pax records, sparse maps (pure)   acl.rs: ACL text -> xattr
 //! ```
+//!
+//! Where it differs from GNU tar, on purpose:
+//! - `..` anywhere in a member name or hard-link target is an error (GNU
+//!   tar strips the name up to its last `..` and warns). A leading `/` is
+//!   stripped with a warning, as GNU tar does; `./` is dropped.
+//! - A member below an earlier symlink resolves inside the root, as the
+//!   booted system would see it (GNU tar instead delays absolute and `..`
+//!   symlinks behind placeholder files, so such members fail there).
+//! - Anything but zeros after the end-of-archive blocks, or a header after
+//!   a single zero block, is an error; GNU tar stops reading at the end.
+//! - Names in a text-only ACL (`user:alice:r-x`) are looked up in the new
+//!   root's `/etc/passwd` and `/etc/group`, not the deploy environment's;
+//!   an ACL archived both as text and as its raw `system.posix_acl_*`
+//!   xattr (`--xattrs-include='*'`) is set from the raw one.
+//! - Directories missing from the archive are made 0755 root:root; their
+//!   mtime is the time of extraction, as with GNU tar.
+//! - `V` (volume label), `M` (multi-volume), `D` (dump directory) and
+//!   other entry types GNU tar knows but a rootfs never holds are errors.
 
 mod acl;
 mod archive;
