@@ -50,6 +50,10 @@ ln -s /nowhere/at/all dangling
 mknod dev/null c 1 3
 mknod dev/loop9 b 7 9
 mkfifo run/fifo
+# Never opened to set these: the symlink, device and FIFO are named.
+setfattr -h -n trusted.on-link -v L usr/bin/abs-link
+setfattr -n trusted.on-dev -v D dev/null
+setfattr -n trusted.on-fifo -v F run/fifo
 truncate -s 64M usr/lib/sparse
 printf 'first region' | dd of=usr/lib/sparse bs=1 seek=1048576 conv=notrunc status=none
 printf 'second region' | dd of=usr/lib/sparse bs=1 seek=41943040 conv=notrunc status=none
@@ -206,6 +210,9 @@ fn assert_features(a: &BTreeMap<PathBuf, Entry>, root: &Path, pax: bool) {
         );
         assert!(has("srv/aclfile", "system.posix_acl_access"));
         assert!(has("srv/acldir", "system.posix_acl_default"));
+        assert_eq!(get("usr/bin/abs-link").xattrs["trusted.on-link"], b"L");
+        assert_eq!(get("dev/null").xattrs["trusted.on-dev"], b"D");
+        assert_eq!(get("run/fifo").xattrs["trusted.on-fifo"], b"F");
     }
     assert_eq!(
         (get("srv/bigid").uid, get("srv/bigid").gid),

@@ -657,15 +657,18 @@ fn existing_entries_are_replaced_and_directories_kept() {
         std::os::unix::fs::symlink(t.outside.join("victim"), t.root.join("link")).unwrap();
         std::fs::create_dir(t.root.join("dir")).unwrap();
         std::fs::write(t.root.join("dir/old"), b"old").unwrap();
-        let bytes = archive(&[
-            (Block::new("link", b'0', 3), b"new"),
-            (Block::new("dir", b'5', 0), b""),
-        ]);
+        let mut dir = Block::new("dir", b'5', 0);
+        dir.mode = 0o750;
+        dir.uid = 42;
+        let bytes = archive(&[(Block::new("link", b'0', 3), b"new"), (dir, b"")]);
         unpack_with(&bytes, &t.root, resolver).unwrap();
         assert_eq!(std::fs::read(t.outside.join("victim")).unwrap(), b"keep");
         assert_eq!(std::fs::read(t.root.join("link")).unwrap(), b"new");
         assert!(!t.root.join("link").is_symlink());
         assert_eq!(std::fs::read(t.root.join("dir/old")).unwrap(), b"old");
+        use std::os::unix::fs::MetadataExt as _;
+        let kept = std::fs::metadata(t.root.join("dir")).unwrap();
+        assert_eq!((kept.mode() & 0o7777, kept.uid()), (0o750, 42));
     }
 }
 
