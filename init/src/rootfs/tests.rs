@@ -764,6 +764,10 @@ fn a_hard_link_to_a_member_not_yet_extracted_is_an_error() {
         unpack_with(&bytes, &t.root, Resolver::Kernel).unwrap_err()
     );
     assert!(e.contains("extracting h") && e.contains("nowhere/x"), "{e}");
+    assert!(
+        !t.root.join("nowhere").exists(),
+        "the target's directory was made"
+    );
 }
 
 #[test]
@@ -776,4 +780,24 @@ fn names_need_not_be_utf8() {
     use std::os::unix::ffi::OsStrExt as _;
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
     assert_eq!(std::fs::read(t.root.join(name)).unwrap(), b"ok");
+}
+
+#[test]
+fn a_symlink_replaced_between_members_is_followed_afresh() {
+    for resolver in RESOLVERS {
+        let t = target();
+        let bytes = archive(&[
+            (Block::new("a/", b'5', 0), b""),
+            (Block::new("b/", b'5', 0), b""),
+            (Block::new("l", b'2', 0).link("a"), b""),
+            (Block::new("l/one", b'0', 1), b"1"),
+            (Block::new("l/two", b'0', 1), b"2"),
+            (Block::new("l", b'2', 0).link("/b"), b""),
+            (Block::new("l/three", b'0', 1), b"3"),
+        ]);
+        unpack_with(&bytes, &t.root, resolver).unwrap();
+        assert!(t.root.join("a/one").exists() && t.root.join("a/two").exists());
+        assert_eq!(std::fs::read(t.root.join("b/three")).unwrap(), b"3");
+        assert!(!t.root.join("a/three").exists());
+    }
 }

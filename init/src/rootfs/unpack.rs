@@ -103,6 +103,7 @@ pub fn unpack_into(
     let mut pending = Vec::new();
     let mut names = Names::default();
     let mut buf = vec![0u8; CHUNK];
+    let mut parents = LastParent::default();
     while let Some(member) = archive.next_member()? {
         let shown = member.display_name();
         let path = member_path(&member.name)
@@ -112,6 +113,7 @@ pub fn unpack_into(
             names: &mut names,
             summary: &mut summary,
             progress,
+            parents: &mut parents,
         };
         if let Some(dir) = ctx
             .extract(&mut archive, &member, path.as_deref(), &mut buf)
@@ -137,6 +139,38 @@ struct Ctx<'a> {
     names: &'a mut Names,
     summary: &'a mut UnpackSummary,
     progress: &'a mut dyn Progress,
+    parents: &'a mut LastParent,
+}
+
+/// The directory the last member went into, kept while members go into
+/// the same one (a rootfs lists a directory's files together), so each
+/// costs no path resolution. Only a member that is a regular file or a
+/// hard link, created without replacing anything, keeps it: such a
+/// member changes no directory or symlink, so the path still leads to
+/// the same directory.
+#[derive(Default)]
+struct LastParent {
+    last: Option<(PathBuf, OwnedFd)>,
+}
+
+impl LastParent {
+    /// The directory holding `path`, and its last name.
+    fn take(&mut self, root: &RootDir, path: &Path) -> Result<(OwnedFd, OsString)> {
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if let Some((cached, fd)) = self.last.take() {
+            if cached == parent {
+                if let Some(name) = path.file_name() {
+                    return Ok((fd, name.to_owned()));
+                }
+            }
+        }
+        parent_of(root, path)
+    }
+
+    fn keep(&mut self, path: &Path, dir: OwnedFd) {
+        let parent = path.parent().unwrap_or(Path::new("")).to_owned();
+        self.last = Some((parent, dir));
+    }
 }
 
 impl Ctx<'_> {
@@ -156,34 +190,37 @@ impl Ctx<'_> {
             }
             bail!("only a directory may stand for the root itself");
         };
-        let (dir, name) = parent_of(self.root, path)?;
+        let (dir, name) = self.parents.take(self.root, path)?;
         match &member.kind {
             Kind::Directory => {
-                match kind_at(&dir, &name)? {
-                    Some(FileType::Directory) => {}
-                    Some(_) => {
+                match rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) if kind_at(&dir, &name)? == Some(FileType::Directory) => {}
+                    Err(Errno::EXIST) => {
                         remove_existing(&dir, &name)?;
                         make_dir(&dir, &name)?;
                     }
-                    None => make_dir(&dir, &name)?,
+                    Err(e) => {
+                        return Err(std::io::Error::from(e)).context("creating the directory");
+                    }
                 }
                 self.summary.dirs += 1;
                 return Ok(Some(Some(path.to_owned())));
             }
             Kind::File { sparse } => {
-                remove_existing(&dir, &name)?;
-                let fd = rustix::fs::openat(
-                    &dir,
-                    &name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(std::io::Error::from)
-                .context("creating the file")?;
+                // O_EXCL: a symlink at the name is never followed.
+                let (fd, replaced) = create_replacing(&dir, &name, "the file", || {
+                    rustix::fs::openat(
+                        &dir,
+                        &name,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                })?;
                 let mut file = File::from(fd);
                 match sparse {
                     None => self.copy(archive, &mut file, member.data_size, buf)?,
@@ -202,6 +239,9 @@ impl Ctx<'_> {
                 set_owner_mode(&file, member)?;
                 set_xattrs(&Handle::Fd(file.as_fd()), member, self.root, self.names)?;
                 set_times_fd(&file, member)?;
+                if !replaced {
+                    self.parents.keep(path, dir);
+                }
                 return Ok(None);
             }
             Kind::HardLink(target) => {
@@ -213,20 +253,32 @@ impl Ctx<'_> {
                     self.summary.hard_links += 1;
                     return Ok(None);
                 }
-                let (target_dir, target_name) = parent_of(self.root, &target_path)
-                    .with_context(|| format!("hard link target {}", target_path.display()))?;
-                remove_existing(&dir, &name)?;
-                rustix::fs::linkat(&target_dir, &target_name, &dir, &name, AtFlags::empty())
-                    .map_err(std::io::Error::from)
-                    .with_context(|| format!("linking to {}", target_path.display()))?;
+                // Never made here: the target must have been extracted.
+                let target_dir = target_path
+                    .parent()
+                    .map_or(Ok(None), |parent| self.root.open_dir(parent))?
+                    .with_context(|| {
+                        format!("hard link target {} is missing", target_path.display())
+                    })?;
+                let target_name = target_path
+                    .file_name()
+                    .context("a hard link target without a name")?;
+                let ((), replaced) = create_replacing(
+                    &dir,
+                    &name,
+                    &format!("a link to {}", target_path.display()),
+                    || rustix::fs::linkat(&target_dir, target_name, &dir, &name, AtFlags::empty()),
+                )?;
                 self.summary.hard_links += 1;
+                if !replaced {
+                    self.parents.keep(path, dir);
+                }
                 return Ok(None);
             }
             Kind::Symlink(target) => {
-                remove_existing(&dir, &name)?;
-                rustix::fs::symlinkat(OsStr::from_bytes(target), &dir, &name)
-                    .map_err(std::io::Error::from)
-                    .context("creating the symlink")?;
+                create_replacing(&dir, &name, "the symlink", || {
+                    rustix::fs::symlinkat(OsStr::from_bytes(target), &dir, &name)
+                })?;
                 self.summary.symlinks += 1;
             }
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -235,18 +287,16 @@ impl Ctx<'_> {
                 } else {
                     FileType::BlockDevice
                 };
-                remove_existing(&dir, &name)?;
                 let dev = rustix::fs::makedev(*major, *minor);
-                rustix::fs::mknodat(&dir, &name, kind, Mode::from_raw_mode(0o600), dev)
-                    .map_err(std::io::Error::from)
-                    .context("creating the device node")?;
+                create_replacing(&dir, &name, "the device node", || {
+                    rustix::fs::mknodat(&dir, &name, kind, Mode::from_raw_mode(0o600), dev)
+                })?;
                 self.summary.special += 1;
             }
             Kind::Fifo => {
-                remove_existing(&dir, &name)?;
-                rustix::fs::mknodat(&dir, &name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-                    .map_err(std::io::Error::from)
-                    .context("creating the FIFO")?;
+                create_replacing(&dir, &name, "the FIFO", || {
+                    rustix::fs::mknodat(&dir, &name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                })?;
                 self.summary.special += 1;
             }
         }
@@ -326,6 +376,27 @@ fn kind_at(dir: &OwnedFd, name: &OsStr) -> Result<Option<FileType>> {
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(std::io::Error::from(e)).context("inspecting what is there"),
     }
+}
+
+/// Creates an entry with `create`; where something already stands at the
+/// name, removes it ([`remove_existing`]) and creates once more. The
+/// second value says whether something was replaced.
+fn create_replacing<T>(
+    dir: &OwnedFd,
+    name: &OsStr,
+    what: &str,
+    create: impl Fn() -> rustix::io::Result<T>,
+) -> Result<(T, bool)> {
+    let result = match create() {
+        Err(Errno::EXIST) => {
+            remove_existing(dir, name)?;
+            create().map(|made| (made, true))
+        }
+        other => other.map(|made| (made, false)),
+    };
+    result
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("creating {what}"))
 }
 
 /// Makes room for a new entry: a file, symlink or node is unlinked (a
