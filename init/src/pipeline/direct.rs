@@ -177,9 +177,7 @@ pub(crate) mod tests {
     use std::io::Read;
 
     fn noise(len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| u8::try_from((i * 7 + i / 4099) % 251).unwrap())
-            .collect()
+        (0..len).map(|i| u8::try_from((i * 7 + i / 4099) % 251).unwrap()).collect()
     }
 
     /// A file in a fresh temporary directory (on the disk here and in CI;
