@@ -801,3 +801,23 @@ fn a_symlink_replaced_between_members_is_followed_afresh() {
         assert!(!t.root.join("a/three").exists());
     }
 }
+
+#[test]
+fn a_directory_replaced_by_a_later_member_keeps_that_member() {
+    let t = target();
+    let mut file = Block::new("x", b'0', 1);
+    file.mode = 0o600;
+    let bytes = archive(&[
+        (Block::new("x/", b'5', 0), b""),
+        (file, b"f"),
+        (Block::new("y/", b'5', 0), b""),
+        (Block::new("y", b'2', 0).link("x"), b""),
+    ]);
+    unpack_with(&bytes, &t.root, Resolver::Kernel).unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(t.root.join("x")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    assert!(t.root.join("y").is_symlink());
+}

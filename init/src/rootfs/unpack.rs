@@ -546,15 +546,29 @@ fn finish_dir(root: &RootDir, names: &mut Names, dir: &PendingDir) -> Result<()>
             .open_dir(Path::new(""))?
             .context("the target directory is gone")?,
         Some(path) => {
-            let (parent, name) = parent_of(root, path)?;
-            rustix::fs::openat(
-                &parent,
-                &name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(std::io::Error::from)
-            .context("opening the directory")?
+            let name = path.file_name().context("a member path without a name")?;
+            let parent = path.parent().unwrap_or(Path::new(""));
+            let opened = match root.open_dir(parent)? {
+                Some(parent) => rustix::fs::openat(
+                    &parent,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ),
+                None => Err(Errno::NOENT),
+            };
+            match opened {
+                Ok(fd) => fd,
+                // A later member replaced it (an empty directory can be):
+                // that member's metadata stands, as with GNU tar.
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
+                    log::debug!("{} is no longer a directory", path.display());
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(std::io::Error::from(e)).context("opening the directory");
+                }
+            }
         }
     };
     // `root.open_dir` gives an O_PATH descriptor, which fchown and
