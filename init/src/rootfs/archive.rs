@@ -106,6 +106,9 @@ struct Extended {
     /// Sparse 0.1's `GNU.sparse.map`, or 0.0's offset/numbytes pairs.
     sparse_map: Option<Vec<Region>>,
     sparse_pending_offset: Option<u64>,
+    /// star's and libarchive's device numbers too large for the header.
+    devmajor: Option<u64>,
+    devminor: Option<u64>,
 }
 
 impl Extended {
@@ -133,6 +136,8 @@ impl Extended {
                 b"atime" => self.atime = if empty { None } else { Some(time()?) },
                 b"SCHILY.acl.access" => self.acl_access = acl_text(value),
                 b"SCHILY.acl.default" => self.acl_default = acl_text(value),
+                b"SCHILY.devmajor" => self.devmajor = if empty { None } else { Some(num()?) },
+                b"SCHILY.devminor" => self.devminor = if empty { None } else { Some(num()?) },
                 b"GNU.sparse.major" => self.sparse_major = Some(num()?),
                 b"GNU.sparse.minor" => self.sparse_minor = Some(num()?),
                 b"GNU.sparse.name" => self.sparse_name = Some(value.clone()),
@@ -328,10 +333,18 @@ impl<R: Read> Archive<R> {
         let mut data_size = ext.size.unwrap_or(header.size);
         self.remaining = data_size;
         self.padding = (BLOCK - data_size % BLOCK) % BLOCK;
-        let device = || {
-            header
+        let device = || -> Result<(u32, u32)> {
+            let (major, minor) = header
                 .device
-                .ok_or_else(|| fail("no device numbers".to_owned()))
+                .ok_or_else(|| fail("no device numbers".to_owned()))?;
+            let number = |pax: Option<u64>, header: u32, what: &str| match pax {
+                None => Ok(header),
+                Some(v) => u32::try_from(v).map_err(|_| fail(format!("{what} {v} out of range"))),
+            };
+            Ok((
+                number(ext.devmajor, major, "devmajor")?,
+                number(ext.devminor, minor, "devminor")?,
+            ))
         };
         let kind = match header.typeflag {
             b'0' | 0 | b'7' if ext.is_sparse() => {
@@ -579,7 +592,9 @@ fn merge(ext: &mut Extended, local: &Extended) {
         sparse_minor,
         sparse_name,
         sparse_real_size,
-        sparse_map
+        sparse_map,
+        devmajor,
+        devminor
     );
     for (name, value) in &local.xattrs {
         ext.xattrs.retain(|(n, _)| n != name);

@@ -187,6 +187,27 @@ fn malformed_headers_say_which_field() {
 }
 
 #[test]
+fn pax_device_numbers_override_the_header() {
+    let mut bytes = pax_member(
+        &[
+            ("SCHILY.devmajor", b"259".as_slice()),
+            ("SCHILY.devminor", b"1048575"),
+        ],
+        Block::new("dev/big", b'4', 0),
+        b"",
+    );
+    bytes.extend([0u8; 1024]);
+    let m = &members(&bytes).unwrap()[0];
+    assert_eq!(
+        m.kind,
+        Kind::BlockDevice {
+            major: 259,
+            minor: 1_048_575
+        }
+    );
+}
+
+#[test]
 fn devices_carry_major_and_minor() {
     let mut b = Block::new("dev/null", b'3', 0).bytes();
     octal(&mut b[329..337], 1);
