@@ -24,6 +24,7 @@ pub mod net;
 pub mod pid1;
 pub mod pipeline;
 pub(crate) mod report;
+pub mod rootfs;
 pub(crate) mod session;
 pub mod source;
 pub mod spec;

@@ -102,6 +102,24 @@ impl RootDir {
         }
     }
 
+    /// The directory `path` (no `..`; names need not be UTF-8), every
+    /// symlink on the way followed inside the root, opened `O_PATH` as
+    /// the directory of `*at()` calls; none when it or a directory on the
+    /// way does not exist. The rootfs extractor creates entries this way.
+    pub fn open_dir(&self, path: &Path) -> Result<Option<OwnedFd>> {
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            bail!(
+                "{}: '..' is not allowed in a path inside the installed system",
+                path.display()
+            );
+        }
+        match self.open_raw(path, OFlags::PATH | OFlags::DIRECTORY, Mode::empty(), true) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The file at `path`, opened for reading, symlinks followed.
     pub fn open_file(&self, path: &str) -> Result<Option<File>> {
         Ok(self
