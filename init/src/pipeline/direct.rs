@@ -128,7 +128,15 @@ impl DirectWrites {
     /// Writes `data` (whole blocks) with `O_DIRECT`, through the bounce
     /// buffer.
     fn write_direct(&mut self, file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-        self.set(file, true)?;
+        if let Err(e) = self.set(file, true) {
+            // fcntl refusing O_DIRECT (EINVAL on tmpfs before Linux 6.6,
+            // other codes on FUSE and the like) only says the target does
+            // not do it: a refusal whatever the code.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("O_DIRECT not accepted: {e}"),
+            ));
+        }
         if self.bounce.is_empty() {
             self.bounce = vec![0; ALIGN + BOUNCE];
             self.start = self.bounce.as_ptr().align_offset(ALIGN);
@@ -165,10 +173,11 @@ impl DirectWrites {
     }
 }
 
-/// `EINVAL`: the target refuses direct I/O itself or this alignment; the
-/// only error a buffered retry can cure.
+/// `EINVAL` from a write, or `fcntl` refusing the flag: the target refuses
+/// direct I/O itself or this alignment; the only errors a buffered retry
+/// can cure.
 fn is_refusal(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(libc::EINVAL)
+    err.raw_os_error() == Some(libc::EINVAL) || err.kind() == io::ErrorKind::InvalidInput
 }
 
 #[cfg(test)]
