@@ -12,3 +12,4 @@ pub mod firmware;
 pub mod hardware;
 pub mod initramfs;
 pub mod ipxe;
+pub mod tools;

@@ -9,8 +9,9 @@ use imprint_build::drp;
 use imprint_build::hardware;
 use imprint_build::initramfs::{self, BuiltinInputs, InitramfsExtras, InitramfsInputs};
 use imprint_build::ipxe::{self, IpxeOptions};
+use imprint_build::tools;
 
-const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR";
+const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR | imprint-build tools-initrd --out FILE [--root DIR]";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -46,6 +47,11 @@ enum Command {
     Drp {
         kernel: PathBuf,
         initramfs: PathBuf,
+        out: PathBuf,
+    },
+    /// The second initrd with the filesystem tools, read from `root`.
+    ToolsInitrd {
+        root: PathBuf,
         out: PathBuf,
     },
 }
@@ -175,6 +181,13 @@ fn parse_args(args: &[String]) -> Result<Command> {
             Ok(Command::Drp {
                 kernel: required(&flags, "--kernel")?.into(),
                 initramfs: required(&flags, "--initramfs")?.into(),
+                out: required(&flags, "--out")?.into(),
+            })
+        }
+        "tools-initrd" => {
+            let flags = parse_flags(rest, &["--out", "--root"])?;
+            Ok(Command::ToolsInitrd {
+                root: single(&flags, "--root")?.unwrap_or("/").into(),
                 out: required(&flags, "--out")?.into(),
             })
         }
@@ -356,6 +369,15 @@ fn run(command: Command) -> Result<()> {
             println!("sha256: {}", written.tarball_sha256);
             println!("content pack: {}", written.content_dir.display());
             println!("bundle: {}", written.bundle.display());
+        }
+        Command::ToolsInitrd { root, out } => {
+            let archive = tools::archive(&root)?;
+            let cpio = archive.to_bytes(archive_mtime()?)?;
+            let compressed = initramfs::compress(&cpio)?;
+            write_atomically(&out, &compressed)?;
+            println!("tools initrd: {}", out.display());
+            println!("uncompressed: {} bytes", cpio.len());
+            println!("compressed: {} bytes", compressed.len());
         }
     }
     Ok(())
