@@ -313,7 +313,11 @@ mod tests {
         let lib = std::fs::read("/lib/x86_64-linux-gnu/libext2fs.so.2").unwrap();
         let needs = elf_needs(&lib).unwrap();
         assert_eq!(needs.interpreter, None);
-        assert!(needs.needed.iter().any(|n| n == "libc.so.6"), "{:?}", needs.needed);
+        assert!(
+            needs.needed.iter().any(|n| n == "libc.so.6"),
+            "{:?}",
+            needs.needed
+        );
     }
 
     #[test]
