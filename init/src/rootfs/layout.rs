@@ -36,7 +36,8 @@
 //!
 //! - `disk`: a selector as `imprint.disk=` takes it; only the first disk
 //!   may leave it out, meaning the deploy's target disk.
-//! - `size`: `512M`, `20G` (binary units K, M, G, T, or KiB…TiB), `25%` of
+//! - `size`: `512M`, `20G` (binary units K, M, G, T, or KiB…TiB; B for
+//!   bytes), `25%` of
 //!   the disk's usable space, or `rest`: what the others leave, at most one
 //!   per disk, wherever it stands in the list.
 //! - `type`: `esp`, `bios-boot`, `linux`, `swap`, `linux-home`, `lvm`,
@@ -93,7 +94,7 @@ pub enum Size {
 }
 
 impl Size {
-    /// `512M`, `20G`, `1T`, `64K`, `512MiB`, `25%`, `rest`.
+    /// `512M`, `20G`, `1T`, `64K`, `512MiB`, `4096B`, `25%`, `rest`.
     pub fn parse(text: &str) -> Option<Size> {
         if text == "rest" {
             return Some(Size::Rest);
@@ -108,6 +109,7 @@ impl Size {
         let split = text.find(|c: char| !c.is_ascii_digit())?;
         let (number, unit) = text.split_at(split);
         let shift = match unit {
+            "B" => 0,
             "K" | "KiB" => 10,
             "M" | "MiB" => 20,
             "G" | "GiB" => 30,
@@ -132,7 +134,7 @@ impl fmt::Display for Size {
                 let (n, unit) = [(40, "T"), (30, "G"), (20, "M"), (10, "K")]
                     .into_iter()
                     .find(|(shift, _)| b % (1u64 << shift) == 0)
-                    .map_or((*b, ""), |(shift, unit)| (b >> shift, unit));
+                    .map_or((*b, "B"), |(shift, unit)| (b >> shift, unit));
                 write!(f, "{n}{unit}")
             }
         }
@@ -619,7 +621,7 @@ fn check_partition(part: &PartitionSpec, path: &str) -> Result<()> {
     if let Some(wanted) = wanted {
         ensure!(
             fs == wanted,
-            "{path}.filesystem: a {} partition takes filesystem {wanted}, not {fs}",
+            "{path}.filesystem: type {} takes filesystem {wanted}, not {fs}",
             part.kind
         );
     }
@@ -631,7 +633,7 @@ fn check_partition(part: &PartitionSpec, path: &str) -> Result<()> {
     if let Some(mount) = &part.mount {
         ensure!(
             matches!(fs, Filesystem::Ext4 | Filesystem::Xfs | Filesystem::Vfat),
-            "{path}.mount: a {fs} partition is not mounted (leave out \"mount\")"
+            "{path}.mount: filesystem {fs} is not mounted (leave out \"mount\")"
         );
         let components_ok = mount == "/"
             || (mount.starts_with('/')
@@ -651,8 +653,14 @@ fn check_partition(part: &PartitionSpec, path: &str) -> Result<()> {
     if let Some(label) = &part.label {
         ensure!(
             plain(label) && label.len() <= fs.max_label(),
-            "{path}.label: {label:?} is not a {fs} label (at most {} bytes, no spaces)",
+            "{path}.label: {label:?} is no label for {fs} (at most {} bytes, no spaces)",
             fs.max_label()
+        );
+        // mkfs.fat refuses these in a volume label (the FAT short-name
+        // rules, mkfs.fat.c).
+        ensure!(
+            fs != Filesystem::Vfat || !label.contains(|c| "\"*+,./:;<=>?[\\]|".contains(c)),
+            "{path}.label: {label:?} is no label for vfat (none of \"*+,./:;<=>?[\\]|)"
         );
     }
     ensure!(
@@ -810,6 +818,14 @@ impl Ids {
     }
 }
 
+/// A seed from the boot NIC's MAC: stable across redeploys of one
+/// machine, different between machines.
+pub fn seed_from_mac(mac: [u8; 6]) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(&mac);
+    u64::from_be_bytes(b)
+}
+
 /// Places every partition of `layout` on `disks` (the selected disks, in
 /// the layout's order), drawing every GUID, UUID and volume id from
 /// `seed`. Errors name the disk and partition: `layout does not fit
@@ -873,7 +889,11 @@ fn plan_disk(d: usize, spec: &DiskLayout, facts: &DiskFacts, ids: &mut Ids) -> R
     let mut sizes = Vec::with_capacity(spec.partitions.len());
     for (p, part) in spec.partitions.iter().enumerate() {
         sizes.push(match part.size {
-            Size::Bytes(b) => Some(align_up(b, align_bytes)),
+            Size::Bytes(b) => Some(
+                b.div_ceil(align_bytes)
+                    .checked_mul(align_bytes)
+                    .context("partition sizes overflow")?,
+            ),
             Size::Percent(pc) => {
                 let share = u128::from(usable_bytes) * u128::from(pc) / 100;
                 let share = u64::try_from(share)? / align_bytes * align_bytes;
@@ -901,9 +921,9 @@ fn plan_disk(d: usize, spec: &DiskLayout, facts: &DiskFacts, ids: &mut Ids) -> R
         human_size(facts.size_bytes),
         human_size(need),
         if has_rest {
-            " (with 1 MiB for \"rest\")"
+            format!(" (with {} for \"rest\")", human_size(align_bytes))
         } else {
-            ""
+            String::new()
         },
         human_size(usable_bytes)
     );
@@ -925,11 +945,7 @@ fn plan_disk(d: usize, spec: &DiskLayout, facts: &DiskFacts, ids: &mut Ids) -> R
         );
         let blocks = size_bytes / bs64;
         let number = u32::try_from(p + 1)?;
-        let gpt_name = part
-            .label
-            .clone()
-            .or_else(|| part.mount.clone())
-            .unwrap_or_else(|| part.kind.to_string());
+        let gpt_name = gpt_name(part);
         let part_guid = ids.guid();
         let fs_id = match part.filesystem {
             Filesystem::Ext4 | Filesystem::Xfs | Filesystem::Swap => FsId::Uuid(FsUuid(ids.uuid())),
@@ -961,6 +977,24 @@ fn plan_disk(d: usize, spec: &DiskLayout, facts: &DiskFacts, ids: &mut Ids) -> R
         last_usable_lba: last_usable,
         partitions,
     })
+}
+
+/// The label, else the mount point, else the type's name, cut to the 36
+/// UTF-16 units a GPT entry holds (only a long mount point can be longer:
+/// labels are checked).
+fn gpt_name(part: &PartitionSpec) -> String {
+    let full = part
+        .label
+        .clone()
+        .or_else(|| part.mount.clone())
+        .unwrap_or_else(|| part.kind.to_string());
+    let mut units = 0;
+    full.chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= 36
+        })
+        .collect()
 }
 
 /// The plan as printed before anything is written: a line per disk, then
@@ -1006,8 +1040,10 @@ impl fmt::Display for Plan {
 /// The new root's `/etc/fstab`: every mounted filesystem, parents before
 /// children, then every swap partition, all by `UUID=`. Options as the
 /// layout gives them; dump 0; pass as Debian's installer writes it: 1 for
-/// `/` and for a vfat filesystem (its `/boot/efi` line), 2 for the others,
-/// 0 for swap.
+/// `/` and for a vfat filesystem (its `UUID=0123-4567 /boot/efi vfat
+/// umask=0077 0 1`, quoted in Debian bug report "default mount point and
+/// options for the ESP", debian-installer 20241227), 2 for the others, 0
+/// for swap.
 pub fn fstab(plan: &Plan) -> String {
     let all: Vec<&PlannedPartition> = plan.disks.iter().flat_map(|d| &d.partitions).collect();
     let mut mounted: Vec<(&PlannedPartition, &str)> = all
@@ -1042,13 +1078,33 @@ pub fn gpt_writes(disk: &DiskPlan) -> Result<Vec<DiskWrite>> {
     let bs = u64::from(disk.logical_block_size);
     let block = usize::try_from(disk.logical_block_size)?;
     let disk_lbas = disk.disk_lbas();
-    let last_lba = disk_lbas - 1;
     let array_blocks = GPT_ARRAY_BYTES / bs;
+    ensure!(
+        disk.first_usable_lba == 2 + array_blocks
+            && disk_lbas >= disk.last_usable_lba + 2 + array_blocks
+            && disk.last_usable_lba >= disk.first_usable_lba,
+        "{}: usable LBAs {}-{} do not fit a GPT on {disk_lbas} blocks",
+        disk.name,
+        disk.first_usable_lba,
+        disk.last_usable_lba
+    );
+    let last_lba = disk_lbas - 1;
     let backup_array_lba = last_lba - array_blocks;
 
     let mut array = vec![0u8; usize::try_from(GPT_ARRAY_BYTES)?];
     let entry = usize::try_from(GPT_ENTRY_SIZE)?;
     for p in &disk.partitions {
+        ensure!(
+            (1..=GPT_ENTRIES).contains(&p.number)
+                && disk.first_usable_lba <= p.first_lba
+                && p.first_lba <= p.last_lba
+                && p.last_lba <= disk.last_usable_lba,
+            "{}: partition {} (LBA {}-{}) does not fit the GPT",
+            disk.name,
+            p.number,
+            p.first_lba,
+            p.last_lba
+        );
         let at = usize::try_from(p.number - 1)? * entry;
         let e = &mut array[at..at + entry];
         e[..16].copy_from_slice(&p.kind.guid().0);

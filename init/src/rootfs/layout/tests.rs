@@ -246,7 +246,7 @@ fn plan_errors_name_the_disk_and_partition() {
             preset("default").unwrap(),
             sda(512 * MIB),
             "layout does not fit /dev/sda (512.0 MiB): partitions need 514.0 MiB \
-             (with 1 MiB for \"rest\") of 510.0 MiB usable",
+             (with 1.0 MiB for \"rest\") of 510.0 MiB usable",
         ),
         (
             json(&format!(r#"{{"size":"16M","type":"esp"}},{ROOT}"#)),
@@ -329,19 +329,19 @@ fn layout_errors_name_the_field() {
             one_disk(&format!(
                 r#"{{"size":"1M","type":"bios-boot","filesystem":"ext4"}},{ROOT}"#
             )),
-            "layout.disks[0].partitions[0].filesystem: a bios-boot partition takes filesystem none, not ext4",
+            "layout.disks[0].partitions[0].filesystem: type bios-boot takes filesystem none, not ext4",
         ),
         (
             one_disk(&format!(
                 r#"{{"size":"1G","type":"esp","filesystem":"ext4"}},{ROOT}"#
             )),
-            "layout.disks[0].partitions[0].filesystem: a esp partition takes filesystem vfat, not ext4",
+            "layout.disks[0].partitions[0].filesystem: type esp takes filesystem vfat, not ext4",
         ),
         (
             one_disk(&format!(
                 r#"{{"size":"1G","type":"lvm","filesystem":"xfs"}},{ROOT}"#
             )),
-            "layout.disks[0].partitions[0].filesystem: a lvm partition takes filesystem none, not xfs",
+            "layout.disks[0].partitions[0].filesystem: type lvm takes filesystem none, not xfs",
         ),
         (
             one_disk(&format!(
@@ -353,7 +353,7 @@ fn layout_errors_name_the_field() {
             one_disk(&format!(
                 r#"{{"size":"1G","type":"swap","mount":"/swap"}},{ROOT}"#
             )),
-            "layout.disks[0].partitions[0].mount: a swap partition is not mounted (leave out \"mount\")",
+            "layout.disks[0].partitions[0].mount: filesystem swap is not mounted (leave out \"mount\")",
         ),
         (
             one_disk(&format!(
@@ -389,7 +389,7 @@ fn layout_errors_name_the_field() {
             one_disk(
                 r#"{"size":"rest","type":"linux","filesystem":"xfs","label":"thirteen-char","mount":"/"}"#,
             ),
-            "layout.disks[0].partitions[0].label: \"thirteen-char\" is not a xfs label (at most 12 bytes, no spaces)",
+            "layout.disks[0].partitions[0].label: \"thirteen-char\" is no label for xfs (at most 12 bytes, no spaces)",
         ),
         (
             one_disk(r#"{"size":"rest","type":"linux","mount":"/","options":"defaults noatime"}"#),
@@ -500,6 +500,7 @@ fn sizes_parse_and_print() {
         ("20G", Size::Bytes(20 * GIB)),
         ("2T", Size::Bytes(2 << 40)),
         ("64K", Size::Bytes(64 << 10)),
+        ("4096B", Size::Bytes(4096)),
         ("25%", Size::Percent(25)),
         ("100%", Size::Percent(100)),
         ("rest", Size::Rest),
@@ -509,6 +510,15 @@ fn sizes_parse_and_print() {
     assert_eq!(Size::Bytes(512 * MIB).to_string(), "512M");
     assert_eq!(Size::Bytes(1536 * MIB).to_string(), "1536M");
     assert_eq!(Size::Bytes(2 * GIB).to_string(), "2G");
+    assert_eq!(Size::Bytes(1000).to_string(), "1000B");
+    for size in [
+        Size::Bytes(1000),
+        Size::Bytes(3 << 40),
+        Size::Percent(7),
+        Size::Rest,
+    ] {
+        assert_eq!(Size::parse(&size.to_string()), Some(size));
+    }
     for bad in [
         "",
         "12X",
@@ -828,4 +838,102 @@ fn gpt_writes_on_4kn_read_back() {
         })
         .collect();
     assert_eq!(got, want);
+}
+
+#[test]
+fn a_vfat_label_keeps_to_fat_rules() {
+    let json = one_disk(&format!(
+        r#"{{"size":"512M","type":"esp","label":"EFI/BOOT"}},{ROOT}"#
+    ));
+    assert_eq!(
+        json_err(&json),
+        "layout.disks[0].partitions[0].label: \"EFI/BOOT\" is no label for vfat (none of \"*+,./:;<=>?[\\]|)"
+    );
+    let json = one_disk(&format!(
+        r#"{{"size":"512M","type":"esp","label":"TWELVE-CHARS"}},{ROOT}"#
+    ));
+    assert_eq!(
+        json_err(&json),
+        "layout.disks[0].partitions[0].label: \"TWELVE-CHARS\" is no label for vfat (at most 11 bytes, no spaces)"
+    );
+}
+
+#[test]
+fn a_long_mount_point_is_cut_to_a_gpt_name() {
+    let mount = "/srv/a-rather-long-mount-point/for-data";
+    let layout = Layout::from_json(&one_disk(&format!(
+        r#"{ROOT},{{"size":"1G","type":"linux","mount":"{mount}"}}"#
+    )))
+    .unwrap();
+    let layout = Layout {
+        disks: vec![DiskLayout {
+            disk: None,
+            partitions: layout.disks[0].partitions.iter().rev().cloned().collect(),
+        }],
+    };
+    let plan = plan(&layout, &[sda(4 * GIB)], 1).unwrap();
+    assert_eq!(plan.disks[0].partitions[0].gpt_name, mount[..36]);
+    assert_eq!(gpt_writes(&plan.disks[0]).unwrap().len(), 5);
+}
+
+#[test]
+fn sizes_too_large_for_u64_are_errors_not_panics() {
+    let mut layout = preset("default").unwrap();
+    layout.disks[0].partitions[0].size = Size::Bytes(u64::MAX);
+    assert_eq!(
+        err(plan(&layout, &[sda(GIB)], 1)),
+        "partition sizes overflow"
+    );
+    layout.disks[0].partitions[0].size = Size::Bytes(u64::MAX / 2);
+    layout.disks[0].partitions[1].size = Size::Bytes(u64::MAX / 2);
+    assert_eq!(
+        err(plan(&layout, &[sda(GIB)], 1)),
+        "partition sizes overflow"
+    );
+}
+
+#[test]
+fn rest_needs_one_alignment_unit() {
+    let layout = preset("default").unwrap();
+    // 2 MiB physical blocks: the rest needs 2 MiB, and fixed sizes round
+    // up to 2 MiB (the BIOS boot partition's 1 MiB takes 2).
+    assert_eq!(
+        err(plan(
+            &layout,
+            &[facts("/dev/md0", 512 * MIB, 512, 2 << 20)],
+            1
+        )),
+        "layout does not fit /dev/md0 (512.0 MiB): partitions need 516.0 MiB \
+         (with 2.0 MiB for \"rest\") of 508.0 MiB usable"
+    );
+}
+
+#[test]
+fn a_seed_from_a_mac() {
+    assert_eq!(
+        seed_from_mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
+        0x5254_0012_3456
+    );
+}
+
+#[test]
+fn gpt_writes_refuse_a_plan_that_does_not_fit() {
+    let mut plan = plan(&preset("default").unwrap(), &[sda(GIB)], 1).unwrap();
+    let disk = &mut plan.disks[0];
+    disk.partitions[2].last_lba = disk.last_usable_lba + 1;
+    assert_eq!(
+        err(gpt_writes(disk)),
+        "/dev/sda: partition 3 (LBA 1052672-2097119) does not fit the GPT"
+    );
+    disk.partitions[2].last_lba = disk.last_usable_lba;
+    disk.partitions[2].number = 0;
+    assert_eq!(
+        err(gpt_writes(disk)),
+        "/dev/sda: partition 0 (LBA 1052672-2097118) does not fit the GPT"
+    );
+    disk.size_bytes = 4096;
+    assert_eq!(
+        err(gpt_writes(disk)),
+        "/dev/sda: usable LBAs 34-2097118 do not fit a GPT on 8 blocks"
+    );
 }
