@@ -37,16 +37,19 @@
 //! - `disk`: a selector as `imprint.disk=` takes it; only the first disk
 //!   may leave it out, meaning the deploy's target disk.
 //! - `size`: `512M`, `20G` (binary units K, M, G, T, or KiB…TiB; B for
-//!   bytes), `25%` of
-//!   the disk's usable space, or `rest`: what the others leave, at most one
-//!   per disk, wherever it stands in the list.
+//!   bytes), `25%` of the disk's usable space, or `rest`: what the others
+//!   leave, at most one per disk, wherever it stands in the list.
 //! - `type`: `esp`, `bios-boot`, `linux`, `swap`, `linux-home`, `lvm`,
-//!   `raid`, or a raw GPT type GUID.
+//!   `raid`, or a raw GPT type GUID. `linux` is the generic Linux data
+//!   type, not the Discoverable Partitions root type, which differs per
+//!   architecture (give its GUID to get it).
 //! - `filesystem`: `ext4`, `xfs`, `vfat`, `swap` or `none`; left out, it
 //!   follows the type (`esp` vfat, `swap` swap, `linux` and `linux-home`
 //!   ext4, the rest none).
 //! - `label` (filesystem label and GPT name), `mount` (absolute; `/`
 //!   exactly once in the layout), `options` (default `defaults`).
+//!
+//! Partitions are numbered in list order, from 1.
 //!
 //! `"layout": "with-swap"` names a preset instead ([`preset`]).
 //!
@@ -57,7 +60,7 @@
 //!   it; percentages and `rest` round down.
 //! - Percentages are of the aligned usable space: from the first 1 MiB
 //!   boundary after the primary GPT to the last one before the backup, so
-//!   `25%` four times fills the disk.
+//!   four `25%` always fit.
 //! - Minimum sizes are errors, not warnings, since the mkfs would fail or
 //!   make something firmware refuses: ext4 16 MiB, xfs 300 MiB (xfsprogs
 //!   5.19+), vfat 32 MiB on 512-byte sectors and 260 MiB on 4Kn (FAT32

@@ -785,13 +785,19 @@ fn gpt_writes_read_back_with_sfdisk_and_sgdisk() {
     }
 }
 
-/// On 4Kn, read back with imprint's own reader (sfdisk takes an image
-/// file's sectors to be 512 bytes).
+/// Read back with imprint's own reader, on both sector sizes (sfdisk
+/// takes an image file's sectors to be 512 bytes, and may be missing).
 #[test]
-fn gpt_writes_on_4kn_read_back() {
+fn gpt_writes_read_back_with_imprints_reader() {
+    for block_size in [512, 4096] {
+        gpt_read_back(block_size);
+    }
+}
+
+fn gpt_read_back(block_size: u32) {
     let plan = plan(
-        &preset("default").unwrap(),
-        &[facts("/dev/sda", 2 * GIB, 4096, 4096)],
+        &preset("with-swap").unwrap(),
+        &[facts("/dev/sda", 6 * GIB, block_size, block_size)],
         3,
     )
     .unwrap();
@@ -806,9 +812,19 @@ fn gpt_writes_on_4kn_read_back() {
         buf.copy_from_slice(&image[at..at + buf.len()]);
         Ok(())
     };
-    let table = read_partition_table(&mut read_at, disk.size_bytes, Some(4096)).unwrap();
+    let table = read_partition_table(&mut read_at, disk.size_bytes, Some(block_size)).unwrap();
     assert!(table.problems.is_empty(), "{:?}", table.problems);
-    assert_eq!(table.block_size, 4096);
+    assert_eq!(table.block_size, block_size);
+    let gpt = table.gpt.as_ref().unwrap();
+    assert_eq!(gpt.header.disk_guid, disk.disk_guid);
+    assert_eq!(
+        (gpt.header.first_usable_lba, gpt.header.last_usable_lba),
+        (disk.first_usable_lba, disk.last_usable_lba)
+    );
+    assert_eq!(
+        gpt.backup_lba,
+        Some(disk.size_bytes / u64::from(block_size) - 1)
+    );
     let got: Vec<_> = table
         .partitions
         .iter()
