@@ -686,7 +686,7 @@ pub struct DiskFacts {
 }
 
 /// A filesystem UUID in text byte order (as `blkid` prints it), unlike
-/// [`Guid`], which keeps GPT's mixed-endian order.
+/// `disk::gpt::Guid`, which keeps GPT's mixed-endian order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FsUuid(pub [u8; 16]);
 
