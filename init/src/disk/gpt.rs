@@ -17,8 +17,8 @@ use super::partitions::{DiskWrite, ReadAt};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Guid(pub [u8; 16]);
 
-// Parsing GUIDs from text and the well-known type GUIDs serve the tests;
-// discovery compares the stored bytes.
+// The well-known type GUIDs serve the tests; discovery compares the stored
+// bytes.
 #[cfg(test)]
 impl Guid {
     pub const ZERO: Guid = Guid([0; 16]);
@@ -29,7 +29,11 @@ impl Guid {
     /// Root partition for x86-64, from the Discoverable Partitions
     /// Specification.
     pub const ROOT_X86_64: Guid = Guid::from_text("4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+}
 
+// Parsing from text: the tests, and the partition-layout planner
+// (`rootfs::layout`), whose type names and raw type GUIDs are text.
+impl Guid {
     /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (either case), as
     /// `blkid`, `sgdisk` and the DPS print GUIDs.
     pub fn parse(text: &str) -> Option<Guid> {
@@ -64,7 +68,7 @@ impl Guid {
     }
 
     /// [`parse`](Self::parse) for constants; a bad literal fails the build.
-    const fn from_text(text: &str) -> Guid {
+    pub(crate) const fn from_text(text: &str) -> Guid {
         match Self::parse_const(text.as_bytes()) {
             Some(g) => g,
             None => panic!("bad GUID literal"),
@@ -78,7 +82,6 @@ impl Guid {
     }
 }
 
-#[cfg(test)]
 const fn hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),

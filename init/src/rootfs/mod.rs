@@ -38,6 +38,7 @@ mod archive;
 #[cfg(test)]
 mod gnu_tar_tests;
 mod header;
+pub mod layout;
 #[cfg(test)]
 mod tests;
 mod unpack;
