@@ -122,8 +122,20 @@ const IMAGE_NAMES: &[(&str, Compression, bool)] = &[
     ("dd-tbz", Compression::Bzip2, true),
 ];
 
-/// DRP's rootfs tarball types: parsed so the error can say what they are.
-const ROOTFS_NAMES: &[&str] = &["tgz", "txz", "tbz", "tar", "tar-zst"];
+/// Root-filesystem tarball types: DRP's and RackN's image types, then the
+/// long forms. Parsed so the error can say what they are.
+const ROOTFS_NAMES: &[&str] = &[
+    "tgz",
+    "txz",
+    "tbz",
+    "tar",
+    "tar-zst",
+    "rootfs.tar",
+    "rootfs.tar.gz",
+    "rootfs.tar.xz",
+    "rootfs.tar.bz2",
+    "rootfs.tar.zst",
+];
 
 /// Parses a declared format name, case-insensitively. An empty value means
 /// `auto`, because templating tools render an unset parameter as empty.
@@ -482,7 +494,7 @@ mod tests {
 
     #[test]
     fn rootfs_types_parse_and_are_rejected_by_reconcile() {
-        for name in ["tgz", "txz", "tbz", "tar", "tar-zst"] {
+        for &name in ROOTFS_NAMES {
             let d = parse_declared(name).unwrap();
             assert_eq!(d, DeclaredFormat::Rootfs(name.to_owned()));
             let err = reconcile(&d, ImageFormat::RAW).unwrap_err();

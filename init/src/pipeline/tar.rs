@@ -75,8 +75,15 @@ impl<R: Read> SingleFileTar<R> {
             }
         };
         if let Some(why) = not_a_regular_file(&entry) {
+            // A directory first is how every root-filesystem tarball starts
+            // (`./`, `bin/`): say so rather than only what a disk tar is.
+            let hint = if entry.typeflag == b'5' {
+                ROOTFS_HINT
+            } else {
+                ""
+            };
             return Err(invalid(format!(
-                "tar entry {:?} is {why}; a tar of a disk image must hold exactly one regular file",
+                "tar entry {:?} is {why}; a tar of a disk image must hold exactly one regular file{hint}",
                 entry.name
             )));
         }
@@ -141,7 +148,7 @@ impl<R: Read> SingleFileTar<R> {
         let end_start = self.offset;
         match self.next_entry()? {
             Next::Entry(second) => Err(invalid(format!(
-                "tar holds more than one file: {:?} and {:?}",
+                "tar holds more than one file: {:?} and {:?}{ROOTFS_HINT}",
                 self.name, second.name
             ))),
             Next::Garbage(at) => Err(invalid(format!(
@@ -351,6 +358,10 @@ impl PaxOverrides {
         Ok(())
     }
 }
+
+/// What a tar that is not one disk image most likely is.
+const ROOTFS_HINT: &str = " (a root-filesystem tarball? those are not supported yet: \
+                           deploy a disk image)";
 
 /// Why an entry cannot be the disk image, or `None` for a regular file.
 fn not_a_regular_file(entry: &Entry) -> Option<String> {
@@ -592,7 +603,7 @@ mod tests {
             );
             assert_eq!(
                 error_of(&archive).to_string(),
-                "tar holds more than one file: \"a.raw\" and \"b.raw\""
+                format!("tar holds more than one file: \"a.raw\" and \"b.raw\"{ROOTFS_HINT}")
             );
         }
         // A long second name is reported whole, not as its GNU 'L' header.
@@ -601,7 +612,7 @@ mod tests {
         let archive = tar(dir.path(), &["--format=gnu", "a.raw", &long]);
         assert_eq!(
             error_of(&archive).to_string(),
-            format!("tar holds more than one file: \"a.raw\" and \"{long}\"")
+            format!("tar holds more than one file: \"a.raw\" and \"{long}\"{ROOTFS_HINT}")
         );
     }
 
@@ -616,7 +627,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "tar entry \"images/\" is a directory; a tar of a disk image must hold exactly one \
-             regular file"
+             regular file (a root-filesystem tarball? those are not supported yet: deploy a disk \
+             image)"
         );
     }
 
