@@ -22,37 +22,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use imprint::rootfs::tools::TOOLS;
+
 use crate::cpio::CpioArchive;
-
-/// A tool: its path, and the names it is also called by (symlinks to it).
-pub struct Tool {
-    pub path: &'static str,
-    pub aliases: &'static [&'static str],
-}
-
-/// What a rootfs deploy runs to make filesystems.
-pub const TOOLS: &[Tool] = &[
-    Tool {
-        path: "/usr/sbin/mke2fs",
-        aliases: &[
-            "/usr/sbin/mkfs.ext4",
-            "/usr/sbin/mkfs.ext3",
-            "/usr/sbin/mkfs.ext2",
-        ],
-    },
-    Tool {
-        path: "/usr/sbin/mkfs.xfs",
-        aliases: &[],
-    },
-    Tool {
-        path: "/usr/sbin/mkfs.fat",
-        aliases: &["/usr/sbin/mkfs.vfat"],
-    },
-    Tool {
-        path: "/usr/sbin/mkswap",
-        aliases: &[],
-    },
-];
 
 /// Configuration the tools read: mke2fs's feature defaults per filesystem
 /// type (without it mke2fs falls back to a compiled-in profile).

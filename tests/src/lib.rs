@@ -221,10 +221,16 @@ pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(240);
 /// Boots imprint with `params` on its command line (plus a serial console,
 /// `panic=-1` and power-off on success and failure, so every run ends).
 pub fn boot_imprint(name: &str, params: &str, disks: Vec<Disk>) -> Vm {
+    boot_imprint_with_initrd(name, params, disks, &Artifacts::get().initramfs)
+}
+
+/// [`boot_imprint`] with another initrd: the base initramfs with a second
+/// one concatenated, as a boot loader given two `initrd` lines does.
+pub fn boot_imprint_with_initrd(name: &str, params: &str, disks: Vec<Disk>, initrd: &Path) -> Vm {
     let artifacts = Artifacts::get();
     let mut builder = Vm::builder()
         .kernel(&artifacts.kernel)
-        .initrd(&artifacts.initramfs)
+        .initrd(initrd)
         .append(format!(
             "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff {params}"
         ))

@@ -64,6 +64,54 @@ fn deploys_raw_image_over_http_to_virtio_disk() {
         "coldplug loaded the disk driver"
     );
     assert!(console.contains("dhcp"), "the lease is logged");
+    assert!(
+        !console.contains("rootfs tools:"),
+        "the base initramfs has no mkfs tools"
+    );
+}
+
+/// The tools initrd of root-filesystem deploys, concatenated after the
+/// base as iPXE's second `initrd` line does: the kernel unpacks both into
+/// one root, PID 1 names the tools it finds, and a deploy still works.
+#[test]
+fn the_tools_initrd_after_the_base_gives_pid1_the_mkfs_tools() {
+    let artifacts = imprint_vm_tests::Artifacts::get();
+    let tools = artifacts.out_dir.join("rootfs-tools.img");
+    assert!(
+        tools.exists(),
+        "{} is missing: run scripts/build",
+        tools.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let both = dir.path().join("initrd.img");
+    let mut bytes = std::fs::read(&artifacts.initramfs).unwrap();
+    bytes.extend(std::fs::read(&tools).unwrap());
+    std::fs::write(&both, bytes).unwrap();
+
+    let image = test_image(8 << 20, 3);
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", image.clone());
+    let disk = disk_file(dir.path(), 64 << 20, &[]);
+    let vm = imprint_vm_tests::boot_imprint_with_initrd(
+        "tools_initrd",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda",
+            server.guest_url("golden.raw")
+        ),
+        vec![Disk::new(&disk)],
+        &both,
+    );
+    let result = finish(&vm);
+    let ResultLine::Ok { sha256, .. } = result else {
+        panic!("deploy failed: {result:?}\n{}", vm.console());
+    };
+    assert_eq!(sha256, sha256_hex(&image));
+    assert!(
+        vm.console()
+            .contains("rootfs tools: mke2fs mkfs.xfs mkfs.fat mkswap"),
+        "{}",
+        vm.console()
+    );
 }
 
 #[test]

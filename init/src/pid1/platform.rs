@@ -85,6 +85,12 @@ impl Platform for Machine {
             "drivers loaded after {:.2} s",
             self.started.elapsed().as_secs_f64()
         );
+        // The second initrd of root-filesystem deploys, when the boot
+        // loader concatenated it: say so, since nothing else shows it.
+        let tools = crate::rootfs::tools::present(Path::new("/"));
+        if !tools.is_empty() {
+            log::info!("rootfs tools: {}", tools.join(" "));
+        }
         Ok(report)
     }
 

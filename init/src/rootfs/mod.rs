@@ -41,6 +41,7 @@ mod header;
 pub mod layout;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 mod unpack;
 
 use std::io::Read;
