@@ -191,12 +191,19 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A file in a fresh temporary directory (on the disk here and in CI;
+    /// A new file, open for reading and writing, in a fresh temporary directory (on the disk here and in CI;
     /// [`does_direct_io`] tells what a test may expect of it).
-    fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    fn scratch(name: &str) -> (tempfile::TempDir, std::path::PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
-        (dir, path)
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        (dir, path, file)
     }
 
     /// ext4, xfs and btrfs take direct writes (the checkout is on one of
@@ -219,14 +226,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unaligned_buffers_and_a_short_tail_land_byte_exact() {
-        let (_dir, path) = scratch("direct-exact.img");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = scratch("direct-exact.img");
         let data = noise(9 << 20 | 1234);
         let mut direct = DirectWrites::new(DirectIo::Auto);
         // An odd start address inside the source, and pieces crossing the
@@ -250,14 +250,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unaligned_offsets_and_off_mode_write_buffered() {
-        let (_dir, path) = scratch("direct-off.img");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = scratch("direct-off.img");
         let data = noise(3 << 20);
         let mut off = DirectWrites::new(DirectIo::Off);
         off.write_at(&file, &data, 0, 4096, &|| "t".into()).unwrap();

@@ -451,14 +451,19 @@ impl<R: Read> Splitter<R> {
             // The block as a one-block stream of its own: the stream
             // header, the block, a one-record index and a footer.
             let whole_len = 12 + header_len + body + index.len() as u64 + 12;
-            let check_id = stream_header[7] & 0x0F;
-            if OwnCheck::is_own(check_id) && dispatch.config().fits_whole(whole_len, uncompressed) {
-                // The same, without the check field: checked by the worker.
-                let header = without_check(stream_header);
-                let unpadded = header_len + compressed;
-                let index = one_record_index(unpadded, uncompressed);
-                let tail = footer(&index, [0, 0]);
-                let packed = compressed + pad4(compressed);
+            if dispatch.config().fits_whole(whole_len, uncompressed) {
+                // Where the worker checks the block itself, the stream says
+                // check None and leaves the check field out.
+                let check_id = stream_header[7] & 0x0F;
+                let own = OwnCheck::is_own(check_id);
+                let (header, kept) = if own {
+                    (without_check(stream_header), 0)
+                } else {
+                    (stream_header, check)
+                };
+                let index = one_record_index(header_len + compressed + kept, uncompressed);
+                let tail = footer(&index, [header[6], header[7]]);
+                let packed = compressed + pad4(compressed) + kept;
                 let whole_len = 12 + header_len + packed + index.len() as u64 + 12;
                 let capacity = usize::try_from(whole_len).unwrap_or(usize::MAX);
                 let mut stream = dispatch.input_buffer(capacity);
@@ -468,24 +473,12 @@ impl<R: Read> Splitter<R> {
                 let old = stream.len();
                 stream.resize(old + usize::try_from(packed).unwrap_or(usize::MAX), 0);
                 self.fill_exact(&mut stream[old..])?;
-                let mut stored = [0u8; 8];
-                let stored = &mut stored[..usize::try_from(check).unwrap_or(0)];
-                self.fill_exact(stored)?;
-                unit.check = OwnCheck::parse(check_id, stored);
-                stream.extend_from_slice(&index);
-                stream.extend_from_slice(&tail);
-                dispatch.whole(unit, stream, uncompressed)?;
-                continue;
-            }
-            if dispatch.config().fits_whole(whole_len, uncompressed) {
-                let capacity = usize::try_from(whole_len).unwrap_or(usize::MAX);
-                let mut stream = dispatch.input_buffer(capacity);
-                dispatch.reserve(stream.capacity() as u64)?;
-                stream.extend_from_slice(&stream_header);
-                stream.extend_from_slice(&block);
-                let old = stream.len();
-                stream.resize(old + usize::try_from(body).unwrap_or(usize::MAX), 0);
-                self.fill_exact(&mut stream[old..])?;
+                if own {
+                    let mut stored = [0u8; 8];
+                    let stored = &mut stored[..usize::try_from(check).unwrap_or(0)];
+                    self.fill_exact(stored)?;
+                    unit.check = OwnCheck::parse(check_id, stored);
+                }
                 stream.extend_from_slice(&index);
                 stream.extend_from_slice(&tail);
                 dispatch.whole(unit, stream, uncompressed)?;

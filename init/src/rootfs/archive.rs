@@ -9,13 +9,14 @@
 
 use std::io::{ErrorKind, Read};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::header::{
     self, Header, PaxRecord, Region, Time, decimal, decode_xattr_name, parse_header, parse_pax,
     parse_sparse_extension, parse_sparse_map_0_1, parse_sparse_map_1_0,
 };
 use crate::pipeline::format::TAR_BLOCK;
+use crate::pipeline::read_full;
 
 /// Extended headers (pax records, GNU long names) are small; a huge one is
 /// a corrupt archive, and reading it whole must not exhaust PID 1's memory.
@@ -554,21 +555,9 @@ impl<R: Read> Archive<R> {
 
     /// Reads until `buf` is full or EOF, retrying `Interrupted`.
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.inner.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    filled += n;
-                    self.offset += n as u64;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("reading the tar archive {}", self.at(self.offset))));
-                }
-            }
-        }
+        let filled = read_full(&mut self.inner, buf)
+            .with_context(|| format!("reading the tar archive {}", self.at(self.offset)))?;
+        self.offset += filled as u64;
         Ok(filled)
     }
 }
