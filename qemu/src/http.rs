@@ -86,7 +86,11 @@ struct Fixture {
 struct Shared {
     fixtures: Mutex<HashMap<String, Fixture>>,
     behaviors: Mutex<HashMap<String, VecDeque<Behavior>>>,
-    requests: Mutex<Vec<RequestRecord>>,
+    /// Answered requests with their arrival numbers, kept in arrival order:
+    /// a request is logged once answered, and the client may already have
+    /// sent the next one, on another connection and thread, by then.
+    requests: Mutex<Vec<(u64, RequestRecord)>>,
+    arrivals: AtomicU64,
     generations: AtomicU64,
 }
 
@@ -212,7 +216,10 @@ impl FixtureServer {
     /// Every request answered so far, oldest first. A request is logged before its
     /// connection closes, so a client that read to EOF finds it here.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.shared.requests).clone()
+        lock(&self.shared.requests)
+            .iter()
+            .map(|(_, record)| record.clone())
+            .collect()
     }
 
     /// [`requests`](Self::requests) once at least `count` are logged (or
@@ -391,6 +398,7 @@ impl AsRef<[u8]> for SharedBytes {
 
 impl Serve for Shared {
     fn serve(&self, request: Request, response: &mut Response) -> Result<()> {
+        let arrival = self.arrivals.fetch_add(1, Ordering::Relaxed);
         let behavior = lock(&self.behaviors)
             .get_mut(&request.path)
             .and_then(VecDeque::pop_front)
@@ -402,7 +410,7 @@ impl Serve for Shared {
         }
         // Logged before the connection closes, so a client that read to EOF
         // finds its request in the log.
-        lock(&self.requests).push(RequestRecord {
+        let record = RequestRecord {
             method: request.method,
             path: request.path,
             range,
@@ -410,7 +418,10 @@ impl Serve for Shared {
             bytes_sent: response.bytes_sent,
             behavior,
             body: request.body,
-        });
+        };
+        let mut requests = lock(&self.requests);
+        let at = requests.partition_point(|(earlier, _)| *earlier < arrival);
+        requests.insert(at, (arrival, record));
         status.map(|_| ())
     }
 }
