@@ -200,21 +200,46 @@ fn console_named_after_the_dashes_gets_the_deploy() {
     let dir = tempfile::tempdir().unwrap();
     let disk = disk_file(dir.path(), 64 << 20, &[]);
     let artifacts = imprint_vm_tests::Artifacts::get();
+    // The kernel's own messages go to a second serial port (ttyS1) through
+    // its early console, kept after boot: not a `console=`, so the kernel's
+    // console is still the screen, and a boot that never reaches PID 1 can
+    // still be read afterwards.
+    let kernel_log = artifacts.log_path("console_after_dashes-kernel");
+    let _ = std::fs::remove_file(&kernel_log);
     let vm = Vm::builder()
         .kernel(&artifacts.kernel)
         .initrd(&artifacts.initramfs)
         .append(format!(
-            "panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff \
+            "panic=-1 earlyprintk=serial,ttyS1,115200 keep_bootcon \
+             imprint.on-success=poweroff imprint.on-failure=poweroff \
              imprint.url={} imprint.disk=/dev/vda -- console=ttyS0,115200",
             server.guest_url("golden.raw")
         ))
+        .args([
+            "-serial".to_owned(),
+            format!("file:{}", kernel_log.display()),
+        ])
         .memory_mib(1024)
         .nic(imprint_qemu::Nic::user())
         .disk(Disk::new(&disk))
         .console_log(artifacts.log_path("console_after_dashes"))
         .start()
         .expect("starting qemu");
-    let result = finish(&vm);
+    let line = vm
+        .expect("IMPRINT-RESULT:", imprint_vm_tests::DEPLOY_TIMEOUT)
+        .unwrap_or_else(|e| {
+            let kernel = std::fs::read_to_string(&kernel_log).unwrap_or_default();
+            let tail: Vec<&str> = kernel.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "no result line on ttyS0: {e:#}\nthe kernel's last lines ({}):\n{}",
+                kernel_log.display(),
+                tail.join("\n")
+            );
+        });
+    vm.wait_exit(std::time::Duration::from_secs(60))
+        .expect("the VM powers off after the result");
+    let result = ResultLine::parse(&line);
     assert!(
         matches!(result, ResultLine::Ok { .. }),
         "{result:?}\n{}",
