@@ -148,9 +148,12 @@ fn deploy_attempt(
     let (hash_tx, hash_rx) = sync_channel(HASH_QUEUE_DEPTH);
     let fetch = spawn("imprint-fetch", {
         let url = url.clone();
-        let hasher = expected.as_ref().map(Checksum::hasher);
+        let hashers = ServedHashers {
+            expected: expected.as_ref().map(Checksum::hasher),
+            sha256: None,
+        };
         let pool = pools.served.clone();
-        move || fetch_stage(source.reader, &url, hasher, &served_tx, &pool)
+        move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
     })?;
     let decode = spawn("imprint-decode", {
         let url = url.clone();
@@ -186,8 +189,8 @@ fn deploy_attempt(
     // The root cause wins: a failed read from the network explains the
     // decoder's failure, and a failed decode explains the writer's short
     // stream. A disk error is its own cause.
-    let (written, format, (served_bytes, served_digest)) = match (written, decoded, fetched) {
-        (Ok(Some(w)), Ok(format), Ok(fetched)) => (w, format, fetched),
+    let (written, format, served_bytes, served_digest) = match (written, decoded, fetched) {
+        (Ok(Some(w)), Ok(format), Ok(fetched)) => (w, format, fetched.bytes, fetched.digest),
         (Err(e), _, _) => return Err(e),
         (w, decoded, fetched) => {
             if let Ok(Some(w)) = w {
@@ -300,10 +303,10 @@ impl From<anyhow::Error> for FetchError {
 fn fetch_stage(
     mut reader: Box<dyn Read + Send>,
     url: &str,
-    mut hasher: Option<ServedHasher>,
+    mut hashers: ServedHashers,
     queue: &SyncSender<io::Result<Vec<u8>>>,
     pool: &Pool,
-) -> Result<(u64, Option<Checksum>), FetchError> {
+) -> Result<Fetched, FetchError> {
     let mut offset = 0u64;
     loop {
         let mut buf = pool.take();
@@ -323,18 +326,50 @@ fn fetch_stage(
             }
         };
         buf.truncate(filled);
-        if let Some(hasher) = &mut hasher {
-            hasher.update(&buf);
-        }
+        hashers.update(&buf);
         offset += filled as u64;
         let last = filled < FETCH_CHUNK;
         if filled > 0 && queue.send(Ok(buf)).is_err() {
             return Err(FetchError::Abandoned);
         }
         if last {
-            return Ok((offset, hasher.map(ServedHasher::finish)));
+            return Ok(hashers.finish(offset));
         }
     }
+}
+
+/// What the fetcher computes over the bytes as served: the expected
+/// checksum's algorithm, and (for root-filesystem tarballs, whose result
+/// line reports the served bytes) their SHA-256.
+struct ServedHashers {
+    expected: Option<ServedHasher>,
+    sha256: Option<Sha256>,
+}
+
+impl ServedHashers {
+    fn update(&mut self, bytes: &[u8]) {
+        if let Some(hasher) = &mut self.expected {
+            hasher.update(bytes);
+        }
+        if let Some(sha256) = &mut self.sha256 {
+            sha256.update(bytes);
+        }
+    }
+
+    fn finish(self, bytes: u64) -> Fetched {
+        Fetched {
+            bytes,
+            digest: self.expected.map(ServedHasher::finish),
+            sha256: self.sha256.map(|s| s.finalize().into()),
+        }
+    }
+}
+
+/// The source read to its end.
+struct Fetched {
+    bytes: u64,
+    digest: Option<Checksum>,
+    sha256: Option<[u8; 32]>,
 }
 
 /// `Read` over the fetch queue; spent chunks go back to the fetcher's pool.
@@ -494,6 +529,142 @@ fn decode_stage(
         if filled < WRITE_CHUNK {
             return Ok(format);
         }
+    }
+}
+
+/// A root-filesystem tarball being fetched: its decoded bytes, read by the
+/// caller (the unpacker), and the fetcher behind them.
+pub struct TarballStream {
+    /// The uncompressed tar archive.
+    pub archive: Box<dyn Read + Send>,
+    url: String,
+    expected: Option<Checksum>,
+    fetch: JoinHandle<Result<Fetched, FetchError>>,
+}
+
+/// What was served for a tarball, once it is read to the end and verified.
+#[derive(Debug, Clone)]
+pub struct ServedTarball {
+    pub bytes: u64,
+    /// SHA-256 of the bytes as served.
+    pub sha256: [u8; 32],
+    /// The algorithm of the checksum they matched, if one was given.
+    pub verified: Option<&'static str>,
+}
+
+/// Starts fetching and decoding `spec`'s image, a root-filesystem tarball
+/// of the declared type `declared` (`tgz`, `tar-zst`, …). Everything that
+/// can be checked before the disk is touched is: the checksum list
+/// answers, the compression is the declared one, the decoded stream starts
+/// with a tar header.
+pub fn open_tarball(
+    spec: &Resolved,
+    source: Source,
+    declared: &str,
+    options: &DeployOptions,
+) -> Result<TarballStream> {
+    let url = spec.image.as_str().to_owned();
+    let declared_compression = format::rootfs_compression(declared)
+        .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
+    let expected = expected_checksum(spec.expected.as_ref(), &url, &spec.source)?;
+    log::info!(
+        "fetching root-filesystem tarball {url} ({})",
+        source
+            .length
+            .map_or_else(|| "size not given".to_owned(), human_size),
+    );
+    let pool = Pool::new(FETCH_CHUNK);
+    let (served_tx, served_rx) = sync_channel(QUEUE_DEPTH);
+    let fetch = spawn("imprint-fetch", {
+        let url = url.clone();
+        let hashers = ServedHashers {
+            expected: expected.as_ref().map(Checksum::hasher),
+            sha256: Some(Sha256::new()),
+        };
+        let pool = pool.clone();
+        move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
+    })?;
+    let mut input = PeekReader::new(QueueReader::new(served_rx, pool));
+    let prefix = input
+        .peek(512)
+        .with_context(|| format!("reading the start of {url}"))?
+        .to_vec();
+    if prefix.is_empty() {
+        bail!("{url} is empty");
+    }
+    let compression = format::sniff_compression(&prefix);
+    if compression != declared_compression {
+        bail!(
+            "{url} is {} but its declared type {declared} means {}; declare the type the file is",
+            describe_compression(compression),
+            describe_compression(declared_compression)
+        );
+    }
+    let decoders = OrderedConfig::new(
+        options.threads,
+        spec.decode_memory.unwrap_or(DEFAULT_MEMORY),
+    );
+    let decoder: Box<dyn Read + Send> = match compression {
+        Compression::None => Box::new(input),
+        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
+        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
+        other => decode::decoder(other, Box::new(input)),
+    };
+    let mut archive = PeekReader::new(decoder);
+    let start = archive
+        .peek(512)
+        .with_context(|| format!("decoding {url} ({})", describe_compression(compression)))?;
+    if !format::looks_like_tar(start) {
+        bail!(
+            "{url} is not a tar archive once decompressed; a {declared} image is a root-filesystem tarball"
+        );
+    }
+    Ok(TarballStream {
+        archive: Box::new(archive),
+        url,
+        expected,
+        fetch,
+    })
+}
+
+fn describe_compression(compression: Compression) -> String {
+    match compression {
+        Compression::None => "uncompressed".to_owned(),
+        other => format!("{other}-compressed"),
+    }
+}
+
+impl TarballStream {
+    /// Reads what the unpacker left (the archive's zero padding) to the
+    /// end, waits for the fetcher and checks the served bytes against the
+    /// expected checksum.
+    pub fn finish(mut self) -> Result<ServedTarball> {
+        let drained = io::copy(&mut self.archive, &mut io::sink());
+        drop(self.archive);
+        let fetched = join(self.fetch, "fetcher");
+        let fetched = match (fetched, drained) {
+            (Err(FetchError::Read(e)), _) => return Err(e),
+            (_, Err(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("decoding {}", self.url)));
+            }
+            (Err(FetchError::Abandoned), Ok(_)) => bail!("the fetcher of {} stopped", self.url),
+            (Ok(fetched), Ok(_)) => fetched,
+        };
+        if let (Some(expected), Some(actual)) = (&self.expected, &fetched.digest) {
+            if expected != actual {
+                bail!(
+                    "checksum mismatch for {} ({} bytes): expected {expected}, got {actual}",
+                    self.url,
+                    fetched.bytes
+                );
+            }
+            log::info!("verified {actual}");
+        }
+        Ok(ServedTarball {
+            bytes: fetched.bytes,
+            sha256: fetched.sha256.unwrap_or_default(),
+            verified: self.expected.map(|c| c.algorithm()),
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::deploy::{self, DeployOptions};
 use crate::inject::deployed::{self, Injected};
+use crate::pipeline::format::DeclaredFormat;
 use crate::pipeline::progress::Progress;
 use crate::report::{self, DeploySummary};
 use crate::source::url::SourceUrl;
@@ -113,13 +114,18 @@ pub fn run(
     tracker.enter(Stage::Write);
     tracker.written = None;
     let mut progress = Stamped::new(ProgressEvents::new(tracker.status.clone(), Stage::Write));
-    let written = deploy::deploy_to(
-        deploy,
-        source,
-        target,
-        &DeployOptions::default(),
-        &mut progress,
-    );
+    let written = match &deploy.format {
+        DeclaredFormat::Rootfs(declared) => {
+            crate::rootfs::deploy::run(deploy, source, target, declared, boot_mac, &mut progress)
+        }
+        _ => deploy::deploy_to(
+            deploy,
+            source,
+            target,
+            &DeployOptions::default(),
+            &mut progress,
+        ),
+    };
     tracker.written = Some(progress.done);
     let summary = written?;
     if let (Some(first), Some(last)) = (progress.first, progress.last) {

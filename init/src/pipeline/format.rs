@@ -137,6 +137,23 @@ const ROOTFS_NAMES: &[&str] = &[
     "rootfs.tar.zst",
 ];
 
+/// The compression a root-filesystem tarball type names: `tgz` gzip,
+/// `txz` xz, `tbz` bzip2, `tar-zst` zstd, `tar` none; the long forms by
+/// their suffix. `None` for a name that is not a rootfs type.
+pub fn rootfs_compression(name: &str) -> Option<Compression> {
+    let lower = name.trim().to_ascii_lowercase();
+    if !ROOTFS_NAMES.contains(&lower.as_str()) {
+        return None;
+    }
+    Some(match lower.as_str() {
+        "tgz" | "rootfs.tar.gz" => Compression::Gzip,
+        "txz" | "rootfs.tar.xz" => Compression::Xz,
+        "tbz" | "rootfs.tar.bz2" => Compression::Bzip2,
+        "tar-zst" | "rootfs.tar.zst" => Compression::Zstd,
+        _ => Compression::None,
+    })
+}
+
 /// Parses a declared format name, case-insensitively. An empty value means
 /// `auto`, because templating tools render an unset parameter as empty.
 pub fn parse_declared(name: &str) -> Result<DeclaredFormat> {
@@ -251,7 +268,7 @@ pub fn reconcile(declared: &DeclaredFormat, sniffed: ImageFormat) -> Result<Imag
             bail!("declared format {name} ({format}) but the image is a {sniffed}")
         }
         DeclaredFormat::Rootfs(name) => {
-            bail!("rootfs tarball type {name:?} is not supported yet; use a raw disk image (dd-*)")
+            bail!("{name:?} is a root-filesystem tarball type, not a disk image format")
         }
     }
 }
@@ -493,17 +510,14 @@ mod tests {
     }
 
     #[test]
-    fn rootfs_types_parse_and_are_rejected_by_reconcile() {
+    fn rootfs_types_parse_and_are_not_disk_image_formats() {
         for &name in ROOTFS_NAMES {
             let d = parse_declared(name).unwrap();
             assert_eq!(d, DeclaredFormat::Rootfs(name.to_owned()));
             let err = reconcile(&d, ImageFormat::RAW).unwrap_err();
             assert_eq!(
                 err.to_string(),
-                format!(
-                    "rootfs tarball type \"{name}\" is not supported yet; \
-                     use a raw disk image (dd-*)"
-                )
+                format!("\"{name}\" is a root-filesystem tarball type, not a disk image format")
             );
         }
     }

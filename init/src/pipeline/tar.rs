@@ -360,8 +360,8 @@ impl PaxOverrides {
 }
 
 /// What a tar that is not one disk image most likely is.
-const ROOTFS_HINT: &str = " (a root-filesystem tarball? those are not supported yet: \
-                           deploy a disk image)";
+const ROOTFS_HINT: &str = " (a root-filesystem tarball? declare its type: \
+                           imprint.format=tgz, txz, tbz, tar or tar-zst)";
 
 /// Why an entry cannot be the disk image, or `None` for a regular file.
 fn not_a_regular_file(entry: &Entry) -> Option<String> {
@@ -627,8 +627,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "tar entry \"images/\" is a directory; a tar of a disk image must hold exactly one \
-             regular file (a root-filesystem tarball? those are not supported yet: deploy a disk \
-             image)"
+             regular file (a root-filesystem tarball? declare its type: imprint.format=tgz, txz, \
+             tbz, tar or tar-zst)"
         );
     }
 

@@ -34,7 +34,11 @@
 //!   other entry types GNU tar knows but a rootfs never holds are errors.
 
 mod acl;
+pub mod apply;
 mod archive;
+pub mod bootloader;
+pub mod command;
+pub mod deploy;
 #[cfg(test)]
 mod gnu_tar_tests;
 mod header;

@@ -21,6 +21,8 @@ use crate::net::NetConfig;
 use crate::pipeline::checksum::Checksum;
 use crate::pipeline::direct::DirectIo;
 use crate::pipeline::format::DeclaredFormat;
+use crate::rootfs::bootloader::Bootloader;
+use crate::rootfs::layout::Layout;
 use crate::source::SourceOptions;
 use crate::source::url::SourceUrl;
 use crate::status::StatusOptions;
@@ -114,6 +116,11 @@ pub struct DeploySpec {
     pub decode_memory: Option<u64>,
     /// Whether the image is written past the page cache (`imprint.direct-io=`).
     pub direct_io: DirectIo,
+    /// A root-filesystem deploy's partitions (`imprint.layout=` names a
+    /// preset; the deploy spec's `layout` may also be a whole layout).
+    pub layout: Option<Layout>,
+    /// A root-filesystem deploy's bootloader (`imprint.bootloader=`).
+    pub bootloader: Bootloader,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -169,6 +176,11 @@ pub struct Resolved {
     pub decode_memory: Option<u64>,
     /// `imprint.direct-io=`.
     pub direct_io: DirectIo,
+    /// `imprint.layout=` or the deploy spec's `layout`; the `default`
+    /// preset when absent.
+    pub layout: Option<Layout>,
+    /// `imprint.bootloader=`.
+    pub bootloader: Bootloader,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -215,6 +227,8 @@ impl Default for DeploySpec {
             boot_network: None,
             decode_memory: None,
             direct_io: DirectIo::default(),
+            layout: None,
+            bootloader: Bootloader::default(),
             origins: BTreeMap::new(),
         }
     }
@@ -377,6 +391,14 @@ impl DeploySpec {
                 self.boot_network = Some(NetConfig::from_json(object)?);
                 continue;
             }
+            if key == "layout" && (value.is_object() || value.is_array()) {
+                self.layout = Some(
+                    Layout::from_json_value(&value)
+                        .context("field \"layout\" of the deploy spec")?,
+                );
+                self.origins.insert("layout", Origin::Json);
+                continue;
+            }
             if IDENTITY_FIELDS.contains(&key.as_str()) {
                 identity.insert(key, value);
                 continue;
@@ -483,6 +505,8 @@ impl DeploySpec {
             kexec: self.kexec,
             decode_memory: self.decode_memory,
             direct_io: self.direct_io,
+            layout: self.layout,
+            bootloader: self.bootloader,
             origins: self.origins,
         })
     }

@@ -178,6 +178,26 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "layout",
+        values: "default | with-swap | xfs-root",
+        default: "default",
+        help: "A root-filesystem deploy's partitions, by preset: `default` is a 512 MiB ESP, a 1 MiB BIOS boot partition and an ext4 root on the rest; `with-swap` adds 4 GiB of swap before the root; `xfs-root` makes the root xfs. The deploy spec's `layout` may instead be a whole layout: see Root-filesystem images.",
+        apply: |spec, v| {
+            spec.layout = Some(crate::rootfs::layout::preset(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "bootloader",
+        values: "auto | grub | systemd-boot | none",
+        default: "auto",
+        help: "What a root-filesystem deploy installs, from the image itself in a chroot: GRUB when the image has grub-install, else systemd-boot when it has bootctl; `none` only regenerates the initramfs.",
+        apply: |spec, v| {
+            spec.bootloader = crate::rootfs::bootloader::Bootloader::parse(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",

@@ -1,5 +1,6 @@
 //! Every syscall and every `unsafe` block lives here.
 pub mod block;
+pub mod chroot;
 pub mod kexec;
 pub mod kmod;
 pub mod mount;

@@ -1,0 +1,193 @@
+//! A root-filesystem deploy, from a tarball to a bootable disk:
+//!
+//! ```text
+//! plan the layout on the selected disks -> print it
+//! open the tarball: fetch -> decode (the disk-image pipeline's decoders) -> tar
+//! -- nothing written before this line --
+//! wipe + GPT + mkfs (apply.rs) -> mount under one directory
+//! unpack (unpack.rs) -> read to the end, verify the served checksum
+//! /etc/fstab from the layout -> initramfs + bootloader in a chroot (bootloader.rs)
+//! unmount; on any failure after the first write: wipe every disk's GPT at both ends
+//! ```
+//!
+//! Identity injection, status and the handoff then run as after a disk
+//! image: the disk now holds a GPT with a root to find.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+use super::apply;
+use super::bootloader::{self, BootTargets};
+use super::layout::{self, DiskFacts, Layout, PartType, Plan};
+use crate::deploy::{self as image_deploy, DeployOptions};
+use crate::disk::DiskSelector;
+use crate::installed::RootDir;
+use crate::pipeline::progress::Progress;
+use crate::report::DeploySummary;
+use crate::source::Source;
+use crate::spec::Resolved;
+use crate::sys;
+use crate::text::human_size;
+
+/// How long a layout's further disks may take to show up.
+const MORE_DISKS: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Deploys `spec`'s image, a root-filesystem tarball of type `declared`,
+/// onto `target` (and the layout's further disks). `boot_mac` seeds the
+/// new GUIDs and UUIDs with the clock.
+pub fn run(
+    spec: &Resolved,
+    source: Source,
+    target: &Path,
+    declared: &str,
+    boot_mac: Option<[u8; 6]>,
+    progress: &mut dyn Progress,
+) -> Result<DeploySummary> {
+    let started = Instant::now();
+    let layout = match &spec.layout {
+        Some(layout) => layout.clone(),
+        None => layout::preset("default")?,
+    };
+    let stats = source.stats.clone();
+    let facts = disk_facts(&layout, target)?;
+    let plan = layout::plan(&layout, &facts, seed(boot_mac))?;
+    log::info!("layout:\n{}", plan.to_string().trim_end());
+    let mut stream = image_deploy::open_tarball(spec, source, declared, &DeployOptions::default())?;
+    let root_dir = mount_dir();
+    let outcome = (|| -> Result<_> {
+        apply::partition_and_format(&plan).context("partitioning and formatting")?;
+        let mounted = apply::mount_all(&plan, &root_dir)?;
+        let unpacked = super::unpack(&mut stream.archive, mounted.root(), progress)
+            .with_context(|| format!("unpacking {}", spec.image))?;
+        let served = stream.finish()?;
+        log::info!(
+            "unpacked {} files, {} directories, {} symlinks, {} hard links, {} special files ({})",
+            unpacked.files,
+            unpacked.dirs,
+            unpacked.symlinks,
+            unpacked.hard_links,
+            unpacked.special,
+            human_size(unpacked.bytes)
+        );
+        write_fstab(&plan, mounted.root()).context("writing /etc/fstab")?;
+        bootloader::install(mounted.root(), spec.bootloader, &boot_targets(&plan))
+            .context("installing the bootloader")?;
+        mounted.unmount().context("unmounting the new root")?;
+        Ok(served)
+    })();
+    let served = match outcome {
+        Ok(served) => served,
+        Err(e) => {
+            apply::fail_closed(&plan);
+            return Err(e);
+        }
+    };
+    let _ = std::fs::remove_dir(&root_dir);
+    Ok(DeploySummary {
+        bytes: served.bytes,
+        sha256: served.sha256,
+        elapsed: started.elapsed(),
+        format: Some(declared.to_ascii_lowercase()),
+        verified: served.verified,
+        transfer: stats.snapshot(),
+        restarts: 0,
+        insecure: crate::http::tls::insecure_in_effect(&spec.source),
+    })
+}
+
+/// What the plan needs of each disk: the target first, then the layout's
+/// further disks by their selectors.
+fn disk_facts(layout: &Layout, target: &Path) -> Result<Vec<DiskFacts>> {
+    let mut paths = vec![target.to_owned()];
+    for disk in layout.disks.iter().skip(1) {
+        let Some(text) = &disk.disk else {
+            bail!("the layout's second and later disks need a \"disk\" selector");
+        };
+        let selector = DiskSelector::parse(text)?;
+        let excluded: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        let path = crate::disk::wait_for_disk(&selector, &excluded, MORE_DISKS)
+            .with_context(|| format!("the layout's disk {text:?}"))?;
+        if paths.contains(&path) {
+            bail!("the layout's disk {text:?} is {} again", path.display());
+        }
+        paths.push(path);
+    }
+    paths.iter().map(|path| facts_of(path)).collect()
+}
+
+fn facts_of(path: &Path) -> Result<DiskFacts> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if !meta.file_type().is_block_device() {
+        bail!(
+            "{} is not a block device: a root-filesystem deploy makes partitions and filesystems \
+             (attach a file with losetup -P and deploy to the loop device)",
+            path.display()
+        );
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let io =
+        |e| anyhow::Error::new(e).context(format!("reading the geometry of {}", path.display()));
+    Ok(DiskFacts {
+        name: path.display().to_string(),
+        size_bytes: sys::block::size_bytes(&file).map_err(io)?,
+        logical_block_size: sys::block::logical_block_size(&file).map_err(io)?,
+        physical_block_size: sys::block::physical_block_size(&file).map_err(io)?,
+    })
+}
+
+/// New IDs on every deploy, different between machines deployed in the
+/// same nanosecond.
+fn seed(boot_mac: Option<[u8; 6]>) -> u64 {
+    let clock = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0)
+    });
+    boot_mac.map_or(0, layout::seed_from_mac)
+        ^ clock.rotate_left(17)
+        ^ u64::from(std::process::id())
+}
+
+/// Where the new tree is mounted while it is made.
+fn mount_dir() -> PathBuf {
+    let base = if Path::new("/run").is_dir() {
+        PathBuf::from("/run")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("imprint-newroot-{}", std::process::id()))
+}
+
+/// `/etc/fstab` from the plan; an existing one is kept as `fstab.orig`.
+fn write_fstab(plan: &Plan, root: &Path) -> Result<()> {
+    let dir = RootDir::open(root)?;
+    dir.mkdir_all("/etc", 0o755, 0, 0)?;
+    if let Some(old) = dir.read("/etc/fstab", 1 << 20)? {
+        dir.write_file("/etc/fstab.orig", &old, 0o644, 0, 0)?;
+    }
+    dir.write_file("/etc/fstab", layout::fstab(plan).as_bytes(), 0o644, 0, 0)
+}
+
+/// The root's disk, whether it can boot under BIOS, and the ESP's mount.
+fn boot_targets(plan: &Plan) -> BootTargets {
+    let root_disk = plan
+        .disks
+        .iter()
+        .find(|d| d.partitions.iter().any(|p| p.mount.as_deref() == Some("/")))
+        .unwrap_or(&plan.disks[0]);
+    let esp = plan
+        .disks
+        .iter()
+        .flat_map(|d| &d.partitions)
+        .find(|p| p.kind == PartType::Esp && p.mount.is_some())
+        .and_then(|p| p.mount.clone());
+    BootTargets {
+        disk: root_disk.name.clone(),
+        bios: root_disk
+            .partitions
+            .iter()
+            .any(|p| p.kind == PartType::BiosBoot),
+        esp,
+    }
+}

@@ -1,0 +1,339 @@
+//! Root-filesystem deploys (DRP's `tgz`, RackN's `tar-zst`) in a VM: PID 1
+//! with the tools initrd partitions an empty disk by the default layout,
+//! makes the filesystems, unpacks the tarball, writes fstab and installs
+//! the image's own bootloader; then the disk boots alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use imprint_qemu::http::FixtureServer;
+use imprint_qemu::{Disk, Vm};
+use imprint_vm_tests::{Artifacts, ResultLine, boot_imprint_with_initrd, finish, sha256_hex};
+
+/// A blank disk of `size` bytes (sparse).
+fn blank_disk(dir: &Path, size: u64) -> PathBuf {
+    let path = dir.join("disk.raw");
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    path
+}
+
+/// imprint's initramfs with the tools initrd after it, as a boot loader's
+/// second `initrd` line loads them.
+fn initrd_with_tools(dir: &Path) -> PathBuf {
+    let artifacts = Artifacts::get();
+    let tools = artifacts.out_dir.join("rootfs-tools.img");
+    let mut bytes = std::fs::read(&artifacts.initramfs).unwrap();
+    bytes.extend(
+        std::fs::read(&tools)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build)", tools.display())),
+    );
+    let both = dir.join("initrd-with-tools.img");
+    std::fs::write(&both, bytes).unwrap();
+    both
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup installs it)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The disk's partitions as sfdisk reads them: (start, size) in sectors,
+/// type GUID, name.
+fn partitions(disk: &Path) -> Vec<(u64, u64, String, String)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&run("sfdisk", &["--json", disk.to_str().unwrap()])).unwrap();
+    let table = &json["partitiontable"];
+    assert_eq!(table["label"], "gpt", "{json}");
+    table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_ascii_lowercase(),
+                p["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Copies sectors `start..start+size` of `disk` into their own file.
+fn extract(disk: &Path, start: u64, size: u64, to: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut from = std::fs::File::open(disk).unwrap();
+    from.seek(SeekFrom::Start(start * 512)).unwrap();
+    let mut out = std::fs::File::create(to).unwrap();
+    std::io::copy(&mut from.take(size * 512), &mut out).unwrap();
+}
+
+fn debugfs(fs: &Path, request: &str) -> String {
+    run("debugfs", &["-R", request, fs.to_str().unwrap()])
+}
+
+const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+const BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
+const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+
+/// A small tree with what the unpacker must keep: modes, setuid, a
+/// symlink, a hard link, an owner, a file under `/boot/efi` (the ESP is
+/// mounted there before the unpack), and an fstab to be replaced.
+fn small_tarball(dir: &Path) -> Vec<u8> {
+    let tree = dir.join("tree");
+    for d in ["etc", "usr/bin", "boot/efi/EFI/test", "home/user"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::write(
+        tree.join("etc/os-release"),
+        "ID=test\nPRETTY_NAME=\"Test rootfs\"\n",
+    )
+    .unwrap();
+    std::fs::write(tree.join("etc/fstab"), "# the image's own fstab\n").unwrap();
+    std::fs::write(tree.join("usr/bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+    std::fs::write(tree.join("usr/bin/su"), "setuid\n").unwrap();
+    std::fs::write(tree.join("boot/efi/EFI/test/note.txt"), "on the ESP\n").unwrap();
+    std::os::unix::fs::symlink("usr/bin", tree.join("bin")).unwrap();
+    std::fs::hard_link(tree.join("usr/bin/hello"), tree.join("usr/bin/hello-again")).unwrap();
+    run(
+        "chmod",
+        &["4755", tree.join("usr/bin/su").to_str().unwrap()],
+    );
+    run(
+        "chmod",
+        &["0755", tree.join("usr/bin/hello").to_str().unwrap()],
+    );
+    run(
+        "chown",
+        &["-R", "1000:1000", tree.join("home/user").to_str().unwrap()],
+    );
+    let tgz = dir.join("root.tgz");
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "-C",
+            tree.to_str().unwrap(),
+            "-czf",
+            tgz.to_str().unwrap(),
+            ".",
+        ],
+    );
+    std::fs::read(tgz).unwrap()
+}
+
+#[test]
+fn a_tgz_lands_on_the_default_layout_with_fstab_and_nothing_else_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = small_tarball(dir.path());
+    let server = FixtureServer::start().unwrap();
+    server.add_file("root.tgz", tgz.clone());
+    let disk = blank_disk(dir.path(), 2 << 30);
+    let vm = boot_imprint_with_initrd(
+        "rootfs_small",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz imprint.bootloader=none \
+             imprint.checksum=sha256:{}",
+            server.guest_url("root.tgz"),
+            sha256_hex(&tgz)
+        ),
+        vec![Disk::new(&disk)],
+        &initrd_with_tools(dir.path()),
+    );
+    let result = finish(&vm);
+    let console = vm.console();
+    let ResultLine::Ok { bytes, sha256, .. } = result else {
+        panic!("deploy failed: {result:?}\n{console}");
+    };
+    // The result line reports the tarball as served.
+    assert_eq!(bytes, tgz.len() as u64, "{console}");
+    assert_eq!(sha256, sha256_hex(&tgz));
+    assert!(console.contains("format=tgz"), "{console}");
+    // The plan was printed before the first write.
+    let plan_at = console.find("layout:").expect("the plan");
+    let write_at = console.find("writing a new GPT").expect("the GPT write");
+    assert!(plan_at < write_at, "{console}");
+
+    let parts = partitions(&disk);
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert_eq!(
+        (parts[0].0, parts[0].1, parts[0].2.as_str()),
+        (2048, 1 << 20, ESP)
+    );
+    assert_eq!((parts[1].1, parts[1].2.as_str()), (2048, BIOS_BOOT));
+    assert_eq!(parts[2].2, LINUX);
+    // The root fills the disk up to the 1 MiB alignment before the backup GPT.
+    assert_eq!(parts[2].0 + parts[2].1, (2 << 30) / 512 - 2048, "{parts:?}");
+
+    let root = dir.path().join("root.ext4");
+    extract(&disk, parts[2].0, parts[2].1, &root);
+    assert_eq!(
+        debugfs(&root, "cat /usr/bin/hello"),
+        "#!/bin/sh\necho hello\n"
+    );
+    let su = debugfs(&root, "stat /usr/bin/su");
+    assert!(su.contains("Mode:  04755"), "{su}");
+    let home = debugfs(&root, "stat /home/user");
+    assert!(home.contains("User:  1000   Group:  1000"), "{home}");
+    let hello = debugfs(&root, "stat /usr/bin/hello");
+    assert!(hello.contains("Links: 2"), "{hello}");
+    assert!(debugfs(&root, "stat /bin").contains("Fast link dest: \"usr/bin\""));
+    assert_eq!(
+        debugfs(&root, "cat /etc/fstab.orig"),
+        "# the image's own fstab\n"
+    );
+    let fstab = debugfs(&root, "cat /etc/fstab");
+    let uuid = run(
+        "blkid",
+        &["-o", "value", "-s", "UUID", root.to_str().unwrap()],
+    );
+    assert!(
+        fstab.contains(&format!(
+            "UUID={} / ext4 errors=remount-ro 0 1",
+            uuid.trim()
+        )),
+        "{fstab}"
+    );
+    assert!(fstab.contains(" /boot/efi vfat umask=0077 0 1"), "{fstab}");
+    // /boot/efi of the tarball went onto the ESP.
+    let esp = dir.path().join("esp.vfat");
+    extract(&disk, parts[0].0, parts[0].1, &esp);
+    assert_eq!(
+        run(
+            "mtype",
+            &["-i", esp.to_str().unwrap(), "::/EFI/test/note.txt"]
+        ),
+        "on the ESP\n"
+    );
+}
+
+#[test]
+fn a_checksum_mismatch_leaves_no_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = small_tarball(dir.path());
+    let server = FixtureServer::start().unwrap();
+    server.add_file("root.tgz", tgz.clone());
+    let disk = blank_disk(dir.path(), 2 << 30);
+    let vm = boot_imprint_with_initrd(
+        "rootfs_mismatch",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz imprint.bootloader=none \
+             imprint.checksum=sha256:{}",
+            server.guest_url("root.tgz"),
+            "0".repeat(64)
+        ),
+        vec![Disk::new(&disk)],
+        &initrd_with_tools(dir.path()),
+    );
+    let result = finish(&vm);
+    let ResultLine::Error(message) = result else {
+        panic!("a wrong checksum deployed: {result:?}\n{}", vm.console());
+    };
+    assert!(message.contains("checksum mismatch"), "{message}");
+    let bytes = std::fs::read(&disk).unwrap();
+    let mib = 1 << 20;
+    assert!(
+        bytes[..mib].iter().all(|&b| b == 0),
+        "the primary GPT is still there"
+    );
+    assert!(
+        bytes[bytes.len() - mib..].iter().all(|&b| b == 0),
+        "the backup GPT is still there"
+    );
+}
+
+/// The Debian 12 rootfs of `scripts/rootfs-image`.
+fn debian_rootfs(name: &str) -> PathBuf {
+    let path = Artifacts::get()
+        .out_dir
+        .parent()
+        .unwrap()
+        .join("cache/rootfs")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/rootfs-image",
+        path.display()
+    );
+    path
+}
+
+/// How long a deploy of the Debian rootfs may take under TCG: the unpack,
+/// update-initramfs and grub in the chroot.
+const DEBIAN_DEPLOY: Duration = Duration::from_secs(900);
+/// Firmware, GRUB, the kernel and systemd to a login prompt under TCG.
+const DEBIAN_BOOT: Duration = Duration::from_secs(400);
+
+/// Deploys a Debian rootfs tarball of `format` onto a blank disk, then
+/// boots that disk alone under SeaBIOS and OVMF to a login prompt.
+fn debian_deploys_and_boots(file: &str, format: &str, hostname: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = std::fs::read(debian_rootfs(file)).unwrap();
+    let server = FixtureServer::start().unwrap();
+    server.add_file(file, tarball.clone());
+    let disk = blank_disk(dir.path(), 8 << 30);
+    let artifacts = Artifacts::get();
+    let vm = Vm::builder()
+        .kernel(&artifacts.kernel)
+        .initrd(initrd_with_tools(dir.path()))
+        .append(format!(
+            "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff \
+             imprint.url={} imprint.disk=/dev/vda imprint.format={format} \
+             imprint.hostname={hostname}",
+            server.guest_url(file)
+        ))
+        .memory_mib(2048)
+        .cpus(2)
+        .nic(imprint_qemu::Nic::user())
+        .disk(Disk::new(&disk))
+        .console_log(artifacts.log_path(&format!("rootfs_debian_{format}")))
+        .start()
+        .expect("starting qemu");
+    let line = vm
+        .expect("IMPRINT-RESULT:", DEBIAN_DEPLOY)
+        .expect("a result line");
+    vm.wait_exit(Duration::from_secs(60)).expect("powers off");
+    let ResultLine::Ok { sha256, .. } = ResultLine::parse(&line) else {
+        panic!("deploy failed: {line}\n{}", vm.console());
+    };
+    assert_eq!(sha256, sha256_hex(&tarball));
+    let console = vm.console();
+    assert!(
+        console.contains("in the new root: update-initramfs"),
+        "{console}"
+    );
+    assert!(
+        console.contains("grub-install --target=i386-pc /dev/vda"),
+        "{console}"
+    );
+    assert!(console.contains("--removable"), "{console}");
+
+    for (firmware, uefi) in [("bios", false), ("uefi", true)] {
+        let mut builder = Vm::builder()
+            .memory_mib(1024)
+            .disk(Disk::new(&disk))
+            .console_log(artifacts.log_path(&format!("rootfs_debian_{format}_{firmware}")));
+        if uefi {
+            builder = builder.uefi();
+        }
+        let booted = builder.start().expect("starting qemu");
+        booted
+            .expect(&format!("{hostname} login:"), DEBIAN_BOOT)
+            .unwrap_or_else(|e| panic!("{firmware}: {e:#}"));
+        booted.kill().unwrap();
+    }
+}
+
+#[test]
+fn debian_12_tgz_boots_under_bios_and_uefi() {
+    debian_deploys_and_boots("debian-12.tar.gz", "tgz", "rootfs-tgz");
+}
