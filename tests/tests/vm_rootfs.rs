@@ -326,8 +326,10 @@ fn debian_deploys_and_boots(file: &str, format: &str, hostname: &str) {
             builder = builder.uefi();
         }
         let booted = builder.start().expect("starting qemu");
+        // getty prints /etc/issue (`Debian GNU/Linux 12 \n \l`) as a whole
+        // line, then the login prompt without a newline.
         booted
-            .expect(&format!("{hostname} login:"), DEBIAN_BOOT)
+            .expect(&format!("Debian GNU/Linux 12 {hostname} ttyS0"), DEBIAN_BOOT)
             .unwrap_or_else(|e| panic!("{firmware}: {e:#}"));
         booted.kill().unwrap();
     }
