@@ -552,21 +552,30 @@ pub struct ServedTarball {
     pub verified: Option<&'static str>,
 }
 
-/// Starts fetching and decoding `spec`'s image, a root-filesystem tarball
-/// of the declared type `declared` (`tgz`, `tar-zst`, …). Everything that
+/// A root-filesystem tarball to fetch: the image or an overlay.
+pub struct Tarball<'a> {
+    pub url: &'a str,
+    /// Its type: `tgz`, `tar-zst`, …
+    pub declared: &'a str,
+    pub expected: Option<&'a Expected>,
+    pub source_options: &'a SourceOptions,
+    pub decode_memory: Option<u64>,
+}
+
+/// Starts fetching and decoding `tarball` from `source`. Everything that
 /// can be checked before the disk is touched is: the checksum list
 /// answers, the compression is the declared one, the decoded stream starts
 /// with a tar header.
 pub fn open_tarball(
-    spec: &Resolved,
+    tarball: &Tarball<'_>,
     source: Source,
-    declared: &str,
     options: &DeployOptions,
 ) -> Result<TarballStream> {
-    let url = spec.image.as_str().to_owned();
+    let url = tarball.url.to_owned();
+    let declared = tarball.declared;
     let declared_compression = format::rootfs_compression(declared)
         .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
-    let expected = expected_checksum(spec.expected.as_ref(), &url, &spec.source)?;
+    let expected = expected_checksum(tarball.expected, &url, tarball.source_options)?;
     log::info!(
         "fetching root-filesystem tarball {url} ({})",
         source
@@ -602,7 +611,7 @@ pub fn open_tarball(
     }
     let decoders = OrderedConfig::new(
         options.threads,
-        spec.decode_memory.unwrap_or(DEFAULT_MEMORY),
+        tarball.decode_memory.unwrap_or(DEFAULT_MEMORY),
     );
     let decoder: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(input),

@@ -114,11 +114,22 @@ pub fn run(
     tracker.enter(Stage::Write);
     tracker.written = None;
     let mut progress = Stamped::new(ProgressEvents::new(tracker.status.clone(), Stage::Write));
-    let written = match &deploy.format {
-        DeclaredFormat::Rootfs(declared) => {
-            crate::rootfs::deploy::run(deploy, source, target, declared, boot_mac, &mut progress)
+    let (rootfs, source) = match &deploy.format {
+        DeclaredFormat::Rootfs(declared) => (Some(declared.clone()), source),
+        DeclaredFormat::Auto => {
+            let (kind, source) = crate::rootfs::deploy::sniff(source)?;
+            if let Some(kind) = kind {
+                log::info!("format: a root-filesystem tarball ({kind})");
+            }
+            (kind.map(str::to_owned), source)
         }
-        _ => deploy::deploy_to(
+        DeclaredFormat::Image { .. } => (None, source),
+    };
+    let written = match rootfs {
+        Some(declared) => {
+            crate::rootfs::deploy::run(deploy, source, target, &declared, boot_mac, &mut progress)
+        }
+        None => deploy::deploy_to(
             deploy,
             source,
             target,

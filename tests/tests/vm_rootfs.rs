@@ -131,20 +131,69 @@ fn small_tarball(dir: &Path) -> Vec<u8> {
     std::fs::read(tgz).unwrap()
 }
 
+/// A tarball of `files` (path, contents), made by GNU tar, `args` added
+/// (e.g. `-z`).
+fn overlay_tarball(dir: &Path, name: &str, files: &[(&str, &str)], args: &[&str]) -> Vec<u8> {
+    let tree = dir.join(format!("{name}.tree"));
+    for (path, contents) in files {
+        let path = tree.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    let out = dir.join(name);
+    let mut all = vec![
+        "--numeric-owner",
+        "-C",
+        tree.to_str().unwrap(),
+        "-cf",
+        out.to_str().unwrap(),
+    ];
+    all.extend(args);
+    all.push(".");
+    run("tar", &all);
+    std::fs::read(out).unwrap()
+}
+
 #[test]
 fn a_tgz_lands_on_the_default_layout_with_fstab_and_nothing_else_lost() {
     let dir = tempfile::tempdir().unwrap();
     let tgz = small_tarball(dir.path());
     let server = FixtureServer::start().unwrap();
     server.add_file("root.tgz", tgz.clone());
+    // Two overlays (DRP's additional-tarballs), unpacked by index: the
+    // second replaces a file of the first and one of the image.
+    let first = overlay_tarball(
+        dir.path(),
+        "first.tgz",
+        &[("etc/motd", "first\n"), ("etc/first", "1\n")],
+        &["-z"],
+    );
+    let second = overlay_tarball(
+        dir.path(),
+        "second.tar",
+        &[("etc/motd", "second\n"), ("usr/bin/hello", "replaced\n")],
+        &[],
+    );
+    server.add_file("first.tgz", first);
+    server.add_file("second.tar", second.clone());
+    let spec = serde_json::json!({
+        "additional-tarballs": [
+            {"uri": server.guest_url("second.tar"), "format": "tar", "index": 2,
+             "checksum": format!("sha256:{}", sha256_hex(&second))},
+            {"uri": server.guest_url("first.tgz"), "format": "tgz", "index": 1},
+        ]
+    });
+    server.add_file("spec.json", spec.to_string().into_bytes());
     let disk = blank_disk(dir.path(), 2 << 30);
     let vm = boot_imprint_with_initrd(
         "rootfs_small",
+        // No imprint.format=: the first member, `./`, says it is a tree.
         &format!(
-            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz imprint.bootloader=none \
-             imprint.checksum=sha256:{}",
+            "imprint.url={} imprint.disk=/dev/vda imprint.bootloader=none \
+             imprint.checksum=sha256:{} imprint.config={}",
             server.guest_url("root.tgz"),
-            sha256_hex(&tgz)
+            sha256_hex(&tgz),
+            server.guest_url("spec.json")
         ),
         vec![Disk::new(&disk)],
         &initrd_with_tools(dir.path()),
@@ -158,6 +207,10 @@ fn a_tgz_lands_on_the_default_layout_with_fstab_and_nothing_else_lost() {
     assert_eq!(bytes, tgz.len() as u64, "{console}");
     assert_eq!(sha256, sha256_hex(&tgz));
     assert!(console.contains("format=tgz"), "{console}");
+    assert!(
+        console.contains("format: a root-filesystem tarball (tgz)"),
+        "{console}"
+    );
     // The plan was printed before the first write.
     let plan_at = console.find("layout:").expect("the plan");
     let write_at = console.find("writing a new GPT").expect("the GPT write");
@@ -176,16 +229,19 @@ fn a_tgz_lands_on_the_default_layout_with_fstab_and_nothing_else_lost() {
 
     let root = dir.path().join("root.ext4");
     extract(&disk, parts[2].0, parts[2].1, &root);
-    assert_eq!(
-        debugfs(&root, "cat /usr/bin/hello"),
-        "#!/bin/sh\necho hello\n"
-    );
+    assert_eq!(debugfs(&root, "cat /usr/bin/hello"), "replaced\n");
+    assert_eq!(debugfs(&root, "cat /etc/motd"), "second\n");
+    assert_eq!(debugfs(&root, "cat /etc/first"), "1\n");
     let su = debugfs(&root, "stat /usr/bin/su");
     assert!(su.contains("Mode:  04755"), "{su}");
     let home = debugfs(&root, "stat /home/user");
     assert!(home.contains("User:  1000   Group:  1000"), "{home}");
-    let hello = debugfs(&root, "stat /usr/bin/hello");
-    assert!(hello.contains("Links: 2"), "{hello}");
+    // The overlay replaced hello (a new inode); its hard link keeps the
+    // image's contents.
+    assert_eq!(
+        debugfs(&root, "cat /usr/bin/hello-again"),
+        "#!/bin/sh\necho hello\n"
+    );
     assert!(debugfs(&root, "stat /bin").contains("Fast link dest: \"usr/bin\""));
     assert_eq!(
         debugfs(&root, "cat /etc/fstab.orig"),
@@ -329,7 +385,10 @@ fn debian_deploys_and_boots(file: &str, format: &str, hostname: &str) {
         // getty prints /etc/issue (`Debian GNU/Linux 12 \n \l`) as a whole
         // line, then the login prompt without a newline.
         booted
-            .expect(&format!("Debian GNU/Linux 12 {hostname} ttyS0"), DEBIAN_BOOT)
+            .expect(
+                &format!("Debian GNU/Linux 12 {hostname} ttyS0"),
+                DEBIAN_BOOT,
+            )
             .unwrap_or_else(|e| panic!("{firmware}: {e:#}"));
         booted.kill().unwrap();
     }

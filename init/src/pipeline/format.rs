@@ -221,6 +221,38 @@ pub fn looks_like_tar(prefix: &[u8]) -> bool {
     (ustar || gnu) && tar_checksum_ok(header)
 }
 
+/// Whether the decoded start of a tar archive is a root-filesystem tarball
+/// rather than a tar-wrapped disk image: its first member (after pax and
+/// GNU long-name headers) is a directory, a link, or a file inside a
+/// directory. A disk image's tar holds one regular file at the top.
+/// `false` when the prefix ends before the first member is known.
+pub fn looks_like_rootfs_tar(prefix: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(header) = prefix.get(at..at + TAR_BLOCK) {
+        if !looks_like_tar(header) {
+            return false;
+        }
+        let kind = header[156];
+        if matches!(kind, b'x' | b'g' | b'L' | b'K') {
+            let Some(size) = parse_octal(&header[124..136]) else {
+                return false;
+            };
+            let Ok(size) = usize::try_from(size) else {
+                return false;
+            };
+            at += TAR_BLOCK + size.div_ceil(TAR_BLOCK) * TAR_BLOCK;
+            continue;
+        }
+        let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = String::from_utf8_lossy(&header[..name_end]);
+        let name = name.trim_start_matches("./");
+        return matches!(kind, b'1' | b'2' | b'5')
+            || name.is_empty()
+            || name.trim_end_matches('/').contains('/');
+    }
+    false
+}
+
 /// Checks a 512-byte tar header's checksum field (octal, at 148..156)
 /// against the byte sum with that field read as spaces. Some old writers
 /// summed signed bytes, so either sum is accepted, as GNU tar does.
@@ -520,6 +552,46 @@ mod tests {
                 format!("\"{name}\" is a root-filesystem tarball type, not a disk image format")
             );
         }
+    }
+
+    #[test]
+    fn a_rootfs_tar_is_told_from_a_tar_wrapped_disk_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = |args: &[&str]| {
+            let out = std::process::Command::new("tar")
+                .current_dir(dir.path())
+                .args(["-cf", "-"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            out.stdout
+        };
+        std::fs::write(dir.path().join("disk.raw"), vec![1u8; 4096]).unwrap();
+        std::fs::create_dir_all(dir.path().join("root/etc")).unwrap();
+        std::fs::write(dir.path().join("root/etc/hostname"), "x\n").unwrap();
+        let long = "d".repeat(120);
+        std::fs::create_dir_all(dir.path().join(&long)).unwrap();
+        // A disk image: one file at the top, in each tar format.
+        for format in ["gnu", "pax", "ustar"] {
+            let archive = tar(&["--format", format, "disk.raw"]);
+            assert!(!looks_like_rootfs_tar(&archive), "{format}");
+        }
+        // Trees: `.` first, a directory first, a file in a directory, and a
+        // directory behind a GNU long-name header.
+        assert!(looks_like_rootfs_tar(&tar(&["-C", "root", "."])));
+        assert!(looks_like_rootfs_tar(&tar(&["root"])));
+        assert!(looks_like_rootfs_tar(&tar(&[
+            "--format",
+            "pax",
+            "root/etc/hostname"
+        ])));
+        assert!(looks_like_rootfs_tar(&tar(&["--format", "gnu", &long])));
+        // Not a tar, or cut before the first member.
+        assert!(!looks_like_rootfs_tar(b"hello"));
+        assert!(!looks_like_rootfs_tar(
+            &tar(&["--format", "gnu", &long])[..512]
+        ));
     }
 
     #[test]

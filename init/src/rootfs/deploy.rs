@@ -21,13 +21,14 @@ use anyhow::{Context, Result, bail};
 use super::apply;
 use super::bootloader::{self, BootTargets};
 use super::layout::{self, DiskFacts, Layout, PartType, Plan};
-use crate::deploy::{self as image_deploy, DeployOptions};
+use crate::deploy::{self as image_deploy, DeployOptions, Tarball};
 use crate::disk::DiskSelector;
 use crate::installed::RootDir;
+use crate::pipeline::format::{self, Compression};
 use crate::pipeline::progress::Progress;
 use crate::report::DeploySummary;
 use crate::source::Source;
-use crate::spec::Resolved;
+use crate::spec::{CheckedOverlay, Resolved};
 use crate::sys;
 use crate::text::human_size;
 
@@ -54,7 +55,14 @@ pub fn run(
     let facts = disk_facts(&layout, target)?;
     let plan = layout::plan(&layout, &facts, seed(boot_mac))?;
     log::info!("layout:\n{}", plan.to_string().trim_end());
-    let mut stream = image_deploy::open_tarball(spec, source, declared, &DeployOptions::default())?;
+    let image = Tarball {
+        url: spec.image.as_str(),
+        declared,
+        expected: spec.expected.as_ref(),
+        source_options: &spec.source,
+        decode_memory: spec.decode_memory,
+    };
+    let mut stream = image_deploy::open_tarball(&image, source, &DeployOptions::default())?;
     let root_dir = mount_dir();
     let outcome = (|| -> Result<_> {
         apply::partition_and_format(&plan).context("partitioning and formatting")?;
@@ -71,6 +79,9 @@ pub fn run(
             unpacked.special,
             human_size(unpacked.bytes)
         );
+        for overlay in &spec.overlays {
+            unpack_overlay(spec, overlay, mounted.root(), progress)?;
+        }
         write_fstab(&plan, mounted.root()).context("writing /etc/fstab")?;
         bootloader::install(mounted.root(), spec.bootloader, &boot_targets(&plan))
             .context("installing the bootloader")?;
@@ -95,6 +106,74 @@ pub fn run(
         restarts: 0,
         insecure: crate::http::tls::insecure_in_effect(&spec.source),
     })
+}
+
+/// Fetches, unpacks and verifies one of the deploy spec's
+/// `additional-tarballs` over the new root.
+fn unpack_overlay(
+    spec: &Resolved,
+    overlay: &CheckedOverlay,
+    root: &Path,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let url = overlay.url.as_str();
+    let context = || format!("unpacking the additional tarball {url}");
+    let source = crate::source::open(url, &spec.source).with_context(context)?;
+    let tarball = Tarball {
+        url,
+        declared: &overlay.format,
+        expected: overlay.expected.as_ref(),
+        source_options: &spec.source,
+        decode_memory: spec.decode_memory,
+    };
+    let mut stream = image_deploy::open_tarball(&tarball, source, &DeployOptions::default())
+        .with_context(context)?;
+    let unpacked = super::unpack(&mut stream.archive, root, progress).with_context(context)?;
+    stream.finish().with_context(context)?;
+    log::info!(
+        "unpacked {url} over the new root: {} files, {}",
+        unpacked.files,
+        human_size(unpacked.bytes)
+    );
+    Ok(())
+}
+
+/// How much of an image `sniff` reads and decodes to see its first tar
+/// member.
+const SNIFF_SERVED: usize = 1 << 20;
+const SNIFF_DECODED: usize = 64 << 10;
+
+/// With `imprint.format=auto`: whether `source` is a root-filesystem
+/// tarball (a tar whose first member is a directory, a link or a file in
+/// a directory, compressed or not), and its type name (`tgz`, `tar-zst`,
+/// …) if so. The bytes read to find out are put back in front of the
+/// source. A compressed stream whose first member does not decode from the
+/// first MiB (a bzip2 block or a multi-threaded xz block larger than
+/// that) counts as a disk image; its type can be declared.
+pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
+    use std::io::Read;
+    let mut prefix = vec![0u8; SNIFF_SERVED];
+    let n = crate::pipeline::read_full(&mut source.reader, &mut prefix)
+        .with_context(|| format!("reading the start of {}", source.url))?;
+    prefix.truncate(n);
+    let compression = format::sniff_compression(&prefix);
+    let mut decoded = Vec::with_capacity(SNIFF_DECODED);
+    let decoder = crate::pipeline::decode::decoder(
+        compression,
+        Box::new(std::io::Cursor::new(prefix.clone())),
+    );
+    // The prefix ends mid-stream: the decoder's error there is expected.
+    let _ = decoder.take(SNIFF_DECODED as u64).read_to_end(&mut decoded);
+    let kind = format::looks_like_rootfs_tar(&decoded).then_some(match compression {
+        Compression::None => "tar",
+        Compression::Gzip => "tgz",
+        Compression::Xz => "txz",
+        Compression::Bzip2 => "tbz",
+        Compression::Zstd => "tar-zst",
+    });
+    let rest = std::mem::replace(&mut source.reader, Box::new(std::io::empty()));
+    source.reader = Box::new(std::io::Cursor::new(prefix).chain(rest));
+    Ok((kind, source))
 }
 
 /// What the plan needs of each disk: the target first, then the layout's

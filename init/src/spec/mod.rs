@@ -121,8 +121,33 @@ pub struct DeploySpec {
     pub layout: Option<Layout>,
     /// A root-filesystem deploy's bootloader (`imprint.bootloader=`).
     pub bootloader: Bootloader,
+    /// Tarballs unpacked over a root-filesystem image, in order (the
+    /// deploy spec's `additional-tarballs`).
+    pub overlays: Vec<Overlay>,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
+}
+
+/// A tarball unpacked over the root filesystem after the image, as DRP's
+/// `image-deploy/additional-tarballs` entries are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// Where it is.
+    pub uri: String,
+    /// Its type, as `imprint.format=` names rootfs tarballs: `tar`, `tgz`,
+    /// `txz`, `tbz`, `tar-zst`.
+    pub format: String,
+    /// Overlays are unpacked by ascending index.
+    #[serde(default)]
+    pub index: i64,
+    /// `sha256:HEX` or `sha512:HEX` of the tarball as served.
+    #[serde(default)]
+    pub checksum: Option<String>,
+    /// DRP's flag: `uri` is relative to the DRP file server. The content
+    /// pack's template makes it absolute; imprint only accepts `false`.
+    #[serde(default)]
+    pub drpserved: bool,
 }
 
 /// A layer of settings, in the order they are applied: later layers win.
@@ -181,8 +206,51 @@ pub struct Resolved {
     pub layout: Option<Layout>,
     /// `imprint.bootloader=`.
     pub bootloader: Bootloader,
+    /// The deploy spec's `additional-tarballs`, by index, each checked.
+    pub overlays: Vec<CheckedOverlay>,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
+}
+
+/// An overlay with its URL, type and checksum parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedOverlay {
+    pub url: SourceUrl,
+    pub format: String,
+    pub expected: Option<Expected>,
+}
+
+impl Overlay {
+    fn check(&self, n: usize) -> Result<CheckedOverlay> {
+        let field = |name: &str| format!("additional-tarballs[{n}].{name} of the deploy spec");
+        if self.drpserved {
+            bail!(
+                "{}: is true, but the uri must be absolute here (the content pack's template \
+                 prefixes DRP's file server)",
+                field("drpserved")
+            );
+        }
+        let url = SourceUrl::parse(&self.uri).with_context(|| field("uri"))?;
+        if crate::pipeline::format::rootfs_compression(&self.format).is_none() {
+            bail!(
+                "{}: {:?} is not a tarball type (tar, tgz, txz, tbz or tar-zst)",
+                field("format"),
+                self.format
+            );
+        }
+        let expected = self
+            .checksum
+            .as_deref()
+            .map(Checksum::parse)
+            .transpose()
+            .with_context(|| field("checksum"))?
+            .map(Expected::Digest);
+        Ok(CheckedOverlay {
+            url,
+            format: self.format.to_ascii_lowercase(),
+            expected,
+        })
+    }
 }
 
 /// How the image's digest is known.
@@ -229,6 +297,7 @@ impl Default for DeploySpec {
             direct_io: DirectIo::default(),
             layout: None,
             bootloader: Bootloader::default(),
+            overlays: Vec::new(),
             origins: BTreeMap::new(),
         }
     }
@@ -391,6 +460,11 @@ impl DeploySpec {
                 self.boot_network = Some(NetConfig::from_json(object)?);
                 continue;
             }
+            if key == "additional-tarballs" {
+                self.overlays = serde_json::from_value(value)
+                    .context("field \"additional-tarballs\" of the deploy spec")?;
+                continue;
+            }
             if key == "layout" && (value.is_object() || value.is_array()) {
                 self.layout = Some(
                     Layout::from_json_value(&value)
@@ -486,6 +560,13 @@ impl DeploySpec {
                  or hints such as imprint.disk=size>=100G,rotational=0"
                 .to_owned(),
         })?;
+        let mut sorted = self.overlays.clone();
+        sorted.sort_by_key(|o| o.index);
+        let overlays = sorted
+            .iter()
+            .enumerate()
+            .map(|(n, o)| o.check(n))
+            .collect::<Result<Vec<_>>>()?;
         let expected = match (self.checksum, self.checksum_url) {
             (Some(digest), _) => Some(Expected::Digest(digest)),
             (None, Some(list)) => Some(Expected::List(list)),
@@ -507,6 +588,7 @@ impl DeploySpec {
             direct_io: self.direct_io,
             layout: self.layout,
             bootloader: self.bootloader,
+            overlays,
             origins: self.origins,
         })
     }
