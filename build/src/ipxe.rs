@@ -23,7 +23,12 @@ pub struct IpxeOptions {
     pub base_url: Option<String>,
     /// Extra kernel arguments, typically `imprint.*`, editable in the script.
     pub append: String,
+    /// Also load `rootfs-tools.img` after the initramfs, for
+    /// root-filesystem images.
+    pub rootfs_tools: bool,
 }
+
+pub const TOOLS_NAME: &str = "rootfs-tools.img";
 
 /// Rejects what would break the script's line structure. `${...}` is left
 /// alone on purpose: iPXE expands it, so `imprint.mac=${net0/mac}` works.
@@ -62,10 +67,21 @@ pub fn render_script(options: &IpxeOptions) -> Result<String> {
     script.push_str(&format!("set imprint-args {}\n", options.append.trim()));
     // initrd= names the image for the EFI stub, which looks the initrd up
     // by name when iPXE boots the kernel as an EFI application.
+    let tools_arg = if options.rootfs_tools {
+        format!(" initrd={TOOLS_NAME}")
+    } else {
+        String::new()
+    };
     script.push_str(&format!(
-        "kernel {location}{KERNEL_NAME} initrd={INITRAMFS_NAME} {BASE_KERNEL_ARGS} ${{imprint-args}}\n"
+        "kernel {location}{KERNEL_NAME} initrd={INITRAMFS_NAME}{tools_arg} {BASE_KERNEL_ARGS} ${{imprint-args}}\n"
     ));
     script.push_str(&format!("initrd {location}{INITRAMFS_NAME}\n"));
+    if options.rootfs_tools {
+        script.push_str(
+            "# The mkfs tools for root-filesystem images, unpacked over the initramfs.\n",
+        );
+        script.push_str(&format!("initrd {location}{TOOLS_NAME}\n"));
+    }
     script.push_str("boot\n");
     Ok(script)
 }
@@ -96,6 +112,7 @@ mod tests {
             base_url: Some("http://10.0.2.2:8080/imprint/".to_owned()),
             append: "imprint.url=http://10.0.2.2:8080/disk.raw.zst imprint.disk=/dev/vda"
                 .to_owned(),
+            rootfs_tools: false,
         })
         .unwrap();
         assert!(script.contains("\nset base-url http://10.0.2.2:8080/imprint\n"));
@@ -104,6 +121,24 @@ mod tests {
         ));
         assert!(script.contains("\nkernel ${base-url}/vmlinuz initrd=initramfs.img "));
         assert!(script.contains("\ninitrd ${base-url}/initramfs.img\nboot\n"));
+    }
+
+    #[test]
+    fn the_rootfs_script_loads_the_tools_after_the_initramfs() {
+        let script = render_script(&IpxeOptions {
+            rootfs_tools: true,
+            ..IpxeOptions::default()
+        })
+        .unwrap();
+        assert!(script.contains(
+            "\nkernel vmlinuz initrd=initramfs.img initrd=rootfs-tools.img console=tty0 "
+        ));
+        assert!(script.ends_with(
+            "initrd initramfs.img\n\
+             # The mkfs tools for root-filesystem images, unpacked over the initramfs.\n\
+             initrd rootfs-tools.img\n\
+             boot\n"
+        ));
     }
 
     #[test]

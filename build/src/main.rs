@@ -47,6 +47,8 @@ enum Command {
     Drp {
         kernel: PathBuf,
         initramfs: PathBuf,
+        /// The rootfs tools initrd, put in the tarball and the bootenv.
+        tools: Option<PathBuf>,
         out: PathBuf,
     },
     /// The second initrd with the filesystem tools, read from `root`.
@@ -167,20 +169,30 @@ fn parse_args(args: &[String]) -> Result<Command> {
             })
         }
         "ipxe" => {
-            let flags = parse_flags(rest, &["--out", "--base-url", "--append"])?;
+            let (rootfs_tools, rest): (Vec<&str>, Vec<&str>) = rest
+                .iter()
+                .map(String::as_str)
+                .partition(|arg| *arg == "--rootfs-tools");
+            let rest: Vec<String> = rest.into_iter().map(str::to_owned).collect();
+            let flags = parse_flags(&rest, &["--out", "--base-url", "--append"])?;
             Ok(Command::Ipxe {
                 out: required(&flags, "--out")?.into(),
                 options: IpxeOptions {
                     base_url: single(&flags, "--base-url")?.map(str::to_owned),
                     append: single(&flags, "--append")?.unwrap_or_default().to_owned(),
+                    rootfs_tools: !rootfs_tools.is_empty(),
                 },
             })
         }
         "drp" => {
-            let flags = parse_flags(rest, &["--kernel", "--initramfs", "--out"])?;
+            let flags = parse_flags(
+                rest,
+                &["--kernel", "--initramfs", "--tools-initrd", "--out"],
+            )?;
             Ok(Command::Drp {
                 kernel: required(&flags, "--kernel")?.into(),
                 initramfs: required(&flags, "--initramfs")?.into(),
+                tools: single(&flags, "--tools-initrd")?.map(PathBuf::from),
                 out: required(&flags, "--out")?.into(),
             })
         }
@@ -362,9 +374,15 @@ fn run(command: Command) -> Result<()> {
         Command::Drp {
             kernel,
             initramfs,
+            tools,
             out,
         } => {
-            let written = drp::write_all(&kernel, &initramfs, &out, archive_mtime()?)?;
+            let files = drp::BootFiles {
+                kernel: &kernel,
+                initramfs: &initramfs,
+                tools: tools.as_deref(),
+            };
+            let written = drp::write_all(&files, &out, archive_mtime()?)?;
             println!("drp tarball: {}", written.tarball.display());
             println!("sha256: {}", written.tarball_sha256);
             println!("content pack: {}", written.content_dir.display());
@@ -538,6 +556,7 @@ mod tests {
             Command::Drp {
                 kernel: "out/vmlinuz".into(),
                 initramfs: "out/initramfs.img".into(),
+                tools: None,
                 out: "out/drp".into(),
             }
         );

@@ -35,8 +35,15 @@ fn content() -> Content {
     let kernel = dir.path().join("vmlinuz");
     let initramfs = dir.path().join("initramfs.img");
     std::fs::write(&kernel, vec![0x4d; 4096]).unwrap();
+    let tools = dir.path().join("rootfs-tools.img");
     std::fs::write(&initramfs, vec![0x28; 10_000]).unwrap();
-    let out = drp::write_all(&kernel, &initramfs, &dir.path().join("drp"), 0).unwrap();
+    std::fs::write(&tools, vec![0x29; 3_000]).unwrap();
+    let files = drp::BootFiles {
+        kernel: &kernel,
+        initramfs: &initramfs,
+        tools: Some(&tools),
+    };
+    let out = drp::write_all(&files, &dir.path().join("drp"), 0).unwrap();
     Content { _dir: dir, out }
 }
 
@@ -230,9 +237,11 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
     );
     assert_eq!(ipxe_cmdline.value("initrd"), Some("initramfs.img"));
     assert_eq!(ipxe_cmdline.value("rs.uuid"), Some(UUID));
+    // The base initramfs, then the rootfs tools.
     assert!(ipxe.contains(&format!(
-        "\ninitrd http://10.0.2.2:8091/imprint/{}/initramfs.img\nboot\n",
-        drp::version()
+        "\ninitrd http://10.0.2.2:8091/imprint/{v}/initramfs.img\n\
+         initrd http://10.0.2.2:8091/imprint/{v}/rootfs-tools.img\nboot\n",
+        v = drp::version()
     )));
     let (path, pxelinux) = template(&rendered, "pxelinux");
     assert_eq!(path, "pxelinux.cfg/0A00020F");
@@ -248,8 +257,8 @@ fn full_context_renders_a_spec_imprint_accepts_and_a_static_command_line() {
         drp::version()
     )));
     assert!(grub.contains(&format!(
-        "\nmodule (tftp)/imprint/{}/initramfs.img\nboot\n",
-        drp::version()
+        "\nmodule (tftp)/imprint/{v}/initramfs.img\nmodule (tftp)/imprint/{v}/rootfs-tools.img\nboot\n",
+        v = drp::version()
     )));
     assert!(
         !bootparams.contains("initrd="),
@@ -389,6 +398,8 @@ fn every_imprint_param() -> Value {
         "imprint/kexec-cmdline": "root=/dev/sda2 ro \"quiet\"",
         "imprint/report": "https://ops.example/events",
         "imprint/status-port": 8080,
+        "imprint/layout": "with-swap",
+        "imprint/bootloader": "grub",
     })
 }
 
@@ -412,6 +423,7 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
     let pack = drp::content_pack(&drp::IsoInfo {
         file: drp::iso_file_name(),
         sha256: String::new(),
+        tools: true,
     });
     let defined: Vec<&String> = pack.sections["params"].keys().collect();
     let mut sampled: Vec<&String> = params.as_object().unwrap().keys().collect();
@@ -445,6 +457,51 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
     );
     assert_eq!(spec.status_port, Some(8080));
     assert_eq!(spec.report.as_deref(), Some("https://ops.example/events"));
+    assert_eq!(
+        spec.layout,
+        Some(imprint::rootfs::layout::preset("with-swap").unwrap())
+    );
+    assert_eq!(
+        spec.bootloader,
+        imprint::rootfs::bootloader::Bootloader::Grub
+    );
+}
+
+/// image-deploy's `additional-tarballs` (its param's documented example,
+/// and one with a full URI) reach imprint.json: `drpserved` URIs on the
+/// file server, in the shape imprint's deploy spec takes.
+#[test]
+fn additional_tarballs_render_with_drpserved_uris_on_the_file_server() {
+    let content = content();
+    let rendered = render_deployable(
+        &content,
+        json!({
+            "image-deploy/image-type": "tgz",
+            "image-deploy/additional-tarballs": [
+                {"drpserved": true, "format": "tar", "index": 1, "uri": "files/my-tarball.tar"},
+                {"drpserved": false, "format": "tgz", "index": 0, "uri": "http://h/extra.tgz"},
+            ],
+        }),
+    )
+    .unwrap();
+    let spec = spec_from(&rendered);
+    assert_eq!(spec.format, DeclaredFormat::Rootfs("tgz".into()));
+    let uris: Vec<(&str, &str, i64)> = spec
+        .overlays
+        .iter()
+        .map(|o| (o.uri.as_str(), o.format.as_str(), o.index))
+        .collect();
+    assert_eq!(
+        uris,
+        [
+            ("http://10.0.2.2:8091/files/my-tarball.tar", "tar", 1),
+            ("http://h/extra.tgz", "tgz", 0),
+        ]
+    );
+    assert!(spec.overlays.iter().all(|o| !o.drpserved));
+    // Resolved, they come by index.
+    let resolved = spec.resolve(imprint::spec::Origin::Json).unwrap();
+    assert_eq!(resolved.overlays[0].url.as_str(), "http://h/extra.tgz");
 }
 
 #[test]
@@ -558,6 +615,7 @@ fn the_task_fails_its_job_when_a_runner_outside_imprint_runs_it() {
     let pack = drp::content_pack(&drp::IsoInfo {
         file: drp::iso_file_name(),
         sha256: String::new(),
+        tools: true,
     });
     let task = &pack.sections["tasks"][drp::TASK];
     let flags = task["Meta"]["feature-flags"].as_str().unwrap_or_default();

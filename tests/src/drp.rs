@@ -125,13 +125,14 @@ impl DrpLab {
     pub fn start(machine: DrpMachine, key: &str, extra_params: Value) -> DrpLab {
         let artifacts = Artifacts::get();
         let content = tempfile::tempdir().expect("temp dir for the DRP content");
-        let out = drp::write_all(
-            &artifacts.bzimage,
-            &artifacts.initramfs,
-            &content.path().join("drp"),
-            0,
-        )
-        .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
+        let tools = artifacts.out_dir.join(drp::TOOLS_NAME);
+        let files = drp::BootFiles {
+            kernel: &artifacts.bzimage,
+            initramfs: &artifacts.initramfs,
+            tools: Some(&tools),
+        };
+        let out = drp::write_all(&files, &content.path().join("drp"), 0)
+            .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
 
         let drp = DrpStandIn::start_self_signed().expect("starting the DRP stand-in");
         let provisioner_url = drp.files().guest_url("");
@@ -189,15 +190,22 @@ impl DrpLab {
             (path.to_owned(), contents.to_owned())
         };
         let (ipxe_path, ipxe) = template("ipxe");
-        for (line, file) in [
-            ("kernel ", &artifacts.bzimage),
-            ("initrd ", &artifacts.initramfs),
-        ] {
+        // The bootenv's files, each where the rendered script's `kernel`
+        // and `initrd` lines fetch it (the base initramfs, then the tools).
+        let wanted = [
+            ("kernel ", &artifacts.bzimage, 0),
+            ("initrd ", &artifacts.initramfs, 0),
+            ("initrd ", &tools, 1),
+        ];
+        for (line, file, nth) in wanted {
             let url = ipxe
                 .lines()
-                .find_map(|l| l.strip_prefix(line))
+                .filter_map(|l| l.strip_prefix(line))
+                .nth(nth)
                 .and_then(|rest| rest.split(' ').next())
-                .unwrap_or_else(|| panic!("the rendered iPXE script has no {line}line:\n{ipxe}"));
+                .unwrap_or_else(|| {
+                    panic!("the rendered iPXE script lacks {line}line {nth}:\n{ipxe}")
+                });
             let path = url.strip_prefix(&provisioner_url).unwrap_or_else(|| {
                 panic!("{url} in the iPXE script is not on the provisioner {provisioner_url}")
             });

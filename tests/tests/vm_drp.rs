@@ -430,3 +430,93 @@ fn pxe_boot_retries_after_a_404_with_a_job_per_run_and_advances_the_workflow() {
     assert_eq!(console.matches("IMPRINT-RESULT:").count(), 2, "{console}");
     assert_eq!(console.matches("GOLDEN-OS: end").count(), 1, "{console}");
 }
+
+/// A root-filesystem image through DRP: `imprint/format` (or
+/// `image-deploy/image-type`) `tgz`, the bootenv's second initrd with the
+/// mkfs tools, image-deploy's `additional-tarballs` with a `drpserved`
+/// URI. imprint partitions the blank disk, unpacks both tarballs and
+/// reports one finished job.
+#[test]
+fn pxe_boot_deploys_a_tgz_root_filesystem_with_the_tools_initrd() {
+    let machine = DrpMachine {
+        uuid: "3f2a1b4c-0000-4000-8000-0000000000a4".into(),
+        name: "rootfs-01.lab".into(),
+        mac: "52:54:00:12:34:56".into(),
+        address: "10.0.2.15".into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = |name: &str, files: &[(&str, &str)], compress: &[&str]| -> Vec<u8> {
+        let tree = dir.path().join(format!("{name}.tree"));
+        for (path, contents) in files {
+            let path = tree.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        let out = dir.path().join(name);
+        let status = std::process::Command::new("tar")
+            .args(["--numeric-owner", "-C"])
+            .arg(&tree)
+            .arg("-cf")
+            .arg(&out)
+            .args(compress)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    };
+    let root = tarball(
+        "root.tgz",
+        &[
+            ("etc/os-release", "ID=test\n"),
+            ("usr/bin/true", "#!/bin/sh\n"),
+        ],
+        &["-z"],
+    );
+    let extra = tarball("extra.tar", &[("etc/motd", "from DRP\n")], &[]);
+    let lab = DrpLab::start(
+        machine.clone(),
+        KEY,
+        json!({
+            "image-deploy/image-file": "files/images/root.tgz",
+            "image-deploy/image-type": "tgz",
+            "imprint/format": "tgz",
+            "imprint/bootloader": "none",
+            "imprint/on-success": "poweroff",
+            "image-deploy/additional-tarballs": [
+                {"drpserved": true, "format": "tar", "index": 1, "uri": "files/extra.tar"}
+            ],
+        }),
+    );
+    lab.drp
+        .files()
+        .add_file("/files/images/root.tgz", root.clone());
+    lab.drp.files().add_file("/files/extra.tar", extra);
+    let disk = dir.path().join("disk.img");
+    imprint_qemu::create_raw_disk(&disk, 2 << 30).expect("creating the target disk");
+
+    let vm = lab.pxe_boot("drp_pxe_rootfs", &disk, Nic::user().mac(&machine.mac));
+    let result = expect_ok(&vm, &lab);
+    let ResultLine::Ok { sha256, bytes, .. } = &result else {
+        unreachable!("checked by expect_ok")
+    };
+    assert_eq!(
+        *sha256,
+        sha256_hex(&root),
+        "the result names the tarball as served"
+    );
+    assert_eq!(*bytes, root.len() as u64);
+    vm.wait_exit(Duration::from_secs(60)).expect("powers off");
+    let console = vm.console();
+    assert!(
+        console.contains("rootfs tools: mke2fs mkfs.xfs mkfs.fat mkswap"),
+        "{console}"
+    );
+    assert!(console.contains("format=tgz"), "{console}");
+    assert!(
+        console.contains("/files/extra.tar over the new root"),
+        "{console}"
+    );
+    let jobs = settled_jobs(&lab, 1);
+    assert_eq!(jobs[0]["State"], "finished", "{jobs:#?}");
+}

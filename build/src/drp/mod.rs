@@ -76,17 +76,35 @@ pub struct DrpOutput {
 pub struct IsoInfo {
     pub file: String,
     pub sha256: String,
+    /// The tarball carries the rootfs tools initrd, and the bootenv loads
+    /// it after the initramfs.
+    pub tools: bool,
 }
+
+/// What the bootenv boots.
+#[derive(Debug, Clone, Copy)]
+pub struct BootFiles<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    /// `rootfs-tools.img` (`imprint-build tools-initrd`), for root-filesystem
+    /// images: DRP's default image type is `tgz`, so the one bootenv loads
+    /// it when it is given.
+    pub tools: Option<&'a Path>,
+}
+
+/// The tools initrd's name in the tarball and the bootenv.
+pub const TOOLS_NAME: &str = "rootfs-tools.img";
 
 /// Writes the tarball, the content directory and the bundle into `out`.
 /// `mtime` is the one timestamp in the tarball (SOURCE_DATE_EPOCH).
-pub fn write_all(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) -> Result<DrpOutput> {
+pub fn write_all(files: &BootFiles<'_>, out: &Path, mtime: u32) -> Result<DrpOutput> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tarball = out.join(iso_file_name());
-    let sha256 = write_tarball(kernel, initramfs, &tarball, mtime)?;
+    let sha256 = write_tarball(files, &tarball, mtime)?;
     let pack = content_pack(&IsoInfo {
         file: iso_file_name(),
         sha256: sha256.clone(),
+        tools: files.tools.is_some(),
     });
     let content_dir = out.join(format!("{PACK}-content"));
     write_content_dir(&pack, &content_dir)?;
@@ -125,7 +143,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// one `mtime`, owner root:root and modes 0755/0644: nothing from the host's
 /// file metadata leaks in, so the same kernel and initramfs give the same
 /// bytes and the same `Sha256` in the bootenv.
-pub fn write_tarball(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) -> Result<String> {
+pub fn write_tarball(files: &BootFiles<'_>, out: &Path, mtime: u32) -> Result<String> {
     let temporary = temporary_path(out);
     let file =
         File::create(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
@@ -136,7 +154,12 @@ pub fn write_tarball(kernel: &Path, initramfs: &Path, out: &Path, mtime: u32) ->
     let mut directory = tar_header(EntryType::Directory, 0o755, 0, mtime)?;
     tar.append_data(&mut directory, format!("{}/", version()), io::empty())
         .context("writing a tar header")?;
-    for (source, name) in [(kernel, KERNEL_NAME), (initramfs, INITRAMFS_NAME)] {
+    let tools = files.tools.map(|path| (path, TOOLS_NAME));
+    let all = [
+        (files.kernel, KERNEL_NAME),
+        (files.initramfs, INITRAMFS_NAME),
+    ];
+    for (source, name) in all.into_iter().chain(tools) {
         let input = File::open(source).with_context(|| format!("opening {}", source.display()))?;
         let size = input
             .metadata()
@@ -388,10 +411,11 @@ boot
 /// provision-content v4.8.0): `kernel URL`, one `initrd URL` (the agent
 /// refuses more), `params LINE`. The agent appends the running kernel's
 /// `BOOTIF=` to `params`, after the `--`; imprint reads it there too.
+/// One initrd means the base initramfs only: a machine switched in by
+/// kexec deploys disk images, and a root-filesystem image fails before
+/// writing, naming the missing mkfs tool.
 const KEXEC: &str = r#"kernel {{.Env.PathFor "http" .Env.Kernel}}
-{{ range $initrd := .Env.Initrds -}}
-initrd {{$.Env.PathFor "http" $initrd}}
-{{ end -}}
+initrd {{.Env.PathFor "http" (index .Env.Initrds 0)}}
 params {{.BootParams}}
 "#;
 
@@ -446,6 +470,16 @@ pub fn spec_template() -> String {
         "{{- if .ParamExists \"cloud-init/user-data\" }},\n",
         "  \"cloud-init\": {\"user-data\": {{ .ParamAsJSON \"cloud-init/user-data\" }}}\n",
         "{{- end }}\n",
+        // image-deploy's additional-tarballs, with `drpserved` URIs made
+        // absolute on the file server, as its curtin template does.
+        "{{- if .ParamExists \"image-deploy/additional-tarballs\" }},\n",
+        "  \"additional-tarballs\": [\n",
+        "{{- range $i, $t := .Param \"image-deploy/additional-tarballs\" }}{{ if $i }},{{ end }}\n",
+        "    {\"uri\": {{ if $t.drpserved }}{{ toJson (printf \"%s/%s\" (trimSuffix \"/\" $.ProvisionerURL) (trimPrefix \"/\" $t.uri)) }}{{ else }}{{ toJson $t.uri }}{{ end }}, ",
+        "\"format\": {{ toJson $t.format }}, \"index\": {{ toJson $t.index }}}\n",
+        "{{- end }}\n",
+        "  ]\n",
+        "{{- end }}\n",
     ));
     text.push_str(&params::spec_template_lines());
     text.push_str("}\n");
@@ -457,6 +491,7 @@ pub const CLASSIC_PARAMS: &[&str] = &[
     "image-deploy/image-url",
     "image-deploy/image-file",
     "image-deploy/image-type",
+    "image-deploy/additional-tarballs",
     "access-keys",
     "cloud-init/user-data",
     "network-data",
@@ -471,6 +506,10 @@ fn template_object(id: &str, description: &str, contents: &str) -> Value {
 
 /// Every object of the content pack, for a tarball described by `iso`.
 pub fn content_pack(iso: &IsoInfo) -> ContentPack {
+    let mut initrds = vec![format!("{}/{INITRAMFS_NAME}", version())];
+    if iso.tools {
+        initrds.push(format!("{}/{TOOLS_NAME}", version()));
+    }
     let meta_color = json!({"icon": "hdd", "color": "blue", "title": "imprint"});
     let loader = |name: &str, id: &str, path: &str| json!({"Name": name, "ID": id, "Path": path});
     let mut optional: Vec<String> = CLASSIC_PARAMS.iter().map(|s| (*s).to_owned()).collect();
@@ -495,7 +534,7 @@ pub fn content_pack(iso: &IsoInfo) -> ContentPack {
                     "IsoFile": iso.file,
                     "Sha256": iso.sha256,
                     "Kernel": format!("{}/{KERNEL_NAME}", version()),
-                    "Initrds": [format!("{}/{INITRAMFS_NAME}", version())],
+                    "Initrds": initrds,
                     "BootParams": boot_params(),
                 },
             },
@@ -612,6 +651,7 @@ mod tests {
         content_pack(&IsoInfo {
             file: iso_file_name(),
             sha256: "ab".repeat(32),
+            tools: true,
         })
     }
 
@@ -625,6 +665,17 @@ mod tests {
         assert_eq!(amd64["Sha256"], "ab".repeat(32));
         assert_eq!(amd64["Kernel"], format!("{}/vmlinuz", version()));
         assert_eq!(amd64["Initrds"][0], format!("{}/initramfs.img", version()));
+        assert_eq!(
+            amd64["Initrds"][1],
+            format!("{}/rootfs-tools.img", version())
+        );
+        let without = content_pack(&IsoInfo {
+            file: iso_file_name(),
+            sha256: String::new(),
+            tools: false,
+        });
+        let amd64 = &without.sections["bootenvs"][BOOTENV]["OS"]["SupportedArchitectures"]["amd64"];
+        assert_eq!(amd64["Initrds"].as_array().unwrap().len(), 1);
     }
 
     #[test]
@@ -673,13 +724,21 @@ mod tests {
         (kernel, initramfs)
     }
 
+    fn files<'a>(kernel: &'a Path, initramfs: &'a Path) -> BootFiles<'a> {
+        BootFiles {
+            kernel,
+            initramfs,
+            tools: None,
+        }
+    }
+
     #[test]
     fn tarball_holds_the_boot_files_as_root_with_fixed_modes_and_mtime() {
         let dir = tempfile::tempdir().unwrap();
         // One whole block: no padding after it.
         let (kernel, initramfs) = boot_files(dir.path(), 512);
         let out = dir.path().join("a.tar");
-        write_tarball(&kernel, &initramfs, &out, 1_700_000_000).unwrap();
+        write_tarball(&files(&kernel, &initramfs), &out, 1_700_000_000).unwrap();
         // Three headers, two data blocks, two end blocks.
         assert_eq!(std::fs::metadata(&out).unwrap().len(), 7 * 512);
         let mut archive = tar::Archive::new(File::open(&out).unwrap());
@@ -746,18 +805,18 @@ mod tests {
         let (kernel, initramfs) = boot_files(dir.path(), 3000);
         let first = dir.path().join("a.tar");
         let second = dir.path().join("b.tar");
-        let hash = write_tarball(&kernel, &initramfs, &first, 0).unwrap();
+        let hash = write_tarball(&files(&kernel, &initramfs), &first, 0).unwrap();
         assert_eq!(
-            write_tarball(&kernel, &initramfs, &second, 0).unwrap(),
+            write_tarball(&files(&kernel, &initramfs), &second, 0).unwrap(),
             hash
         );
         let bytes = std::fs::read(&first).unwrap();
         assert_eq!(bytes, std::fs::read(&second).unwrap());
         assert_eq!(hex(&Sha256::digest(&bytes)), hash);
-        let other = write_tarball(&kernel, &initramfs, &second, 1).unwrap();
+        let other = write_tarball(&files(&kernel, &initramfs), &second, 1).unwrap();
         assert_ne!(other, hash, "the mtime is part of the archive");
         std::fs::write(&initramfs, b"").unwrap();
-        let err = write_tarball(&kernel, &initramfs, &first, 0).unwrap_err();
+        let err = write_tarball(&files(&kernel, &initramfs), &first, 0).unwrap_err();
         assert!(format!("{err:#}").contains("is empty"), "{err:#}");
     }
 }
