@@ -18,8 +18,19 @@ use crate::status::{EventKind, HandoffHow, MachineInfo, Stage, Status};
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
+       imprint unpack URL DIR [--format TYPE] [--checksum ALG:HEX]
        imprint params     list every parameter (imprint.X= on the kernel command line, --X here)
        imprint version";
+
+const UNPACK_USAGE: &str = "usage: imprint unpack URL DIR [--format TYPE] [--checksum ALG:HEX]
+
+Fetches the root-filesystem tarball at URL (tar, tgz, txz, tbz, tar-zst:
+--format, else sniffed) and unpacks it into the existing directory DIR
+exactly as a root-filesystem deploy does (owners, modes, xattrs, ACLs,
+sparse files; nothing escapes DIR), without partitions or a bootloader.
+Run as root to keep owners and file capabilities.
+
+Exit status: 0 unpacked, 1 it failed, 2 usage error.";
 
 const DEPLOY_USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
 
@@ -42,6 +53,11 @@ pub fn main(args: &[String]) -> i32 {
             0
         }
         Some("deploy") => deploy(&args[1..]),
+        Some("unpack") if wants_help => {
+            println!("{UNPACK_USAGE}");
+            0
+        }
+        Some("unpack") => unpack(&args[1..]),
         Some("params") if wants_help => {
             println!(
                 "usage: imprint params\n\nPrints the parameter reference as a Markdown table."
@@ -71,6 +87,59 @@ pub fn main(args: &[String]) -> i32 {
         None => {
             eprintln!("{USAGE}");
             2
+        }
+    }
+}
+
+fn unpack(args: &[String]) -> i32 {
+    let mut positional = Vec::new();
+    let mut format = None;
+    let mut checksum = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let slot = match flag {
+            "--format" => &mut format,
+            "--checksum" => &mut checksum,
+            other if other.starts_with("--") => {
+                eprintln!("imprint: unknown option {other}\n{UNPACK_USAGE}");
+                return 2;
+            }
+            _ => {
+                positional.push(arg.clone());
+                continue;
+            }
+        };
+        match inline.or_else(|| rest.next().cloned()) {
+            Some(value) => *slot = Some(value),
+            None => {
+                eprintln!("imprint: {flag} needs a value\n{UNPACK_USAGE}");
+                return 2;
+            }
+        }
+    }
+    let [url, dir] = positional.as_slice() else {
+        eprintln!("imprint: unpack takes a URL and a directory\n{UNPACK_USAGE}");
+        return 2;
+    };
+    ConsoleLogger::install(log::LevelFilter::Info, false);
+    let outcome = crate::rootfs::deploy::unpack_url(
+        url,
+        format.as_deref(),
+        checksum.as_deref(),
+        Path::new(dir),
+    );
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            println!("{}", crate::report::error_line(&e));
+            1
         }
     }
 }

@@ -138,6 +138,61 @@ fn unpack_overlay(
     Ok(())
 }
 
+/// `imprint unpack`: fetches the tarball at `url` (of type `format`, else
+/// sniffed) and unpacks it into the directory `dir` as a deploy does,
+/// `checksum` (`sha256:HEX`) checked. Returns the summary line.
+pub fn unpack_url(
+    url: &str,
+    format: Option<&str>,
+    checksum: Option<&str>,
+    dir: &Path,
+) -> Result<String> {
+    let started = Instant::now();
+    let expected = checksum
+        .map(crate::pipeline::checksum::Checksum::parse)
+        .transpose()
+        .context("--checksum")?
+        .map(crate::spec::Expected::Digest);
+    let options = crate::source::SourceOptions::default();
+    let source = crate::source::open(url, &options)?;
+    let (kind, source) = match format {
+        Some(format) => (Some(format), source),
+        None => sniff(source)?,
+    };
+    let Some(kind) = kind else {
+        bail!("{url} is not a root-filesystem tarball (give --format if it is one)");
+    };
+    let tarball = Tarball {
+        url,
+        declared: kind,
+        expected: expected.as_ref(),
+        source_options: &options,
+        decode_memory: None,
+    };
+    let mut stream = image_deploy::open_tarball(&tarball, source, &DeployOptions::default())?;
+    let unpacked = super::unpack(
+        &mut stream.archive,
+        dir,
+        &mut crate::pipeline::progress::NoProgress,
+    )
+    .with_context(|| format!("unpacking {url} into {}", dir.display()))?;
+    let served = stream.finish()?;
+    Ok(format!(
+        "unpacked {url} into {}: {} files, {} directories, {} symlinks, {} hard links, \
+         {} special files, {} of data from {} served (sha256 {}) in {:.2} s",
+        dir.display(),
+        unpacked.files,
+        unpacked.dirs,
+        unpacked.symlinks,
+        unpacked.hard_links,
+        unpacked.special,
+        human_size(unpacked.bytes),
+        human_size(served.bytes),
+        crate::text::hex(&served.sha256),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// How much of an image `sniff` reads and decodes to see its first tar
 /// member.
 const SNIFF_SERVED: usize = 1 << 20;
