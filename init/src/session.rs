@@ -126,9 +126,15 @@ pub fn run(
         DeclaredFormat::Image { .. } => (None, source),
     };
     let written = match rootfs {
-        Some(declared) => {
-            crate::rootfs::deploy::run(deploy, source, target, &declared, boot_mac, &mut progress)
-        }
+        Some(declared) => crate::rootfs::deploy::run(
+            deploy,
+            source,
+            target,
+            &declared,
+            boot_mac,
+            &mut progress,
+            Some(&tracker.status),
+        ),
         None => deploy::deploy_to(
             deploy,
             source,

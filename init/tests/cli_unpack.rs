@@ -42,16 +42,33 @@ fn unpacks_a_tgz_as_gnu_tar_does_and_checks_its_checksum() {
     std::fs::write(tree.join("usr/bin/tool"), vec![7u8; 100_000]).unwrap();
     std::os::unix::fs::symlink("usr/bin", tree.join("bin")).unwrap();
     std::fs::hard_link(tree.join("etc/hostname"), tree.join("etc/hostname.bak")).unwrap();
-    Command::new("chmod").arg("0700").arg(tree.join("var/empty")).status().unwrap();
+    Command::new("chmod")
+        .arg("0700")
+        .arg(tree.join("var/empty"))
+        .status()
+        .unwrap();
     let tgz = dir.path().join("root.tgz");
-    tar(&["--numeric-owner", "-C", tree.to_str().unwrap(), "-czf", tgz.to_str().unwrap(), "."]);
+    tar(&[
+        "--numeric-owner",
+        "-C",
+        tree.to_str().unwrap(),
+        "-czf",
+        tgz.to_str().unwrap(),
+        ".",
+    ]);
     let bytes = std::fs::read(&tgz).unwrap();
     let server = FixtureServer::start().unwrap();
     server.add_file("root.tgz", bytes.clone());
 
     let by_tar = dir.path().join("by-tar");
     std::fs::create_dir(&by_tar).unwrap();
-    tar(&["--numeric-owner", "-xpzf", tgz.to_str().unwrap(), "-C", by_tar.to_str().unwrap()]);
+    tar(&[
+        "--numeric-owner",
+        "-xpzf",
+        tgz.to_str().unwrap(),
+        "-C",
+        by_tar.to_str().unwrap(),
+    ]);
     let by_imprint = dir.path().join("by-imprint");
     std::fs::create_dir(&by_imprint).unwrap();
     let out = imprint(&[
@@ -62,8 +79,15 @@ fn unpacks_a_tgz_as_gnu_tar_does_and_checks_its_checksum() {
         &format!("sha256:{}", hex(&bytes)),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("(sha256 {})", hex(&bytes))), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("(sha256 {})", hex(&bytes))),
+        "{stdout}"
+    );
     assert_eq!(listing(&by_imprint), listing(&by_tar));
 
     // A wrong checksum fails, naming the URL.

@@ -272,38 +272,76 @@ fn a_tgz_lands_on_the_default_layout_with_fstab_and_nothing_else_lost() {
     );
 }
 
-#[test]
-fn a_checksum_mismatch_leaves_no_partition_table() {
+/// Deploys `served` as `root.tgz` with `params` and expects an error
+/// containing `wanted`, with the new GPT wiped at both ends afterwards.
+fn fails_closed(name: &str, served: Vec<u8>, params: &str, wanted: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let tgz = small_tarball(dir.path());
     let server = FixtureServer::start().unwrap();
-    server.add_file("root.tgz", tgz.clone());
+    server.add_file("root.tgz", served);
     let disk = blank_disk(dir.path(), 2 << 30);
     let vm = boot_imprint_with_initrd(
-        "rootfs_mismatch",
+        name,
         &format!(
-            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz imprint.bootloader=none \
-             imprint.checksum=sha256:{}",
+            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz {params}",
             server.guest_url("root.tgz"),
-            "0".repeat(64)
         ),
         vec![Disk::new(&disk)],
         &initrd_with_tools(dir.path()),
     );
     let result = finish(&vm);
     let ResultLine::Error(message) = result else {
-        panic!("a wrong checksum deployed: {result:?}\n{}", vm.console());
+        panic!("{name}: deployed: {result:?}\n{}", vm.console());
     };
-    assert!(message.contains("checksum mismatch"), "{message}");
+    assert!(message.contains(wanted), "{name}: {message}");
+    // It failed after the disk was partitioned: the wipe undid that.
+    assert!(vm.console().contains("writing a new GPT"), "{name}");
     let bytes = std::fs::read(&disk).unwrap();
     let mib = 1 << 20;
     assert!(
         bytes[..mib].iter().all(|&b| b == 0),
-        "the primary GPT is still there"
+        "{name}: the primary GPT is still there"
     );
     assert!(
         bytes[bytes.len() - mib..].iter().all(|&b| b == 0),
-        "the backup GPT is still there"
+        "{name}: the backup GPT is still there"
+    );
+}
+
+#[test]
+fn a_checksum_mismatch_leaves_no_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_closed(
+        "rootfs_mismatch",
+        small_tarball(dir.path()),
+        &format!(
+            "imprint.bootloader=none imprint.checksum=sha256:{}",
+            "0".repeat(64)
+        ),
+        "checksum mismatch",
+    );
+}
+
+#[test]
+fn a_truncated_tarball_leaves_no_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tgz = small_tarball(dir.path());
+    tgz.truncate(tgz.len() / 2);
+    fails_closed(
+        "rootfs_truncated",
+        tgz,
+        "imprint.bootloader=none",
+        "unpacking http://",
+    );
+}
+
+#[test]
+fn a_bootloader_the_image_lacks_leaves_no_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_closed(
+        "rootfs_no_grub",
+        small_tarball(dir.path()),
+        "imprint.bootloader=grub",
+        "installing the bootloader: imprint.bootloader=grub, but the image has no grub-install",
     );
 }
 

@@ -558,7 +558,7 @@ mod tests {
     fn a_rootfs_tar_is_told_from_a_tar_wrapped_disk_image() {
         let dir = tempfile::tempdir().unwrap();
         let tar = |args: &[&str]| {
-            let out = std::process::Command::new("tar")
+            let out = Command::new("tar")
                 .current_dir(dir.path())
                 .args(["-cf", "-"])
                 .args(args)

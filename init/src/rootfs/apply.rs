@@ -40,7 +40,7 @@ const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 /// Writes every disk's fresh partition table and makes every filesystem.
 /// Before the first write nothing is changed; after it, a failure leaves
 /// what [`fail_closed`] then wipes.
-pub fn partition_and_format(plan: &Plan) -> Result<()> {
+pub fn partition_and_format(plan: &Plan, events: command::Events<'_>) -> Result<()> {
     // Every tool is there before the first write.
     for p in plan.disks.iter().flat_map(|d| &d.partitions) {
         if let Some(tool) = mkfs_tool(p.filesystem) {
@@ -56,7 +56,7 @@ pub fn partition_and_format(plan: &Plan) -> Result<()> {
         wait_for_partition_nodes(name, &numbers, PARTITION_NODES, Path::exists)
             .with_context(|| format!("after writing the partition table of {}", disk.name))?;
         for p in &disk.partitions {
-            make_filesystem(disk, p)?;
+            make_filesystem(disk, p, events)?;
         }
     }
     Ok(())
@@ -121,7 +121,11 @@ fn write_table(disk: &DiskPlan) -> Result<()> {
     })
 }
 
-fn make_filesystem(disk: &DiskPlan, p: &PlannedPartition) -> Result<()> {
+fn make_filesystem(
+    disk: &DiskPlan,
+    p: &PlannedPartition,
+    events: command::Events<'_>,
+) -> Result<()> {
     let Some(tool) = mkfs_tool(p.filesystem) else {
         return Ok(());
     };
@@ -159,6 +163,7 @@ fn make_filesystem(disk: &DiskPlan, p: &PlannedPartition) -> Result<()> {
         Command::new(find_tool(tool)?).args(&args),
         &shown,
         MKFS_LIMIT,
+        events,
     )
 }
 

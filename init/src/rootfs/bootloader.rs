@@ -70,7 +70,12 @@ const INITRAMFS_LIMIT: Duration = Duration::from_secs(900);
 
 /// Chooses and installs the bootloader, and regenerates the initramfs for
 /// this machine, inside the new root mounted at `root`.
-pub fn install(root: &Path, choice: Bootloader, targets: &BootTargets) -> Result<()> {
+pub fn install(
+    root: &Path,
+    choice: Bootloader,
+    targets: &BootTargets,
+    events: command::Events<'_>,
+) -> Result<()> {
     let dir = RootDir::open(root)?;
     let has = |path: &str| -> Result<bool> { Ok(dir.metadata(path, true)?.is_some()) };
     let os = read_os_release(&mut |path| dir.read_text(path, 64 << 10))?;
@@ -98,7 +103,7 @@ pub fn install(root: &Path, choice: Bootloader, targets: &BootTargets) -> Result
         targets.disk
     );
     let binds = Binds::mount(&dir)?;
-    let chroot = Chroot { root };
+    let chroot = Chroot { root, events };
 
     if has("/usr/sbin/update-initramfs")? {
         let kernels = dir.list_dir("/boot")?.unwrap_or_default();
@@ -186,7 +191,6 @@ pub fn install(root: &Path, choice: Bootloader, targets: &BootTargets) -> Result
         }
         Bootloader::Auto | Bootloader::None => {}
     }
-    drop(chroot);
     binds.unmount()
 }
 
@@ -202,6 +206,7 @@ fn first_present(has: &dyn Fn(&str) -> Result<bool>, paths: &[&str]) -> Result<O
 /// Runs programs inside the new root.
 struct Chroot<'a> {
     root: &'a Path,
+    events: command::Events<'a>,
 }
 
 impl Chroot<'_> {
@@ -219,7 +224,7 @@ impl Chroot<'_> {
             .env("HOME", "/root")
             .env("DEBIAN_FRONTEND", "noninteractive");
         sys::chroot::run_inside(&mut cmd, self.root)?;
-        command::run(&mut cmd, &shown, limit)
+        command::run(&mut cmd, &shown, limit, self.events)
     }
 }
 

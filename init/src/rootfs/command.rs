@@ -14,10 +14,33 @@ use anyhow::{Context, Result, bail};
 /// Lines of output an error quotes.
 const LAST_LINES: usize = 12;
 
+/// Where the end of each command is told, besides the log.
+pub type Events<'a> = Option<&'a crate::status::Status>;
+
 /// Runs `command` (shown as `shown`, e.g. `grub-install --target=i386-pc
 /// /dev/vda`) to its end or until `limit`, when it is killed. Standard
-/// input is empty; standard output and error go to the log.
-pub fn run(command: &mut Command, shown: &str, limit: Duration) -> Result<()> {
+/// input is empty; standard output and error go to the log, and its end
+/// to `events` as a `command` event.
+pub fn run(command: &mut Command, shown: &str, limit: Duration, events: Events<'_>) -> Result<()> {
+    let started = Instant::now();
+    let outcome = run_quietly(command, shown, limit);
+    if let Some(status) = events {
+        let (ok, output) = match &outcome {
+            Ok(last) => (true, last.clone()),
+            Err(e) => (false, vec![format!("{e:#}")]),
+        };
+        status.emit(crate::status::EventKind::Command {
+            command: shown.to_owned(),
+            ok,
+            seconds: started.elapsed().as_secs_f64(),
+            output,
+        });
+    }
+    outcome.map(drop)
+}
+
+/// [`run`] without the event: Ok(the last lines of output).
+fn run_quietly(command: &mut Command, shown: &str, limit: Duration) -> Result<Vec<String>> {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -91,12 +114,15 @@ pub fn run(command: &mut Command, shown: &str, limit: Duration) -> Result<()> {
     let tail = if last.is_empty() {
         "no output".to_owned()
     } else {
-        format!("last lines: {}", Vec::from(last).join(" | "))
+        format!(
+            "last lines: {}",
+            last.iter().cloned().collect::<Vec<_>>().join(" | ")
+        )
     };
     match status {
         None => bail!("{shown} did not finish within {limit:?} and was killed; {tail}"),
         Some(status) if !status.success() => bail!("{shown} failed ({status}); {tail}"),
-        Some(_) => Ok(()),
+        Some(_) => Ok(Vec::from(last)),
     }
 }
 
@@ -110,12 +136,14 @@ mod tests {
             Command::new("sh").args(["-c", "echo hello"]),
             "sh -c hello",
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         let err = run(
             Command::new("sh").args(["-c", "echo one; echo two >&2; exit 3"]),
             "grub-install --target=i386-pc /dev/vda",
             Duration::from_secs(10),
+            None,
         )
         .unwrap_err()
         .to_string();
@@ -127,12 +155,45 @@ mod tests {
     }
 
     #[test]
+    fn each_command_ends_in_a_command_event() {
+        let status = crate::status::Status::new(&crate::status::StatusOptions::default());
+        run(
+            Command::new("sh").args(["-c", "echo made"]),
+            "mkfs.ext4 -F /dev/vda3",
+            Duration::from_secs(10),
+            Some(&status),
+        )
+        .unwrap();
+        let _ = run(
+            Command::new("sh").args(["-c", "echo broken; exit 1"]),
+            "update-grub",
+            Duration::from_secs(10),
+            Some(&status),
+        );
+        let document = status.document();
+        let events: Vec<&serde_json::Value> = document["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "command")
+            .collect();
+        assert_eq!(events.len(), 2, "{document:#}");
+        assert_eq!(events[0]["command"], "mkfs.ext4 -F /dev/vda3");
+        assert_eq!(events[0]["ok"], true);
+        assert_eq!(events[0]["output"], serde_json::json!(["made"]));
+        assert_eq!(events[1]["ok"], false);
+        let error = events[1]["output"][0].as_str().unwrap();
+        assert!(error.starts_with("update-grub failed (exit status: 1)"), "{error}");
+    }
+
+    #[test]
     fn a_command_past_its_limit_is_killed() {
         let started = Instant::now();
         let err = run(
             Command::new("sh").args(["-c", "echo waiting; exec sleep 30"]),
             "update-initramfs -u",
             Duration::from_millis(500),
+            None,
         )
         .unwrap_err()
         .to_string();
@@ -150,6 +211,7 @@ mod tests {
             &mut Command::new("/nonexistent/mkfs.ext4"),
             "mkfs.ext4 /dev/vda2",
             Duration::from_secs(1),
+            None,
         )
         .unwrap_err();
         assert!(

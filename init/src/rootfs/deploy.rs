@@ -37,7 +37,8 @@ const MORE_DISKS: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Deploys `spec`'s image, a root-filesystem tarball of type `declared`,
 /// onto `target` (and the layout's further disks). `boot_mac` seeds the
-/// new GUIDs and UUIDs with the clock.
+/// new GUIDs and UUIDs with the clock; every program run is told to
+/// `events`.
 pub fn run(
     spec: &Resolved,
     source: Source,
@@ -45,6 +46,7 @@ pub fn run(
     declared: &str,
     boot_mac: Option<[u8; 6]>,
     progress: &mut dyn Progress,
+    events: super::command::Events<'_>,
 ) -> Result<DeploySummary> {
     let started = Instant::now();
     let layout = match &spec.layout {
@@ -65,7 +67,7 @@ pub fn run(
     let mut stream = image_deploy::open_tarball(&image, source, &DeployOptions::default())?;
     let root_dir = mount_dir();
     let outcome = (|| -> Result<_> {
-        apply::partition_and_format(&plan).context("partitioning and formatting")?;
+        apply::partition_and_format(&plan, events).context("partitioning and formatting")?;
         let mounted = apply::mount_all(&plan, &root_dir)?;
         let unpacked = super::unpack(&mut stream.archive, mounted.root(), progress)
             .with_context(|| format!("unpacking {}", spec.image))?;
@@ -83,8 +85,13 @@ pub fn run(
             unpack_overlay(spec, overlay, mounted.root(), progress)?;
         }
         write_fstab(&plan, mounted.root()).context("writing /etc/fstab")?;
-        bootloader::install(mounted.root(), spec.bootloader, &boot_targets(&plan))
-            .context("installing the bootloader")?;
+        bootloader::install(
+            mounted.root(),
+            spec.bootloader,
+            &boot_targets(&plan),
+            events,
+        )
+        .context("installing the bootloader")?;
         mounted.unmount().context("unmounting the new root")?;
         Ok(served)
     })();

@@ -8,9 +8,10 @@
 //! already selected and a seed, and returns a [`Plan`] that prints itself
 //! ([`Plan`]'s `Display`) before a thin layer partitions, formats and
 //! mounts. [`gpt_writes`] gives a disk plan's fresh GPT as bytes and
-//! [`fstab`] the new root's `/etc/fstab`. The seed (the boot NIC's MAC, say)
-//! comes from outside, never the clock, so the same inputs give the same
-//! GUIDs and UUIDs, and tests are stable.
+//! [`fstab`] the new root's `/etc/fstab`. The seed comes from outside, so
+//! the same inputs give the same GUIDs and UUIDs and tests are stable; a
+//! deploy (`rootfs::deploy`) seeds it with the boot NIC's MAC and the
+//! clock, so every deploy gets new ones.
 //!
 //! The JSON form is a much smaller cousin of curtin's storage config and
 //! RackN's plans: disks in order, each a list of partitions in order.

@@ -919,4 +919,88 @@ mod tests {
             matches!(deploy.expected, Some(Expected::List(ref list)) if list.as_str() == "http://h/SUMS")
         );
     }
+
+    #[test]
+    fn root_filesystem_settings_from_the_spec_and_the_command_line() {
+        let json = r#"{"url": "http://h/root.tgz", "disk": "/dev/vda",
+            "layout": {"disks": [{"partitions": [
+                {"size": "1M", "type": "bios-boot"},
+                {"size": "rest", "type": "linux", "filesystem": "xfs", "mount": "/"}]}]},
+            "additional-tarballs": [
+                {"uri": "http://h/b.tar", "format": "tar", "index": 2},
+                {"uri": "http://h/a.tgz", "format": "TGZ", "index": 1,
+                 "checksum": "sha256:00000000000000000000000000000000000000000000000000000000000000ab"}]}"#;
+        let spec = DeploySpec::from_json_and_cmdline(
+            json,
+            &KernelCmdline::parse("imprint.bootloader=none"),
+        )
+        .unwrap();
+        let layout = spec.layout.clone().unwrap();
+        assert_eq!(layout.disks[0].partitions.len(), 2);
+        assert_eq!(spec.bootloader, Bootloader::None);
+        let deploy = spec.resolve(Origin::Cmdline).unwrap();
+        let overlays: Vec<(&str, &str, bool)> = deploy
+            .overlays
+            .iter()
+            .map(|o| (o.url.as_str(), o.format.as_str(), o.expected.is_some()))
+            .collect();
+        assert_eq!(
+            overlays,
+            [
+                ("http://h/a.tgz", "tgz", true),
+                ("http://h/b.tar", "tar", false)
+            ]
+        );
+        // A preset by parameter replaces the spec's layout.
+        let spec = DeploySpec::from_json_and_cmdline(
+            json,
+            &KernelCmdline::parse("imprint.layout=xfs-root"),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.layout,
+            Some(crate::rootfs::layout::preset("xfs-root").unwrap())
+        );
+    }
+
+    #[test]
+    fn root_filesystem_settings_name_what_is_wrong() {
+        let resolve = |json: &str| -> String {
+            let json = format!(r#"{{"url": "http://h/r.tgz", "disk": "/dev/vda", {json}}}"#);
+            match DeploySpec::from_json_and_cmdline(&json, &KernelCmdline::parse(""))
+                .and_then(|s| s.resolve(Origin::Json))
+            {
+                Ok(_) => "accepted".to_owned(),
+                Err(e) => format!("{e:#}"),
+            }
+        };
+        assert_eq!(
+            resolve(r#""additional-tarballs": [{"uri": "http://h/x", "format": "zip"}]"#),
+            "additional-tarballs[0].format of the deploy spec: \"zip\" is not a tarball type \
+             (tar, tgz, txz, tbz or tar-zst)"
+        );
+        assert_eq!(
+            resolve(
+                r#""additional-tarballs": [{"uri": "files/x.tar", "format": "tar", "drpserved": true}]"#
+            ),
+            "additional-tarballs[0].drpserved of the deploy spec: is true, but the uri must be \
+             absolute here (the content pack's template prefixes DRP's file server)"
+        );
+        assert!(
+            resolve(r#""additional-tarballs": [{"uri": "http://h/x", "format": "tar", "sha": 1}]"#)
+                .starts_with(
+                    "field \"additional-tarballs\" of the deploy spec: unknown field `sha`"
+                ),
+        );
+        assert!(
+            resolve(r#""layout": {"disks": [{"partitions": [{"size": "12X", "type": "linux"}]}]}"#)
+                .starts_with(
+                    "field \"layout\" of the deploy spec: layout.disks[0].partitions[0].size"
+                ),
+        );
+        assert_eq!(
+            resolve(r#""bootloader": "lilo""#),
+            "field \"bootloader\" of the deploy spec: must be auto, grub, systemd-boot or none, not \"lilo\""
+        );
+    }
 }

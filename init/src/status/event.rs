@@ -106,6 +106,16 @@ pub enum EventKind {
         of: u32,
         delay_seconds: f64,
     },
+    /// A program a root-filesystem deploy ran (mkfs, and in the new root
+    /// `update-initramfs`, `grub-install`, …) ended: `command` as run,
+    /// `ok`, `seconds`, and its `output`'s last lines (on failure, the
+    /// error, which names the command and quotes them).
+    Command {
+        command: String,
+        ok: bool,
+        seconds: f64,
+        output: Vec<String>,
+    },
 }
 
 impl EventKind {
@@ -119,6 +129,7 @@ impl EventKind {
             EventKind::Handoff { .. } => "handoff",
             EventKind::Failed { .. } => "failed",
             EventKind::Retrying { .. } => "retrying",
+            EventKind::Command { .. } => "command",
         }
     }
 
@@ -129,7 +140,9 @@ impl EventKind {
             EventKind::Verified { .. } => Some(Stage::Verify),
             EventKind::Injected { .. } => Some(Stage::Inject),
             EventKind::Handoff { .. } => Some(Stage::Handoff),
-            EventKind::Started { .. } | EventKind::Retrying { .. } => None,
+            EventKind::Started { .. } | EventKind::Retrying { .. } | EventKind::Command { .. } => {
+                None
+            }
         }
     }
 
