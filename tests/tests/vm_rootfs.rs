@@ -477,3 +477,88 @@ fn debian_12_tar_zst_on_a_4kn_nvme_disk_boots_under_uefi() {
         firmwares: &[("uefi", true)],
     });
 }
+
+/// A layout over two disks from the deploy spec: the default partitions
+/// on the target, `/home` as xfs on a second disk chosen by its selector.
+/// The tarball's `/home` lands on the second disk, and fstab mounts it.
+#[test]
+fn a_layout_over_two_disks_puts_home_on_the_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = small_tarball(dir.path());
+    let server = FixtureServer::start().unwrap();
+    server.add_file("root.tgz", tgz.clone());
+    let spec = serde_json::json!({
+        "layout": {"disks": [
+            {"partitions": [
+                {"size": "512M", "type": "esp", "filesystem": "vfat", "mount": "/boot/efi",
+                 "options": "umask=0077"},
+                {"size": "1M", "type": "bios-boot"},
+                {"size": "rest", "type": "linux", "filesystem": "ext4", "mount": "/",
+                 "options": "errors=remount-ro"}
+            ]},
+            {"disk": "/dev/vdb", "partitions": [
+                {"size": "100%", "type": "linux-home", "filesystem": "xfs", "label": "home",
+                 "mount": "/home"}
+            ]}
+        ]}
+    });
+    server.add_file("spec.json", spec.to_string().into_bytes());
+    let first = blank_disk(dir.path(), 2 << 30);
+    let second = dir.path().join("second.raw");
+    std::fs::File::create(&second)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let vm = boot_imprint_with_initrd(
+        "rootfs_two_disks",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz imprint.bootloader=none \
+             imprint.config={}",
+            server.guest_url("root.tgz"),
+            server.guest_url("spec.json")
+        ),
+        vec![Disk::new(&first), Disk::new(&second)],
+        &initrd_with_tools(dir.path()),
+    );
+    let result = finish(&vm);
+    let console = vm.console();
+    assert!(
+        matches!(result, ResultLine::Ok { .. }),
+        "{result:?}\n{console}"
+    );
+    assert!(
+        console.contains("/dev/vdb1"),
+        "the plan names vdb1: {console}"
+    );
+
+    let parts = partitions(&second);
+    assert_eq!(parts.len(), 1, "{parts:?}");
+    assert_eq!(
+        parts[0].2, "933ac7e1-2eb4-4f13-b844-0e14e2aef915",
+        "{parts:?}"
+    );
+    let home = dir.path().join("home.xfs");
+    extract(&second, parts[0].0, parts[0].1, &home);
+    let blkid = run("blkid", &["-o", "export", home.to_str().unwrap()]);
+    assert!(
+        blkid.contains("TYPE=xfs") && blkid.contains("LABEL=home"),
+        "{blkid}"
+    );
+    let uuid = blkid
+        .lines()
+        .find_map(|l| l.strip_prefix("UUID="))
+        .unwrap()
+        .to_owned();
+
+    let root_parts = partitions(&first);
+    let root = dir.path().join("root.ext4");
+    extract(&first, root_parts[2].0, root_parts[2].1, &root);
+    let fstab = debugfs(&root, "cat /etc/fstab");
+    assert!(
+        fstab.contains(&format!("UUID={uuid} /home xfs defaults 0 2")),
+        "{fstab}"
+    );
+    // /home/user went onto the xfs filesystem: the root's /home is empty.
+    let listing = debugfs(&root, "ls -l /home");
+    assert!(!listing.contains("user"), "{listing}");
+}

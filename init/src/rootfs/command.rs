@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(events[0]["output"], serde_json::json!(["made"]));
         assert_eq!(events[1]["ok"], false);
         let error = events[1]["output"][0].as_str().unwrap();
-        assert!(error.starts_with("update-grub failed (exit status: 1)"), "{error}");
+        assert!(
+            error.starts_with("update-grub failed (exit status: 1)"),
+            "{error}"
+        );
     }
 
     #[test]
