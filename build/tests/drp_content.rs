@@ -469,9 +469,10 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
 
 /// image-deploy's `additional-tarballs` (its param's documented example,
 /// and one with a full URI) reach imprint.json: `drpserved` URIs on the
-/// file server, in the shape imprint's deploy spec takes.
+/// file server, in the shape imprint's deploy spec takes; its
+/// `curtin/partitions` becomes the layout.
 #[test]
-fn additional_tarballs_render_with_drpserved_uris_on_the_file_server() {
+fn rootfs_params_render_additional_tarballs_and_curtin_partitions() {
     let content = content();
     let rendered = render_deployable(
         &content,
@@ -481,10 +482,23 @@ fn additional_tarballs_render_with_drpserved_uris_on_the_file_server() {
                 {"drpserved": true, "format": "tar", "index": 1, "uri": "files/my-tarball.tar"},
                 {"drpserved": false, "format": "tgz", "index": 0, "uri": "http://h/extra.tgz"},
             ],
+            "curtin/partitions": {"storage": {"version": 1, "config": [
+                {"type": "disk", "id": "disk0", "ptable": "gpt", "path": "/dev/sda"},
+                {"type": "partition", "id": "p1", "device": "disk0", "size": "1M", "flag": "bios_grub"},
+                {"type": "partition", "id": "p2", "device": "disk0", "size": "10G"},
+                {"type": "format", "id": "f2", "volume": "p2", "fstype": "ext4"},
+                {"type": "mount", "id": "m2", "device": "f2", "path": "/"},
+            ]}},
         }),
     )
     .unwrap();
     let spec = spec_from(&rendered);
+    let layout = spec
+        .layout
+        .as_ref()
+        .expect("curtin/partitions became the layout");
+    assert_eq!(layout.disks[0].partitions.len(), 2);
+    assert_eq!(layout.disks[0].partitions[1].mount.as_deref(), Some("/"));
     assert_eq!(spec.format, DeclaredFormat::Rootfs("tgz".into()));
     let uris: Vec<(&str, &str, i64)> = spec
         .overlays

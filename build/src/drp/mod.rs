@@ -470,6 +470,11 @@ pub fn spec_template() -> String {
         "{{- if .ParamExists \"cloud-init/user-data\" }},\n",
         "  \"cloud-init\": {\"user-data\": {{ .ParamAsJSON \"cloud-init/user-data\" }}}\n",
         "{{- end }}\n",
+        // image-deploy's partition layout for rootfs images: curtin's
+        // storage config, read by imprint as a layout.
+        "{{- if .ParamExists \"curtin/partitions\" }},\n",
+        "  \"curtin-storage\": {{ .ParamAsJSON \"curtin/partitions\" }}\n",
+        "{{- end }}\n",
         // image-deploy's additional-tarballs, with `drpserved` URIs made
         // absolute on the file server, as its curtin template does.
         "{{- if .ParamExists \"image-deploy/additional-tarballs\" }},\n",
@@ -492,6 +497,7 @@ pub const CLASSIC_PARAMS: &[&str] = &[
     "image-deploy/image-file",
     "image-deploy/image-type",
     "image-deploy/additional-tarballs",
+    "curtin/partitions",
     "access-keys",
     "cloud-init/user-data",
     "network-data",

@@ -38,6 +38,7 @@ pub mod apply;
 mod archive;
 pub mod bootloader;
 pub mod command;
+pub mod curtin;
 pub mod deploy;
 #[cfg(test)]
 mod gnu_tar_tests;

@@ -465,6 +465,17 @@ impl DeploySpec {
                     .context("field \"additional-tarballs\" of the deploy spec")?;
                 continue;
             }
+            if key == "curtin-storage" {
+                // DRP's curtin/partitions; a "layout" (applied after it:
+                // the keys come sorted) or imprint.layout= wins.
+                if !self.origins.contains_key("layout") {
+                    self.layout = Some(
+                        crate::rootfs::curtin::layout_from_curtin(&value)
+                            .context("field \"curtin-storage\" of the deploy spec")?,
+                    );
+                }
+                continue;
+            }
             if key == "layout" && (value.is_object() || value.is_array()) {
                 self.layout = Some(
                     Layout::from_json_value(&value)
