@@ -377,6 +377,8 @@ struct DebianCase<'a> {
     disk: fn(&Path) -> Disk,
     /// (name, UEFI?) of each firmware the disk is then booted with.
     firmwares: &'a [(&'a str, bool)],
+    /// What the deploy's console must show (the bootloader commands).
+    expect: &'a [&'a str],
 }
 
 /// Deploys a Debian rootfs tarball onto a blank disk, then boots that disk
@@ -408,7 +410,7 @@ fn debian_deploys_and_boots(case: &DebianCase<'_>) {
         .cpus(2)
         .nic(imprint_qemu::Nic::user())
         .disk((case.disk)(&disk))
-        .console_log(artifacts.log_path(&format!("rootfs_debian_{format}")))
+        .console_log(artifacts.log_path(&format!("rootfs_{hostname}")))
         .start()
         .expect("starting qemu");
     let line = vm
@@ -424,13 +426,15 @@ fn debian_deploys_and_boots(case: &DebianCase<'_>) {
         console.contains("in the new root: update-initramfs"),
         "{console}"
     );
-    assert!(console.contains("--removable"), "{console}");
+    for wanted in case.expect {
+        assert!(console.contains(wanted), "{wanted:?} in {console}");
+    }
 
     for &(firmware, uefi) in case.firmwares {
         let mut builder = Vm::builder()
             .memory_mib(1024)
             .disk((case.disk)(&disk))
-            .console_log(artifacts.log_path(&format!("rootfs_debian_{format}_{firmware}")));
+            .console_log(artifacts.log_path(&format!("rootfs_{hostname}_{firmware}")));
         if uefi {
             builder = builder.uefi();
         }
@@ -456,6 +460,11 @@ fn debian_12_tgz_boots_under_bios_and_uefi() {
         target: "/dev/vda",
         disk: |path| Disk::new(path),
         firmwares: &[("bios", false), ("uefi", true)],
+        expect: &[
+            "in the new root: /usr/sbin/grub-install --target=i386-pc /dev/vda",
+            "--target=x86_64-efi --efi-directory=/boot/efi --removable",
+            "in the new root: update-grub",
+        ],
     });
 }
 
@@ -475,6 +484,28 @@ fn debian_12_tar_zst_on_a_4kn_nvme_disk_boots_under_uefi() {
                 .with_block_sizes(4096, 4096)
         },
         firmwares: &[("uefi", true)],
+        expect: &["grub-install --target=x86_64-efi", "--removable"],
+    });
+}
+
+/// An image with systemd-boot and no GRUB (`ROOTFS_BOOT=systemd-boot
+/// scripts/rootfs-image`): bootctl installs it on the ESP, the kernel
+/// hooks add the loader entry with `root=UUID=` of the new root, and OVMF
+/// boots it from the removable path bootctl also fills.
+#[test]
+fn debian_12_with_systemd_boot_boots_under_uefi() {
+    debian_deploys_and_boots(&DebianCase {
+        file: "debian-12-sdboot.tar.zst",
+        format: "tar-zst",
+        hostname: "rootfs-sdboot",
+        target: "/dev/vda",
+        disk: |path| Disk::new(path),
+        firmwares: &[("uefi", true)],
+        expect: &[
+            "bootloader: systemd-boot",
+            "in the new root: bootctl install --esp-path=/boot/efi --no-variables",
+            "/etc/kernel/cmdline: root=UUID=",
+        ],
     });
 }
 

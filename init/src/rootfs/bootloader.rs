@@ -61,6 +61,10 @@ pub struct BootTargets {
     /// The ESP's mount point inside the new root (`/boot/efi`), if the
     /// layout mounts one.
     pub esp: Option<String>,
+    /// `UUID=…` of the new root filesystem, for a kernel command line that
+    /// the image leaves to the installer (systemd-boot's
+    /// `/etc/kernel/cmdline`).
+    pub root: Option<String>,
 }
 
 const GRUB_INSTALL_LIMIT: Duration = Duration::from_secs(300);
@@ -104,20 +108,33 @@ pub fn install(
     );
     let binds = Binds::mount(&dir)?;
     let chroot = Chroot { root, events };
-
-    if has("/usr/sbin/update-initramfs")? {
-        let kernels = dir.list_dir("/boot")?.unwrap_or_default();
-        let has_initrd = kernels
-            .iter()
-            .any(|n| n.to_string_lossy().starts_with("initrd.img-"));
-        let mode = if has_initrd { "-u" } else { "-c" };
-        chroot.run(&["update-initramfs", mode, "-k", "all"], INITRAMFS_LIMIT)?;
-    } else if has("/usr/bin/dracut")? || has("/usr/sbin/dracut")? {
-        chroot.run(&["dracut", "--regenerate-all", "-f"], INITRAMFS_LIMIT)?;
-    } else {
-        log::warn!(
-            "the image has neither update-initramfs nor dracut: its initramfs is kept as it is"
-        );
+    let kernels: Vec<String> = dir
+        .list_dir("/boot")?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+        .collect();
+    let regenerate_initramfs = || -> Result<()> {
+        if has("/usr/sbin/update-initramfs")? {
+            let names = dir.list_dir("/boot")?.unwrap_or_default();
+            let has_initrd = names
+                .iter()
+                .any(|n| n.to_string_lossy().starts_with("initrd.img-"));
+            let mode = if has_initrd { "-u" } else { "-c" };
+            chroot.run(&["update-initramfs", mode, "-k", "all"], INITRAMFS_LIMIT)
+        } else if has("/usr/bin/dracut")? || has("/usr/sbin/dracut")? {
+            chroot.run(&["dracut", "--regenerate-all", "-f"], INITRAMFS_LIMIT)
+        } else {
+            log::warn!(
+                "the image has neither update-initramfs nor dracut: its initramfs is kept as it is"
+            );
+            Ok(())
+        }
+    };
+    // systemd-boot's kernel hooks copy kernels onto the ESP only once it
+    // is installed there: bootctl first, then the initramfs.
+    if chosen != Bootloader::SystemdBoot {
+        regenerate_initramfs()?;
     }
 
     match chosen {
@@ -179,6 +196,29 @@ pub fn install(
             if bootctl.is_none() {
                 bail!("imprint.bootloader=systemd-boot, but the image has no bootctl");
             }
+            // kernel-install takes the command line from /etc/kernel/cmdline,
+            // else from the running kernel's: imprint's own. The new root
+            // goes in front of what the image says.
+            let cmdline = dir
+                .read_text("/etc/kernel/cmdline", 64 << 10)?
+                .unwrap_or_default();
+            if !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
+                let Some(root) = &targets.root else {
+                    bail!("systemd-boot needs the root filesystem's UUID for /etc/kernel/cmdline");
+                };
+                let line = format!("root={root} rw {}", cmdline.trim())
+                    .trim()
+                    .to_owned();
+                log::info!("/etc/kernel/cmdline: {line}");
+                dir.mkdir_all("/etc/kernel", 0o755, 0, 0)?;
+                dir.write_file(
+                    "/etc/kernel/cmdline",
+                    format!("{line}\n").as_bytes(),
+                    0o644,
+                    0,
+                    0,
+                )?;
+            }
             chroot.run(
                 &[
                     "bootctl",
@@ -188,6 +228,36 @@ pub fn install(
                 ],
                 GRUB_INSTALL_LIMIT,
             )?;
+            regenerate_initramfs()?;
+            // Each kernel gets its loader entry (and its copy on the ESP)
+            // from kernel-install; the initramfs hooks do that on Debian,
+            // but not every image has them.
+            let entries = dir
+                .list_dir(&format!("{esp}/loader/entries"))?
+                .unwrap_or_default();
+            if entries.is_empty() {
+                for kver in &kernels {
+                    let kernel = format!("/boot/vmlinuz-{kver}");
+                    let initrd = ["initrd.img-", "initramfs-"]
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "/boot/{p}{kver}{}",
+                                if p.starts_with("initramfs") {
+                                    ".img"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .find(|path| dir.metadata(path, true).ok().flatten().is_some());
+                    let mut argv = vec!["kernel-install", "add", kver.as_str(), kernel.as_str()];
+                    if let Some(initrd) = &initrd {
+                        argv.push(initrd);
+                    }
+                    chroot.run(&argv, MKCONFIG_LIMIT)?;
+                }
+            }
         }
         Bootloader::Auto | Bootloader::None => {}
     }

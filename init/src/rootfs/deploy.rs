@@ -323,6 +323,11 @@ fn boot_targets(plan: &Plan) -> BootTargets {
         .flat_map(|d| &d.partitions)
         .find(|p| p.kind == PartType::Esp && p.mount.is_some())
         .and_then(|p| p.mount.clone());
+    let root = root_disk
+        .partitions
+        .iter()
+        .find(|p| p.mount.as_deref() == Some("/"))
+        .map(|p| format!("UUID={}", p.fs_id));
     BootTargets {
         disk: root_disk.name.clone(),
         bios: root_disk
@@ -330,5 +335,6 @@ fn boot_targets(plan: &Plan) -> BootTargets {
             .iter()
             .any(|p| p.kind == PartType::BiosBoot),
         esp,
+        root,
     }
 }
