@@ -307,6 +307,44 @@ fn fails_closed(name: &str, served: Vec<u8>, params: &str, wanted: &str) {
     );
 }
 
+/// Booted without the tools initrd, a rootfs deploy fails before the
+/// disk is touched, naming the missing tool and the initrd that has it.
+#[test]
+fn without_the_tools_initrd_the_disk_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = small_tarball(dir.path());
+    let server = FixtureServer::start().unwrap();
+    server.add_file("root.tgz", tgz);
+    let disk = blank_disk(dir.path(), 2 << 30);
+    let old_os: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&disk, &old_os).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let vm = boot_imprint_with_initrd(
+        "rootfs_no_tools",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz",
+            server.guest_url("root.tgz")
+        ),
+        vec![Disk::new(&disk)],
+        &Artifacts::get().initramfs,
+    );
+    let result = finish(&vm);
+    let ResultLine::Error(message) = result else {
+        panic!("deployed without mkfs: {result:?}\n{}", vm.console());
+    };
+    assert!(
+        message.contains("mkfs.fat is missing") && message.contains("rootfs-tools.img"),
+        "{message}"
+    );
+    let bytes = std::fs::read(&disk).unwrap();
+    assert!(bytes[..old_os.len()] == old_os[..], "the disk was touched");
+}
+
 #[test]
 fn a_checksum_mismatch_leaves_no_partition_table() {
     let dir = tempfile::tempdir().unwrap();

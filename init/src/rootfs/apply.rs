@@ -41,12 +41,7 @@ const TOOL_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 /// Before the first write nothing is changed; after it, a failure leaves
 /// what [`fail_closed`] then wipes.
 pub fn partition_and_format(plan: &Plan, events: command::Events<'_>) -> Result<()> {
-    // Every tool is there before the first write.
-    for p in plan.disks.iter().flat_map(|d| &d.partitions) {
-        if let Some(tool) = mkfs_tool(p.filesystem) {
-            find_tool(tool)?;
-        }
-    }
+    check_tools(plan)?;
     for disk in &plan.disks {
         write_table(disk)?;
     }
@@ -57,6 +52,17 @@ pub fn partition_and_format(plan: &Plan, events: command::Events<'_>) -> Result<
             .with_context(|| format!("after writing the partition table of {}", disk.name))?;
         for p in &disk.partitions {
             make_filesystem(disk, p, events)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every mkfs tool `plan` needs is there: checked before the disk is
+/// touched, so a machine booted without the tools initrd keeps its disk.
+pub fn check_tools(plan: &Plan) -> Result<()> {
+    for p in plan.disks.iter().flat_map(|d| &d.partitions) {
+        if let Some(tool) = mkfs_tool(p.filesystem) {
+            find_tool(tool)?;
         }
     }
     Ok(())

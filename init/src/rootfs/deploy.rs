@@ -57,6 +57,7 @@ pub fn run(
     let facts = disk_facts(&layout, target)?;
     let plan = layout::plan(&layout, &facts, seed(boot_mac))?;
     log::info!("layout:\n{}", plan.to_string().trim_end());
+    apply::check_tools(&plan)?;
     let image = Tarball {
         url: spec.image.as_str(),
         declared,
