@@ -31,15 +31,18 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
 use crate::http::tls;
-use crate::pipeline::checksum::{Checksum, ServedHasher, find_in_sums, url_file_name};
+use crate::pipeline::checksum::{Checksum, find_in_sums, url_file_name};
+use crate::pipeline::fetch::{
+    FETCH_CHUNK, FetchError, Pool, QUEUE_DEPTH, QueueReader, ServedHashers, fetch_stage, join,
+    spawn,
+};
 use crate::pipeline::format::{self, Compression, DeclaredFormat, ImageFormat};
 use crate::pipeline::image_writer::ImageWriter;
 use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
@@ -50,18 +53,13 @@ use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
 use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
 use crate::report::DeploySummary;
-use crate::source::retry::{restart_required, restart_required_in};
+use crate::source::retry::restart_required_in;
 use crate::source::{self, Source, SourceOptions};
 use crate::spec::{Expected, Resolved};
 use crate::text::human_size;
 
-/// Network reads: small enough to keep the decoder fed early.
-const FETCH_CHUNK: usize = 1 << 20;
 /// Decoded buffers handed to the writer: large sequential writes.
 const WRITE_CHUNK: usize = 4 << 20;
-/// Buffers in flight per queue. With the chunk sizes above this bounds the
-/// queues at 4 MiB (served) + 16 MiB (decoded), whatever the image size.
-const QUEUE_DEPTH: usize = 4;
 /// Written buffers waiting for the hash thread: enough to ride out a slow
 /// write without holding more memory than one decoded queue's half.
 const HASH_QUEUE_DEPTH: usize = 2;
@@ -249,7 +247,9 @@ fn progress_summary(bytes: u64, served: u64, elapsed: std::time::Duration) -> St
     )
 }
 
-fn expected_checksum(
+/// The digest `expected` names: given, or looked up in a checksum list
+/// by the image's file name.
+pub(crate) fn expected_checksum(
     expected: Option<&Expected>,
     url: &str,
     options: &SourceOptions,
@@ -265,157 +265,6 @@ fn expected_checksum(
     find_in_sums(&sums, name)
         .with_context(|| format!("checksum list {sums_url}"))
         .map(Some)
-}
-
-fn spawn<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<JoinHandle<T>> {
-    thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(f)
-        .with_context(|| format!("starting the {name} thread"))
-}
-
-fn join<T, E: From<anyhow::Error>>(handle: JoinHandle<Result<T, E>>, what: &str) -> Result<T, E> {
-    handle
-        .join()
-        .map_err(|_| E::from(anyhow!("the {what} thread panicked")))?
-}
-
-/// Why the fetcher stopped early.
-#[derive(Debug)]
-enum FetchError {
-    /// Reading the source failed: the root cause of whatever follows.
-    Read(anyhow::Error),
-    /// The decoder stopped taking bytes; its own error says why.
-    Abandoned,
-}
-
-impl From<anyhow::Error> for FetchError {
-    fn from(e: anyhow::Error) -> Self {
-        FetchError::Read(e)
-    }
-}
-
-/// Reads the source, hashing and counting the bytes as served, and queues
-/// them. A read error is queued too, so the decoder reports it in order.
-fn fetch_stage(
-    mut reader: Box<dyn Read + Send>,
-    url: &str,
-    mut hashers: ServedHashers,
-    queue: &SyncSender<io::Result<Vec<u8>>>,
-    pool: &Pool,
-) -> Result<Fetched, FetchError> {
-    let mut offset = 0u64;
-    loop {
-        let mut buf = pool.take();
-        buf.resize(FETCH_CHUNK, 0);
-        let filled = match read_full(&mut reader, &mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                let message = format!("reading {url} at byte {offset}");
-                let _ = queue.send(Err(io::Error::new(e.kind(), format!("{message}: {e}"))));
-                // Keep the typed cause: a RestartRequired makes deploy_to
-                // start over instead of failing.
-                let cause = match restart_required(&e) {
-                    Some(restart) => anyhow::Error::new(restart.clone()),
-                    None => anyhow::Error::new(e),
-                };
-                return Err(FetchError::Read(cause.context(message)));
-            }
-        };
-        buf.truncate(filled);
-        hashers.update(&buf);
-        offset += filled as u64;
-        let last = filled < FETCH_CHUNK;
-        if filled > 0 && queue.send(Ok(buf)).is_err() {
-            return Err(FetchError::Abandoned);
-        }
-        if last {
-            return Ok(hashers.finish(offset));
-        }
-    }
-}
-
-/// What the fetcher computes over the bytes as served: the expected
-/// checksum's algorithm, and (for root-filesystem tarballs, whose result
-/// line reports the served bytes) their SHA-256.
-struct ServedHashers {
-    expected: Option<ServedHasher>,
-    sha256: Option<Sha256>,
-}
-
-impl ServedHashers {
-    fn update(&mut self, bytes: &[u8]) {
-        if let Some(hasher) = &mut self.expected {
-            hasher.update(bytes);
-        }
-        if let Some(sha256) = &mut self.sha256 {
-            sha256.update(bytes);
-        }
-    }
-
-    fn finish(self, bytes: u64) -> Fetched {
-        Fetched {
-            bytes,
-            digest: self.expected.map(ServedHasher::finish),
-            sha256: self.sha256.map(|s| s.finalize().into()),
-        }
-    }
-}
-
-/// The source read to its end.
-struct Fetched {
-    bytes: u64,
-    digest: Option<Checksum>,
-    sha256: Option<[u8; 32]>,
-}
-
-/// `Read` over the fetch queue; spent chunks go back to the fetcher's pool.
-struct QueueReader {
-    queue: Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    position: usize,
-    pool: Pool,
-}
-
-impl QueueReader {
-    fn new(queue: Receiver<io::Result<Vec<u8>>>, pool: Pool) -> Self {
-        QueueReader {
-            queue,
-            current: Vec::new(),
-            position: 0,
-            pool,
-        }
-    }
-
-    /// The rest of the current chunk, then the queue's chunks as they are:
-    /// a raw image needs no copy.
-    fn into_chunks(mut self) -> impl Iterator<Item = io::Result<Vec<u8>>> {
-        self.current.drain(..self.position);
-        let first = (!self.current.is_empty()).then_some(Ok(self.current));
-        first.into_iter().chain(self.queue)
-    }
-}
-
-impl Read for QueueReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.position == self.current.len() {
-            match self.queue.recv() {
-                Ok(chunk) => {
-                    let spent = std::mem::replace(&mut self.current, chunk?);
-                    self.pool.put(spent);
-                    self.position = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.position);
-        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
-        self.position += n;
-        Ok(n)
-    }
 }
 
 /// What the decoder hands the writer.
@@ -532,151 +381,6 @@ fn decode_stage(
     }
 }
 
-/// A root-filesystem tarball being fetched: its decoded bytes, read by the
-/// caller (the unpacker), and the fetcher behind them.
-pub struct TarballStream {
-    /// The uncompressed tar archive.
-    pub archive: Box<dyn Read + Send>,
-    url: String,
-    expected: Option<Checksum>,
-    fetch: JoinHandle<Result<Fetched, FetchError>>,
-}
-
-/// What was served for a tarball, once it is read to the end and verified.
-#[derive(Debug, Clone)]
-pub struct ServedTarball {
-    pub bytes: u64,
-    /// SHA-256 of the bytes as served.
-    pub sha256: [u8; 32],
-    /// The algorithm of the checksum they matched, if one was given.
-    pub verified: Option<&'static str>,
-}
-
-/// A root-filesystem tarball to fetch: the image or an overlay.
-pub struct Tarball<'a> {
-    pub url: &'a str,
-    /// Its type: `tgz`, `tar-zst`, …
-    pub declared: &'a str,
-    pub expected: Option<&'a Expected>,
-    pub source_options: &'a SourceOptions,
-    pub decode_memory: Option<u64>,
-}
-
-/// Starts fetching and decoding `tarball` from `source`. Everything that
-/// can be checked before the disk is touched is: the checksum list
-/// answers, the compression is the declared one, the decoded stream starts
-/// with a tar header.
-pub fn open_tarball(
-    tarball: &Tarball<'_>,
-    source: Source,
-    options: &DeployOptions,
-) -> Result<TarballStream> {
-    let url = tarball.url.to_owned();
-    let declared = tarball.declared;
-    let declared_compression = format::rootfs_compression(declared)
-        .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
-    let expected = expected_checksum(tarball.expected, &url, tarball.source_options)?;
-    log::info!(
-        "fetching root-filesystem tarball {url} ({})",
-        source
-            .length
-            .map_or_else(|| "size not given".to_owned(), human_size),
-    );
-    let pool = Pool::new(FETCH_CHUNK);
-    let (served_tx, served_rx) = sync_channel(QUEUE_DEPTH);
-    let fetch = spawn("imprint-fetch", {
-        let url = url.clone();
-        let hashers = ServedHashers {
-            expected: expected.as_ref().map(Checksum::hasher),
-            sha256: Some(Sha256::new()),
-        };
-        let pool = pool.clone();
-        move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
-    })?;
-    let mut input = PeekReader::new(QueueReader::new(served_rx, pool));
-    let prefix = input
-        .peek(512)
-        .with_context(|| format!("reading the start of {url}"))?
-        .to_vec();
-    if prefix.is_empty() {
-        bail!("{url} is empty");
-    }
-    let compression = format::sniff_compression(&prefix);
-    if compression != declared_compression {
-        bail!(
-            "{url} is {} but its declared type {declared} means {}; declare the type the file is",
-            describe_compression(compression),
-            describe_compression(declared_compression)
-        );
-    }
-    let decoders = OrderedConfig::new(
-        options.threads,
-        tarball.decode_memory.unwrap_or(DEFAULT_MEMORY),
-    );
-    let decoder: Box<dyn Read + Send> = match compression {
-        Compression::None => Box::new(input),
-        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
-        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
-        other => decode::decoder(other, Box::new(input)),
-    };
-    let mut archive = PeekReader::new(decoder);
-    let start = archive
-        .peek(512)
-        .with_context(|| format!("decoding {url} ({})", describe_compression(compression)))?;
-    if !format::looks_like_tar(start) {
-        bail!(
-            "{url} is not a tar archive once decompressed; a {declared} image is a root-filesystem tarball"
-        );
-    }
-    Ok(TarballStream {
-        archive: Box::new(archive),
-        url,
-        expected,
-        fetch,
-    })
-}
-
-fn describe_compression(compression: Compression) -> String {
-    match compression {
-        Compression::None => "uncompressed".to_owned(),
-        other => format!("{other}-compressed"),
-    }
-}
-
-impl TarballStream {
-    /// Reads what the unpacker left (the archive's zero padding) to the
-    /// end, waits for the fetcher and checks the served bytes against the
-    /// expected checksum.
-    pub fn finish(mut self) -> Result<ServedTarball> {
-        let drained = io::copy(&mut self.archive, &mut io::sink());
-        drop(self.archive);
-        let fetched = join(self.fetch, "fetcher");
-        let fetched = match (fetched, drained) {
-            (Err(FetchError::Read(e)), _) => return Err(e),
-            (_, Err(e)) => {
-                return Err(anyhow::Error::new(e).context(format!("decoding {}", self.url)));
-            }
-            (Err(FetchError::Abandoned), Ok(_)) => bail!("the fetcher of {} stopped", self.url),
-            (Ok(fetched), Ok(_)) => fetched,
-        };
-        if let (Some(expected), Some(actual)) = (&self.expected, &fetched.digest) {
-            if expected != actual {
-                bail!(
-                    "checksum mismatch for {} ({} bytes): expected {expected}, got {actual}",
-                    self.url,
-                    fetched.bytes
-                );
-            }
-            log::info!("verified {actual}");
-        }
-        Ok(ServedTarball {
-            bytes: fetched.bytes,
-            sha256: fetched.sha256.unwrap_or_default(),
-            verified: self.expected.map(|c| c.algorithm()),
-        })
-    }
-}
-
 /// Passes a raw image's served chunks on as they are.
 fn forward_raw(
     input: PeekReader<QueueReader>,
@@ -756,48 +460,6 @@ struct Written {
     writer: ImageWriter<Box<dyn BlockTarget>>,
 }
 
-/// Spent buffers of one size, for reuse; see the module doc for the bound.
-#[derive(Clone)]
-struct Pool {
-    capacity: usize,
-    spare: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Pool {
-    fn new(capacity: usize) -> Self {
-        Pool {
-            capacity,
-            spare: Arc::default(),
-        }
-    }
-
-    /// A buffer with room for `capacity` bytes. A reused one keeps its
-    /// stale bytes: callers resize and overwrite, and zeroing 4 MiB again
-    /// for every chunk would cost a memset per byte of the image.
-    fn take(&self) -> Vec<u8> {
-        let reused = self.spare.lock().ok().and_then(|mut spare| spare.pop());
-        let mut buf = reused.unwrap_or_default();
-        buf.reserve_exact(self.capacity.saturating_sub(buf.len()));
-        buf
-    }
-
-    /// Keeps `buf` if it is big enough; a full pool means the stages hold
-    /// fewer buffers now than before, so the extra one is freed.
-    fn put(&self, buf: Vec<u8>) {
-        if buf.capacity() < self.capacity {
-            return;
-        }
-        if let Ok(mut spare) = self.spare.lock() {
-            if spare.len() < POOL_LIMIT {
-                spare.push(buf);
-            }
-        }
-    }
-}
-
-/// More spare buffers than any stage set can hold in flight.
-const POOL_LIMIT: usize = QUEUE_DEPTH + HASH_QUEUE_DEPTH + 2;
-
 #[derive(Clone)]
 struct Pools {
     served: Pool,
@@ -865,21 +527,5 @@ mod tests {
             best = best.min(start.elapsed().as_secs_f64());
         }
         eprintln!("sha256: {:.0} MB/s", f64::from(512u32 << 20) / best / 1e6);
-    }
-
-    #[test]
-    fn queue_reader_yields_chunks_then_the_error() {
-        let (tx, rx) = sync_channel(4);
-        tx.send(Ok(b"abc".to_vec())).unwrap();
-        tx.send(Ok(b"de".to_vec())).unwrap();
-        tx.send(Err(io::Error::other("cut"))).unwrap();
-        drop(tx);
-        let mut reader = QueueReader::new(rx, Pool::new(1));
-        let mut buf = [0u8; 4];
-        assert_eq!(reader.read(&mut buf).unwrap(), 3);
-        assert_eq!(reader.read(&mut buf).unwrap(), 2);
-        assert_eq!(&buf[..2], b"de");
-        assert_eq!(reader.read(&mut buf).unwrap_err().to_string(), "cut");
-        assert_eq!(reader.read(&mut buf).unwrap(), 0);
     }
 }

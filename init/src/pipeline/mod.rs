@@ -14,6 +14,7 @@
 pub mod checksum;
 pub mod decode;
 pub mod direct;
+pub(crate) mod fetch;
 pub mod format;
 pub mod image_writer;
 pub mod ordered;

@@ -21,7 +21,8 @@ use anyhow::{Context, Result, bail};
 use super::apply;
 use super::bootloader::{self, BootTargets};
 use super::layout::{self, DiskFacts, Layout, PartType, Plan};
-use crate::deploy::{self as image_deploy, DeployOptions, Tarball};
+use super::stream::{self, Tarball};
+use crate::deploy::DeployOptions;
 use crate::disk::DiskSelector;
 use crate::installed::RootDir;
 use crate::pipeline::format::{self, Compression};
@@ -65,7 +66,7 @@ pub fn run(
         source_options: &spec.source,
         decode_memory: spec.decode_memory,
     };
-    let mut stream = image_deploy::open_tarball(&image, source, &DeployOptions::default())?;
+    let mut stream = stream::open_tarball(&image, source, &DeployOptions::default())?;
     let root_dir = mount_dir();
     let outcome = (|| -> Result<_> {
         apply::partition_and_format(&plan, events).context("partitioning and formatting")?;
@@ -134,8 +135,8 @@ fn unpack_overlay(
         source_options: &spec.source,
         decode_memory: spec.decode_memory,
     };
-    let mut stream = image_deploy::open_tarball(&tarball, source, &DeployOptions::default())
-        .with_context(context)?;
+    let mut stream =
+        stream::open_tarball(&tarball, source, &DeployOptions::default()).with_context(context)?;
     let unpacked = super::unpack(&mut stream.archive, root, progress).with_context(context)?;
     stream.finish().with_context(context)?;
     log::info!(
@@ -177,7 +178,7 @@ pub fn unpack_url(
         source_options: &options,
         decode_memory: None,
     };
-    let mut stream = image_deploy::open_tarball(&tarball, source, &DeployOptions::default())?;
+    let mut stream = stream::open_tarball(&tarball, source, &DeployOptions::default())?;
     let unpacked = super::unpack(
         &mut stream.archive,
         dir,

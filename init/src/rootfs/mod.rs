@@ -44,6 +44,7 @@ pub mod deploy;
 mod gnu_tar_tests;
 mod header;
 pub mod layout;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tools;

@@ -1,0 +1,169 @@
+//! A root-filesystem tarball being fetched and decoded for the unpacker:
+//! the disk-image pipeline's fetch stage and decoders, read by the caller
+//! instead of a disk writer.
+
+use std::io::{self, Read};
+use std::sync::mpsc::sync_channel;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::deploy::{DeployOptions, expected_checksum};
+use crate::pipeline::checksum::Checksum;
+use crate::pipeline::fetch::{
+    FETCH_CHUNK, FetchError, Fetched, Pool, QUEUE_DEPTH, QueueReader, ServedHashers, fetch_stage,
+    join, spawn,
+};
+use crate::pipeline::format::{self, Compression};
+use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
+use crate::pipeline::peek::PeekReader;
+use crate::pipeline::{decode, xz_blocks, zstd_split};
+use crate::source::{Source, SourceOptions};
+use crate::spec::Expected;
+use crate::text::human_size;
+
+/// A root-filesystem tarball being fetched: its decoded bytes, read by the
+/// caller (the unpacker), and the fetcher behind them.
+pub struct TarballStream {
+    /// The uncompressed tar archive.
+    pub archive: Box<dyn Read + Send>,
+    url: String,
+    expected: Option<Checksum>,
+    fetch: JoinHandle<Result<Fetched, FetchError>>,
+}
+
+/// What was served for a tarball, once it is read to the end and verified.
+#[derive(Debug, Clone)]
+pub struct ServedTarball {
+    pub bytes: u64,
+    /// SHA-256 of the bytes as served.
+    pub sha256: [u8; 32],
+    /// The algorithm of the checksum they matched, if one was given.
+    pub verified: Option<&'static str>,
+}
+
+/// A root-filesystem tarball to fetch: the image or an overlay.
+pub struct Tarball<'a> {
+    pub url: &'a str,
+    /// Its type: `tgz`, `tar-zst`, …
+    pub declared: &'a str,
+    pub expected: Option<&'a Expected>,
+    pub source_options: &'a SourceOptions,
+    pub decode_memory: Option<u64>,
+}
+
+/// Starts fetching and decoding `tarball` from `source`. Everything that
+/// can be checked before the disk is touched is: the checksum list
+/// answers, the compression is the declared one, the decoded stream starts
+/// with a tar header.
+pub fn open_tarball(
+    tarball: &Tarball<'_>,
+    source: Source,
+    options: &DeployOptions,
+) -> Result<TarballStream> {
+    let url = tarball.url.to_owned();
+    let declared = tarball.declared;
+    let declared_compression = format::rootfs_compression(declared)
+        .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
+    let expected = expected_checksum(tarball.expected, &url, tarball.source_options)?;
+    log::info!(
+        "fetching root-filesystem tarball {url} ({})",
+        source
+            .length
+            .map_or_else(|| "size not given".to_owned(), human_size),
+    );
+    let pool = Pool::new(FETCH_CHUNK);
+    let (served_tx, served_rx) = sync_channel(QUEUE_DEPTH);
+    let fetch = spawn("imprint-fetch", {
+        let url = url.clone();
+        let hashers = ServedHashers {
+            expected: expected.as_ref().map(Checksum::hasher),
+            sha256: Some(Sha256::new()),
+        };
+        let pool = pool.clone();
+        move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
+    })?;
+    let mut input = PeekReader::new(QueueReader::new(served_rx, pool));
+    let prefix = input
+        .peek(512)
+        .with_context(|| format!("reading the start of {url}"))?
+        .to_vec();
+    if prefix.is_empty() {
+        bail!("{url} is empty");
+    }
+    let compression = format::sniff_compression(&prefix);
+    if compression != declared_compression {
+        bail!(
+            "{url} is {} but its declared type {declared} means {}; declare the type the file is",
+            describe_compression(compression),
+            describe_compression(declared_compression)
+        );
+    }
+    let decoders = OrderedConfig::new(
+        options.threads,
+        tarball.decode_memory.unwrap_or(DEFAULT_MEMORY),
+    );
+    let decoder: Box<dyn Read + Send> = match compression {
+        Compression::None => Box::new(input),
+        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
+        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
+        other => decode::decoder(other, Box::new(input)),
+    };
+    let mut archive = PeekReader::new(decoder);
+    let start = archive
+        .peek(512)
+        .with_context(|| format!("decoding {url} ({})", describe_compression(compression)))?;
+    if !format::looks_like_tar(start) {
+        bail!(
+            "{url} is not a tar archive once decompressed; a {declared} image is a root-filesystem tarball"
+        );
+    }
+    Ok(TarballStream {
+        archive: Box::new(archive),
+        url,
+        expected,
+        fetch,
+    })
+}
+
+fn describe_compression(compression: Compression) -> String {
+    match compression {
+        Compression::None => "uncompressed".to_owned(),
+        other => format!("{other}-compressed"),
+    }
+}
+
+impl TarballStream {
+    /// Reads what the unpacker left (the archive's zero padding) to the
+    /// end, waits for the fetcher and checks the served bytes against the
+    /// expected checksum.
+    pub fn finish(mut self) -> Result<ServedTarball> {
+        let drained = io::copy(&mut self.archive, &mut io::sink());
+        drop(self.archive);
+        let fetched = join(self.fetch, "fetcher");
+        let fetched = match (fetched, drained) {
+            (Err(FetchError::Read(e)), _) => return Err(e),
+            (_, Err(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("decoding {}", self.url)));
+            }
+            (Err(FetchError::Abandoned), Ok(_)) => bail!("the fetcher of {} stopped", self.url),
+            (Ok(fetched), Ok(_)) => fetched,
+        };
+        if let (Some(expected), Some(actual)) = (&self.expected, &fetched.digest) {
+            if expected != actual {
+                bail!(
+                    "checksum mismatch for {} ({} bytes): expected {expected}, got {actual}",
+                    self.url,
+                    fetched.bytes
+                );
+            }
+            log::info!("verified {actual}");
+        }
+        Ok(ServedTarball {
+            bytes: fetched.bytes,
+            sha256: fetched.sha256.unwrap_or_default(),
+            verified: self.expected.map(|c| c.algorithm()),
+        })
+    }
+}
