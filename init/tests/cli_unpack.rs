@@ -109,3 +109,85 @@ fn unpacks_a_tgz_as_gnu_tar_does_and_checks_its_checksum() {
     // Usage errors exit 2.
     assert_eq!(imprint(&["unpack", "only-a-url"]).status.code(), Some(2));
 }
+
+/// Every rootfs type DRP and RackN name, made by the real compressors,
+/// unpacks to the same tree, with `--format` and sniffed.
+#[test]
+fn every_tarball_type_unpacks_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc/ssh")).unwrap();
+    std::fs::write(tree.join("etc/ssh/sshd_config"), "Port 22\n").unwrap();
+    std::fs::write(tree.join("big"), common::image(3 << 20, 7)).unwrap();
+    std::os::unix::fs::symlink("etc", tree.join("config")).unwrap();
+    let plain = dir.path().join("root.tar");
+    tar(&[
+        "--numeric-owner",
+        "-C",
+        tree.to_str().unwrap(),
+        "-cf",
+        plain.to_str().unwrap(),
+        ".",
+    ]);
+    let by_tar = dir.path().join("by-tar");
+    std::fs::create_dir(&by_tar).unwrap();
+    tar(&[
+        "-xpf",
+        plain.to_str().unwrap(),
+        "-C",
+        by_tar.to_str().unwrap(),
+    ]);
+    let expected = listing(&by_tar);
+    let server = FixtureServer::start().unwrap();
+    for (format, compressor) in [
+        ("tar", None),
+        ("tgz", Some(["gzip", "-c"])),
+        ("txz", Some(["xz", "-c"])),
+        ("tbz", Some(["bzip2", "-c"])),
+        ("tar-zst", Some(["zstd", "-c"])),
+    ] {
+        let bytes = match compressor {
+            None => std::fs::read(&plain).unwrap(),
+            Some([program, arg]) => {
+                let out = Command::new(program).arg(arg).arg(&plain).output().unwrap();
+                assert!(out.status.success(), "{program}");
+                out.stdout
+            }
+        };
+        let name = format!("root.{format}");
+        server.add_file(&name, bytes);
+        for declared in [Some(format), None] {
+            let into = dir.path().join(format!("{format}-{}", declared.is_some()));
+            std::fs::create_dir(&into).unwrap();
+            let url = server.url(&name);
+            let mut args = vec!["unpack", url.as_str(), into.to_str().unwrap()];
+            if let Some(declared) = declared {
+                args.extend(["--format", declared]);
+            }
+            let out = imprint(&args);
+            assert!(
+                out.status.success(),
+                "{format} {declared:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(listing(&into), expected, "{format} {declared:?}");
+        }
+    }
+    // A declared type that is not what the bytes are is refused by name.
+    let into = dir.path().join("wrong");
+    std::fs::create_dir(&into).unwrap();
+    let out = imprint(&[
+        "unpack",
+        &server.url("root.tgz"),
+        into.to_str().unwrap(),
+        "--format",
+        "tar-zst",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("is gzip-compressed but its declared type tar-zst means zstd-compressed"),
+        "{stdout}"
+    );
+}

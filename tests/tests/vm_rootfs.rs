@@ -359,6 +359,64 @@ fn a_checksum_mismatch_leaves_no_partition_table() {
     );
 }
 
+/// A root filesystem too small for the tarball: the unpack hits ENOSPC,
+/// and the disk is left without a partition table.
+#[test]
+fn a_full_filesystem_leaves_no_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    // 160 MiB of zeros compress to almost nothing but do not fit the
+    // 86 MiB root that a 600 MiB disk leaves after the ESP.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/os-release"), "ID=test\n").unwrap();
+    std::fs::File::create(tree.join("zeros"))
+        .unwrap()
+        .set_len(160 << 20)
+        .unwrap();
+    let big = dir.path().join("big.tgz");
+    run(
+        "tar",
+        &[
+            "--numeric-owner",
+            "-C",
+            tree.to_str().unwrap(),
+            "-czf",
+            big.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let server = FixtureServer::start().unwrap();
+    server.add_file("root.tgz", std::fs::read(&big).unwrap());
+    let disk = blank_disk(dir.path(), 600 << 20);
+    let vm = boot_imprint_with_initrd(
+        "rootfs_full",
+        &format!(
+            "imprint.url={} imprint.disk=/dev/vda imprint.format=tgz imprint.bootloader=none",
+            server.guest_url("root.tgz"),
+        ),
+        vec![Disk::new(&disk)],
+        &initrd_with_tools(dir.path()),
+    );
+    let result = finish(&vm);
+    let ResultLine::Error(message) = result else {
+        panic!("deployed onto a full disk: {result:?}\n{}", vm.console());
+    };
+    assert!(
+        message.contains("unpacking http://") && message.contains("No space left on device"),
+        "{message}"
+    );
+    let bytes = std::fs::read(&disk).unwrap();
+    let mib = 1 << 20;
+    assert!(
+        bytes[..mib].iter().all(|&b| b == 0),
+        "the primary GPT is still there"
+    );
+    assert!(
+        bytes[bytes.len() - mib..].iter().all(|&b| b == 0),
+        "the backup GPT is still there"
+    );
+}
+
 #[test]
 fn a_truncated_tarball_leaves_no_partition_table() {
     let dir = tempfile::tempdir().unwrap();
@@ -417,6 +475,9 @@ struct DebianCase<'a> {
     firmwares: &'a [(&'a str, bool)],
     /// What the deploy's console must show (the bootloader commands).
     expect: &'a [&'a str],
+    /// `imprint.on-success=kexec`: the deploy VM itself boots the installed
+    /// kernel (found in the grub.cfg update-grub wrote) to a login prompt.
+    kexec: bool,
 }
 
 /// Deploys a Debian rootfs tarball onto a blank disk, then boots that disk
@@ -439,9 +500,10 @@ fn debian_deploys_and_boots(case: &DebianCase<'_>) {
         .kernel(&artifacts.kernel)
         .initrd(initrd_with_tools(dir.path()))
         .append(format!(
-            "console=ttyS0 panic=-1 imprint.on-success=poweroff imprint.on-failure=poweroff \
+            "console=ttyS0 panic=-1 imprint.on-success={} imprint.on-failure=poweroff \
              imprint.url={} imprint.disk={target} imprint.format={format} \
              imprint.hostname={hostname}",
+            if case.kexec { "kexec!" } else { "poweroff" },
             server.guest_url(file)
         ))
         .memory_mib(2048)
@@ -454,10 +516,19 @@ fn debian_deploys_and_boots(case: &DebianCase<'_>) {
     let line = vm
         .expect("IMPRINT-RESULT:", DEBIAN_DEPLOY)
         .expect("a result line");
-    vm.wait_exit(Duration::from_secs(60)).expect("powers off");
     let ResultLine::Ok { sha256, .. } = ResultLine::parse(&line) else {
         panic!("deploy failed: {line}\n{}", vm.console());
     };
+    if case.kexec {
+        vm.expect(
+            &format!("Debian GNU/Linux 12 {hostname} ttyS0"),
+            DEBIAN_BOOT,
+        )
+        .unwrap_or_else(|e| panic!("after kexec: {e:#}"));
+        vm.kill().unwrap();
+    } else {
+        vm.wait_exit(Duration::from_secs(60)).expect("powers off");
+    }
     assert_eq!(sha256, sha256_hex(&tarball));
     let console = vm.console();
     assert!(
@@ -489,8 +560,10 @@ fn debian_deploys_and_boots(case: &DebianCase<'_>) {
     }
 }
 
+/// The tgz: imprint kexecs into the installed kernel right after the
+/// deploy, then the disk boots alone under SeaBIOS and OVMF.
 #[test]
-fn debian_12_tgz_boots_under_bios_and_uefi() {
+fn debian_12_tgz_kexecs_and_boots_under_bios_and_uefi() {
     debian_deploys_and_boots(&DebianCase {
         file: "debian-12.tar.gz",
         format: "tgz",
@@ -498,6 +571,7 @@ fn debian_12_tgz_boots_under_bios_and_uefi() {
         target: "/dev/vda",
         disk: |path| Disk::new(path),
         firmwares: &[("bios", false), ("uefi", true)],
+        kexec: true,
         expect: &[
             "in the new root: /usr/sbin/grub-install --target=i386-pc /dev/vda",
             "--target=x86_64-efi --efi-directory=/boot/efi --removable",
@@ -522,6 +596,7 @@ fn debian_12_tar_zst_on_a_4kn_nvme_disk_boots_under_uefi() {
                 .with_block_sizes(4096, 4096)
         },
         firmwares: &[("uefi", true)],
+        kexec: false,
         expect: &["grub-install --target=x86_64-efi", "--removable"],
     });
 }
@@ -539,6 +614,7 @@ fn debian_12_with_systemd_boot_boots_under_uefi() {
         target: "/dev/vda",
         disk: |path| Disk::new(path),
         firmwares: &[("uefi", true)],
+        kexec: false,
         expect: &[
             "bootloader: systemd-boot",
             "in the new root: bootctl install --esp-path=/boot/efi --no-variables",

@@ -26,6 +26,7 @@ use crate::deploy::DeployOptions;
 use crate::disk::DiskSelector;
 use crate::installed::RootDir;
 use crate::pipeline::format::{self, Compression};
+use crate::pipeline::ordered::{MIN_MEMORY, OrderedConfig};
 use crate::pipeline::progress::Progress;
 use crate::report::DeploySummary;
 use crate::source::Source;
@@ -203,17 +204,17 @@ pub fn unpack_url(
 }
 
 /// How much of an image `sniff` reads and decodes to see its first tar
-/// member.
-const SNIFF_SERVED: usize = 1 << 20;
+/// member: more than the compressed size of any zstd frame or xz block
+/// that is decoded whole under the smallest memory budget, and of any
+/// bzip2 block.
+const SNIFF_SERVED: usize = 5 << 20;
 const SNIFF_DECODED: usize = 64 << 10;
 
 /// With `imprint.format=auto`: whether `source` is a root-filesystem
 /// tarball (a tar whose first member is a directory, a link or a file in
 /// a directory, compressed or not), and its type name (`tgz`, `tar-zst`,
-/// …) if so. The bytes read to find out are put back in front of the
-/// source. A compressed stream whose first member does not decode from the
-/// first MiB (a bzip2 block or a multi-threaded xz block larger than
-/// that) counts as a disk image; its type can be declared.
+/// …) if so. The bytes read to find out (the first 5 MiB) are put back in
+/// front of the source.
 pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
     use std::io::Read;
     let mut prefix = vec![0u8; SNIFF_SERVED];
@@ -222,10 +223,16 @@ pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
     prefix.truncate(n);
     let compression = format::sniff_compression(&prefix);
     let mut decoded = Vec::with_capacity(SNIFF_DECODED);
-    let decoder = crate::pipeline::decode::decoder(
-        compression,
-        Box::new(std::io::Cursor::new(prefix.clone())),
-    );
+    let input = std::io::Cursor::new(prefix.clone());
+    // The smallest budget: a zstd frame or xz block with more than a
+    // quarter of it (4 MiB) of output is streamed, so its first bytes come
+    // out of the prefix; a smaller one is wholly inside the prefix.
+    let one = OrderedConfig::new(1, MIN_MEMORY);
+    let decoder: Box<dyn std::io::Read + Send> = match compression {
+        Compression::Zstd => Box::new(crate::pipeline::zstd_split::decoder(input, one)),
+        Compression::Xz => Box::new(crate::pipeline::xz_blocks::decoder(input, one)),
+        other => crate::pipeline::decode::decoder(other, Box::new(input)),
+    };
     // The prefix ends mid-stream: the decoder's error there is expected.
     let _ = decoder.take(SNIFF_DECODED as u64).read_to_end(&mut decoded);
     let kind = format::looks_like_rootfs_tar(&decoded).then_some(match compression {
