@@ -228,7 +228,7 @@ pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
     // quarter of it (4 MiB) of output is streamed, so its first bytes come
     // out of the prefix; a smaller one is wholly inside the prefix.
     let one = OrderedConfig::new(1, MIN_MEMORY);
-    let decoder: Box<dyn std::io::Read + Send> = match compression {
+    let decoder: Box<dyn Read + Send> = match compression {
         Compression::Zstd => Box::new(crate::pipeline::zstd_split::decoder(input, one)),
         Compression::Xz => Box::new(crate::pipeline::xz_blocks::decoder(input, one)),
         other => crate::pipeline::decode::decoder(other, Box::new(input)),
