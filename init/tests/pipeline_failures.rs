@@ -503,11 +503,18 @@ fn declared_format_must_agree() {
     run.assert_untouched();
 }
 
+/// A root-filesystem deploy makes partitions and filesystems: onto a
+/// file it is refused before anything is written, saying how to get a
+/// block device.
 #[test]
-fn rootfs_tarballs_are_not_supported_yet() {
+fn a_rootfs_tarball_onto_a_file_is_refused_untouched() {
     let run = deploy(served(FORMATS[6], &payload()), vec![], &["--format", "tgz"]);
     let error = run.error();
-    assert!(error.contains("not supported yet"), "{error}");
+    assert!(
+        error.contains("is not a block device: a root-filesystem deploy makes partitions")
+            && error.contains("losetup -P"),
+        "{error}"
+    );
     run.assert_untouched();
 }
 

@@ -217,10 +217,24 @@ const SNIFF_DECODED: usize = 64 << 10;
 /// front of the source.
 pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
     use std::io::Read;
+    // A read error is not this function's to report: it goes back into
+    // the stream at the offset it happened, where the deploy's fetch stage
+    // reports it (and restarts from byte 0 when the file changed).
     let mut prefix = vec![0u8; SNIFF_SERVED];
-    let n = crate::pipeline::read_full(&mut source.reader, &mut prefix)
-        .with_context(|| format!("reading the start of {}", source.url))?;
-    prefix.truncate(n);
+    let mut filled = 0;
+    let mut error = None;
+    while filled < prefix.len() {
+        match source.reader.read(&mut prefix[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    prefix.truncate(filled);
     let compression = format::sniff_compression(&prefix);
     let mut decoded = Vec::with_capacity(SNIFF_DECODED);
     let input = std::io::Cursor::new(prefix.clone());
@@ -243,8 +257,23 @@ pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
         Compression::Zstd => "tar-zst",
     });
     let rest = std::mem::replace(&mut source.reader, Box::new(std::io::empty()));
-    source.reader = Box::new(std::io::Cursor::new(prefix).chain(rest));
+    source.reader = Box::new(std::io::Cursor::new(prefix).chain(ErrorFirst { error, rest }));
     Ok((kind, source))
+}
+
+/// `rest`, after handing out `error` (the one a read already hit) once.
+struct ErrorFirst<R> {
+    error: Option<std::io::Error>,
+    rest: R,
+}
+
+impl<R: std::io::Read> std::io::Read for ErrorFirst<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.error.take() {
+            Some(error) => Err(error),
+            None => self.rest.read(buf),
+        }
+    }
 }
 
 /// What the plan needs of each disk: the target first, then the layout's
