@@ -51,7 +51,7 @@ use crate::pipeline::progress::Progress;
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
-use crate::pipeline::{decode, read_full, xz_blocks, zstd_split};
+use crate::pipeline::{decode, read_full};
 use crate::report::DeploySummary;
 use crate::source::retry::restart_required_in;
 use crate::source::{self, Source, SourceOptions};
@@ -328,12 +328,7 @@ fn decode_stage(
         forward_raw(input, size, queue)?;
         return Ok(format);
     }
-    let decoder: Box<dyn Read + Send> = match compression {
-        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
-        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
-        other => decode::decoder(other, Box::new(input)),
-    };
-    let mut decoded = PeekReader::new(decoder);
+    let mut decoded = PeekReader::new(decode::decoder_with(compression, input, decoders));
     let start = decoded
         .peek(512)
         .with_context(|| format!("decoding the {compression} stream"))?;

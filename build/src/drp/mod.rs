@@ -471,11 +471,15 @@ pub fn spec_template() -> String {
         "  \"cloud-init\": {\"user-data\": {{ .ParamAsJSON \"cloud-init/user-data\" }}}\n",
         "{{- end }}\n",
         // image-deploy's partition layout for rootfs images: curtin's
-        // storage config, read by imprint as a layout.
+        // storage config (its `curtin-config.yaml.tmpl` copies the param's
+        // `storage` into curtin's config; params/curtin.partitions.yaml,
+        // provision-plugins v4.8.0), read by imprint as a layout.
         "{{- if .ParamExists \"curtin/partitions\" }},\n",
         "  \"curtin-storage\": {{ .ParamAsJSON \"curtin/partitions\" }}\n",
         "{{- end }}\n",
-        // image-deploy's additional-tarballs, with `drpserved` URIs made
+        // image-deploy's additional-tarballs (the shape of
+        // params/image-deploy.additional-tarballs.yaml, provision-plugins
+        // v4.8.0: index, format, uri, drpserved), with `drpserved` URIs made
         // absolute on the file server, as its curtin template does.
         "{{- if .ParamExists \"image-deploy/additional-tarballs\" }},\n",
         "  \"additional-tarballs\": [\n",

@@ -30,15 +30,26 @@ const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 const BZIP2_MAGIC: &[u8] = b"BZh";
 
 /// Wraps `input` in the decoder for `compression`; `None` passes it through.
+/// xz and zstd go through their splitters with one worker: the splitters
+/// check every block and frame header, index and footer themselves, more
+/// strictly than a decoder alone.
 pub fn decoder(compression: Compression, input: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    decoder_with(compression, input, one_worker())
+}
+
+/// [`decoder`], with xz blocks and zstd frames decoded under `config`
+/// (every core, a memory budget).
+pub fn decoder_with(
+    compression: Compression,
+    input: impl Read + Send + 'static,
+    config: OrderedConfig,
+) -> Box<dyn Read + Send> {
     match compression {
-        Compression::None => input,
-        Compression::Gzip => Box::new(GzipDecoder::new(input)),
-        // One worker: the splitters check every block and frame header,
-        // index and footer themselves, more strictly than a decoder alone.
-        Compression::Xz => Box::new(super::xz_blocks::decoder(input, one_worker())),
-        Compression::Zstd => Box::new(super::zstd_split::decoder(input, one_worker())),
-        Compression::Bzip2 => Box::new(Bzip2Decoder::new(input)),
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(GzipDecoder::new(Box::new(input))),
+        Compression::Xz => Box::new(super::xz_blocks::decoder(input, config)),
+        Compression::Zstd => Box::new(super::zstd_split::decoder(input, config)),
+        Compression::Bzip2 => Box::new(Bzip2Decoder::new(Box::new(input))),
     }
 }
 

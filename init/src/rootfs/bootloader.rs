@@ -238,19 +238,13 @@ pub fn install(
             if entries.is_empty() {
                 for kver in &kernels {
                     let kernel = format!("/boot/vmlinuz-{kver}");
-                    let initrd = ["initrd.img-", "initramfs-"]
-                        .iter()
-                        .map(|p| {
-                            format!(
-                                "/boot/{p}{kver}{}",
-                                if p.starts_with("initramfs") {
-                                    ".img"
-                                } else {
-                                    ""
-                                }
-                            )
-                        })
-                        .find(|path| dir.metadata(path, true).ok().flatten().is_some());
+                    // Debian's name, then dracut's.
+                    let initrd = [
+                        format!("/boot/initrd.img-{kver}"),
+                        format!("/boot/initramfs-{kver}.img"),
+                    ]
+                    .into_iter()
+                    .find(|path| has(path).unwrap_or(false));
                     let mut argv = vec!["kernel-install", "add", kver.as_str(), kernel.as_str()];
                     if let Some(initrd) = &initrd {
                         argv.push(initrd);

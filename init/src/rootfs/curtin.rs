@@ -1,5 +1,8 @@
 //! DRP's `curtin/partitions` (curtin's storage config, version 1, as
-//! image-deploy passes it to curtin) read as an imprint [`Layout`], for
+//! image-deploy passes it to curtin: `params/curtin.partitions.yaml` and
+//! `templates/curtin-config.yaml.tmpl` of provision-plugins v4.8.0; the
+//! actions as curtin's `doc/topics/storage.rst` defines them, sizes as its
+//! `util.human2bytes` reads them) read as an imprint [`Layout`], for
 //! the part of it a layout can say: GPT disks, partitions, filesystems and
 //! mounts. RAID, LVM, bcache, dm-crypt and ZFS actions are refused with a
 //! message naming them.

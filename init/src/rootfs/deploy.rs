@@ -67,23 +67,13 @@ pub fn run(
         source_options: &spec.source,
         decode_memory: spec.decode_memory,
     };
-    let mut stream = stream::open_tarball(&image, source, &DeployOptions::default())?;
+    let stream = stream::open_tarball(&image, source, &DeployOptions::default())?;
     let root_dir = mount_dir();
     let outcome = (|| -> Result<_> {
         apply::partition_and_format(&plan, events).context("partitioning and formatting")?;
         let mounted = apply::mount_all(&plan, &root_dir)?;
-        let unpacked = super::unpack(&mut stream.archive, mounted.root(), progress)
-            .with_context(|| format!("unpacking {}", spec.image))?;
-        let served = stream.finish()?;
-        log::info!(
-            "unpacked {} files, {} directories, {} symlinks, {} hard links, {} special files ({})",
-            unpacked.files,
-            unpacked.dirs,
-            unpacked.symlinks,
-            unpacked.hard_links,
-            unpacked.special,
-            human_size(unpacked.bytes)
-        );
+        let (unpacked, served) = stream.unpack_into(mounted.root(), progress)?;
+        log::info!("unpacked {unpacked}");
         for overlay in &spec.overlays {
             unpack_overlay(spec, overlay, mounted.root(), progress)?;
         }
@@ -136,15 +126,10 @@ fn unpack_overlay(
         source_options: &spec.source,
         decode_memory: spec.decode_memory,
     };
-    let mut stream =
-        stream::open_tarball(&tarball, source, &DeployOptions::default()).with_context(context)?;
-    let unpacked = super::unpack(&mut stream.archive, root, progress).with_context(context)?;
-    stream.finish().with_context(context)?;
-    log::info!(
-        "unpacked {url} over the new root: {} files, {}",
-        unpacked.files,
-        human_size(unpacked.bytes)
-    );
+    let (unpacked, _) = stream::open_tarball(&tarball, source, &DeployOptions::default())
+        .with_context(context)?
+        .unpack_into(root, progress)?;
+    log::info!("unpacked {url} over the new root: {unpacked}");
     Ok(())
 }
 
@@ -179,24 +164,11 @@ pub fn unpack_url(
         source_options: &options,
         decode_memory: None,
     };
-    let mut stream = stream::open_tarball(&tarball, source, &DeployOptions::default())?;
-    let unpacked = super::unpack(
-        &mut stream.archive,
-        dir,
-        &mut crate::pipeline::progress::NoProgress,
-    )
-    .with_context(|| format!("unpacking {url} into {}", dir.display()))?;
-    let served = stream.finish()?;
+    let (unpacked, served) = stream::open_tarball(&tarball, source, &DeployOptions::default())?
+        .unpack_into(dir, &mut crate::pipeline::progress::NoProgress)?;
     Ok(format!(
-        "unpacked {url} into {}: {} files, {} directories, {} symlinks, {} hard links, \
-         {} special files, {} of data from {} served (sha256 {}) in {:.2} s",
+        "unpacked {url} into {}: {unpacked} from {} served (sha256 {}) in {:.2} s",
         dir.display(),
-        unpacked.files,
-        unpacked.dirs,
-        unpacked.symlinks,
-        unpacked.hard_links,
-        unpacked.special,
-        human_size(unpacked.bytes),
         human_size(served.bytes),
         crate::text::hex(&served.sha256),
         started.elapsed().as_secs_f64()
@@ -242,11 +214,7 @@ pub fn sniff(mut source: Source) -> Result<(Option<&'static str>, Source)> {
     // quarter of it (4 MiB) of output is streamed, so its first bytes come
     // out of the prefix; a smaller one is wholly inside the prefix.
     let one = OrderedConfig::new(1, MIN_MEMORY);
-    let decoder: Box<dyn Read + Send> = match compression {
-        Compression::Zstd => Box::new(crate::pipeline::zstd_split::decoder(input, one)),
-        Compression::Xz => Box::new(crate::pipeline::xz_blocks::decoder(input, one)),
-        other => crate::pipeline::decode::decoder(other, Box::new(input)),
-    };
+    let decoder = crate::pipeline::decode::decoder_with(compression, input, one);
     // The prefix ends mid-stream: the decoder's error there is expected.
     let _ = decoder.take(SNIFF_DECODED as u64).read_to_end(&mut decoded);
     let kind = format::looks_like_rootfs_tar(&decoded).then_some(match compression {

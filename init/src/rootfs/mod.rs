@@ -72,6 +72,23 @@ pub struct UnpackSummary {
     pub bytes: u64,
 }
 
+/// `14015 files, 2114 directories, 1399 symlinks, 2 hard links, 8 special
+/// files, 728.0 MiB of data`.
+impl std::fmt::Display for UnpackSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} files, {} directories, {} symlinks, {} hard links, {} special files, {} of data",
+            self.files,
+            self.dirs,
+            self.symlinks,
+            self.hard_links,
+            self.special,
+            crate::text::human_size(self.bytes)
+        )
+    }
+}
+
 /// Extracts the uncompressed tar stream `archive` into the directory
 /// `root` (the new root filesystem, mounted), `progress` told the bytes
 /// of file data written so far.

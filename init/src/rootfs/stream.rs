@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::deploy::{DeployOptions, expected_checksum};
 use crate::pipeline::checksum::Checksum;
+use crate::pipeline::decode;
 use crate::pipeline::fetch::{
     FETCH_CHUNK, FetchError, Fetched, Pool, QUEUE_DEPTH, QueueReader, ServedHashers, fetch_stage,
     join, spawn,
@@ -18,7 +19,6 @@ use crate::pipeline::fetch::{
 use crate::pipeline::format::{self, Compression};
 use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::peek::PeekReader;
-use crate::pipeline::{decode, xz_blocks, zstd_split};
 use crate::source::{Source, SourceOptions};
 use crate::spec::Expected;
 use crate::text::human_size;
@@ -104,13 +104,7 @@ pub fn open_tarball(
         options.threads,
         tarball.decode_memory.unwrap_or(DEFAULT_MEMORY),
     );
-    let decoder: Box<dyn Read + Send> = match compression {
-        Compression::None => Box::new(input),
-        Compression::Zstd => Box::new(zstd_split::decoder(input, decoders)),
-        Compression::Xz => Box::new(xz_blocks::decoder(input, decoders)),
-        other => decode::decoder(other, Box::new(input)),
-    };
-    let mut archive = PeekReader::new(decoder);
+    let mut archive = PeekReader::new(decode::decoder_with(compression, input, decoders));
     let start = archive
         .peek(512)
         .with_context(|| format!("decoding {url} ({})", describe_compression(compression)))?;
@@ -135,6 +129,20 @@ fn describe_compression(compression: Compression) -> String {
 }
 
 impl TarballStream {
+    /// Unpacks the archive into `root` ([`super::unpack`]; its errors say
+    /// `unpacking URL: …`), then [`finish`](Self::finish)es: the tarball is
+    /// only good once it was read to its end and matched its checksum.
+    pub fn unpack_into(
+        mut self,
+        root: &std::path::Path,
+        progress: &mut dyn crate::pipeline::progress::Progress,
+    ) -> Result<(super::UnpackSummary, ServedTarball)> {
+        let unpacked = super::unpack(&mut self.archive, root, progress)
+            .with_context(|| format!("unpacking {}", self.url))?;
+        let served = self.finish()?;
+        Ok((unpacked, served))
+    }
+
     /// Reads what the unpacker left (the archive's zero padding) to the
     /// end, waits for the fetcher and checks the served bytes against the
     /// expected checksum.
