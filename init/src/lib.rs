@@ -13,6 +13,8 @@ pub(crate) mod console;
 pub(crate) mod deploy;
 pub mod disk;
 pub mod drp;
+pub mod efi;
+pub mod erase;
 pub(crate) mod handoff;
 pub(crate) mod hardware;
 pub(crate) mod http;

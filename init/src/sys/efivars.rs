@@ -1,0 +1,2 @@
+//! efivarfs: UEFI variables as files, and the immutable flag the kernel
+//! sets on them.

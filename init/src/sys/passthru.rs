@@ -1,0 +1,2 @@
+//! Pass-through ioctls for device erase: NVMe admin commands, SCSI SG_IO
+//! (ATA PASS-THROUGH and SANITIZE), BLKDISCARD and BLKSECDISCARD.
