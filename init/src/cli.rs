@@ -11,13 +11,14 @@ use anyhow::{Context, Result, bail};
 use crate::disk::DiskSelector;
 use crate::logger::ConsoleLogger;
 use crate::session::{self, Tracker};
-use crate::spec::{DeploySpec, Origin, PARAMS};
+use crate::spec::{Action, DeploySpec, Origin, PARAMS};
 use crate::status::{EventKind, HandoffHow, MachineInfo, Stage, Status};
 
 /// How long the last status events may take to reach `--report`.
 const REPORT_FLUSH: Duration = Duration::from_secs(5);
 
 const USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
+       imprint erase --erase metadata|discard|zero --disk DEVICE|FILE | --erase-disks all|HINTS
        imprint unpack URL DIR [--format TYPE] [--checksum ALG:HEX]
        imprint params     list every parameter (imprint.X= on the kernel command line, --X here)
        imprint version";
@@ -31,6 +32,18 @@ sparse files; nothing escapes DIR), without partitions or a bootloader.
 Run as root to keep owners and file capabilities.
 
 Exit status: 0 unpacked, 1 it failed, 2 usage error.";
+
+const ERASE_USAGE: &str = "usage: imprint erase --erase metadata|discard|zero --disk DEVICE|FILE
+       imprint erase --erase MODE --erase-disks all|/dev/NAME|HINT[,HINT]...
+
+Erases disks as `imprint.action=erase` does at boot: prints the plan (each
+disk and how) before touching anything, erases, reads back what the method
+promises and prints one IMPRINT-RESULT line with each disk's method, seconds
+and verification. `metadata` zeroes every signature at both ends of the
+disk and of each partition; `discard` unmaps the device; `zero` writes
+zeros everywhere. A mounted or busy disk is refused.
+
+Exit status: 0 erased, 1 it failed, 2 usage error.";
 
 const DEPLOY_USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
 
@@ -53,6 +66,16 @@ pub fn main(args: &[String]) -> i32 {
             0
         }
         Some("deploy") => deploy(&args[1..]),
+        Some("erase") if wants_help => {
+            println!("{ERASE_USAGE}");
+            0
+        }
+        Some("erase") => {
+            // `imprint erase …` is `imprint deploy --action erase …`.
+            let mut with_action = vec!["--action".to_owned(), "erase".to_owned()];
+            with_action.extend_from_slice(&args[1..]);
+            deploy(&with_action)
+        }
         Some("unpack") if wants_help => {
             println!("{UNPACK_USAGE}");
             0
@@ -161,15 +184,39 @@ fn deploy(args: &[String]) -> i32 {
             machine: MachineInfo::gather(Path::new("/sys")),
         });
     }
-    let outcome = with_config(spec, args)
-        .and_then(|spec| spec.resolve(Origin::Cli))
-        .and_then(|deploy| {
-            let source = tracker.opening_source(&deploy)?;
+    let started = std::time::Instant::now();
+    let outcome = with_config(spec, args).and_then(|spec| {
+        if spec.action == Action::Erase {
+            let job = spec.resolve_erase(Origin::Cli)?;
             tracker.enter(Stage::Disk);
-            let target = resolve_target(&deploy.disk).context("option --disk")?;
-            session::run(&deploy, source, &target, None, &mut tracker)
-        });
-    println!("{}", session::result_line(&outcome));
+            let target = match &job.target {
+                Some(selector) => Some(resolve_target(selector).context("option --disk")?),
+                None => None,
+            };
+            let erased = session::erase(&job.request, target.as_deref(), None, &mut tracker)?;
+            return Ok(crate::report::erased_line(&erased, started.elapsed()));
+        }
+        let deploy = spec.resolve(Origin::Cli)?;
+        let source = tracker.opening_source(&deploy)?;
+        tracker.enter(Stage::Disk);
+        let target = resolve_target(&deploy.disk).context("option --disk")?;
+        let erased = match &deploy.erase {
+            Some(request) => session::erase(
+                request,
+                Some(&target),
+                source.device.as_deref(),
+                &mut tracker,
+            )?,
+            None => Vec::new(),
+        };
+        let mut done = session::run(&deploy, source, &target, None, &mut tracker)?;
+        done.summary.erased = erased.iter().map(crate::erase::Erased::token).collect();
+        Ok(crate::report::ok_line(&done.summary))
+    });
+    match &outcome {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("{}", crate::report::error_line(e)),
+    }
     let code = match outcome {
         Ok(_) => {
             tracker.status.emit(EventKind::Handoff {

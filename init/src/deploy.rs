@@ -232,6 +232,7 @@ fn deploy_attempt(
         transfer: stats.snapshot(),
         restarts: 0,
         insecure: tls::insecure_in_effect(&spec.source),
+        erased: Vec::new(),
     })
 }
 

@@ -21,6 +21,8 @@ pub struct DeploySummary {
     pub restarts: u32,
     /// TLS verification was off.
     pub insecure: bool,
+    /// Disks erased before the write ([`Erased::token`](crate::erase::Erased::token)).
+    pub erased: Vec<String>,
 }
 
 pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
@@ -53,7 +55,22 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     if summary.insecure {
         line += " insecure=1";
     }
+    if !summary.erased.is_empty() {
+        line += &format!(" erased={}", summary.erased.join(","));
+    }
     line
+}
+
+/// `IMPRINT-RESULT: ok action=erase seconds=… erased=vda:zero:12.30s:verified,…`
+/// for an erase-only job: each disk with the method used, its seconds and
+/// whether the read-back verified it all.
+pub fn erased_line(erased: &[crate::erase::Erased], elapsed: Duration) -> String {
+    let tokens: Vec<String> = erased.iter().map(crate::erase::Erased::token).collect();
+    format!(
+        "{RESULT_PREFIX} ok action=erase seconds={:.2} erased={}",
+        elapsed.as_secs_f64(),
+        tokens.join(",")
+    )
 }
 
 /// One line whatever the error: the anyhow chain joined with `: `, any
@@ -79,6 +96,7 @@ mod tests {
             transfer: SourceStatsSnapshot::default(),
             restarts: 0,
             insecure: false,
+            erased: Vec::new(),
         });
         assert_eq!(
             line,
@@ -105,6 +123,7 @@ mod tests {
             },
             restarts: 1,
             insecure: true,
+            erased: Vec::new(),
         });
         assert!(
             line.ends_with(

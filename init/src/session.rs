@@ -6,22 +6,23 @@
 //!
 //! The caller brings the machine to the point where a target exists (PID 1:
 //! drivers, network, disk; the CLI: a path) and turns the outcome into the
-//! result line ([`result_line`]) and a handoff. What the outside sees on the
+//! result line ([`crate::report`]) and a handoff. What the outside sees on the
 //! way (stages, timeline marks, status events) goes through a [`Tracker`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::deploy::{self, DeployOptions};
+use crate::erase::{EraseDevice, EraseDisks, Erased, PlannedErase, Verified};
 use crate::inject::deployed::{self, Injected};
 use crate::pipeline::format::DeclaredFormat;
 use crate::pipeline::progress::Progress;
-use crate::report::{self, DeploySummary};
+use crate::report::DeploySummary;
 use crate::source::url::SourceUrl;
 use crate::source::{Source, SourceOptions};
-use crate::spec::Resolved;
+use crate::spec::{EraseRequest, Resolved};
 use crate::status::{EventKind, ProgressEvents, Stage, Status};
 use crate::timeline::{self, Mark, Timeline};
 
@@ -209,14 +210,6 @@ fn inject(deploy: &Resolved, target: &Path, boot_mac: Option<[u8; 6]>) -> Result
     deployed::inject_or_fail_closed(&request, target, boot_mac)
 }
 
-/// The line harnesses and operators wait for.
-pub fn result_line(outcome: &Result<Done>) -> String {
-    match outcome {
-        Ok(done) => report::ok_line(&done.summary),
-        Err(error) => report::error_line(error),
-    }
-}
-
 /// A progress sink that also notes when the first and the last bytes
 /// reached the disk, for the timeline.
 struct Stamped<P> {
@@ -248,4 +241,114 @@ impl<P: Progress> Progress for Stamped<P> {
         }
         self.inner.update(done, total);
     }
+}
+
+/// How long disks may keep appearing before an erase of `all` disks or of
+/// hints chooses among them.
+const ERASE_DISKS_SETTLE: Duration = Duration::from_secs(2);
+const ERASE_DISKS_WAIT: Duration = Duration::from_secs(30);
+
+/// Erases the disks `request` names: the plan (each disk and how) is logged
+/// and sent as an `erase-plan` event before anything is touched, then each
+/// disk is erased, read back and reported (`erased`). `target` is the
+/// deploy's target (a device or, on the CLI, an image file);
+/// `source_disk` the disk the image is read from, which is never erased.
+pub fn erase(
+    request: &EraseRequest,
+    target: Option<&Path>,
+    source_disk: Option<&str>,
+    tracker: &mut Tracker,
+) -> Result<Vec<Erased>> {
+    tracker.enter(Stage::Erase);
+    let plan = plan_erase(request, target, source_disk)?;
+    log::info!("erase plan ({} disk(s), nothing erased yet):", plan.len());
+    for (_, line) in &plan {
+        log::info!("  {line}");
+    }
+    tracker.status.emit(EventKind::ErasePlan {
+        disks: plan.iter().map(|(_, line)| line.clone()).collect(),
+    });
+    let mut done = Vec::new();
+    for (path, _) in &plan {
+        let mut dev = EraseDevice::open(path)?;
+        let partitions = crate::erase::partitions_of(&mut dev);
+        // A file reads back its punched holes as zeros; a device's promise
+        // is not known here.
+        let discard_zeroes = !dev.is_block_device();
+        let mut progress = ProgressEvents::new(tracker.status.clone(), Stage::Erase);
+        let erased = crate::erase::erase(
+            &mut dev,
+            request.mode,
+            &partitions,
+            discard_zeroes,
+            &mut progress,
+        )
+        .with_context(|| format!("erasing {} ({})", path.display(), request.mode))?;
+        log::info!("{erased}");
+        tracker.status.emit(EventKind::Erased {
+            disk: erased.disk.clone(),
+            method: erased.method.clone(),
+            seconds: erased.elapsed.as_secs_f64(),
+            verified: matches!(erased.verified, Verified::Zeros { .. }),
+            detail: erased.to_string(),
+        });
+        done.push(erased);
+    }
+    Ok(done)
+}
+
+/// Each device to erase with its plan line.
+fn plan_erase(
+    request: &EraseRequest,
+    target: Option<&Path>,
+    source_disk: Option<&str>,
+) -> Result<Vec<(PathBuf, String)>> {
+    let mode = request.mode;
+    // The CLI erases an image file as it would write one.
+    if let (EraseDisks::Target, Some(file)) = (&request.disks, target)
+        && std::fs::metadata(file).is_ok_and(|m| m.is_file())
+    {
+        return Ok(vec![(
+            file.to_owned(),
+            format!("{}: {mode}", file.display()),
+        )]);
+    }
+    let sys_block = Path::new("/sys/block");
+    let mut disks = crate::disk::list_disks(sys_block)?;
+    if request.disks != EraseDisks::Target {
+        // Disks probe asynchronously: choose among them once the list holds still.
+        let deadline = std::time::Instant::now() + ERASE_DISKS_WAIT;
+        loop {
+            std::thread::sleep(ERASE_DISKS_SETTLE);
+            let again = crate::disk::list_disks(sys_block)?;
+            if again == disks || std::time::Instant::now() >= deadline {
+                break;
+            }
+            disks = again;
+        }
+    }
+    let mut never: Vec<String> = source_disk.into_iter().map(str::to_owned).collect();
+    for disk in &disks {
+        if is_boot_medium(&disk.dev_path()) {
+            log::info!("{}: an iso9660 boot medium; never erased", disk.describe());
+            never.push(disk.name.clone());
+        }
+    }
+    let target = target.map(|p| p.to_string_lossy().into_owned());
+    let chosen = crate::erase::choose_disks(&request.disks, target.as_deref(), &disks, &never)?;
+    Ok(chosen
+        .into_iter()
+        .map(|disk| (disk.dev_path(), PlannedErase { disk, mode }.to_string()))
+        .collect())
+}
+
+/// Whether `dev` carries an ISO 9660 filesystem (a CD, or a USB stick with
+/// an installer or live image written to it): what a machine boots from,
+/// never what it is reimaged onto.
+fn is_boot_medium(dev: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 5];
+    std::fs::File::open(dev)
+        .and_then(|f| f.read_exact_at(&mut magic, 32 * 1024 + 1))
+        .is_ok_and(|()| &magic == b"CD001")
 }

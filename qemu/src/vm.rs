@@ -56,6 +56,9 @@ pub struct Disk {
     pub logical_block_size: Option<u32>,
     /// Physical sector size in bytes (the logical size when unset).
     pub physical_block_size: Option<u32>,
+    /// Passes the guest's discards to the file (`discard=unmap`): the
+    /// discarded ranges become holes, which read back as zeros.
+    pub discard: bool,
 }
 
 impl Disk {
@@ -68,7 +71,15 @@ impl Disk {
             serial: None,
             logical_block_size: None,
             physical_block_size: None,
+            discard: false,
         }
+    }
+
+    /// Passes discards through to the host file (`discard=unmap`).
+    #[must_use]
+    pub fn with_discard(mut self) -> Self {
+        self.discard = true;
+        self
     }
 
     /// Sets the image format.
@@ -512,7 +523,8 @@ impl VmBuilder {
             };
             let drive = format!("disk{index}");
             args.push("-drive".into());
-            args.push(format!("file={path},format={format},if=none,id={drive}").into());
+            let discard = if disk.discard { ",discard=unmap" } else { "" };
+            args.push(format!("file={path},format={format},if=none,id={drive}{discard}").into());
             let (controller, mut device) = match disk.interface {
                 DiskInterface::VirtioBlk => (None, format!("virtio-blk-pci,drive={drive}")),
                 DiskInterface::Nvme => (None, format!("nvme,drive={drive}")),

@@ -65,6 +65,7 @@ mod select;
 mod sysfs;
 
 pub use hints::{DiskSelector, Hint, SizeOp, TextMatch};
+pub(crate) use select::hint_verdicts;
 pub use select::{select_disk, wait_for_disk};
 
 /// A whole disk as the kernel shows it under `/sys/block`.
@@ -134,7 +135,7 @@ impl DiskInfo {
 
     /// [`describe`](Self::describe) without the closing parenthesis, so a
     /// caller can append why the disk was or was not chosen.
-    fn describe_open(&self) -> String {
+    pub(crate) fn describe_open(&self) -> String {
         let mut s = format!(
             "{} ({}",
             self.name,

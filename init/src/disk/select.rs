@@ -63,36 +63,7 @@ fn select_by_hints<'a>(
     disks: &'a [DiskInfo],
     excluded_names: &[String],
 ) -> Result<&'a DiskInfo> {
-    let excluded = |disk: &DiskInfo| {
-        excluded_names
-            .iter()
-            .any(|e| e.strip_prefix("/dev/").unwrap_or(e) == disk.name)
-    };
-    let verdicts: Vec<(&DiskInfo, Vec<String>)> = disks
-        .iter()
-        .map(|disk| {
-            let mut reasons: Vec<String> = hints.iter().filter_map(|h| h.mismatch(disk)).collect();
-            if disk.read_only {
-                reasons.push("read-only".to_owned());
-            }
-            if !explicit {
-                // Each of these could be the wrong disk to wipe, so only a
-                // hint that names one disk reaches them.
-                if disk.removable {
-                    reasons.push("removable (name it to choose it)".to_owned());
-                } else if disk.transport == Transport::Usb {
-                    reasons.push("on USB (name it to choose it)".to_owned());
-                }
-                if excluded(disk) {
-                    reasons.push("holds the image source (name it to choose it)".to_owned());
-                }
-                if disk.transport == Transport::Virtual {
-                    reasons.push("virtual device (name it to choose it)".to_owned());
-                }
-            }
-            (disk, reasons)
-        })
-        .collect();
+    let verdicts = hint_verdicts(hints, explicit, disks, excluded_names);
     let (matching, other): (Vec<_>, Vec<_>) = verdicts
         .into_iter()
         .partition(|(_, reasons)| reasons.is_empty());
@@ -144,6 +115,47 @@ fn distinguishing_hint(disks: &[&DiskInfo]) -> &'static str {
     } else {
         "name="
     }
+}
+
+/// Each disk with the reasons it fails `hints` (none: it matches). Without
+/// a hint that names one disk (`explicit`), removable, USB and virtual
+/// disks and the `excluded_names` (the image source) never match: each
+/// could be the wrong disk to wipe. Deploy targets and the disks an erase
+/// reaches are chosen by the same rules.
+pub(crate) fn hint_verdicts<'a>(
+    hints: &[super::Hint],
+    explicit: bool,
+    disks: &'a [DiskInfo],
+    excluded_names: &[String],
+) -> Vec<(&'a DiskInfo, Vec<String>)> {
+    let excluded = |disk: &DiskInfo| {
+        excluded_names
+            .iter()
+            .any(|e| e.strip_prefix("/dev/").unwrap_or(e) == disk.name)
+    };
+    disks
+        .iter()
+        .map(|disk| {
+            let mut reasons: Vec<String> = hints.iter().filter_map(|h| h.mismatch(disk)).collect();
+            if disk.read_only {
+                reasons.push("read-only".to_owned());
+            }
+            if !explicit {
+                if disk.removable {
+                    reasons.push("removable (name it to choose it)".to_owned());
+                } else if disk.transport == Transport::Usb {
+                    reasons.push("on USB (name it to choose it)".to_owned());
+                }
+                if excluded(disk) {
+                    reasons.push("holds the image source (name it to choose it)".to_owned());
+                }
+                if disk.transport == Transport::Virtual {
+                    reasons.push("virtual device (name it to choose it)".to_owned());
+                }
+            }
+            (disk, reasons)
+        })
+        .collect()
 }
 
 /// Quiet time before hints are matched again, so a disk that probes late

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::cmdline::KernelCmdline;
+use crate::erase::Erased;
 use crate::hardware::FirmwareFailure;
 use crate::logger::ConsoleLogger;
 use crate::net::NetConfig;
@@ -25,7 +26,7 @@ use crate::report;
 use crate::session::{self, Done, Tracker};
 use crate::source::Source;
 use crate::source::url::SourceUrl;
-use crate::spec::{DeploySpec, FailurePolicy, Origin, Resolved, SuccessPolicy};
+use crate::spec::{Action, DeploySpec, EraseJob, FailurePolicy, Origin, Resolved, SuccessPolicy};
 use crate::status::{EventKind, HandoffHow, LastDeploy, RunResult, Stage, Status};
 use crate::sys::power::{PowerAction, power};
 use crate::timeline::{self, Mark};
@@ -122,6 +123,21 @@ fn halt_showing(line: &str) -> ! {
     }
 }
 
+/// What the spec asks of this run.
+enum Job {
+    Deploy(Box<Resolved>),
+    Erase(EraseJob),
+}
+
+/// What a run did.
+enum Outcome {
+    /// The image is written, verified and injected (after an erase, when
+    /// one was asked).
+    Deployed(Box<Resolved>, Box<Done>),
+    /// An erase-only job erased these disks.
+    Erased(EraseJob, Vec<Erased>),
+}
+
 /// 10 s, 20 s, 40 s, … up to five minutes between whole-deploy retries.
 fn retry_pause(attempt: u32) -> Duration {
     let secs = 10u64.saturating_mul(1 << attempt.saturating_sub(1).min(16));
@@ -173,11 +189,17 @@ impl<P: Platform> Pid1<P> {
             attempt += 1;
             let run_started = Instant::now();
             match self.attempt() {
-                Ok((deploy, done)) => {
+                Ok(Outcome::Deployed(deploy, done)) => {
                     let line = report::ok_line(&done.summary);
                     self.platform.console(&line);
                     self.record_result(&line, Some(&done), None, run_started);
                     return self.hand_over(&deploy, &done);
+                }
+                Ok(Outcome::Erased(job, erased)) => {
+                    let line = report::erased_line(&erased, run_started.elapsed());
+                    self.platform.console(&line);
+                    self.record_result(&line, None, None, run_started);
+                    return self.hand_over_erased(&job, &line);
                 }
                 Err(error) => {
                     // The event first: whoever sees the console line and
@@ -218,13 +240,45 @@ impl<P: Platform> Pid1<P> {
         }
     }
 
-    /// One run: the phases up to an injected disk.
-    fn attempt(&mut self) -> Result<(Resolved, Done)> {
+    /// One run: the phases up to an injected disk (or, for an erase job,
+    /// erased disks).
+    fn attempt(&mut self) -> Result<Outcome> {
         self.drivers()?;
-        let deploy = self.spec()?;
+        let deploy = match self.spec()? {
+            Job::Deploy(deploy) => deploy,
+            Job::Erase(job) => return self.erase_only(job),
+        };
         let (source, target) = self.disk(&deploy)?;
-        let done = session::run(&deploy, source, &target, self.boot_mac, &mut self.tracker)?;
-        Ok((deploy, done))
+        let erased = match &deploy.erase {
+            Some(request) => self.platform.erase(
+                request,
+                Some(&target),
+                source.device.as_deref(),
+                &mut self.tracker,
+            )?,
+            None => Vec::new(),
+        };
+        let mut done = session::run(&deploy, source, &target, self.boot_mac, &mut self.tracker)?;
+        done.summary.erased = erased.iter().map(Erased::token).collect();
+        Ok(Outcome::Deployed(deploy, Box::new(done)))
+    }
+
+    /// Phase erase of an erase-only job: the target disk when one is
+    /// named, then the erase.
+    fn erase_only(&mut self, job: EraseJob) -> Result<Outcome> {
+        self.tracker.enter(Stage::Disk);
+        let target = match &job.target {
+            Some(selector) => Some(
+                self.platform
+                    .wait_for_disk(selector, &[])
+                    .map_err(|e| e.context("imprint.disk="))?,
+            ),
+            None => None,
+        };
+        let erased =
+            self.platform
+                .erase(&job.request, target.as_deref(), None, &mut self.tracker)?;
+        Ok(Outcome::Erased(job, erased))
     }
 
     /// Phase drivers: once per boot.
@@ -245,7 +299,7 @@ impl<P: Platform> Pid1<P> {
     /// Phase spec: the command line, and the JSON spec it points at (over
     /// the network, which comes up first when the spec or the image is
     /// fetched over it).
-    fn spec(&mut self) -> Result<Resolved> {
+    fn spec(&mut self) -> Result<Job> {
         let spec = DeploySpec::from_cmdline(&self.cmdline)?;
         self.on_failure = spec.on_failure;
         // A spec read from a local file may still set up the network.
@@ -282,11 +336,14 @@ impl<P: Platform> Pid1<P> {
                 "the deploy spec's boot-network is not used: the network was up to fetch the spec"
             );
         }
+        if spec.action == Action::Erase {
+            return Ok(Job::Erase(spec.resolve_erase(Origin::Cmdline)?));
+        }
         let deploy = spec.clone().resolve(Origin::Cmdline)?;
         if deploy.image.needs_network() {
             self.network(&spec)?;
         }
-        Ok(deploy)
+        Ok(Job::Deploy(Box::new(deploy)))
     }
 
     /// Phase disk: the image is opened (once; a local source's filesystem is
@@ -362,6 +419,29 @@ impl<P: Platform> Pid1<P> {
                 self.platform.unmount_everything();
                 log::info!("on-success=none: staying up");
                 Ending::Halt(report::ok_line(&done.summary))
+            }
+        }
+    }
+
+    /// Phase handoff of an erase job: nothing was installed, so `kexec`
+    /// reboots (into whatever the firmware or the provisioning server
+    /// boots next).
+    fn hand_over_erased(&mut self, job: &EraseJob, line: &str) -> Ending {
+        self.tracker.enter(Stage::Handoff);
+        match job.on_success {
+            SuccessPolicy::Kexec { .. } | SuccessPolicy::Reboot => self.power(
+                HandoffHow::Reboot,
+                Some("erase job: nothing to kexec".to_owned()),
+                PowerAction::Reboot,
+            ),
+            SuccessPolicy::Poweroff => {
+                self.power(HandoffHow::Poweroff, None, PowerAction::Poweroff)
+            }
+            SuccessPolicy::None => {
+                self.announce_handoff(HandoffHow::None, None);
+                self.platform.unmount_everything();
+                log::info!("on-success=none: staying up");
+                Ending::Halt(line.to_owned())
             }
         }
     }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::disk::{self, DiskSelector};
+use crate::erase::Erased;
 use crate::handoff::{self, Staged};
 use crate::hardware::{FirmwareFailure, HardwareReport};
 use crate::net::{self, NetConfig};
-use crate::session::Done;
-use crate::spec::Resolved;
+use crate::session::{self, Done, Tracker};
+use crate::spec::{EraseRequest, Resolved};
 use crate::status::MachineInfo;
 use crate::{modules, sys};
 
@@ -47,6 +48,16 @@ pub trait Platform {
         done: &Done,
         init_args: &[String],
     ) -> Result<Staged>;
+    /// Erases the disks `request` names ([`session::erase`]): `target` is
+    /// the deploy's target disk, `source_disk` the disk the image is read
+    /// from (never erased).
+    fn erase(
+        &mut self,
+        request: &EraseRequest,
+        target: Option<&Path>,
+        source_disk: Option<&str>,
+        tracker: &mut Tracker,
+    ) -> Result<Vec<Erased>>;
     /// Unmounts everything imprint mounted, before any handoff.
     fn unmount_everything(&mut self);
     /// Prints a line for whoever watches the console (the result line, the
@@ -114,6 +125,16 @@ impl Platform for Machine {
 
     fn wait_for_disk(&mut self, selector: &DiskSelector, excluded: &[String]) -> Result<PathBuf> {
         disk::wait_for_disk(selector, excluded, DISK_WAIT)
+    }
+
+    fn erase(
+        &mut self,
+        request: &EraseRequest,
+        target: Option<&Path>,
+        source_disk: Option<&str>,
+        tracker: &mut Tracker,
+    ) -> Result<Vec<Erased>> {
+        session::erase(request, target, source_disk, tracker)
     }
 
     fn stage_kexec(

@@ -12,6 +12,7 @@ use crate::disk::DiskSelector;
 use crate::handoff::Staged;
 use crate::hardware::HardwareReport;
 use crate::net::{self, NetConfig};
+use crate::session::Tracker;
 use crate::status::MachineInfo;
 
 /// Records what PID 1 asked of the machine; each answer is scripted.
@@ -100,6 +101,19 @@ impl Platform for Fake {
         self.kexec
             .clone()
             .ok_or_else(|| anyhow::anyhow!("no kernel found in the installed root"))
+    }
+
+    fn erase(
+        &mut self,
+        request: &crate::spec::EraseRequest,
+        target: Option<&Path>,
+        source_disk: Option<&str>,
+        tracker: &mut Tracker,
+    ) -> Result<Vec<Erased>> {
+        self.calls
+            .push(format!("erase {} {}", request.mode, request.disks));
+        // The target here is a file: the erase is real.
+        session::erase(request, target, source_disk, tracker)
     }
 
     fn unmount_everything(&mut self) {
@@ -517,4 +531,89 @@ fn retry_pauses_grow_and_are_capped() {
     assert_eq!(retry_pause(3), Duration::from_secs(40));
     assert_eq!(retry_pause(9), RETRY_PAUSE_MAX);
     assert_eq!(retry_pause(u32::MAX), RETRY_PAUSE_MAX);
+}
+
+#[test]
+fn an_erase_before_the_deploy_runs_on_the_target_and_shows_in_the_result() {
+    let world = World::new();
+    world.write_image();
+    // Old contents past the image's end: a zero erase must clear them.
+    std::fs::write(world.target(), vec![0x5a; 8 << 20]).unwrap();
+    let mut pid1 = Pid1::new(
+        Fake::new(&world.target()),
+        world.cmdline("imprint.erase=zero"),
+    );
+    assert_eq!(pid1.run(), Ending::Kexec { required: false });
+    let fake = &pid1.platform;
+    let line = result_lines(fake)[0];
+    assert!(
+        line.starts_with("IMPRINT-RESULT: ok bytes=2097152 "),
+        "{line}"
+    );
+    assert!(line.contains("/disk.img:zero:"), "{line}");
+    assert!(line.ends_with(":verified"), "{line}");
+    assert!(fake.called("erase zero target"), "{:?}", fake.calls);
+    assert_eq!(
+        events(&pid1),
+        [
+            "started",
+            "erase-plan",
+            "erased",
+            "verified",
+            "injected",
+            "handoff"
+        ]
+    );
+    let disk = std::fs::read(world.target()).unwrap();
+    assert_eq!(disk[..2 << 20], std::fs::read(world.image()).unwrap()[..]);
+    assert!(disk[2 << 20..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn an_erase_job_needs_no_image_and_reboots_after() {
+    let world = World::new();
+    std::fs::write(world.target(), vec![0x5a; 8 << 20]).unwrap();
+    let cmdline = KernelCmdline::parse(
+        "console=ttyS0 imprint.action=erase imprint.erase=metadata imprint.disk=/dev/vda",
+    );
+    let mut pid1 = Pid1::new(Fake::new(&world.target()), cmdline);
+    assert_eq!(pid1.run(), Ending::Power(PowerAction::Reboot));
+    let fake = &pid1.platform;
+    let line = result_lines(fake)[0];
+    assert!(
+        line.starts_with("IMPRINT-RESULT: ok action=erase seconds="),
+        "{line}"
+    );
+    assert!(line.contains("/disk.img:metadata:"), "{line}");
+    assert_eq!(
+        events(&pid1),
+        ["started", "erase-plan", "erased", "handoff"]
+    );
+    let disk = std::fs::read(world.target()).unwrap();
+    assert!(disk[..4 << 20].iter().all(|&b| b == 0));
+    assert!(disk[7 << 20..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn an_erase_job_without_a_mode_or_disks_fails_naming_the_parameter() {
+    let world = World::new();
+    for (extra, wanted) in [
+        (
+            "imprint.action=erase imprint.disk=/dev/vda",
+            "needs imprint.erase= on the kernel command line",
+        ),
+        (
+            "imprint.action=erase imprint.erase=zero",
+            "set imprint.erase-disks=all",
+        ),
+    ] {
+        let cmdline = KernelCmdline::parse(&format!("console=ttyS0 {extra}"));
+        let mut pid1 = Pid1::new(Fake::new(&world.target()), cmdline);
+        let ending = pid1.run();
+        let Ending::Halt(line) = ending else {
+            panic!("{extra}: {ending:?}")
+        };
+        assert!(line.contains(wanted), "{extra}: {line}");
+        assert!(!pid1.platform.calls.iter().any(|c| c.starts_with("erase")));
+    }
 }

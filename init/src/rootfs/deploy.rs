@@ -105,6 +105,7 @@ pub fn run(
         transfer: stats.snapshot(),
         restarts: 0,
         insecure: crate::http::tls::insecure_in_effect(&spec.source),
+        erased: Vec::new(),
     })
 }
 

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
 use crate::disk::root::RootSelector;
+use crate::erase::{EraseDisks, Mode as EraseMode};
 pub use crate::handoff::KexecOverride;
 use crate::inject::Identity;
 use crate::net::NetConfig;
@@ -124,8 +125,52 @@ pub struct DeploySpec {
     /// Tarballs unpacked over a root-filesystem image, in order (the
     /// deploy spec's `additional-tarballs`).
     pub overlays: Vec<Overlay>,
+    /// What this boot is for (`imprint.action=`).
+    pub action: Action,
+    /// How disks are erased before the deploy, or as the whole job
+    /// (`imprint.erase=`).
+    pub erase: Option<EraseMode>,
+    /// Which disks the erase reaches (`imprint.erase-disks=`).
+    pub erase_disks: EraseDisks,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
+}
+
+/// What a boot of imprint is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Write the image (after an erase, when `imprint.erase=` asks).
+    #[default]
+    Deploy,
+    /// Only erase disks; no image.
+    Erase,
+}
+
+impl Action {
+    pub fn parse(v: &str) -> Result<Action> {
+        Ok(match v {
+            "deploy" => Action::Deploy,
+            "erase" => Action::Erase,
+            _ => bail!("must be deploy or erase, not {v:?}"),
+        })
+    }
+}
+
+/// An erase, resolved: how, and which disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EraseRequest {
+    pub mode: EraseMode,
+    pub disks: EraseDisks,
+}
+
+/// A job that only erases (`imprint.action=erase`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EraseJob {
+    pub request: EraseRequest,
+    /// `imprint.disk=`, which `erase-disks=target` erases.
+    pub target: Option<DiskSelector>,
+    pub on_success: SuccessPolicy,
+    pub on_failure: FailurePolicy,
 }
 
 /// A tarball unpacked over the root filesystem after the image, as DRP's
@@ -208,6 +253,8 @@ pub struct Resolved {
     pub bootloader: Bootloader,
     /// The deploy spec's `additional-tarballs`, by index, each checked.
     pub overlays: Vec<CheckedOverlay>,
+    /// Disks erased before the image is written.
+    pub erase: Option<EraseRequest>,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -298,6 +345,9 @@ impl Default for DeploySpec {
             layout: None,
             bootloader: Bootloader::default(),
             overlays: Vec::new(),
+            action: Action::Deploy,
+            erase: None,
+            erase_disks: EraseDisks::Target,
             origins: BTreeMap::new(),
         }
     }
@@ -557,6 +607,41 @@ impl DeploySpec {
     /// Checks that what a deploy needs is there and hands over the typed
     /// deploy. `layer` is where the user is expected to set what is
     /// missing, for the message.
+    /// An erase-only job (`imprint.action=erase`).
+    pub fn resolve_erase(self, layer: Origin) -> Result<EraseJob> {
+        self.validate(layer)?;
+        let spell = |name: &str| match self.origins.get(name) {
+            Some(origin) => origin.spelling(name),
+            None => layer.spelling(name),
+        };
+        let Some(mode) = self.erase else {
+            bail!(
+                "{} needs {}: metadata, discard or zero",
+                spell("action"),
+                layer.spelling("erase")
+            );
+        };
+        if self.url.is_some() {
+            log::warn!("{} is ignored: this job only erases", spell("url"));
+        }
+        if self.erase_disks == EraseDisks::Target && self.disk.is_none() {
+            bail!(
+                "an erase job needs disks: {} (every fixed disk) or to hints, or {}",
+                layer.how_to_set("erase-disks", "all"),
+                layer.how_to_set("disk", "/dev/NAME")
+            );
+        }
+        Ok(EraseJob {
+            request: EraseRequest {
+                mode,
+                disks: self.erase_disks,
+            },
+            target: self.disk,
+            on_success: self.on_success,
+            on_failure: self.on_failure,
+        })
+    }
+
     pub fn resolve(self, layer: Origin) -> Result<Resolved> {
         self.validate(layer)?;
         let image = self.url.with_context(|| {
@@ -600,6 +685,10 @@ impl DeploySpec {
             layout: self.layout,
             bootloader: self.bootloader,
             overlays,
+            erase: self.erase.map(|mode| EraseRequest {
+                mode,
+                disks: self.erase_disks,
+            }),
             origins: self.origins,
         })
     }

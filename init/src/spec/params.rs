@@ -198,6 +198,36 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "action",
+        values: "deploy | erase",
+        default: "deploy",
+        help: "What this boot is for: `erase` only erases disks (`imprint.erase=`, `imprint.erase-disks=`) and needs no image; after it, `on-success` applies (`kexec` means reboot: nothing was installed). See Erasing disks.",
+        apply: |spec, v| {
+            spec.action = super::Action::parse(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "erase",
+        values: "metadata | discard | zero",
+        default: "(none)",
+        help: "Erase disks before the deploy (or alone, with `imprint.action=erase`): `metadata` zeroes every signature at both ends of the disk and of each partition, `discard` unmaps the whole device, `zero` writes zeros everywhere; each is read back. See Erasing disks.",
+        apply: |spec, v| {
+            spec.erase = Some(crate::erase::Mode::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "erase-disks",
+        values: "target | all | /dev/NAME | HINT[,HINT]...",
+        default: "target",
+        help: "Which disks `imprint.erase=` reaches: the target disk, `all` fixed disks (not removable, USB, virtual or read-only), or every disk the hints match. Never the disk the image is read from, nor a boot medium.",
+        apply: |spec, v| {
+            spec.erase_disks = crate::erase::EraseDisks::parse(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",

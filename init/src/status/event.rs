@@ -31,6 +31,8 @@ pub enum Stage {
     Spec,
     /// Choosing and opening the target disk.
     Disk,
+    /// Erasing disks (`imprint.erase=`).
+    Erase,
     /// Streaming the image onto the disk.
     Write,
     /// Checking the image's checksum and writing the first MiB.
@@ -116,6 +118,18 @@ pub enum EventKind {
         seconds: f64,
         output: Vec<String>,
     },
+    /// What an erase is about to do, before it starts: each `disks` entry
+    /// is one disk with its mode.
+    ErasePlan { disks: Vec<String> },
+    /// One disk erased: the `method` used, `seconds` taken, whether the
+    /// read-back `verified` all it could, and what it checked (`detail`).
+    Erased {
+        disk: String,
+        method: String,
+        seconds: f64,
+        verified: bool,
+        detail: String,
+    },
 }
 
 impl EventKind {
@@ -130,6 +144,8 @@ impl EventKind {
             EventKind::Failed { .. } => "failed",
             EventKind::Retrying { .. } => "retrying",
             EventKind::Command { .. } => "command",
+            EventKind::ErasePlan { .. } => "erase-plan",
+            EventKind::Erased { .. } => "erased",
         }
     }
 
@@ -140,6 +156,7 @@ impl EventKind {
             EventKind::Verified { .. } => Some(Stage::Verify),
             EventKind::Injected { .. } => Some(Stage::Inject),
             EventKind::Handoff { .. } => Some(Stage::Handoff),
+            EventKind::ErasePlan { .. } | EventKind::Erased { .. } => Some(Stage::Erase),
             EventKind::Started { .. } | EventKind::Retrying { .. } | EventKind::Command { .. } => {
                 None
             }

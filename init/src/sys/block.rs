@@ -14,6 +14,8 @@ use rustix::ioctl::{self, Getter, NoArg, Setter, opcode};
 const BLKGETSIZE64: ioctl::Opcode = opcode::read::<usize>(0x12, 114);
 const BLKRRPART: ioctl::Opcode = opcode::none(0x12, 95);
 const BLKZEROOUT: ioctl::Opcode = opcode::none(0x12, 127);
+const BLKDISCARD: ioctl::Opcode = opcode::none(0x12, 119);
+const BLKSECDISCARD: ioctl::Opcode = opcode::none(0x12, 125);
 
 /// The size in bytes of the block device behind `fd`.
 pub fn size_bytes(fd: impl AsFd) -> io::Result<u64> {
@@ -48,6 +50,30 @@ pub fn zero_out(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: the opcode and the argument type agree (see above); the kernel
     // only reads the argument.
     Ok(unsafe { ioctl::ioctl(fd, request) }?)
+}
+
+/// Discards (unmaps) `len` bytes at `offset`, or with `secure` asks the
+/// device to also erase every copy it made of them (BLKSECDISCARD; eMMC
+/// and few others support it). What a discarded range reads back as is the
+/// device's choice unless it guarantees zeros. The kernel drops the page
+/// cache for the range.
+pub fn discard(fd: impl AsFd, offset: u64, len: u64, secure: bool) -> io::Result<()> {
+    if secure {
+        // SAFETY: BLKSECDISCARD reads a `uint64_t range[2]` (start, length)
+        // through its pointer argument; Setter passes a pointer to exactly
+        // that array, which lives across the call.
+        let request = unsafe { Setter::<BLKSECDISCARD, [u64; 2]>::new([offset, len]) };
+        // SAFETY: the opcode and the argument type agree; the kernel only
+        // reads the argument.
+        Ok(unsafe { ioctl::ioctl(fd, request) }?)
+    } else {
+        // SAFETY: as for BLKSECDISCARD: BLKDISCARD reads the same
+        // `uint64_t range[2]`, which Setter passes and keeps alive.
+        let request = unsafe { Setter::<BLKDISCARD, [u64; 2]>::new([offset, len]) };
+        // SAFETY: the opcode and the argument type agree; the kernel only
+        // reads the argument.
+        Ok(unsafe { ioctl::ioctl(fd, request) }?)
+    }
 }
 
 /// Asks the kernel to read the partition table again. `EBUSY` while a
