@@ -1,7 +1,7 @@
 //! Bytes made by real firmware and a real efibootmgr, decoded and encoded
 //! here. `testdata/capture.sh` made them: OVMF (Debian bookworm's
-//! `ovmf` 2022.11, OVMF_CODE_4M.fd with a fresh OVMF_VARS_4M.fd) under
-//! QEMU TCG, one virtio disk with a GPT made by sgdisk (partition 1 an ESP,
+//! `ovmf` 2022.11-6+deb12u2, OVMF_CODE_4M.fd with a fresh OVMF_VARS_4M.fd)
+//! under QEMU 7.2 TCG, one virtio disk with a GPT made by sgdisk (partition 1 an ESP,
 //! unique GUID 8c3f2d1e-5a4b-4c3d-9e8f-0123456789ab, LBAs 2048 + 65536) and
 //! one virtio NIC (MAC 52:54:00:12:34:56). The first boot, firmware only,
 //! let OVMF write its own entries (`before/`: UiApp, DVD, the disk, PXE and

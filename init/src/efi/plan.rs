@@ -100,7 +100,7 @@ pub fn plan(
             ),
         },
     };
-    let write_entry = current.entries.get(&number) != Some(&Some(new_entry.clone()));
+    let write_entry = !matches!(current.entries.get(&number), Some(Some(o)) if o == new_entry);
     let delete: Vec<u16> = on_this_disk
         .iter()
         .map(|(n, _)| *n)

@@ -233,3 +233,54 @@ fn register_over_an_efivarfs_directory() {
         encode_boot_order(&[0, 1])
     );
 }
+
+/// The real thing: `register` on a live efivarfs, which only a VM under
+/// OVMF should offer (`IMPRINT_TEST_EFIVARS=/sys/firmware/efi/efivars`;
+/// never on a machine that matters). It reads back through a fresh store
+/// and leaves the entry for `efibootmgr -v` to show.
+#[test]
+#[ignore = "needs a live efivarfs in a throwaway VM"]
+fn register_on_a_live_efivarfs() {
+    let Ok(dir) = std::env::var("IMPRINT_TEST_EFIVARS") else {
+        panic!("set IMPRINT_TEST_EFIVARS to a throwaway VM's efivarfs");
+    };
+    let mut store = Efivarfs::new(&dir);
+    let old = guid(ESP);
+    let mut new = entry();
+    new.partuuid = guid("0d1e2f3a-0000-4000-8000-000000000001");
+    let done = register(
+        &mut store,
+        new.clone(),
+        &[old],
+        BootOrderPolicy::NetworkFirst,
+        true,
+    )
+    .unwrap();
+    println!("registered: {done}");
+    let fresh = Efivarfs::new(&dir);
+    let name = boot_entry_name(done.number);
+    assert_eq!(
+        LoadOption::decode(&fresh.read(&name).unwrap().unwrap()).unwrap(),
+        new.load_option()
+    );
+    let order = vars::decode_boot_order(&fresh.read(BOOT_ORDER).unwrap().unwrap());
+    assert_eq!(order, done.boot_order);
+    assert_eq!(
+        fresh.read(BOOT_NEXT).unwrap().unwrap(),
+        done.number.to_le_bytes()
+    );
+    for stale in &done.deleted {
+        assert_eq!(fresh.read(&boot_entry_name(*stale)).unwrap(), None);
+    }
+    // A second run finds everything in place.
+    let again = register(
+        &mut store,
+        new,
+        &[old],
+        BootOrderPolicy::NetworkFirst,
+        false,
+    )
+    .unwrap();
+    assert!(!again.written);
+    assert_eq!(again.number, done.number);
+}

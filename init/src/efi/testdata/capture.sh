@@ -11,12 +11,17 @@
 #
 # Usage: init/src/efi/testdata/capture.sh [kernel-root]
 #   kernel-root defaults to what scripts/fetch-kernel prints as ROOT=.
+# CAPTURE_OUT=dir writes the bytes there instead of beside this script.
+# IMPRINT_LIVE_TEST=<imprint's lib test binary> also runs, after the dump,
+# efi::tests::register_on_a_live_efivarfs against the VM's efivarfs
+# (build it with `cargo test -p imprint --lib --no-run`).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../../.." && pwd)
 root=${1:-$("$repo/scripts/fetch-kernel" | sed -n 's/^ROOT=//p')}
 kver=$(basename "$(ls -d "$root"/lib/modules/*)")
+out=${CAPTURE_OUT:-$here}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -41,6 +46,12 @@ for lib in $(LD_LIBRARY_PATH=rootfs/lib/x86_64-linux-gnu:rootfs/usr/lib/x86_64-l
     cp -L "$lib" rootfs/lib/x86_64-linux-gnu/
 done
 cp -L /lib64/ld-linux-x86-64.so.2 rootfs/lib64/
+if [[ -n "${IMPRINT_LIVE_TEST:-}" ]]; then
+    strip -o rootfs/bin/imprint-test "$IMPRINT_LIVE_TEST"
+    for lib in $(ldd "$IMPRINT_LIVE_TEST" | awk '$3 ~ /^\// { print $3 }'); do
+        cp -Ln "$lib" rootfs/lib/x86_64-linux-gnu/
+    done
+fi
 # Modules in load order (modules.dep of Debian 6.1: virtio_blk and virtio_pci
 # need virtio, which needs virtio_ring; efivarfs needs nothing).
 for m in drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko \
@@ -73,6 +84,11 @@ efibootmgr -v
 efibootmgr -c -d /dev/vda -p 1 -L "$LABEL" -l '$LOADER'
 efibootmgr -v
 dump after
+if [ -x /bin/imprint-test ]; then
+    IMPRINT_TEST_EFIVARS=/sys/firmware/efi/efivars /bin/imprint-test --ignored --exact \
+        efi::tests::register_on_a_live_efivarfs --nocapture --test-threads=1 && echo LIVE-TEST-PASSED
+    efibootmgr -v
+fi
 echo CAPTURE-DONE
 poweroff -f
 INIT
@@ -109,12 +125,12 @@ cp serial.txt firmware.log "${TMPDIR:-/tmp}/" 2>/dev/null || true
 grep -q CAPTURE-DONE serial.txt || { echo "capture: the VM did not finish; see serial.log" >&2; exit 1; }
 
 # --- the bytes ---------------------------------------------------------------
-rm -rf "$here/before" "$here/after"
-mkdir -p "$here/before" "$here/after"
+rm -rf "$out/before" "$out/after"
+mkdir -p "$out/before" "$out/after"
 grep '^VAR ' serial.txt | while read -r _ phase file hex; do
     name=${file%%-*}
-    printf '%s' "${hex:8}" | xxd -r -p > "$here/$phase/$name.bin"
-    printf '%s %s\n' "$name" "${hex:0:8}" >> "$here/$phase/attrs.txt"
+    printf '%s' "${hex:8}" | xxd -r -p > "$out/$phase/$name.bin"
+    printf '%s %s\n' "$name" "${hex:0:8}" >> "$out/$phase/attrs.txt"
 done
-sed -n '/^Boot/p' serial.txt > "$here/efibootmgr-v.txt"
-echo "capture: wrote $(ls "$here"/before "$here"/after | grep -c bin) variables" >&2
+sed -n '/^Boot/p' serial.txt > "$out/efibootmgr-v.txt"
+echo "capture: wrote $(ls "$out"/before "$out"/after | grep -c bin) variables" >&2
