@@ -89,6 +89,12 @@ pub const BOOT_DRIVERS: &[DriverGroup] = &[
         purpose: "VLAN tagging",
         modules: &["8021q"],
     },
+    // UEFI variables as files: the boot entry for the installed OS is
+    // written through them (Debian builds efivarfs as a module).
+    DriverGroup {
+        purpose: "UEFI variables",
+        modules: &["efivarfs"],
+    },
     // Filesystems PID 1 mounts to inject files into the written image. ext4
     // refuses to mount without a crc32c implementation, and crc32c_intel
     // fails on CPUs without SSE4.2, so the generic one must be there too.

@@ -400,6 +400,12 @@ fn every_imprint_param() -> Value {
         "imprint/status-port": 8080,
         "imprint/layout": "with-swap",
         "imprint/bootloader": "grub",
+        "imprint/action": "deploy",
+        "imprint/erase": "metadata",
+        "imprint/erase-disks": "target",
+        "imprint/boot-order": "network-first",
+        "imprint/boot-next": true,
+        "imprint/boot-loader": "\\EFI\\debian\\shimx64.efi",
     })
 }
 

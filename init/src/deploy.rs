@@ -233,6 +233,7 @@ fn deploy_attempt(
         restarts: 0,
         insecure: tls::insecure_in_effect(&spec.source),
         erased: Vec::new(),
+        boot_entry: None,
     })
 }
 

@@ -23,6 +23,8 @@ pub struct DeploySummary {
     pub insecure: bool,
     /// Disks erased before the write ([`Erased::token`](crate::erase::Erased::token)).
     pub erased: Vec<String>,
+    /// The UEFI boot entry written for the installed OS (`Boot0003`).
+    pub boot_entry: Option<String>,
 }
 
 pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
@@ -57,6 +59,9 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     }
     if !summary.erased.is_empty() {
         line += &format!(" erased={}", summary.erased.join(","));
+    }
+    if let Some(entry) = &summary.boot_entry {
+        line += &format!(" boot-entry={entry}");
     }
     line
 }
@@ -97,6 +102,7 @@ mod tests {
             restarts: 0,
             insecure: false,
             erased: Vec::new(),
+            boot_entry: None,
         });
         assert_eq!(
             line,
@@ -124,6 +130,7 @@ mod tests {
             restarts: 1,
             insecure: true,
             erased: Vec::new(),
+            boot_entry: None,
         });
         assert!(
             line.ends_with(

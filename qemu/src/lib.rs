@@ -21,4 +21,6 @@ mod vm;
 
 pub use disk::{create_qcow2_disk, create_raw_disk, fill_disk, read_disk_at, write_disk_at};
 pub use kernel::{extract_vmlinux, fast_boot_kernel};
-pub use vm::{Disk, DiskFormat, DiskInterface, Nic, Vm, VmBuilder, default_accelerators};
+pub use vm::{
+    Disk, DiskFormat, DiskInterface, Nic, OVMF_VARS, Vm, VmBuilder, default_accelerators,
+};

@@ -170,7 +170,7 @@ impl Nic {
 /// OVMF's code (firmware) image from Debian's `ovmf` package, without Secure Boot.
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 /// The pristine UEFI variable store that goes with [`OVMF_CODE`].
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
 /// UEFI firmware in two flash chips, as on real boards: the code read-only,
 /// the variable store writable.
@@ -182,6 +182,9 @@ struct UefiFirmware {
     /// it with `snapshot=on`, so what the guest writes is discarded and the
     /// file stays pristine for the next VM, with no copy to clean up.
     vars_template: PathBuf,
+    /// Whether the guest's writes go to `vars_template` itself (a copy the
+    /// test made), so boot entries outlive the VM.
+    vars_writable: bool,
 }
 
 impl UefiFirmware {
@@ -190,6 +193,7 @@ impl UefiFirmware {
         Self {
             code: OVMF_CODE.into(),
             vars_template: OVMF_VARS.into(),
+            vars_writable: false,
         }
     }
 }
@@ -376,6 +380,21 @@ impl VmBuilder {
         self.uefi = Some(UefiFirmware {
             code: code.into(),
             vars_template: vars_template.into(),
+            vars_writable: false,
+        });
+        self
+    }
+
+    /// OVMF with its variable store in `vars`, a copy the caller owns
+    /// (made from [`OVMF_VARS`]): what the guest writes (boot entries,
+    /// `BootOrder`) stays there for the next VM, as NVRAM does on a real
+    /// machine.
+    #[must_use]
+    pub fn uefi_with_vars(mut self, vars: impl Into<PathBuf>) -> Self {
+        self.uefi = Some(UefiFirmware {
+            code: OVMF_CODE.into(),
+            vars_template: vars.into(),
+            vars_writable: true,
         });
         self
     }
@@ -488,9 +507,14 @@ impl VmBuilder {
 
     fn uefi_args(firmware: &UefiFirmware) -> Result<Vec<OsString>> {
         let mut args = Vec::new();
+        let vars = if firmware.vars_writable {
+            "readonly=off"
+        } else {
+            "snapshot=on"
+        };
         for (unit, path, options) in [
             (0, &firmware.code, "readonly=on"),
-            (1, &firmware.vars_template, "snapshot=on"),
+            (1, &firmware.vars_template, vars),
         ] {
             let path = path
                 .to_str()

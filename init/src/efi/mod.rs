@@ -7,6 +7,7 @@
 //! [`plan::plan`] the change, apply it in an order that never leaves the
 //! firmware without a way to the new OS, and say what was done.
 
+pub mod apply;
 pub mod device_path;
 pub mod load_option;
 pub mod loader;

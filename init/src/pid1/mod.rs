@@ -258,8 +258,29 @@ impl<P: Platform> Pid1<P> {
             )?,
             None => Vec::new(),
         };
+        // Boot entries naming the disk's old partitions are stale after the write.
+        let before = crate::disk::partitions::read_partition_table_at(&target)
+            .map(|table| crate::efi::apply::partition_guids(&table))
+            .unwrap_or_default();
         let mut done = session::run(&deploy, source, &target, self.boot_mac, &mut self.tracker)?;
         done.summary.erased = erased.iter().map(Erased::token).collect();
+        match self
+            .platform
+            .register_boot_entry(&deploy, &target, &done, &before)
+        {
+            Ok(Some(registered)) => {
+                log::info!("UEFI boot entry: {registered}");
+                done.summary.boot_entry =
+                    Some(crate::efi::vars::boot_entry_name(registered.number));
+                self.tracker.status.emit(EventKind::BootEntry {
+                    entry: registered.to_string(),
+                });
+            }
+            Ok(None) => {}
+            // The image is good; the firmware may still boot it by its
+            // removable path or an entry it already has.
+            Err(e) => log::warn!("no UEFI boot entry written: {e:#}"),
+        }
         Ok(Outcome::Deployed(deploy, Box::new(done)))
     }
 

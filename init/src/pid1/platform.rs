@@ -58,6 +58,16 @@ pub trait Platform {
         source_disk: Option<&str>,
         tracker: &mut Tracker,
     ) -> Result<Vec<Erased>>;
+    /// Writes the UEFI boot entry for the disk at `target`, just deployed
+    /// (`before`: its partition GUIDs before the deploy). `Ok(None)` when
+    /// there is nothing to do (a BIOS machine, `boot-order=off`).
+    fn register_boot_entry(
+        &mut self,
+        deploy: &Resolved,
+        target: &Path,
+        done: &Done,
+        before: &[crate::efi::Guid],
+    ) -> Result<Option<crate::efi::Registered>>;
     /// Unmounts everything imprint mounted, before any handoff.
     fn unmount_everything(&mut self);
     /// Prints a line for whoever watches the console (the result line, the
@@ -135,6 +145,27 @@ impl Platform for Machine {
         tracker: &mut Tracker,
     ) -> Result<Vec<Erased>> {
         session::erase(request, target, source_disk, tracker)
+    }
+
+    fn register_boot_entry(
+        &mut self,
+        deploy: &Resolved,
+        target: &Path,
+        done: &Done,
+        before: &[crate::efi::Guid],
+    ) -> Result<Option<crate::efi::Registered>> {
+        let label = match &done.injected {
+            crate::inject::deployed::Injected::Root { root, .. } => {
+                root.os_release().ok().flatten().map(|os| os.pretty_name)
+            }
+            crate::inject::deployed::Injected::Skipped(_) => None,
+        };
+        crate::efi::apply::register_for_disk(
+            &deploy.boot_entry,
+            target,
+            before,
+            label.as_deref().unwrap_or("Linux"),
+        )
     }
 
     fn stage_kexec(

@@ -116,6 +116,17 @@ impl Platform for Fake {
         session::erase(request, target, source_disk, tracker)
     }
 
+    fn register_boot_entry(
+        &mut self,
+        _deploy: &Resolved,
+        _target: &Path,
+        _done: &Done,
+        _before: &[crate::efi::Guid],
+    ) -> Result<Option<crate::efi::Registered>> {
+        self.calls.push("boot-entry".into());
+        Ok(None)
+    }
+
     fn unmount_everything(&mut self) {
         self.calls.push("unmount".into());
     }

@@ -106,6 +106,7 @@ pub fn run(
         restarts: 0,
         insecure: crate::http::tls::insecure_in_effect(&spec.source),
         erased: Vec::new(),
+        boot_entry: None,
     })
 }
 

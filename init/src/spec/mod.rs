@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmdline::KernelCmdline;
 use crate::disk::DiskSelector;
 use crate::disk::root::RootSelector;
+use crate::efi::apply::BootEntryRequest;
 use crate::erase::{EraseDisks, Mode as EraseMode};
 pub use crate::handoff::KexecOverride;
 use crate::inject::Identity;
@@ -132,6 +133,9 @@ pub struct DeploySpec {
     pub erase: Option<EraseMode>,
     /// Which disks the erase reaches (`imprint.erase-disks=`).
     pub erase_disks: EraseDisks,
+    /// The UEFI boot entry written after the deploy (`imprint.boot-order=`,
+    /// `imprint.boot-next=`, `imprint.boot-loader=`).
+    pub boot_entry: BootEntryRequest,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -255,6 +259,8 @@ pub struct Resolved {
     pub overlays: Vec<CheckedOverlay>,
     /// Disks erased before the image is written.
     pub erase: Option<EraseRequest>,
+    /// The UEFI boot entry written after the deploy.
+    pub boot_entry: BootEntryRequest,
     /// Which layer set each parameter, for messages.
     origins: BTreeMap<&'static str, Origin>,
 }
@@ -348,6 +354,11 @@ impl Default for DeploySpec {
             action: Action::Deploy,
             erase: None,
             erase_disks: EraseDisks::Target,
+            boot_entry: BootEntryRequest {
+                policy: Some(crate::efi::BootOrderPolicy::Keep),
+                boot_next: false,
+                loader: None,
+            },
             origins: BTreeMap::new(),
         }
     }
@@ -689,6 +700,7 @@ impl DeploySpec {
                 mode,
                 disks: self.erase_disks,
             }),
+            boot_entry: self.boot_entry,
             origins: self.origins,
         })
     }

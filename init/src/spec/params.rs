@@ -228,6 +228,45 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "boot-order",
+        values: "keep | network-first | disk-first | off",
+        default: "keep",
+        help: "On a UEFI machine, after the deploy: one `Boot####` entry for the installed loader (found on the disk's ESP), old entries for this disk removed, and `BootOrder` as asked: `keep` puts the entry where the one it replaces was (else last), `network-first` keeps PXE/HTTP entries first then the disk (what DRP wants), `disk-first` puts the disk first; `off` leaves the firmware's variables alone. A no-op on BIOS machines. See UEFI boot entries.",
+        apply: |spec, v| {
+            spec.boot_entry.policy = match v {
+                "keep" => Some(crate::efi::BootOrderPolicy::Keep),
+                "network-first" => Some(crate::efi::BootOrderPolicy::NetworkFirst),
+                "disk-first" => Some(crate::efi::BootOrderPolicy::DiskFirst),
+                "off" => None,
+                _ => bail!("must be keep, network-first, disk-first or off, not {v:?}"),
+            };
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "boot-next",
+        values: "0 | 1",
+        default: "0",
+        help: "Also set UEFI `BootNext` to the new entry: the next boot (only) goes to the installed OS whatever `BootOrder` says.",
+        apply: |spec, v| {
+            spec.boot_entry.boot_next = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "boot-loader",
+        values: "\\EFI\\VENDOR\\FILE.efi",
+        default: "(found)",
+        help: "The loader the UEFI boot entry starts, on the deployed disk's ESP; found when absent: shim, then GRUB, then systemd-boot, then `\\EFI\\BOOT\\BOOTX64.EFI`.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give a path on the ESP, e.g. \\EFI\\debian\\shimx64.efi");
+            }
+            spec.boot_entry.loader = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "config",
         values: "URL of a JSON deploy spec",
         default: "(none)",

@@ -118,6 +118,9 @@ pub enum EventKind {
         seconds: f64,
         output: Vec<String>,
     },
+    /// The UEFI boot entry for the installed OS was written: `entry` as
+    /// `Boot0003 "Debian GNU/Linux 12" HD(…)/File(…); BootOrder …`.
+    BootEntry { entry: String },
     /// What an erase is about to do, before it starts: each `disks` entry
     /// is one disk with its mode.
     ErasePlan { disks: Vec<String> },
@@ -145,6 +148,7 @@ impl EventKind {
             EventKind::Retrying { .. } => "retrying",
             EventKind::Command { .. } => "command",
             EventKind::ErasePlan { .. } => "erase-plan",
+            EventKind::BootEntry { .. } => "boot-entry",
             EventKind::Erased { .. } => "erased",
         }
     }
@@ -157,6 +161,7 @@ impl EventKind {
             EventKind::Injected { .. } => Some(Stage::Inject),
             EventKind::Handoff { .. } => Some(Stage::Handoff),
             EventKind::ErasePlan { .. } | EventKind::Erased { .. } => Some(Stage::Erase),
+            EventKind::BootEntry { .. } => Some(Stage::Handoff),
             EventKind::Started { .. } | EventKind::Retrying { .. } | EventKind::Command { .. } => {
                 None
             }
