@@ -15,8 +15,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::pipeline::progress::Progress;
 
+pub mod ata;
 pub mod device;
+pub mod method;
+pub mod nvme;
 pub mod plan;
+pub mod scsi;
+pub mod secure;
 pub mod wipe;
 
 pub use device::{EraseDevice, EraseTarget};
