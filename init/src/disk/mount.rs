@@ -21,17 +21,22 @@ pub struct MountPlan {
     pub data: Option<&'static str>,
 }
 
+/// How FAT (an EFI system partition) is mounted: see [`mount_plan`].
+pub fn vfat_plan() -> MountPlan {
+    MountPlan {
+        fstype: "vfat",
+        modules: vec!["vfat", "nls_cp437", "nls_utf8"],
+        data: Some("iocharset=utf8"),
+    }
+}
+
 pub fn mount_plan(fs: &FsInfo) -> MountPlan {
     match fs.mount_type() {
         // FAT needs its code page and I/O charset as NLS modules, which the
         // kernel would ask modprobe for (there is none in the initramfs).
         // Debian's default charset is ascii, which mangles non-ASCII names;
         // utf8 is right for file names typed on a command line.
-        "vfat" => MountPlan {
-            fstype: "vfat",
-            modules: vec!["vfat", "nls_cp437", "nls_utf8"],
-            data: Some("iocharset=utf8"),
-        },
+        "vfat" => vfat_plan(),
         fstype => MountPlan {
             fstype,
             modules: vec![fs.kernel_module()],

@@ -15,10 +15,13 @@ use super::vars::{EFIVARS_DIR, Efivarfs};
 use super::{
     Arch, BootOrderPolicy, Guid, NewEntry, Registered, efi_available, find_loader, register,
 };
+use crate::disk::mount;
 use crate::disk::partitions::PartitionTable;
 
 /// The EFI system partition's GPT type.
 const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+/// Present when the machine booted through UEFI.
+const EFI_FIRMWARE: &str = "/sys/firmware/efi";
 /// Where the ESP is mounted while its loader is looked for.
 const ESP_MOUNT: &str = "/run/imprint/esp";
 
@@ -43,6 +46,18 @@ pub fn partition_guids(table: &PartitionTable) -> Vec<Guid> {
         .collect()
 }
 
+/// The partition GUIDs `target` has before the deploy, whose boot entries
+/// the deploy makes stale; read only where an entry will be written (a
+/// UEFI machine, `boot-order` not `off`).
+pub fn guids_before(request: &BootEntryRequest, target: &Path) -> Vec<Guid> {
+    if request.policy.is_none() || !Path::new(EFI_FIRMWARE).is_dir() {
+        return Vec::new();
+    }
+    crate::disk::partitions::read_partition_table_at(target)
+        .map(|table| partition_guids(&table))
+        .unwrap_or_default()
+}
+
 /// Writes the boot entry for the disk at `target`, just deployed.
 /// `before` are the partition GUIDs the disk had before the deploy (their
 /// entries are stale now); `label` names the installed OS. `Ok(None)` when
@@ -56,18 +71,14 @@ pub fn register_for_disk(
     let Some(policy) = request.policy else {
         return Ok(None);
     };
-    if !Path::new("/sys/firmware/efi").is_dir() {
+    if !Path::new(EFI_FIRMWARE).is_dir() {
         log::info!("no UEFI firmware (a BIOS boot): no boot entry to write");
         return Ok(None);
     }
     let efivars = Path::new(EFIVARS_DIR);
     if !efi_available(efivars) {
-        crate::disk::mount::load_fs_modules(
-            &crate::disk::mount::module_dir(),
-            "efivarfs",
-            &["efivarfs"],
-        )
-        .context("loading efivarfs")?;
+        mount::load_fs_modules(&mount::module_dir(), "efivarfs", &["efivarfs"])
+            .context("loading efivarfs")?;
         crate::sys::mount::mount(
             "efivarfs",
             efivars,
@@ -129,20 +140,17 @@ fn esp_loader(disk: &Path, number: u32, wanted: Option<&str>) -> Result<String> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let device = crate::disk::partition_path(&name, number);
-    crate::disk::mount::load_fs_modules(
-        &crate::disk::mount::module_dir(),
-        "vfat",
-        &["vfat", "nls_cp437", "nls_iso8859_1"],
-    )
-    .context("loading vfat for the ESP")?;
+    let plan = mount::vfat_plan();
+    mount::load_fs_modules(&mount::module_dir(), plan.fstype, &plan.modules)
+        .context("loading vfat for the ESP")?;
     let point = Path::new(ESP_MOUNT);
     crate::sys::mount::mkdir_all(point, 0o700)?;
-    crate::sys::mount::mount(
-        &device.to_string_lossy(),
+    mount::mount_device(
+        &device,
         point,
-        "vfat",
-        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None,
+        plan.fstype,
+        plan.data,
+        mount::Access::ReadOnly,
     )
     .with_context(|| format!("mounting the ESP {}", device.display()))?;
     let found = find_loader(point, wanted, Arch::host())

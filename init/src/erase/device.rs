@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -50,27 +50,15 @@ impl EraseDevice {
                 path.display()
             );
         }
-        let flags = if block_device { libc::O_EXCL } else { 0 };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(flags | libc::O_CLOEXEC)
-            .open(path)
-            .with_context(|| {
-                format!(
-                    "opening {} exclusively (is it mounted or in use?)",
-                    path.display()
-                )
-            })?;
-        let (size, logical_block_size) = if block_device {
-            (
-                crate::sys::block::size_bytes(&file)
-                    .with_context(|| format!("reading the size of {}", path.display()))?,
-                crate::sys::block::logical_block_size(&file)
-                    .with_context(|| format!("reading the block size of {}", path.display()))?,
-            )
+        let (file, size, logical_block_size) = if block_device {
+            crate::pipeline::target::open_exclusive(path, true)?
         } else {
-            (meta.len(), 512)
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            (file, meta.len(), 512)
         };
         Ok(EraseDevice {
             file,

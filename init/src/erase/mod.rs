@@ -119,13 +119,13 @@ pub fn erase(
             zero_ranges(dev, &metadata)?;
             progress.update(size, Some(size));
             finish(dev)?;
-            ("metadata", check_zeros(dev, &metadata)?)
+            ("metadata", zeros_verified(dev, &metadata)?)
         }
         Mode::Zero => {
             each_chunk(dev, "zeroed", progress, |dev, r| dev.zero(r))
                 .with_context(|| format!("zeroing {name}"))?;
             finish(dev)?;
-            ("zero", check_zeros(dev, &samples(size, block))?)
+            ("zero", zeros_verified(dev, &samples(size, block))?)
         }
         Mode::Discard => {
             each_chunk(dev, "discarded", progress, |dev, r| dev.discard(r)).map_err(|e| {
@@ -139,15 +139,13 @@ pub fn erase(
             })?;
             if discard_zeroes {
                 finish(dev)?;
-                ("discard", check_zeros(dev, &samples(size, block))?)
+                ("discard", zeros_verified(dev, &samples(size, block))?)
             } else {
                 // A device that does not promise zeros may still return the
                 // old blocks: the signatures must not survive.
                 zero_ranges(dev, &metadata)?;
                 finish(dev)?;
-                let Verified::Zeros { bytes, .. } = check_zeros(dev, &metadata)? else {
-                    unreachable!("check_zeros only reports zeros")
-                };
+                let bytes = check_zeros(dev, &metadata)?;
                 let why = "the device does not promise that discarded blocks read back as zeros"
                     .to_owned();
                 ("discard+metadata", Verified::Partly { why, bytes })
@@ -245,8 +243,16 @@ fn samples(size: u64, block: u32) -> Vec<Range> {
     ranges
 }
 
-/// Reads `ranges` back; every byte must be zero.
-fn check_zeros(dev: &mut dyn EraseTarget, ranges: &[Range]) -> Result<Verified> {
+/// [`check_zeros`], as what the read-back verified.
+fn zeros_verified(dev: &mut dyn EraseTarget, ranges: &[Range]) -> Result<Verified> {
+    Ok(Verified::Zeros {
+        bytes: check_zeros(dev, ranges)?,
+        places: ranges.len(),
+    })
+}
+
+/// Reads `ranges` back; every byte must be zero. Gives the bytes read.
+fn check_zeros(dev: &mut dyn EraseTarget, ranges: &[Range]) -> Result<u64> {
     let name = dev.describe();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0;
@@ -268,10 +274,7 @@ fn check_zeros(dev: &mut dyn EraseTarget, ranges: &[Range]) -> Result<Verified> 
             bytes += n as u64;
         }
     }
-    Ok(Verified::Zeros {
-        bytes,
-        places: ranges.len(),
-    })
+    Ok(bytes)
 }
 
 /// The byte ranges of the partitions on `dev`, from its GPT or MBR; none

@@ -259,9 +259,7 @@ impl<P: Platform> Pid1<P> {
             None => Vec::new(),
         };
         // Boot entries naming the disk's old partitions are stale after the write.
-        let before = crate::disk::partitions::read_partition_table_at(&target)
-            .map(|table| crate::efi::apply::partition_guids(&table))
-            .unwrap_or_default();
+        let before = crate::efi::apply::guids_before(&deploy.boot_entry, &target);
         let mut done = session::run(&deploy, source, &target, self.boot_mac, &mut self.tracker)?;
         done.summary.erased = erased.iter().map(Erased::token).collect();
         match self

@@ -127,22 +127,31 @@ pub struct DeviceTarget {
     direct: DirectWrites,
 }
 
+/// Opens the block device at `path` exclusively (`O_EXCL`: the kernel
+/// refuses while it is mounted or a partition of it is), for writing and,
+/// with `read`, reading; gives its size and logical block size.
+pub fn open_exclusive(path: &Path, read: bool) -> Result<(File, u64, u32)> {
+    let file = OpenOptions::new()
+        .read(read)
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "opening {} exclusively (is it mounted or in use?)",
+                path.display()
+            )
+        })?;
+    let size = block::size_bytes(&file)
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+    let logical_block_size = block::logical_block_size(&file)
+        .with_context(|| format!("reading the logical block size of {}", path.display()))?;
+    Ok((file, size, logical_block_size))
+}
+
 impl DeviceTarget {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
-            .open(path)
-            .with_context(|| {
-                format!(
-                    "opening {} exclusively (is it mounted or in use?)",
-                    path.display()
-                )
-            })?;
-        let size = block::size_bytes(&file)
-            .with_context(|| format!("reading the size of {}", path.display()))?;
-        let logical_block_size = block::logical_block_size(&file)
-            .with_context(|| format!("reading the logical block size of {}", path.display()))?;
+        let (file, size, logical_block_size) = open_exclusive(path, false)?;
         Ok(DeviceTarget {
             file,
             path: path.to_owned(),
