@@ -792,3 +792,37 @@ fn the_content_directory_is_what_drpcli_contents_bundle_reads() {
     assert!(dir.join("templates").join(drp::KEXEC_TEMPLATE).exists());
     assert!(dir.join("tasks/imprint-deploy.yaml").exists());
 }
+
+/// The erase stage's own params (which DRP resolves below the machine's
+/// and its profiles') make imprint.json an erase job that needs no
+/// image-deploy params: every fixed disk, `auto`, powered off after.
+#[test]
+fn the_erase_stage_renders_an_erase_job_without_an_image() {
+    let content = content();
+    let pack = drp::content_pack(&drp::IsoInfo {
+        file: drp::iso_file_name(),
+        sha256: String::new(),
+        tools: true,
+    });
+    let stage = &pack.sections["stages"][drp::ERASE_STAGE];
+    assert_eq!(stage["BootEnv"], drp::BOOTENV);
+    assert_eq!(stage["Tasks"], json!([drp::ERASE_TASK]));
+    let params = stage["Params"].clone();
+    for (name, value) in params.as_object().unwrap() {
+        let schema = &pack.sections["params"][name]["Schema"];
+        assert!(
+            matches_schema(value, schema),
+            "{name}: {value} against {schema}"
+        );
+    }
+    let workflow = &pack.sections["workflows"][drp::ERASE_WORKFLOW];
+    assert_eq!(workflow["Stages"], json!([drp::ERASE_STAGE, "complete"]));
+
+    let rendered = render(&content, &context(params)).unwrap();
+    let job = spec_from(&rendered)
+        .resolve_erase(imprint::spec::Origin::Json)
+        .unwrap();
+    assert_eq!(job.request.mode, imprint::erase::Mode::Auto);
+    assert_eq!(job.request.disks, imprint::erase::EraseDisks::All);
+    assert_eq!(job.on_success, SuccessPolicy::Poweroff);
+}

@@ -15,7 +15,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::deploy::{self, DeployOptions};
-use crate::erase::{EraseDevice, EraseDisks, Erased, PlannedErase, Verified};
+use crate::disk::DiskInfo;
+use crate::erase::method::{self, Capabilities, SecureMethod};
+use crate::erase::secure::{self, DevicePassthrough, Progress as SecureProgress, SystemClock};
+use crate::erase::{EraseDevice, EraseDisks, EraseTarget, Erased, Mode, PlannedErase, Verified};
 use crate::inject::deployed::{self, Injected};
 use crate::pipeline::format::DeclaredFormat;
 use crate::pipeline::progress::Progress;
@@ -262,26 +265,56 @@ pub fn erase(
     tracker.enter(Stage::Erase);
     let plan = plan_erase(request, target, source_disk)?;
     log::info!("erase plan ({} disk(s), nothing erased yet):", plan.len());
-    for (_, line) in &plan {
-        log::info!("  {line}");
+    for disk in &plan {
+        log::info!("  {}", disk.planned);
     }
     tracker.status.emit(EventKind::ErasePlan {
-        disks: plan.iter().map(|(_, line)| line.clone()).collect(),
+        disks: plan.iter().map(|d| d.planned.to_string()).collect(),
     });
     let mut done = Vec::new();
-    for (path, _) in &plan {
+    for disk in &plan {
+        let path = &disk.path;
         let mut dev = EraseDevice::open(path)?;
         let partitions = crate::erase::partitions_of(&mut dev);
-        // A file reads back its punched holes as zeros; a device's promise
-        // is not known here.
-        let discard_zeroes = !dev.is_block_device();
+        let size = dev.size();
         let mut progress = ProgressEvents::new(tracker.status.clone(), Stage::Erase);
+        let mut device_erase = |method: SecureMethod, progress: &mut dyn Progress| {
+            let mut pass = DevicePassthrough::open(path)?;
+            let mut clock = SystemClock::new();
+            let mut report = |p: SecureProgress| {
+                let fraction = p.fraction.unwrap_or(0.0).clamp(0.0, 1.0);
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                progress.update((fraction * size as f64) as u64, Some(size));
+                let estimate = p
+                    .estimate
+                    .map_or_else(|| "unknown".to_owned(), |e| format!("{} s", e.as_secs()));
+                log::info!(
+                    "{}: {method}: {:.0}% after {} s (estimate {estimate})",
+                    path.display(),
+                    fraction * 100.0,
+                    p.elapsed.as_secs()
+                );
+            };
+            let outcome =
+                secure::run_secure(&mut pass, &mut clock, &mut report, &disk.caps, method, size)?;
+            if outcome.password_disabled_afterwards {
+                log::warn!(
+                    "{}: the temporary ATA password stayed set after the erase; it was disabled",
+                    path.display()
+                );
+            }
+            Ok(outcome.after)
+        };
         let erased = crate::erase::erase(
             &mut dev,
-            request.mode,
+            disk.planned.method,
             &partitions,
-            discard_zeroes,
             &mut progress,
+            &mut device_erase,
         )
         .with_context(|| format!("erasing {} ({})", path.display(), request.mode))?;
         log::info!("{erased}");
@@ -297,21 +330,38 @@ pub fn erase(
     Ok(done)
 }
 
-/// Each device to erase with its plan line.
+/// One disk of an erase: where it is, what it can do, and the plan for it.
+struct DiskToErase {
+    path: PathBuf,
+    caps: Capabilities,
+    planned: PlannedErase,
+}
+
+/// Chooses the disks, asks each what it can do (where the mode depends on
+/// it) and decides how to erase it; any refusal fails here, before
+/// anything is erased.
 fn plan_erase(
     request: &EraseRequest,
     target: Option<&Path>,
     source_disk: Option<&str>,
-) -> Result<Vec<(PathBuf, String)>> {
+) -> Result<Vec<DiskToErase>> {
     let mode = request.mode;
-    // The CLI erases an image file as it would write one.
+    // The CLI erases an image file as it would write one: punched holes
+    // read back as zeros, and there is no device to send commands to.
     if let (EraseDisks::Target, Some(file)) = (&request.disks, target)
-        && std::fs::metadata(file).is_ok_and(|m| m.is_file())
+        && let Ok(meta) = std::fs::metadata(file)
+        && meta.is_file()
     {
-        return Ok(vec![(
-            file.to_owned(),
-            format!("{}: {mode}", file.display()),
-        )]);
+        let mut caps = capabilities_without_probe(&file.display().to_string());
+        caps.discard = true;
+        caps.discard_zeroes = true;
+        let disk = DiskInfo::file(file, meta.len());
+        let planned = crate::erase::decide(disk, mode, &caps)?;
+        return Ok(vec![DiskToErase {
+            path: file.to_owned(),
+            caps,
+            planned,
+        }]);
     }
     let sys_block = Path::new("/sys/block");
     let mut disks = crate::disk::list_disks(sys_block)?;
@@ -336,10 +386,61 @@ fn plan_erase(
     }
     let target = target.map(|p| p.to_string_lossy().into_owned());
     let chosen = crate::erase::choose_disks(&request.disks, target.as_deref(), &disks, &never)?;
-    Ok(chosen
+    chosen
         .into_iter()
-        .map(|disk| (disk.dev_path(), PlannedErase { disk, mode }.to_string()))
-        .collect())
+        .map(|disk| {
+            let path = disk.dev_path();
+            let caps = probe_for(mode, &disk)?;
+            let planned = crate::erase::decide(disk, mode, &caps)?;
+            Ok(DiskToErase {
+                path,
+                caps,
+                planned,
+            })
+        })
+        .collect()
+}
+
+/// What the disk can do, asked of the device where `mode` depends on it:
+/// its own erase commands (`secure`, `auto`) or whether discarded blocks
+/// read back as zeros (`discard`).
+fn probe_for(mode: Mode, disk: &DiskInfo) -> Result<Capabilities> {
+    let path = disk.dev_path();
+    let name = path.display().to_string();
+    let transport = method::Transport::of(disk.transport);
+    if mode == Mode::Metadata || mode == Mode::Zero || transport == method::Transport::Other {
+        let mut caps = capabilities_without_probe(&name);
+        caps.transport = transport;
+        caps.rotational = disk.rotational;
+        return Ok(caps);
+    }
+    let probed = DevicePassthrough::open(&path)
+        .and_then(|mut pass| secure::probe(&mut pass, &name, transport, disk.rotational));
+    match probed {
+        Ok(caps) => Ok(caps),
+        // Discard is asked for whatever the answer; only its read-back depends on it.
+        Err(e) if mode == Mode::Discard => {
+            log::warn!("{name}: {e:#}; its discard is not read back as zeros");
+            Ok(capabilities_without_probe(&name))
+        }
+        Err(e) => Err(e.context(format!(
+            "imprint.erase={mode}: asking {name} what it can erase"
+        ))),
+    }
+}
+
+/// A disk nothing was asked of: no device erase, no promise after discard.
+fn capabilities_without_probe(name: &str) -> Capabilities {
+    Capabilities {
+        disk: name.to_owned(),
+        transport: method::Transport::Other,
+        nvme: None,
+        ata: None,
+        scsi: None,
+        discard: false,
+        discard_zeroes: false,
+        rotational: false,
+    }
 }
 
 /// Whether `dev` carries an ISO 9660 filesystem (a CD, or a USB stick with

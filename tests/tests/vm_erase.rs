@@ -257,3 +257,58 @@ fn erase_then_deploy_in_one_boot() {
     assert_eq!(blkid_at(&disk, ext4_at), "");
     assert!(data[data.len() - (1 << 20)..].iter().all(|&b| b == 0));
 }
+
+/// `secure` on QEMU's NVMe controller: imprint asks the controller what it
+/// can erase (Identify Controller's SANICAP, FNA; QEMU 7.2 has Format NVM
+/// but no Sanitize), plans Format NVM with a Secure Erase Setting, sends it
+/// through NVME_IOCTL_ADMIN_CMD, and reads the disk back.
+#[test]
+fn secure_erase_formats_a_qemu_nvme_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("nvme.raw");
+    imprint_qemu::create_raw_disk(&disk, 256 * MIB).unwrap();
+    imprint_qemu::fill_disk(&disk, 0, 256 * MIB, 0x6b).unwrap();
+
+    let vm = boot_imprint(
+        "erase_secure_nvme",
+        "imprint.action=erase imprint.erase=secure imprint.disk=/dev/nvme0n1",
+        vec![Disk::new(&disk).with_interface(imprint_qemu::DiskInterface::Nvme)],
+    );
+    let line = erase_result(&vm);
+    let console = vm.console();
+    assert!(
+        line.contains(" erased=nvme0n1:nvme-format-"),
+        "{line}\n{console}"
+    );
+    assert!(console.contains("secure -> NVMe Format NVM"), "{console}");
+    // What the controller did reached the file: nothing of the old pattern.
+    let data = std::fs::read(&disk).unwrap();
+    assert!(
+        !data.chunks(1 << 20).any(|c| c.contains(&0x6b)),
+        "old data survived the format"
+    );
+}
+
+/// `secure` on a disk with no erase command imprint can send (virtio) is a
+/// named error before anything is touched, never a weaker erase.
+#[test]
+fn secure_erase_of_a_virtio_disk_is_refused_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("virtio.raw");
+    imprint_qemu::create_raw_disk(&disk, 64 * MIB).unwrap();
+    imprint_qemu::fill_disk(&disk, 0, 64 * MIB, 0x42).unwrap();
+
+    let vm = boot_imprint(
+        "erase_secure_virtio",
+        "imprint.action=erase imprint.erase=secure imprint.disk=/dev/vda",
+        vec![Disk::new(&disk)],
+    );
+    let line = erase_result(&vm);
+    assert!(
+        line.starts_with("IMPRINT-RESULT: error: imprint.erase=secure: /dev/vda"),
+        "{line}\n{}",
+        vm.console()
+    );
+    let data = std::fs::read(&disk).unwrap();
+    assert!(data.iter().all(|&b| b == 0x42), "the disk was touched");
+}

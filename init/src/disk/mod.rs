@@ -124,6 +124,26 @@ impl std::fmt::Display for Transport {
 }
 
 impl DiskInfo {
+    /// A regular file standing in for a disk (the CLI's target), named by
+    /// its path.
+    pub fn file(path: &Path, size_bytes: u64) -> DiskInfo {
+        DiskInfo {
+            name: path.display().to_string(),
+            size_bytes,
+            model: None,
+            serial: None,
+            removable: false,
+            read_only: false,
+            logical_block_size: 512,
+            vendor: None,
+            wwn: None,
+            rotational: false,
+            transport: Transport::Virtual,
+            by_id: Vec::new(),
+            by_path: Vec::new(),
+        }
+    }
+
     pub fn dev_path(&self) -> PathBuf {
         Path::new("/dev").join(&self.name)
     }

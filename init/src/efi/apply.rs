@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rustix::mount::MountFlags;
 
 use super::vars::{EFIVARS_DIR, Efivarfs};
@@ -77,6 +77,13 @@ pub fn register_for_disk(
     }
     let efivars = Path::new(EFIVARS_DIR);
     if !efi_available(efivars) {
+        bail!(
+            "{} is missing: the kernel has no UEFI runtime services (booted with noefi?)",
+            efivars.display()
+        );
+    }
+    // The kernel only makes the mount point; PID 1 mounts efivarfs on it.
+    if !crate::sys::mount::is_mount_point(efivars) {
         mount::load_fs_modules(&mount::module_dir(), "efivarfs", &["efivarfs"])
             .context("loading efivarfs")?;
         crate::sys::mount::mount(

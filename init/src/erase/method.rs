@@ -18,6 +18,21 @@ pub enum Transport {
     Other,
 }
 
+impl Transport {
+    /// The commands a disk on this bus understands. A USB bridge may pass
+    /// ATA commands through (SAT) or not, and a wrong guess there could
+    /// reach the wrong device: USB disks get no device erase.
+    pub fn of(disk: crate::disk::Transport) -> Transport {
+        use crate::disk::Transport as Bus;
+        match disk {
+            Bus::Nvme => Transport::Nvme,
+            Bus::Sata => Transport::Ata,
+            Bus::Scsi => Transport::Scsi,
+            Bus::Virtio | Bus::Usb | Bus::Mmc | Bus::Virtual | Bus::Unknown => Transport::Other,
+        }
+    }
+}
+
 /// What an NVMe namespace and its controller said.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NvmeCaps {
@@ -115,6 +130,29 @@ impl SecureMethod {
             EraseAction::Crypto => SanitizeAction::CryptoErase,
             EraseAction::Block => SanitizeAction::BlockErase,
             EraseAction::Overwrite => SanitizeAction::Overwrite,
+        }
+    }
+}
+
+impl SecureMethod {
+    /// One word for the result line: `nvme-format-user-data`,
+    /// `ata-security-erase-enhanced`, `scsi-sanitize-crypto`, ….
+    pub fn token(&self) -> String {
+        let action = |a: &EraseAction| match a {
+            EraseAction::Crypto => "crypto",
+            EraseAction::Block => "block",
+            EraseAction::Overwrite => "overwrite",
+        };
+        match self {
+            SecureMethod::NvmeSanitize(a) => format!("nvme-sanitize-{}", action(a)),
+            SecureMethod::NvmeFormat(FormatErase::Crypto) => "nvme-format-crypto".to_owned(),
+            SecureMethod::NvmeFormat(FormatErase::UserData) => "nvme-format-user-data".to_owned(),
+            SecureMethod::AtaSecurityErase { enhanced: true } => {
+                "ata-security-erase-enhanced".to_owned()
+            }
+            SecureMethod::AtaSecurityErase { enhanced: false } => "ata-security-erase".to_owned(),
+            SecureMethod::AtaSanitize(a) => format!("ata-sanitize-{}", action(a)),
+            SecureMethod::ScsiSanitize(a) => format!("scsi-sanitize-{}", action(a)),
         }
     }
 }

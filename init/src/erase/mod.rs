@@ -25,7 +25,9 @@ pub mod secure;
 pub mod wipe;
 
 pub use device::{EraseDevice, EraseTarget};
-pub use plan::{EraseDisks, Mode, PlannedErase, choose_disks};
+use method::SecureMethod;
+pub use plan::{EraseDisks, Method, Mode, PlannedErase, choose_disks, decide};
+use secure::AfterErase;
 use wipe::Range;
 
 /// Zero and discard go in pieces of this size, with progress between.
@@ -98,36 +100,55 @@ impl fmt::Display for Erased {
     }
 }
 
-/// Erases one disk by `mode`, reporting bytes done through `progress`.
+/// The device's own erase of one disk, run by the caller (over
+/// [`secure::run_secure`] for a real disk): reports progress, says what the
+/// disk reads back as afterwards.
+pub type DeviceErase<'a> = dyn FnMut(SecureMethod, &mut dyn Progress) -> Result<AfterErase> + 'a;
+
+/// Erases one disk by `method`, reporting bytes done through `progress`.
 /// `partitions` are the byte ranges of its partitions (read by
-/// [`partitions_of`] before anything is erased). `discard_zeroes`: the
-/// device promises that discarded blocks read back as zeros.
+/// [`partitions_of`] before anything is erased); `device_erase` runs a
+/// [`Method::Device`] erase.
 pub fn erase(
     dev: &mut dyn EraseTarget,
-    mode: Mode,
+    method: Method,
     partitions: &[Range],
-    discard_zeroes: bool,
     progress: &mut dyn Progress,
+    device_erase: &mut DeviceErase<'_>,
 ) -> Result<Erased> {
     let name = dev.describe();
     let started = Instant::now();
     let size = dev.size();
     let block = dev.logical_block_size();
     let metadata = wipe::metadata_ranges(size, block, partitions);
-    let (method, verified) = match mode {
-        Mode::Metadata => {
+    // Where nothing promises what the disk reads back as, the signatures
+    // are zeroed on top: old blocks (or a crypto erase's noise) must not
+    // look like a filesystem to the next OS.
+    let signatures_on_top = |dev: &mut dyn EraseTarget, why: &str| -> Result<Verified> {
+        zero_ranges(dev, &metadata)?;
+        finish(dev)?;
+        Ok(Verified::Partly {
+            why: why.to_owned(),
+            bytes: check_zeros(dev, &metadata)?,
+        })
+    };
+    let (token, verified) = match method {
+        Method::Metadata => {
             zero_ranges(dev, &metadata)?;
             progress.update(size, Some(size));
             finish(dev)?;
-            ("metadata", zeros_verified(dev, &metadata)?)
+            ("metadata".to_owned(), zeros_verified(dev, &metadata)?)
         }
-        Mode::Zero => {
+        Method::Zero => {
             each_chunk(dev, "zeroed", progress, |dev, r| dev.zero(r))
                 .with_context(|| format!("zeroing {name}"))?;
             finish(dev)?;
-            ("zero", zeros_verified(dev, &samples(size, block))?)
+            (
+                "zero".to_owned(),
+                zeros_verified(dev, &samples(size, block))?,
+            )
         }
-        Mode::Discard => {
+        Method::Discard { zeroes } => {
             each_chunk(dev, "discarded", progress, |dev, r| dev.discard(r)).map_err(|e| {
                 if crate::sys::block::is_unsupported(&e) {
                     anyhow::anyhow!(
@@ -137,24 +158,35 @@ pub fn erase(
                     anyhow::Error::new(e).context(format!("discarding {name}"))
                 }
             })?;
-            if discard_zeroes {
+            if zeroes {
                 finish(dev)?;
-                ("discard", zeros_verified(dev, &samples(size, block))?)
+                (
+                    "discard".to_owned(),
+                    zeros_verified(dev, &samples(size, block))?,
+                )
             } else {
-                // A device that does not promise zeros may still return the
-                // old blocks: the signatures must not survive.
-                zero_ranges(dev, &metadata)?;
-                finish(dev)?;
-                let bytes = check_zeros(dev, &metadata)?;
-                let why = "the device does not promise that discarded blocks read back as zeros"
-                    .to_owned();
-                ("discard+metadata", Verified::Partly { why, bytes })
+                let why = "the device does not promise that discarded blocks read back as zeros";
+                ("discard+metadata".to_owned(), signatures_on_top(dev, why)?)
             }
+        }
+        Method::Device(m) => {
+            let after = device_erase(m, progress).with_context(|| format!("{m} of {name}"))?;
+            let verified = match after {
+                AfterErase::Zeroes => {
+                    finish(dev)?;
+                    zeros_verified(dev, &samples(size, block))?
+                }
+                AfterErase::Unspecified => signatures_on_top(
+                    dev,
+                    "the device's erase promises no pattern to read back; signatures zeroed on top",
+                )?,
+            };
+            (m.token(), verified)
         }
     };
     Ok(Erased {
         disk: name,
-        method: method.to_owned(),
+        method: token,
         elapsed: started.elapsed(),
         verified,
     })
@@ -307,6 +339,10 @@ mod tests {
 
     const MIB: usize = 1 << 20;
 
+    fn no_device(m: SecureMethod, _: &mut dyn Progress) -> Result<AfterErase> {
+        panic!("no device erase was planned, yet {m} ran")
+    }
+
     #[derive(Default)]
     struct Seen(Vec<(u64, Option<u64>)>);
     impl Progress for Seen {
@@ -322,7 +358,14 @@ mod tests {
             start: 8 << 20,
             len: 32 << 20,
         };
-        let done = erase(&mut disk, Mode::Metadata, &[part], false, &mut NoProgress).unwrap();
+        let done = erase(
+            &mut disk,
+            Method::Metadata,
+            &[part],
+            &mut NoProgress,
+            &mut no_device,
+        )
+        .unwrap();
         assert_eq!(done.method, "metadata");
         assert!(disk.data[..4 * MIB].iter().all(|&b| b == 0));
         assert!(disk.data[8 * MIB..12 * MIB].iter().all(|&b| b == 0));
@@ -342,7 +385,7 @@ mod tests {
     fn zero_covers_everything_with_progress_to_the_end() {
         let mut disk = MemoryDisk::new(3 * MIB + 4096, 0xff);
         let mut seen = Seen::default();
-        let done = erase(&mut disk, Mode::Zero, &[], false, &mut seen).unwrap();
+        let done = erase(&mut disk, Method::Zero, &[], &mut seen, &mut no_device).unwrap();
         assert!(disk.data.iter().all(|&b| b == 0));
         let size = disk.data.len() as u64;
         assert_eq!(seen.0.first(), Some(&(0, Some(size))));
@@ -387,11 +430,11 @@ mod tests {
 
     #[test]
     fn a_block_that_was_not_erased_is_a_named_error() {
-        for mode in [Mode::Metadata, Mode::Zero] {
+        for mode in [Method::Metadata, Method::Zero] {
             let mut disk = Lying(MemoryDisk::new(16 * MIB, 0x11));
             let e = format!(
                 "{:#}",
-                erase(&mut disk, mode, &[], false, &mut NoProgress).unwrap_err()
+                erase(&mut disk, mode, &[], &mut NoProgress, &mut no_device).unwrap_err()
             );
             assert!(
                 e.contains("/dev/mem0: byte 1048576 reads back as 0x42"),
@@ -405,7 +448,14 @@ mod tests {
         let mut disk = MemoryDisk::new(16 * MIB, 0x33);
         // Discarded blocks keep their old contents on this device.
         disk.discard_fill = None;
-        let done = erase(&mut disk, Mode::Discard, &[], false, &mut NoProgress).unwrap();
+        let done = erase(
+            &mut disk,
+            Method::Discard { zeroes: false },
+            &[],
+            &mut NoProgress,
+            &mut no_device,
+        )
+        .unwrap();
         assert_eq!(done.method, "discard+metadata");
         assert!(matches!(done.verified, Verified::Partly { .. }));
         assert!(disk.data[..4 * MIB].iter().all(|&b| b == 0));
@@ -420,13 +470,27 @@ mod tests {
     #[test]
     fn discard_with_a_zero_promise_is_checked_by_samples() {
         let mut disk = MemoryDisk::new(16 * MIB, 0x33);
-        let done = erase(&mut disk, Mode::Discard, &[], true, &mut NoProgress).unwrap();
+        let done = erase(
+            &mut disk,
+            Method::Discard { zeroes: true },
+            &[],
+            &mut NoProgress,
+            &mut no_device,
+        )
+        .unwrap();
         assert_eq!(done.method, "discard");
         assert!(matches!(done.verified, Verified::Zeros { places, .. } if places > 60));
         // A device that promised but did not deliver is caught.
         let mut liar = MemoryDisk::new(16 * MIB, 0x33);
         liar.discard_fill = None;
-        let e = erase(&mut liar, Mode::Discard, &[], true, &mut NoProgress).unwrap_err();
+        let e = erase(
+            &mut liar,
+            Method::Discard { zeroes: true },
+            &[],
+            &mut NoProgress,
+            &mut no_device,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("reads back as 0x33"), "{e:#}");
     }
 
@@ -436,11 +500,60 @@ mod tests {
         disk.discard_errno = Some(libc::EOPNOTSUPP);
         let e = format!(
             "{:#}",
-            erase(&mut disk, Mode::Discard, &[], false, &mut NoProgress).unwrap_err()
+            erase(
+                &mut disk,
+                Method::Discard { zeroes: false },
+                &[],
+                &mut NoProgress,
+                &mut no_device
+            )
+            .unwrap_err()
         );
         assert!(
             e.contains("/dev/mem0 does not support discard") && e.contains("imprint.erase=zero"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_device_erase_is_read_back_only_where_it_promises_zeros() {
+        use crate::erase::method::{EraseAction, FormatErase};
+        // Format NVM (user data erase) promises zeros: sampled.
+        let mut disk = MemoryDisk::new(16 * MIB, 0x77);
+        let mut ran = Vec::new();
+        let mut format = |m: SecureMethod, p: &mut dyn Progress| {
+            ran.push(m);
+            p.update(1, Some(2));
+            Ok(AfterErase::Zeroes)
+        };
+        // The fake device does not erase: the read-back must catch it.
+        let method = Method::Device(SecureMethod::NvmeFormat(FormatErase::UserData));
+        let e = erase(&mut disk, method, &[], &mut NoProgress, &mut format).unwrap_err();
+        assert!(format!("{e:#}").contains("reads back as 0x77"), "{e:#}");
+        disk.data.fill(0);
+        let done = erase(&mut disk, method, &[], &mut NoProgress, &mut format).unwrap();
+        assert_eq!(done.method, "nvme-format-user-data");
+        assert!(matches!(done.verified, Verified::Zeros { .. }));
+        assert_eq!(ran.len(), 2);
+        // A crypto erase promises nothing: signatures zeroed on top, the
+        // rest left as the device made it.
+        let mut disk = MemoryDisk::new(16 * MIB, 0x77);
+        let mut crypto = |_: SecureMethod, _: &mut dyn Progress| Ok(AfterErase::Unspecified);
+        let method = Method::Device(SecureMethod::NvmeSanitize(EraseAction::Crypto));
+        let done = erase(&mut disk, method, &[], &mut NoProgress, &mut crypto).unwrap();
+        assert_eq!(done.method, "nvme-sanitize-crypto");
+        assert!(matches!(done.verified, Verified::Partly { .. }));
+        assert!(done.token().ends_with(":partly-verified"));
+        assert!(disk.data[..4 * MIB].iter().all(|&b| b == 0));
+        assert_eq!(disk.data[8 * MIB], 0x77);
+        // A device erase that fails names the method and the disk.
+        let mut failing = |_: SecureMethod, _: &mut dyn Progress| -> Result<AfterErase> {
+            bail!("Invalid Field")
+        };
+        let e = erase(&mut disk, method, &[], &mut NoProgress, &mut failing).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "NVMe Sanitize (crypto erase) of /dev/mem0: Invalid Field"
         );
     }
 

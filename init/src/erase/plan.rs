@@ -2,9 +2,11 @@
 //! printed as the plan.
 
 use std::fmt;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 
+use super::method::{AutoChoice, Capabilities, SecureMethod, choose_auto, choose_secure};
 use crate::disk::{DiskInfo, DiskSelector};
 
 /// How a disk is erased (`imprint.erase=`).
@@ -17,6 +19,12 @@ pub enum Mode {
     Discard,
     /// Every block written with zeros (BLKZEROOUT).
     Zero,
+    /// The device's own erase (NVMe Sanitize or Format NVM, ATA Security
+    /// Erase or Sanitize, SCSI SANITIZE); a disk without one is an error.
+    Secure,
+    /// The fastest method that really erases: crypto erase, block erase, a
+    /// discard the device promises reads back as zeros, then zeroing.
+    Auto,
 }
 
 impl Mode {
@@ -25,7 +33,9 @@ impl Mode {
             "metadata" => Mode::Metadata,
             "discard" => Mode::Discard,
             "zero" => Mode::Zero,
-            _ => bail!("must be metadata, discard or zero, not {v:?}"),
+            "secure" => Mode::Secure,
+            "auto" => Mode::Auto,
+            _ => bail!("must be metadata, discard, zero, secure or auto, not {v:?}"),
         })
     }
 
@@ -34,6 +44,8 @@ impl Mode {
             Mode::Metadata => "metadata",
             Mode::Discard => "discard",
             Mode::Zero => "zero",
+            Mode::Secure => "secure",
+            Mode::Auto => "auto",
         }
     }
 }
@@ -77,17 +89,119 @@ impl fmt::Display for EraseDisks {
     }
 }
 
+/// How one disk is erased, decided from what it can do before anything
+/// runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Metadata,
+    Zero,
+    /// `zeroes`: the device promises discarded blocks read back as zeros.
+    Discard {
+        zeroes: bool,
+    },
+    /// The device's own erase.
+    Device(SecureMethod),
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Metadata => f.write_str("metadata (signatures at both ends)"),
+            Method::Zero => f.write_str("zero (BLKZEROOUT of every block)"),
+            Method::Discard { zeroes: true } => {
+                f.write_str("discard (the device promises zeros after it)")
+            }
+            Method::Discard { zeroes: false } => f.write_str("discard, then metadata"),
+            Method::Device(m) => write!(f, "{m}"),
+        }
+    }
+}
+
 /// One disk of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedErase {
     pub disk: DiskInfo,
     pub mode: Mode,
+    pub method: Method,
+    /// The device's own estimate, where it gives one.
+    pub estimate: Option<Duration>,
+    /// Why `auto` chose what it chose, or what else the method reaches.
+    pub note: Option<String>,
 }
 
 impl fmt::Display for PlannedErase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.disk.describe(), self.mode)
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.disk.describe(),
+            self.mode,
+            self.method
+        )?;
+        match self.estimate {
+            Some(e) => write!(f, ", estimate {} s", e.as_secs())?,
+            None if matches!(self.method, Method::Device(_)) => {
+                f.write_str(", estimate unknown")?
+            }
+            None => {}
+        }
+        if let Some(note) = &self.note {
+            write!(f, " ({note})")?;
+        }
+        Ok(())
     }
+}
+
+/// What `mode` does to the disk `caps` describes (what
+/// [`probe`](super::secure::probe) learnt). `secure` on a disk without a
+/// device erase, or with a frozen or locked one, is a named error: never a
+/// silent fallback to something weaker than asked.
+pub fn decide(disk: DiskInfo, mode: Mode, caps: &Capabilities) -> Result<PlannedErase> {
+    let size = disk.size_bytes;
+    let device = |m: SecureMethod, note: Option<String>| {
+        let whole = m
+            .erases_whole_controller(caps)
+            .then(|| "erases every namespace of the controller".to_owned());
+        (
+            Method::Device(m),
+            super::method::estimate(&m, caps, size),
+            note.or(whole),
+        )
+    };
+    let (method, estimate, note) = match mode {
+        Mode::Metadata => (Method::Metadata, None, None),
+        Mode::Zero => (Method::Zero, None, None),
+        Mode::Discard => (
+            Method::Discard {
+                zeroes: caps.discard_zeroes,
+            },
+            None,
+            None,
+        ),
+        Mode::Secure => match choose_secure(caps) {
+            Ok(m) => device(m, None),
+            Err(refusal) => bail!("imprint.erase=secure: {refusal}"),
+        },
+        Mode::Auto => match choose_auto(caps) {
+            AutoChoice::Secure(m) => device(m, None),
+            AutoChoice::DiscardZeroes => (Method::Discard { zeroes: true }, None, None),
+            AutoChoice::Overwrite { passed_over } => (
+                Method::Zero,
+                None,
+                Some(match passed_over {
+                    Some(refusal) => format!("no device erase: {refusal}"),
+                    None => "the disk has no erase command imprint can send".to_owned(),
+                }),
+            ),
+        },
+    };
+    Ok(PlannedErase {
+        disk,
+        mode,
+        method,
+        estimate,
+        note,
+    })
 }
 
 /// The disks `which` names among `disks`. `target` is the deploy's target
@@ -259,10 +373,61 @@ mod tests {
 
     #[test]
     fn modes_parse_and_name_themselves() {
-        for mode in [Mode::Metadata, Mode::Discard, Mode::Zero] {
+        for mode in [
+            Mode::Metadata,
+            Mode::Discard,
+            Mode::Zero,
+            Mode::Secure,
+            Mode::Auto,
+        ] {
             assert_eq!(Mode::parse(mode.name()).unwrap(), mode);
         }
         let e = format!("{:#}", Mode::parse("shred").unwrap_err());
-        assert!(e.contains("metadata, discard or zero"), "{e}");
+        assert!(e.contains("metadata, discard, zero, secure or auto"), "{e}");
+    }
+
+    fn caps(transport: crate::erase::method::Transport) -> Capabilities {
+        Capabilities {
+            disk: "/dev/vda".to_owned(),
+            transport,
+            nvme: None,
+            ata: None,
+            scsi: None,
+            discard: true,
+            discard_zeroes: false,
+            rotational: false,
+        }
+    }
+
+    #[test]
+    fn secure_without_a_device_erase_is_refused_before_anything_runs() {
+        use crate::erase::method::Transport;
+        let d = disk("vda", GIB, crate::disk::Transport::Virtio, false);
+        let e = format!(
+            "{:#}",
+            decide(d, Mode::Secure, &caps(Transport::Other)).unwrap_err()
+        );
+        assert!(e.starts_with("imprint.erase=secure: /dev/vda"), "{e}");
+    }
+
+    #[test]
+    fn auto_falls_to_discard_with_a_zero_promise_else_to_zeroing_and_says_why() {
+        use crate::erase::method::Transport;
+        let d = || disk("vda", GIB, crate::disk::Transport::Virtio, false);
+        let mut promising = caps(Transport::Other);
+        promising.discard_zeroes = true;
+        let planned = decide(d(), Mode::Auto, &promising).unwrap();
+        assert_eq!(planned.method, Method::Discard { zeroes: true });
+        let planned = decide(d(), Mode::Auto, &caps(Transport::Other)).unwrap();
+        assert_eq!(planned.method, Method::Zero);
+        let line = planned.to_string();
+        assert!(
+            line.starts_with("vda (1.0 GiB): auto -> zero")
+                && line.contains("no erase command imprint can send"),
+            "{line}"
+        );
+        // Discard is what was asked: the promise only decides the read-back.
+        let planned = decide(d(), Mode::Discard, &caps(Transport::Other)).unwrap();
+        assert_eq!(planned.method, Method::Discard { zeroes: false });
     }
 }

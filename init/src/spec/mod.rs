@@ -627,7 +627,7 @@ impl DeploySpec {
         };
         let Some(mode) = self.erase else {
             bail!(
-                "{} needs {}: metadata, discard or zero",
+                "{} needs {}: metadata, discard, zero, secure or auto",
                 spell("action"),
                 layer.spelling("erase")
             );

@@ -209,9 +209,9 @@ pub const PARAMS: &[ParamDef] = &[
     },
     ParamDef {
         name: "erase",
-        values: "metadata | discard | zero",
+        values: "metadata | discard | zero | secure | auto",
         default: "(none)",
-        help: "Erase disks before the deploy (or alone, with `imprint.action=erase`): `metadata` zeroes every signature at both ends of the disk and of each partition, `discard` unmaps the whole device, `zero` writes zeros everywhere; each is read back. See Erasing disks.",
+        help: "Erase disks before the deploy (or alone, with `imprint.action=erase`): `metadata` zeroes every signature at both ends of the disk and of each partition, `discard` unmaps the whole device, `zero` writes zeros everywhere, `secure` runs the device's own erase (NVMe Sanitize or Format NVM, ATA Security Erase or Sanitize, SCSI SANITIZE) or fails, `auto` takes the fastest that really erases. Read back where the method promises zeros. See Erasing disks.",
         apply: |spec, v| {
             spec.erase = Some(crate::erase::Mode::parse(v)?);
             Ok(())
