@@ -520,3 +520,51 @@ fn pxe_boot_deploys_a_tgz_root_filesystem_with_the_tools_initrd() {
     let jobs = settled_jobs(&lab, 1);
     assert_eq!(jobs[0]["State"], "finished", "{jobs:#?}");
 }
+
+/// DRP-style erase then deploy in one boot: the machine's `imprint/erase`
+/// param reaches imprint through the rendered imprint.json; the plan and
+/// each disk's result go into the job's log, and the result line (which
+/// the log ends with) names the erase.
+#[test]
+fn pxe_boot_erases_then_deploys_and_logs_the_erase_into_the_job() {
+    let machine = DrpMachine {
+        uuid: "3f2a1b4c-0000-4000-8000-0000000000a5".into(),
+        name: "erase-05.lab".into(),
+        mac: "52:54:00:12:34:5a".into(),
+        address: "10.0.2.15".into(),
+    };
+    let lab = DrpLab::start(
+        machine.clone(),
+        KEY,
+        json!({"imprint/erase": "metadata", "imprint/on-success": "poweroff"}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let disk = blank_disk(dir.path());
+    // What a previous install left at the end of the disk (a backup GPT).
+    imprint_qemu::fill_disk(&disk, DISK_SIZE - (1 << 20), 1 << 20, 0xee).unwrap();
+
+    let vm = lab.pxe_boot("drp_pxe_erase", &disk, Nic::user().mac(&machine.mac));
+    let line = vm
+        .expect("IMPRINT-RESULT:", PXE_DEPLOY_TIMEOUT)
+        .expect("a result line");
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("the machine powers off");
+    assert!(
+        line.contains("IMPRINT-RESULT: ok ") && line.contains(" erased=sda:metadata:"),
+        "{line}"
+    );
+    let jobs = lab.deploy_jobs();
+    let id = jobs[0]["Uuid"].as_str().expect("the job's Uuid");
+    let log = String::from_utf8_lossy(&lab.drp.job_log(id)).into_owned();
+    for wanted in [
+        "erase-plan: ",
+        "erased: ",
+        "\"method\":\"metadata\"",
+        " erased=sda:metadata:",
+    ] {
+        assert!(log.contains(wanted), "{wanted} not in the job log:\n{log}");
+    }
+    let end = imprint_qemu::read_disk_at(&disk, DISK_SIZE - (1 << 20), 1 << 20).unwrap();
+    // The deploy relocated the image's backup GPT there; nothing old is left.
+    assert!(!end.contains(&0xee), "the old backup GPT survived");
+}
