@@ -131,13 +131,21 @@ pub struct PlannedErase {
 
 impl fmt::Display for PlannedErase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} -> {}",
-            self.disk.describe(),
-            self.mode,
-            self.method
-        )?;
+        match self.mode {
+            // The method is the mode: said once.
+            Mode::Metadata | Mode::Zero | Mode::Discard => {
+                write!(f, "{}: {}", self.disk.describe(), self.method)?;
+            }
+            Mode::Secure | Mode::Auto => {
+                write!(
+                    f,
+                    "{}: {} -> {}",
+                    self.disk.describe(),
+                    self.mode,
+                    self.method
+                )?;
+            }
+        }
         match self.estimate {
             Some(e) => write!(f, ", estimate {} s", e.as_secs())?,
             None if matches!(self.method, Method::Device(_)) => {
