@@ -312,3 +312,31 @@ fn secure_erase_of_a_virtio_disk_is_refused_and_touches_nothing() {
     let data = std::fs::read(&disk).unwrap();
     assert!(data.iter().all(|&b| b == 0x42), "the disk was touched");
 }
+
+/// `secure` on QEMU's AHCI disk goes through the real SG_IO path: libata
+/// translates ATA PASS-THROUGH (16) IDENTIFY DEVICE for the emulated
+/// drive, which has neither the Security nor the Sanitize feature set, so
+/// the plan refuses it by name before anything is touched.
+#[test]
+fn secure_erase_of_an_ata_disk_without_security_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("ahci.raw");
+    imprint_qemu::create_raw_disk(&disk, 64 * MIB).unwrap();
+    imprint_qemu::fill_disk(&disk, 0, 64 * MIB, 0x42).unwrap();
+
+    let vm = boot_imprint(
+        "erase_secure_ahci",
+        "imprint.action=erase imprint.erase=secure imprint.disk=/dev/sda",
+        vec![Disk::new(&disk).with_interface(imprint_qemu::DiskInterface::Ahci)],
+    );
+    let line = erase_result(&vm);
+    // The reason comes from the drive's own IDENTIFY data, read through SG_IO.
+    assert!(
+        line.starts_with("IMPRINT-RESULT: error: imprint.erase=secure: /dev/sda")
+            && line.contains("supports neither the ATA security nor the sanitize feature set"),
+        "{line}\n{}",
+        vm.console()
+    );
+    let data = std::fs::read(&disk).unwrap();
+    assert!(data.iter().all(|&b| b == 0x42), "the disk was touched");
+}
