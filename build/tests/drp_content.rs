@@ -387,6 +387,8 @@ fn every_imprint_param() -> Value {
         "imprint/stall-timeout": "45s",
         "imprint/ca": "http://h/ca.pem",
         "imprint/insecure": true,
+        "imprint/oci-username": "deploy",
+        "imprint/oci-password": "s3cret",
         "imprint/ssh-user": "admin",
         "imprint/root": "PARTLABEL=root",
         "imprint/grow": true,
@@ -453,6 +455,11 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
     let spec = spec_from(&rendered);
     assert_eq!(spec.source.retries, 5);
     assert!(spec.source.insecure);
+    assert_eq!(spec.source.oci_username.as_deref(), Some("deploy"));
+    assert_eq!(
+        spec.source.oci_password.as_ref().map(|p| p.expose()),
+        Some("s3cret")
+    );
     assert!(spec.grow);
     assert!(!spec.identity.reset_machine_id);
     assert_eq!(spec.identity.ssh_user.as_deref(), Some("admin"));

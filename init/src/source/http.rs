@@ -53,12 +53,44 @@ use crate::http::classify::{self, Failure};
 use crate::http::retry::{Clock, Failed, Retrier, SystemClock, retry_after_of};
 
 pub(super) fn open(url: &str, options: &SourceOptions) -> Result<Source> {
-    open_with(url, options, Arc::new(SystemClock::new()))
+    open_with(url, options, Arc::new(SystemClock::new()), None)
 }
 
-fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Result<Source> {
+/// Sends an `Authorization` header on the requests of one source that go
+/// to the origin it was issued for (a registry), and renews it when that
+/// origin answers `401` (an expired token, mid-transfer too). Requests that
+/// redirects sent elsewhere (object storage) never carry it: ureq drops the
+/// header on a redirect (its default `RedirectAuthHeaders::Never`), and a
+/// resume goes to the redirect's target, for which [`Self::header_for`]
+/// says `None`.
+pub(crate) trait Authorizer: Send + Sync {
+    /// The header's value for a request to `url`: `None` for another
+    /// origin, empty for this one before any credentials were asked for.
+    fn header_for(&self, url: &str) -> Option<String>;
+    /// Gets new credentials after `url` answered `401` with this
+    /// `WWW-Authenticate`; `Ok(false)` when there is nothing new to try.
+    fn renew(&self, url: &str, challenge: Option<&str>) -> Result<bool>;
+}
+
+/// Opens `url` like [`open`], every request to its origin authorized by
+/// `auth`.
+pub(super) fn open_authorized(
+    url: &str,
+    options: &SourceOptions,
+    auth: Arc<dyn Authorizer>,
+) -> Result<Source> {
+    open_with(url, options, Arc::new(SystemClock::new()), Some(auth))
+}
+
+fn open_with(
+    url: &str,
+    options: &SourceOptions,
+    clock: Arc<dyn Clock>,
+    auth: Option<Arc<dyn Authorizer>>,
+) -> Result<Source> {
     let stats = Arc::new(SourceStats::default());
     let mut transfer = Transfer::new(options, clock, Arc::clone(&stats));
+    transfer.auth = auth;
     let agent = agent(options, Exchange::Download)?;
     let (head, body) = transfer.get(&agent, url, None, "")?;
     if !(200..300).contains(&head.status) {
@@ -85,6 +117,8 @@ fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Resul
         url: url.to_owned(),
         stats,
         device: None,
+        name: None,
+        digest: None,
     })
 }
 
@@ -118,6 +152,7 @@ struct Head {
     content_range: Option<String>,
     retry_after: Option<String>,
     final_url: String,
+    www_authenticate: Option<String>,
 }
 
 type Body = Box<dyn Read + Send>;
@@ -140,6 +175,7 @@ fn head_of(response: &ureq::http::Response<ureq::Body>) -> Head {
         content_range: header("content-range"),
         retry_after: retry_after_of(response),
         final_url: response.get_uri().to_string(),
+        www_authenticate: header("www-authenticate"),
     }
 }
 
@@ -151,6 +187,7 @@ struct Transfer {
     /// stall timeout.
     options: SourceOptions,
     stats: Arc<SourceStats>,
+    auth: Option<Arc<dyn Authorizer>>,
 }
 
 impl Transfer {
@@ -159,6 +196,7 @@ impl Transfer {
             retrier: Retrier::new(RetryPolicy::transfer(options), clock),
             options: options.clone(),
             stats,
+            auth: None,
         }
     }
 
@@ -176,10 +214,11 @@ impl Transfer {
             retrier,
             options,
             stats,
+            auth,
         } = self;
         retrier
             .run(
-                || attempt_get(agent, url, range, what, options),
+                || attempt_get(agent, url, range, what, options, auth.as_deref()),
                 |failed, retry| {
                     failed.log_retry(retry);
                     stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -196,9 +235,26 @@ fn attempt_get(
     range: Option<(&str, Option<&str>)>,
     what: &str,
     options: &SourceOptions,
+    auth: Option<&dyn Authorizer>,
 ) -> Result<(Head, Body), Failed> {
     let request = format!("GET {url}{what}");
-    match send(agent, url, range) {
+    let mut answer = send(agent, url, range, auth);
+    if let (Ok((head, _)), Some(auth)) = (&answer, auth) {
+        if head.status == 401 && auth.header_for(url).is_some() {
+            match auth.renew(url, head.www_authenticate.as_deref()) {
+                Ok(true) => answer = send(agent, url, range, Some(auth)),
+                Ok(false) => {}
+                Err(error) => {
+                    return Err(Failed {
+                        failure: Failure::Fatal,
+                        message: format!("{request}: HTTP 401 Unauthorized: {error:#}"),
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+    }
+    match answer {
         Ok((head, _)) if classify::is_retryable(Failure::Status(head.status)) => Err(Failed {
             failure: Failure::Status(head.status),
             message: format!("{request}: HTTP {} {}", head.status, head.reason),
@@ -225,8 +281,15 @@ fn send(
     agent: &ureq::Agent,
     url: &str,
     range: Option<(&str, Option<&str>)>,
+    auth: Option<&dyn Authorizer>,
 ) -> Result<(Head, Body), ureq::Error> {
     let mut request = agent.get(url);
+    if let Some(value) = auth
+        .and_then(|auth| auth.header_for(url))
+        .filter(|value| !value.is_empty())
+    {
+        request = request.header("Authorization", value);
+    }
     if let Some((range, if_range)) = range {
         request = request.header("Range", range);
         if let Some(validator) = if_range {
@@ -476,6 +539,7 @@ impl ResumingReader {
             retrier,
             options,
             stats,
+            auth,
         } = &mut self.transfer;
         // The break is the outage's first failure: the first request for the
         // rest waits its backoff like any retry.
@@ -497,6 +561,7 @@ impl ResumingReader {
                     Some((&range, if_range.as_deref())),
                     &what,
                     options,
+                    auth.as_deref(),
                 )
             },
             |failed, retry| {
@@ -714,7 +779,12 @@ mod tests {
 
     fn open_fake(url: &str, retries: u32) -> (Result<Source>, Arc<FakeClock>) {
         let clock = Arc::new(FakeClock::default());
-        let source = open_with(url, &options(retries), Arc::clone(&clock) as Arc<dyn Clock>);
+        let source = open_with(
+            url,
+            &options(retries),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            None,
+        );
         (source, clock)
     }
 
