@@ -284,7 +284,7 @@ pub(crate) fn expected_checksum(
 
 /// The checksum to verify: the user's, the one the source vouches for (an
 /// OCI layer's digest), or both when they agree.
-fn agree_with_source(
+pub(crate) fn agree_with_source(
     expected: Option<Checksum>,
     vouched: Option<&Checksum>,
     url: &str,
