@@ -63,6 +63,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How the registry authenticates.
+enum Auth {
+    /// distribution's `htpasswd` access controller: `Basic` challenges.
+    Htpasswd,
+    /// distribution's `token` access controller: `Bearer` challenges naming
+    /// `realm`, tokens checked against the certificates in `bundle`.
+    Token { realm: String, bundle: PathBuf },
+}
+
 /// A running `docker-registry serve`, killed on drop.
 struct Registry {
     child: Child,
@@ -70,6 +79,8 @@ struct Registry {
     dir: tempfile::TempDir,
     ca_path: PathBuf,
     client: ureq::Agent,
+    /// What the test's own pushes authenticate with.
+    authorization: String,
 }
 
 impl Drop for Registry {
@@ -84,8 +95,11 @@ impl Registry {
     /// htpasswd user (bcrypt, `htpasswd -B`, the only hash distribution
     /// accepts).
     fn start() -> Registry {
+        Registry::start_with(&TestCa::new("imprint OCI test CA").unwrap(), Auth::Htpasswd)
+    }
+
+    fn start_with(ca: &TestCa, auth: Auth) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("imprint OCI test CA").unwrap();
         let cert = ca.issue_for_fixture().unwrap();
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
@@ -103,16 +117,35 @@ impl Registry {
         let htpasswd_path = dir.path().join("htpasswd");
         std::fs::write(&htpasswd_path, &htpasswd.stdout).unwrap();
         let port = free_port();
+        let (auth_config, authorization) = match auth {
+            Auth::Htpasswd => (
+                format!(
+                    "  htpasswd:\n    realm: imprint-test\n    path: {}\n",
+                    htpasswd_path.display()
+                ),
+                basic(USER, PASSWORD),
+            ),
+            Auth::Token { realm, bundle } => (
+                format!(
+                    "  token:\n    realm: {realm}\n    service: {SERVICE}\n    \
+                     issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    bundle.display()
+                ),
+                format!(
+                    "Bearer {}",
+                    std::fs::read_to_string(bundle.with_extension("jwt")).unwrap()
+                ),
+            ),
+        };
         let config = format!(
             "version: 0.1\n\
              log:\n  level: info\n\
              storage:\n  filesystem:\n    rootdirectory: {data}\n\
              http:\n  addr: 127.0.0.1:{port}\n  tls:\n    certificate: {cert}\n    key: {key}\n\
-             auth:\n  htpasswd:\n    realm: imprint-test\n    path: {htpasswd}\n",
+             auth:\n{auth_config}",
             data = dir.path().join("data").display(),
             cert = cert_path.display(),
             key = key_path.display(),
-            htpasswd = htpasswd_path.display(),
         );
         let config_path = write("config.yml", &config);
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -130,6 +163,7 @@ impl Registry {
             dir,
             ca_path,
             client,
+            authorization,
         };
         registry.wait_until_up();
         registry
@@ -160,12 +194,7 @@ impl Registry {
     }
 
     fn basic(&self) -> String {
-        use base64::Engine as _;
-        let pair = format!("{USER}:{PASSWORD}");
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        )
+        self.authorization.clone()
     }
 
     /// A monolithic blob upload (distribution spec, "Pushing a blob
@@ -230,6 +259,103 @@ impl Registry {
         assert_eq!(served, sha256(manifest.as_bytes()));
         (served, layer)
     }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+const SERVICE: &str = "imprint-test-registry";
+const ISSUER: &str = "imprint-test-issuer";
+
+fn openssl(args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("running openssl (scripts/setup installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A token as distribution's token spec (`docs/spec/auth/jwt.md`) has a
+/// token service issue it: a JWT signed RS256 by a key whose certificate
+/// rides in the `x5c` header and is in the registry's `rootcertbundle`,
+/// granting pull and push on [`REPO`] to [`SERVICE`]. Made with openssl;
+/// the certificate goes to `dir/token.pem`, the token to `dir/token.jwt`.
+fn sign_token(dir: &Path) -> PathBuf {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = dir.join("token-key.pem");
+    let cert = dir.join("token.pem");
+    let der = dir.join("token.der");
+    let text = |p: &Path| p.to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=imprint test token issuer",
+        "-keyout",
+        &text(&key),
+        "-out",
+        &text(&cert),
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        &text(&cert),
+        "-outform",
+        "DER",
+        "-out",
+        &text(&der),
+    ]);
+    let header = serde_json::json!({
+        "alg": "RS256", "typ": "JWT",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(std::fs::read(&der).unwrap())],
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": ISSUER, "sub": USER, "aud": SERVICE,
+        "exp": now + 3600, "nbf": now - 10, "iat": now - 10, "jti": "imprint-test-1",
+        "access": [{"type": "repository", "name": REPO, "actions": ["pull", "push"]}],
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let input = dir.join("token.input");
+    let signature = dir.join("token.sig");
+    std::fs::write(&input, &signing_input).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        &text(&key),
+        "-out",
+        &text(&signature),
+        &text(&input),
+    ]);
+    let token = format!(
+        "{signing_input}.{}",
+        b64.encode(std::fs::read(&signature).unwrap())
+    );
+    std::fs::write(dir.join("token.jwt"), token).unwrap();
+    cert
 }
 
 /// A client trusting only the test's CA.
@@ -530,4 +656,59 @@ fn a_connection_cut_mid_blob_resumes_against_the_real_registry() {
         log.contains("http.response.status=206"),
         "no 206 in the registry's log:\n{log}"
     );
+}
+
+/// distribution's token access controller: the registry answers with a
+/// `Bearer` challenge, imprint asks the realm for a token with the Basic
+/// credentials, and the registry checks the real signed token it gets.
+/// The token service is the fixture server, serving a token signed here;
+/// a token the registry cannot verify fails the deploy, named.
+#[test]
+fn a_bearer_challenge_gets_a_token_the_real_registry_verifies() {
+    if !tools_present() {
+        return;
+    }
+    let ca = TestCa::new("imprint OCI test CA").unwrap();
+    let cert = ca.issue_for_fixture().unwrap();
+    let tokens =
+        imprint_qemu::http::FixtureServer::start_tls(&cert.chain_pem, &cert.key_pem).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let bundle = sign_token(keys.path());
+    let token = std::fs::read_to_string(keys.path().join("token.jwt")).unwrap();
+    tokens.add_file("token", serde_json::json!({ "token": token }).to_string());
+    let registry = Registry::start_with(
+        &ca,
+        Auth::Token {
+            realm: tokens.url("token"),
+            bundle,
+        },
+    );
+    let data = image(2 * MIB, 5);
+    let (manifest, _) = registry.push_artifact("v1", "golden.raw", &data);
+    let url = format!("oci://127.0.0.1:{}/{REPO}:v1", registry.port);
+
+    let target = Target::new(3 * MIB);
+    let output = deploy(&url, &registry.ca_path, &target, &CREDENTIALS);
+    let line = assert_ok(&output, &data, &target);
+    assert!(line.ends_with(&format!("@{manifest}")), "{line}");
+    let asked: Vec<_> = tokens
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/token")
+        .collect();
+    assert!(!asked.is_empty(), "no token was asked for");
+    for request in &asked {
+        assert_eq!(request.authorization, Some(basic(USER, PASSWORD)));
+    }
+    assert!(!stderr(&output).contains(&token), "the token was logged");
+
+    // A token the registry cannot verify: refused by name, nothing written.
+    tokens.add_file("token", r#"{"token": "eyJhbGciOiJub25lIn0.e30.c2ln"}"#);
+    let target = Target::new(3 * MIB);
+    let error = assert_error(&deploy(&url, &registry.ca_path, &target, &CREDENTIALS));
+    assert!(
+        error.contains("HTTP 401") && error.contains("refused"),
+        "{error}"
+    );
+    target.assert_untouched();
 }
