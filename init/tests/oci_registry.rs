@@ -489,8 +489,26 @@ fn deploys_an_oras_artifact_by_tag_and_by_digest_from_a_real_registry() {
     let pinned = format!("oci://127.0.0.1:{}/{REPO}@{manifest}", registry.port);
 
     let target = Target::new(8 * MIB);
-    let output = deploy(&by_tag, &registry.ca_path, &target, &CREDENTIALS);
+    let events = imprint_qemu::http::FixtureServer::start().unwrap();
+    let report = events.url("events");
+    let mut extra = CREDENTIALS.to_vec();
+    extra.extend(["--report", &report]);
+    let output = deploy(&by_tag, &registry.ca_path, &target, &extra);
     let line = assert_ok(&output, &data, &target);
+    // The `verified` event pins the image too; no event holds the password.
+    let posted: Vec<String> = events
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(
+        posted
+            .iter()
+            .any(|body| body.contains(&format!("\"image_digest\":\"{pinned}\""))),
+        "{posted:?}"
+    );
+    assert!(posted.iter().all(|body| !body.contains(PASSWORD)));
     // The layer digest was the image checksum, and the tag is pinned.
     assert!(line.contains(" format=zst "), "{line}");
     assert!(line.contains(" verified=sha256 "), "{line}");
