@@ -394,3 +394,102 @@ fn a_bearer_challenge_gets_a_token_the_real_registry_verifies() {
     );
     target.assert_untouched();
 }
+
+/// An image index for two platforms, tagged the `oci2disk` way
+/// (`os/golden:raw.gz`): the entry for this machine's architecture is
+/// chosen, and its layer, with no title (oci2disk's media type), has its
+/// compression declared by the tag's suffix.
+#[test]
+fn an_index_resolves_to_this_machines_platform_and_the_tag_declares_the_format() {
+    if !tools_present() {
+        return;
+    }
+    let registry = htpasswd_registry();
+    let mine = match std::env::consts::ARCH {
+        "x86_64" => ("amd64", "arm64"),
+        "aarch64" => ("arm64", "amd64"),
+        other => {
+            eprintln!("SKIPPED: no index platform for {other}");
+            return;
+        }
+    };
+    let data = image(3 * MIB, 21);
+    let other_data = image(3 * MIB, 22);
+    let gzip = |data: &[u8]| {
+        let mut child = Command::new("gzip")
+            .args(["-c", "-n"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = data.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        writer.join().unwrap();
+        assert!(child.wait().unwrap().success());
+        out
+    };
+    let empty = registry.push_blob(b"{}").unwrap();
+    let mut entries = Vec::new();
+    for (arch, blob) in [(mine.1, gzip(&other_data)), (mine.0, gzip(&data))] {
+        let layer = registry.push_blob(&blob).unwrap();
+        // oci2disk's layer: `oras push` of a file with no title kept.
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                       "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer, "size": blob.len()}],
+        })
+        .to_string();
+        let digest = registry
+            .push_manifest(
+                &format!("only-{arch}"),
+                "application/vnd.oci.image.manifest.v1+json",
+                &manifest,
+            )
+            .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let mine_digest = entries[1]["digest"].as_str().unwrap().to_owned();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    let index_digest = registry
+        .push_manifest("raw.gz", "application/vnd.oci.image.index.v1+json", &index)
+        .unwrap();
+
+    let url = format!("oci://127.0.0.1:{}/{REPO}:raw.gz", registry.port);
+    let target = Target::new(4 * MIB);
+    let output = deploy(&url, &registry.ca_path, &target, &CREDENTIALS);
+    let line = assert_ok(&output, &data, &target);
+    assert!(line.contains(" format=gz "), "{line}");
+    assert!(line.contains(" verified=sha256 "), "{line}");
+    // The index is what the tag names, so it is what pins the deploy.
+    assert!(line.ends_with(&format!("@{index_digest}")), "{line}");
+    let log = stderr(&output);
+    assert!(
+        log.contains(&format!("linux/{} is manifest {mine_digest}", mine.0)),
+        "{log}"
+    );
+
+    // The tag is a declaration: gzip bytes under `:raw.xz` are refused.
+    registry
+        .push_manifest("raw.xz", "application/vnd.oci.image.index.v1+json", &index)
+        .unwrap();
+    let url = format!("oci://127.0.0.1:{}/{REPO}:raw.xz", registry.port);
+    let target = Target::new(4 * MIB);
+    let error = assert_error(&deploy(&url, &registry.ca_path, &target, &CREDENTIALS));
+    assert!(error.contains("ends in .xz"), "{error}");
+    target.assert_untouched();
+}

@@ -260,15 +260,28 @@ impl Registry {
                         "annotations": {"org.opencontainers.image.title": title}}],
         })
         .to_string();
+        let served =
+            self.push_manifest(tag, "application/vnd.oci.image.manifest.v1+json", &manifest)?;
+        Ok((served, layer))
+    }
+
+    /// Puts `manifest` (of `media_type`: a manifest or an index) at
+    /// `REPO:reference` (a tag or its own digest); gives its digest.
+    pub fn push_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        manifest: &str,
+    ) -> Result<String> {
         let response = self
             .client
-            .put(format!("{}/v2/{REPO}/manifests/{tag}", self.base()))
+            .put(format!("{}/v2/{REPO}/manifests/{reference}", self.base()))
             .header("Authorization", &self.authorization)
-            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .header("Content-Type", media_type)
             .send(manifest.as_bytes())?;
         ensure!(
             response.status() == 201,
-            "pushing the manifest: HTTP {}",
+            "pushing the manifest {reference}: HTTP {}",
             response.status()
         );
         let served = response
@@ -281,7 +294,7 @@ impl Registry {
             served == digest(manifest.as_bytes()),
             "the registry says the manifest is {served}"
         );
-        Ok((served, layer))
+        Ok(served)
     }
 }
 
