@@ -1241,4 +1241,90 @@ mod tests {
         );
         assert_eq!(registry_errors(b"not json"), None);
     }
+
+    /// A registry stand-in over HTTPS: the fixture server serving the
+    /// registry API's paths as files (distribution spec, "Pulling
+    /// manifests" and "Pulling blobs").
+    fn stand_in() -> (
+        imprint_qemu::http::FixtureServer,
+        SourceOptions,
+        tempfile::TempDir,
+    ) {
+        let ca = imprint_qemu::http::TestCa::new("oci stand-in CA").unwrap();
+        let cert = ca.issue_for_fixture().unwrap();
+        let server =
+            imprint_qemu::http::FixtureServer::start_tls(&cert.chain_pem, &cert.key_pem).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+        let options = SourceOptions {
+            ca: Some(ca_path.to_str().unwrap().to_owned()),
+            retries: 1,
+            ..SourceOptions::default()
+        };
+        (server, options, dir)
+    }
+
+    #[test]
+    fn a_tag_opens_the_titled_layer_with_its_digest_and_pinned_reference() {
+        let (server, options, _dir) = stand_in();
+        server.add_file(
+            "v2/os/golden/manifests/v1",
+            ORAS_MANIFEST.as_bytes().to_vec(),
+        );
+        // DIGEST is sha256("test"), the layer ORAS_MANIFEST names.
+        server.add_file(&format!("v2/os/golden/blobs/{DIGEST}"), b"test".to_vec());
+        let url = format!("oci://127.0.0.1:{}/os/golden:v1", server.port());
+        let mut source = open(&url, &options).unwrap();
+        assert_eq!(source.url, url);
+        assert_eq!(source.length, Some(4));
+        assert_eq!(source.name.as_deref(), Some("golden.raw.zst"));
+        assert_eq!(source.digest, Some(Checksum::parse(DIGEST).unwrap()));
+        let manifest = digest_of("sha256:", ORAS_MANIFEST.as_bytes());
+        assert_eq!(
+            source.stats.image_digest.get(),
+            Some(&format!(
+                "oci://127.0.0.1:{}/os/golden@{manifest}",
+                server.port()
+            ))
+        );
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut source.reader, &mut read).unwrap();
+        assert_eq!(read, b"test");
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_hash_to_its_digest_is_refused() {
+        let (server, options, _dir) = stand_in();
+        let claimed = format!("sha256:{}", "0".repeat(64));
+        server.add_file(
+            &format!("v2/os/golden/manifests/{claimed}"),
+            ORAS_MANIFEST.as_bytes().to_vec(),
+        );
+        let url = format!("oci://127.0.0.1:{}/os/golden@{claimed}", server.port());
+        let msg = format!("{:#}", open(&url, &options).err().unwrap());
+        let served = digest_of("sha256:", ORAS_MANIFEST.as_bytes());
+        assert!(
+            msg.contains(&format!(
+                "/manifests/{claimed}: the registry served a manifest whose digest is {served}"
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_blob_of_another_length_than_the_manifest_says_is_refused() {
+        let (server, options, _dir) = stand_in();
+        server.add_file(
+            "v2/os/golden/manifests/v1",
+            ORAS_MANIFEST.as_bytes().to_vec(),
+        );
+        server.add_file(&format!("v2/os/golden/blobs/{DIGEST}"), b"tests".to_vec());
+        let url = format!("oci://127.0.0.1:{}/os/golden:v1", server.port());
+        let msg = format!("{:#}", open(&url, &options).err().unwrap());
+        assert!(
+            msg.contains("the registry serves 5 bytes, but the manifest says the layer has 4"),
+            "{msg}"
+        );
+    }
 }
