@@ -165,9 +165,20 @@ fn check_registry(registry: &str) -> Result<()> {
     if registry.contains('@') {
         bail!("holds credentials; set imprint.oci-username= and imprint.oci-password= instead");
     }
-    let (host, port) = match registry.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(':') => (host, Some(port)),
-        _ => (registry, None),
+    // `[v6 address]:port`, `[v6 address]`, `host:port`, `host`.
+    let (host, port) = match registry.rfind(']') {
+        Some(end) => {
+            let (host, rest) = registry.split_at(end + 1);
+            match rest.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None if rest.is_empty() => (host, None),
+                None => bail!("is not a host name or address"),
+            }
+        }
+        None => match registry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (registry, None),
+        },
     };
     let host_ok = !host.is_empty()
         && (host.starts_with('[') && host.ends_with(']')
@@ -963,6 +974,7 @@ mod tests {
         assert_eq!(r.repository, "test/debian");
         let r = parsed("OCI://[::1]:5000/x:y");
         assert_eq!(r.registry, "[::1]:5000");
+        assert_eq!(parsed("oci://[fd00::5]/x").registry, "[fd00::5]");
     }
 
     #[test]
@@ -972,6 +984,8 @@ mod tests {
             ("oci:///repo:tag", "registry \"\""),
             ("oci://u:p@reg/repo", "set imprint.oci-username="),
             ("oci://reg:99999/repo", "port \"99999\""),
+            ("oci://reg:5000:1/repo", "port \"5000:1\""),
+            ("oci://[::1]x/repo", "not a host name"),
             ("oci://reg/Repo:tag", "repository \"Repo\""),
             ("oci://reg/a//b", "component \"\""),
             ("oci://reg/repo:", "tag \"\""),
