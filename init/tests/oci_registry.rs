@@ -493,3 +493,58 @@ fn an_index_resolves_to_this_machines_platform_and_the_tag_declares_the_format()
     assert!(error.contains("ends in .xz"), "{error}");
     target.assert_untouched();
 }
+
+/// A blob that cannot be resumed (the server ignores Range, which the real
+/// registry never does, hence the fixture server standing in for it,
+/// serving the registry API's paths): the deploy starts again from byte 0
+/// and reopens the image by the digest the tag resolved to, not by the tag,
+/// which may have moved since.
+#[test]
+fn a_restart_from_byte_0_reopens_the_pinned_digest_not_the_tag() {
+    use imprint_qemu::http::{Behavior, FixtureServer};
+    let ca = TestCa::new("imprint OCI stand-in CA").unwrap();
+    let cert = ca.issue_for_fixture().unwrap();
+    let server = FixtureServer::start_tls(&cert.chain_pem, &cert.key_pem).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let data = image(3 * MIB, 31);
+    let layer = sha256(&data);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": sha256(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer, "size": data.len(),
+                    "annotations": {"org.opencontainers.image.title": "golden.raw"}}],
+    })
+    .to_string();
+    let pinned = sha256(manifest.as_bytes());
+    server.add_file(&format!("v2/{REPO}/manifests/v1"), manifest.clone());
+    server.add_file(&format!("v2/{REPO}/manifests/{pinned}"), manifest);
+    let blob = format!("v2/{REPO}/blobs/{layer}");
+    server.add_file(&blob, data.clone());
+    server.push_behaviors(
+        &blob,
+        [Behavior::DropAfter(MIB as u64), Behavior::IgnoreRange],
+    );
+    let url = format!("oci://127.0.0.1:{}/{REPO}:v1", server.port());
+    let target = Target::new(4 * MIB);
+    let output = deploy(&url, &ca_path, &target, &[]);
+    let line = assert_ok(&output, &data, &target);
+    assert!(line.contains(" restarts=1"), "{line}");
+    let manifests: Vec<String> = server
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|path| path.contains("/manifests/"))
+        .collect();
+    assert_eq!(
+        manifests,
+        [
+            format!("/v2/{REPO}/manifests/v1"),
+            format!("/v2/{REPO}/manifests/{pinned}")
+        ]
+    );
+}
