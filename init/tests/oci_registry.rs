@@ -393,6 +393,21 @@ fn a_bearer_challenge_gets_a_token_the_real_registry_verifies() {
         "{error}"
     );
     target.assert_untouched();
+
+    // The token service refuses the credentials: the error names it and
+    // the user.
+    tokens.push_behaviors("token", [imprint_qemu::http::Behavior::Status(401)]);
+    let target = Target::new(3 * MIB);
+    let error = assert_error(&deploy(&url, &registry.ca_path, &target, &CREDENTIALS));
+    assert!(
+        error.contains(&format!(
+            "getting a token for repository:{REPO}:pull as imprint.oci-username={USER}: \
+             GET {}: HTTP 401 Unauthorized",
+            tokens.url("token")
+        )),
+        "{error}"
+    );
+    target.assert_untouched();
 }
 
 /// An image index for two platforms, tagged the `oci2disk` way

@@ -380,8 +380,8 @@ impl RegistryAuth {
 
     fn who(&self) -> String {
         match &self.username {
-            Some(user) => format!("imprint.oci-username={user}"),
-            None => "anonymous pulls".to_owned(),
+            Some(user) => format!("as imprint.oci-username={user}"),
+            None => "anonymously".to_owned(),
         }
     }
 
@@ -413,7 +413,7 @@ impl RegistryAuth {
             None,
             &|_| basic.clone(),
         )
-        .with_context(|| format!("getting a token for {scope} with {}", self.who()))?;
+        .with_context(|| format!("getting a token for {scope} {}", self.who()))?;
         #[derive(Deserialize)]
         struct TokenAnswer {
             token: Option<String>,
