@@ -389,6 +389,7 @@ fn every_imprint_param() -> Value {
         "imprint/insecure": true,
         "imprint/oci-username": "deploy",
         "imprint/oci-password": "s3cret",
+        "imprint/oci-layer": "golden.raw.zst",
         "imprint/ssh-user": "admin",
         "imprint/root": "PARTLABEL=root",
         "imprint/grow": true,
@@ -456,6 +457,7 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
     assert_eq!(spec.source.retries, 5);
     assert!(spec.source.insecure);
     assert_eq!(spec.source.oci_username.as_deref(), Some("deploy"));
+    assert_eq!(spec.source.oci_layer.as_deref(), Some("golden.raw.zst"));
     assert_eq!(
         spec.source.oci_password.as_ref().map(|p| p.expose()),
         Some("s3cret")

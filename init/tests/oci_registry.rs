@@ -563,3 +563,57 @@ fn a_restart_from_byte_0_reopens_the_pinned_digest_not_the_tag() {
         ]
     );
 }
+
+/// An artifact holding two images: refused with the layers listed, until
+/// `--oci-layer` names one.
+#[test]
+fn oci_layer_picks_one_of_several_images() {
+    if !tools_present() {
+        return;
+    }
+    let registry = htpasswd_registry();
+    let (first, second) = (image(MIB, 41), image(MIB, 42));
+    let empty = registry.push_blob(b"{}").unwrap();
+    let layers: Vec<serde_json::Value> = [("first.raw", &first), ("second.raw", &second)]
+        .into_iter()
+        .map(|(title, data)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": registry.push_blob(data).unwrap(), "size": data.len(),
+                "annotations": {"org.opencontainers.image.title": title},
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.unknown.artifact.v1",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": empty, "size": 2, "data": "e30="},
+        "layers": layers,
+    })
+    .to_string();
+    registry
+        .push_manifest(
+            "both",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+        .unwrap();
+    let url = format!("oci://127.0.0.1:{}/{REPO}:both", registry.port);
+
+    let target = Target::new(2 * MIB);
+    let error = assert_error(&deploy(&url, &registry.ca_path, &target, &CREDENTIALS));
+    assert!(error.contains("2 layers and 2 of them"), "{error}");
+    assert!(
+        error.contains("first.raw (") && error.contains("second.raw ("),
+        "{error}"
+    );
+    target.assert_untouched();
+
+    let target = Target::new(2 * MIB);
+    let mut extra = CREDENTIALS.to_vec();
+    extra.extend(["--oci-layer", "second.raw"]);
+    let output = deploy(&url, &registry.ca_path, &target, &extra);
+    assert_ok(&output, &second, &target);
+}

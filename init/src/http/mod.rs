@@ -41,6 +41,9 @@ pub struct HttpOptions {
     pub oci_username: Option<String>,
     /// Its password or token (`imprint.oci-password=`); never printed.
     pub oci_password: Option<Password>,
+    /// The layer of an OCI artifact to deploy, by title
+    /// (`imprint.oci-layer=`).
+    pub oci_layer: Option<String>,
 }
 
 /// A password that must not reach a log, an event or `/status`: `Debug`
@@ -76,6 +79,7 @@ impl Default for HttpOptions {
             insecure: false,
             oci_username: None,
             oci_password: None,
+            oci_layer: None,
         }
     }
 }

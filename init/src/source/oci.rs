@@ -758,9 +758,26 @@ pub fn choose_platform<'a>(
     )
 }
 
-/// The layer holding the disk image: the only one, or the only one whose
-/// title names an image file.
-pub fn choose_layer(layers: &[Descriptor]) -> Result<&Descriptor> {
+/// The layer holding the disk image: the one titled `wanted` when given
+/// (`imprint.oci-layer=`); else the only one, or the only one whose title
+/// names an image file.
+pub fn choose_layer<'a>(layers: &'a [Descriptor], wanted: Option<&str>) -> Result<&'a Descriptor> {
+    if let Some(wanted) = wanted {
+        return layers
+            .iter()
+            .find(|layer| layer.title() == Some(wanted))
+            .with_context(|| {
+                let titles: Vec<&str> = layers.iter().filter_map(Descriptor::title).collect();
+                format!(
+                    "imprint.oci-layer={wanted}: no layer has that title (the titles are: {})",
+                    if titles.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        titles.join(", ")
+                    }
+                )
+            });
+    }
     if let [only] = layers {
         return Ok(only);
     }
@@ -784,7 +801,8 @@ pub fn choose_layer(layers: &[Descriptor]) -> Result<&Descriptor> {
     let listed: Vec<String> = layers.iter().map(Descriptor::describe).collect();
     bail!(
         "the manifest has {} layers and {} of them is titled as a disk image \
-         (org.opencontainers.image.title ending in .raw, .img, .zst, .xz, …): {}",
+         (org.opencontainers.image.title ending in .raw, .img, .zst, .xz, …); \
+         name one with imprint.oci-layer=TITLE: {}",
         layers.len(),
         if images.is_empty() {
             "none".to_owned()
@@ -879,9 +897,12 @@ impl Registry {
                 manifest
             }
         };
-        let layer = choose_layer(manifest.layers.as_deref().unwrap_or_default())
-            .with_context(|| format!("{}", self.reference))?
-            .clone();
+        let layer = choose_layer(
+            manifest.layers.as_deref().unwrap_or_default(),
+            self.options.oci_layer.as_deref(),
+        )
+        .with_context(|| format!("{}", self.reference))?
+        .clone();
         Checksum::parse(&layer.digest)
             .with_context(|| format!("{}: layer digest {:?}", self.reference, layer.digest))?;
         Ok(Resolution {
@@ -1139,7 +1160,7 @@ mod tests {
         let (kind, document) = parse_document("", ORAS_MANIFEST.as_bytes()).unwrap();
         assert_eq!(kind, Kind::Manifest);
         let layers = document.layers.unwrap();
-        let chosen = choose_layer(&layers).unwrap();
+        let chosen = choose_layer(&layers, None).unwrap();
         assert_eq!(chosen.title(), Some("golden.raw.zst"));
         assert_eq!(declared_name(chosen).as_deref(), Some("golden.raw.zst"));
     }
@@ -1152,19 +1173,35 @@ mod tests {
             Some("disk.img.xz"),
         );
         let layers = [config.clone(), disk.clone()];
-        assert_eq!(choose_layer(&layers).unwrap(), &disk);
+        assert_eq!(choose_layer(&layers, None).unwrap(), &disk);
+        assert_eq!(choose_layer(&layers, Some("README.md")).unwrap(), &config);
+        let msg = format!("{:#}", choose_layer(&layers, Some("x.raw")).unwrap_err());
+        assert!(
+            msg.contains(
+                "imprint.oci-layer=x.raw: no layer has that title \
+                 (the titles are: README.md, disk.img.xz)"
+            ),
+            "{msg}"
+        );
         let msg = format!(
             "{:#}",
-            choose_layer(&[config.clone(), config.clone()]).unwrap_err()
+            choose_layer(&[config.clone(), config.clone()], None).unwrap_err()
         );
         assert!(msg.contains("2 layers and none of them"), "{msg}");
+        assert!(
+            msg.contains("name one with imprint.oci-layer=TITLE"),
+            "{msg}"
+        );
         assert!(
             msg.contains("README.md (application/vnd.oci.image.layer.v1.tar, 10 bytes)"),
             "{msg}"
         );
-        let msg = format!("{:#}", choose_layer(&[disk.clone(), disk]).unwrap_err());
+        let msg = format!(
+            "{:#}",
+            choose_layer(&[disk.clone(), disk], None).unwrap_err()
+        );
         assert!(msg.contains("2 of them"), "{msg}");
-        let msg = format!("{:#}", choose_layer(&[]).unwrap_err());
+        let msg = format!("{:#}", choose_layer(&[], None).unwrap_err());
         assert!(msg.contains("no layers"), "{msg}");
     }
 

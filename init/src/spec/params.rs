@@ -171,6 +171,19 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "oci-layer",
+        values: "TITLE",
+        default: "(the only layer, or the only one titled as a disk image)",
+        help: "Which layer of an oci:// artifact is the image, by its org.opencontainers.image.title (the file name oras push records), when it has several.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give a layer's title, e.g. golden.raw.zst");
+            }
+            spec.source.oci_layer = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "link-timeout",
         values: "DURATION",
         default: "5s",
