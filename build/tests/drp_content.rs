@@ -387,6 +387,9 @@ fn every_imprint_param() -> Value {
         "imprint/stall-timeout": "45s",
         "imprint/ca": "http://h/ca.pem",
         "imprint/insecure": true,
+        "imprint/oci-username": "deploy",
+        "imprint/oci-password": "s3cret",
+        "imprint/oci-layer": "golden.raw.zst",
         "imprint/ssh-user": "admin",
         "imprint/root": "PARTLABEL=root",
         "imprint/grow": true,
@@ -453,6 +456,12 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
     let spec = spec_from(&rendered);
     assert_eq!(spec.source.retries, 5);
     assert!(spec.source.insecure);
+    assert_eq!(spec.source.oci_username.as_deref(), Some("deploy"));
+    assert_eq!(spec.source.oci_layer.as_deref(), Some("golden.raw.zst"));
+    assert_eq!(
+        spec.source.oci_password.as_ref().map(|p| p.expose()),
+        Some("s3cret")
+    );
     assert!(spec.grow);
     assert!(!spec.identity.reset_machine_id);
     assert_eq!(spec.identity.ssh_user.as_deref(), Some("admin"));

@@ -97,6 +97,14 @@ pub fn deploy_to(
     options: &DeployOptions,
     progress: &mut dyn Progress,
 ) -> Result<DeploySummary> {
+    // A tag resolved to a digest is reopened by that digest: the tag may
+    // have moved since.
+    let reopen = source
+        .stats
+        .image_digest
+        .get()
+        .cloned()
+        .unwrap_or_else(|| spec.image.as_str().to_owned());
     match deploy_attempt(spec, source, target_path, options, progress) {
         Err(error) => {
             let Some(restart) = restart_required_in(&error) else {
@@ -105,8 +113,8 @@ pub fn deploy_to(
             log::warn!("{restart}; starting the deploy again from byte 0 (once)");
             // The only second open of the source: the first one's bytes
             // cannot be trusted any more.
-            let source = source::open(spec.image.as_str(), &spec.source)
-                .context("after restarting from byte 0 once")?;
+            let source =
+                source::open(&reopen, &spec.source).context("after restarting from byte 0 once")?;
             let mut summary = deploy_attempt(spec, source, target_path, options, progress)
                 .context("after restarting from byte 0 once")?;
             summary.restarts = 1;
@@ -129,7 +137,11 @@ fn deploy_attempt(
     if let DeclaredFormat::Rootfs(_) = declared {
         format::reconcile(&declared, ImageFormat::new(Compression::None, false))?;
     }
-    let expected = expected_checksum(spec.expected.as_ref(), &url, &spec.source)?;
+    // The name that declares the format and is looked up in a checksum
+    // list: the URL's, or the source's own (an OCI layer's title).
+    let named = source.name.clone().unwrap_or_else(|| url.clone());
+    let expected = expected_checksum(spec.expected.as_ref(), &named, &spec.source)?;
+    let expected = agree_with_source(expected, source.digest.as_ref(), &url)?;
     let stats = source.stats.clone();
     let target = target::open_target(target_path, spec.direct_io)?;
     log::info!(
@@ -166,6 +178,7 @@ fn deploy_attempt(
             let input = DecodeInput {
                 served: served_rx,
                 url: &url,
+                named: &named,
                 served_length: length,
                 declared: &declared,
                 decoders,
@@ -269,6 +282,23 @@ pub(crate) fn expected_checksum(
         .map(Some)
 }
 
+/// The checksum to verify: the user's, the one the source vouches for (an
+/// OCI layer's digest), or both when they agree.
+pub(crate) fn agree_with_source(
+    expected: Option<Checksum>,
+    vouched: Option<&Checksum>,
+    url: &str,
+) -> Result<Option<Checksum>> {
+    match (expected, vouched) {
+        (Some(given), Some(vouched)) if given != *vouched => bail!(
+            "{url}: the checksum given is {given}, but the registry's layer digest is {vouched}; \
+             drop imprint.checksum= or pin the image by digest"
+        ),
+        (Some(given), _) => Ok(Some(given)),
+        (None, vouched) => Ok(vouched.cloned()),
+    }
+}
+
 /// What the decoder hands the writer.
 enum Decoded {
     /// First, before any data: the image size when known up front.
@@ -282,6 +312,8 @@ enum Decoded {
 struct DecodeInput<'a> {
     served: Receiver<io::Result<Vec<u8>>>,
     url: &'a str,
+    /// The file name that declares the format (the URL's, or the source's).
+    named: &'a str,
     served_length: Option<u64>,
     declared: &'a DeclaredFormat,
     decoders: OrderedConfig,
@@ -296,6 +328,7 @@ fn decode_stage(
     let DecodeInput {
         served,
         url,
+        named,
         served_length,
         declared,
         decoders,
@@ -321,7 +354,7 @@ fn decode_stage(
         Compression::Gzip | Compression::Bzip2 => None,
     };
     if compression == Compression::None && !format::looks_like_tar(&prefix) {
-        let format = format::check_declared(declared, url, &prefix, ImageFormat::RAW)?;
+        let format = format::check_declared(declared, named, &prefix, ImageFormat::RAW)?;
         format::check_image_size(format, &prefix)?;
         log::info!(
             "format: {format}{}",
@@ -335,7 +368,7 @@ fn decode_stage(
         .peek(512)
         .with_context(|| format!("decoding the {compression} stream"))?;
     let sniffed = ImageFormat::new(compression, format::looks_like_tar(start));
-    let format = format::check_declared(declared, url, &prefix, sniffed)?;
+    let format = format::check_declared(declared, named, &prefix, sniffed)?;
     format::check_image_size(format, start)?;
     let mut image: Box<dyn Read + Send> = if format.tar {
         let tar = SingleFileTar::new(decoded).context("reading the tar archive")?;
@@ -500,6 +533,35 @@ mod tests {
         assert_eq!(
             progress_summary(1 << 30, 300 << 20, Duration::from_secs(4)),
             "wrote 1.0 GiB (300.0 MiB served) in 4.0 s, 268.4 MB/s"
+        );
+    }
+
+    #[test]
+    fn a_vouched_digest_is_the_checksum_unless_the_user_disagrees() {
+        let a = Checksum::Sha256([1; 32]);
+        let b = Checksum::Sha256([2; 32]);
+        let url = "oci://reg/os/golden:v1";
+        assert_eq!(
+            agree_with_source(None, Some(&a), url).unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            agree_with_source(Some(a.clone()), Some(&a), url).unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            agree_with_source(Some(b.clone()), None, url).unwrap(),
+            Some(b.clone())
+        );
+        assert_eq!(agree_with_source(None, None, url).unwrap(), None);
+        let msg = format!(
+            "{:#}",
+            agree_with_source(Some(b), Some(&a), url).unwrap_err()
+        );
+        assert!(msg.starts_with(url), "{msg}");
+        assert!(
+            msg.contains("the registry's layer digest is sha256:0101"),
+            "{msg}"
         );
     }
 

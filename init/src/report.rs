@@ -63,6 +63,9 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     if let Some(entry) = &summary.boot_entry {
         line += &format!(" boot-entry={entry}");
     }
+    if let Some(digest) = &summary.transfer.image_digest {
+        line += &format!(" image-digest={digest}");
+    }
     line
 }
 
@@ -126,6 +129,7 @@ mod tests {
                 refetched_bytes: 7,
                 retries: 4,
                 final_url: None,
+                image_digest: None,
             },
             restarts: 1,
             insecure: true,

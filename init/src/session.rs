@@ -158,6 +158,7 @@ pub fn run(
         sha256: crate::text::hex(&summary.sha256),
         algorithm: summary.verified.map(str::to_owned),
         bytes: summary.bytes,
+        image_digest: summary.transfer.image_digest.clone(),
     });
 
     tracker.enter(Stage::Inject);

@@ -67,6 +67,9 @@ pub struct RequestRecord {
     pub behavior: Behavior,
     /// The request body (`POST`, `PUT`); empty for `GET` and `HEAD`.
     pub body: Vec<u8>,
+    /// The `Authorization` header, verbatim: what a client sent a token
+    /// service or a registry.
+    pub authorization: Option<String>,
 }
 
 enum Content {
@@ -405,6 +408,7 @@ impl Serve for Shared {
             .unwrap_or(Behavior::Normal);
         let status = answer(&request, &behavior, self, response);
         let range = request.header("range").map(str::to_owned);
+        let authorization = request.header("authorization").map(str::to_owned);
         if matches!(behavior, Behavior::DropAfter(_)) {
             response.cut();
         }
@@ -418,6 +422,7 @@ impl Serve for Shared {
             bytes_sent: response.bytes_sent,
             behavior,
             body: request.body,
+            authorization,
         };
         let mut requests = lock(&self.requests);
         let at = requests.partition_point(|(earlier, _)| *earlier < arrival);

@@ -9,6 +9,8 @@
 //!   agent API) that records every call.
 //! - [`http::FixtureServer`]: an HTTP server the guest reaches at 10.0.2.2, with
 //!   scripted misbehaviour.
+//! - [`registry::Registry`]: the real Docker Distribution registry, with TLS and
+//!   htpasswd or token auth, and images pushed to it as `oras push` stores them.
 #![forbid(unsafe_code)]
 
 mod console;
@@ -17,6 +19,7 @@ pub mod drp;
 pub mod http;
 mod kernel;
 mod listener;
+pub mod registry;
 mod vm;
 
 pub use disk::{create_qcow2_disk, create_raw_disk, fill_disk, read_disk_at, write_disk_at};

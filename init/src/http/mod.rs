@@ -37,6 +37,35 @@ pub struct HttpOptions {
     /// Skip certificate verification (`imprint.insecure=1`). Loud, and
     /// reported in the result.
     pub insecure: bool,
+    /// The user name for OCI registries (`imprint.oci-username=`).
+    pub oci_username: Option<String>,
+    /// Its password or token (`imprint.oci-password=`); never printed.
+    pub oci_password: Option<Password>,
+    /// The layer of an OCI artifact to deploy, by title
+    /// (`imprint.oci-layer=`).
+    pub oci_layer: Option<String>,
+}
+
+/// A password that must not reach a log, an event or `/status`: `Debug`
+/// prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(value: impl Into<String>) -> Self {
+        Password(value.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for HttpOptions {
@@ -48,6 +77,9 @@ impl Default for HttpOptions {
             retry_timeout: Duration::from_secs(600),
             ca: None,
             insecure: false,
+            oci_username: None,
+            oci_password: None,
+            oci_layer: None,
         }
     }
 }

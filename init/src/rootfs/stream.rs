@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::deploy::{DeployOptions, expected_checksum};
+use crate::deploy::{DeployOptions, agree_with_source, expected_checksum};
 use crate::pipeline::checksum::Checksum;
 use crate::pipeline::decode;
 use crate::pipeline::fetch::{
@@ -66,7 +66,9 @@ pub fn open_tarball(
     let declared = tarball.declared;
     let declared_compression = format::rootfs_compression(declared)
         .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
-    let expected = expected_checksum(tarball.expected, &url, tarball.source_options)?;
+    let named = source.name.clone().unwrap_or_else(|| url.clone());
+    let expected = expected_checksum(tarball.expected, &named, tarball.source_options)?;
+    let expected = agree_with_source(expected, source.digest.as_ref(), &url)?;
     log::info!(
         "fetching root-filesystem tarball {url} ({})",
         source

@@ -53,12 +53,44 @@ use crate::http::classify::{self, Failure};
 use crate::http::retry::{Clock, Failed, Retrier, SystemClock, retry_after_of};
 
 pub(super) fn open(url: &str, options: &SourceOptions) -> Result<Source> {
-    open_with(url, options, Arc::new(SystemClock::new()))
+    open_with(url, options, Arc::new(SystemClock::new()), None)
 }
 
-fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Result<Source> {
+/// Sends an `Authorization` header on the requests of one source that go
+/// to the origin it was issued for (a registry), and renews it when that
+/// origin answers `401` (an expired token, mid-transfer too). Requests that
+/// redirects sent elsewhere (object storage) never carry it: ureq drops the
+/// header on a redirect (its default `RedirectAuthHeaders::Never`), and a
+/// resume goes to the redirect's target, for which [`Self::header_for`]
+/// says `None`.
+pub(crate) trait Authorizer: Send + Sync {
+    /// The header's value for a request to `url`: `None` for another
+    /// origin, empty for this one before any credentials were asked for.
+    fn header_for(&self, url: &str) -> Option<String>;
+    /// Gets new credentials after `url` answered `401` with this
+    /// `WWW-Authenticate`; `Ok(false)` when there is nothing new to try.
+    fn renew(&self, url: &str, challenge: Option<&str>) -> Result<bool>;
+}
+
+/// Opens `url` like [`open`], every request to its origin authorized by
+/// `auth`.
+pub(super) fn open_authorized(
+    url: &str,
+    options: &SourceOptions,
+    auth: Arc<dyn Authorizer>,
+) -> Result<Source> {
+    open_with(url, options, Arc::new(SystemClock::new()), Some(auth))
+}
+
+fn open_with(
+    url: &str,
+    options: &SourceOptions,
+    clock: Arc<dyn Clock>,
+    auth: Option<Arc<dyn Authorizer>>,
+) -> Result<Source> {
     let stats = Arc::new(SourceStats::default());
     let mut transfer = Transfer::new(options, clock, Arc::clone(&stats));
+    transfer.auth = auth;
     let agent = agent(options, Exchange::Download)?;
     let (head, body) = transfer.get(&agent, url, None, "")?;
     if !(200..300).contains(&head.status) {
@@ -85,6 +117,8 @@ fn open_with(url: &str, options: &SourceOptions, clock: Arc<dyn Clock>) -> Resul
         url: url.to_owned(),
         stats,
         device: None,
+        name: None,
+        digest: None,
     })
 }
 
@@ -118,6 +152,7 @@ struct Head {
     content_range: Option<String>,
     retry_after: Option<String>,
     final_url: String,
+    www_authenticate: Option<String>,
 }
 
 type Body = Box<dyn Read + Send>;
@@ -140,6 +175,7 @@ fn head_of(response: &ureq::http::Response<ureq::Body>) -> Head {
         content_range: header("content-range"),
         retry_after: retry_after_of(response),
         final_url: response.get_uri().to_string(),
+        www_authenticate: header("www-authenticate"),
     }
 }
 
@@ -151,6 +187,7 @@ struct Transfer {
     /// stall timeout.
     options: SourceOptions,
     stats: Arc<SourceStats>,
+    auth: Option<Arc<dyn Authorizer>>,
 }
 
 impl Transfer {
@@ -159,6 +196,7 @@ impl Transfer {
             retrier: Retrier::new(RetryPolicy::transfer(options), clock),
             options: options.clone(),
             stats,
+            auth: None,
         }
     }
 
@@ -176,10 +214,11 @@ impl Transfer {
             retrier,
             options,
             stats,
+            auth,
         } = self;
         retrier
             .run(
-                || attempt_get(agent, url, range, what, options),
+                || attempt_get(agent, url, range, what, options, auth.as_deref()),
                 |failed, retry| {
                     failed.log_retry(retry);
                     stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -196,9 +235,26 @@ fn attempt_get(
     range: Option<(&str, Option<&str>)>,
     what: &str,
     options: &SourceOptions,
+    auth: Option<&dyn Authorizer>,
 ) -> Result<(Head, Body), Failed> {
     let request = format!("GET {url}{what}");
-    match send(agent, url, range) {
+    let mut answer = send(agent, url, range, auth);
+    if let (Ok((head, _)), Some(auth)) = (&answer, auth) {
+        if head.status == 401 && auth.header_for(url).is_some() {
+            match auth.renew(url, head.www_authenticate.as_deref()) {
+                Ok(true) => answer = send(agent, url, range, Some(auth)),
+                Ok(false) => {}
+                Err(error) => {
+                    return Err(Failed {
+                        failure: Failure::Fatal,
+                        message: format!("{request}: HTTP 401 Unauthorized: {error:#}"),
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+    }
+    match answer {
         Ok((head, _)) if classify::is_retryable(Failure::Status(head.status)) => Err(Failed {
             failure: Failure::Status(head.status),
             message: format!("{request}: HTTP {} {}", head.status, head.reason),
@@ -225,8 +281,15 @@ fn send(
     agent: &ureq::Agent,
     url: &str,
     range: Option<(&str, Option<&str>)>,
+    auth: Option<&dyn Authorizer>,
 ) -> Result<(Head, Body), ureq::Error> {
     let mut request = agent.get(url);
+    if let Some(value) = auth
+        .and_then(|auth| auth.header_for(url))
+        .filter(|value| !value.is_empty())
+    {
+        request = request.header("Authorization", value);
+    }
     if let Some((range, if_range)) = range {
         request = request.header("Range", range);
         if let Some(validator) = if_range {
@@ -476,6 +539,7 @@ impl ResumingReader {
             retrier,
             options,
             stats,
+            auth,
         } = &mut self.transfer;
         // The break is the outage's first failure: the first request for the
         // rest waits its backoff like any retry.
@@ -497,6 +561,7 @@ impl ResumingReader {
                     Some((&range, if_range.as_deref())),
                     &what,
                     options,
+                    auth.as_deref(),
                 )
             },
             |failed, retry| {
@@ -714,7 +779,12 @@ mod tests {
 
     fn open_fake(url: &str, retries: u32) -> (Result<Source>, Arc<FakeClock>) {
         let clock = Arc::new(FakeClock::default());
-        let source = open_with(url, &options(retries), Arc::clone(&clock) as Arc<dyn Clock>);
+        let source = open_with(
+            url,
+            &options(retries),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            None,
+        );
         (source, clock)
     }
 
@@ -982,5 +1052,161 @@ mod tests {
         let tail = fetch_tail(&server.url("img"), 100, &options(2)).unwrap();
         assert_eq!(tail.unwrap(), body[body.len() - 100..]);
         assert_eq!(requests(&server, 2).len(), 2);
+    }
+
+    /// A bare HTTP/1.1 server: each connection's request head is recorded
+    /// and answered with `answer(head, n)` (n counts requests from 0),
+    /// then the connection is closed.
+    fn raw_server(
+        answer: impl Fn(&str, usize) -> Vec<u8> + Send + 'static,
+    ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::BufRead;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = io::BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head += &line.to_ascii_lowercase();
+                }
+                seen.lock().unwrap().push(head.clone());
+                let _ = conn.write_all(&answer(&head, n));
+            }
+        });
+        (port, heads)
+    }
+
+    /// Authorizes requests to one origin with a token that a `401` renews.
+    struct FakeRegistryAuth {
+        origin: String,
+        token: std::sync::Mutex<String>,
+        renewals: std::sync::atomic::AtomicU32,
+    }
+
+    impl Authorizer for FakeRegistryAuth {
+        fn header_for(&self, url: &str) -> Option<String> {
+            url.starts_with(&self.origin)
+                .then(|| format!("Bearer {}", self.token.lock().unwrap()))
+        }
+        fn renew(&self, _url: &str, challenge: Option<&str>) -> Result<bool> {
+            assert_eq!(challenge, Some("Bearer realm=\"https://auth/token\""));
+            self.renewals.fetch_add(1, Ordering::Relaxed);
+            *self.token.lock().unwrap() = "new".into();
+            Ok(true)
+        }
+    }
+
+    fn fake_auth(port: u16, token: &str) -> Arc<FakeRegistryAuth> {
+        Arc::new(FakeRegistryAuth {
+            origin: format!("http://127.0.0.1:{port}/"),
+            token: std::sync::Mutex::new(token.into()),
+            renewals: Default::default(),
+        })
+    }
+
+    fn partial(body: &[u8], from: usize) -> Vec<u8> {
+        let mut answer = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+             Content-Range: bytes {from}-{}/{}\r\nETag: \"blob\"\r\nConnection: close\r\n\r\n",
+            body.len() - from,
+            body.len() - 1,
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body[from..]);
+        answer
+    }
+
+    /// The first `cut` bytes of a 200 for `body`, then the connection closes.
+    fn cut_short(body: &[u8], cut: usize) -> Vec<u8> {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"blob\"\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body[..cut]);
+        answer
+    }
+
+    /// A registry answers a blob with a 307 to object storage (distribution's
+    /// `redirect` storage middleware, S3 presigned URLs): the registry's
+    /// token must reach neither the storage nor, after a cut, the resume.
+    #[test]
+    fn authorization_stays_with_the_registry_across_a_redirect_and_a_resume() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let served = body.clone();
+        let (storage, storage_heads) = raw_server(move |head, n| {
+            if n == 0 {
+                cut_short(&served, 70_000)
+            } else {
+                assert!(head.contains("range: bytes=70000-"), "{head}");
+                partial(&served, 70_000)
+            }
+        });
+        let (registry, registry_heads) = raw_server(move |_, _| {
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: \
+                 http://127.0.0.1:{storage}/bucket/blob?X-Amz-Signature=s\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes()
+        });
+        let url = format!("http://127.0.0.1:{registry}/v2/os/golden/blobs/sha256:ab");
+        let auth = fake_auth(registry, "t0k3n");
+        let clock = Arc::new(FakeClock::default());
+        let mut source = open_with(&url, &options(3), clock, Some(auth)).unwrap();
+        let mut read = Vec::new();
+        source.reader.read_to_end(&mut read).unwrap();
+        assert!(read == body);
+        assert_eq!(source.stats.snapshot().resumes, 1);
+        let registry_heads = registry_heads.lock().unwrap().clone();
+        assert_eq!(registry_heads.len(), 1, "{registry_heads:?}");
+        assert!(
+            registry_heads[0].contains("authorization: bearer t0k3n"),
+            "{registry_heads:?}"
+        );
+        let storage_heads = storage_heads.lock().unwrap().clone();
+        assert_eq!(storage_heads.len(), 2, "{storage_heads:?}");
+        for head in &storage_heads {
+            assert!(!head.contains("authorization"), "sent to storage: {head}");
+        }
+    }
+
+    /// A token that expires mid-blob: the resume's 401 gets a new one, and
+    /// the resume is retried with it.
+    #[test]
+    fn a_401_on_resume_renews_the_token() {
+        let body: Vec<u8> = (0..150_000u32).map(|i| (i % 239) as u8).collect();
+        let served = body.clone();
+        let (registry, heads) = raw_server(move |head, n| match n {
+            0 => cut_short(&served, 50_000),
+            1 => {
+                assert!(head.contains("authorization: bearer old"), "{head}");
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"https://auth/token\"\r\n\
+                  Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec()
+            }
+            _ => {
+                assert!(head.contains("authorization: bearer new"), "{head}");
+                partial(&served, 50_000)
+            }
+        });
+        let url = format!("http://127.0.0.1:{registry}/v2/os/golden/blobs/sha256:ab");
+        let auth = fake_auth(registry, "old");
+        let clock = Arc::new(FakeClock::default());
+        let mut source = open_with(&url, &options(3), clock, Some(Arc::clone(&auth) as _)).unwrap();
+        let mut read = Vec::new();
+        source.reader.read_to_end(&mut read).unwrap();
+        assert!(read == body);
+        assert_eq!(auth.renewals.load(Ordering::Relaxed), 1);
+        assert_eq!(heads.lock().unwrap().len(), 3);
     }
 }

@@ -19,6 +19,9 @@ pub struct SourceStats {
     pub retries: AtomicU32,
     /// Where redirects led, when that is not the URL given.
     pub final_url: OnceLock<String>,
+    /// The image pinned by digest (`oci://reg/repo@sha256:…`), for the
+    /// result line: what to deploy again to get the same bytes.
+    pub image_digest: OnceLock<String>,
 }
 
 /// A copy of [`SourceStats`] at one moment.
@@ -28,6 +31,7 @@ pub struct SourceStatsSnapshot {
     pub refetched_bytes: u64,
     pub retries: u32,
     pub final_url: Option<String>,
+    pub image_digest: Option<String>,
 }
 
 impl SourceStats {
@@ -37,6 +41,7 @@ impl SourceStats {
             refetched_bytes: self.refetched_bytes.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             final_url: self.final_url.get().cloned(),
+            image_digest: self.image_digest.get().cloned(),
         }
     }
 }
@@ -113,7 +118,8 @@ mod tests {
                 resumes: 2,
                 refetched_bytes: 0,
                 retries: 3,
-                final_url: Some("http://b/x".into())
+                final_url: Some("http://b/x".into()),
+                image_digest: None,
             }
         );
     }

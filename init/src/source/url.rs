@@ -27,6 +27,9 @@ pub enum UrlKind {
     /// `file://LABEL=…/PATH`, `UUID=`, `DEV=`: a file on a filesystem that
     /// is found and mounted read-only first.
     Device(DeviceFileUrl),
+    /// `oci://REGISTRY[:PORT]/REPO[:TAG|@sha256:DIGEST]`: a disk image
+    /// stored as an artifact in an OCI registry.
+    Oci(super::oci::OciReference),
 }
 
 impl SourceUrl {
@@ -38,6 +41,7 @@ impl SourceUrl {
         };
         let kind = match scheme.to_ascii_lowercase().as_str() {
             "http" | "https" => UrlKind::Http,
+            "oci" => UrlKind::Oci(super::oci::OciReference::parse(text)?),
             "file" => match DeviceFileUrl::parse(text)? {
                 Some(on_device) => UrlKind::Device(on_device),
                 None if rest.starts_with('/') => UrlKind::Path(rest.to_owned()),
@@ -48,7 +52,8 @@ impl SourceUrl {
             },
             other => {
                 bail!(
-                    "unsupported URL scheme {other:?} in {text}; use http://, https:// or file://"
+                    "unsupported URL scheme {other:?} in {text}; \
+                     use http://, https://, oci:// or file://"
                 )
             }
         };
@@ -68,7 +73,7 @@ impl SourceUrl {
 
     /// Whether reading it needs the machine's network up.
     pub fn needs_network(&self) -> bool {
-        matches!(self.kind, UrlKind::Http)
+        matches!(self.kind, UrlKind::Http | UrlKind::Oci(_))
     }
 }
 
@@ -93,6 +98,9 @@ mod tests {
         let device = SourceUrl::parse("file://LABEL=IMAGES/x.img").unwrap();
         assert!(matches!(device.kind(), UrlKind::Device(_)));
         assert_eq!(device.to_string(), "file://LABEL=IMAGES/x.img");
+        let oci = SourceUrl::parse("oci://registry:5000/os/golden:v1").unwrap();
+        assert!(matches!(oci.kind(), UrlKind::Oci(r) if r.repository == "os/golden"));
+        assert!(oci.needs_network());
     }
 
     #[test]
@@ -102,6 +110,7 @@ mod tests {
             ("/srv/x.img", "is not a URL"),
             ("file://srv/x.img", "needs an absolute path"),
             ("file://LABEL=/x", "LABEL= needs a value"),
+            ("oci://registry", "oci://registry: no repository"),
         ] {
             let msg = format!("{:#}", SourceUrl::parse(bad).unwrap_err());
             assert!(msg.contains(says), "{bad}: {msg}");

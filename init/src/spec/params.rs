@@ -25,7 +25,7 @@ pub struct ParamDef {
 pub const PARAMS: &[ParamDef] = &[
     ParamDef {
         name: "url",
-        values: "http[s]://HOST[:PORT]/PATH | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
+        values: "http[s]://HOST[:PORT]/PATH | oci://REGISTRY[:PORT]/REPO[:TAG or @sha256:DIGEST] | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
         default: "(required)",
         help: "Where the disk image comes from: see Where the image comes from.",
         apply: |spec, v| {
@@ -144,6 +144,42 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Skip HTTPS certificate verification. Logged as a warning and reported in the result line; for labs only.",
         apply: |spec, v| {
             spec.source.insecure = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "oci-username",
+        values: "NAME",
+        default: "(anonymous)",
+        help: "The user name for an oci:// image's registry: sent as Basic credentials, or to the registry's token service. See Images in an OCI registry.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give the registry user name, or leave it out for anonymous pulls");
+            }
+            spec.source.oci_username = Some(v.to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "oci-password",
+        values: "PASSWORD | TOKEN",
+        default: "(none)",
+        help: "The password (or access token) that goes with oci-username. Never logged or reported; on the kernel command line it is readable in /proc/cmdline, so prefer the deploy spec.",
+        apply: |spec, v| {
+            spec.source.oci_password = Some(crate::http::Password::new(v));
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "oci-layer",
+        values: "TITLE",
+        default: "(the only layer, or the only one titled as a disk image)",
+        help: "Which layer of an oci:// artifact is the image, by its org.opencontainers.image.title (the file name oras push records), when it has several.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!("is empty; give a layer's title, e.g. golden.raw.zst");
+            }
+            spec.source.oci_layer = Some(v.to_owned());
             Ok(())
         },
     },

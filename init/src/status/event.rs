@@ -70,11 +70,15 @@ pub enum EventKind {
     },
     /// The image is on the disk and matched its checksum: `sha256` (hex) of
     /// the bytes written, `algorithm` of the checksum the served bytes
-    /// matched (`sha256`, `sha512`; null when none was given).
+    /// matched (`sha256`, `sha512`; null when none was given);
+    /// `image_digest`, for an image from an OCI registry, the image pinned
+    /// by its manifest digest (left out otherwise).
     Verified {
         sha256: String,
         algorithm: Option<String>,
         bytes: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        image_digest: Option<String>,
     },
     /// Identity injected into the root partition `root` (a device, e.g.
     /// `/dev/vda2`): `changes` file operations; `skipped` says why nothing
@@ -292,6 +296,7 @@ mod tests {
             sha256: "ab".repeat(32),
             algorithm: Some("sha512".into()),
             bytes: 9,
+            image_digest: Some("oci://reg/os/golden@sha256:12".into()),
         });
         assert_eq!(
             (
@@ -302,6 +307,7 @@ mod tests {
             (&json!("verified"), &json!("sha512"), &json!(9))
         );
         assert_eq!(verified["sha256"], "ab".repeat(32));
+        assert_eq!(verified["image_digest"], "oci://reg/os/golden@sha256:12");
 
         let injected = event(EventKind::Injected {
             root: Some("/dev/vda2".into()),

@@ -510,6 +510,7 @@ mod tests {
             sha256: "ab".into(),
             algorithm: None,
             bytes: 1,
+            image_digest: None,
         });
         status.set_timeline(json!({"kernel": 0.0, "pid1": 1.5}));
         status.emit(handoff(HandoffHow::Reboot));
@@ -669,6 +670,7 @@ mod tests {
             sha256: "00".repeat(32),
             algorithm: None,
             bytes: 30,
+            image_digest: None,
         });
         status.emit(progress(40));
         let document = status.document();

@@ -237,6 +237,7 @@ fn request_log_records_each_request() {
             bytes_sent: 10,
             behavior: Behavior::Normal,
             body: Vec::new(),
+            authorization: None,
         }
     );
     assert_eq!(
