@@ -25,6 +25,8 @@ pub struct DeploySummary {
     pub erased: Vec<String>,
     /// The UEFI boot entry written for the installed OS (`Boot0003`).
     pub boot_entry: Option<String>,
+    /// The keys whose signatures verified ([`Signer::token`](crate::sign::Signer::token)).
+    pub signed_by: Vec<String>,
 }
 
 pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
@@ -62,6 +64,9 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     }
     if let Some(entry) = &summary.boot_entry {
         line += &format!(" boot-entry={entry}");
+    }
+    if !summary.signed_by.is_empty() {
+        line += &format!(" signed-by={}", summary.signed_by.join(","));
     }
     line
 }
@@ -103,6 +108,7 @@ mod tests {
             insecure: false,
             erased: Vec::new(),
             boot_entry: None,
+            signed_by: Vec::new(),
         });
         assert_eq!(
             line,
@@ -131,6 +137,7 @@ mod tests {
             insecure: true,
             erased: Vec::new(),
             boot_entry: None,
+            signed_by: Vec::new(),
         });
         assert!(
             line.ends_with(

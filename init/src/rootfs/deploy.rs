@@ -107,6 +107,7 @@ pub fn run(
         insecure: crate::http::tls::insecure_in_effect(&spec.source),
         erased: Vec::new(),
         boot_entry: None,
+        signed_by: Vec::new(),
     })
 }
 

@@ -80,6 +80,7 @@ pub fn open_tarball(
         let hashers = ServedHashers {
             expected: expected.as_ref().map(Checksum::hasher),
             sha256: Some(Sha256::new()),
+            signature: None,
         };
         let pool = pool.clone();
         move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
