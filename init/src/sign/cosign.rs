@@ -62,11 +62,14 @@ impl CosignSignature {
     }
 
     pub fn verify(&self, key: &CosignKey, hashed: Sha256) -> Result<()> {
-        let digest = hashed.finalize();
+        self.verify_digest(key, &hashed.finalize())
+    }
+
+    fn verify_digest(&self, key: &CosignKey, digest: &[u8]) -> Result<()> {
         // Go's crypto/ecdsa does not normalise s; accept both halves, as
         // cosign's own verifier does.
         let signature = self.signature.normalize_s().unwrap_or(self.signature);
-        if key.key.verify_prehash(&digest, &signature).is_err() {
+        if key.key.verify_prehash(digest, &signature).is_err() {
             bail!("the signature does not match the data");
         }
         Ok(())
@@ -81,4 +84,42 @@ pub(super) fn looks_like(text: &[u8]) -> bool {
     STANDARD
         .decode(text.trim())
         .is_ok_and(|der| der.first() == Some(&0x30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signature cosign made, from sigstore/cosign's
+    /// `pkg/cosign/verify_test.go` (`TestCompareSigs`, "sigs match"): its
+    /// Rekor `hashedrekord` entry names the blob's SHA-256 and the key.
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEP+DGj/Yu1Nz01eyEhTwt6Oi1YjEc
+IgQVpUR7Kf/BfiS3qT1Pl0vXpxZyKfIGK6zXB7iMekDSNwXfV8rIhfvvOg==
+-----END PUBLIC KEY-----
+";
+    const SIG: &str = "MEQCIDO3XHbLovPWK+bk8ItCig2cwlr/8MXbLvz3UFzxMGIMAiA1lqdM9IqqUvCUqzOjufTq3sKU3qSn7R5tPqPz0ddNwQ==";
+    const BLOB_SHA256: &str = "38152d1dd326af405f899dbcc2ce350b5f16d45df7f23c488f4850afa1cd86d1";
+
+    fn digest(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn cosign_reference_vector_verifies() {
+        let key = CosignKey::parse(KEY).unwrap();
+        let sig = CosignSignature::parse(SIG).unwrap();
+        sig.verify_digest(&key, &digest(BLOB_SHA256)).unwrap();
+        let mut other = digest(BLOB_SHA256);
+        other[0] ^= 1;
+        assert_eq!(
+            sig.verify_digest(&key, &other).unwrap_err().to_string(),
+            "the signature does not match the data"
+        );
+        assert!(looks_like(SIG.as_bytes()));
+        assert!(CosignSignature::parse(&SIG[..40]).is_err());
+    }
 }

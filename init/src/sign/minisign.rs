@@ -55,14 +55,17 @@ impl MinisignKey {
         })
     }
 
-    /// The key ID as minisign prints it: the little-endian number in hex.
+    /// The key ID as minisign prints it: the little-endian number in
+    /// upper-case hex.
     pub fn fingerprint(&self) -> String {
         key_id(self.id)
     }
 }
 
+/// As minisign writes it in a key's comment (`%" PRIX64`, no padding:
+/// `E6CC0C3D1A1591C` for an ID whose top nibble is zero).
 pub(super) fn key_id(id: [u8; 8]) -> String {
-    format!("{:016X}", u64::from_le_bytes(id))
+    format!("{:X}", u64::from_le_bytes(id))
 }
 
 #[derive(Debug, Clone)]
@@ -169,5 +172,14 @@ QtKMXWyYcwdpZAlPF7tE2ENJkRd1ujvKjlj1m9RtHTBnZPa5WKU5uWRs5GoP5M/VqE81QFuMKI5k/SfN
                 .to_string()
                 .contains("trusted comment line missing")
         );
+    }
+}
+
+#[cfg(test)]
+mod key_id_tests {
+    #[test]
+    fn key_id_is_unpadded_like_minisign() {
+        let id = 0x0E6C_C0C3_D1A1_591C_u64.to_le_bytes();
+        assert_eq!(super::key_id(id), "E6CC0C3D1A1591C");
     }
 }

@@ -68,7 +68,8 @@ impl KeyParam {
         if value.is_empty() {
             bail!("is empty; give a minisign key (RW…) or the URL of a key file");
         }
-        if value.starts_with("RW") && !value.contains('/') {
+        // base64 has `/` in it, but no `://` and never a leading `/`.
+        if value.starts_with("RW") && !value.contains("://") {
             super::MinisignKey::parse(value)?;
             return Ok(KeyParam::Inline(value.to_owned()));
         }
@@ -264,4 +265,129 @@ pub fn plan(
         checksum_list,
         keys,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmdline::KernelCmdline;
+    use crate::spec::DeploySpec;
+
+    const KEY_A: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+    const KEY_B: &str = "RWQCU48zjseAXe/bOWT0UO/rJ6ZTXmSvVL+CteZCyz61F6Q/Hl2FTpKG";
+
+    fn key(text: &str) -> TrustedKey {
+        TrustedKey::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn baked_keys_win_and_a_parameter_cannot_widen_them() {
+        let baked = Baked {
+            keys: vec![key(KEY_A)],
+            allow_unsigned: false,
+        };
+        let names = |keys: Vec<TrustedKey>| keys.iter().map(TrustedKey::name).collect::<Vec<_>>();
+        assert_eq!(
+            names(trusted_keys(&baked, None, "imprint.trusted-key=").unwrap()),
+            ["minisign:E7620F1842B4E81F"]
+        );
+        // The same key again is harmless.
+        assert_eq!(
+            names(trusted_keys(&baked, Some(key(KEY_A)), "imprint.trusted-key=").unwrap()),
+            ["minisign:E7620F1842B4E81F"]
+        );
+        let error = trusted_keys(&baked, Some(key(KEY_B)), "imprint.trusted-key=")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "imprint.trusted-key= names key minisign:5D80C78E338F5302, which is not baked"
+            ),
+            "{error}"
+        );
+        // Nothing baked: the parameter's key is the one.
+        assert_eq!(
+            names(trusted_keys(&Baked::default(), Some(key(KEY_B)), "x").unwrap()),
+            ["minisign:5D80C78E338F5302"]
+        );
+    }
+
+    #[test]
+    fn key_parameter_forms() {
+        assert_eq!(
+            KeyParam::parse(KEY_B).unwrap(),
+            KeyParam::Inline(KEY_B.to_owned())
+        );
+        assert_eq!(
+            KeyParam::parse("/etc/keys/release.asc").unwrap(),
+            KeyParam::Url("file:///etc/keys/release.asc".to_owned())
+        );
+        assert_eq!(
+            KeyParam::parse("https://h/cosign.pub").unwrap(),
+            KeyParam::Url("https://h/cosign.pub".to_owned())
+        );
+        assert!(KeyParam::parse("RWQnotakey").is_err());
+        assert!(KeyParam::parse("").is_err());
+    }
+
+    #[test]
+    fn spec_layers_take_the_signing_params() {
+        let spec = DeploySpec::from_json_and_cmdline(
+            &format!(
+                r#"{{"url": "http://h/x.img", "disk": "/dev/vda", "signature": "http://h/x.img.minisig",
+                    "trusted-key": "{KEY_A}"}}"#
+            ),
+            &KernelCmdline::parse("imprint.checksum-url=http://h/SUMS imprint.checksum-signature=http://h/SUMS.asc"),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.signing.signature.as_ref().unwrap().as_str(),
+            "http://h/x.img.minisig"
+        );
+        assert_eq!(
+            spec.signing.checksum_signature.as_ref().unwrap().as_str(),
+            "http://h/SUMS.asc"
+        );
+        assert_eq!(
+            spec.signing.trusted_key,
+            Some(KeyParam::Inline(KEY_A.to_owned()))
+        );
+
+        let error = DeploySpec::from_cmdline(&KernelCmdline::parse(
+            "imprint.url=http://h/x.img imprint.checksum-signature=http://h/SUMS.asc",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "imprint.checksum-signature= on the kernel command line signs a checksum list: \
+             give imprint.checksum-url= on the kernel command line too"
+        );
+    }
+
+    #[test]
+    fn a_broken_baked_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("trusted-keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::write(keys.join("a.pub"), KEY_A).unwrap();
+        let baked = Baked::load(&keys).unwrap();
+        assert_eq!(baked.keys.len(), 1);
+        assert!(!baked.allow_unsigned);
+        std::fs::write(keys.join("b.pub"), "not a key").unwrap();
+        let error = format!("{:#}", Baked::load(&keys).unwrap_err());
+        assert!(
+            error.starts_with(&format!("trusted key {}", keys.join("b.pub").display())),
+            "{error}"
+        );
+        std::fs::remove_file(keys.join("b.pub")).unwrap();
+        std::fs::write(dir.path().join("allow-unsigned"), "").unwrap();
+        assert!(Baked::load(&keys).unwrap().allow_unsigned);
+        assert!(
+            Baked::load(&dir.path().join("none"))
+                .unwrap()
+                .keys
+                .is_empty()
+        );
+    }
 }
