@@ -11,7 +11,7 @@ use imprint_build::initramfs::{self, BuiltinInputs, InitramfsExtras, InitramfsIn
 use imprint_build::ipxe::{self, IpxeOptions};
 use imprint_build::tools;
 
-const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR | imprint-build tools-initrd --out FILE [--root DIR]";
+const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] [--trusted-key FILE]... [--allow-unsigned yes] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR | imprint-build tools-initrd --out FILE [--root DIR]";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -103,6 +103,8 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     "--extra-module",
                     "--embed-image",
                     "--ca",
+                    "--trusted-key",
+                    "--allow-unsigned",
                     "--firmware-root",
                     "--builtin-modinfo",
                 ],
@@ -120,6 +122,15 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     .map(PathBuf::from)
                     .collect(),
                 ca_bundle: single(&flags, "--ca")?.map(PathBuf::from),
+                trusted_keys: all("--trusted-key")
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect(),
+                allow_unsigned: match single(&flags, "--allow-unsigned")? {
+                    None | Some("no") => false,
+                    Some("yes") => true,
+                    Some(other) => bail!("--allow-unsigned takes yes or no, not {other:?}"),
+                },
             };
             if let Some(modinfo) = single(&flags, "--builtin-modinfo")? {
                 if single(&flags, "--kernel-root")?.is_some() {
@@ -460,6 +471,8 @@ mod tests {
             InitramfsExtras {
                 embed_images: vec!["/srv/a.raw.zst".into(), "b.img".into()],
                 ca_bundle: Some("lab.pem".into()),
+                trusted_keys: Vec::new(),
+                allow_unsigned: false,
             }
         );
         let error = parse_args(&args(
@@ -486,6 +499,8 @@ mod tests {
                 extras: InitramfsExtras {
                     embed_images: Vec::new(),
                     ca_bundle: Some("lab.pem".into()),
+                    trusted_keys: Vec::new(),
+                    allow_unsigned: false,
                 },
             }
         );
