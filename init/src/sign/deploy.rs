@@ -19,7 +19,7 @@ pub fn plan(spec: &Resolved) -> Result<Plan> {
 
 /// The keys that vouched for this image, each logged with what it
 /// covered; the image signature's failure, if it failed.
-pub fn signers(list: Option<Signer>, image: Option<Result<Signer>>) -> Result<Vec<String>> {
+pub fn signers(list: Option<Signer>, image: Option<Result<Signer>>) -> Result<Vec<Signer>> {
     let mut signers: Vec<Signer> = list.into_iter().collect();
     if let Some(image) = image {
         signers.push(image?);
@@ -27,5 +27,5 @@ pub fn signers(list: Option<Signer>, image: Option<Result<Signer>>) -> Result<Ve
     for signer in &signers {
         log::info!("verified signature: {}", signer.describe());
     }
-    Ok(signers.iter().map(Signer::token).collect())
+    Ok(signers)
 }

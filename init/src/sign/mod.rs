@@ -174,6 +174,16 @@ pub enum Covered {
     ChecksumList,
 }
 
+impl Covered {
+    /// The `signed` status event's `covered`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Covered::Image => "image",
+            Covered::ChecksumList => "checksum-list",
+        }
+    }
+}
+
 impl Signer {
     /// `minisign:E7620F1842B4E81F`, the result line's `signed-by=` value.
     pub fn token(&self) -> String {

@@ -76,6 +76,16 @@ pub enum EventKind {
         algorithm: Option<String>,
         bytes: u64,
     },
+    /// A signature verified, before the first MiB was written: `format`
+    /// (`minisign`, `openpgp`, `cosign`), `key` (the result line's
+    /// fingerprint; an OpenPGP signing subkey's when `subkey`), and what it
+    /// `covered` (`image` or `checksum-list`).
+    Signed {
+        format: String,
+        key: String,
+        subkey: bool,
+        covered: String,
+    },
     /// Identity injected into the root partition `root` (a device, e.g.
     /// `/dev/vda2`): `changes` file operations; `skipped` says why nothing
     /// was injected when that was the case.
@@ -142,6 +152,7 @@ impl EventKind {
             EventKind::Started { .. } => "started",
             EventKind::Progress { .. } => "progress",
             EventKind::Verified { .. } => "verified",
+            EventKind::Signed { .. } => "signed",
             EventKind::Injected { .. } => "injected",
             EventKind::Handoff { .. } => "handoff",
             EventKind::Failed { .. } => "failed",
@@ -157,7 +168,7 @@ impl EventKind {
     pub fn stage(&self) -> Option<Stage> {
         match self {
             EventKind::Progress { stage, .. } | EventKind::Failed { stage, .. } => Some(*stage),
-            EventKind::Verified { .. } => Some(Stage::Verify),
+            EventKind::Verified { .. } | EventKind::Signed { .. } => Some(Stage::Verify),
             EventKind::Injected { .. } => Some(Stage::Inject),
             EventKind::Handoff { .. } => Some(Stage::Handoff),
             EventKind::ErasePlan { .. } | EventKind::Erased { .. } => Some(Stage::Erase),
