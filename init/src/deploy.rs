@@ -263,18 +263,8 @@ fn progress_summary(bytes: u64, served: u64, elapsed: std::time::Duration) -> St
 }
 
 /// The digest `expected` names: given, or looked up in a checksum list
-/// by the image's file name.
-pub(crate) fn expected_checksum(
-    expected: Option<&Expected>,
-    url: &str,
-    options: &SourceOptions,
-) -> Result<Option<Checksum>> {
-    expected_checksum_signed(expected, url, options, &crate::sign::trust::Plan::default())
-        .map(|(checksum, _)| checksum)
-}
-
-/// [`expected_checksum`], with the checksum list's signature checked over
-/// its exact bytes before any digest is read from it.
+/// by the image's file name, the list's signature (when `signing` has one)
+/// checked over its exact bytes before any digest is read from it.
 pub(crate) fn expected_checksum_signed(
     expected: Option<&Expected>,
     url: &str,

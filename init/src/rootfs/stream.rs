@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::deploy::{DeployOptions, expected_checksum};
+use crate::deploy::{DeployOptions, expected_checksum_signed};
 use crate::pipeline::checksum::Checksum;
 use crate::pipeline::decode;
 use crate::pipeline::fetch::{
@@ -30,6 +30,8 @@ pub struct TarballStream {
     pub archive: Box<dyn Read + Send>,
     url: String,
     expected: Option<Checksum>,
+    /// Who signed the checksum list, when a signature covers it.
+    list_signer: Option<crate::sign::Signer>,
     fetch: JoinHandle<Result<Fetched, FetchError>>,
 }
 
@@ -41,6 +43,8 @@ pub struct ServedTarball {
     pub sha256: [u8; 32],
     /// The algorithm of the checksum they matched, if one was given.
     pub verified: Option<&'static str>,
+    /// The keys whose signatures verified.
+    pub signed_by: Vec<crate::sign::Signer>,
 }
 
 /// A root-filesystem tarball to fetch: the image or an overlay.
@@ -51,6 +55,9 @@ pub struct Tarball<'a> {
     pub expected: Option<&'a Expected>,
     pub source_options: &'a SourceOptions,
     pub decode_memory: Option<u64>,
+    /// The signature checks of a deploy's image (`None` for overlays and
+    /// `imprint unpack`).
+    pub signing: Option<&'a crate::sign::trust::Plan>,
 }
 
 /// Starts fetching and decoding `tarball` from `source`. Everything that
@@ -66,7 +73,10 @@ pub fn open_tarball(
     let declared = tarball.declared;
     let declared_compression = format::rootfs_compression(declared)
         .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
-    let expected = expected_checksum(tarball.expected, &url, tarball.source_options)?;
+    let no_signing = crate::sign::trust::Plan::default();
+    let signing = tarball.signing.unwrap_or(&no_signing);
+    let (expected, list_signer) =
+        expected_checksum_signed(tarball.expected, &url, tarball.source_options, signing)?;
     log::info!(
         "fetching root-filesystem tarball {url} ({})",
         source
@@ -80,7 +90,7 @@ pub fn open_tarball(
         let hashers = ServedHashers {
             expected: expected.as_ref().map(Checksum::hasher),
             sha256: Some(Sha256::new()),
-            signature: None,
+            signature: signing.image_check()?,
         };
         let pool = pool.clone();
         move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
@@ -118,6 +128,7 @@ pub fn open_tarball(
         archive: Box::new(archive),
         url,
         expected,
+        list_signer,
         fetch,
     })
 }
@@ -169,10 +180,12 @@ impl TarballStream {
             }
             log::info!("verified {actual}");
         }
+        let signed_by = crate::sign::deploy::signers(self.list_signer, fetched.signed)?;
         Ok(ServedTarball {
             bytes: fetched.bytes,
             sha256: fetched.sha256.unwrap_or_default(),
             verified: self.expected.map(|c| c.algorithm()),
+            signed_by,
         })
     }
 }
