@@ -189,3 +189,90 @@ impl TarballStream {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::trust::{Baked, SigningSpec, plan};
+    use crate::sign::{Format, TrustedKey};
+    use crate::source::url::SourceUrl;
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A root-filesystem tarball signed by `minisign` (the real tool): its
+    /// signature is checked when the stream finishes, as its checksum is.
+    #[test]
+    fn a_tarball_signature_is_checked_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tree/etc")).unwrap();
+        std::fs::write(d.join("tree/etc/hostname"), "signed\n").unwrap();
+        run(Command::new("tar")
+            .arg("-czf")
+            .arg(d.join("root.tgz"))
+            .arg("-C")
+            .arg(d.join("tree"))
+            .arg("."));
+        run(Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(d.join("k.pub"))
+            .arg("-s")
+            .arg(d.join("k.sec")));
+        run(Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(d.join("k.sec"))
+            .arg("-m")
+            .arg(d.join("root.tgz")));
+        let key = TrustedKey::parse(&std::fs::read(d.join("k.pub")).unwrap()).unwrap();
+        let url = format!("file://{}", d.join("root.tgz").display());
+        let spec = SigningSpec {
+            signature: Some(SourceUrl::parse(&format!("{url}.minisig")).unwrap()),
+            ..SigningSpec::default()
+        };
+        let baked = Baked {
+            keys: vec![key.clone()],
+            allow_unsigned: false,
+        };
+        let options = SourceOptions::default();
+        let deploy = |bytes: &[u8]| {
+            std::fs::write(d.join("served.tgz"), bytes).unwrap();
+            let served = format!("file://{}", d.join("served.tgz").display());
+            let signing = plan(&spec, &baked, &options, &|n| format!("imprint.{n}=")).unwrap();
+            let tarball = Tarball {
+                url: &served,
+                declared: "tgz",
+                expected: None,
+                source_options: &options,
+                decode_memory: None,
+                signing: Some(&signing),
+            };
+            let source = crate::source::open(&served, &options).unwrap();
+            open_tarball(&tarball, source, &DeployOptions::default())?.finish()
+        };
+        let good = std::fs::read(d.join("root.tgz")).unwrap();
+        let served = deploy(&good).unwrap();
+        assert_eq!(served.signed_by.len(), 1);
+        assert_eq!(served.signed_by[0].format, Format::Minisign);
+        assert_eq!(served.signed_by[0].fingerprint, key.fingerprint());
+
+        // The signature of another file in its place: the tarball is read
+        // to its end, then refused.
+        std::fs::write(d.join("other"), "another file").unwrap();
+        run(Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(d.join("k.sec"))
+            .arg("-m")
+            .arg(d.join("other")));
+        std::fs::copy(d.join("other.minisig"), d.join("root.tgz.minisig")).unwrap();
+        let error = format!("{:#}", deploy(&good).unwrap_err());
+        assert!(error.contains("does not match the data"), "{error}");
+    }
+}
