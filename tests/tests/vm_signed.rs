@@ -15,7 +15,7 @@ use imprint_vm_tests::{
     Artifacts, ResultLine, boot_imprint_with_initrd, finish, sha256_hex, test_image,
 };
 
-const DISK: u64 = 64 << 20;
+const DISK: usize = 64 << 20;
 
 fn run(command: &mut Command) {
     let out = command
@@ -70,7 +70,7 @@ fn initrd_with_key(dir: &Path, public: &Path) -> PathBuf {
 
 fn target(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("target.raw");
-    let before = vec![0xa5u8; DISK as usize];
+    let before = vec![0xa5u8; DISK];
     std::fs::write(&path, &before).unwrap();
     (path, before)
 }
