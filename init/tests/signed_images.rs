@@ -602,3 +602,56 @@ fn a_legacy_minisign_signature_is_refused_with_the_fix() {
     );
     outcome.untouched();
 }
+
+/// Two baked keys of two formats; the list signed in text mode (`gpg
+/// --textmode`, what `--clearsign`-minded distributions use for lists),
+/// the image by minisign: both named, list first.
+#[test]
+fn a_text_mode_list_signature_and_an_image_signature_together() {
+    let pgp = Key::new(Kind::GpgRsa4096Armored);
+    let minisign = Key::new(Kind::Minisign);
+    let server = FixtureServer::start().unwrap();
+    let data = payload();
+    let sums = format!("{}  golden.raw\n", hex(&data)).into_bytes();
+    let list = pgp.dir.path().join("SHA256SUMS");
+    std::fs::write(&list, &sums).unwrap();
+    run(gpg(pgp.dir.path())
+        .args([
+            "--local-user",
+            &pgp.gpg_user,
+            "--textmode",
+            "--armor",
+            "--detach-sign",
+        ])
+        .arg(&list));
+    let mut deploy = Deploy::new(&data);
+    deploy.files.push(("SHA256SUMS", sums));
+    deploy.files.push((
+        "SHA256SUMS.asc",
+        std::fs::read(list.with_extension("asc")).unwrap(),
+    ));
+    deploy
+        .files
+        .push(("golden.raw.minisig", minisign.sign(&data)));
+    deploy.baked.push(&minisign.public);
+    deploy.baked.push(&pgp.public);
+    deploy.args = args(&[
+        "--checksum-url",
+        &server.url("SHA256SUMS"),
+        "--checksum-signature",
+        &server.url("SHA256SUMS.asc"),
+        "--signature",
+        &server.url("golden.raw.minisig"),
+    ]);
+    let outcome = deploy.run(&server);
+    let line = outcome.ok(&data);
+    assert!(
+        line.ends_with(&format!(" signed-by={},{}", pgp.token, minisign.token)),
+        "{line}"
+    );
+    let stderr = String::from_utf8_lossy(&outcome.output.stderr);
+    assert!(
+        stderr.contains("verified signature: the checksum list is signed by openpgp key"),
+        "{stderr}"
+    );
+}

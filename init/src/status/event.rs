@@ -314,6 +314,28 @@ mod tests {
         );
         assert_eq!(verified["sha256"], "ab".repeat(32));
 
+        let signed = event(EventKind::Signed {
+            format: "openpgp".into(),
+            key: "9F65F1A01C10E0B42D60394BDC13037631BB4C2A".into(),
+            subkey: true,
+            covered: "checksum-list".into(),
+        });
+        assert_eq!(
+            (
+                &signed["event"],
+                &signed["format"],
+                &signed["subkey"],
+                &signed["covered"]
+            ),
+            (
+                &json!("signed"),
+                &json!("openpgp"),
+                &json!(true),
+                &json!("checksum-list")
+            )
+        );
+        assert_eq!(signed["key"], "9F65F1A01C10E0B42D60394BDC13037631BB4C2A");
+
         let injected = event(EventKind::Injected {
             root: Some("/dev/vda2".into()),
             changes: 4,
