@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use digest::DynDigest;
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
 use pgp::crypto::hash::HashAlgorithm;
-use pgp::packet::{PublicKey, PublicSubkey, Signature, SignatureType, SignatureVersion};
+use pgp::packet::{KeyFlags, PublicKey, PublicSubkey, Signature, SignatureType, SignatureVersion};
 use pgp::types::{KeyDetails, PublicKeyTrait};
 
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ impl OpenPgpKey {
                 .any(|f| **f == key.fingerprint())
                 || signature.issuer().iter().any(|id| **id == key.key_id())
         };
-        if named(&self.key.primary_key) {
+        if named(&self.key.primary_key) && primary_may_sign(&self.key) {
             return Some(Signer {
                 key: SignerKey::Primary(&self.key.primary_key),
                 fingerprint: format!("{:X}", self.key.primary_key.fingerprint()),
@@ -85,6 +85,22 @@ impl OpenPgpKey {
                 subkey: true,
             })
     }
+}
+
+/// Whether the primary key's self-signatures allow it to sign data: a key
+/// flags subpacket with the sign flag, or none at all (RFC 9580 §5.2.3.29:
+/// without key flags, usage is not restricted). gpg's default primary key
+/// is certify+sign; `gpg --quick-gen-key … cert` makes one that may not.
+fn primary_may_sign(key: &SignedPublicKey) -> bool {
+    let flags: Vec<KeyFlags> = key
+        .details
+        .direct_signatures
+        .iter()
+        .chain(key.details.users.iter().flat_map(|u| u.signatures.iter()))
+        .map(Signature::key_flags)
+        .filter(|flags| *flags != KeyFlags::default())
+        .collect();
+    flags.is_empty() || flags.iter().any(KeyFlags::sign)
 }
 
 pub(super) fn is_armored(bytes: &[u8]) -> bool {
