@@ -136,13 +136,12 @@ impl InitramfsExtras {
         for (n, path) in self.trusted_keys.iter().enumerate() {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading the trusted key {}", path.display()))?;
-            let key = imprint::sign::TrustedKey::parse(&bytes)
+            imprint::sign::TrustedKey::parse(&bytes)
                 .with_context(|| format!("trusted key {}", path.display()))?;
             let name = path
                 .file_name()
                 .and_then(|name| name.to_str())
                 .with_context(|| format!("{}: the key needs a UTF-8 file name", path.display()))?;
-            println!("trusted key: {} ({})", key.name(), path.display());
             archive.add_file(&format!("{TRUSTED_KEYS_DIR}/{n:02}-{name}"), 0o644, bytes)?;
         }
         if self.allow_unsigned {

@@ -262,6 +262,19 @@ fn report_initramfs(
     if extras.ca_bundle.is_some() {
         println!("CA bundle: /{}", initramfs::CA_BUNDLE_PATH);
     }
+    for key in &extras.trusted_keys {
+        println!(
+            "trusted key: {} under /{}",
+            key.display(),
+            initramfs::TRUSTED_KEYS_DIR
+        );
+    }
+    if extras.allow_unsigned {
+        println!(
+            "unsigned images allowed: /{}",
+            initramfs::ALLOW_UNSIGNED_PATH
+        );
+    }
     println!("modules: {}", built.modules.len());
     if !built.builtin.is_empty() {
         println!("built in: {}", built.builtin.join(" "));
@@ -480,6 +493,29 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(error.to_string(), "--ca given twice");
+    }
+
+    #[test]
+    fn initramfs_bakes_trusted_keys() {
+        let Command::Initramfs { extras, .. } = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --trusted-key release.pub --trusted-key fedora.asc --allow-unsigned yes",
+        ))
+        .unwrap() else {
+            panic!("not initramfs");
+        };
+        assert_eq!(
+            extras.trusted_keys,
+            [PathBuf::from("release.pub"), PathBuf::from("fedora.asc")]
+        );
+        assert!(extras.allow_unsigned);
+        let error = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --allow-unsigned 1",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--allow-unsigned takes yes or no, not \"1\""
+        );
     }
 
     #[test]
