@@ -1,18 +1,16 @@
-//! Signed images in the real initramfs: a minisign key baked into it (a
-//! second cpio carrying `etc/imprint/trusted-keys/`, concatenated after the
-//! base initramfs as a boot loader given two initrds does; the kernel
-//! unpacks both into one rootfs), then a signed image deploys and its
-//! result line names the key, and an unsigned one is refused with the disk
-//! untouched.
+//! Signed images in the real initramfs: a minisign key baked into it as
+//! `imprint-build initramfs --trusted-key` does, then a signed image
+//! deploys and its result line names the key, and an unsigned one is
+//! refused with the disk untouched.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imprint_build::cpio::CpioArchive;
+use imprint_build::initramfs::{InitramfsExtras, InitramfsInputs, build_with};
 use imprint_qemu::Disk;
 use imprint_qemu::http::FixtureServer;
 use imprint_vm_tests::{
-    Artifacts, ResultLine, boot_imprint_with_initrd, finish, sha256_hex, test_image,
+    Artifacts, ResultLine, boot_imprint_with_initrd, finish, repo_root, sha256_hex, test_image,
 };
 
 const DISK: usize = 64 << 20;
@@ -49,22 +47,34 @@ fn minisign_key(dir: &Path) -> (PathBuf, String) {
     (public, id)
 }
 
-/// The base initramfs with a second, uncompressed cpio after it holding
-/// `public` as a baked key. The kernel skips the zero padding between
-/// archives and needs each cpio header 4-byte aligned.
-fn initrd_with_key(dir: &Path, public: &Path) -> PathBuf {
-    let mut bytes = std::fs::read(&Artifacts::get().initramfs).unwrap();
-    bytes.resize(bytes.len().next_multiple_of(4), 0);
-    let mut keys = CpioArchive::new();
-    keys.add_file(
-        "etc/imprint/trusted-keys/00-release.pub",
-        0o644,
-        std::fs::read(public).unwrap(),
+/// An initramfs like `out/initramfs.img` with `public` baked in, as
+/// `imprint-build initramfs --trusted-key FILE` makes it.
+fn initramfs_with_key(dir: &Path, public: &Path) -> PathBuf {
+    let current = repo_root().join("cache/kernel/current");
+    let kernel_root = std::fs::canonicalize(&current)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build first", current.display()));
+    let kernel_version = kernel_root
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let built = build_with(
+        &InitramfsInputs {
+            kernel_root,
+            kernel_version,
+            init_binary: Artifacts::get().out_dir.join("imprint"),
+            extra_modules: Vec::new(),
+            mtime: 0,
+            firmware_root: None,
+        },
+        &InitramfsExtras {
+            trusted_keys: vec![public.to_owned()],
+            ..InitramfsExtras::default()
+        },
     )
     .unwrap();
-    bytes.extend(keys.to_bytes(0).unwrap());
-    let path = dir.join("initrd-with-key.img");
-    std::fs::write(&path, bytes).unwrap();
+    let path = dir.join("initramfs-with-key.img");
+    std::fs::write(&path, &built.compressed).unwrap();
     path
 }
 
@@ -79,7 +89,7 @@ fn target(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn a_baked_key_admits_the_signed_image_and_refuses_an_unsigned_one() {
     let dir = tempfile::tempdir().unwrap();
     let (public, key_id) = minisign_key(dir.path());
-    let initrd = initrd_with_key(dir.path(), &public);
+    let initrd = initramfs_with_key(dir.path(), &public);
     let image = test_image(24 << 20, 17);
     let image_path = dir.path().join("golden.raw");
     std::fs::write(&image_path, &image).unwrap();
