@@ -327,6 +327,16 @@ impl Matched {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    pub fn format(&self) -> Format {
+        self.signature.format()
+    }
+
+    /// The trusted key it was matched to (for cosign, whose signatures do
+    /// not name their key, only the first trusted cosign key: each is tried).
+    pub fn key_name(&self) -> String {
+        self.key.name()
+    }
 }
 
 enum Hasher {

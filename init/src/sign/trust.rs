@@ -260,6 +260,20 @@ pub fn plan(
         .as_ref()
         .map(|url| fetch_and_match(url.as_str(), &keys, options))
         .transpose()?;
+    for (what, matched) in [("the image", &image), ("the checksum list", &checksum_list)] {
+        if let Some(matched) = matched {
+            let by = match matched.format() {
+                // A cosign signature does not name its key.
+                super::Format::Cosign => "checked against each trusted cosign key".to_owned(),
+                _ => format!("by trusted key {}", matched.key_name()),
+            };
+            log::info!(
+                "{what} must match {}, a {} signature {by}",
+                matched.url(),
+                matched.format()
+            );
+        }
+    }
     Ok(Plan {
         image,
         checksum_list,
