@@ -1,5 +1,5 @@
-//! The two places a deploy meets signatures: before anything is fetched of
-//! the image (keys loaded, signatures fetched and matched, an unsigned
+//! The two places a deploy meets signatures: before any of the image is read
+//! (keys loaded, signatures fetched and matched, an unsigned
 //! image refused), and after its end, before the first MiB (who signed).
 
 use anyhow::Result;

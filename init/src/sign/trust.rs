@@ -147,8 +147,8 @@ impl Baked {
     }
 }
 
-/// The checks a deploy runs, decided before anything is fetched of the
-/// image: the image's signature (streamed) and the checksum list's.
+/// The checks a deploy runs, decided before any of the image is read:
+/// the image's signature (streamed) and the checksum list's.
 #[derive(Default)]
 pub struct Plan {
     pub image: Option<Matched>,
