@@ -74,6 +74,12 @@ pub struct InitramfsExtras {
     pub embed_images: Vec<PathBuf>,
     /// A PEM bundle of trust roots for HTTPS, put at `/etc/imprint/ca.pem`.
     pub ca_bundle: Option<PathBuf>,
+    /// Public keys that verify signed images, put under
+    /// `/etc/imprint/trusted-keys/` (see `imprint::sign::trust`).
+    pub trusted_keys: Vec<PathBuf>,
+    /// Let unsigned images through although keys are baked in
+    /// (`/etc/imprint/allow-unsigned`).
+    pub allow_unsigned: bool,
 }
 
 impl InitramfsExtras {
@@ -112,9 +118,44 @@ impl InitramfsExtras {
             archive.add_directory("etc/imprint", 0o755)?;
             archive.add_file(CA_BUNDLE_PATH, 0o644, pem)?;
         }
+        self.add_trusted_keys(archive)
+    }
+
+    /// Each key is parsed here, so a file that is not a key (or two keys
+    /// with one name) fails the build rather than the deploy; it lands as
+    /// `<n>-<file name>`, in the order given.
+    fn add_trusted_keys(&self, archive: &mut CpioArchive) -> Result<()> {
+        ensure!(
+            !self.allow_unsigned || !self.trusted_keys.is_empty(),
+            "--allow-unsigned without --trusted-key: with no key baked in, nothing is refused anyway"
+        );
+        if self.trusted_keys.is_empty() {
+            return Ok(());
+        }
+        archive.add_directory(TRUSTED_KEYS_DIR, 0o755)?;
+        for (n, path) in self.trusted_keys.iter().enumerate() {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the trusted key {}", path.display()))?;
+            imprint::sign::TrustedKey::parse(&bytes)
+                .with_context(|| format!("trusted key {}", path.display()))?;
+            let name = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .with_context(|| format!("{}: the key needs a UTF-8 file name", path.display()))?;
+            archive.add_file(&format!("{TRUSTED_KEYS_DIR}/{n:02}-{name}"), 0o644, bytes)?;
+        }
+        if self.allow_unsigned {
+            archive.add_file(ALLOW_UNSIGNED_PATH, 0o644, Vec::new())?;
+        }
         Ok(())
     }
 }
+
+/// Where baked keys land: `imprint::sign::trust::TRUSTED_KEYS_DIR`
+/// without its leading `/`.
+pub const TRUSTED_KEYS_DIR: &str = "etc/imprint/trusted-keys";
+/// `imprint::sign::trust::ALLOW_UNSIGNED_PATH`, likewise.
+pub const ALLOW_UNSIGNED_PATH: &str = "etc/imprint/allow-unsigned";
 
 const CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
@@ -739,6 +780,8 @@ mod tests {
         let extras = InitramfsExtras {
             embed_images: vec![golden.clone(), other.clone()],
             ca_bundle: Some(ca.clone()),
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
         };
         let built = build_with(&inputs(tree.path()), &extras).unwrap();
         let members = read_archive(&built.cpio).unwrap();
@@ -764,6 +807,8 @@ mod tests {
         let reordered = InitramfsExtras {
             embed_images: vec![other, golden.clone()],
             ca_bundle: Some(ca),
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
         };
         let again = build_with(&inputs(tree.path()), &reordered).unwrap();
         assert_eq!(again.sha256_hex(), built.sha256_hex());
@@ -798,6 +843,8 @@ mod tests {
             error(InitramfsExtras {
                 embed_images: vec![missing.clone()],
                 ca_bundle: None,
+                trusted_keys: Vec::new(),
+                allow_unsigned: false,
             })
             .starts_with(&format!(
                 "reading the image to embed {}: ",
@@ -813,6 +860,8 @@ mod tests {
             error(InitramfsExtras {
                 embed_images: vec![first, second.clone()],
                 ca_bundle: None,
+                trusted_keys: Vec::new(),
+                allow_unsigned: false,
             }),
             format!(
                 "embedding {}: cpio entry images/golden.raw added twice",
@@ -825,11 +874,70 @@ mod tests {
             error(InitramfsExtras {
                 embed_images: Vec::new(),
                 ca_bundle: Some(not_pem.clone()),
+                trusted_keys: Vec::new(),
+                allow_unsigned: false,
             }),
             format!(
                 "the CA bundle {} holds no PEM certificate (no -----BEGIN CERTIFICATE-----)",
                 not_pem.display()
             )
+        );
+    }
+
+    #[test]
+    fn bakes_trusted_keys_checked_and_in_order() {
+        let tree = tempfile::tempdir().unwrap();
+        fake_kernel_tree(tree.path());
+        let files = tempfile::tempdir().unwrap();
+        // minisign-verify's test key; any key the deploy can parse.
+        let minisign = files.path().join("release.pub");
+        std::fs::write(
+            &minisign,
+            "untrusted comment: minisign public key E7620F1842B4E81F\n\
+             RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n",
+        )
+        .unwrap();
+        let extras = InitramfsExtras {
+            trusted_keys: vec![minisign.clone()],
+            allow_unsigned: true,
+            ..InitramfsExtras::default()
+        };
+        let built = build_with(&inputs(tree.path()), &extras).unwrap();
+        let members = read_archive(&built.cpio).unwrap();
+        let member = |name: &str| {
+            members
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        let key = member("etc/imprint/trusted-keys/00-release.pub");
+        assert_eq!(key.mode, 0o100_644);
+        assert_eq!(key.data, std::fs::read(&minisign).unwrap());
+        assert_eq!(member("etc/imprint/trusted-keys").mode, 0o040_755);
+        assert!(member("etc/imprint/allow-unsigned").data.is_empty());
+
+        let error = |extras: InitramfsExtras| {
+            format!(
+                "{:#}",
+                build_with(&inputs(tree.path()), &extras).unwrap_err()
+            )
+        };
+        let not_a_key = files.path().join("ca.pem");
+        std::fs::write(&not_a_key, PEM).unwrap();
+        let message = error(InitramfsExtras {
+            trusted_keys: vec![minisign, not_a_key.clone()],
+            ..InitramfsExtras::default()
+        });
+        assert!(
+            message.starts_with(&format!("trusted key {}: ", not_a_key.display())),
+            "{message}"
+        );
+        assert_eq!(
+            error(InitramfsExtras {
+                allow_unsigned: true,
+                ..InitramfsExtras::default()
+            }),
+            "--allow-unsigned without --trusted-key: with no key baked in, nothing is refused anyway"
         );
     }
 

@@ -11,7 +11,7 @@ use imprint_build::initramfs::{self, BuiltinInputs, InitramfsExtras, InitramfsIn
 use imprint_build::ipxe::{self, IpxeOptions};
 use imprint_build::tools;
 
-const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR | imprint-build tools-initrd --out FILE [--root DIR]";
+const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] [--trusted-key FILE]... [--allow-unsigned yes] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR | imprint-build tools-initrd --out FILE [--root DIR]";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -103,6 +103,8 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     "--extra-module",
                     "--embed-image",
                     "--ca",
+                    "--trusted-key",
+                    "--allow-unsigned",
                     "--firmware-root",
                     "--builtin-modinfo",
                 ],
@@ -120,6 +122,15 @@ fn parse_args(args: &[String]) -> Result<Command> {
                     .map(PathBuf::from)
                     .collect(),
                 ca_bundle: single(&flags, "--ca")?.map(PathBuf::from),
+                trusted_keys: all("--trusted-key")
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect(),
+                allow_unsigned: match single(&flags, "--allow-unsigned")? {
+                    None | Some("no") => false,
+                    Some("yes") => true,
+                    Some(other) => bail!("--allow-unsigned takes yes or no, not {other:?}"),
+                },
             };
             if let Some(modinfo) = single(&flags, "--builtin-modinfo")? {
                 if single(&flags, "--kernel-root")?.is_some() {
@@ -250,6 +261,19 @@ fn report_initramfs(
     }
     if extras.ca_bundle.is_some() {
         println!("CA bundle: /{}", initramfs::CA_BUNDLE_PATH);
+    }
+    for key in &extras.trusted_keys {
+        println!(
+            "trusted key: {} under /{}",
+            key.display(),
+            initramfs::TRUSTED_KEYS_DIR
+        );
+    }
+    if extras.allow_unsigned {
+        println!(
+            "unsigned images allowed: /{}",
+            initramfs::ALLOW_UNSIGNED_PATH
+        );
     }
     println!("modules: {}", built.modules.len());
     if !built.builtin.is_empty() {
@@ -460,6 +484,8 @@ mod tests {
             InitramfsExtras {
                 embed_images: vec!["/srv/a.raw.zst".into(), "b.img".into()],
                 ca_bundle: Some("lab.pem".into()),
+                trusted_keys: Vec::new(),
+                allow_unsigned: false,
             }
         );
         let error = parse_args(&args(
@@ -467,6 +493,29 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(error.to_string(), "--ca given twice");
+    }
+
+    #[test]
+    fn initramfs_bakes_trusted_keys() {
+        let Command::Initramfs { extras, .. } = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --trusted-key release.pub --trusted-key fedora.asc --allow-unsigned yes",
+        ))
+        .unwrap() else {
+            panic!("not initramfs");
+        };
+        assert_eq!(
+            extras.trusted_keys,
+            [PathBuf::from("release.pub"), PathBuf::from("fedora.asc")]
+        );
+        assert!(extras.allow_unsigned);
+        let error = parse_args(&args(
+            "initramfs --kernel-root k --kver 1 --init i --out o --allow-unsigned 1",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--allow-unsigned takes yes or no, not \"1\""
+        );
     }
 
     #[test]
@@ -486,6 +535,8 @@ mod tests {
                 extras: InitramfsExtras {
                     embed_images: Vec::new(),
                     ca_bundle: Some("lab.pem".into()),
+                    trusted_keys: Vec::new(),
+                    allow_unsigned: false,
                 },
             }
         );

@@ -140,7 +140,9 @@ fn deploy_attempt(
     // The name that declares the format and is looked up in a checksum
     // list: the URL's, or the source's own (an OCI layer's title).
     let named = source.name.clone().unwrap_or_else(|| url.clone());
-    let expected = expected_checksum(spec.expected.as_ref(), &named, &spec.source)?;
+    let signing = crate::sign::deploy::plan(spec)?;
+    let (expected, list_signer) =
+        expected_checksum_signed(spec.expected.as_ref(), &named, &spec.source, &signing)?;
     let expected = agree_with_source(expected, source.digest.as_ref(), &url)?;
     let stats = source.stats.clone();
     let target = target::open_target(target_path, spec.direct_io)?;
@@ -161,6 +163,7 @@ fn deploy_attempt(
         let hashers = ServedHashers {
             expected: expected.as_ref().map(Checksum::hasher),
             sha256: None,
+            signature: signing.image_check()?,
         };
         let pool = pools.served.clone();
         move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
@@ -200,8 +203,10 @@ fn deploy_attempt(
     // The root cause wins: a failed read from the network explains the
     // decoder's failure, and a failed decode explains the writer's short
     // stream. A disk error is its own cause.
-    let (written, format, served_bytes, served_digest) = match (written, decoded, fetched) {
-        (Ok(Some(w)), Ok(format), Ok(fetched)) => (w, format, fetched.bytes, fetched.digest),
+    let (written, format, served_bytes, served_digest, signed) = match (written, decoded, fetched) {
+        (Ok(Some(w)), Ok(format), Ok(fetched)) => {
+            (w, format, fetched.bytes, fetched.digest, fetched.signed)
+        }
         (Err(e), _, _) => return Err(e),
         (w, decoded, fetched) => {
             if let Ok(Some(w)) = w {
@@ -223,6 +228,13 @@ fn deploy_attempt(
         }
         log::info!("verified {actual}");
     }
+    let signed_by = match crate::sign::deploy::signers(list_signer, signed) {
+        Ok(signers) => signers,
+        Err(e) => {
+            written.fail_closed();
+            return Err(e);
+        }
+    };
     let Written { writer } = written;
     let sha256 = match sha256 {
         Ok(sha256) => sha256,
@@ -247,6 +259,7 @@ fn deploy_attempt(
         insecure: tls::insecure_in_effect(&spec.source),
         erased: Vec::new(),
         boot_entry: None,
+        signed_by,
     })
 }
 
@@ -263,23 +276,26 @@ fn progress_summary(bytes: u64, served: u64, elapsed: std::time::Duration) -> St
 }
 
 /// The digest `expected` names: given, or looked up in a checksum list
-/// by the image's file name.
-pub(crate) fn expected_checksum(
+/// by the image's file name, the list's signature (when `signing` has one)
+/// checked over its exact bytes before any digest is read from it.
+pub(crate) fn expected_checksum_signed(
     expected: Option<&Expected>,
     url: &str,
     options: &SourceOptions,
-) -> Result<Option<Checksum>> {
+    signing: &crate::sign::trust::Plan,
+) -> Result<(Option<Checksum>, Option<crate::sign::Signer>)> {
     let sums_url = match expected {
-        None => return Ok(None),
-        Some(Expected::Digest(checksum)) => return Ok(Some(checksum.clone())),
+        None => return Ok((None, None)),
+        Some(Expected::Digest(checksum)) => return Ok((Some(checksum.clone()), None)),
         Some(Expected::List(sums_url)) => sums_url.as_str(),
     };
     let sums = source::fetch_text(sums_url, MAX_SUMS_LEN, options)
         .context("fetching the checksum list")?;
+    let signer = signing.verify_list(sums.as_bytes())?;
     let name = url_file_name(url);
-    find_in_sums(&sums, name)
-        .with_context(|| format!("checksum list {sums_url}"))
-        .map(Some)
+    let checksum =
+        find_in_sums(&sums, name).with_context(|| format!("checksum list {sums_url}"))?;
+    Ok((Some(checksum), signer))
 }
 
 /// The checksum to verify: the user's, the one the source vouches for (an

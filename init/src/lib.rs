@@ -28,6 +28,7 @@ pub mod pipeline;
 pub(crate) mod report;
 pub mod rootfs;
 pub(crate) mod session;
+pub mod sign;
 pub mod source;
 pub mod spec;
 pub(crate) mod status;

@@ -25,14 +25,16 @@ pub struct DeploySummary {
     pub erased: Vec<String>,
     /// The UEFI boot entry written for the installed OS (`Boot0003`).
     pub boot_entry: Option<String>,
+    /// The keys whose signatures verified, and what each covered.
+    pub signed_by: Vec<crate::sign::Signer>,
 }
 
 pub const RESULT_PREFIX: &str = "IMPRINT-RESULT:";
 
 /// `IMPRINT-RESULT: ok bytes=… sha256=… seconds=…`, then `format=…` and
 /// `verified=…` when known, `resumes=… refetched=… retries=…`, and
-/// `restarts=1` / `insecure=1` when they happened. New fields only ever go
-/// at the end.
+/// `restarts=1` / `insecure=1` when they happened, `signed-by=FORMAT:KEY[,…]`
+/// when signatures verified. New fields only ever go at the end.
 pub fn ok_line(summary: &DeploySummary) -> String {
     let mut line = format!(
         "{RESULT_PREFIX} ok bytes={} sha256={} seconds={:.2}",
@@ -62,6 +64,14 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     }
     if let Some(entry) = &summary.boot_entry {
         line += &format!(" boot-entry={entry}");
+    }
+    if !summary.signed_by.is_empty() {
+        let tokens: Vec<String> = summary
+            .signed_by
+            .iter()
+            .map(crate::sign::Signer::token)
+            .collect();
+        line += &format!(" signed-by={}", tokens.join(","));
     }
     if let Some(digest) = &summary.transfer.image_digest {
         line += &format!(" image-digest={digest}");
@@ -106,6 +116,7 @@ mod tests {
             insecure: false,
             erased: Vec::new(),
             boot_entry: None,
+            signed_by: Vec::new(),
         });
         assert_eq!(
             line,
@@ -135,10 +146,48 @@ mod tests {
             insecure: true,
             erased: Vec::new(),
             boot_entry: None,
+            signed_by: Vec::new(),
         });
         assert!(
             line.ends_with(
                 " seconds=0.00 format=raw.tar.zst verified=sha512 resumes=3 refetched=7 retries=4 restarts=1 insecure=1"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn ok_line_ends_with_the_signers() {
+        use crate::sign::{Covered, Format, Signer};
+        let line = ok_line(&DeploySummary {
+            bytes: 1,
+            sha256: [0; 32],
+            elapsed: Duration::ZERO,
+            format: None,
+            verified: Some("sha256"),
+            transfer: SourceStatsSnapshot::default(),
+            restarts: 0,
+            insecure: false,
+            erased: Vec::new(),
+            boot_entry: Some("Boot0003".into()),
+            signed_by: vec![
+                Signer {
+                    format: Format::OpenPgp,
+                    fingerprint: "9F65F1A01C10E0B42D60394BDC13037631BB4C2A".into(),
+                    subkey: false,
+                    covered: Covered::ChecksumList,
+                },
+                Signer {
+                    format: Format::Minisign,
+                    fingerprint: "E7620F1842B4E81F".into(),
+                    subkey: false,
+                    covered: Covered::Image,
+                },
+            ],
+        });
+        assert!(
+            line.ends_with(
+                " boot-entry=Boot0003 signed-by=openpgp:9F65F1A01C10E0B42D60394BDC13037631BB4C2A,minisign:E7620F1842B4E81F"
             ),
             "{line}"
         );

@@ -154,6 +154,14 @@ pub fn run(
         tracker.mark_at(Mark::LastByte, last);
     }
     tracker.mark(Mark::Verified);
+    for signer in &summary.signed_by {
+        tracker.status.emit(EventKind::Signed {
+            format: signer.format.name().to_owned(),
+            key: signer.fingerprint.clone(),
+            subkey: signer.subkey,
+            covered: signer.covered.name().to_owned(),
+        });
+    }
     tracker.status.emit(EventKind::Verified {
         sha256: crate::text::hex(&summary.sha256),
         algorithm: summary.verified.map(str::to_owned),

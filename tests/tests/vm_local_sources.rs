@@ -257,6 +257,8 @@ fn initramfs_with_image(dir: &Path, image: &Path) -> PathBuf {
         &InitramfsExtras {
             embed_images: vec![image.to_owned()],
             ca_bundle: None,
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
         },
     )
     .unwrap();

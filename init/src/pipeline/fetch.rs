@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::checksum::{Checksum, ServedHasher};
 use super::read_full;
+use crate::sign::{ImageCheck, Signer};
 use crate::source::retry::restart_required;
 
 /// Network reads: small enough to keep the decoder fed early.
@@ -97,11 +98,13 @@ pub(crate) fn fetch_stage(
 }
 
 /// What the fetcher computes over the bytes as served: the expected
-/// checksum's algorithm, and (for root-filesystem tarballs, whose result
-/// line reports the served bytes) their SHA-256.
+/// checksum's algorithm, (for root-filesystem tarballs, whose result
+/// line reports the served bytes) their SHA-256, and the hash a detached
+/// signature of the image signs.
 pub(crate) struct ServedHashers {
     pub(crate) expected: Option<ServedHasher>,
     pub(crate) sha256: Option<Sha256>,
+    pub(crate) signature: Option<ImageCheck>,
 }
 
 impl ServedHashers {
@@ -112,6 +115,9 @@ impl ServedHashers {
         if let Some(sha256) = &mut self.sha256 {
             sha256.update(bytes);
         }
+        if let Some(check) = &mut self.signature {
+            check.update(bytes);
+        }
     }
 
     pub(crate) fn finish(self, bytes: u64) -> Fetched {
@@ -119,6 +125,7 @@ impl ServedHashers {
             bytes,
             digest: self.expected.map(ServedHasher::finish),
             sha256: self.sha256.map(|s| s.finalize().into()),
+            signed: self.signature.map(ImageCheck::finish),
         }
     }
 }
@@ -128,6 +135,9 @@ pub(crate) struct Fetched {
     pub(crate) bytes: u64,
     pub(crate) digest: Option<Checksum>,
     pub(crate) sha256: Option<[u8; 32]>,
+    /// Who signed the image, or why its signature failed; the caller
+    /// decides, after the checksum, before the first MiB.
+    pub(crate) signed: Option<Result<Signer>>,
 }
 
 /// `Read` over the fetch queue; spent chunks go back to the fetcher's pool.

@@ -60,12 +60,20 @@ pub fn run(
     let plan = layout::plan(&layout, &facts, seed(boot_mac))?;
     log::info!("layout:\n{}", plan.to_string().trim_end());
     apply::check_tools(&plan)?;
+    let signing = crate::sign::deploy::plan(spec)?;
+    if !signing.keys.is_empty() && !spec.overlays.is_empty() {
+        bail!(
+            "additional-tarballs cannot be signed, and keys are trusted here: \
+             an unsigned tarball over a signed root would undo its signature"
+        );
+    }
     let image = Tarball {
         url: spec.image.as_str(),
         declared,
         expected: spec.expected.as_ref(),
         source_options: &spec.source,
         decode_memory: spec.decode_memory,
+        signing: Some(&signing),
     };
     let stream = stream::open_tarball(&image, source, &DeployOptions::default())?;
     let root_dir = mount_dir();
@@ -107,6 +115,7 @@ pub fn run(
         insecure: crate::http::tls::insecure_in_effect(&spec.source),
         erased: Vec::new(),
         boot_entry: None,
+        signed_by: served.signed_by,
     })
 }
 
@@ -127,6 +136,7 @@ fn unpack_overlay(
         expected: overlay.expected.as_ref(),
         source_options: &spec.source,
         decode_memory: spec.decode_memory,
+        signing: None,
     };
     let (unpacked, _) = stream::open_tarball(&tarball, source, &DeployOptions::default())
         .with_context(context)?
@@ -165,6 +175,7 @@ pub fn unpack_url(
         expected: expected.as_ref(),
         source_options: &options,
         decode_memory: None,
+        signing: None,
     };
     let (unpacked, served) = stream::open_tarball(&tarball, source, &DeployOptions::default())?
         .unpack_into(dir, &mut crate::pipeline::progress::NoProgress)?;

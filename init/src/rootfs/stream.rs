@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::deploy::{DeployOptions, agree_with_source, expected_checksum};
+use crate::deploy::{DeployOptions, agree_with_source, expected_checksum_signed};
 use crate::pipeline::checksum::Checksum;
 use crate::pipeline::decode;
 use crate::pipeline::fetch::{
@@ -30,6 +30,8 @@ pub struct TarballStream {
     pub archive: Box<dyn Read + Send>,
     url: String,
     expected: Option<Checksum>,
+    /// Who signed the checksum list, when a signature covers it.
+    list_signer: Option<crate::sign::Signer>,
     fetch: JoinHandle<Result<Fetched, FetchError>>,
 }
 
@@ -41,6 +43,8 @@ pub struct ServedTarball {
     pub sha256: [u8; 32],
     /// The algorithm of the checksum they matched, if one was given.
     pub verified: Option<&'static str>,
+    /// The keys whose signatures verified.
+    pub signed_by: Vec<crate::sign::Signer>,
 }
 
 /// A root-filesystem tarball to fetch: the image or an overlay.
@@ -51,6 +55,9 @@ pub struct Tarball<'a> {
     pub expected: Option<&'a Expected>,
     pub source_options: &'a SourceOptions,
     pub decode_memory: Option<u64>,
+    /// The signature checks of a deploy's image (`None` for overlays and
+    /// `imprint unpack`).
+    pub signing: Option<&'a crate::sign::trust::Plan>,
 }
 
 /// Starts fetching and decoding `tarball` from `source`. Everything that
@@ -67,7 +74,10 @@ pub fn open_tarball(
     let declared_compression = format::rootfs_compression(declared)
         .with_context(|| format!("{declared:?} is not a root-filesystem tarball type"))?;
     let named = source.name.clone().unwrap_or_else(|| url.clone());
-    let expected = expected_checksum(tarball.expected, &named, tarball.source_options)?;
+    let no_signing = crate::sign::trust::Plan::default();
+    let signing = tarball.signing.unwrap_or(&no_signing);
+    let (expected, list_signer) =
+        expected_checksum_signed(tarball.expected, &named, tarball.source_options, signing)?;
     let expected = agree_with_source(expected, source.digest.as_ref(), &url)?;
     log::info!(
         "fetching root-filesystem tarball {url} ({})",
@@ -82,6 +92,7 @@ pub fn open_tarball(
         let hashers = ServedHashers {
             expected: expected.as_ref().map(Checksum::hasher),
             sha256: Some(Sha256::new()),
+            signature: signing.image_check()?,
         };
         let pool = pool.clone();
         move || fetch_stage(source.reader, &url, hashers, &served_tx, &pool)
@@ -119,6 +130,7 @@ pub fn open_tarball(
         archive: Box::new(archive),
         url,
         expected,
+        list_signer,
         fetch,
     })
 }
@@ -170,10 +182,99 @@ impl TarballStream {
             }
             log::info!("verified {actual}");
         }
+        let signed_by = crate::sign::deploy::signers(self.list_signer, fetched.signed)?;
         Ok(ServedTarball {
             bytes: fetched.bytes,
             sha256: fetched.sha256.unwrap_or_default(),
             verified: self.expected.map(|c| c.algorithm()),
+            signed_by,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::trust::{Baked, SigningSpec, plan};
+    use crate::sign::{Format, TrustedKey};
+    use crate::source::url::SourceUrl;
+    use std::process::Command;
+
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A root-filesystem tarball signed by `minisign` (the real tool): its
+    /// signature is checked when the stream finishes, as its checksum is.
+    #[test]
+    fn a_tarball_signature_is_checked_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tree/etc")).unwrap();
+        std::fs::write(d.join("tree/etc/hostname"), "signed\n").unwrap();
+        run(Command::new("tar")
+            .arg("-czf")
+            .arg(d.join("root.tgz"))
+            .arg("-C")
+            .arg(d.join("tree"))
+            .arg("."));
+        run(Command::new("minisign")
+            .args(["-G", "-W", "-f", "-p"])
+            .arg(d.join("k.pub"))
+            .arg("-s")
+            .arg(d.join("k.sec")));
+        run(Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(d.join("k.sec"))
+            .arg("-m")
+            .arg(d.join("root.tgz")));
+        let key = TrustedKey::parse(&std::fs::read(d.join("k.pub")).unwrap()).unwrap();
+        let url = format!("file://{}", d.join("root.tgz").display());
+        let spec = SigningSpec {
+            signature: Some(SourceUrl::parse(&format!("{url}.minisig")).unwrap()),
+            ..SigningSpec::default()
+        };
+        let baked = Baked {
+            keys: vec![key.clone()],
+            allow_unsigned: false,
+        };
+        let options = SourceOptions::default();
+        let deploy = |bytes: &[u8]| {
+            std::fs::write(d.join("served.tgz"), bytes).unwrap();
+            let served = format!("file://{}", d.join("served.tgz").display());
+            let signing = plan(&spec, &baked, &options, &|n| format!("imprint.{n}=")).unwrap();
+            let tarball = Tarball {
+                url: &served,
+                declared: "tgz",
+                expected: None,
+                source_options: &options,
+                decode_memory: None,
+                signing: Some(&signing),
+            };
+            let source = crate::source::open(&served, &options).unwrap();
+            open_tarball(&tarball, source, &DeployOptions::default())?.finish()
+        };
+        let good = std::fs::read(d.join("root.tgz")).unwrap();
+        let served = deploy(&good).unwrap();
+        assert_eq!(served.signed_by.len(), 1);
+        assert_eq!(served.signed_by[0].format, Format::Minisign);
+        assert_eq!(served.signed_by[0].fingerprint, key.fingerprint());
+
+        // The signature of another file in its place: the tarball is read
+        // to its end, then refused.
+        std::fs::write(d.join("other"), "another file").unwrap();
+        run(Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(d.join("k.sec"))
+            .arg("-m")
+            .arg(d.join("other")));
+        std::fs::copy(d.join("other.minisig"), d.join("root.tgz.minisig")).unwrap();
+        let error = format!("{:#}", deploy(&good).unwrap_err());
+        assert!(error.contains("does not match the data"), "{error}");
     }
 }

@@ -25,6 +25,7 @@ use crate::pipeline::direct::DirectIo;
 use crate::pipeline::format::DeclaredFormat;
 use crate::rootfs::bootloader::Bootloader;
 use crate::rootfs::layout::Layout;
+use crate::sign::trust::SigningSpec;
 use crate::source::SourceOptions;
 use crate::source::url::SourceUrl;
 use crate::status::StatusOptions;
@@ -89,6 +90,8 @@ pub struct DeploySpec {
     pub checksum: Option<Checksum>,
     /// Where to read the expected digest from (a `SHA256SUMS`-style list).
     pub checksum_url: Option<SourceUrl>,
+    /// Signatures of the image or its checksum list, and a trusted key.
+    pub signing: SigningSpec,
     /// Timeouts, retries and trust for fetching.
     pub source: SourceOptions,
     /// What makes this machine itself, injected after the write.
@@ -239,6 +242,8 @@ pub struct Resolved {
     pub disk: DiskSelector,
     pub format: DeclaredFormat,
     pub expected: Option<Expected>,
+    /// `imprint.signature=`, `imprint.checksum-signature=`, `imprint.trusted-key=`.
+    pub signing: SigningSpec,
     pub source: SourceOptions,
     pub identity: Identity,
     pub root: Option<RootSelector>,
@@ -334,6 +339,7 @@ impl Default for DeploySpec {
             format: DeclaredFormat::Auto,
             checksum: None,
             checksum_url: None,
+            signing: SigningSpec::default(),
             source: SourceOptions::default(),
             identity: Identity::default(),
             root: None,
@@ -588,6 +594,13 @@ impl DeploySpec {
                 spell("checksum-url")
             );
         }
+        if self.signing.checksum_signature.is_some() && self.checksum_url.is_none() {
+            bail!(
+                "{} signs a checksum list: give {} too",
+                spell("checksum-signature"),
+                spell("checksum-url")
+            );
+        }
         if self.kexec.kernel.is_none()
             && (self.kexec.initrd.is_some() || self.kexec.cmdline.is_some())
         {
@@ -684,6 +697,7 @@ impl DeploySpec {
             disk,
             format: self.format,
             expected,
+            signing: self.signing,
             source: self.source,
             identity: self.identity,
             root: self.root,

@@ -83,6 +83,46 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "signature",
+        values: "URL of a detached signature of the image (minisign .minisig, OpenPGP .asc/.sig, cosign .sig)",
+        default: "(none)",
+        help: "A signature of the image as served, checked against the trusted keys before the first MiB is written: see Signed images.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!(
+                    "is empty; give the URL of the image's signature, e.g. http://server/image.raw.zst.minisig"
+                );
+            }
+            spec.signing.signature = Some(SourceUrl::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "checksum-signature",
+        values: "URL of a detached signature of the checksum-url list",
+        default: "(none)",
+        help: "A signature of the checksum list (`SHA256SUMS.minisig`, `.asc`, `.sig`): the list is verified over its exact bytes, then names the image's digest.",
+        apply: |spec, v| {
+            if v.is_empty() {
+                bail!(
+                    "is empty; give the URL of the checksum list's signature, e.g. http://server/SHA256SUMS.asc"
+                );
+            }
+            spec.signing.checksum_signature = Some(SourceUrl::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "trusted-key",
+        values: "RW… (a minisign key) | URL or /PATH of a key file (minisign, OpenPGP, PEM)",
+        default: "(keys baked into the initramfs)",
+        help: "A public key to verify signatures with, where no key is baked into the initramfs; where keys are baked, it must be one of them. Any trusted key makes a signature mandatory.",
+        apply: |spec, v| {
+            spec.signing.trusted_key = Some(crate::sign::trust::KeyParam::parse(v)?);
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "retries",
         values: "N",
         default: "8",

@@ -80,6 +80,16 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         image_digest: Option<String>,
     },
+    /// A signature verified, before the first MiB was written: `format`
+    /// (`minisign`, `openpgp`, `cosign`), `key` (the result line's
+    /// fingerprint; an OpenPGP signing subkey's when `subkey`), and what it
+    /// `covered` (`image` or `checksum-list`).
+    Signed {
+        format: String,
+        key: String,
+        subkey: bool,
+        covered: String,
+    },
     /// Identity injected into the root partition `root` (a device, e.g.
     /// `/dev/vda2`): `changes` file operations; `skipped` says why nothing
     /// was injected when that was the case.
@@ -146,6 +156,7 @@ impl EventKind {
             EventKind::Started { .. } => "started",
             EventKind::Progress { .. } => "progress",
             EventKind::Verified { .. } => "verified",
+            EventKind::Signed { .. } => "signed",
             EventKind::Injected { .. } => "injected",
             EventKind::Handoff { .. } => "handoff",
             EventKind::Failed { .. } => "failed",
@@ -161,7 +172,7 @@ impl EventKind {
     pub fn stage(&self) -> Option<Stage> {
         match self {
             EventKind::Progress { stage, .. } | EventKind::Failed { stage, .. } => Some(*stage),
-            EventKind::Verified { .. } => Some(Stage::Verify),
+            EventKind::Verified { .. } | EventKind::Signed { .. } => Some(Stage::Verify),
             EventKind::Injected { .. } => Some(Stage::Inject),
             EventKind::Handoff { .. } => Some(Stage::Handoff),
             EventKind::ErasePlan { .. } | EventKind::Erased { .. } => Some(Stage::Erase),
@@ -308,6 +319,28 @@ mod tests {
         );
         assert_eq!(verified["sha256"], "ab".repeat(32));
         assert_eq!(verified["image_digest"], "oci://reg/os/golden@sha256:12");
+
+        let signed = event(EventKind::Signed {
+            format: "openpgp".into(),
+            key: "9F65F1A01C10E0B42D60394BDC13037631BB4C2A".into(),
+            subkey: true,
+            covered: "checksum-list".into(),
+        });
+        assert_eq!(
+            (
+                &signed["event"],
+                &signed["format"],
+                &signed["subkey"],
+                &signed["covered"]
+            ),
+            (
+                &json!("signed"),
+                &json!("openpgp"),
+                &json!(true),
+                &json!("checksum-list")
+            )
+        );
+        assert_eq!(signed["key"], "9F65F1A01C10E0B42D60394BDC13037631BB4C2A");
 
         let injected = event(EventKind::Injected {
             root: Some("/dev/vda2".into()),
