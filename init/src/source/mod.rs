@@ -76,6 +76,29 @@ pub fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result<Option
     http::fetch_tail(url, len, options)
 }
 
+/// The `len` bytes at `offset` (fewer only where the resource ends), by an
+/// HTTP Range request (retried like the image) or a seek in a file. For
+/// formats that need random access (qcow2's tables): a server that ignores
+/// Range is an error naming the fix.
+pub fn fetch_range(url: &str, offset: u64, len: u64, options: &SourceOptions) -> Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if url.starts_with("file://") {
+        let (mut file, path, _) = open_file_url(url)?;
+        let path = path.display();
+        file.seek(SeekFrom::Start(offset))
+            .with_context(|| format!("seeking to byte {offset} in {path}"))?;
+        let mut bytes = Vec::new();
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {len} bytes at byte {offset} of {path}"))?;
+        return Ok(bytes);
+    }
+    http::fetch_range(url, offset, len, options)
+}
+
 /// A small text document (a checksum list), at most `max_len` bytes.
 pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<String> {
     let mut source = open(url, options)?;
