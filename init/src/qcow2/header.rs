@@ -239,13 +239,12 @@ impl Header {
         self.l1_entries_needed() * 8
     }
 
-    /// What the result line says: `qcow2`, `qcow2+zlib`, `qcow2+zstd`
-    /// (the latter once a compressed cluster has been seen).
+    /// For the log's `format:` line.
     pub fn describe(&self) -> String {
         format!(
-            "qcow2 v{}, {} KiB clusters{}, virtual size {}",
+            "qcow2 v{}, {} clusters{}, virtual size {}",
             self.version,
-            self.cluster_size() >> 10,
+            crate::text::human_size(self.cluster_size()),
             if self.extended_l2 {
                 ", extended L2"
             } else {

@@ -87,6 +87,9 @@ pub fn open(
     config: OrderedConfig,
 ) -> Result<Opened> {
     let header = Header::parse(prefix)?;
+    if header.size == 0 {
+        bail!("the qcow2 image's virtual size is 0: nothing to write");
+    }
     let l1_len = header.l1_bytes();
     if let Some(file_len) = file_len
         && header.l1_offset.saturating_add(l1_len) > file_len

@@ -28,7 +28,7 @@ pub trait RangeSource: Send + 'static {
 const OUTPUT_CHUNK: usize = 4 << 20;
 /// Stream bytes kept behind the read position: compressed clusters share
 /// their last sector with the next one, which starts before the position.
-const RECENT: usize = 64 << 10;
+const RECENT: usize = 4 << 10;
 /// An L2 table further ahead than this is read by Range (and checked
 /// against the stream when it passes), so that a file with its tables at
 /// the end does not make every data cluster a Range request.
@@ -86,6 +86,7 @@ pub fn guest_image(
         emitted: 0,
         stats: Arc::clone(&stats),
         warned_refetch: false,
+        scratch: Vec::new(),
     };
     splitter.expect_in_stream(splitter.header.l1_offset, &l1_bytes);
     let compression = splitter.header.compression;
@@ -131,6 +132,8 @@ struct Qcow2Split {
     emitted: u64,
     stats: Arc<Qcow2Stats>,
     warned_refetch: bool,
+    /// Where skipped stream bytes land.
+    scratch: Vec<u8>,
 }
 
 /// A length bounded by a cluster or an output chunk, as an index.
@@ -415,14 +418,25 @@ impl Qcow2Split {
 
     /// Reads the stream up to `to` (or its end), discarding.
     fn skip_to(&mut self, to: u64) -> io::Result<()> {
-        let mut scratch = vec![0u8; SKIP_CHUNK];
+        if self.pos >= to {
+            return Ok(());
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(SKIP_CHUNK, 0);
+        let mut result = Ok(());
         while self.pos < to {
-            let n = usize::try_from((to - self.pos).min(SKIP_CHUNK as u64)).expect("small");
-            if self.read_stream(&mut scratch[..n])? == 0 {
-                break;
+            let n = small((to - self.pos).min(SKIP_CHUNK as u64));
+            match self.read_stream(&mut scratch[..n]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        Ok(())
+        self.scratch = scratch;
+        result
     }
 
     /// Fills `buf` from the stream (fewer bytes only at its end), checking

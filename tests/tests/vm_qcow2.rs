@@ -1,0 +1,84 @@
+//! A qcow2 image of the golden OS, as `qemu-img convert -c -O qcow2 -o
+//! compression_type=zstd` makes it and named `.img` as cloud images are,
+//! streamed onto the virtio disk without staging it; imprint then kexecs
+//! into the deployed OS, which reports its root and the injected hostname.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use imprint_qemu::http::FixtureServer;
+use imprint_qemu::{Disk, Nic, Vm};
+use imprint_vm_tests::{
+    Artifacts, DEPLOY_TIMEOUT, ResultLine, golden_image, golden_root_uuid, sha256_hex, wait_golden,
+};
+
+/// kexec under TCG takes 7–11 s, the golden OS a few more; generous.
+const GOLDEN_TIMEOUT: Duration = Duration::from_secs(180);
+const DISK_SIZE: u64 = 256 << 20;
+
+/// `qemu-img convert` of the golden image to a zstd-compressed qcow2.
+fn golden_qcow2(dir: &Path) -> Vec<u8> {
+    let out = dir.join("golden.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+        .args(["-o", "compression_type=zstd"])
+        .arg(golden_image())
+        .arg(&out)
+        .status()
+        .expect("running qemu-img (scripts/setup installs qemu-utils)");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn a_qcow2_of_the_golden_image_deploys_and_kexecs_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = std::fs::read(golden_image()).expect("reading the golden image");
+    let qcow2 = golden_qcow2(dir.path());
+    assert!(qcow2.starts_with(b"QFI\xfb"));
+    let server = FixtureServer::start().unwrap();
+    server.add_file("/golden-cloudimg.img", qcow2.clone());
+    let url = server.guest_url("/golden-cloudimg.img");
+    let checksum = format!("sha256:{}", sha256_hex(&qcow2));
+    let disk = dir.path().join("disk.img");
+    imprint_qemu::create_raw_disk(&disk, DISK_SIZE).expect("creating the target disk");
+    let artifacts = Artifacts::get();
+    let vm = Vm::builder()
+        .kernel(&artifacts.kernel)
+        .initrd(&artifacts.initramfs)
+        // After `--`: the installed kernel's console, so the golden OS
+        // reports on the serial line.
+        .append(format!(
+            "console=ttyS0 panic=-1 imprint.url={url} imprint.checksum={checksum} \
+             imprint.disk=/dev/vda imprint.hostname=qcow2-1 -- console=ttyS0,115200"
+        ))
+        .memory_mib(1024)
+        .nic(Nic::user())
+        .disk(Disk::new(&disk))
+        .no_reboot(true)
+        .console_log(artifacts.log_path("qcow2_kexec"))
+        .start()
+        .expect("starting qemu");
+    let line = vm
+        .expect("IMPRINT-RESULT:", DEPLOY_TIMEOUT)
+        .expect("a result line");
+    let result = ResultLine::parse(&line);
+    let ResultLine::Ok { bytes, sha256, .. } = result else {
+        panic!(
+            "deploy failed: {line} (console {})",
+            vm.console_log_path().display()
+        )
+    };
+    // The guest image is the golden image, byte for byte.
+    assert_eq!(bytes, golden.len() as u64);
+    assert_eq!(sha256, sha256_hex(&golden));
+    assert!(line.contains(" format=qcow2+zstd "), "{line}");
+    assert!(line.contains(" verified=sha256 "), "{line}");
+    let report = wait_golden(&vm, GOLDEN_TIMEOUT);
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("the golden OS powers off");
+    assert!(vm.console().contains("kexec into /boot/vmlinuz-"));
+    assert_eq!(report.root_uuid, golden_root_uuid());
+    assert_eq!(report.hostname, "qcow2-1");
+}
