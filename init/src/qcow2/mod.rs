@@ -22,9 +22,12 @@
 //!    the stream reaches it, skipping what lies between. `qemu-img
 //!    convert` lays the file out as L2 table, then the data it maps, in
 //!    guest order, so this is one pass over the file with bounded memory.
-//!    A cluster the stream has already passed (a file not in guest order)
-//!    is read again by Range, never buffered; such bytes are not covered
-//!    by the served checksum (a warning says so). Unallocated and zero
+//!    Clusters of the current table's range that the stream passes before
+//!    their turn (`qemu-img convert -c` writes a few out of order) are kept
+//!    as they pass, up to 32 MiB, as are the up to 4 MiB skipped on the way
+//!    to the table. A cluster the stream passed before its table was known
+//!    is read again by Range, never buffered; such bytes are not covered by
+//!    the served checksum (a warning says so). Unallocated and zero
 //!    clusters are zeros to the writer, whose zero-run handling skips them
 //!    on a file or zeroes them on a disk, so the target reads back as
 //!    `qemu-img convert -O raw` would write it. Compressed clusters

@@ -35,6 +35,15 @@ const RECENT: usize = 4 << 10;
 const L2_LOOKAHEAD: u64 = 16 << 20;
 /// Stream bytes read per step when skipping.
 const SKIP_CHUNK: usize = 1 << 20;
+/// Clusters of the current L2 table that the stream passes before their
+/// turn in guest order (`qemu-img convert -c` writes a few out of order)
+/// are kept as they pass, up to this many bytes; beyond it they are read
+/// again by Range.
+const STASH_BUDGET: u64 = 32 << 20;
+/// The stream bytes skipped on the way to an L2 table read from the stream
+/// are kept when at most this many: clusters of the table's own range may
+/// lie just before it (`qemu-img convert -c` with small clusters).
+const GAP_KEEP: u64 = 4 << 20;
 
 /// What the splitter counted, for the log and the result line.
 #[derive(Debug, Default)]
@@ -87,6 +96,10 @@ pub fn guest_image(
         stats: Arc::clone(&stats),
         warned_refetch: false,
         scratch: Vec::new(),
+        wanted: BTreeMap::new(),
+        stash: BTreeMap::new(),
+        stash_bytes: 0,
+        gap: (0, Vec::new()),
     };
     splitter.expect_in_stream(splitter.header.l1_offset, &l1_bytes);
     let compression = splitter.header.compression;
@@ -134,6 +147,14 @@ struct Qcow2Split {
     warned_refetch: bool,
     /// Where skipped stream bytes land.
     scratch: Vec<u8>,
+    /// Host ranges of the current L2 table the stream will pass before
+    /// their turn: start -> length.
+    wanted: BTreeMap<u64, u64>,
+    /// Their bytes, as the stream passes them.
+    stash: BTreeMap<u64, Vec<u8>>,
+    stash_bytes: u64,
+    /// The bytes skipped before the current L2 table: (file offset, bytes).
+    gap: (u64, Vec<u8>),
 }
 
 /// A length bounded by a cluster or an output chunk, as an index.
@@ -161,6 +182,8 @@ impl Split<CompressedCluster> for Qcow2Split {
                 continue;
             };
             self.read_l2(l2_offset, &mut table)?;
+            self.plan_stash(&table, first, here)
+                .map_err(|e| invalid(format!("{e:#} (the L2 table at host offset {l2_offset})")))?;
             for index in 0..here {
                 let cluster = table::l2_entry(&self.header, &table, index).map_err(|e| {
                     invalid(format!("{e:#} (the L2 table at host offset {l2_offset})"))
@@ -317,7 +340,21 @@ impl Qcow2Split {
         short_ok: bool,
     ) -> io::Result<usize> {
         let start = into.len();
+        if let Some(bytes) = self.stash.remove(&host) {
+            self.stash_bytes -= bytes.len() as u64;
+            let at_end = self.file_len.is_some_and(|end| self.pos >= end);
+            if bytes.len() as u64 == len || (short_ok && at_end && !bytes.is_empty()) {
+                into.extend_from_slice(&bytes);
+                return Ok(bytes.len());
+            }
+        }
         let recent_start = self.pos - self.recent.len() as u64;
+        let (gap_start, gap) = (self.gap.0, &self.gap.1);
+        if host >= gap_start && host + len <= gap_start + gap.len() as u64 && host < recent_start {
+            let from = small(host - gap_start);
+            into.extend_from_slice(&gap[from..from + small(len)]);
+            return Ok(small(len));
+        }
         if host < recent_start {
             let bytes = self.ranges.read_at(host, len)?;
             self.note_refetch(host, bytes.len() as u64);
@@ -385,6 +422,15 @@ impl Qcow2Split {
         table.clear();
         let len = self.cluster_size;
         if offset >= self.pos && offset - self.pos <= L2_LOOKAHEAD {
+            let mut gap = std::mem::take(&mut self.gap.1);
+            gap.clear();
+            let gap_start = self.pos;
+            if offset - self.pos <= GAP_KEEP {
+                gap.resize(small(offset - self.pos), 0);
+                let got = self.read_stream(&mut gap)?;
+                gap.truncate(got);
+            }
+            self.gap = (gap_start, gap);
             let got = self.host_into(offset, len, table, false)?;
             debug_assert_eq!(got as u64, len);
             return Ok(());
@@ -453,6 +499,7 @@ impl Qcow2Split {
         }
         let got = &buf[..filled];
         self.check_passed(self.pos, got)?;
+        self.stash_passed(got);
         if got.len() >= RECENT {
             self.recent.clear();
             self.recent.extend_from_slice(&got[got.len() - RECENT..]);
@@ -463,6 +510,80 @@ impl Qcow2Split {
         }
         self.pos += filled as u64;
         Ok(filled)
+    }
+
+    /// Finds the host ranges of the L2 table for guest clusters `first..`
+    /// `first + here` that the stream will have passed when their turn
+    /// comes (a cluster further on in guest order lies beyond them), so
+    /// that [`Self::stash_passed`] keeps them. Those within [`RECENT`] of
+    /// the furthest point are left to `recent`.
+    fn plan_stash(&mut self, table: &[u8], first: u64, here: u64) -> anyhow::Result<()> {
+        self.wanted.clear();
+        self.stash.clear();
+        self.stash_bytes = 0;
+        let mut reach = self.pos;
+        let mut want = |host: u64, len: u64, wanted: &mut BTreeMap<u64, u64>| {
+            if host >= self.pos && host.saturating_add(RECENT as u64) < reach {
+                wanted.insert(host, len);
+            }
+            reach = reach.max(host + len);
+        };
+        for index in 0..here {
+            let guest = (first + index) << self.header.cluster_bits;
+            let keep = self.cluster_size.min(self.header.size - guest);
+            match table::l2_entry(&self.header, table, index)? {
+                Cluster::Zero => {}
+                Cluster::Data(host) => want(host, keep, &mut self.wanted),
+                Cluster::Compressed { offset, len } => want(offset, len, &mut self.wanted),
+                Cluster::Subclusters { offset, allocated } => {
+                    let sub = self.cluster_size / u64::from(SUBCLUSTERS);
+                    for i in 0..u64::from(SUBCLUSTERS) {
+                        if allocated & (1 << i) != 0 && i * sub < keep {
+                            want(offset + i * sub, sub.min(keep - i * sub), &mut self.wanted);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the wanted ranges among stream bytes `bytes`, which end at
+    /// `self.pos` (not yet advanced), while the budget allows.
+    fn stash_passed(&mut self, bytes: &[u8]) {
+        if self.wanted.is_empty() || bytes.is_empty() {
+            return;
+        }
+        let at = self.pos;
+        let end = at + bytes.len() as u64;
+        let longest = self.cluster_size + 512;
+        let candidates: Vec<(u64, u64)> = self
+            .wanted
+            .range(at.saturating_sub(longest)..end)
+            .map(|(&start, &len)| (start, len))
+            .filter(|&(start, len)| start + len > at)
+            .collect();
+        for (start, len) in candidates {
+            let from = start.max(at);
+            let to = (start + len).min(end);
+            let kept = self.stash.get(&start).map_or(0, |b| b.len() as u64);
+            // Bytes arrive in order; a range is kept whole or not at all.
+            if from != start + kept {
+                continue;
+            }
+            if kept == 0 {
+                if self.stash_bytes + len > STASH_BUDGET {
+                    continue;
+                }
+                self.stash_bytes += len;
+                self.stash.insert(start, Vec::with_capacity(small(len)));
+            }
+            let buf = self.stash.get_mut(&start).expect("inserted above");
+            buf.extend_from_slice(&bytes[small(from - at)..small(to - at)]);
+            if to == start + len {
+                self.wanted.remove(&start);
+            }
+        }
     }
 
     /// Hashes stream bytes `[at, at + bytes.len())` into the pending
@@ -711,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn clusters_the_stream_has_passed_are_read_again_by_range() {
+    fn clusters_passed_before_their_turn_are_kept_as_the_stream_passes() {
         let (mut file, l2) = two_clusters();
         let l2 = small(l2);
         let entry = |f: &[u8], i: usize| {
@@ -728,6 +849,31 @@ mod tests {
         file[hb..hb + (64 << 10)].copy_from_slice(&first);
         file[l2..l2 + 8].copy_from_slice(&b.to_be_bytes());
         file[l2 + 8..l2 + 16].copy_from_slice(&a.to_be_bytes());
+        let (result, stats) = guest(file.clone(), file);
+        assert!(result.unwrap() == expected());
+        assert_eq!(stats.refetched.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_cluster_before_its_l2_table_is_read_again_by_range() {
+        let (mut file, l2) = two_clusters();
+        let header = Header::parse(&file).unwrap();
+        let (l1, l2) = (small(header.l1_offset), small(l2));
+        let entry0 = u64::from_be_bytes(file[l2..l2 + 8].try_into().unwrap());
+        let data0 = small(entry0 & 0xffff_ffff_fe00);
+        assert!(l2 < data0);
+        // Swap the L2 table with guest cluster 0's data: the stream passes
+        // the data on its way to the table, before the table is known.
+        let cluster = 64 << 10;
+        let table = file[l2..l2 + cluster].to_vec();
+        let data = file[data0..data0 + cluster].to_vec();
+        file[l2..l2 + cluster].copy_from_slice(&data);
+        file[data0..data0 + cluster].copy_from_slice(&table);
+        let flags = entry0 & !0xffff_ffff_fe00;
+        file[data0..data0 + 8].copy_from_slice(&(flags | l2 as u64).to_be_bytes());
+        let l1_entry = u64::from_be_bytes(file[l1..l1 + 8].try_into().unwrap());
+        let l1_flags = l1_entry & !0xffff_ffff_fe00;
+        file[l1..l1 + 8].copy_from_slice(&(l1_flags | data0 as u64).to_be_bytes());
         let (result, stats) = guest(file.clone(), file);
         assert!(result.unwrap() == expected());
         assert_eq!(stats.refetched.load(Ordering::Relaxed), 64 << 10);
