@@ -281,6 +281,18 @@ fn a_cut_connection_resumes_and_the_checksum_is_checked() {
     assert!(run.line().contains(" verified=sha256"), "{}", run.line());
     assert!(run.line().contains("resumes=1"), "{}", run.line());
 
+    // The file's validator changes after the cut (before the resume or the
+    // L1 request, whichever comes first): the resume gets the whole file,
+    // and the deploy starts again from byte 0 (the first attempt failed
+    // closed) and succeeds.
+    server.push_behaviors(
+        "resume.qcow2",
+        [Behavior::DropAfter(1_500_000), Behavior::ChangeEtag],
+    );
+    let run = deploy(&url, &["--checksum", &sha]);
+    run.assert_equals(&expected, "qcow2+zlib");
+    assert!(run.line().contains("restarts=1"), "{}", run.line());
+
     let wrong = format!("sha256:{}", "0".repeat(64));
     let run = deploy(&url, &["--checksum", &wrong]);
     assert_eq!(run.output.status.code(), Some(1), "{}", run.line());

@@ -522,9 +522,16 @@ impl Qcow2Split {
         self.stash.clear();
         self.stash_bytes = 0;
         let mut reach = self.pos;
+        // Ranges past the budget would be read by Range anyway: not noted,
+        // so the plan stays as bounded as the stash.
+        let mut planned = 0u64;
         let mut want = |host: u64, len: u64, wanted: &mut BTreeMap<u64, u64>| {
-            if host >= self.pos && host.saturating_add(RECENT as u64) < reach {
+            if host >= self.pos
+                && host.saturating_add(RECENT as u64) < reach
+                && planned + len <= STASH_BUDGET
+            {
                 wanted.insert(host, len);
+                planned += len;
             }
             reach = reach.max(host + len);
         };

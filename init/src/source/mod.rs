@@ -270,6 +270,49 @@ mod tests {
     }
 
     #[test]
+    fn ranges_from_http_and_file() {
+        let server = imprint_qemu::http::FixtureServer::start().unwrap();
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        server.add_file("img", data.clone());
+        let opts = SourceOptions::default();
+        let url = server.url("img");
+        assert_eq!(
+            fetch_range(&url, 1000, 500, &opts).unwrap(),
+            data[1000..1500]
+        );
+        // Cut short where the file ends.
+        assert_eq!(
+            fetch_range(&url, 99_990, 100, &opts).unwrap(),
+            data[99_990..]
+        );
+        assert_eq!(fetch_range(&url, 5, 0, &opts).unwrap(), b"");
+        server.push_behaviors("img", [imprint_qemu::http::Behavior::IgnoreRange]);
+        let msg = format!("{:#}", fetch_range(&url, 0, 8, &opts).unwrap_err());
+        assert!(
+            msg.contains("(bytes 0-7): the server ignored the Range request (HTTP 200)"),
+            "{msg}"
+        );
+        let requests = server.requests();
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.range.as_deref() == Some("bytes=1000-1499")),
+            "{requests:?}"
+        );
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let url = format!("file://{}", f.path().display());
+        assert_eq!(fetch_range(&url, 7, 3, &opts).unwrap(), data[7..10]);
+        assert_eq!(
+            fetch_range(&url, 99_999, 10, &opts).unwrap(),
+            data[99_999..]
+        );
+    }
+
+    #[test]
     fn http_404_names_url_and_status() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
