@@ -1,7 +1,9 @@
 //! A qcow2 image of the golden OS, as `qemu-img convert -c -O qcow2 -o
 //! compression_type=zstd` makes it and named `.img` as cloud images are,
 //! streamed onto the virtio disk without staging it; imprint then kexecs
-//! into the deployed OS, which reports its root and the injected hostname.
+//! into the deployed OS, which reports its root and the injected hostname;
+//! and one on a second disk's filesystem (`file://LABEL=`), whose L1 table
+//! is read from the filesystem already mounted, not mounted again.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +12,8 @@ use std::time::Duration;
 use imprint_qemu::http::FixtureServer;
 use imprint_qemu::{Disk, Nic, Vm};
 use imprint_vm_tests::{
-    Artifacts, DEPLOY_TIMEOUT, ResultLine, golden_image, golden_root_uuid, sha256_hex, wait_golden,
+    Artifacts, DEPLOY_TIMEOUT, ResultLine, boot_imprint, finish, golden_image, golden_root_uuid,
+    gpt_ext4_image, sha256_hex, test_image, wait_golden,
 };
 
 /// kexec under TCG takes 7–11 s, the golden OS a few more; generous.
@@ -85,4 +88,54 @@ fn a_qcow2_of_the_golden_image_deploys_and_kexecs_into_it() {
     assert!(!console.contains("read again by Range"), "{console}");
     assert_eq!(report.root_uuid, golden_root_uuid());
     assert_eq!(report.hostname, "qcow2-1");
+}
+
+#[test]
+fn a_qcow2_on_a_local_filesystem_deploys_with_one_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let noise = test_image(4 << 20, 43);
+    let image = gpt_ext4_image(32 << 20, &[("var/lib/noise.bin", &noise)]);
+    let raw = dir.path().join("image.raw");
+    std::fs::write(&raw, &image).unwrap();
+    let root = dir.path().join("source-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(root.join("image.qcow2"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let source = dir.path().join("source.raw");
+    std::fs::File::create(&source)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "IMAGES", "-E", "root_owner=0:0", "-d"])
+        .arg(&root)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let target = dir.path().join("target.raw");
+    imprint_qemu::create_raw_disk(&target, 128 << 20).unwrap();
+    let vm = boot_imprint(
+        "qcow2_local_label",
+        "imprint.url=file://LABEL=IMAGES/image.qcow2 imprint.disk=/dev/vda",
+        vec![Disk::new(&target), Disk::new(&source)],
+    );
+    let result = finish(&vm);
+    let ResultLine::Ok { bytes, sha256, .. } = result else {
+        panic!("deploy failed: {result:?}\n{}", vm.console());
+    };
+    assert_eq!(bytes, image.len() as u64);
+    assert_eq!(sha256, sha256_hex(&image));
+    let console = vm.console();
+    assert!(console.contains(" format=qcow2 "), "{console}");
+    assert_eq!(
+        console.matches("source LABEL=IMAGES is /dev/vdb").count(),
+        1,
+        "the source filesystem is found and mounted once: {console}"
+    );
 }

@@ -132,6 +132,13 @@ fn file_path(url: &str) -> Result<&str> {
 /// latter, the whole disk holding it.
 fn open_file_url(url: &str) -> Result<(File, std::path::PathBuf, Option<String>)> {
     if let Some(on_device) = local::DeviceFileUrl::parse(url)? {
+        // Opened before (the image, then its qcow2 tables by range): the
+        // filesystem is still mounted; mounting it again would stack mounts.
+        if let Some((path, disk)) = opened_on_device(url, None)
+            && let Ok(file) = File::open(&path)
+        {
+            return Ok((file, path, Some(disk)));
+        }
         let mut devices = local::SystemDevices::new(local::DEVICE_WAIT);
         let opened = local::open(
             &on_device,
@@ -144,11 +151,32 @@ fn open_file_url(url: &str) -> Result<(File, std::path::PathBuf, Option<String>)
             opened.device.dev_path().display(),
             opened.fs.fstype
         );
+        opened_on_device(url, Some((opened.path.clone(), opened.device.disk.clone())));
         return Ok((opened.file, opened.path, Some(opened.device.disk)));
     }
     let path = file_path(url)?;
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
     Ok((file, path.into(), None))
+}
+
+/// The path and disk a `file://LABEL=…` URL was opened at, remembered
+/// (`Some`) or looked up (`None`).
+fn opened_on_device(
+    url: &str,
+    remember: Option<(std::path::PathBuf, String)>,
+) -> Option<(std::path::PathBuf, String)> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Opened = HashMap<String, (std::path::PathBuf, String)>;
+    static OPENED: OnceLock<Mutex<Opened>> = OnceLock::new();
+    let mut opened = OPENED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match remember {
+        Some(entry) => opened.insert(url.to_owned(), entry),
+        None => opened.get(url).cloned(),
+    }
 }
 
 fn open_file(url: &str) -> Result<Source> {
