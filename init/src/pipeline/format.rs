@@ -967,6 +967,44 @@ mod tests {
     }
 
     #[test]
+    fn qcow2_is_declared_by_name_or_file_name_and_img_may_be_qcow2() {
+        assert_eq!(
+            parse_declared(" QCOW2 ").unwrap(),
+            DeclaredFormat::Qcow2("QCOW2".to_owned())
+        );
+        let auto = DeclaredFormat::Auto;
+        for url in [
+            "http://h/vm.qcow2",
+            "http://h/noble-server-cloudimg-amd64.img?x=1",
+            "http://h/download",
+        ] {
+            check_declared_qcow2(&auto, url).unwrap();
+        }
+        let e = check_declared_qcow2(&auto, "http://h/disk.raw").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the URL's file name ends in .raw but the image is a qcow2 image; set \
+             imprint.format=qcow2 to deploy it anyway"
+        );
+        let declared = parse_declared("qcow2").unwrap();
+        check_declared_qcow2(&declared, "http://h/disk.raw").unwrap();
+        let e = check_declared_qcow2(&parse_declared("dd-xz").unwrap(), "http://h/x").unwrap_err();
+        assert!(e.to_string().contains("declared format dd-xz"), "{e}");
+        // qcow2 declared, something else served.
+        let e = reconcile(&declared, ImageFormat::RAW).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "declared format qcow2 (qcow2 image) but the image is a raw image"
+        );
+        let e =
+            check_declared(&auto, "http://h/vm.qcow2", &[0; 512], ImageFormat::RAW).unwrap_err();
+        assert!(
+            e.to_string().contains("ends in .qcow2 (qcow2 image)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn empty_images_and_raw_images_under_a_sector_are_refused() {
         assert_eq!(
             check_image_size(ImageFormat::RAW, &[0; 511])
