@@ -118,8 +118,16 @@ fn a_qcow2_on_a_local_filesystem_deploys_with_one_mount() {
         .status()
         .unwrap();
     assert!(status.success());
+    // The target holds non-zero bytes where the image has unallocated
+    // clusters: on a block device those must be zeroed, not skipped.
     let target = dir.path().join("target.raw");
-    imprint_qemu::create_raw_disk(&target, 128 << 20).unwrap();
+    std::fs::write(&target, vec![0xa5u8; 40 << 20]).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
     let vm = boot_imprint(
         "qcow2_local_label",
         "imprint.url=file://LABEL=IMAGES/image.qcow2 imprint.disk=/dev/vda",
@@ -131,6 +139,14 @@ fn a_qcow2_on_a_local_filesystem_deploys_with_one_mount() {
     };
     assert_eq!(bytes, image.len() as u64);
     assert_eq!(sha256, sha256_hex(&image));
+    let written = std::fs::read(&target).unwrap();
+    // The partition table is rewritten for the larger disk (the backup GPT
+    // moves to the end), so compare what lies between.
+    let (from, to) = (1 << 20, image.len() - (64 << 10));
+    assert!(
+        written[from..to] == image[from..to],
+        "the target does not read back as the image"
+    );
     let console = vm.console();
     assert!(console.contains(" format=qcow2 "), "{console}");
     assert_eq!(
