@@ -24,10 +24,10 @@
 //!    guest order, so this is one pass over the file with bounded memory.
 //!    Clusters of the current table's range that the stream passes before
 //!    their turn (`qemu-img convert -c` writes a few out of order) are kept
-//!    as they pass, up to 32 MiB, as are the up to 4 MiB skipped on the way
-//!    to the table. A cluster the stream passed before its table was known
-//!    is read again by Range, never buffered; such bytes are not covered by
-//!    the served checksum (a warning says so). Unallocated and zero
+//!    as they pass, up to 32 MiB, and the last 8 MiB the stream skipped are
+//!    kept too. A cluster the stream passed further back, before its table
+//!    was known, is read again by Range, never buffered; such bytes are not
+//!    covered by the served checksum (a warning says so). Unallocated and zero
 //!    clusters are zeros to the writer, whose zero-run handling skips them
 //!    on a file or zeroes them on a disk, so the target reads back as
 //!    `qemu-img convert -O raw` would write it. Compressed clusters

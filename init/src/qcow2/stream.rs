@@ -40,10 +40,12 @@ const SKIP_CHUNK: usize = 1 << 20;
 /// are kept as they pass, up to this many bytes; beyond it they are read
 /// again by Range.
 const STASH_BUDGET: u64 = 32 << 20;
-/// The stream bytes skipped on the way to an L2 table read from the stream
-/// are kept when at most this many: clusters of the table's own range may
-/// lie just before it (`qemu-img convert -c` with small clusters).
-const GAP_KEEP: u64 = 4 << 20;
+/// The last stream bytes skipped (passed without being used: metadata,
+/// clusters not yet known to be needed) are kept, up to this many in at
+/// most [`SKIPPED_PIECES`] pieces: `qemu-img convert -c` writes the first
+/// clusters of an L2 table's range a little before the table itself.
+const SKIPPED_KEEP: u64 = 8 << 20;
+const SKIPPED_PIECES: usize = 4096;
 
 /// What the splitter counted, for the log and the result line.
 #[derive(Debug, Default)]
@@ -99,7 +101,9 @@ pub fn guest_image(
         wanted: BTreeMap::new(),
         stash: BTreeMap::new(),
         stash_bytes: 0,
-        gap: (0, Vec::new()),
+        skipped: std::collections::VecDeque::new(),
+        skipped_bytes: 0,
+        keep_skipped: true,
     };
     splitter.expect_in_stream(splitter.header.l1_offset, &l1_bytes);
     let compression = splitter.header.compression;
@@ -153,8 +157,11 @@ struct Qcow2Split {
     /// Their bytes, as the stream passes them.
     stash: BTreeMap<u64, Vec<u8>>,
     stash_bytes: u64,
-    /// The bytes skipped before the current L2 table: (file offset, bytes).
-    gap: (u64, Vec<u8>),
+    /// The last bytes skipped, oldest first: (file offset, bytes).
+    skipped: std::collections::VecDeque<(u64, Vec<u8>)>,
+    skipped_bytes: u64,
+    /// Off for the drain after the last cluster.
+    keep_skipped: bool,
 }
 
 /// A length bounded by a cluster or an output chunk, as an index.
@@ -202,6 +209,7 @@ impl Split<CompressedCluster> for Qcow2Split {
         // The rest of the file (refcounts, snapshots, padding) is read too:
         // the served checksum covers every byte, and metadata read by Range
         // must be found in it.
+        self.keep_skipped = false;
         self.skip_to(u64::MAX)?;
         if let Some(len) = self.file_len
             && self.pos != len
@@ -349,10 +357,7 @@ impl Qcow2Split {
             }
         }
         let recent_start = self.pos - self.recent.len() as u64;
-        let (gap_start, gap) = (self.gap.0, &self.gap.1);
-        if host >= gap_start && host + len <= gap_start + gap.len() as u64 && host < recent_start {
-            let from = small(host - gap_start);
-            into.extend_from_slice(&gap[from..from + small(len)]);
+        if host < recent_start && self.copy_skipped(host, len, into) {
             return Ok(small(len));
         }
         if host < recent_start {
@@ -422,15 +427,6 @@ impl Qcow2Split {
         table.clear();
         let len = self.cluster_size;
         if offset >= self.pos && offset - self.pos <= L2_LOOKAHEAD {
-            let mut gap = std::mem::take(&mut self.gap.1);
-            gap.clear();
-            let gap_start = self.pos;
-            if offset - self.pos <= GAP_KEEP {
-                gap.resize(small(offset - self.pos), 0);
-                let got = self.read_stream(&mut gap)?;
-                gap.truncate(got);
-            }
-            self.gap = (gap_start, gap);
             let got = self.host_into(offset, len, table, false)?;
             debug_assert_eq!(got as u64, len);
             return Ok(());
@@ -462,6 +458,45 @@ impl Qcow2Split {
         );
     }
 
+    /// Keeps skipped stream bytes `bytes` at `at`, dropping the oldest
+    /// beyond [`SKIPPED_KEEP`].
+    fn keep_skipped_bytes(&mut self, at: u64, bytes: &[u8]) {
+        if !self.keep_skipped {
+            return;
+        }
+        self.skipped.push_back((at, bytes.to_vec()));
+        self.skipped_bytes += bytes.len() as u64;
+        while self.skipped_bytes > SKIPPED_KEEP || self.skipped.len() > SKIPPED_PIECES {
+            let (_, oldest) = self.skipped.pop_front().expect("not empty");
+            self.skipped_bytes -= oldest.len() as u64;
+        }
+    }
+
+    /// Appends the file bytes `[host, host + len)` to `into` when the kept
+    /// skipped bytes hold all of them.
+    fn copy_skipped(&self, host: u64, len: u64, into: &mut Vec<u8>) -> bool {
+        let end = host + len;
+        let mut cursor = host;
+        let start = into.len();
+        for (at, bytes) in &self.skipped {
+            let piece_end = at + bytes.len() as u64;
+            if piece_end <= cursor || *at > cursor {
+                if *at > cursor && cursor > host {
+                    break;
+                }
+                continue;
+            }
+            let upto = end.min(piece_end);
+            into.extend_from_slice(&bytes[small(cursor - at)..small(upto - at)]);
+            cursor = upto;
+            if cursor == end {
+                return true;
+            }
+        }
+        into.truncate(start);
+        false
+    }
+
     /// Reads the stream up to `to` (or its end), discarding.
     fn skip_to(&mut self, to: u64) -> io::Result<()> {
         if self.pos >= to {
@@ -472,9 +507,10 @@ impl Qcow2Split {
         let mut result = Ok(());
         while self.pos < to {
             let n = small((to - self.pos).min(SKIP_CHUNK as u64));
+            let at = self.pos;
             match self.read_stream(&mut scratch[..n]) {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(got) => self.keep_skipped_bytes(at, &scratch[..got]),
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -866,12 +902,12 @@ mod tests {
         let (mut file, l2) = two_clusters();
         let header = Header::parse(&file).unwrap();
         let (l1, l2) = (small(header.l1_offset), small(l2));
-        // Move the L2 table past 5 MiB of padding at the end of the file:
-        // the stream passes both data clusters (further back than the gap
-        // it keeps) before the table says they are needed.
+        // Move the L2 table past 10 MiB of padding at the end of the file:
+        // the stream passes both data clusters (further back than the
+        // skipped bytes it keeps) before the table says they are needed.
         let cluster = 64 << 10;
         let table = file[l2..l2 + cluster].to_vec();
-        file.resize(file.len().next_multiple_of(cluster) + (5 << 20), 0);
+        file.resize(file.len().next_multiple_of(cluster) + (10 << 20), 0);
         let moved = file.len();
         file.extend_from_slice(&table);
         let l1_entry = u64::from_be_bytes(file[l1..l1 + 8].try_into().unwrap());
@@ -892,7 +928,7 @@ mod tests {
         assert!(l2 < data0);
         // Swap the L2 table with guest cluster 0's data: the stream passes
         // the data on its way to the table, before the table is known, and
-        // keeps it (the gap is under 4 MiB).
+        // keeps it among the bytes it skipped.
         let cluster = 64 << 10;
         let table = file[l2..l2 + cluster].to_vec();
         let data = file[data0..data0 + cluster].to_vec();
