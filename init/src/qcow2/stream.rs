@@ -427,6 +427,7 @@ impl Qcow2Split {
         table.clear();
         let len = self.cluster_size;
         if offset >= self.pos && offset - self.pos <= L2_LOOKAHEAD {
+            self.keep_recent();
             let got = self.host_into(offset, len, table, false)?;
             debug_assert_eq!(got as u64, len);
             return Ok(());
@@ -456,6 +457,15 @@ impl Qcow2Split {
                 digest: Sha256::digest(bytes).into(),
             },
         );
+    }
+
+    /// Keeps the bytes just behind the stream among the skipped ones before
+    /// a skip or a table read moves `recent` on: the next L2 table's first
+    /// compressed cluster may share the last sector of the previous one.
+    fn keep_recent(&mut self) {
+        let recent = std::mem::take(&mut self.recent);
+        self.keep_skipped_bytes(self.pos - recent.len() as u64, &recent);
+        self.recent = recent;
     }
 
     /// Keeps skipped stream bytes `bytes` at `at`, dropping the oldest
@@ -502,6 +512,7 @@ impl Qcow2Split {
         if self.pos >= to {
             return Ok(());
         }
+        self.keep_recent();
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize(SKIP_CHUNK, 0);
         let mut result = Ok(());
