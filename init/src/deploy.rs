@@ -252,7 +252,7 @@ fn deploy_attempt(
         bytes,
         sha256,
         elapsed,
-        format: Some(format.name()),
+        format: Some(format),
         verified: expected.map(|c| c.algorithm()),
         transfer: stats.snapshot(),
         restarts: 0,
@@ -336,11 +336,12 @@ struct DecodeInput<'a> {
     source_options: &'a SourceOptions,
 }
 
+/// Returns the format's name for the result line.
 fn decode_stage(
     input: DecodeInput<'_>,
     pools: &Pools,
     queue: &SyncSender<Decoded>,
-) -> Result<ImageFormat> {
+) -> Result<String> {
     let DecodeInput {
         served,
         url,
@@ -357,6 +358,36 @@ fn decode_stage(
         .to_vec();
     if prefix.is_empty() {
         bail!("{url} is empty");
+    }
+    if crate::qcow2::is_qcow2(&prefix) {
+        format::check_declared_qcow2(declared, url)?;
+        let ranges = crate::qcow2::UrlRanges {
+            url: url.to_owned(),
+            options: source_options.clone(),
+        };
+        let opened = crate::qcow2::open(
+            &prefix,
+            Box::new(input),
+            served_length,
+            Box::new(ranges),
+            decoders,
+        )
+        .with_context(|| url.to_owned())?;
+        log::info!("format: {}", opened.header.describe());
+        let size = opened.header.size;
+        let mut image = opened.image;
+        send_image(&mut image, Some(size), "qcow2 image", pools, queue)?;
+        drop(image);
+        let stats = &opened.stats;
+        let refetched = stats.refetched.load(std::sync::atomic::Ordering::Relaxed);
+        if refetched > 0 {
+            log::warn!(
+                "qcow2: {} read again by Range (clusters out of guest order; not covered by \
+                 the served checksum)",
+                human_size(refetched)
+            );
+        }
+        return Ok(crate::qcow2::Opened::name_of(&opened.header, stats));
     }
     let compression = format::sniff_compression(&prefix);
     // Lower bounds are enough to refuse an image that cannot fit before
@@ -377,12 +408,18 @@ fn decode_stage(
             size.map_or(String::new(), |s| format!(", image {}", human_size(s)))
         );
         forward_raw(input, size, queue)?;
-        return Ok(format);
+        return Ok(format.name());
     }
     let mut decoded = PeekReader::new(decode::decoder_with(compression, input, decoders));
     let start = decoded
         .peek(512)
         .with_context(|| format!("decoding the {compression} stream"))?;
+    if crate::qcow2::is_qcow2(start) {
+        bail!(
+            "the {compression} stream holds a qcow2 image, which needs random access: \
+             decompress it and serve the .qcow2 file itself"
+        );
+    }
     let sniffed = ImageFormat::new(compression, format::looks_like_tar(start));
     let format = format::check_declared(declared, named, &prefix, sniffed)?;
     format::check_image_size(format, start)?;
@@ -402,27 +439,36 @@ fn decode_stage(
         "format: {format}{}",
         size.map_or(String::new(), |s| format!(", image {}", human_size(s)))
     );
+    send_image(&mut image, size, &format.to_string(), pools, queue)?;
+    Ok(format.name())
+}
+
+/// Sends the decoded image to the writer: its size first, then its bytes
+/// in write-sized buffers. `what` names it in errors. Stops quietly when
+/// the writer has gone (its error says why).
+fn send_image(
+    image: &mut dyn Read,
+    size: Option<u64>,
+    what: &str,
+    pools: &Pools,
+    queue: &SyncSender<Decoded>,
+) -> Result<()> {
     if queue.send(Decoded::Start { size }).is_err() {
-        return Ok(format);
+        return Ok(());
     }
     let mut offset = 0u64;
     loop {
         let mut buf = pools.decoded.take();
         buf.resize(WRITE_CHUNK, 0);
-        let filled = read_full(&mut image, &mut buf).with_context(|| {
-            if format == ImageFormat::RAW {
-                format!("reading the image at byte {offset}")
-            } else {
-                format!("decoding the {format} at output byte {offset}")
-            }
-        })?;
+        let filled = read_full(image, &mut buf)
+            .with_context(|| format!("decoding the {what} at output byte {offset}"))?;
         buf.truncate(filled);
         offset += filled as u64;
         if filled > 0 && queue.send(Decoded::Data(buf)).is_err() {
-            return Ok(format);
+            return Ok(());
         }
         if filled < WRITE_CHUNK {
-            return Ok(format);
+            return Ok(());
         }
     }
 }

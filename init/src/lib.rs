@@ -25,6 +25,7 @@ pub mod modules;
 pub mod net;
 pub mod pid1;
 pub mod pipeline;
+pub mod qcow2;
 pub(crate) mod report;
 pub mod rootfs;
 pub(crate) mod session;

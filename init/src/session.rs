@@ -127,7 +127,7 @@ pub fn run(
             }
             (kind.map(str::to_owned), source)
         }
-        DeclaredFormat::Image { .. } => (None, source),
+        DeclaredFormat::Image { .. } | DeclaredFormat::Qcow2(_) => (None, source),
     };
     let written = match rootfs {
         Some(declared) => crate::rootfs::deploy::run(

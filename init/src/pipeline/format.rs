@@ -93,7 +93,12 @@ pub enum DeclaredFormat {
     /// A DRP rootfs tarball type (`tgz`, `tar-zst`, ...): a filesystem tree,
     /// not a disk image.
     Rootfs(String),
+    /// A qcow2 image (`qcow2`), read by `crate::qcow2`; the user's spelling.
+    Qcow2(String),
 }
+
+/// Names that declare a qcow2 image.
+const QCOW2_NAMES: &[&str] = &["qcow2", "dd-qcow2"];
 
 /// Image format names: imprint's own first, then DRP's `image-deploy/image-type`
 /// values for disk images.
@@ -171,8 +176,12 @@ pub fn parse_declared(name: &str) -> Result<DeclaredFormat> {
     if ROOTFS_NAMES.contains(&lower.as_str()) {
         return Ok(DeclaredFormat::Rootfs(trimmed.to_owned()));
     }
+    if QCOW2_NAMES.contains(&lower.as_str()) {
+        return Ok(DeclaredFormat::Qcow2(trimmed.to_owned()));
+    }
     let accepted: Vec<&str> = std::iter::once("auto")
         .chain(IMAGE_NAMES.iter().map(|(n, _, _)| *n))
+        .chain(QCOW2_NAMES.iter().copied())
         .chain(ROOTFS_NAMES.iter().copied())
         .collect();
     bail!(
@@ -302,6 +311,36 @@ pub fn reconcile(declared: &DeclaredFormat, sniffed: ImageFormat) -> Result<Imag
         DeclaredFormat::Rootfs(name) => {
             bail!("{name:?} is a root-filesystem tarball type, not a disk image format")
         }
+        DeclaredFormat::Qcow2(name) => {
+            bail!("declared format {name} (qcow2 image) but the image is a {sniffed}")
+        }
+    }
+}
+
+/// Checks a served qcow2 image (sniffed by its `QFI\xfb` magic) against
+/// what was declared: `format=qcow2`, or without a declaration a URL whose
+/// file name says qcow2, `.img` (cloud images: Ubuntu's `.img` files are
+/// qcow2), or nothing imprint knows.
+pub fn check_declared_qcow2(declared: &DeclaredFormat, url: &str) -> Result<()> {
+    match declared {
+        DeclaredFormat::Auto | DeclaredFormat::Qcow2(_) => {}
+        DeclaredFormat::Image { name, format } => {
+            bail!("declared format {name} ({format}) but the image is a qcow2 image")
+        }
+        DeclaredFormat::Rootfs(name) => {
+            bail!("{name:?} is a root-filesystem tarball type, but the image is a qcow2 image")
+        }
+    }
+    if *declared != DeclaredFormat::Auto {
+        return Ok(());
+    }
+    match url_suffix(url) {
+        None | Some(UrlSuffix::Qcow2) => Ok(()),
+        Some(UrlSuffix::Image { suffix: ".img", .. }) => Ok(()),
+        Some(UrlSuffix::Image { suffix, .. } | UrlSuffix::Unsupported { suffix, .. }) => bail!(
+            "the URL's file name ends in {suffix} but the image is a qcow2 image; set \
+             imprint.format=qcow2 to deploy it anyway"
+        ),
     }
 }
 
@@ -315,6 +354,8 @@ pub enum UrlSuffix {
         compression: Compression,
         tar: bool,
     },
+    /// `.qcow2`: a qcow2 image.
+    Qcow2,
     /// A format imprint does not decode, named for the error.
     Unsupported {
         suffix: &'static str,
@@ -349,21 +390,14 @@ const UNSUPPORTED_SUFFIXES: &[(&str, &str)] = &[
     (".lz", "lzip compression"),
     (".lzma", "LZMA_Alone (.lzma) compression"),
     (".lz4", "lz4 compression"),
-    (
-        ".qcow2",
-        "qcow2 disk images (convert with `qemu-img convert -O raw`)",
-    ),
 ];
 
 /// Magic bytes of those formats: lzip (lzip manual, "File format"), the
-/// lz4 frame (lz4 Frame format §"General structure"), qcow2 ("QFI\xfb").
+/// lz4 frame (lz4 Frame format §"General structure"). qcow2 is sniffed
+/// before these are checked (`crate::qcow2`).
 const UNSUPPORTED_MAGICS: &[(&[u8], &str)] = &[
     (b"LZIP", "lzip compression"),
     (&[0x04, 0x22, 0x4d, 0x18], "lz4 compression"),
-    (
-        b"QFI\xfb",
-        "qcow2 disk images (convert with `qemu-img convert -O raw`)",
-    ),
 ];
 
 /// The format the last path segment of `url` declares, ignoring the query
@@ -372,6 +406,9 @@ const UNSUPPORTED_MAGICS: &[(&[u8], &str)] = &[
 pub fn url_suffix(url: &str) -> Option<UrlSuffix> {
     let path = url.split(['?', '#']).next().unwrap_or(url);
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    if name.ends_with(".qcow2") {
+        return Some(UrlSuffix::Qcow2);
+    }
     if let Some(&(suffix, compression, tar)) =
         IMAGE_SUFFIXES.iter().find(|(s, _, _)| name.ends_with(s))
     {
@@ -415,6 +452,10 @@ pub fn check_declared(
         Some(UrlSuffix::Unsupported { suffix, what }) => bail!(
             "the URL's file name ends in {suffix}: {what} is not supported; \
              recompress the image with xz or zstd"
+        ),
+        Some(UrlSuffix::Qcow2) => bail!(
+            "the URL's file name ends in .qcow2 (qcow2 image) but the image is a {sniffed}; \
+             set imprint.format= to deploy it anyway"
         ),
         Some(UrlSuffix::Image {
             suffix,
@@ -923,6 +964,44 @@ mod tests {
         );
         let qcow = auto_error("http://h/vm.qcow2", b"QFI\xfb\0\0\0\x03", ImageFormat::RAW);
         assert!(qcow.to_string().contains("qcow2"), "{qcow}");
+    }
+
+    #[test]
+    fn qcow2_is_declared_by_name_or_file_name_and_img_may_be_qcow2() {
+        assert_eq!(
+            parse_declared(" QCOW2 ").unwrap(),
+            DeclaredFormat::Qcow2("QCOW2".to_owned())
+        );
+        let auto = DeclaredFormat::Auto;
+        for url in [
+            "http://h/vm.qcow2",
+            "http://h/noble-server-cloudimg-amd64.img?x=1",
+            "http://h/download",
+        ] {
+            check_declared_qcow2(&auto, url).unwrap();
+        }
+        let e = check_declared_qcow2(&auto, "http://h/disk.raw").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the URL's file name ends in .raw but the image is a qcow2 image; set \
+             imprint.format=qcow2 to deploy it anyway"
+        );
+        let declared = parse_declared("qcow2").unwrap();
+        check_declared_qcow2(&declared, "http://h/disk.raw").unwrap();
+        let e = check_declared_qcow2(&parse_declared("dd-xz").unwrap(), "http://h/x").unwrap_err();
+        assert!(e.to_string().contains("declared format dd-xz"), "{e}");
+        // qcow2 declared, something else served.
+        let e = reconcile(&declared, ImageFormat::RAW).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "declared format qcow2 (qcow2 image) but the image is a raw image"
+        );
+        let e =
+            check_declared(&auto, "http://h/vm.qcow2", &[0; 512], ImageFormat::RAW).unwrap_err();
+        assert!(
+            e.to_string().contains("ends in .qcow2 (qcow2 image)"),
+            "{e}"
+        );
     }
 
     #[test]

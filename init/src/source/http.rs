@@ -140,6 +140,57 @@ pub(super) fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result
     Ok(Some(tail))
 }
 
+/// The `len` bytes at `offset` by a Range request, retried like the image
+/// itself; a body cut short is asked for again, up to three times.
+pub(super) fn fetch_range(
+    url: &str,
+    offset: u64,
+    len: u64,
+    options: &SourceOptions,
+) -> Result<Vec<u8>> {
+    let mut transfer = Transfer::new(options, Arc::new(SystemClock::new()), Arc::default());
+    let agent = agent(options, Exchange::Download)?;
+    let last = offset + len - 1;
+    let range = format!("bytes={offset}-{last}");
+    let what = format!(" (bytes {offset}-{last})");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (head, body) = transfer.get(&agent, url, Some((&range, None)), &what)?;
+        match head.status {
+            206 => {}
+            416 => return Ok(Vec::new()),
+            200 => bail!(
+                "GET {url}{what}: the server ignored the Range request (HTTP 200); this image \
+                 needs random access: serve it from a server that supports Range, or convert it \
+                 to raw first"
+            ),
+            status => bail!("GET {url}{what}: HTTP {status} {}", head.reason),
+        }
+        let start = head
+            .content_range
+            .as_deref()
+            .and_then(parse_content_range)
+            .map(|(first, _, _)| first);
+        if start != Some(offset) {
+            bail!(
+                "GET {url}{what}: the server answered with Content-Range {:?}",
+                head.content_range.unwrap_or_default()
+            );
+        }
+        let mut bytes = Vec::new();
+        match body.take(len).read_to_end(&mut bytes) {
+            Ok(_) => return Ok(bytes),
+            Err(e) if attempt < 3 => {
+                log::warn!("GET {url}{what}: {e}; asking again ({attempt}/3)");
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading bytes {offset}-{last} of {url}"));
+            }
+        }
+    }
+}
+
 /// The parts of a response that matter here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Head {

@@ -91,6 +91,29 @@ pub fn fetch_tail(url: &str, len: u64, options: &SourceOptions) -> Result<Option
     http::fetch_tail(url, len, options)
 }
 
+/// The `len` bytes at `offset` (fewer only where the resource ends), by an
+/// HTTP Range request (retried like the image) or a seek in a file. For
+/// formats that need random access (qcow2's tables): a server that ignores
+/// Range is an error naming the fix.
+pub fn fetch_range(url: &str, offset: u64, len: u64, options: &SourceOptions) -> Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if url.starts_with("file://") {
+        let (mut file, path, _) = open_file_url(url)?;
+        let path = path.display();
+        file.seek(SeekFrom::Start(offset))
+            .with_context(|| format!("seeking to byte {offset} in {path}"))?;
+        let mut bytes = Vec::new();
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {len} bytes at byte {offset} of {path}"))?;
+        return Ok(bytes);
+    }
+    http::fetch_range(url, offset, len, options)
+}
+
 /// A small text document (a checksum list), at most `max_len` bytes.
 pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<String> {
     let mut source = open(url, options)?;
@@ -124,6 +147,13 @@ fn file_path(url: &str) -> Result<&str> {
 /// latter, the whole disk holding it.
 fn open_file_url(url: &str) -> Result<(File, std::path::PathBuf, Option<String>)> {
     if let Some(on_device) = local::DeviceFileUrl::parse(url)? {
+        // Opened before (the image, then its qcow2 tables by range): the
+        // filesystem is still mounted; mounting it again would stack mounts.
+        if let Some((path, disk)) = opened_on_device(url, None)
+            && let Ok(file) = File::open(&path)
+        {
+            return Ok((file, path, Some(disk)));
+        }
         let mut devices = local::SystemDevices::new(local::DEVICE_WAIT);
         let opened = local::open(
             &on_device,
@@ -136,11 +166,32 @@ fn open_file_url(url: &str) -> Result<(File, std::path::PathBuf, Option<String>)
             opened.device.dev_path().display(),
             opened.fs.fstype
         );
+        opened_on_device(url, Some((opened.path.clone(), opened.device.disk.clone())));
         return Ok((opened.file, opened.path, Some(opened.device.disk)));
     }
     let path = file_path(url)?;
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
     Ok((file, path.into(), None))
+}
+
+/// The path and disk a `file://LABEL=…` URL was opened at, remembered
+/// (`Some`) or looked up (`None`).
+fn opened_on_device(
+    url: &str,
+    remember: Option<(std::path::PathBuf, String)>,
+) -> Option<(std::path::PathBuf, String)> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Opened = HashMap<String, (std::path::PathBuf, String)>;
+    static OPENED: OnceLock<Mutex<Opened>> = OnceLock::new();
+    let mut opened = OPENED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match remember {
+        Some(entry) => opened.insert(url.to_owned(), entry),
+        None => opened.get(url).cloned(),
+    }
 }
 
 fn open_file(url: &str) -> Result<Source> {
@@ -261,6 +312,49 @@ mod tests {
             data[data.len() - 10..]
         );
         assert_eq!(fetch_tail(&url, 1 << 20, &opts).unwrap().unwrap(), data);
+    }
+
+    #[test]
+    fn ranges_from_http_and_file() {
+        let server = imprint_qemu::http::FixtureServer::start().unwrap();
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
+        server.add_file("img", data.clone());
+        let opts = SourceOptions::default();
+        let url = server.url("img");
+        assert_eq!(
+            fetch_range(&url, 1000, 500, &opts).unwrap(),
+            data[1000..1500]
+        );
+        // Cut short where the file ends.
+        assert_eq!(
+            fetch_range(&url, 99_990, 100, &opts).unwrap(),
+            data[99_990..]
+        );
+        assert_eq!(fetch_range(&url, 5, 0, &opts).unwrap(), b"");
+        server.push_behaviors("img", [imprint_qemu::http::Behavior::IgnoreRange]);
+        let msg = format!("{:#}", fetch_range(&url, 0, 8, &opts).unwrap_err());
+        assert!(
+            msg.contains("(bytes 0-7): the server ignored the Range request (HTTP 200)"),
+            "{msg}"
+        );
+        let requests = server.requests();
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.range.as_deref() == Some("bytes=1000-1499")),
+            "{requests:?}"
+        );
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let url = format!("file://{}", f.path().display());
+        assert_eq!(fetch_range(&url, 7, 3, &opts).unwrap(), data[7..10]);
+        assert_eq!(
+            fetch_range(&url, 99_999, 10, &opts).unwrap(),
+            data[99_999..]
+        );
     }
 
     #[test]

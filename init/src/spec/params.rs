@@ -51,9 +51,9 @@ pub const PARAMS: &[ParamDef] = &[
     },
     ParamDef {
         name: "format",
-        values: "auto | raw | gz | xz | zst | bz2 | raw.tar[.gz|.xz|.bz2|.zst] | dd-raw dd-gz dd-xz dd-bz2 dd-zst dd-tar dd-tgz dd-txz dd-tbz",
+        values: "auto | raw | gz | xz | zst | bz2 | raw.tar[.gz|.xz|.bz2|.zst] | qcow2 | dd-raw dd-gz dd-xz dd-bz2 dd-zst dd-tar dd-tgz dd-txz dd-tbz",
         default: "auto",
-        help: "The image's format. Sniffed from its first bytes either way; a declared format that disagrees with them is an error. Without it, the URL's file name declares one (`.xz`, `.raw.zst`, `.tgz`, …; the query is ignored). DRP's image types are accepted as they are.",
+        help: "The image's format. Sniffed from its first bytes either way; a declared format that disagrees with them is an error. Without it, the URL's file name declares one (`.xz`, `.raw.zst`, `.tgz`, `.qcow2`, …; the query is ignored). qcow2 images (also when named `.img`, as cloud images are) are streamed without staging (README, \"qcow2 images\"). DRP's image types are accepted as they are.",
         apply: |spec, v| {
             spec.format = crate::pipeline::format::parse_declared(v)?;
             Ok(())
