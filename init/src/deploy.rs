@@ -176,6 +176,7 @@ fn deploy_attempt(
         );
         let source_options = spec.source.clone();
         let length = source.length;
+        let ranges = source.ranges.clone();
         let pools = pools.clone();
         move || {
             let input = DecodeInput {
@@ -186,6 +187,7 @@ fn deploy_attempt(
                 declared: &declared,
                 decoders,
                 source_options: &source_options,
+                ranges,
             };
             decode_stage(input, &pools, &image_tx)
         }
@@ -334,6 +336,8 @@ struct DecodeInput<'a> {
     declared: &'a DeclaredFormat,
     decoders: OrderedConfig,
     source_options: &'a SourceOptions,
+    /// Random reads of the same bytes, where the URL alone cannot make them.
+    ranges: Option<source::RangeAccess>,
 }
 
 /// Returns the format's name for the result line.
@@ -350,6 +354,7 @@ fn decode_stage(
         declared,
         decoders,
         source_options,
+        ranges,
     } = input;
     let mut input = PeekReader::new(QueueReader::new(served, pools.served.clone()));
     let prefix = input
@@ -364,6 +369,7 @@ fn decode_stage(
         let ranges = crate::qcow2::UrlRanges {
             url: url.to_owned(),
             options: source_options.clone(),
+            access: ranges,
         };
         let opened = crate::qcow2::open(
             &prefix,

@@ -617,3 +617,46 @@ fn oci_layer_picks_one_of_several_images() {
     let output = deploy(&url, &registry.ca_path, &target, &extra);
     assert_ok(&output, &second, &target);
 }
+
+/// A qcow2 pushed as an artifact: its L1 table is read by Range from the
+/// blob with the registry's authorization (the same place and token the
+/// stream uses), and the guest image is what `qemu-img convert -O raw`
+/// makes of it.
+#[test]
+fn a_qcow2_artifact_reads_its_tables_from_the_blob_with_the_registrys_token() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("golden.raw");
+    let data = image(5 * MIB + 65_536, 11);
+    std::fs::write(&raw, &data).unwrap();
+    let qcow2 = dir.path().join("golden.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-q", "-c", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .status()
+        .expect("running qemu-img (scripts/setup installs qemu-utils)");
+    assert!(status.success());
+    let served = std::fs::read(&qcow2).unwrap();
+
+    let registry = htpasswd_registry();
+    registry
+        .push_artifact("cloud", "golden.qcow2", &served)
+        .unwrap();
+    let url = format!("oci://127.0.0.1:{}/{REPO}:cloud", registry.port);
+    let target = Target::new(8 * MIB);
+    let output = deploy(&url, &registry.ca_path, &target, &CREDENTIALS);
+    let line = assert_ok(&output, &data, &target);
+    assert!(line.contains(" format=qcow2"), "{line}");
+    assert!(line.contains(" verified=sha256 "), "{line}");
+
+    // Without credentials the same Range read is refused by name, before
+    // anything is written (the manifest already needs them).
+    let target = Target::new(8 * MIB);
+    let output = deploy(&url, &registry.ca_path, &target, &[]);
+    let error = assert_error(&output);
+    assert!(error.contains("401"), "{error}");
+    target.assert_untouched();
+}

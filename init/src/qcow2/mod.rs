@@ -127,15 +127,21 @@ pub fn open(
     })
 }
 
-/// Random access to an image URL: HTTP Range requests or file seeks.
+/// Random access to an image URL: HTTP Range requests or file seeks, or
+/// the opened source's own [`source::RangeAccess`] (an `oci://` blob, read
+/// where it streams from and with the registry's token).
 pub struct UrlRanges {
     pub url: String,
     pub options: SourceOptions,
+    pub access: Option<source::RangeAccess>,
 }
 
 impl RangeSource for UrlRanges {
     fn read_at(&mut self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        source::fetch_range(&self.url, offset, len, &self.options)
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+        match &self.access {
+            Some(access) => access.read_at(offset, len),
+            None => source::fetch_range(&self.url, offset, len, &self.options),
+        }
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
     }
 }

@@ -90,7 +90,7 @@ fn open_with(
 ) -> Result<Source> {
     let stats = Arc::new(SourceStats::default());
     let mut transfer = Transfer::new(options, clock, Arc::clone(&stats));
-    transfer.auth = auth;
+    transfer.auth = auth.clone();
     let agent = agent(options, Exchange::Download)?;
     let (head, body) = transfer.get(&agent, url, None, "")?;
     if !(200..300).contains(&head.status) {
@@ -119,6 +119,11 @@ fn open_with(
         device: None,
         name: None,
         digest: None,
+        ranges: Some(super::RangeAccess {
+            url: head.final_url,
+            auth,
+            options: options.clone(),
+        }),
     })
 }
 
@@ -147,8 +152,10 @@ pub(super) fn fetch_range(
     offset: u64,
     len: u64,
     options: &SourceOptions,
+    auth: Option<Arc<dyn Authorizer>>,
 ) -> Result<Vec<u8>> {
     let mut transfer = Transfer::new(options, Arc::new(SystemClock::new()), Arc::default());
+    transfer.auth = auth;
     let agent = agent(options, Exchange::Download)?;
     let last = offset + len - 1;
     let range = format!("bytes={offset}-{last}");

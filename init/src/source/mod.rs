@@ -33,6 +33,10 @@ pub struct Source {
     /// The digest the source itself vouches for (an OCI blob's): the
     /// served bytes must match it before the first MiB is written.
     pub digest: Option<crate::pipeline::checksum::Checksum>,
+    /// Random reads of the same bytes where they need more than the URL
+    /// (an `oci://` blob: its location and the registry's token); `None`
+    /// reads by the URL itself ([`fetch_range`]).
+    pub ranges: Option<RangeAccess>,
 }
 
 impl std::fmt::Debug for Source {
@@ -111,7 +115,37 @@ pub fn fetch_range(url: &str, offset: u64, len: u64, options: &SourceOptions) ->
             .with_context(|| format!("reading {len} bytes at byte {offset} of {path}"))?;
         return Ok(bytes);
     }
-    http::fetch_range(url, offset, len, options)
+    http::fetch_range(url, offset, len, options, None)
+}
+
+/// Random reads of an opened source's bytes (qcow2's tables): the URL its
+/// body came from after redirects and, for a registry blob, the
+/// registry's authorization, so that an `oci://` image reads its ranges
+/// exactly as it streams.
+#[derive(Clone)]
+pub struct RangeAccess {
+    url: String,
+    auth: Option<std::sync::Arc<dyn http::Authorizer>>,
+    options: SourceOptions,
+}
+
+impl RangeAccess {
+    /// `len` bytes from `offset` (fewer at the end of the file).
+    pub fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        http::fetch_range(&self.url, offset, len, &self.options, self.auth.clone())
+    }
+}
+
+impl std::fmt::Debug for RangeAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeAccess")
+            .field("url", &self.url)
+            .field("authorized", &self.auth.is_some())
+            .finish()
+    }
 }
 
 /// A small text document (a checksum list), at most `max_len` bytes.
@@ -208,6 +242,7 @@ fn open_file(url: &str) -> Result<Source> {
         device,
         name: None,
         digest: None,
+        ranges: None,
     })
 }
 
