@@ -81,6 +81,8 @@ pub struct Node {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Its veth's end in the switch namespace.
+    pub port: String,
 }
 
 impl Node {
@@ -347,10 +349,11 @@ impl Lab {
             name: name.to_owned(),
             netns: format!("{}-{name}", self.id),
             ip: Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], host),
+            port: format!("p{index}"),
         };
         run(Command::new("ip").args(["netns", "add", &node.netns]))?;
         self.nodes.push(node.clone());
-        let port = format!("p{index}");
+        let port = node.port.clone();
         self.ip_in(
             &self.switch,
             &[
@@ -495,6 +498,29 @@ http {{
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Bytes the switch has sent to `nodes` so far, frames and all: what
+    /// they have received, read from the kernel's counters without touching
+    /// the nodes.
+    pub fn bytes_received(&self, nodes: &[Node]) -> Result<u64> {
+        let out = Command::new("ip")
+            .args(["-n", &self.switch, "-s", "-j", "link", "show"])
+            .output()
+            .context("running ip -s link show")?;
+        let links: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing ip -j link show")?;
+        let mut total = 0;
+        for node in nodes {
+            let link = links
+                .as_array()
+                .and_then(|links| links.iter().find(|l| l["ifname"] == node.port.as_str()))
+                .with_context(|| format!("no port {} on the switch", node.port))?;
+            total += link["stats64"]["tx"]["bytes"]
+                .as_u64()
+                .with_context(|| format!("no tx bytes for port {}", node.port))?;
+        }
+        Ok(total)
     }
 
     fn ip_in(&self, netns: &str, args: &[&str]) -> Result<()> {

@@ -2,7 +2,6 @@
 //! `imprint` CLI run in client namespaces, its results and its output files.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -45,9 +44,20 @@ pub fn imprint_binary() -> PathBuf {
     path
 }
 
-/// Writes a deterministic test image of `len` bytes at `path` and returns it.
+/// Writes `len` bytes of deterministic noise at `path` and returns them.
+/// Noise, not [`crate::test_image`]'s zero runs: a fleet moves bytes, and
+/// noise keeps every byte on the wire.
 pub fn write_image(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let image = crate::test_image(len, seed);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut image = vec![0u8; len];
+    for chunk in image.chunks_mut(8) {
+        // xorshift64*, as test_image.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let bytes = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
     std::fs::create_dir_all(path.parent().expect("image has a parent")).expect("image dir");
     std::fs::write(path, &image).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     image
@@ -118,15 +128,6 @@ pub fn start_client(lab: &mut Lab, node: &Node, args: &[String]) -> Client {
         log,
         rss,
     }
-}
-
-/// Bytes the clients have written so far (allocated blocks of their targets).
-pub fn bytes_written(clients: &[Client]) -> u64 {
-    clients
-        .iter()
-        .filter_map(|c| std::fs::metadata(&c.target).ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
 }
 
 /// Waits for every client (at most `timeout` from `started`) and reads how
