@@ -372,7 +372,7 @@ fn fleet_presigned_urls_through_a_cache_keyed_without_the_query() {
     );
 }
 
-/// The README shows the slice-cache config this lab runs, verbatim.
+/// The README shows the slice-cache and secure_link configs this lab runs, verbatim.
 #[test]
 fn readme_shows_the_slice_cache_config_the_lab_runs() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
@@ -383,4 +383,6 @@ fn readme_shows_the_slice_cache_config_the_lab_runs() {
     );
     let path = slice_cache_path(Path::new("/var/cache/nginx/imprint"));
     assert!(readme.contains(&path), "README.md lacks:\n{path}");
+    let signed = secure_link_location("/images/", Path::new("/srv/www"), "CHANGE-ME");
+    assert!(readme.contains(&signed), "README.md lacks:\n{signed}");
 }
