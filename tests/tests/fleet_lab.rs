@@ -317,7 +317,8 @@ fn fleet_parallel_ranges_beat_a_per_connection_cap_six_fold_within_the_memory_bu
 /// Eight clients, each with its own signature, deploy through the cold
 /// cache: the origin sends at most 1.05 copies and accepts every slice
 /// (each fill carried a client's valid signature). A wrong signature is
-/// refused by the origin with 403, and imprint writes nothing.
+/// refused by the origin with 403, an expired one with 410, and imprint
+/// writes nothing.
 #[test]
 fn fleet_presigned_urls_through_a_cache_keyed_without_the_query() {
     let _serial = one_lab_at_a_time();
@@ -333,7 +334,7 @@ fn fleet_presigned_urls_through_a_cache_keyed_without_the_query() {
         &secure_link_location("/signed/", &www, SECRET),
     );
     let cache = slice_cache(&mut lab, &origin);
-    let nodes = clients(&mut lab, CLIENTS + 1);
+    let nodes = clients(&mut lab, CLIENTS + 2);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -360,27 +361,35 @@ fn fleet_presigned_urls_through_a_cache_keyed_without_the_query() {
     let log = origin.access_log().unwrap();
     assert!(log.iter().all(|r| r.status == 206), "{log:?}");
 
-    // A signature made with another secret: refused.
-    let query = netlab::presign("/signed/image.raw", now + 3600, "not-the-secret").unwrap();
-    let forged = url(&origin, &format!("/signed/image.raw?{query}"));
-    let done = run_all(&mut lab, &nodes[CLIENTS..], |_| {
-        vec!["--url".into(), forged.clone()]
+    // A signature made with another secret is refused (403), and a valid
+    // one that has expired too (410); neither deploy writes anything.
+    let forged = netlab::presign("/signed/image.raw", now + 3600, "not-the-secret").unwrap();
+    let expired = netlab::presign("/signed/image.raw", now - 60, SECRET).unwrap();
+    let refused = [(forged, "403"), (expired, "410")];
+    let done = run_all(&mut lab, &nodes[CLIENTS..], |i| {
+        let query = &refused[i].0;
+        vec![
+            "--url".into(),
+            url(&origin, &format!("/signed/image.raw?{query}")),
+        ]
     });
-    let (client, run) = &done[0];
-    assert!(
-        !run.status.success(),
-        "a forged signature deployed:\n{}",
-        run.output
-    );
-    let ResultLine::Error(message) = &run.result else {
-        panic!("{:?}", run.result);
-    };
-    assert!(message.contains("403"), "{message}");
-    assert!(
-        std::fs::metadata(&client.target).map_or(true, |m| m.len() == 0),
-        "a refused deploy wrote to {}",
-        client.target.display()
-    );
+    for ((client, run), (_, status)) in done.iter().zip(&refused) {
+        assert!(
+            !run.status.success(),
+            "{} deployed:\n{}",
+            run.node,
+            run.output
+        );
+        let ResultLine::Error(message) = &run.result else {
+            panic!("{:?}", run.result);
+        };
+        assert!(message.contains(status), "wanted {status}: {message}");
+        assert!(
+            std::fs::metadata(&client.target).map_or(true, |m| m.len() == 0),
+            "a refused deploy wrote to {}",
+            client.target.display()
+        );
+    }
 }
 
 /// The README shows the slice-cache and secure_link configs this lab runs, verbatim.
