@@ -7,6 +7,8 @@
 //! - [`create_raw_disk`], [`create_qcow2_disk`] and friends: disk images on the host.
 //! - [`drp::DrpStandIn`]: a stand-in for DRP (files, rendered machine templates, the
 //!   agent API) that records every call.
+//! - [`netlab::Lab`]: network namespaces on one switch with `tc` caps, and real
+//!   nginx origins and slice caches in them, for the fleet tests.
 //! - [`http::FixtureServer`]: an HTTP server the guest reaches at 10.0.2.2, with
 //!   scripted misbehaviour.
 //! - [`registry::Registry`]: the real Docker Distribution registry, with TLS and
@@ -19,6 +21,7 @@ pub mod drp;
 pub mod http;
 mod kernel;
 mod listener;
+pub mod netlab;
 pub mod registry;
 mod vm;
 

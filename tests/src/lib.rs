@@ -1,10 +1,12 @@
 //! Shared helpers for the VM tests: where the boot artifacts are, test
 //! images, the parsed `IMPRINT-RESULT:` line, and the golden test OS
 //! (`scripts/golden-os`) with its parsed `GOLDEN-OS:` report; [`drp`]: a
-//! Digital Rebar stand-in set up for a PXE boot.
+//! Digital Rebar stand-in set up for a PXE boot; [`fleet`]: the `imprint`
+//! CLI run as clients in the network-namespace fleet lab.
 #![forbid(unsafe_code)]
 
 pub mod drp;
+pub mod fleet;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
