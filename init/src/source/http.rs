@@ -358,7 +358,7 @@ impl Validators {
 }
 
 /// `bytes first-last/total` (RFC 9110 §14.4); the total may be `*`.
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = range.split_once('-')?;
     let first: u64 = first.trim().parse().ok()?;

@@ -22,6 +22,9 @@ pub struct SourceStats {
     /// The image pinned by digest (`oci://reg/repo@sha256:…`), for the
     /// result line: what to deploy again to get the same bytes.
     pub image_digest: OnceLock<String>,
+    /// Bytes each mirror served (`host[:port]`, in mirror order), when the
+    /// image was read in ranges ([`super::ranged`]).
+    pub mirrors: OnceLock<Vec<(String, AtomicU64)>>,
 }
 
 /// A copy of [`SourceStats`] at one moment.
@@ -32,6 +35,8 @@ pub struct SourceStatsSnapshot {
     pub retries: u32,
     pub final_url: Option<String>,
     pub image_digest: Option<String>,
+    /// `host[:port]` and bytes served, per mirror in order.
+    pub mirrors: Vec<(String, u64)>,
 }
 
 impl SourceStats {
@@ -42,7 +47,18 @@ impl SourceStats {
             retries: self.retries.load(Ordering::Relaxed),
             final_url: self.final_url.get().cloned(),
             image_digest: self.image_digest.get().cloned(),
+            mirrors: self.mirrors_served(),
         }
+    }
+
+    /// Bytes served per mirror so far.
+    pub fn mirrors_served(&self) -> Vec<(String, u64)> {
+        self.mirrors.get().map_or_else(Vec::new, |mirrors| {
+            mirrors
+                .iter()
+                .map(|(host, bytes)| (host.clone(), bytes.load(Ordering::Relaxed)))
+                .collect()
+        })
     }
 }
 
@@ -120,6 +136,7 @@ mod tests {
                 retries: 3,
                 final_url: Some("http://b/x".into()),
                 image_digest: None,
+                mirrors: Vec::new(),
             }
         );
     }
