@@ -185,7 +185,9 @@ mod tests {
     use super::*;
 
     fn data(len: usize) -> Vec<u8> {
-        (0..len).map(|i| u8::try_from(i * 7 % 253).unwrap()).collect()
+        (0..len)
+            .map(|i| u8::try_from(i * 7 % 253).unwrap())
+            .collect()
     }
 
     #[test]

@@ -209,6 +209,7 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
             failed: None,
             closed: false,
             last_mirror: Some(first),
+            in_flight: 0,
         }),
         changed: Condvar::new(),
         mirrors,
@@ -486,6 +487,8 @@ struct State {
     closed: bool,
     /// The mirror of the latest good range, to log switches.
     last_mirror: Option<usize>,
+    /// Chunks being fetched.
+    in_flight: u64,
 }
 
 struct Shared {
@@ -559,10 +562,13 @@ impl Shared {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
                 state.next_fetch += 1;
+                state.in_flight += 1;
+                debug_assert!(state.in_flight + (state.ready.len() as u64) <= self.window);
                 state.next_fetch - 1
             };
             let result = self.fetch_chunk(index);
             let mut state = self.lock();
+            state.in_flight -= 1;
             match result {
                 Ok(bytes) => {
                     state.ready.insert(index, bytes);
@@ -898,5 +904,361 @@ impl Drop for RangedReader {
         state.closed = true;
         state.ready.clear();
         self.shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::RangeOptions;
+    use imprint_qemu::http::{Behavior, FixtureServer};
+
+    const CHUNK: u64 = 64 << 10;
+
+    fn data(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    fn options(mirrors: &[String], parallel: usize) -> SourceOptions {
+        SourceOptions {
+            retries: 3,
+            stall_timeout: Duration::from_millis(500),
+            ranges: RangeOptions {
+                mirrors: mirrors.to_vec(),
+                parallel,
+                chunk: CHUNK,
+                manifest: None,
+                memory: None,
+            },
+            ..SourceOptions::default()
+        }
+    }
+
+    fn read_all(options: &SourceOptions) -> (Vec<u8>, Source) {
+        let mut source = super::super::open(&options.ranges.mirrors[0], options).unwrap();
+        let mut out = Vec::new();
+        source.reader.read_to_end(&mut out).unwrap();
+        (out, source)
+    }
+
+    fn served(source: &Source) -> Vec<u64> {
+        source
+            .stats
+            .mirrors_served()
+            .into_iter()
+            .map(|(_, bytes)| bytes)
+            .collect()
+    }
+
+    #[test]
+    fn chunks_arrive_in_order_whatever_order_the_ranges_finish_in() {
+        let server = FixtureServer::start().unwrap();
+        let image = data(40 * CHUNK as usize + 1234);
+        server.add_file("x.img", image.clone());
+        // The probe, then every range delayed by a different pseudo-random
+        // pause after its first bytes, so they finish out of order.
+        let pauses =
+            (0..41u64).map(|k| Behavior::StallAfter(1000, Duration::from_millis(k * 37 % 60)));
+        server.push_behaviors("x.img", [Behavior::Normal].into_iter().chain(pauses));
+        let opts = options(&[server.url("x.img")], 8);
+        let (out, source) = read_all(&opts);
+        assert!(out == image, "the bytes differ from the image");
+        assert_eq!(source.length, Some(image.len() as u64));
+        assert_eq!(served(&source), [image.len() as u64]);
+        let mut ranges: Vec<String> = server
+            .requests()
+            .into_iter()
+            .filter_map(|r| r.range)
+            .collect();
+        ranges.sort();
+        let mut expected: Vec<String> = (0..41u64)
+            .map(|k| {
+                let last = ((k + 1) * CHUNK).min(image.len() as u64) - 1;
+                format!("bytes={}-{last}", k * CHUNK)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(ranges, expected, "one aligned range per chunk");
+    }
+
+    #[test]
+    fn a_failing_first_mirror_hands_its_ranges_to_the_next() {
+        let first = FixtureServer::start().unwrap();
+        let second = FixtureServer::start().unwrap();
+        let image = data(24 * CHUNK as usize);
+        first.add_file("x.img", image.clone());
+        second.add_file("x.img", image.clone());
+        first.push_behaviors(
+            "x.img",
+            [
+                Behavior::Normal,
+                Behavior::Status(503),
+                Behavior::DropAfter(5000),
+                Behavior::StallAfter(5000, Duration::from_secs(3)),
+            ],
+        );
+        let opts = options(&[first.url("x.img"), second.url("x.img")], 4);
+        let (out, source) = read_all(&opts);
+        assert!(out == image, "the bytes differ from the image");
+        let served = served(&source);
+        assert_eq!(served.iter().sum::<u64>(), image.len() as u64);
+        assert!(served[1] >= 3 * CHUNK, "{served:?}");
+        assert!(served[0] >= CHUNK, "{served:?}");
+        let stats = source.stats.snapshot();
+        assert!(stats.retries >= 3, "{stats:?}");
+        assert_eq!(stats.refetched_bytes, 10_000, "{stats:?}");
+    }
+
+    #[test]
+    fn a_mirror_of_another_length_is_left_out() {
+        let first = FixtureServer::start().unwrap();
+        let second = FixtureServer::start().unwrap();
+        let image = data(6 * CHUNK as usize);
+        first.add_file("x.img", image.clone());
+        second.add_file("x.img", image[..image.len() - 1].to_vec());
+        first.push_behaviors("x.img", [Behavior::Normal, Behavior::Status(503)]);
+        let opts = options(&[first.url("x.img"), second.url("x.img")], 2);
+        let (out, source) = read_all(&opts);
+        assert!(out == image, "the bytes differ from the image");
+        assert_eq!(served(&source), [image.len() as u64, 0]);
+        // The second mirror answered only its probe.
+        assert_eq!(second.requests().len(), 1);
+    }
+
+    #[test]
+    fn the_manifest_catches_a_corrupt_chunk_and_another_mirror_serves_it() {
+        let corrupt = FixtureServer::start().unwrap();
+        let good = FixtureServer::start().unwrap();
+        let image = data(10 * CHUNK as usize + 77);
+        let mut bad = image.clone();
+        bad[5 * CHUNK as usize + 9] ^= 0x40;
+        corrupt.add_file("x.img", bad);
+        good.add_file("x.img", image.clone());
+        let manifest = Manifest::compute(&image[..], CHUNK).unwrap();
+        good.add_file("x.img.chunks", manifest.render().into_bytes());
+        let mut opts = options(&[corrupt.url("x.img"), good.url("x.img")], 3);
+        opts.ranges.manifest = Some(good.url("x.img.chunks"));
+        let (out, source) = read_all(&opts);
+        assert!(out == image, "the bytes differ from the image");
+        let served = served(&source);
+        assert_eq!(served.iter().sum::<u64>(), image.len() as u64);
+        assert!(served[1] >= CHUNK, "{served:?}");
+        let stats = source.stats.snapshot();
+        assert!(stats.refetched_bytes >= CHUNK, "{stats:?}");
+        let from_good: Vec<String> = good
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/x.img")
+            .filter_map(|r| r.range)
+            .collect();
+        assert!(
+            from_good.contains(&format!("bytes={}-{}", 5 * CHUNK, 6 * CHUNK - 1)),
+            "{from_good:?}"
+        );
+
+        // Without the good mirror, the deploy fails naming the check.
+        let mut opts = options(&[corrupt.url("x.img")], 2);
+        opts.retries = 0;
+        opts.ranges.manifest = Some(good.url("x.img.chunks"));
+        let mut source = super::super::open(&opts.ranges.mirrors[0], &opts).unwrap();
+        let msg = source
+            .reader
+            .read_to_end(&mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("do not match the chunk manifest"), "{msg}");
+    }
+
+    #[test]
+    fn a_manifest_for_another_image_is_refused_before_any_byte() {
+        let server = FixtureServer::start().unwrap();
+        let image = data(3 * CHUNK as usize);
+        server.add_file("x.img", image.clone());
+        let manifest = Manifest::compute(&image[..CHUNK as usize], CHUNK).unwrap();
+        server.add_file("x.img.chunks", manifest.render().into_bytes());
+        let mut opts = options(&[server.url("x.img")], 2);
+        opts.ranges.manifest = Some(server.url("x.img.chunks"));
+        let msg = format!(
+            "{:#}",
+            super::super::open(&opts.ranges.mirrors[0], &opts).unwrap_err()
+        );
+        assert!(
+            msg.contains("the chunk manifest is for 65536 bytes"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_server_that_ignores_range_is_read_with_one_get() {
+        let server = FixtureServer::start().unwrap();
+        let image = data(5 * CHUNK as usize);
+        server.add_file("x.img", image.clone());
+        server.push_behaviors("x.img", [Behavior::IgnoreRange]);
+        let opts = options(&[server.url("x.img")], 8);
+        let (out, source) = read_all(&opts);
+        assert!(out == image, "the bytes differ from the image");
+        assert!(source.stats.mirrors_served().is_empty());
+        let requests = server.requests();
+        assert_eq!(requests.len(), 2, "the probe and one GET");
+        assert_eq!(requests[1].range, None);
+    }
+
+    #[test]
+    fn a_slow_reader_gets_every_byte_and_memory_lowers_the_window() {
+        let server = FixtureServer::start().unwrap();
+        let image = data(64 * CHUNK as usize);
+        server.add_file("x.img", image.clone());
+        let mut opts = options(&[server.url("x.img")], 8);
+        let mut source = super::super::open(&server.url("x.img"), &opts).unwrap();
+        // A slow consumer: the workers run ahead as far as they may.
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = source.reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.len() % (CHUNK as usize) == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(out == image, "the bytes differ from the image");
+        drop(source);
+        // Half of 16 MiB holds two chunks of 4 MiB: two ranges at a time.
+        opts.ranges.memory = Some(16 << 20);
+        opts.ranges.chunk = 4 << 20;
+        let big = data(20 << 20);
+        server.add_file("big.img", big.clone());
+        opts.ranges.mirrors = vec![server.url("big.img")];
+        server.clear_requests();
+        let mut source = super::super::open(&server.url("big.img"), &opts).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            server.requests().len(),
+            2,
+            "the probe (chunk 0) and one range"
+        );
+        let mut out = Vec::new();
+        source.reader.read_to_end(&mut out).unwrap();
+        assert!(out == big, "the bytes differ from the image");
+    }
+
+    #[test]
+    fn an_idle_reader_holds_no_more_than_the_window() {
+        let server = FixtureServer::start().unwrap();
+        let image = data(48 * CHUNK as usize);
+        server.add_file("x.img", image.clone());
+        let opts = options(&[server.url("x.img")], 6);
+        let mut source = super::super::open(&server.url("x.img"), &opts).unwrap();
+        // Nobody reads: the workers fill the window and stop.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            server.requests().len(),
+            6,
+            "the probe (chunk 0) and 5 more ranges"
+        );
+        // Each chunk handed on makes room for one more.
+        let mut first = vec![0u8; CHUNK as usize + 1];
+        source.reader.read_exact(&mut first).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(server.requests().len(), 7);
+        assert!(first == image[..first.len()]);
+    }
+
+    /// Records log lines, to check what a presigned URL leaves in them.
+    struct Capture(Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            // As the console logger does (logger.rs): ureq's protocol
+            // traces, which print whole requests, never pass.
+            if record.target().starts_with("ureq") && record.level() > log::Level::Info {
+                return;
+            }
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn presigned_queries_never_reach_logs_errors_or_the_result() {
+        static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+        log::set_logger(&CAPTURE).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+        let first = FixtureServer::start().unwrap();
+        let second = FixtureServer::start().unwrap();
+        let image = data(8 * CHUNK as usize);
+        first.add_file("x.img", image.clone());
+        second.add_file("x.img", image.clone());
+        first.push_behaviors(
+            "x.img",
+            [
+                Behavior::Normal,
+                Behavior::Status(503),
+                Behavior::DropAfter(10),
+            ],
+        );
+        let secret = "X-Amz-Signature=deadbeefsecret";
+        let urls = [
+            format!("{}?X-Amz-Credential=AKIA&{secret}", first.url("x.img")),
+            format!("{}?{secret}", second.url("x.img")),
+        ];
+        let opts = options(&urls, 3);
+        let (out, source) = read_all(&opts);
+        assert!(out == image, "the bytes differ from the image");
+        let line = crate::report::ok_line(&crate::report::DeploySummary {
+            bytes: 1,
+            sha256: [0; 32],
+            elapsed: Duration::ZERO,
+            format: None,
+            verified: None,
+            transfer: source.stats.snapshot(),
+            restarts: 0,
+            insecure: false,
+            erased: Vec::new(),
+            boot_entry: None,
+        });
+        let hosts = format!(
+            "mirrors={}:{},{}:{}",
+            host(&urls[0]),
+            served(&source)[0],
+            host(&urls[1]),
+            served(&source)[1]
+        );
+        assert!(line.ends_with(&hosts), "{line}");
+        let logged = CAPTURE.0.lock().unwrap().join("\n");
+        assert!(logged.contains("?…"), "{logged}");
+        assert!(logged.contains("503"), "{logged}");
+        assert!(
+            !logged.contains("deadbeef") && !logged.contains("AKIA"),
+            "{logged}"
+        );
+        assert!(!format!("{opts:?}").contains("deadbeef"));
+        // Each mirror got the query verbatim: the signature is the server's to check.
+        assert!(first.requests().iter().all(|r| r.path == "/x.img"));
+
+        // An error names the mirror without its query too.
+        let gone = FixtureServer::start().unwrap();
+        let url = format!("{}?{secret}", gone.url("missing.img"));
+        let msg = format!(
+            "{:#}",
+            super::super::open(&url, &options(&[url.clone()], 2)).unwrap_err()
+        );
+        assert!(
+            msg.contains("HTTP 404") && !msg.contains("deadbeef"),
+            "{msg}"
+        );
     }
 }
