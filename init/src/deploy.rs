@@ -147,7 +147,7 @@ fn deploy_attempt(
     log::info!(
         "deploying {} ({}) to {}",
         // A presigned URL's query is a secret.
-        crate::source::mirrors::display(&url),
+        source::mirrors::display(&url),
         source
             .length
             .map_or_else(|| "size not given".to_owned(), human_size),

@@ -914,6 +914,7 @@ mod tests {
     use imprint_qemu::http::{Behavior, FixtureServer};
 
     const CHUNK: u64 = 64 << 10;
+    const CHUNK_BYTES: usize = 64 << 10;
 
     fn data(len: usize) -> Vec<u8> {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -961,7 +962,7 @@ mod tests {
     #[test]
     fn chunks_arrive_in_order_whatever_order_the_ranges_finish_in() {
         let server = FixtureServer::start().unwrap();
-        let image = data(40 * CHUNK as usize + 1234);
+        let image = data(40 * CHUNK_BYTES + 1234);
         server.add_file("x.img", image.clone());
         // The probe, then every range delayed by a different pseudo-random
         // pause after its first bytes, so they finish out of order.
@@ -993,7 +994,7 @@ mod tests {
     fn a_failing_first_mirror_hands_its_ranges_to_the_next() {
         let first = FixtureServer::start().unwrap();
         let second = FixtureServer::start().unwrap();
-        let image = data(24 * CHUNK as usize);
+        let image = data(24 * CHUNK_BYTES);
         first.add_file("x.img", image.clone());
         second.add_file("x.img", image.clone());
         first.push_behaviors(
@@ -1021,7 +1022,7 @@ mod tests {
     fn a_mirror_of_another_length_is_left_out() {
         let first = FixtureServer::start().unwrap();
         let second = FixtureServer::start().unwrap();
-        let image = data(6 * CHUNK as usize);
+        let image = data(6 * CHUNK_BYTES);
         first.add_file("x.img", image.clone());
         second.add_file("x.img", image[..image.len() - 1].to_vec());
         first.push_behaviors("x.img", [Behavior::Normal, Behavior::Status(503)]);
@@ -1037,9 +1038,9 @@ mod tests {
     fn the_manifest_catches_a_corrupt_chunk_and_another_mirror_serves_it() {
         let corrupt = FixtureServer::start().unwrap();
         let good = FixtureServer::start().unwrap();
-        let image = data(10 * CHUNK as usize + 77);
+        let image = data(10 * CHUNK_BYTES + 77);
         let mut bad = image.clone();
-        bad[5 * CHUNK as usize + 9] ^= 0x40;
+        bad[5 * CHUNK_BYTES + 9] ^= 0x40;
         corrupt.add_file("x.img", bad);
         good.add_file("x.img", image.clone());
         let manifest = Manifest::compute(&image[..], CHUNK).unwrap();
@@ -1080,9 +1081,9 @@ mod tests {
     #[test]
     fn a_manifest_for_another_image_is_refused_before_any_byte() {
         let server = FixtureServer::start().unwrap();
-        let image = data(3 * CHUNK as usize);
+        let image = data(3 * CHUNK_BYTES);
         server.add_file("x.img", image.clone());
-        let manifest = Manifest::compute(&image[..CHUNK as usize], CHUNK).unwrap();
+        let manifest = Manifest::compute(&image[..CHUNK_BYTES], CHUNK).unwrap();
         server.add_file("x.img.chunks", manifest.render().into_bytes());
         let mut opts = options(&[server.url("x.img")], 2);
         opts.ranges.manifest = Some(server.url("x.img.chunks"));
@@ -1099,7 +1100,7 @@ mod tests {
     #[test]
     fn a_server_that_ignores_range_is_read_with_one_get() {
         let server = FixtureServer::start().unwrap();
-        let image = data(5 * CHUNK as usize);
+        let image = data(5 * CHUNK_BYTES);
         server.add_file("x.img", image.clone());
         server.push_behaviors("x.img", [Behavior::IgnoreRange]);
         let opts = options(&[server.url("x.img")], 8);
@@ -1114,7 +1115,7 @@ mod tests {
     #[test]
     fn a_slow_reader_gets_every_byte_and_memory_lowers_the_window() {
         let server = FixtureServer::start().unwrap();
-        let image = data(64 * CHUNK as usize);
+        let image = data(64 * CHUNK_BYTES);
         server.add_file("x.img", image.clone());
         let mut opts = options(&[server.url("x.img")], 8);
         let mut source = super::super::open(&server.url("x.img"), &opts).unwrap();
@@ -1127,7 +1128,7 @@ mod tests {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if out.len() % (CHUNK as usize) == 0 {
+            if out.len() % (CHUNK_BYTES) == 0 {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -1155,7 +1156,7 @@ mod tests {
     #[test]
     fn an_idle_reader_holds_no_more_than_the_window() {
         let server = FixtureServer::start().unwrap();
-        let image = data(48 * CHUNK as usize);
+        let image = data(48 * CHUNK_BYTES);
         server.add_file("x.img", image.clone());
         let opts = options(&[server.url("x.img")], 6);
         let mut source = super::super::open(&server.url("x.img"), &opts).unwrap();
@@ -1167,7 +1168,7 @@ mod tests {
             "the probe (chunk 0) and 5 more ranges"
         );
         // Each chunk handed on makes room for one more.
-        let mut first = vec![0u8; CHUNK as usize + 1];
+        let mut first = vec![0u8; CHUNK_BYTES + 1];
         source.reader.read_exact(&mut first).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(server.requests().len(), 7);
@@ -1199,7 +1200,7 @@ mod tests {
         log::set_max_level(log::LevelFilter::Trace);
         let first = FixtureServer::start().unwrap();
         let second = FixtureServer::start().unwrap();
-        let image = data(8 * CHUNK as usize);
+        let image = data(8 * CHUNK_BYTES);
         first.add_file("x.img", image.clone());
         second.add_file("x.img", image.clone());
         first.push_behaviors(
@@ -1254,7 +1255,7 @@ mod tests {
         let url = format!("{}?{secret}", gone.url("missing.img"));
         let msg = format!(
             "{:#}",
-            super::super::open(&url, &options(&[url.clone()], 2)).unwrap_err()
+            super::super::open(&url, &options(std::slice::from_ref(&url), 2)).unwrap_err()
         );
         assert!(
             msg.contains("HTTP 404") && !msg.contains("deadbeef"),
