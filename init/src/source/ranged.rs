@@ -316,6 +316,20 @@ fn send_range(
     Ok((head, response.into_body()))
 }
 
+/// Reads past the range's bytes: a body whose Content-Length promised more
+/// than the range (a lying server, a broken proxy) fails here, as a short
+/// body does on a single GET, rather than passing as complete.
+fn ends_cleanly(reader: &mut impl Read) -> io::Result<usize> {
+    let mut extra = [0u8; 1];
+    match reader.read(&mut extra)? {
+        0 => Ok(0),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the body is longer than its Content-Range",
+        )),
+    }
+}
+
 fn strong(etag: Option<&String>) -> Option<&String> {
     etag.filter(|etag| !etag.starts_with("W/"))
 }
@@ -346,7 +360,9 @@ fn probe(
             None => chunk - 1,
             Some(_) => 0,
         };
-        let request = format!("GET {} (bytes 0-{last})", mirror.shown);
+        // Named as a single GET's failures are: the probe is the image's
+        // first request.
+        let request = format!("GET {}", mirror.shown);
         let answer = match send_range(agent, &mirror.url, 0, last, None) {
             Ok(answer) => answer,
             Err(error) => {
@@ -371,7 +387,12 @@ fn probe(
                 None => {
                     let mut bytes = Vec::new();
                     let want = got_last + 1;
-                    match body.into_reader().take(want).read_to_end(&mut bytes) {
+                    let mut reader = body.into_reader();
+                    let read = (&mut reader)
+                        .take(want)
+                        .read_to_end(&mut bytes)
+                        .and_then(|_| ends_cleanly(&mut reader));
+                    match read {
                         Ok(_) if bytes.len() as u64 == want => {
                             start = Some((n, total, bytes));
                             continue;
@@ -386,7 +407,11 @@ fn probe(
                         },
                         Err(error) => Failed {
                             failure: classify::classify_io(&error),
-                            message: format!("{request}: {error}"),
+                            message: format!(
+                                "reading {} at byte {}: {error}",
+                                mirror.shown,
+                                bytes.len()
+                            ),
                             retry_after: None,
                         },
                     }
@@ -774,7 +799,11 @@ impl Shared {
         }
         let want = last - first + 1;
         let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-        let read = body.into_reader().take(want).read_to_end(&mut bytes);
+        let mut reader = body.into_reader();
+        let read = (&mut reader)
+            .take(want)
+            .read_to_end(&mut bytes)
+            .and_then(|_| ends_cleanly(&mut reader));
         let wasted = bytes.len() as u64;
         match read {
             Ok(_) if wasted == want => {}
@@ -795,7 +824,11 @@ impl Shared {
                         crate::http::backoff::seconds(self.options.stall_timeout)
                     )
                 } else {
-                    format!("{request}: broke off at byte {wasted} of {want}: {error}")
+                    format!(
+                        "reading {} at byte {}: {error}",
+                        mirror.shown,
+                        first + wasted
+                    )
                 };
                 return Err(RangeFailure {
                     wasted,

@@ -192,9 +192,9 @@ pub const PARAMS: &[ParamDef] = &[
     },
     ParamDef {
         name: "parallel",
-        values: "N (1-64)",
+        values: "N",
         default: "8",
-        help: "HTTP(S) ranges fetched at once, each a chunk (`imprint.chunk=`) from the first healthy mirror; 1 with a single URL reads the image with one streaming GET. Lowered to what half of `imprint.decode-memory=` holds in chunks. See Mirrors and parallel ranges.",
+        help: "HTTP(S) ranges fetched at once (1 to 64), each a chunk (`imprint.chunk=`) from the first healthy mirror; 1 with a single URL reads the image with one streaming GET. Lowered to what half of `imprint.decode-memory=` holds in chunks. See Mirrors and parallel ranges.",
         apply: |spec, v| {
             let n: usize = v
                 .parse()
