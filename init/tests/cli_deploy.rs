@@ -157,3 +157,77 @@ fn usage_errors_exit_2_naming_the_option() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown parameter --ur"));
 }
+
+/// Mirrors through the CLI, as a fleet drives it: `--url` twice, the first
+/// mirror failing mid-deploy, a chunk manifest from `imprint manifest`; the
+/// disk gets the image and the result line says who served what.
+#[test]
+fn mirrors_share_the_ranges_and_the_result_line_counts_them() {
+    let cache = FixtureServer::start().unwrap();
+    let origin = FixtureServer::start().unwrap();
+    let data = image(5 << 20 | 4321, 3);
+    cache.add_file("golden.raw", data.clone());
+    origin.add_file("golden.raw", data.clone());
+    // The probe answers, then the cache fails: a reset, then 502s.
+    cache.push_behaviors(
+        "golden.raw",
+        [
+            Behavior::Normal,
+            Behavior::DropAfter(1000),
+            Behavior::Status(502),
+            Behavior::Status(502),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let image_file = dir.path().join("golden.raw");
+    std::fs::write(&image_file, &data).unwrap();
+    let manifest = imprint(&["manifest", image_file.to_str().unwrap(), "--chunk", "256K"]);
+    assert!(manifest.status.success());
+    origin.add_file("golden.raw.chunks", manifest.stdout.clone());
+    let target = target_with(dir.path(), &[]);
+    let origin_url = format!("{}?X-Amz-Signature=c0ffee", origin.url("golden.raw"));
+
+    let out = imprint(&[
+        "deploy",
+        "--url",
+        &cache.url("golden.raw"),
+        "--url",
+        &origin_url,
+        "--manifest",
+        &origin.url("golden.raw.chunks"),
+        "--chunk",
+        "256K",
+        "--parallel",
+        "4",
+        "--disk",
+        target.to_str().unwrap(),
+    ]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(std::fs::read(&target).unwrap() == data);
+    let line = result_line(&out);
+    let served = line
+        .split_once(" mirrors=")
+        .map(|(_, served)| served.to_owned())
+        .unwrap_or_else(|| panic!("no mirrors= in {line}"));
+    let bytes: Vec<u64> = served
+        .split(',')
+        .map(|mirror| mirror.rsplit_once(':').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 2, "{line}");
+    assert_eq!(bytes.iter().sum::<u64>(), data.len() as u64, "{line}");
+    assert!(bytes[1] > 0, "{line}");
+    assert!(
+        served.starts_with(&format!("127.0.0.1:{}:", cache.port())),
+        "{line}"
+    );
+    assert!(
+        !stderr.contains("c0ffee") && !line.contains("c0ffee"),
+        "{stderr}"
+    );
+    // 256 KiB ranges, each asked once of the mirror that served it, but
+    // for the failed ones.
+    let ranges = cache.requests().len() + origin.requests().len();
+    assert!(ranges <= 21 + 1 + 1 + 4 + 1, "{ranges} requests");
+}

@@ -318,16 +318,16 @@ fn send_range(
 
 /// Reads past the range's bytes: a body whose Content-Length promised more
 /// than the range (a lying server, a broken proxy) fails here, as a short
-/// body does on a single GET, rather than passing as complete.
+/// body does on a single GET, rather than passing as complete. The error is
+/// `InvalidData`, which is not retried: the same server would lie again.
 fn ends_cleanly(reader: &mut impl Read) -> io::Result<usize> {
     let mut extra = [0u8; 1];
-    match reader.read(&mut extra)? {
-        0 => Ok(0),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the body is longer than its Content-Range",
-        )),
-    }
+    let problem = match reader.read(&mut extra) {
+        Ok(0) => return Ok(0),
+        Ok(_) => "the body is longer than its Content-Range".to_owned(),
+        Err(error) => format!("{error} (its Content-Length promised more than its Content-Range)"),
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidData, problem))
 }
 
 fn strong(etag: Option<&String>) -> Option<&String> {
