@@ -199,6 +199,8 @@ fn mirrors_share_the_ranges_and_the_result_line_counts_them() {
         "256K",
         "--parallel",
         "4",
+        "--report",
+        &origin.url("events"),
         "--disk",
         target.to_str().unwrap(),
     ]);
@@ -228,6 +230,39 @@ fn mirrors_share_the_ranges_and_the_result_line_counts_them() {
     );
     // 256 KiB ranges, each asked once of the mirror that served it, but
     // for the failed ones.
-    let ranges = cache.requests().len() + origin.requests().len();
+    let gets = |server: &FixtureServer| {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    let ranges = gets(&cache) + gets(&origin);
     assert!(ranges <= 21 + 1 + 1 + 4 + 1, "{ranges} requests");
+    // Status events: the switch to the origin, and the totals at the end.
+    let events: Vec<serde_json::Value> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .flat_map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            match body {
+                serde_json::Value::Array(events) => events,
+                event => vec![event],
+            }
+        })
+        .filter(|event| event["event"] == "mirrors")
+        .collect();
+    let origin_host = format!("127.0.0.1:{}", origin.port());
+    assert!(
+        events.iter().any(|e| e["to"] == origin_host.as_str()),
+        "{events:?}"
+    );
+    let end = events
+        .iter()
+        .find(|e| e["to"].is_null())
+        .expect("the end event");
+    assert_eq!(end["served"][1]["host"], origin_host.as_str());
+    assert_eq!(end["served"][1]["bytes"], bytes[1]);
+    assert!(!format!("{events:?}").contains("c0ffee"));
 }

@@ -670,6 +670,13 @@ impl Shared {
                     state.health[n].consecutive = 0;
                     state.health[n].resting_until = None;
                     if state.last_mirror != Some(n) {
+                        if let Some(previous) = state.last_mirror {
+                            self.stats.on_switch.notify(
+                                &self.mirrors[previous].host,
+                                &mirror.host,
+                                &self.stats.mirrors_served(),
+                            );
+                        }
                         log::info!(
                             "bytes {first}-{last} from {}{}",
                             mirror.shown,

@@ -25,6 +25,38 @@ pub struct SourceStats {
     /// Bytes each mirror served (`host[:port]`, in mirror order), when the
     /// image was read in ranges ([`super::ranged`]).
     pub mirrors: OnceLock<Vec<(String, AtomicU64)>>,
+    /// Told when ranges move to another mirror: `(from, to)` hosts and the
+    /// bytes served so far.
+    pub on_switch: SwitchObserver,
+}
+
+/// Whom a mirror switch is reported to (the session's status events); set
+/// once, after the source is opened.
+#[derive(Default)]
+pub struct SwitchObserver(OnceLock<Box<SwitchFn>>);
+
+type SwitchFn = dyn Fn(&str, &str, &[(String, u64)]) + Send + Sync;
+
+impl SwitchObserver {
+    pub fn set(&self, observer: impl Fn(&str, &str, &[(String, u64)]) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(observer));
+    }
+
+    pub fn notify(&self, from: &str, to: &str, served: &[(String, u64)]) {
+        if let Some(observer) = self.0.get() {
+            observer(from, to, served);
+        }
+    }
+}
+
+impl std::fmt::Debug for SwitchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "set"
+        } else {
+            "unset"
+        })
+    }
 }
 
 /// A copy of [`SourceStats`] at one moment.
