@@ -210,6 +210,7 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
             closed: false,
             last_mirror: Some(first),
             in_flight: 0,
+            free: Vec::new(),
         }),
         changed: Condvar::new(),
         mirrors,
@@ -383,51 +384,55 @@ fn probe(
             .as_deref()
             .and_then(super::http::parse_content_range);
         let failure = match (head.status, total) {
-            (206, Some((0, got_last, Some(total)))) => match &start {
-                None => {
-                    let mut bytes = Vec::new();
-                    let want = got_last + 1;
-                    let mut reader = body.into_reader();
-                    let read = (&mut reader)
-                        .take(want)
-                        .read_to_end(&mut bytes)
-                        .and_then(|_| ends_cleanly(&mut reader));
-                    match read {
-                        Ok(_) if bytes.len() as u64 == want => {
-                            start = Some((n, total, bytes));
-                            continue;
+            (206, Some((0, got_last, Some(total))))
+                if start.is_some() || got_last + 1 == chunk.min(total) =>
+            {
+                match &start {
+                    None => {
+                        let want = got_last + 1;
+                        let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+                        let mut reader = body.into_reader();
+                        let read = (&mut reader)
+                            .take(want)
+                            .read_to_end(&mut bytes)
+                            .and_then(|_| ends_cleanly(&mut reader));
+                        match read {
+                            Ok(_) if bytes.len() as u64 == want => {
+                                start = Some((n, total, bytes));
+                                continue;
+                            }
+                            Ok(_) => Failed {
+                                failure: Failure::BrokenBody,
+                                message: format!(
+                                    "{request}: the body ended at byte {} of {want}",
+                                    bytes.len()
+                                ),
+                                retry_after: None,
+                            },
+                            Err(error) => Failed {
+                                failure: classify::classify_io(&error),
+                                message: format!(
+                                    "reading {} at byte {}: {error}",
+                                    mirror.shown,
+                                    bytes.len()
+                                ),
+                                retry_after: None,
+                            },
                         }
-                        Ok(_) => Failed {
-                            failure: Failure::BrokenBody,
-                            message: format!(
-                                "{request}: the body ended at byte {} of {want}",
-                                bytes.len()
-                            ),
-                            retry_after: None,
-                        },
-                        Err(error) => Failed {
-                            failure: classify::classify_io(&error),
-                            message: format!(
-                                "reading {} at byte {}: {error}",
-                                mirror.shown,
-                                bytes.len()
-                            ),
-                            retry_after: None,
-                        },
                     }
+                    Some((first, length, _)) if total != *length => {
+                        let message = format!(
+                            "{} serves {total} bytes, but {} serves {length}; leaving it out",
+                            mirror.shown,
+                            display(&urls[*first])
+                        );
+                        log::warn!("{message}");
+                        mirror.dropped = Some(message);
+                        continue;
+                    }
+                    Some(_) => continue,
                 }
-                Some((first, length, _)) if total != *length => {
-                    let message = format!(
-                        "{} serves {total} bytes, but {} serves {length}; leaving it out",
-                        mirror.shown,
-                        display(&urls[*first])
-                    );
-                    log::warn!("{message}");
-                    mirror.dropped = Some(message);
-                    continue;
-                }
-                Some(_) => continue,
-            },
+            }
             (200, _) if start.is_none() => return Ok(Probed::IgnoresRange(mirror.url.clone())),
             (200, _) => {
                 let message = format!("{request}: the mirror ignores Range requests (HTTP 200)");
@@ -514,6 +519,10 @@ struct State {
     last_mirror: Option<usize>,
     /// Chunks being fetched.
     in_flight: u64,
+    /// Buffers of chunks already handed on, for the next ranges: the
+    /// window's memory is allocated once, not once per chunk (an allocator
+    /// may keep freed 16 MiB blocks, and RSS would grow past the window).
+    free: Vec<Vec<u8>>,
 }
 
 struct Shared {
@@ -572,6 +581,7 @@ impl Shared {
     /// One worker: takes the next chunk while the window allows.
     fn work(&self) {
         loop {
+            let buffer;
             let index = {
                 let mut state = self.lock();
                 loop {
@@ -588,10 +598,11 @@ impl Shared {
                 }
                 state.next_fetch += 1;
                 state.in_flight += 1;
+                buffer = state.free.pop().unwrap_or_default();
                 debug_assert!(state.in_flight + (state.ready.len() as u64) <= self.window);
                 state.next_fetch - 1
             };
-            let result = self.fetch_chunk(index);
+            let result = self.fetch_chunk(index, buffer);
             let mut state = self.lock();
             state.in_flight -= 1;
             match result {
@@ -655,7 +666,7 @@ impl Shared {
         }
     }
 
-    fn fetch_chunk(&self, index: u64) -> Result<Vec<u8>, (String, bool)> {
+    fn fetch_chunk(&self, index: u64, mut buffer: Vec<u8>) -> Result<Vec<u8>, (String, bool)> {
         let (first, last) = self.bounds(index);
         let began = Instant::now();
         let most =
@@ -664,8 +675,8 @@ impl Shared {
         loop {
             let n = self.pick_mirror()?;
             let mirror = &self.mirrors[n];
-            match self.get_range(mirror, index, first, last) {
-                Ok(bytes) => {
+            match self.get_range(mirror, index, first, last, &mut buffer) {
+                Ok(()) => {
                     let mut state = self.lock();
                     state.health[n].consecutive = 0;
                     state.health[n].resting_until = None;
@@ -689,9 +700,9 @@ impl Shared {
                     }
                     drop(state);
                     if let Some(served) = self.stats.mirrors.get().and_then(|s| s.get(n)) {
-                        served.1.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        served.1.fetch_add(buffer.len() as u64, Ordering::Relaxed);
                     }
-                    return Ok(bytes);
+                    return Ok(buffer);
                 }
                 Err(failure) => {
                     attempts += 1;
@@ -747,7 +758,8 @@ impl Shared {
         index: u64,
         first: u64,
         last: u64,
-    ) -> Result<Vec<u8>, RangeFailure> {
+        bytes: &mut Vec<u8>,
+    ) -> Result<(), RangeFailure> {
         let request = format!("GET {} (bytes {first}-{last})", mirror.shown);
         let (head, body) = send_range(
             &self.agent,
@@ -805,11 +817,12 @@ impl Shared {
             )));
         }
         let want = last - first + 1;
-        let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+        bytes.clear();
+        bytes.reserve_exact(usize::try_from(want).unwrap_or(0));
         let mut reader = body.into_reader();
         let read = (&mut reader)
             .take(want)
-            .read_to_end(&mut bytes)
+            .read_to_end(bytes)
             .and_then(|_| ends_cleanly(&mut reader));
         let wasted = bytes.len() as u64;
         match read {
@@ -844,7 +857,7 @@ impl Shared {
             }
         }
         if let Some(manifest) = &self.manifest {
-            if !manifest.matches(index, &bytes) {
+            if !manifest.matches(index, bytes) {
                 // A retry of the same mirror may well serve the same bad
                 // bytes (a corrupt cache entry): the next mirror is asked.
                 return Err(RangeFailure {
@@ -856,7 +869,7 @@ impl Shared {
                 });
             }
         }
-        Ok(bytes)
+        Ok(())
     }
 }
 
@@ -901,7 +914,7 @@ impl Read for RangedReader {
                 // Done with chunk `index`: room for one more in flight.
                 self.index += 1;
                 state.consumed = self.index;
-                self.current = Vec::new();
+                state.free.push(std::mem::take(&mut self.current));
                 self.offset = 0;
                 shared.changed.notify_all();
             }

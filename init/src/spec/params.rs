@@ -199,7 +199,7 @@ pub const PARAMS: &[ParamDef] = &[
             let n: usize = v
                 .parse()
                 .ok()
-                .filter(|n| (1..=64).contains(n))
+                .filter(|n| (1..=crate::http::agent::MAX_PARALLEL).contains(n))
                 .with_context(|| format!("{v:?} is not a whole number from 1 to 64"))?;
             spec.source.ranges.parallel = n;
             Ok(())
