@@ -267,7 +267,7 @@ fn attempt_get(
 
 /// Whether a body read failed because no byte came within the per-read
 /// timeout; ureq's own wording (`timeout: per read`) does not say which.
-fn is_stall(error: &io::Error) -> bool {
+pub(super) fn is_stall(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock

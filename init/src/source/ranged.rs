@@ -837,8 +837,13 @@ impl Shared {
                 });
             }
             Err(error) => {
-                let failure = classify::classify_io(&error);
-                let message = if failure == Failure::Timeout {
+                let stalled = super::http::is_stall(&error);
+                let failure = if stalled {
+                    Failure::Timeout
+                } else {
+                    classify::classify_io(&error)
+                };
+                let message = if stalled {
                     format!(
                         "{request}: no data for {} (stall-timeout)",
                         crate::http::backoff::seconds(self.options.stall_timeout)
