@@ -162,7 +162,9 @@ pub fn run(
         tracker.mark_at(Mark::LastByte, last);
     }
     tracker.mark(Mark::Verified);
-    if !summary.transfer.mirrors.is_empty() {
+    // With one mirror there is nothing to tell apart (the result line
+    // still says what it served).
+    if summary.transfer.mirrors.len() > 1 {
         tracker.status.emit(EventKind::Mirrors {
             from: None,
             to: None,
