@@ -20,6 +20,7 @@ const REPORT_FLUSH: Duration = Duration::from_secs(5);
 const USAGE: &str = "usage: imprint deploy --url URL --disk DEVICE|FILE [--OPTION VALUE]...
        imprint erase --erase metadata|discard|zero --disk DEVICE|FILE | --erase-disks all|HINTS
        imprint unpack URL DIR [--format TYPE] [--checksum ALG:HEX]
+       imprint manifest FILE [--chunk SIZE]   print FILE's chunk manifest (imprint.manifest=)
        imprint params     list every parameter (imprint.X= on the kernel command line, --X here)
        imprint version";
 
@@ -32,6 +33,16 @@ sparse files; nothing escapes DIR), without partitions or a bootloader.
 Run as root to keep owners and file capabilities.
 
 Exit status: 0 unpacked, 1 it failed, 2 usage error.";
+
+const MANIFEST_USAGE: &str = "usage: imprint manifest FILE [--chunk SIZE]
+
+Prints the chunk manifest of the image FILE, as served, to stdout
+(imprint manifest golden.raw.zst > golden.raw.zst.chunks): the chunk size
+(--chunk, default 16M, at least 64K), the length, the whole file's SHA-256
+and one SHA-256 per chunk. imprint.manifest=URL checks every range of a
+deploy against it; the README's Mirrors and parallel ranges gives the format.
+
+Exit status: 0 printed, 1 reading FILE failed, 2 usage error.";
 
 const ERASE_USAGE: &str = "usage: imprint erase --erase metadata|discard|zero --disk DEVICE|FILE
        imprint erase --erase MODE --erase-disks all|/dev/NAME|HINT[,HINT]...
@@ -81,6 +92,11 @@ pub fn main(args: &[String]) -> i32 {
             0
         }
         Some("unpack") => unpack(&args[1..]),
+        Some("manifest") if wants_help => {
+            println!("{MANIFEST_USAGE}");
+            0
+        }
+        Some("manifest") => manifest(&args[1..]),
         Some("params") if wants_help => {
             println!(
                 "usage: imprint params\n\nPrints the parameter reference as a Markdown table."
@@ -110,6 +126,59 @@ pub fn main(args: &[String]) -> i32 {
         None => {
             eprintln!("{USAGE}");
             2
+        }
+    }
+}
+
+/// `imprint manifest FILE [--chunk SIZE]`.
+fn manifest(args: &[String]) -> i32 {
+    let mut file = None;
+    let mut chunk = crate::http::DEFAULT_CHUNK;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+            _ => (arg.as_str(), None),
+        };
+        match name {
+            "--chunk" => {
+                let Some(value) = value.or_else(|| rest.next().map(String::as_str)) else {
+                    eprintln!("imprint manifest: --chunk needs a size\n{MANIFEST_USAGE}");
+                    return 2;
+                };
+                match crate::source::manifest::parse_chunk(value) {
+                    Ok(size) => chunk = size,
+                    Err(error) => {
+                        eprintln!("imprint manifest: --chunk: {error:#}");
+                        return 2;
+                    }
+                }
+            }
+            _ if name.starts_with("--") || file.is_some() => {
+                eprintln!("imprint manifest: unexpected argument {arg:?}\n{MANIFEST_USAGE}");
+                return 2;
+            }
+            _ => file = Some(arg.clone()),
+        }
+    }
+    let Some(file) = file else {
+        eprintln!("{MANIFEST_USAGE}");
+        return 2;
+    };
+    let computed = std::fs::File::open(&file)
+        .with_context(|| format!("opening {file}"))
+        .and_then(|f| {
+            crate::source::manifest::Manifest::compute(std::io::BufReader::new(f), chunk)
+                .with_context(|| format!("reading {file}"))
+        });
+    match computed {
+        Ok(manifest) => {
+            print!("{}", manifest.render());
+            0
+        }
+        Err(error) => {
+            eprintln!("imprint manifest: {error:#}");
+            1
         }
     }
 }
@@ -283,6 +352,8 @@ pub fn parse_deploy_args(args: &[String]) -> Result<DeploySpec> {
 /// The options applied over `spec` (a JSON deploy spec's, for `--config`).
 fn parse_deploy_args_over(mut spec: DeploySpec, args: &[String]) -> Result<DeploySpec> {
     let mut rest = args.iter();
+    // `--url` repeated lists the image's mirrors, in order.
+    let mut mirrors: Vec<&str> = Vec::new();
     while let Some(arg) = rest.next() {
         let Some(option) = arg.strip_prefix("--") else {
             bail!("unexpected argument {arg:?}; options look like --url URL");
@@ -291,6 +362,13 @@ fn parse_deploy_args_over(mut spec: DeploySpec, args: &[String]) -> Result<Deplo
             Some((name, value)) => (name, Some(value)),
             None => (option, rest.next().map(String::as_str)),
         };
+        if name == "url" {
+            if let Some(value) = value {
+                mirrors.push(value);
+                spec.set(Origin::Cli, name, Some(&mirrors.join("|")))?;
+                continue;
+            }
+        }
         spec.set(Origin::Cli, name, value)?;
     }
     spec.validate(Origin::Cli)?;
@@ -356,12 +434,52 @@ mod tests {
     }
 
     #[test]
+    fn repeated_urls_are_mirrors_in_order() {
+        let spec = parse_deploy_args(&args(
+            "--url http://cache:8080/x.img --disk /dev/vda --url https://origin/x.img?sig=s --parallel 4 --chunk 4M",
+        ))
+        .unwrap();
+        assert_eq!(
+            spec.url.as_ref().unwrap().as_str(),
+            "http://cache:8080/x.img"
+        );
+        assert_eq!(
+            spec.source.ranges.mirrors,
+            ["http://cache:8080/x.img", "https://origin/x.img?sig=s"]
+        );
+        assert_eq!(spec.source.ranges.parallel, 4);
+        assert_eq!(spec.source.ranges.chunk, 4 << 20);
+        let msg = format!(
+            "{:#}",
+            parse_deploy_args(&args("--url http://a/x --url oci://reg/os/g:v1")).unwrap_err()
+        );
+        assert!(
+            msg.starts_with("--url: oci://reg/os/g:v1: only http://"),
+            "{msg}"
+        );
+        let spec = parse_deploy_args(&args("--url oci://reg/os/g:v1")).unwrap();
+        assert!(spec.source.ranges.mirrors.is_empty());
+    }
+
+    #[test]
+    fn manifest_command_prints_the_manifest() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, &vec![7u8; 100_000]).unwrap();
+        let path = file.path().display().to_string();
+        assert_eq!(main(&args(&format!("manifest {path} --chunk 64K"))), 0);
+        assert_eq!(main(&args(&format!("manifest {path} --chunk 1K"))), 2);
+        assert_eq!(main(&args("manifest")), 2);
+        assert_eq!(main(&args("manifest /nonexistent/image")), 1);
+    }
+
+    #[test]
     fn every_command_answers_help() {
         for command in [
             "deploy --help",
             "deploy -h",
             "deploy --url x --help",
             "params --help",
+            "manifest --help",
             "version -h",
             "--help",
             "help",

@@ -147,7 +147,9 @@ fn deploy_attempt(
     let stats = source.stats.clone();
     let target = target::open_target(target_path, spec.direct_io)?;
     log::info!(
-        "deploying {url} ({}) to {}",
+        "deploying {} ({}) to {}",
+        // A presigned URL's query is a secret.
+        source::mirrors::display(&url),
         source
             .length
             .map_or_else(|| "size not given".to_owned(), human_size),

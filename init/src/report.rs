@@ -76,6 +76,15 @@ pub fn ok_line(summary: &DeploySummary) -> String {
     if let Some(digest) = &summary.transfer.image_digest {
         line += &format!(" image-digest={digest}");
     }
+    if !summary.transfer.mirrors.is_empty() {
+        let served: Vec<String> = summary
+            .transfer
+            .mirrors
+            .iter()
+            .map(|(host, bytes)| format!("{host}:{bytes}"))
+            .collect();
+        line += &format!(" mirrors={}", served.join(","));
+    }
     line
 }
 
@@ -141,6 +150,7 @@ mod tests {
                 retries: 4,
                 final_url: None,
                 image_digest: None,
+                mirrors: vec![("cache:8080".into(), 5), ("origin".into(), 9)],
             },
             restarts: 1,
             insecure: true,
@@ -150,7 +160,7 @@ mod tests {
         });
         assert!(
             line.ends_with(
-                " seconds=0.00 format=raw.tar.zst verified=sha512 resumes=3 refetched=7 retries=4 restarts=1 insecure=1"
+                " seconds=0.00 format=raw.tar.zst verified=sha512 resumes=3 refetched=7 retries=4 restarts=1 insecure=1 mirrors=cache:8080:5,origin:9"
             ),
             "{line}"
         );

@@ -26,7 +26,7 @@ use crate::report::DeploySummary;
 use crate::source::url::SourceUrl;
 use crate::source::{Source, SourceOptions};
 use crate::spec::{EraseRequest, Resolved};
-use crate::status::{EventKind, ProgressEvents, Stage, Status};
+use crate::status::{EventKind, MirrorServed, ProgressEvents, Stage, Status};
 use crate::timeline::{self, Mark, Timeline};
 
 /// A JSON deploy spec larger than this is not a deploy spec.
@@ -117,6 +117,14 @@ pub fn run(
 ) -> Result<Done> {
     tracker.enter(Stage::Write);
     tracker.written = None;
+    let status = tracker.status.clone();
+    source.stats.on_switch.set(move |from, to, served| {
+        status.emit(EventKind::Mirrors {
+            from: Some(from.to_owned()),
+            to: Some(to.to_owned()),
+            served: MirrorServed::list(served),
+        });
+    });
     let mut progress = Stamped::new(ProgressEvents::new(tracker.status.clone(), Stage::Write));
     let (rootfs, source) = match &deploy.format {
         DeclaredFormat::Rootfs(declared) => (Some(declared.clone()), source),
@@ -160,6 +168,15 @@ pub fn run(
             key: signer.fingerprint.clone(),
             subkey: signer.subkey,
             covered: signer.covered.name().to_owned(),
+        });
+    }
+    // With one mirror there is nothing to tell apart (the result line
+    // still says what it served).
+    if summary.transfer.mirrors.len() > 1 {
+        tracker.status.emit(EventKind::Mirrors {
+            from: None,
+            to: None,
+            served: MirrorServed::list(&summary.transfer.mirrors),
         });
     }
     tracker.status.emit(EventKind::Verified {

@@ -298,7 +298,11 @@ fn connection_lost_mid_stream_wipes() {
     for &format in FORMATS {
         let body = served(format, &payload());
         let cut = u64::try_from(body.len() / 2).unwrap();
-        let run = deploy(body, vec![Behavior::DropAfter(cut)], &["--retries", "0"]);
+        let run = deploy(
+            body,
+            vec![Behavior::DropAfter(cut)],
+            &["--retries", "0", "--parallel", "1"],
+        );
         let error = run.error();
         assert!(
             error.contains(&format!("reading {}", run.url)),
@@ -317,7 +321,7 @@ fn failure_after_first_write_zeroes_both_ends() {
     let run = deploy(
         data,
         vec![Behavior::DropAfter(u64::try_from(5 * MIB).unwrap())],
-        &["--retries", "0"],
+        &["--retries", "0", "--parallel", "1"],
     );
     assert_eq!(
         run.error(),

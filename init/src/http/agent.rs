@@ -30,6 +30,9 @@ pub enum Exchange {
     Api { timeout: Duration },
 }
 
+/// The most ranges of one image in flight (`imprint.parallel=`'s limit).
+pub const MAX_PARALLEL: usize = 64;
+
 /// Redirects a download follows before giving up; a loop ends here.
 pub const MAX_REDIRECTS: u32 = 10;
 
@@ -57,7 +60,11 @@ pub fn agent_with_tls(options: &HttpOptions, exchange: Exchange, tls: TlsConfig)
             .timeout_recv_body(None)
             // A body that stalls this long is treated as broken and resumed.
             .timeout_per_read(Some(options.stall_timeout))
-            .max_redirects(MAX_REDIRECTS),
+            .max_redirects(MAX_REDIRECTS)
+            // Ranges in flight (`imprint.parallel=`, at most 64) each keep
+            // their connection to a mirror alive for the next range.
+            .max_idle_connections_per_host(MAX_PARALLEL)
+            .max_idle_connections(4 * MAX_PARALLEL),
         Exchange::Api { timeout } => builder
             .timeout_global(Some(timeout))
             .timeout_connect(Some(options.connect_timeout.min(timeout)))

@@ -44,6 +44,61 @@ pub struct HttpOptions {
     /// The layer of an OCI artifact to deploy, by title
     /// (`imprint.oci-layer=`).
     pub oci_layer: Option<String>,
+    /// Mirrors, parallel ranges and the chunk manifest of the image
+    /// (`imprint.url=A|B`, `imprint.parallel=`, `imprint.chunk=`,
+    /// `imprint.manifest=`): see `source::ranged`.
+    pub ranges: RangeOptions,
+}
+
+/// How an HTTP(S) image is fetched in chunk-aligned ranges.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RangeOptions {
+    /// Every mirror of the image, in order of preference, the first being
+    /// `imprint.url=`'s first URL; empty when the image was not given
+    /// through `imprint.url=` (a checksum list, a spec).
+    pub mirrors: Vec<String>,
+    /// Ranges in flight (`imprint.parallel=`); 1 with a single mirror is
+    /// one streaming GET.
+    pub parallel: usize,
+    /// The range size and alignment (`imprint.chunk=`).
+    pub chunk: u64,
+    /// The chunk manifest's URL (`imprint.manifest=`).
+    pub manifest: Option<String>,
+    /// `imprint.decode-memory=`, when set: half of it bounds the chunks
+    /// held for reordering.
+    pub memory: Option<u64>,
+}
+
+/// `imprint.parallel=`'s default.
+pub const DEFAULT_PARALLEL: usize = 8;
+/// `imprint.chunk=`'s default: nginx's common `slice` size and a usual S3
+/// multipart part size.
+pub const DEFAULT_CHUNK: u64 = 16 << 20;
+
+impl Default for RangeOptions {
+    fn default() -> Self {
+        RangeOptions {
+            mirrors: Vec::new(),
+            parallel: DEFAULT_PARALLEL,
+            chunk: DEFAULT_CHUNK,
+            manifest: None,
+            memory: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RangeOptions {
+    // Presigned URLs carry their signature in the query: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mirrors: Vec<String> = self.mirrors.iter().map(|url| redact_url(url)).collect();
+        f.debug_struct("RangeOptions")
+            .field("mirrors", &mirrors)
+            .field("parallel", &self.parallel)
+            .field("chunk", &self.chunk)
+            .field("manifest", &self.manifest.as_deref().map(redact_url))
+            .field("memory", &self.memory)
+            .finish()
+    }
 }
 
 /// A password that must not reach a log, an event or `/status`: `Debug`
@@ -80,6 +135,7 @@ impl Default for HttpOptions {
             oci_username: None,
             oci_password: None,
             oci_layer: None,
+            ranges: RangeOptions::default(),
         }
     }
 }

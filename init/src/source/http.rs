@@ -325,7 +325,7 @@ fn attempt_get(
 
 /// Whether a body read failed because no byte came within the per-read
 /// timeout; ureq's own wording (`timeout: per read`) does not say which.
-fn is_stall(error: &io::Error) -> bool {
+pub(super) fn is_stall(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
@@ -416,7 +416,7 @@ impl Validators {
 }
 
 /// `bytes first-last/total` (RFC 9110 §14.4); the total may be `*`.
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = range.split_once('-')?;
     let first: u64 = first.trim().parse().ok()?;

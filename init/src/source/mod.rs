@@ -10,7 +10,10 @@ use anyhow::{Context, Result, bail};
 
 mod http;
 pub(crate) mod local;
+pub mod manifest;
+pub(crate) mod mirrors;
 pub(crate) mod oci;
+mod ranged;
 pub(crate) mod retry;
 pub(crate) mod url;
 
@@ -58,7 +61,13 @@ pub fn open(url: &str, options: &SourceOptions) -> Result<Source> {
         .split_once("://")
         .map(|(scheme, _)| scheme.to_ascii_lowercase())
     {
-        Some(scheme) if scheme == "http" || scheme == "https" => http::open(url, options),
+        Some(scheme) if scheme == "http" || scheme == "https" => {
+            if ranged::applies(url, options) {
+                ranged::open(options)
+            } else {
+                http::open(url, options)
+            }
+        }
         Some(scheme) if scheme == "file" => open_file(url),
         Some(scheme) if scheme == "oci" => oci::open(url, options),
         Some(scheme) => {

@@ -22,6 +22,41 @@ pub struct SourceStats {
     /// The image pinned by digest (`oci://reg/repo@sha256:…`), for the
     /// result line: what to deploy again to get the same bytes.
     pub image_digest: OnceLock<String>,
+    /// Bytes each mirror served (`host[:port]`, in mirror order), when the
+    /// image was read in ranges ([`super::ranged`]).
+    pub mirrors: OnceLock<Vec<(String, AtomicU64)>>,
+    /// Told when ranges move to another mirror: `(from, to)` hosts and the
+    /// bytes served so far.
+    pub on_switch: SwitchObserver,
+}
+
+/// Whom a mirror switch is reported to (the session's status events); set
+/// once, after the source is opened.
+#[derive(Default)]
+pub struct SwitchObserver(OnceLock<Box<SwitchFn>>);
+
+type SwitchFn = dyn Fn(&str, &str, &[(String, u64)]) + Send + Sync;
+
+impl SwitchObserver {
+    pub fn set(&self, observer: impl Fn(&str, &str, &[(String, u64)]) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(observer));
+    }
+
+    pub fn notify(&self, from: &str, to: &str, served: &[(String, u64)]) {
+        if let Some(observer) = self.0.get() {
+            observer(from, to, served);
+        }
+    }
+}
+
+impl std::fmt::Debug for SwitchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "set"
+        } else {
+            "unset"
+        })
+    }
 }
 
 /// A copy of [`SourceStats`] at one moment.
@@ -32,6 +67,8 @@ pub struct SourceStatsSnapshot {
     pub retries: u32,
     pub final_url: Option<String>,
     pub image_digest: Option<String>,
+    /// `host[:port]` and bytes served, per mirror in order.
+    pub mirrors: Vec<(String, u64)>,
 }
 
 impl SourceStats {
@@ -42,7 +79,18 @@ impl SourceStats {
             retries: self.retries.load(Ordering::Relaxed),
             final_url: self.final_url.get().cloned(),
             image_digest: self.image_digest.get().cloned(),
+            mirrors: self.mirrors_served(),
         }
+    }
+
+    /// Bytes served per mirror so far.
+    pub fn mirrors_served(&self) -> Vec<(String, u64)> {
+        self.mirrors.get().map_or_else(Vec::new, |mirrors| {
+            mirrors
+                .iter()
+                .map(|(host, bytes)| (host.clone(), bytes.load(Ordering::Relaxed)))
+                .collect()
+        })
     }
 }
 
@@ -120,6 +168,7 @@ mod tests {
                 retries: 3,
                 final_url: Some("http://b/x".into()),
                 image_digest: None,
+                mirrors: Vec::new(),
             }
         );
     }

@@ -560,6 +560,13 @@ impl DeploySpec {
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
                 serde_json::Value::Null => continue,
+                // The image's mirrors, in order (source::mirrors).
+                serde_json::Value::Array(items) if key == "url" => items
+                    .iter()
+                    .map(|item| item.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .context("field \"url\" of the deploy spec: a list of mirrors holds strings")?
+                    .join("|"),
                 _ => bail!("field {key:?}: expected a string, number or boolean"),
             };
             self.set(Origin::Json, &key, Some(&text))?;
@@ -742,6 +749,47 @@ mod tests {
         assert_eq!(s.disk, Some(DiskSelector::Name("/dev/vda".to_owned())));
         assert_eq!(s.on_success, SuccessPolicy::Poweroff);
         assert_eq!(s.on_failure, FailurePolicy::Reboot);
+    }
+
+    #[test]
+    fn mirrors_from_cmdline_and_json() {
+        let s = spec(
+            "imprint.url=http://cache/x.img|http://origin/x.img imprint.parallel=2 \
+             imprint.manifest=http://origin/x.img.chunks imprint.decode-memory=64M",
+        )
+        .unwrap();
+        assert_eq!(s.url.as_ref().unwrap().as_str(), "http://cache/x.img");
+        assert_eq!(
+            s.source.ranges.mirrors,
+            ["http://cache/x.img", "http://origin/x.img"]
+        );
+        assert_eq!(s.source.ranges.parallel, 2);
+        assert_eq!(
+            s.source.ranges.manifest.as_deref(),
+            Some("http://origin/x.img.chunks")
+        );
+        assert_eq!(s.source.ranges.memory, Some(64 << 20));
+        let mut json = DeploySpec::default();
+        json.apply_json(r#"{"url": ["http://a/x.img", "https://b/x.img?X-Amz-Signature=s"]}"#)
+            .unwrap();
+        assert_eq!(json.url.as_ref().unwrap().as_str(), "http://a/x.img");
+        assert_eq!(json.source.ranges.mirrors.len(), 2);
+        json.apply_json(r#"{"url": "http://c/x.img"}"#).unwrap();
+        assert_eq!(json.source.ranges.mirrors, ["http://c/x.img"]);
+        let msg = format!(
+            "{:#}",
+            DeploySpec::default()
+                .apply_json(r#"{"url": ["http://a/x", 3]}"#)
+                .unwrap_err()
+        );
+        assert!(msg.contains("a list of mirrors holds strings"), "{msg}");
+        let msg = format!("{:#}", spec("imprint.parallel=0").unwrap_err());
+        assert!(
+            msg.contains("imprint.parallel= on the kernel command line"),
+            "{msg}"
+        );
+        let msg = format!("{:#}", spec("imprint.chunk=1K").unwrap_err());
+        assert!(msg.contains("64K minimum"), "{msg}");
     }
 
     #[test]

@@ -25,14 +25,21 @@ pub struct ParamDef {
 pub const PARAMS: &[ParamDef] = &[
     ParamDef {
         name: "url",
-        values: "http[s]://HOST[:PORT]/PATH | oci://REGISTRY[:PORT]/REPO[:TAG or @sha256:DIGEST] | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
+        values: "http[s]://HOST[:PORT]/PATH[|http[s]://MIRROR/PATH]... | oci://REGISTRY[:PORT]/REPO[:TAG or @sha256:DIGEST] | file://LABEL=L/PATH | file://UUID=U/PATH | file://DEV=NAME/PATH | file:///PATH",
         default: "(required)",
-        help: "Where the disk image comes from: see Where the image comes from.",
+        help: "Where the disk image comes from: see Where the image comes from. Several http(s) mirrors of one image are separated by `|` (`--url` repeated, a JSON array), in order of preference: see Mirrors and parallel ranges.",
         apply: |spec, v| {
             if v.is_empty() {
                 bail!("is empty; give the image URL, e.g. imprint.url=http://server/image.raw");
             }
-            spec.url = Some(SourceUrl::parse(v)?);
+            let mirrors = crate::source::mirrors::parse(v)?;
+            spec.source.ranges.mirrors = match mirrors[0].kind() {
+                crate::source::url::UrlKind::Http => {
+                    mirrors.iter().map(|url| url.as_str().to_owned()).collect()
+                }
+                _ => Vec::new(),
+            };
+            spec.url = mirrors.into_iter().next();
             Ok(())
         },
     },
@@ -224,6 +231,42 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "parallel",
+        values: "N",
+        default: "8",
+        help: "HTTP(S) ranges fetched at once (1 to 64), each a chunk (`imprint.chunk=`) from the first healthy mirror; 1 with a single URL reads the image with one streaming GET. Lowered to what half of `imprint.decode-memory=` holds in chunks. See Mirrors and parallel ranges.",
+        apply: |spec, v| {
+            let n: usize = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=crate::http::agent::MAX_PARALLEL).contains(n))
+                .with_context(|| format!("{v:?} is not a whole number from 1 to 64"))?;
+            spec.source.ranges.parallel = n;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "chunk",
+        values: "SIZE (16M, 4M; binary units, at least 64K)",
+        default: "16M",
+        help: "The size and alignment of HTTP(S) ranges: match nginx's `slice` or the store's part size. A chunk manifest's own size wins.",
+        apply: |spec, v| {
+            spec.source.ranges.chunk = crate::source::manifest::parse_chunk(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "manifest",
+        values: "URL of a chunk manifest (`imprint manifest IMAGE`)",
+        default: "(none)",
+        help: "Every range is checked against this list of per-chunk SHA-256 as it arrives, and fetched again from the next mirror when it does not match. See Mirrors and parallel ranges for its format.",
+        apply: |spec, v| {
+            let url = SourceUrl::parse(v)?;
+            spec.source.ranges.manifest = Some(url.as_str().to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "link-timeout",
         values: "DURATION",
         default: "5s",
@@ -240,6 +283,7 @@ pub const PARAMS: &[ParamDef] = &[
         help: "Memory for compressed and decoded data in flight while zstd frames and xz blocks are decoded on every core, whatever the core count. Frames and blocks too large to fit a quarter of it are decoded one at a time; raise it for images with frames over 64 MiB.",
         apply: |spec, v| {
             spec.decode_memory = Some(crate::pipeline::ordered::parse_memory(v)?);
+            spec.source.ranges.memory = spec.decode_memory;
             Ok(())
         },
     },

@@ -147,6 +147,34 @@ pub enum EventKind {
         verified: bool,
         detail: String,
     },
+    /// The image's ranges come from several mirrors (`imprint.url=A|B`):
+    /// `to` (`host[:port]`) took over from `from`, or, with both null, the
+    /// transfer ended; `served` is each mirror's bytes so far, in order.
+    Mirrors {
+        from: Option<String>,
+        to: Option<String>,
+        served: Vec<MirrorServed>,
+    },
+}
+
+/// One mirror's bytes, for the `mirrors` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorServed {
+    pub host: String,
+    pub bytes: u64,
+}
+
+impl MirrorServed {
+    /// From `SourceStats`' `(host, bytes)` pairs.
+    pub fn list(served: &[(String, u64)]) -> Vec<MirrorServed> {
+        served
+            .iter()
+            .map(|(host, bytes)| MirrorServed {
+                host: host.clone(),
+                bytes: *bytes,
+            })
+            .collect()
+    }
 }
 
 impl EventKind {
@@ -165,6 +193,7 @@ impl EventKind {
             EventKind::ErasePlan { .. } => "erase-plan",
             EventKind::BootEntry { .. } => "boot-entry",
             EventKind::Erased { .. } => "erased",
+            EventKind::Mirrors { .. } => "mirrors",
         }
     }
 
@@ -177,9 +206,10 @@ impl EventKind {
             EventKind::Handoff { .. } => Some(Stage::Handoff),
             EventKind::ErasePlan { .. } | EventKind::Erased { .. } => Some(Stage::Erase),
             EventKind::BootEntry { .. } => Some(Stage::Handoff),
-            EventKind::Started { .. } | EventKind::Retrying { .. } | EventKind::Command { .. } => {
-                None
-            }
+            EventKind::Started { .. }
+            | EventKind::Retrying { .. }
+            | EventKind::Command { .. }
+            | EventKind::Mirrors { .. } => None,
         }
     }
 

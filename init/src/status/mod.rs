@@ -35,7 +35,7 @@ pub mod server;
 pub mod webhook;
 pub(crate) mod worker;
 
-pub use event::{Event, EventKind, HandoffHow, Stage};
+pub use event::{Event, EventKind, HandoffHow, MirrorServed, Stage};
 pub use machine::MachineInfo;
 pub use result::{LastDeploy, RunResult};
 pub use server::StatusServer;
