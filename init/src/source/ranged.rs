@@ -674,6 +674,8 @@ impl Shared {
 
     fn fetch_chunk(&self, index: u64, mut buffer: Vec<u8>) -> Result<Vec<u8>, (String, bool)> {
         let (first, last) = self.bounds(index);
+        // A recycled buffer: what it holds belongs to another chunk.
+        buffer.clear();
         let began = Instant::now();
         let most =
             (self.options.retries.saturating_add(1) as usize).saturating_mul(self.mirrors.len());
@@ -681,7 +683,7 @@ impl Shared {
         loop {
             let n = self.pick_mirror()?;
             let mirror = &self.mirrors[n];
-            match self.get_range(mirror, index, first, last, &mut buffer) {
+            match self.get_range(n, index, first, last, &mut buffer) {
                 Ok(()) => {
                     let mut state = self.lock();
                     state.health[n].consecutive = 0;
@@ -705,9 +707,6 @@ impl Shared {
                         state.last_mirror = Some(n);
                     }
                     drop(state);
-                    if let Some(served) = self.stats.mirrors.get().and_then(|s| s.get(n)) {
-                        served.1.fetch_add(buffer.len() as u64, Ordering::Relaxed);
-                    }
                     return Ok(buffer);
                 }
                 Err(failure) => {
@@ -757,20 +756,32 @@ impl Shared {
         }
     }
 
-    /// One range from one mirror, checked.
+    /// One range from mirror `n`, checked. `bytes` may already hold the
+    /// start of the range (an earlier attempt broke off): only the rest is
+    /// asked for, so a mirror dying near the end of a range costs the next
+    /// one only what is missing. Bytes that cannot be kept (the file
+    /// changed, the manifest disagrees) are dropped and counted as wasted.
     fn get_range(
         &self,
-        mirror: &Mirror,
+        n: usize,
         index: u64,
         first: u64,
         last: u64,
         bytes: &mut Vec<u8>,
     ) -> Result<(), RangeFailure> {
-        let request = format!("GET {} (bytes {first}-{last})", mirror.shown);
+        let mirror = &self.mirrors[n];
+        let have = bytes.len() as u64;
+        let start = first + have;
+        let request = format!("GET {} (bytes {start}-{last})", mirror.shown);
+        let discard = |bytes: &mut Vec<u8>, failure: RangeFailure| {
+            let wasted = bytes.len() as u64;
+            bytes.clear();
+            RangeFailure { wasted, ..failure }
+        };
         let (head, body) = send_range(
             &self.agent,
             &mirror.url,
-            first,
+            start,
             last,
             mirror.if_range.as_deref(),
         )
@@ -787,7 +798,10 @@ impl Shared {
         match head.status {
             206 => {}
             200 if mirror.if_range.is_some() => {
-                return Err(changed("If-Range answered with the whole file".into()));
+                return Err(discard(
+                    bytes,
+                    changed("If-Range answered with the whole file".into()),
+                ));
             }
             200 => {
                 return Err(RangeFailure::drop(format!(
@@ -809,38 +823,43 @@ impl Shared {
         }
         if let (Some(before), Some(after)) = (&mirror.etag, &head.etag) {
             if before != after {
-                return Err(changed(format!("ETag {before} -> {after}")));
+                return Err(discard(bytes, changed(format!("ETag {before} -> {after}"))));
             }
         }
         let range = head
             .content_range
             .as_deref()
             .and_then(super::http::parse_content_range);
-        if range != Some((first, last, Some(self.length))) {
+        if range != Some((start, last, Some(self.length))) {
             return Err(RangeFailure::drop(format!(
                 "{request}: the mirror answered with Content-Range {:?}",
                 head.content_range.as_deref().unwrap_or("")
             )));
         }
-        let want = last - first + 1;
-        bytes.clear();
+        let want = last - start + 1;
         bytes.reserve_exact(usize::try_from(want).unwrap_or(0));
         let mut reader = body.into_reader();
         let read = (&mut reader)
             .take(want)
             .read_to_end(bytes)
             .and_then(|_| ends_cleanly(&mut reader));
-        let wasted = bytes.len() as u64;
+        let got = bytes.len() as u64 - have;
+        // Served means kept: bytes thrown away below are counted as wasted.
+        let count_served = || {
+            if let Some(served) = self.stats.mirrors.get().and_then(|s| s.get(n)) {
+                served.1.fetch_add(got, Ordering::Relaxed);
+            }
+        };
+        if read.as_ref().map_or(true, |_| got != want) {
+            count_served();
+        }
         match read {
-            Ok(_) if wasted == want => {}
+            Ok(_) if got == want => {}
             Ok(_) => {
-                return Err(RangeFailure {
-                    wasted,
-                    ..RangeFailure::retry(
-                        Failure::BrokenBody,
-                        format!("{request}: the body ended at byte {wasted} of {want}"),
-                    )
-                });
+                return Err(RangeFailure::retry(
+                    Failure::BrokenBody,
+                    format!("{request}: the body ended at byte {got} of {want}"),
+                ));
             }
             Err(error) => {
                 let stalled = super::http::is_stall(&error);
@@ -858,28 +877,27 @@ impl Shared {
                     format!(
                         "reading {} at byte {}: {error}",
                         mirror.shown,
-                        first + wasted
+                        start + got
                     )
                 };
-                return Err(RangeFailure {
-                    wasted,
-                    ..RangeFailure::retry(failure, message)
-                });
+                return Err(RangeFailure::retry(failure, message));
             }
         }
         if let Some(manifest) = &self.manifest {
             if !manifest.matches(index, bytes) {
                 // A retry of the same mirror may well serve the same bad
-                // bytes (a corrupt cache entry): the next mirror is asked.
-                return Err(RangeFailure {
-                    wasted: want,
-                    ..RangeFailure::retry(
+                // bytes (a corrupt cache entry): the next mirror is asked,
+                // for the whole range again.
+                return Err(discard(
+                    bytes,
+                    RangeFailure::retry(
                         Failure::BrokenBody,
                         format!("{request}: the bytes do not match the chunk manifest"),
-                    )
-                });
+                    ),
+                ));
             }
         }
+        count_served();
         Ok(())
     }
 }
@@ -1060,10 +1078,12 @@ mod tests {
     fn a_failing_first_mirror_hands_its_ranges_to_the_next() {
         // Each way a range can fail on mirror 1, as its first range: a 503,
         // a reset mid-range, a stall mid-range (past a 1 s stall timeout).
-        for (failure, wasted) in [
-            (Behavior::Status(503), 0),
-            (Behavior::DropAfter(5000), 5000),
-            (Behavior::StallAfter(5000, Duration::from_secs(4)), 5000),
+        // A range that broke off is taken up where it stopped: nothing is
+        // fetched twice, and the next request starts 5000 bytes into it.
+        for (failure, resumed) in [
+            (Behavior::Status(503), false),
+            (Behavior::DropAfter(5000), true),
+            (Behavior::StallAfter(5000, Duration::from_secs(4)), true),
         ] {
             let first = FixtureServer::start().unwrap();
             let second = FixtureServer::start().unwrap();
@@ -1092,7 +1112,19 @@ mod tests {
             );
             let stats = source.stats.snapshot();
             assert_eq!(stats.retries, 1, "{failure:?}: {stats:?}");
-            assert_eq!(stats.refetched_bytes, wasted, "{failure:?}: {stats:?}");
+            assert_eq!(stats.refetched_bytes, 0, "{failure:?}: {stats:?}");
+            let starts: Vec<u64> = first
+                .requests()
+                .into_iter()
+                .chain(second.requests())
+                .filter_map(|r| r.range)
+                .filter_map(|r| r.strip_prefix("bytes=")?.split_once('-')?.0.parse().ok())
+                .collect();
+            assert_eq!(
+                starts.iter().any(|start| start % CHUNK == 5000),
+                resumed,
+                "{failure:?}: {starts:?}"
+            );
         }
     }
 
