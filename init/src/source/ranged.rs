@@ -874,11 +874,7 @@ impl Shared {
                         crate::http::backoff::seconds(self.options.stall_timeout)
                     )
                 } else {
-                    format!(
-                        "reading {} at byte {}: {error}",
-                        mirror.shown,
-                        start + got
-                    )
+                    format!("reading {} at byte {}: {error}", mirror.shown, start + got)
                 };
                 return Err(RangeFailure::retry(failure, message));
             }
