@@ -293,7 +293,7 @@ pub(crate) fn expected_checksum_signed(
         Some(Expected::Digest(checksum)) => return Ok((Some(checksum.clone()), None)),
         Some(Expected::List(sums_url)) => sums_url.as_str(),
     };
-    let sums = source::fetch_text(sums_url, MAX_SUMS_LEN, options)
+    let sums = source::fetch_text(sums_url, MAX_SUMS_LEN, "a checksum list", options)
         .context("fetching the checksum list")?;
     let signer = signing.verify_list(sums.as_bytes())?;
     let name = url_file_name(url);

@@ -93,7 +93,7 @@ impl Tracker {
 /// Fetches a JSON deploy spec's text (`imprint.config=`, `--config`, DRP's
 /// `imprint.json`).
 pub fn fetch_spec(config: &SourceUrl, options: &SourceOptions) -> Result<String> {
-    crate::source::fetch_text(config.as_str(), MAX_SPEC_LEN, options)
+    crate::source::fetch_text(config.as_str(), MAX_SPEC_LEN, "a deploy spec", options)
         .with_context(|| format!("fetching the deploy spec {config}"))
 }
 

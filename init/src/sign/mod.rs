@@ -19,7 +19,6 @@ mod openpgp;
 pub mod trust;
 
 use std::fmt;
-use std::io::Read;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -27,7 +26,7 @@ pub use cosign::{CosignKey, CosignSignature};
 pub use minisign::{MinisignKey, MinisignSignature};
 pub use openpgp::{OpenPgpKey, OpenPgpSignature};
 
-use crate::source::{self, SourceOptions};
+use crate::source::SourceOptions;
 
 /// A detached signature is a few hundred bytes; an armored OpenPGP one
 /// with a large RSA key a few KiB.
@@ -410,22 +409,4 @@ impl ImageCheck {
 }
 
 /// Reads at most `max_len` bytes of `url`: a signature or a key.
-pub(crate) fn fetch_bytes(
-    url: &str,
-    max_len: u64,
-    what: &str,
-    options: &SourceOptions,
-) -> Result<Vec<u8>> {
-    let mut source = source::open(url, options)?;
-    let mut bytes = Vec::new();
-    source
-        .reader
-        .by_ref()
-        .take(max_len + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {url}"))?;
-    if bytes.len() as u64 > max_len {
-        bail!("{url} is larger than {max_len} bytes; is it really {what}?");
-    }
-    Ok(bytes)
-}
+pub(crate) use crate::source::fetch_bytes;

@@ -157,8 +157,14 @@ impl std::fmt::Debug for RangeAccess {
     }
 }
 
-/// A small text document (a checksum list), at most `max_len` bytes.
-pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<String> {
+/// A small document (a checksum list, a signature, a key, a chunk
+/// manifest), at most `max_len` bytes; `what` names it in the error.
+pub fn fetch_bytes(
+    url: &str,
+    max_len: u64,
+    what: &str,
+    options: &SourceOptions,
+) -> Result<Vec<u8>> {
     let mut source = open(url, options)?;
     let mut bytes = Vec::new();
     source
@@ -168,8 +174,14 @@ pub fn fetch_text(url: &str, max_len: u64, options: &SourceOptions) -> Result<St
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {url}"))?;
     if bytes.len() as u64 > max_len {
-        bail!("{url} is larger than {max_len} bytes; is it really a checksum list?");
+        bail!("{url} is larger than {max_len} bytes; is it really {what}?");
     }
+    Ok(bytes)
+}
+
+/// [`fetch_bytes`], as text.
+pub fn fetch_text(url: &str, max_len: u64, what: &str, options: &SourceOptions) -> Result<String> {
+    let bytes = fetch_bytes(url, max_len, what, options)?;
     String::from_utf8(bytes).with_context(|| format!("{url} is not text"))
 }
 
@@ -339,12 +351,12 @@ mod tests {
         server.push_behaviors("img", [imprint_qemu::http::Behavior::IgnoreRange]);
         assert_eq!(fetch_tail(&server.url("img"), 1000, &opts).unwrap(), None);
         assert_eq!(
-            fetch_text(&server.url("SHA256SUMS"), 100, &opts).unwrap(),
+            fetch_text(&server.url("SHA256SUMS"), 100, "a checksum list", &opts).unwrap(),
             "abc  img\n"
         );
         let msg = format!(
             "{:#}",
-            fetch_text(&server.url("img"), 100, &opts).unwrap_err()
+            fetch_text(&server.url("img"), 100, "a checksum list", &opts).unwrap_err()
         );
         assert!(msg.contains("larger than 100 bytes"), "{msg}");
 
