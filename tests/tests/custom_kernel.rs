@@ -16,9 +16,11 @@ use imprint_qemu::{Disk, DiskInterface, Nic, Vm};
 use imprint_vm_tests::{ResultLine, finish, repo_root, sha256_hex, test_image};
 
 /// The compressed initramfs of the purpose-built kernel (imprint and the
-/// firmware of the built-in drivers, no modules) must stay under this
-/// (issue 8).
-const CUSTOM_INITRAMFS_BUDGET: u64 = 5 << 20;
+/// firmware of the built-in drivers, no modules) must stay under this.
+/// It was 5 MiB; signed images (rPGP brings every OpenPGP algorithm: 0.95
+/// MB compressed), the OCI, qcow2 and parallel-range sources took it to
+/// 5.9 MiB, so the budget is 6.5 MiB until OpenPGP is made optional.
+const CUSTOM_INITRAMFS_BUDGET: u64 = 13 << 19;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
@@ -94,10 +96,10 @@ fn custom_initramfs_fits_its_size_budget() {
     assert!(
         size <= CUSTOM_INITRAMFS_BUDGET,
         "the initramfs for the purpose-built kernel would be {size} bytes ({:.1} MiB), over its \
-         budget of {} MiB: drop firmware or drivers from build/src/drivers.rs, or raise the \
+         budget of {:.1} MiB: drop firmware or drivers from build/src/drivers.rs, or raise the \
          budget with a reason",
         mib(size),
-        CUSTOM_INITRAMFS_BUDGET >> 20
+        mib(CUSTOM_INITRAMFS_BUDGET)
     );
 
     // The real one too, when scripts/build --kernel custom has made it.
@@ -105,12 +107,12 @@ fn custom_initramfs_fits_its_size_budget() {
     if let Ok(metadata) = std::fs::metadata(&built) {
         assert!(
             metadata.len() <= CUSTOM_INITRAMFS_BUDGET,
-            "{} is {} bytes ({:.1} MiB), over its budget of {} MiB: drop firmware or drivers, \
+            "{} is {} bytes ({:.1} MiB), over its budget of {:.1} MiB: drop firmware or drivers, \
              or raise the budget with a reason",
             built.display(),
             metadata.len(),
             mib(metadata.len()),
-            CUSTOM_INITRAMFS_BUDGET >> 20
+            mib(CUSTOM_INITRAMFS_BUDGET)
         );
     }
 }
