@@ -200,20 +200,20 @@ pub(super) fn fetch_range(
 
 /// The parts of a response that matter here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Head {
-    status: u16,
-    reason: String,
+pub(super) struct Head {
+    pub(super) status: u16,
+    pub(super) reason: String,
     /// Content-Length.
-    length: Option<u64>,
-    etag: Option<String>,
-    last_modified: Option<String>,
-    content_range: Option<String>,
-    retry_after: Option<String>,
-    final_url: String,
-    www_authenticate: Option<String>,
+    pub(super) length: Option<u64>,
+    pub(super) etag: Option<String>,
+    pub(super) last_modified: Option<String>,
+    pub(super) content_range: Option<String>,
+    pub(super) retry_after: Option<String>,
+    pub(super) final_url: String,
+    pub(super) www_authenticate: Option<String>,
 }
 
-type Body = Box<dyn Read + Send>;
+pub(super) type Body = Box<dyn Read + Send>;
 
 fn head_of(response: &ureq::http::Response<ureq::Body>) -> Head {
     let header = |name: &str| {
@@ -335,7 +335,7 @@ pub(super) fn is_stall(error: &io::Error) -> bool {
         .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
 }
 
-fn send(
+pub(super) fn send(
     agent: &ureq::Agent,
     url: &str,
     range: Option<(&str, Option<&str>)>,

@@ -282,45 +282,17 @@ enum Probed {
     IgnoresRange(String),
 }
 
-/// The parts of a range answer that are judged.
-struct RangeHead {
-    status: u16,
-    reason: String,
-    etag: Option<String>,
-    last_modified: Option<String>,
-    content_range: Option<String>,
-}
-
+/// One range request: the same request and answer as a single GET's
+/// ([`super::http::send`]), with `Range` and `If-Range`.
 fn send_range(
     agent: &ureq::Agent,
     url: &str,
     first: u64,
     last: u64,
     if_range: Option<&str>,
-) -> Result<(RangeHead, ureq::Body), ureq::Error> {
-    let mut request = agent
-        .get(url)
-        .header("Range", format!("bytes={first}-{last}"));
-    if let Some(validator) = if_range {
-        request = request.header("If-Range", validator);
-    }
-    let response = request.call()?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| value.trim().to_owned())
-    };
-    let status = response.status();
-    let head = RangeHead {
-        status: status.as_u16(),
-        reason: status.canonical_reason().unwrap_or_default().to_owned(),
-        etag: header("etag"),
-        last_modified: header("last-modified"),
-        content_range: header("content-range"),
-    };
-    Ok((head, response.into_body()))
+) -> Result<(super::http::Head, super::http::Body), ureq::Error> {
+    let range = format!("bytes={first}-{last}");
+    super::http::send(agent, url, Some((&range, if_range)), None)
 }
 
 /// Reads past the range's bytes: a body whose Content-Length promised more
@@ -397,7 +369,7 @@ fn probe(
                     None => {
                         let want = got_last + 1;
                         let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-                        let mut reader = body.into_reader();
+                        let mut reader = body;
                         let read = (&mut reader)
                             .take(want)
                             .read_to_end(&mut bytes)
@@ -838,7 +810,7 @@ impl Shared {
         }
         let want = last - start + 1;
         bytes.reserve_exact(usize::try_from(want).unwrap_or(0));
-        let mut reader = body.into_reader();
+        let mut reader = body;
         let read = (&mut reader)
             .take(want)
             .read_to_end(bytes)
