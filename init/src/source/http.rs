@@ -1143,6 +1143,10 @@ mod tests {
     }
 
     /// Authorizes requests to one origin with a token that a `401` renews.
+    /// Modelled on the distribution token spec (distribution/distribution,
+    /// `docs/spec/auth/token.md`): a registry answers an expired or missing
+    /// token with `401` and `WWW-Authenticate: Bearer realm=…`, and the
+    /// client fetches a new token from that realm and asks again.
     struct FakeRegistryAuth {
         origin: String,
         token: std::sync::Mutex<String>,
