@@ -48,6 +48,7 @@ use crate::pipeline::image_writer::ImageWriter;
 use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::peek::PeekReader;
 use crate::pipeline::progress::Progress;
+use crate::pipeline::scatter::{self, SeekTable};
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
@@ -140,6 +141,16 @@ fn deploy_attempt(
     // The name that declares the format and is looked up in a checksum
     // list: the URL's, or the source's own (an OCI layer's title).
     let named = source.name.clone().unwrap_or_else(|| url.clone());
+    if let Some((swarm, table)) = scatter_plan(spec, &source, &named) {
+        let stats = source.stats.clone();
+        drop(source);
+        let scattered = Scattered {
+            swarm: &swarm,
+            table: &table,
+            stats: &stats,
+        };
+        return deploy_scattered(spec, &scattered, target_path, options, progress);
+    }
     let signing = crate::sign::deploy::plan(spec)?;
     let (expected, list_signer) =
         expected_checksum_signed(spec.expected.as_ref(), &named, &spec.source, &signing)?;
@@ -265,6 +276,275 @@ fn deploy_attempt(
         boot_entry: None,
         signed_by,
     })
+}
+
+/// Whether `source` is decoded out of order ([`crate::pipeline::scatter`]):
+/// it comes from a running swarm, is zstd (declared or by name, not in a
+/// tar), and its file ends with a seek table, read here from the mirrors'
+/// tail. Anything else (no table, a broken one, a mirror that ignores
+/// Range) decodes in order, with a log line saying why.
+fn scatter_plan(
+    spec: &Resolved,
+    source: &Source,
+    named: &str,
+) -> Option<(std::sync::Arc<source::swarm::Swarm>, SeekTable)> {
+    let swarm = source.stats.swarm.get()?.clone();
+    let zstd = match &spec.format {
+        DeclaredFormat::Image { format, .. } => {
+            format.compression == Compression::Zstd && !format.tar
+        }
+        DeclaredFormat::Auto => matches!(
+            format::url_suffix(named),
+            Some(format::UrlSuffix::Image {
+                compression: Compression::Zstd,
+                tar: false,
+                ..
+            })
+        ),
+        DeclaredFormat::Rootfs(_) | DeclaredFormat::Qcow2(_) => false,
+    };
+    if !zstd {
+        return None;
+    }
+    let url = spec.image.as_str();
+    let len = swarm.length();
+    let table = (|| -> Result<Option<(SeekTable, Vec<u8>)>> {
+        let Some(footer) = source::fetch_tail(url, 9, &spec.source)? else {
+            return Ok(None);
+        };
+        let Some(table_len) = SeekTable::len_from_footer(&footer) else {
+            return Ok(None);
+        };
+        if table_len > len.min(MAX_SEEK_TABLE) {
+            bail!("a seek table of {table_len} bytes");
+        }
+        let Some(tail) = source::fetch_tail(url, table_len, &spec.source)? else {
+            return Ok(None);
+        };
+        Ok(SeekTable::parse(&tail, len, &source::mirrors::display(url))?.map(|t| (t, tail)))
+    })();
+    let (table, tail) = match table {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            log::info!(
+                "torrent: no zstd seek table at the end of the image; frames decode in order"
+            );
+            return None;
+        }
+        Err(e) => {
+            log::warn!("torrent: {e:#}; frames decode in order");
+            return None;
+        }
+    };
+    let tail_range = len - tail.len() as u64..len;
+    if let Err(e) = swarm.fill(&tail_range, &tail) {
+        log::warn!("torrent: {e:#}; frames decode in order");
+        return None;
+    }
+    swarm.claim();
+    Some((swarm, table))
+}
+
+/// The largest seek table read: 12-byte entries of a 1 TiB image in 1 MiB
+/// frames.
+const MAX_SEEK_TABLE: u64 = 16 << 20;
+
+/// A deploy whose zstd frames are decoded as the swarm completes them, in
+/// any order ([`crate::pipeline::scatter`]); the same checks as
+/// [`deploy_attempt`] in the same order: the checksum and signature over
+/// the served bytes before the first MiB, which is written last.
+fn deploy_scattered(
+    spec: &Resolved,
+    scattered: &Scattered<'_>,
+    target_path: &Path,
+    options: &DeployOptions,
+    progress: &mut dyn Progress,
+) -> Result<DeploySummary> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let Scattered {
+        swarm,
+        table,
+        stats,
+    } = *scattered;
+    let started = Instant::now();
+    let url = spec.image.as_str().to_owned();
+    let signing = crate::sign::deploy::plan(spec)?;
+    let (expected, list_signer) =
+        expected_checksum_signed(spec.expected.as_ref(), &url, &spec.source, &signing)?;
+    let hashers = ServedHashers {
+        expected: expected.as_ref().map(Checksum::hasher),
+        sha256: None,
+        signature: signing.image_check()?,
+    };
+    let target = target::open_target(target_path, spec.direct_io)?;
+    let largest = table
+        .frames
+        .iter()
+        .map(|f| (f.input.end - f.input.start) + (f.output.end - f.output.start))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let memory = spec.decode_memory.unwrap_or(DEFAULT_MEMORY);
+    let threads = options
+        .threads
+        .min(usize::try_from(memory / largest).unwrap_or(usize::MAX))
+        .max(1);
+    log::info!(
+        "deploying {} ({} frames, {} of image) to {}: frames decoded as the swarm completes them, \
+         {threads} at once",
+        source::mirrors::display(&url),
+        table.frames.len(),
+        human_size(table.image_len),
+        target.describe()
+    );
+    let writer = std::sync::Mutex::new(ImageWriter::begin(target, Some(table.image_len))?);
+    let mirrors = spec.source.ranges.mirrors.clone();
+    let fetch = |range: &std::ops::Range<u64>| -> Result<Vec<u8>> {
+        let mut last = None;
+        for (n, mirror) in mirrors.iter().enumerate() {
+            match source::fetch_range(mirror, range.start, range.end - range.start, &spec.source) {
+                Ok(bytes) if bytes.len() as u64 == range.end - range.start => {
+                    if let Some((_, served)) = stats.mirrors.get().and_then(|m| m.get(n)) {
+                        served.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    return Ok(bytes);
+                }
+                Ok(bytes) => {
+                    last = Some(anyhow!(
+                        "{}: {} bytes at byte {}, {} expected",
+                        source::mirrors::display(mirror),
+                        bytes.len(),
+                        range.start,
+                        range.end - range.start
+                    ));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no mirror to fetch bytes {range:?} from")))
+    };
+    let written = AtomicU64::new(0);
+    let cancel = AtomicBool::new(false);
+    let (scattered, hashed) = thread::scope(|scope| {
+        let hasher =
+            scope.spawn(|| scatter::hash_in_order(swarm, swarm.length(), hashers, &cancel));
+        let decoders = scope.spawn(|| {
+            let done = scatter::decode_frames(
+                table,
+                swarm,
+                &fetch,
+                &crate::pipeline::zstd_decoder::ZstdFrameDecoder::new,
+                &writer,
+                threads,
+                &written,
+            );
+            if done.is_err() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            done
+        });
+        while !decoders.is_finished() {
+            progress.update(written.load(Ordering::Relaxed), Some(table.image_len));
+            thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let scattered = decoders
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("a frame decoder panicked")));
+        (
+            scattered,
+            hasher
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("the hasher panicked"))),
+        )
+    });
+    let writer = writer
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Dropping the writer unfinished wipes both ends of the target.
+    let done = scattered?;
+    let fetched = hashed.context("hashing the served bytes in order")?;
+    progress.update(table.image_len, Some(table.image_len));
+    if let (Some(expected), Some(actual)) = (&expected, &fetched.digest) {
+        if expected != actual {
+            drop(writer);
+            bail!(
+                "checksum mismatch for {url} ({} bytes): expected {expected}, got {actual}",
+                fetched.bytes
+            );
+        }
+        log::info!("verified {actual}");
+    }
+    let signed_by = crate::sign::deploy::signers(list_signer, fetched.signed)?;
+    let early = done.order.windows(2).filter(|w| w[0] > w[1]).count();
+    log::info!(
+        "torrent: {} frames written in the order their pieces arrived ({early} after a frame \
+         behind them), {} from the mirrors",
+        done.order.len(),
+        done.from_mirrors
+    );
+    // Frames from the swarm; what a format sniff read through the
+    // in-order stream before (the same bytes) is not counted twice.
+    if let Some(served) = stats.swarm_served.get() {
+        served.store(done.swarm_bytes, Ordering::Relaxed);
+    }
+    let (_, bytes) = writer
+        .commit()
+        .with_context(|| format!("committing the image to {}", target_path.display()))?;
+    // The frames were written out of order: the image's SHA-256 is read
+    // back from the target, in order.
+    let sha256 = read_back_sha256(target_path, bytes)?;
+    let elapsed = started.elapsed();
+    log::info!("{}", progress_summary(bytes, fetched.bytes, elapsed));
+    Ok(DeploySummary {
+        bytes,
+        sha256,
+        elapsed,
+        format: Some(ImageFormat::new(Compression::Zstd, false).name()),
+        verified: expected.map(|c| c.algorithm()),
+        transfer: stats.snapshot(),
+        restarts: 0,
+        insecure: tls::insecure_in_effect(&spec.source),
+        erased: Vec::new(),
+        boot_entry: None,
+        signed_by,
+    })
+}
+
+/// What [`deploy_scattered`] deploys: the swarm, the frames, and the
+/// source's counters for the result line.
+#[derive(Clone, Copy)]
+struct Scattered<'a> {
+    swarm: &'a source::swarm::Swarm,
+    table: &'a SeekTable,
+    stats: &'a source::retry::SourceStats,
+}
+
+/// The SHA-256 of the first `len` bytes of `path`.
+fn read_back_sha256(path: &Path, len: u64) -> Result<[u8; 32]> {
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("opening {} to hash what was written", path.display()))?;
+    let mut hasher = Sha256::new();
+    let copied = io::copy(&mut (&mut file).take(len), &mut HashWriter(&mut hasher))
+        .with_context(|| format!("reading back {}", path.display()))?;
+    if copied != len {
+        bail!(
+            "{} ends at byte {copied}, {len} were written",
+            path.display()
+        );
+    }
+    Ok(hasher.finalize().into())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The last progress line: `wrote 1.0 GiB (312.4 MiB served) in 4.2 s, 255.7 MB/s`.

@@ -67,7 +67,12 @@ impl Drop for Killed {
 /// info hash as aria2 itself reads it.
 struct Published {
     dir: tempfile::TempDir,
+    /// The disk image, as it must land on the target.
     image: Vec<u8>,
+    /// What the mirror serves and the torrent holds: the image itself, or
+    /// its seekable multi-frame zstd (`scripts/publish-image`).
+    served: Vec<u8>,
+    name: &'static str,
     torrent: Vec<u8>,
     info_hash: String,
 }
@@ -101,13 +106,55 @@ impl Published {
         Published {
             torrent: std::fs::read(&torrent_path).unwrap(),
             dir,
+            served: image.clone(),
             image,
+            name: "golden.raw",
+            info_hash,
+        }
+    }
+
+    /// The image published by `scripts/publish-image` in 2 MiB frames:
+    /// golden.raw.zst with its seek table, and its torrent.
+    fn zstd(tracker_port: u16) -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let image = image(IMAGE_LEN, 43);
+        let seed = dir.path().join("seed");
+        std::fs::create_dir(&seed).unwrap();
+        std::fs::write(seed.join("golden.raw"), &image).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/publish-image");
+        let made = Command::new(script)
+            .arg(seed.join("golden.raw"))
+            .env("FRAME_SIZE", "2M")
+            .env(
+                "TRACKER",
+                format!("http://127.0.0.1:{tracker_port}/announce"),
+            )
+            .env("IMPRINT", env!("CARGO_BIN_EXE_imprint"))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "publish-image: {made:?}");
+        let info_hash = String::from_utf8_lossy(&made.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("infohash ").map(str::to_owned))
+            .expect("publish-image prints the infohash");
+        std::fs::rename(
+            seed.join("golden.raw.zst.torrent"),
+            dir.path().join("golden.raw.zst.torrent"),
+        )
+        .unwrap();
+        std::fs::remove_file(seed.join("golden.raw")).unwrap();
+        Published {
+            torrent: std::fs::read(dir.path().join("golden.raw.zst.torrent")).unwrap(),
+            served: std::fs::read(seed.join("golden.raw.zst")).unwrap(),
+            dir,
+            image,
+            name: "golden.raw.zst",
             info_hash,
         }
     }
 
     fn torrent_path(&self) -> PathBuf {
-        self.dir.path().join("golden.raw.torrent")
+        self.dir.path().join(format!("{}.torrent", self.name))
     }
 
     /// opentracker on `port`, admitting only `whitelist`.
@@ -165,13 +212,15 @@ impl Published {
 
     /// `imprint deploy` of the image with its torrent, into a file.
     fn deploy(&self, server: &FixtureServer, extra: &[&str]) -> (std::process::Output, PathBuf) {
-        server.add_file("golden.raw", self.image.clone());
-        server.add_file("golden.raw.torrent", self.torrent.clone());
+        let torrent = format!("{}.torrent", self.name);
+        server.add_file(self.name, self.served.clone());
+        server.add_file(&torrent, self.torrent.clone());
         let target = self.dir.path().join("disk.img");
-        std::fs::write(&target, vec![0u8; IMAGE_LEN + MIB]).unwrap();
+        // Not zeros: a wipe on failure must show.
+        std::fs::write(&target, vec![0xA5u8; IMAGE_LEN + 4 * MIB]).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_imprint"))
-            .args(["deploy", "--url", &server.url("golden.raw"), "--torrent"])
-            .arg(server.url("golden.raw.torrent"))
+            .args(["deploy", "--url", &server.url(self.name), "--torrent"])
+            .arg(server.url(&torrent))
             .arg("--disk")
             .arg(&target)
             .args(extra)
@@ -189,12 +238,12 @@ fn written(target: &Path, len: usize) -> Vec<u8> {
     bytes
 }
 
-/// Image bytes the mirror sent (the torrent file excluded).
-fn mirror_bytes(server: &FixtureServer) -> u64 {
+/// Bytes of `name` the mirror sent (the torrent file excluded).
+fn mirror_bytes(server: &FixtureServer, name: &str) -> u64 {
     server
         .requests()
         .iter()
-        .filter(|r| r.path.ends_with("/golden.raw"))
+        .filter(|r| r.path.ends_with(&format!("/{name}")))
         .map(|r| r.bytes_sent)
         .sum()
 }
@@ -236,7 +285,12 @@ fn the_image_comes_from_the_swarm_and_the_mirror_sends_one_byte() {
         "the output is not the image"
     );
     // The probe's one byte: length and validators, nothing of the image.
-    assert_eq!(mirror_bytes(&server), 1, "{:?}", server.requests());
+    assert_eq!(
+        mirror_bytes(&server, "golden.raw"),
+        1,
+        "{:?}",
+        server.requests()
+    );
     let log = stderr(&output);
     assert!(log.contains("torrent: aria2c started"), "{log}");
     assert!(log.contains("torrent: seeding for 2.0 s"), "{log}");
@@ -272,7 +326,7 @@ fn with_the_tracker_down_every_chunk_comes_from_the_mirror() {
     );
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
     assert!(written(&target, IMAGE_LEN) == published.image);
-    assert_eq!(mirror_bytes(&server), IMAGE_LEN as u64 + 1);
+    assert_eq!(mirror_bytes(&server, "golden.raw"), IMAGE_LEN as u64 + 1);
     let log = stderr(&output);
     assert!(
         log.contains("no progress from the swarm for 2.0 s"),
@@ -315,7 +369,9 @@ fn a_torrent_of_another_length_is_a_warning_and_an_http_deploy() {
     shorter.truncate(IMAGE_LEN - 1);
     let other = Published {
         dir: tempfile::tempdir().unwrap(),
+        served: shorter.clone(),
         image: shorter,
+        name: "golden.raw",
         torrent: published.torrent.clone(),
         info_hash: published.info_hash.clone(),
     };
@@ -335,5 +391,101 @@ fn a_torrent_of_another_length_is_a_warning_and_an_http_deploy() {
             IMAGE_LEN - 1
         )),
         "{log}"
+    );
+}
+
+/// The seek table's length, from the served file's last bytes.
+fn frames_end(served: &[u8]) -> u64 {
+    let footer = &served[served.len() - 9..];
+    let frames = u64::from(u32::from_le_bytes(footer[..4].try_into().unwrap()));
+    served.len() as u64 - (frames * 8 + 17)
+}
+
+#[test]
+fn seekable_zstd_frames_are_decoded_as_the_swarm_completes_them() {
+    if !tools_or_skip("seekable_zstd_frames_are_decoded_as_the_swarm_completes_them") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::zstd(tracker_port);
+    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
+    let _seeder = published.seeder();
+    let server = FixtureServer::start().unwrap();
+    let (output, target) = published.deploy(&server, &["--seed-time", "0"]);
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    assert!(
+        written(&target, IMAGE_LEN) == published.image,
+        "the output is not the image"
+    );
+    assert!(
+        log.contains("frames decoded as the swarm completes them"),
+        "not the out-of-order path: {log}"
+    );
+    assert!(
+        log.contains("14 frames written in the order their pieces arrived"),
+        "{log}"
+    );
+    assert!(log.contains("0 from the mirrors"), "{log}");
+    // Every frame from the swarm; the mirror sent the probe's byte and
+    // the seek table (its footer, then the whole table).
+    let frames = frames_end(&published.served);
+    assert_eq!(field(&line, "swarm"), Some(frames.to_string()), "{line}");
+    let table = published.served.len() as u64 - frames;
+    assert_eq!(mirror_bytes(&server, "golden.raw.zst"), 1 + 9 + table);
+    // The image's SHA-256 read back from the target.
+    assert_eq!(
+        field(&line, "sha256"),
+        Some(common::hex(&published.image)),
+        "{line}"
+    );
+}
+
+#[test]
+fn seekable_zstd_frames_come_from_the_mirror_when_the_tracker_is_down() {
+    if !tools_or_skip("seekable_zstd_frames_come_from_the_mirror_when_the_tracker_is_down") {
+        return;
+    }
+    let published = Published::zstd(free_port());
+    let server = FixtureServer::start().unwrap();
+    let (output, target) =
+        published.deploy(&server, &["--torrent-timeout", "1s", "--seed-time", "0"]);
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    assert!(written(&target, IMAGE_LEN) == published.image);
+    assert!(log.contains("14 from the mirrors"), "{log}");
+    assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
+}
+
+#[test]
+fn a_wrong_checksum_on_the_out_of_order_path_wipes_both_ends() {
+    if !tools_or_skip("a_wrong_checksum_on_the_out_of_order_path_wipes_both_ends") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::zstd(tracker_port);
+    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
+    let _seeder = published.seeder();
+    let server = FixtureServer::start().unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let (output, target) = published.deploy(&server, &["--checksum", &wrong, "--seed-time", "0"]);
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: error"), "{line}\n{log}");
+    assert!(line.contains("checksum mismatch"), "{line}");
+    assert!(
+        log.contains("frames decoded as the swarm completes them"),
+        "{log}"
+    );
+    let disk = std::fs::read(&target).unwrap();
+    assert!(
+        disk[..MIB].iter().all(|&b| b == 0),
+        "the first MiB is not wiped"
+    );
+    assert!(
+        disk[disk.len() - MIB..].iter().all(|&b| b == 0),
+        "the last MiB is not wiped"
     );
 }

@@ -103,16 +103,40 @@ fn sha1sum(data: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()[..40].to_owned()
 }
 
-/// The frames `zstd -l` counts in `path`.
-fn zstd_frames(path: &Path) -> u64 {
-    let out = Command::new("zstd").arg("-l").arg(path).output().unwrap();
+/// The zstd frames and the skippable frames `zstd -lv` counts in `path`.
+fn zstd_frames(path: &Path) -> (u64, u64) {
+    let out = Command::new("zstd").arg("-lv").arg(path).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    let row = text
-        .lines()
-        .nth(1)
-        .unwrap_or_else(|| panic!("zstd -l: {text}"));
-    row.split_whitespace().next().unwrap().parse().unwrap()
+    let count = |label: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("zstd -lv has no {label:?}: {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (count("# Zstandard Frames:"), count("# Skippable Frames:"))
+}
+
+/// The seek table at the end of `zst` (zstd's seekable format): each
+/// frame's compressed and decompressed size.
+fn seek_table(zst: &[u8]) -> Vec<(u64, u64)> {
+    let le32 = |at: usize| u64::from(u32::from_le_bytes(zst[at..at + 4].try_into().unwrap()));
+    let end = zst.len();
+    assert_eq!(le32(end - 4), 0x8F92_EAB1, "no seekable magic at the end");
+    assert_eq!(zst[end - 5], 0, "descriptor: no checksums");
+    let frames = usize::try_from(le32(end - 9)).unwrap();
+    let start = end - 9 - frames * 8 - 8;
+    assert_eq!(le32(start), 0x184D_2A5E, "the table's skippable magic");
+    assert_eq!(
+        le32(start + 4),
+        (frames * 8 + 9) as u64,
+        "the table's Frame_Size"
+    );
+    (0..frames)
+        .map(|n| (le32(start + 8 + n * 8), le32(start + 12 + n * 8)))
+        .collect()
 }
 
 #[test]
@@ -131,8 +155,40 @@ fn publish_image_makes_independent_frames_and_a_4_mib_piece_torrent_with_its_inf
         decoded.stdout == published.raw,
         "zstd -dc differs from the raw image"
     );
-    // 20 MiB in 4 MiB frames.
-    assert_eq!(zstd_frames(&published.zst), 5);
+    // 20 MiB in 4 MiB frames, and the seek table in a skippable frame.
+    assert_eq!(zstd_frames(&published.zst), (5, 1));
+    let zst = std::fs::read(&published.zst).unwrap();
+    let table = seek_table(&zst);
+    assert_eq!(
+        table.iter().map(|&(_, d)| d).collect::<Vec<_>>(),
+        [4 << 20; 5],
+        "decompressed sizes"
+    );
+    let frames_end: u64 = table.iter().map(|&(c, _)| c).sum();
+    assert_eq!(
+        frames_end as usize,
+        zst.len() - (9 + 5 * 8 + 8),
+        "the frames end where the table starts"
+    );
+    // Each entry is one frame: `zstd -dc` of its bytes alone gives its 4 MiB.
+    let (c1, _) = table[1];
+    let second = &zst[table[0].0 as usize..(table[0].0 + c1) as usize];
+    let mut child = Command::new("zstd")
+        .args(["-dc"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Fed from another thread: 4 MiB of output would fill the pipe first.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = second.to_vec();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(
+        out.stdout == published.raw[4 << 20..8 << 20],
+        "frame 1 is not bytes 4-8 MiB"
+    );
 
     // The torrent: 4 MiB pieces over the .zst, private, no url-list, the
     // tracker announced, and the infohash printed is the SHA-1 of the info

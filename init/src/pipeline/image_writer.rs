@@ -161,6 +161,72 @@ impl<T: BlockTarget> ImageWriter<T> {
         self.position
     }
 
+    /// Writes `data` at image offset `offset`, for images whose parts are
+    /// decoded out of order (`pipeline::scatter`); not mixed with `Write`.
+    /// What falls in the first MiB is held back like the streamed
+    /// image's; the rest is written at once, zero runs through
+    /// `zero_range`. `offset` is a multiple of the logical block size.
+    pub fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        if self.failed {
+            return Err(self.failed_error());
+        }
+        let end = offset + data.len() as u64;
+        if let Some(limit) = self.limit {
+            if end > limit {
+                let name = self.target.as_ref().map(BlockTarget::describe);
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "image is larger than {} ({limit} bytes): data up to byte {end}",
+                        name.as_deref().unwrap_or("the target"),
+                    ),
+                ));
+            }
+        }
+        if offset % self.block as u64 != 0 {
+            return Err(other(format!(
+                "image bytes at offset {offset} are not aligned to the {}-byte blocks of the target",
+                self.block
+            )));
+        }
+        let hold = HOLDBACK as u64;
+        let (held, rest, rest_at) = if offset < hold {
+            let n = usize::try_from(hold - offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            (&data[..n], &data[n..], hold)
+        } else {
+            (&data[..0], data, offset)
+        };
+        if !held.is_empty() {
+            let at = usize::try_from(offset).unwrap_or(usize::MAX);
+            if self.held.len() < at + held.len() {
+                self.held.resize(at + held.len(), 0);
+            }
+            self.held[at..at + held.len()].copy_from_slice(held);
+        }
+        self.position = self.position.max(end);
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let Some(target) = self.target.as_mut() else {
+            return Err(other("image writer already finished".to_owned()));
+        };
+        let result = write_runs(
+            target,
+            rest,
+            rest_at,
+            self.block,
+            self.min_zero_run as u64,
+            &mut ZeroRun::default(),
+            true,
+        );
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
     /// Writes what is still buffered, then the held-back first MiB, syncs
     /// and re-reads the partition table. Call it only once the whole image
     /// arrived and was verified. Returns the target and the image size.

@@ -20,6 +20,7 @@ pub mod image_writer;
 pub mod ordered;
 pub mod peek;
 pub mod progress;
+pub mod scatter;
 pub mod size_hint;
 pub mod tar;
 pub mod target;

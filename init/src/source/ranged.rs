@@ -249,17 +249,18 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
         swarm,
         swarm_missed: std::sync::atomic::AtomicBool::new(false),
     });
-    let to_fetch = count - next_fetch;
-    for n in 0..window.min(usize::try_from(to_fetch).unwrap_or(usize::MAX)) {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("range-{n}"))
-            .spawn(move || shared.work())
-            .context("starting a range worker")?;
+    let workers = window.min(usize::try_from(count - next_fetch).unwrap_or(usize::MAX));
+    // With a swarm, nothing is asked for until the image is read: a deploy
+    // that decodes frames out of order (`pipeline::scatter`) takes the
+    // swarm and never reads this stream.
+    let lazy = shared.swarm.is_some();
+    if !lazy {
+        spawn_workers(&shared, workers)?;
     }
     Ok(Source {
         reader: Box::new(RangedReader {
             shared,
+            workers: if lazy { workers } else { 0 },
             current: Vec::new(),
             offset: 0,
             index: 0,
@@ -278,6 +279,17 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
             options: options.clone(),
         }),
     })
+}
+
+fn spawn_workers(shared: &Arc<Shared>, workers: usize) -> Result<()> {
+    for n in 0..workers {
+        let shared = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name(format!("range-{n}"))
+            .spawn(move || shared.work())
+            .context("starting a range worker")?;
+    }
+    Ok(())
 }
 
 /// A mirror as probed.
@@ -773,7 +785,7 @@ impl Shared {
         buffer: &mut Vec<u8>,
     ) -> Option<Vec<u8>> {
         let swarm = self.swarm.as_ref()?;
-        if !swarm.wait_range(first, last, buffer) {
+        if !swarm.wait_range(first, last, buffer, &|| self.lock().closed) {
             if !self.swarm_missed.swap(true, Ordering::Relaxed) {
                 log::info!(
                     "torrent: no progress from the swarm for {}; bytes {first}-{last} and the \
@@ -948,6 +960,8 @@ impl Shared {
 /// The image in order, from the chunks the workers fetch.
 struct RangedReader {
     shared: Arc<Shared>,
+    /// Workers still to start at the first read (a swarm's stream).
+    workers: usize,
     current: Vec<u8>,
     offset: usize,
     /// The chunk `current` is.
@@ -978,6 +992,10 @@ impl Read for RangedReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
+        }
+        if self.workers > 0 {
+            spawn_workers(&self.shared, std::mem::take(&mut self.workers))
+                .map_err(|e| io::Error::other(format!("{e:#}")))?;
         }
         while self.offset >= self.current.len() {
             let shared = Arc::clone(&self.shared);
@@ -1025,10 +1043,12 @@ impl Read for RangedReader {
 
 impl Drop for RangedReader {
     fn drop(&mut self) {
-        // Dropped before the end: the deploy failed or starts again, and
-        // a swarm of its own would not be seeded.
-        if self.index < self.shared.count {
-            if let Some(swarm) = &self.shared.swarm {
+        // Dropped before the end, having been read: the deploy failed or
+        // starts again, and a swarm of its own would not be seeded. Never
+        // read, the swarm went to a deploy that decodes out of order.
+        let read = self.index > 0 || !self.current.is_empty();
+        if read && self.index < self.shared.count {
+            if let Some(swarm) = self.shared.swarm.as_ref().filter(|s| !s.claimed()) {
                 swarm.stop();
             }
         }

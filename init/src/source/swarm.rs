@@ -38,6 +38,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,6 +68,11 @@ const ARIA2C_DEFAULT: &str = "/usr/bin/aria2c";
 /// A running aria2 with the image's torrent, and what it has so far.
 pub struct Swarm {
     inner: Arc<Inner>,
+    length: u64,
+    /// Bytes fetched from the mirrors instead, at their offsets, and which.
+    filled_file: File,
+    filled: Mutex<Filled>,
+    claimed: AtomicBool,
     child: Mutex<Option<Child>>,
     dir: PathBuf,
     seed_time: Duration,
@@ -155,7 +161,18 @@ impl Swarm {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", aria2c.display()))?;
+        let filled_path = dir.join("from-mirrors");
+        let filled_file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&filled_path)
+            .with_context(|| format!("creating {}", filled_path.display()))?;
         let mut swarm = Swarm {
+            length: plan.length,
+            filled_file,
+            filled: Mutex::new(Filled::default()),
+            claimed: AtomicBool::new(false),
             inner: Arc::new(Inner {
                 rpc: Rpc {
                     agent: rpc_agent(),
@@ -267,12 +284,19 @@ impl Swarm {
     /// Bytes `first..=last` of the image from the swarm, into `buffer`
     /// (cleared first): as soon as aria2 has every piece they span, or
     /// `false` when it made no progress for the timeout or is gone.
-    pub fn wait_range(&self, first: u64, last: u64, buffer: &mut Vec<u8>) -> bool {
+    /// `cancelled` is asked while waiting: the reader may be gone.
+    pub fn wait_range(
+        &self,
+        first: u64,
+        last: u64,
+        buffer: &mut Vec<u8>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> bool {
         let inner = &self.inner;
         let pieces = first / inner.piece..=last / inner.piece;
         let mut state = inner.lock();
         loop {
-            if state.gone.is_some() || inner.stop.load(Ordering::Relaxed) {
+            if state.gone.is_some() || inner.stop.load(Ordering::Relaxed) || cancelled() {
                 return false;
             }
             if pieces.clone().all(|p| state.has(p)) {
@@ -304,6 +328,109 @@ impl Swarm {
         self.inner.timeout
     }
 
+    /// The image's length.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Whether bytes `range` can be read now: every piece they touch is
+    /// complete in aria2, or that part of it was [`fill`](Self::fill)ed.
+    pub fn have(&self, range: &Range<u64>) -> bool {
+        if range.is_empty() {
+            return true;
+        }
+        let state = self.inner.lock();
+        let filled = self.lock_filled();
+        self.segments(range)
+            .all(|(piece, part)| (state.has(piece) && state.file.is_some()) || filled.covers(&part))
+    }
+
+    /// Reads bytes `range` (once [`have`](Self::have) said so) into
+    /// `buffer`: each piece's part from aria2's file when aria2 has the
+    /// piece, else from the bytes filled in.
+    pub fn read(&self, range: &Range<u64>, buffer: &mut Vec<u8>) -> Result<()> {
+        let len = usize::try_from(range.end - range.start).context("a range larger than memory")?;
+        buffer.clear();
+        buffer.resize(len, 0);
+        let (file, has): (Option<PathBuf>, Vec<bool>) = {
+            let state = self.inner.lock();
+            let has = self.segments(range).map(|(p, _)| state.has(p)).collect();
+            (state.file.clone(), has)
+        };
+        let aria2 = match &file {
+            Some(path) if has.iter().any(|h| *h) => {
+                Some(File::open(path).with_context(|| format!("opening {}", path.display()))?)
+            }
+            _ => None,
+        };
+        for ((_, part), from_aria2) in self.segments(range).zip(has) {
+            // Both within `len`, which is a usize.
+            let at = usize::try_from(part.start - range.start).unwrap_or(usize::MAX);
+            let n = usize::try_from(part.end - part.start).unwrap_or(usize::MAX);
+            let out = &mut buffer[at..at + n];
+            let (source, name) = match (&aria2, from_aria2) {
+                (Some(file), true) => (file, "aria2's file"),
+                _ => (&self.filled_file, "the bytes from the mirrors"),
+            };
+            source
+                .read_exact_at(out, part.start)
+                .with_context(|| format!("reading bytes {}..{} of {name}", part.start, part.end))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `bytes` (those of `range`, fetched from the mirrors) so that
+    /// [`have`](Self::have) and [`read`](Self::read) find them: in a file
+    /// of their own beside aria2's, which aria2 never sees or seeds.
+    pub fn fill(&self, range: &Range<u64>, bytes: &[u8]) -> Result<()> {
+        self.filled_file
+            .write_all_at(bytes, range.start)
+            .with_context(|| {
+                format!(
+                    "keeping bytes {}..{} in the scratch",
+                    range.start, range.end
+                )
+            })?;
+        self.lock_filled().insert(range.clone());
+        self.inner.changed.notify_all();
+        Ok(())
+    }
+
+    /// Whether waiting for the swarm is pointless: no progress for
+    /// `imprint.torrent-timeout=`, or aria2 is gone.
+    pub fn stalled(&self) -> bool {
+        let state = self.inner.lock();
+        state.gone.is_some()
+            || self.inner.stop.load(Ordering::Relaxed)
+            || state.progress_at.elapsed() > self.inner.timeout
+    }
+
+    /// Returns when aria2 reports something new or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let state = self.inner.lock();
+        let _ = self
+            .inner
+            .changed
+            .wait_timeout(state, timeout)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Each piece `range` touches, with the part of `range` inside it.
+    fn segments(&self, range: &Range<u64>) -> impl Iterator<Item = (u64, Range<u64>)> + use<> {
+        let piece = self.inner.piece;
+        let range = range.clone();
+        (range.start / piece..range.end.div_ceil(piece)).map(move |p| {
+            (
+                p,
+                (p * piece).max(range.start)..((p + 1) * piece).min(range.end),
+            )
+        })
+    }
+
+    fn lock_filled(&self) -> MutexGuard<'_, Filled> {
+        self.filled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Seeds for `imprint.seed-time=` (or until aria2 exits), then stops
     /// aria2 and removes the scratch. Called once the deploy is good.
     pub fn seed(&self) {
@@ -321,6 +448,17 @@ impl Swarm {
         let uploaded = self.inner.lock().uploaded;
         self.stop();
         log::info!("torrent: aria2c stopped after uploading {uploaded} bytes");
+    }
+
+    /// Marks the swarm as taken by a deploy that reads it out of order
+    /// (`pipeline::scatter`): the in-order stream, dropped half-read (a
+    /// format sniff read its start), no longer stops it.
+    pub fn claim(&self) {
+        self.claimed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn claimed(&self) -> bool {
+        self.claimed.load(Ordering::Relaxed)
     }
 
     /// Stops aria2 and removes the scratch; chunks still waited for come
@@ -348,6 +486,41 @@ impl std::fmt::Debug for Swarm {
 impl Drop for Swarm {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Byte ranges filled in, merged: start -> end.
+#[derive(Default)]
+struct Filled(std::collections::BTreeMap<u64, u64>);
+
+impl Filled {
+    fn insert(&mut self, range: Range<u64>) {
+        let (mut start, mut end) = (range.start, range.end);
+        if start >= end {
+            return;
+        }
+        // Merge with every range that overlaps or touches this one.
+        let touching: Vec<(u64, u64)> = self
+            .0
+            .range(..=end)
+            .filter(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.0.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.0.insert(start, end);
+    }
+
+    fn covers(&self, range: &Range<u64>) -> bool {
+        range.is_empty()
+            || self
+                .0
+                .range(..=range.start)
+                .next_back()
+                .is_some_and(|(_, &end)| end >= range.end)
     }
 }
 
@@ -615,6 +788,24 @@ mod tests {
         let have: Vec<u64> = (0..16).filter(|&p| seen.has(p)).collect();
         assert_eq!(have, [0, 2, 8, 9, 10, 11, 12, 13, 14, 15]);
         assert!(!seen.has(16), "past the bitfield");
+    }
+
+    #[test]
+    fn filled_ranges_merge_and_cover() {
+        let mut filled = Filled::default();
+        filled.insert(10..20);
+        filled.insert(30..40);
+        assert!(filled.covers(&(12..20)));
+        assert!(!filled.covers(&(15..25)), "a gap at 20..30");
+        filled.insert(20..30);
+        assert!(filled.covers(&(10..40)));
+        assert_eq!(filled.0.len(), 1, "merged: {:?}", filled.0);
+        filled.insert(5..12);
+        filled.insert(45..50);
+        assert!(filled.covers(&(5..40)));
+        assert!(!filled.covers(&(5..41)));
+        assert!(filled.covers(&(46..47)));
+        assert!(filled.covers(&(0..0)));
     }
 
     #[test]
