@@ -130,6 +130,7 @@ impl DrpLab {
             kernel: &artifacts.bzimage,
             initramfs: &artifacts.initramfs,
             tools: Some(&tools),
+            p2p: None,
         };
         let out = drp::write_all(&files, &content.path().join("drp"), 0)
             .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
