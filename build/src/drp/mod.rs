@@ -951,6 +951,47 @@ mod tests {
     }
 
     #[test]
+    fn tarball_carries_the_optional_initrds_after_the_boot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initramfs) = boot_files(dir.path(), 100);
+        let (tools, p2p) = (dir.path().join("t"), dir.path().join("p"));
+        std::fs::write(&tools, b"tools").unwrap();
+        std::fs::write(&p2p, b"aria2c").unwrap();
+        let out = dir.path().join("a.tar");
+        let files = BootFiles {
+            tools: Some(&tools),
+            p2p: Some(&p2p),
+            ..files(&kernel, &initramfs)
+        };
+        write_tarball(&files, &out, 0).unwrap();
+        let mut archive = tar::Archive::new(File::open(&out).unwrap());
+        let names: Vec<(String, Vec<u8>)> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let mut entry = entry.unwrap();
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                let path = String::from_utf8(entry.header().path_bytes().into_owned()).unwrap();
+                (path, data)
+            })
+            .collect();
+        let v = version();
+        let paths: Vec<&str> = names.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                format!("{v}/"),
+                format!("{v}/{KERNEL_NAME}"),
+                format!("{v}/{INITRAMFS_NAME}"),
+                format!("{v}/{TOOLS_NAME}"),
+                format!("{v}/{P2P_INITRD_NAME}"),
+            ]
+        );
+        assert_eq!(names[4].1, b"aria2c");
+    }
+
+    #[test]
     fn a_file_that_shrinks_while_archived_is_an_error() {
         let mut short = ExactSize::new(&b"abc"[..], 10);
         let error = io::copy(&mut short, &mut io::sink()).unwrap_err();
