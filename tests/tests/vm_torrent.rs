@@ -4,7 +4,9 @@
 //! the torrent's tracker down the swarm delivers nothing, every chunk comes
 //! from the `imprint.url=` mirror, and the golden image it wrote boots.
 //! Booted without the P2P initrd, PID 1 warns that aria2c is missing and
-//! deploys over HTTP.
+//! deploys over HTTP. And through DRP: QEMU's iPXE ROM runs the pack's
+//! rendered iPXE template for a machine with `imprint/torrent` set, which
+//! loads the P2P initrd after the others, and PID 1 starts aria2c from it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,10 +14,12 @@ use std::time::Duration;
 
 use imprint_qemu::http::FixtureServer;
 use imprint_qemu::{Disk, Nic, Vm};
+use imprint_vm_tests::drp::{DrpLab, DrpMachine, IMAGE_FILE};
 use imprint_vm_tests::{
     Artifacts, ResultLine, filter, free_port, golden_image, golden_root_uuid, sha256_hex,
     wait_golden,
 };
+use serde_json::json;
 
 /// kexec under TCG takes 7–11 s, the golden OS a few more; generous.
 const GOLDEN_TIMEOUT: Duration = Duration::from_secs(180);
@@ -30,8 +34,22 @@ const DISK_SIZE: u64 = 256 << 20;
 fn publish_golden(server: &FixtureServer, dir: &Path) -> (String, String, Vec<u8>) {
     let image = std::fs::read(golden_image()).expect("reading the golden image");
     let compressed = filter("zstd", &["-q", "-c", "-3"], &image);
+    let torrent = torrent_with_a_dead_tracker(dir, &compressed);
+    server.add_file("/golden.img.zst", compressed);
+    server.add_file("/golden.img.zst.torrent", torrent);
+    (
+        server.guest_url("/golden.img.zst"),
+        server.guest_url("/golden.img.zst.torrent"),
+        image,
+    )
+}
+
+/// A torrent of `file` (mktorrent, 4 MiB pieces, private, as
+/// `scripts/publish-image` makes it) whose tracker is a host port nothing
+/// listens on.
+fn torrent_with_a_dead_tracker(dir: &Path, file: &[u8]) -> Vec<u8> {
     let zst = dir.join("golden.img.zst");
-    std::fs::write(&zst, &compressed).unwrap();
+    std::fs::write(&zst, file).unwrap();
     let torrent = dir.join("golden.img.zst.torrent");
     // 10.0.2.2 is the host on QEMU's user network; the port was free a
     // moment ago and nothing is started on it: connections are refused.
@@ -47,13 +65,7 @@ fn publish_golden(server: &FixtureServer, dir: &Path) -> (String, String, Vec<u8
         "mktorrent: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    server.add_file("/golden.img.zst", compressed);
-    server.add_file("/golden.img.zst.torrent", std::fs::read(&torrent).unwrap());
-    (
-        server.guest_url("/golden.img.zst"),
-        server.guest_url("/golden.img.zst.torrent"),
-        image,
-    )
+    std::fs::read(&torrent).unwrap()
 }
 
 /// imprint's initramfs with the P2P initrd after it, as a boot loader's
@@ -197,4 +209,83 @@ fn without_the_p2p_initrd_pid1_warns_and_deploys_over_http() {
         "{warning}"
     );
     assert!(!console.contains("torrent: aria2c started"), "{console}");
+}
+
+#[test]
+fn drp_pxe_boot_with_imprint_torrent_loads_the_p2p_initrd_and_starts_aria2c() {
+    let machine = DrpMachine {
+        uuid: "3f2a1b4c-0000-4000-8000-0000000000b1".into(),
+        name: "swarm-01.lab".into(),
+        mac: "52:54:00:12:34:56".into(),
+        address: "10.0.2.15".into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The lab serves the golden image as `zstd -3` makes it (the same
+    // bytes here); the torrent of those bytes is on a server of its own,
+    // so its URL is known before the machine's templates are rendered.
+    let image = std::fs::read(golden_image()).expect("reading the golden image");
+    let compressed = filter("zstd", &["-q", "-c", "-3"], &image);
+    let torrents = FixtureServer::start().unwrap();
+    torrents.add_file(
+        "/golden.raw.zst.torrent",
+        torrent_with_a_dead_tracker(dir.path(), &compressed),
+    );
+    let lab = DrpLab::start(
+        machine.clone(),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q test@imprint",
+        json!({
+            "imprint/torrent": torrents.guest_url("/golden.raw.zst.torrent"),
+            "imprint/torrent-timeout": "3s",
+            "imprint/seed-time": "0",
+        }),
+    );
+    let script = lab.ipxe_script();
+    let initrds: Vec<&str> = script
+        .lines()
+        .filter(|l| l.starts_with("initrd "))
+        .collect();
+    assert_eq!(initrds.len(), 3, "{script}");
+    assert!(initrds[2].ends_with("/imprint-p2p.img"), "{script}");
+    let disk = blank_disk(dir.path());
+    let vm = lab.pxe_boot("drp_pxe_torrent", &disk, Nic::user().mac(&machine.mac));
+    let line = vm
+        .expect("IMPRINT-RESULT:", DEPLOY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no result line: {e:#}"));
+    let ResultLine::Ok { sha256, .. } = ResultLine::parse(&line) else {
+        panic!(
+            "deploy failed: {line} (console {})",
+            vm.console_log_path().display()
+        );
+    };
+    assert_eq!(sha256, lab.image_sha256, "{line}");
+    assert!(
+        line.split_whitespace().any(|field| field == "swarm=0"),
+        "{line}"
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("torrent: aria2c started (/usr/bin/aria2c,"),
+        "aria2c from the P2P initrd did not start:\n{console}"
+    );
+    // iPXE fetched the P2P initrd from the provisioner, after the others.
+    let fetched: Vec<String> = lab
+        .file_requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(".img"))
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        fetched
+            .last()
+            .is_some_and(|p| p.ends_with("/imprint-p2p.img")),
+        "{fetched:?}"
+    );
+    assert!(
+        lab.file_requests()
+            .iter()
+            .any(|r| r.path == format!("/{IMAGE_FILE}")),
+        "the image came from the provisioner"
+    );
+    let golden = wait_golden(&vm, GOLDEN_TIMEOUT);
+    assert_eq!(golden.root_uuid, golden_root_uuid(), "{golden:?}");
 }
