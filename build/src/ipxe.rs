@@ -26,9 +26,13 @@ pub struct IpxeOptions {
     /// Also load `rootfs-tools.img` after the initramfs, for
     /// root-filesystem images.
     pub rootfs_tools: bool,
+    /// Also load `imprint-p2p.img` (aria2c, for `imprint.torrent=`) after
+    /// the initramfs.
+    pub p2p: bool,
 }
 
 pub const TOOLS_NAME: &str = "rootfs-tools.img";
+pub use crate::p2p::P2P_INITRD_NAME;
 
 /// Rejects what would break the script's line structure. `${...}` is left
 /// alone on purpose: iPXE expands it, so `imprint.mac=${net0/mac}` works.
@@ -67,13 +71,17 @@ pub fn render_script(options: &IpxeOptions) -> Result<String> {
     script.push_str(&format!("set imprint-args {}\n", options.append.trim()));
     // initrd= names the image for the EFI stub, which looks the initrd up
     // by name when iPXE boots the kernel as an EFI application.
-    let tools_arg = if options.rootfs_tools {
-        format!(" initrd={TOOLS_NAME}")
-    } else {
-        String::new()
-    };
+    let extra = [
+        (options.rootfs_tools, TOOLS_NAME),
+        (options.p2p, P2P_INITRD_NAME),
+    ];
+    let extra_args: String = extra
+        .iter()
+        .filter(|(wanted, _)| *wanted)
+        .map(|(_, name)| format!(" initrd={name}"))
+        .collect();
     script.push_str(&format!(
-        "kernel {location}{KERNEL_NAME} initrd={INITRAMFS_NAME}{tools_arg} {BASE_KERNEL_ARGS} ${{imprint-args}}\n"
+        "kernel {location}{KERNEL_NAME} initrd={INITRAMFS_NAME}{extra_args} {BASE_KERNEL_ARGS} ${{imprint-args}}\n"
     ));
     script.push_str(&format!("initrd {location}{INITRAMFS_NAME}\n"));
     if options.rootfs_tools {
@@ -81,6 +89,12 @@ pub fn render_script(options: &IpxeOptions) -> Result<String> {
             "# The mkfs tools for root-filesystem images, unpacked over the initramfs.\n",
         );
         script.push_str(&format!("initrd {location}{TOOLS_NAME}\n"));
+    }
+    if options.p2p {
+        script.push_str(
+            "# aria2c for imprint.torrent= (BitTorrent mode); without it imprint reads over HTTP.\n",
+        );
+        script.push_str(&format!("initrd {location}{P2P_INITRD_NAME}\n"));
     }
     script.push_str("boot\n");
     Ok(script)
@@ -113,6 +127,7 @@ mod tests {
             append: "imprint.url=http://10.0.2.2:8080/disk.raw.zst imprint.disk=/dev/vda"
                 .to_owned(),
             rootfs_tools: false,
+            p2p: false,
         })
         .unwrap();
         assert!(script.contains("\nset base-url http://10.0.2.2:8080/imprint\n"));
@@ -138,6 +153,43 @@ mod tests {
              # The mkfs tools for root-filesystem images, unpacked over the initramfs.\n\
              initrd rootfs-tools.img\n\
              boot\n"
+        ));
+    }
+
+    #[test]
+    fn the_p2p_script_loads_aria2c_after_the_initramfs_and_the_tools() {
+        let script = render_script(&IpxeOptions {
+            base_url: Some("http://boot/imprint".to_owned()),
+            p2p: true,
+            ..IpxeOptions::default()
+        })
+        .unwrap();
+        assert!(script.contains(
+            "\nkernel ${base-url}/vmlinuz initrd=initramfs.img initrd=imprint-p2p.img console=tty0 "
+        ));
+        assert!(script.ends_with(
+            "initrd ${base-url}/initramfs.img\n\
+             # aria2c for imprint.torrent= (BitTorrent mode); without it imprint reads over HTTP.\n\
+             initrd ${base-url}/imprint-p2p.img\n\
+             boot\n"
+        ));
+        let both = render_script(&IpxeOptions {
+            rootfs_tools: true,
+            p2p: true,
+            ..IpxeOptions::default()
+        })
+        .unwrap();
+        let lines: Vec<&str> = both.lines().filter(|l| l.starts_with("initrd ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "initrd initramfs.img",
+                "initrd rootfs-tools.img",
+                "initrd imprint-p2p.img"
+            ]
+        );
+        assert!(both.contains(
+            " initrd=initramfs.img initrd=rootfs-tools.img initrd=imprint-p2p.img console="
         ));
     }
 

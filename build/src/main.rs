@@ -9,9 +9,10 @@ use imprint_build::drp;
 use imprint_build::hardware;
 use imprint_build::initramfs::{self, BuiltinInputs, InitramfsExtras, InitramfsInputs};
 use imprint_build::ipxe::{self, IpxeOptions};
+use imprint_build::p2p;
 use imprint_build::tools;
 
-const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] [--trusted-key FILE]... [--allow-unsigned yes] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] | imprint-build drp --kernel FILE --initramfs FILE --out DIR | imprint-build tools-initrd --out FILE [--root DIR]";
+const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] [--trusted-key FILE]... [--allow-unsigned yes] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] [--rootfs-tools] [--p2p] | imprint-build drp --kernel FILE --initramfs FILE [--tools-initrd FILE] [--p2p-initrd FILE] --out DIR | imprint-build tools-initrd --out FILE [--root DIR] | imprint-build p2p-initrd --out FILE [--aria2c FILE] [--root DIR]";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -49,10 +50,20 @@ enum Command {
         initramfs: PathBuf,
         /// The rootfs tools initrd, put in the tarball and the bootenv.
         tools: Option<PathBuf>,
+        /// The P2P initrd, put in the tarball; the templates load it when
+        /// `imprint/torrent` is set.
+        p2p: Option<PathBuf>,
         out: PathBuf,
     },
     /// The second initrd with the filesystem tools, read from `root`.
     ToolsInitrd {
+        root: PathBuf,
+        out: PathBuf,
+    },
+    /// The second initrd with aria2c for BitTorrent mode: `aria2c` read
+    /// from the build machine, its libraries under `root`.
+    P2pInitrd {
+        aria2c: PathBuf,
         root: PathBuf,
         out: PathBuf,
     },
@@ -180,10 +191,10 @@ fn parse_args(args: &[String]) -> Result<Command> {
             })
         }
         "ipxe" => {
-            let (rootfs_tools, rest): (Vec<&str>, Vec<&str>) = rest
+            let (switches, rest): (Vec<&str>, Vec<&str>) = rest
                 .iter()
                 .map(String::as_str)
-                .partition(|arg| *arg == "--rootfs-tools");
+                .partition(|arg| ["--rootfs-tools", "--p2p"].contains(arg));
             let rest: Vec<String> = rest.into_iter().map(str::to_owned).collect();
             let flags = parse_flags(&rest, &["--out", "--base-url", "--append"])?;
             Ok(Command::Ipxe {
@@ -191,25 +202,43 @@ fn parse_args(args: &[String]) -> Result<Command> {
                 options: IpxeOptions {
                     base_url: single(&flags, "--base-url")?.map(str::to_owned),
                     append: single(&flags, "--append")?.unwrap_or_default().to_owned(),
-                    rootfs_tools: !rootfs_tools.is_empty(),
+                    rootfs_tools: switches.contains(&"--rootfs-tools"),
+                    p2p: switches.contains(&"--p2p"),
                 },
             })
         }
         "drp" => {
             let flags = parse_flags(
                 rest,
-                &["--kernel", "--initramfs", "--tools-initrd", "--out"],
+                &[
+                    "--kernel",
+                    "--initramfs",
+                    "--tools-initrd",
+                    "--p2p-initrd",
+                    "--out",
+                ],
             )?;
             Ok(Command::Drp {
                 kernel: required(&flags, "--kernel")?.into(),
                 initramfs: required(&flags, "--initramfs")?.into(),
                 tools: single(&flags, "--tools-initrd")?.map(PathBuf::from),
+                p2p: single(&flags, "--p2p-initrd")?.map(PathBuf::from),
                 out: required(&flags, "--out")?.into(),
             })
         }
         "tools-initrd" => {
             let flags = parse_flags(rest, &["--out", "--root"])?;
             Ok(Command::ToolsInitrd {
+                root: single(&flags, "--root")?.unwrap_or("/").into(),
+                out: required(&flags, "--out")?.into(),
+            })
+        }
+        "p2p-initrd" => {
+            let flags = parse_flags(rest, &["--out", "--aria2c", "--root"])?;
+            Ok(Command::P2pInitrd {
+                aria2c: single(&flags, "--aria2c")?
+                    .unwrap_or(p2p::ARIA2C_PATH)
+                    .into(),
                 root: single(&flags, "--root")?.unwrap_or("/").into(),
                 out: required(&flags, "--out")?.into(),
             })
@@ -399,12 +428,14 @@ fn run(command: Command) -> Result<()> {
             kernel,
             initramfs,
             tools,
+            p2p,
             out,
         } => {
             let files = drp::BootFiles {
                 kernel: &kernel,
                 initramfs: &initramfs,
                 tools: tools.as_deref(),
+                p2p: p2p.as_deref(),
             };
             let written = drp::write_all(&files, &out, archive_mtime()?)?;
             println!("drp tarball: {}", written.tarball.display());
@@ -418,6 +449,16 @@ fn run(command: Command) -> Result<()> {
             let compressed = initramfs::compress(&cpio)?;
             write_atomically(&out, &compressed)?;
             println!("tools initrd: {}", out.display());
+            println!("uncompressed: {} bytes", cpio.len());
+            println!("compressed: {} bytes", compressed.len());
+        }
+        Command::P2pInitrd { aria2c, root, out } => {
+            let archive = p2p::archive(&aria2c, &root)?;
+            let cpio = archive.to_bytes(archive_mtime()?)?;
+            let compressed = initramfs::compress(&cpio)?;
+            write_atomically(&out, &compressed)?;
+            println!("p2p initrd: {}", out.display());
+            println!("files: {}", archive.entries().count());
             println!("uncompressed: {} bytes", cpio.len());
             println!("compressed: {} bytes", compressed.len());
         }
@@ -608,11 +649,50 @@ mod tests {
                 kernel: "out/vmlinuz".into(),
                 initramfs: "out/initramfs.img".into(),
                 tools: None,
+                p2p: None,
                 out: "out/drp".into(),
             }
         );
+        let Command::Drp { p2p, .. } = parse_args(&args(
+            "drp --kernel k --initramfs i --p2p-initrd out/imprint-p2p.img --out o",
+        ))
+        .unwrap() else {
+            panic!("not drp");
+        };
+        assert_eq!(p2p, Some(PathBuf::from("out/imprint-p2p.img")));
         let error = parse_args(&args("drp --kernel k --out o")).unwrap_err();
         assert_eq!(error.to_string(), "--initramfs is required");
+    }
+
+    #[test]
+    fn p2p_initrd_arguments() {
+        assert_eq!(
+            parse_args(&args("p2p-initrd --out out/imprint-p2p.img")).unwrap(),
+            Command::P2pInitrd {
+                aria2c: "/usr/bin/aria2c".into(),
+                root: "/".into(),
+                out: "out/imprint-p2p.img".into(),
+            }
+        );
+        assert_eq!(
+            parse_args(&args(
+                "p2p-initrd --aria2c /opt/aria2/bin/aria2c --root /srv/sysroot --out p.img"
+            ))
+            .unwrap(),
+            Command::P2pInitrd {
+                aria2c: "/opt/aria2/bin/aria2c".into(),
+                root: "/srv/sysroot".into(),
+                out: "p.img".into(),
+            }
+        );
+        let error = parse_args(&args("p2p-initrd --aria2c a")).unwrap_err();
+        assert_eq!(error.to_string(), "--out is required");
+        let Command::Ipxe { options, .. } =
+            parse_args(&args("ipxe --p2p --out b.ipxe --rootfs-tools")).unwrap()
+        else {
+            panic!("not ipxe");
+        };
+        assert!(options.p2p && options.rootfs_tools);
     }
 
     #[test]

@@ -39,10 +39,13 @@ fn content() -> Content {
     let tools = dir.path().join("rootfs-tools.img");
     std::fs::write(&initramfs, vec![0x28; 10_000]).unwrap();
     std::fs::write(&tools, vec![0x29; 3_000]).unwrap();
+    let p2p = dir.path().join("imprint-p2p.img");
+    std::fs::write(&p2p, vec![0x30; 2_000]).unwrap();
     let files = drp::BootFiles {
         kernel: &kernel,
         initramfs: &initramfs,
         tools: Some(&tools),
+        p2p: Some(&p2p),
     };
     let out = drp::write_all(&files, &dir.path().join("drp"), 0).unwrap();
     Content { _dir: dir, out }
@@ -443,6 +446,7 @@ fn every_imprint_param_renders_into_a_spec_imprint_accepts() {
         file: drp::iso_file_name(),
         sha256: String::new(),
         tools: true,
+        p2p: true,
     });
     let defined: Vec<&String> = pack.sections["params"].keys().collect();
     let mut sampled: Vec<&String> = params.as_object().unwrap().keys().collect();
@@ -655,6 +659,7 @@ fn the_task_fails_its_job_when_a_runner_outside_imprint_runs_it() {
         file: drp::iso_file_name(),
         sha256: String::new(),
         tools: true,
+        p2p: true,
     });
     let task = &pack.sections["tasks"][drp::TASK];
     let flags = task["Meta"]["feature-flags"].as_str().unwrap_or_default();
@@ -673,6 +678,68 @@ fn the_task_fails_its_job_when_a_runner_outside_imprint_runs_it() {
         String::from_utf8_lossy(&output.stderr).contains("did not boot into the imprint bootenv")
     );
     assert_eq!(runner_outcome(code, sane), ("failed", "failed"));
+}
+
+/// The tarball carries the P2P initrd; the loaders add it after the
+/// bootenv's initrds only for a machine whose `imprint/torrent` is set
+/// (and not empty), and `kexec` never does (the agent takes one initrd).
+#[test]
+fn the_loaders_add_the_p2p_initrd_only_for_a_torrent() {
+    let content = content();
+    let base = format!("http://10.0.2.2:8091/imprint/{}", drp::version());
+    let tftp = format!("imprint/{}", drp::version());
+    let loaders = |params: Value| {
+        let rendered = render_deployable(&content, params).unwrap();
+        ["ipxe", "pxelinux", "grub", "kexec"].map(|name| template(&rendered, name).1.to_owned())
+    };
+    let [ipxe, pxelinux, grub, kexec] =
+        loaders(json!({"imprint/torrent": "http://10.0.2.2:8080/golden.raw.zst.torrent"}));
+    assert!(
+        ipxe.ends_with(&format!(
+            "\ninitrd {base}/initramfs.img\n\
+             initrd {base}/rootfs-tools.img\n\
+             initrd {base}/imprint-p2p.img\n\
+             boot\n"
+        )),
+        "{ipxe}"
+    );
+    assert!(
+        pxelinux.contains(&format!(
+            "\n  INITRD {tftp}/initramfs.img {tftp}/rootfs-tools.img,{tftp}/imprint-p2p.img\n  APPEND "
+        )),
+        "{pxelinux}"
+    );
+    assert!(
+        grub.ends_with(&format!(
+            "\nmodule (tftp)/{tftp}/rootfs-tools.img\nmodule (tftp)/{tftp}/imprint-p2p.img\nboot\n"
+        )),
+        "{grub}"
+    );
+    assert!(!kexec.contains("imprint-p2p"), "{kexec}");
+    for params in [json!({}), json!({"imprint/torrent": ""})] {
+        let [ipxe, pxelinux, grub, _] = loaders(params.clone());
+        for (name, text) in [("ipxe", &ipxe), ("pxelinux", &pxelinux), ("grub", &grub)] {
+            assert!(
+                !text.contains("imprint-p2p"),
+                "{name} with {params}: {text}"
+            );
+        }
+        assert!(
+            ipxe.ends_with(&format!("initrd {base}/rootfs-tools.img\nboot\n")),
+            "{ipxe}"
+        );
+    }
+    // A tarball without the P2P initrd: no template names it, torrent or not.
+    let pack = drp::content_pack(&drp::IsoInfo {
+        file: drp::iso_file_name(),
+        sha256: "00".repeat(32),
+        tools: false,
+        p2p: false,
+    });
+    for template in pack.sections["templates"].values() {
+        let text = template["Contents"].as_str().unwrap();
+        assert!(!text.contains("imprint-p2p"), "{text}");
+    }
 }
 
 /// The `kexec` file as `drpcli agent` reads it (agent/agent.go, provision
@@ -822,6 +889,7 @@ fn the_erase_stage_renders_an_erase_job_without_an_image() {
         file: drp::iso_file_name(),
         sha256: String::new(),
         tools: true,
+        p2p: true,
     });
     let stage = &pack.sections["stages"][drp::ERASE_STAGE];
     assert_eq!(stage["BootEnv"], drp::BOOTENV);

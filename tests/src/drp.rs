@@ -112,7 +112,8 @@ impl DrpLab {
     ///    `key` named `ops`; each checked against image-deploy's schemas),
     ///    cloud-init user-data, a serial console for imprint and, after
     ///    `--`, for the installed OS, and `extra_params` on top;
-    /// 2. serves the kernel and initramfs at the URLs the rendered iPXE
+    /// 2. serves the kernel and initramfs (and the tools and P2P initrds,
+    ///    when the script names them) at the URLs the rendered iPXE
     ///    script loads, the compressed image, a `drpcli` stand-in, and the
     ///    rendered `imprint.json` at `/machines/<uuid>/imprint.json`;
     /// 3. does what the README's `drpcli machines workflow UUID
@@ -126,10 +127,12 @@ impl DrpLab {
         let artifacts = Artifacts::get();
         let content = tempfile::tempdir().expect("temp dir for the DRP content");
         let tools = artifacts.out_dir.join(drp::TOOLS_NAME);
+        let p2p = artifacts.out_dir.join(drp::P2P_INITRD_NAME);
         let files = drp::BootFiles {
             kernel: &artifacts.bzimage,
             initramfs: &artifacts.initramfs,
             tools: Some(&tools),
+            p2p: Some(&p2p),
         };
         let out = drp::write_all(&files, &content.path().join("drp"), 0)
             .unwrap_or_else(|e| panic!("writing the DRP content: {e:#}"));
@@ -192,11 +195,16 @@ impl DrpLab {
         let (ipxe_path, ipxe) = template("ipxe");
         // The bootenv's files, each where the rendered script's `kernel`
         // and `initrd` lines fetch it (the base initramfs, then the tools).
-        let wanted = [
+        let mut wanted = vec![
             ("kernel ", &artifacts.bzimage, 0),
             ("initrd ", &artifacts.initramfs, 0),
             ("initrd ", &tools, 1),
         ];
+        // The P2P initrd, which the templates add only for a machine with
+        // `imprint/torrent` set.
+        if ipxe.contains(drp::P2P_INITRD_NAME) {
+            wanted.push(("initrd ", &p2p, 2));
+        }
         for (line, file, nth) in wanted {
             let url = ipxe
                 .lines()

@@ -84,6 +84,9 @@ pub struct IsoInfo {
     /// The tarball carries the rootfs tools initrd, and the bootenv loads
     /// it after the initramfs.
     pub tools: bool,
+    /// The tarball carries the P2P initrd, and the loader templates add it
+    /// for machines whose `imprint/torrent` is set.
+    pub p2p: bool,
 }
 
 /// What the bootenv boots.
@@ -95,10 +98,20 @@ pub struct BootFiles<'a> {
     /// images: DRP's default image type is `tgz`, so the one bootenv loads
     /// it when it is given.
     pub tools: Option<&'a Path>,
+    /// `imprint-p2p.img` (`imprint-build p2p-initrd`): aria2c for
+    /// BitTorrent mode. In the tarball, not in the bootenv's `Initrds`:
+    /// the loader templates add it only for machines with
+    /// `imprint/torrent` set ([`P2P_PARAM`]).
+    pub p2p: Option<&'a Path>,
 }
 
 /// The tools initrd's name in the tarball and the bootenv.
 pub const TOOLS_NAME: &str = "rootfs-tools.img";
+/// The P2P initrd's name in the tarball, beside the kernel.
+pub const P2P_INITRD_NAME: &str = crate::p2p::P2P_INITRD_NAME;
+/// The param whose value makes the loader templates add the P2P initrd:
+/// imprint's `torrent` parameter as the pack generates it.
+pub const P2P_PARAM: &str = "imprint/torrent";
 
 /// Writes the tarball, the content directory and the bundle into `out`.
 /// `mtime` is the one timestamp in the tarball (SOURCE_DATE_EPOCH).
@@ -110,6 +123,7 @@ pub fn write_all(files: &BootFiles<'_>, out: &Path, mtime: u32) -> Result<DrpOut
         file: iso_file_name(),
         sha256: sha256.clone(),
         tools: files.tools.is_some(),
+        p2p: files.p2p.is_some(),
     });
     let content_dir = out.join(format!("{PACK}-content"));
     write_content_dir(&pack, &content_dir)?;
@@ -160,11 +174,12 @@ pub fn write_tarball(files: &BootFiles<'_>, out: &Path, mtime: u32) -> Result<St
     tar.append_data(&mut directory, format!("{}/", version()), io::empty())
         .context("writing a tar header")?;
     let tools = files.tools.map(|path| (path, TOOLS_NAME));
+    let p2p = files.p2p.map(|path| (path, P2P_INITRD_NAME));
     let all = [
         (files.kernel, KERNEL_NAME),
         (files.initramfs, INITRAMFS_NAME),
     ];
-    for (source, name) in all.into_iter().chain(tools) {
+    for (source, name) in all.into_iter().chain(tools).chain(p2p) {
         let input = File::open(source).with_context(|| format!("opening {}", source.display()))?;
         let size = input
             .metadata()
@@ -424,6 +439,81 @@ initrd {{.Env.PathFor "http" (index .Env.Initrds 0)}}
 params {{.BootParams}}
 "#;
 
+/// The P2P initrd's path for `proto` (`http` or `tftp`), beside the
+/// bootenv's kernel in the tarball's version directory. `.Env.PathFor`
+/// takes any path inside the unpacked tarball, not only `Kernel` and
+/// `Initrds` (backend/renderData.go `PathForArch`, hartsock/provision;
+/// doc/arch/data.rst, provision v4.8.0); sprig's `dir` is in DRP's
+/// template functions (models/templateInfo.go `DrpSafeFuncMap`).
+fn p2p_path(proto: &str) -> String {
+    format!(
+        "{{{{ .Env.PathFor \"{proto}\" (printf \"%s/{P2P_INITRD_NAME}\" (dir .Env.Kernel)) }}}}"
+    )
+}
+
+/// `text` between the opening and closing of "this machine asks for a
+/// swarm": `imprint/torrent` set and not empty. Two nested `if`s, not
+/// `and`: before Go 1.18 `and` evaluated every argument, and `.Param` of
+/// an unset param fails the render.
+fn if_p2p(text: &str) -> String {
+    format!(
+        "{{{{ if .ParamExists \"{P2P_PARAM}\" }}}}{{{{ if .Param \"{P2P_PARAM}\" }}}}{text}{{{{ end }}}}{{{{ end }}}}"
+    )
+}
+
+/// Inserts `addition` before the last `anchor` in `template`.
+fn insert_before(template: &str, anchor: &str, addition: &str) -> String {
+    let at = template
+        .rfind(anchor)
+        .unwrap_or_else(|| panic!("the loader template lacks {anchor:?}"));
+    format!("{}{addition}{}", &template[..at], &template[at..])
+}
+
+/// The loader templates (iPXE, pxelinux, GRUB), with the P2P initrd added
+/// after the bootenv's `Initrds` for machines whose `imprint/torrent` is
+/// set when the tarball carries it. The bootenv's `Initrds` cannot say
+/// "only for some machines", so the templates do: a machine deploying over
+/// HTTP fetches none of aria2c's megabytes. iPXE and GRUB get one more
+/// `initrd`/`module` line; iPXE names no `initrd=` for it: under UEFI,
+/// iPXE 1.21.1 and later hand the kernel every initrd through the
+/// `LoadFile2` initrd device path, which Linux 5.8 and later's EFI stub
+/// reads before any `initrd=`. pxelinux's `INITRD` takes a comma-separated
+/// list (syslinux 3.71 and later). The `kexec` template keeps one initrd:
+/// the agent refuses more, and a machine switched in by kexec reads over
+/// HTTP with imprint's warning that aria2c is missing.
+pub fn loader_templates(p2p: bool) -> [(&'static str, String); 3] {
+    if !p2p {
+        return [
+            (IPXE_TEMPLATE, IPXE.to_owned()),
+            (PXELINUX_TEMPLATE, PXELINUX.to_owned()),
+            (GRUB_TEMPLATE, GRUB.to_owned()),
+        ];
+    }
+    // Right after the `Initrds` loop's `{{ end -}}`: the line appears whole
+    // or not at all, never as an empty line.
+    let line = |keyword: &str, proto: &str, prefix: &str| {
+        if_p2p(&format!("{keyword} {prefix}{}\n", p2p_path(proto)))
+    };
+    [
+        (
+            IPXE_TEMPLATE,
+            insert_before(IPXE, "boot\n", &line("initrd", "http", "")),
+        ),
+        (
+            PXELINUX_TEMPLATE,
+            insert_before(
+                PXELINUX,
+                "\n  APPEND ",
+                &if_p2p(&format!(",{}", p2p_path("tftp"))),
+            ),
+        ),
+        (
+            GRUB_TEMPLATE,
+            insert_before(GRUB, "boot\n", &line("module", "tftp", "(tftp)/")),
+        ),
+    ]
+}
+
 /// Run by a DRP runner only if the machine did not boot into imprint:
 /// inside imprint, PID 1 itself takes the job for this task and reports to
 /// it, so a runner elsewhere must not mark it done.
@@ -574,14 +664,15 @@ pub fn content_pack(iso: &IsoInfo) -> ContentPack {
             loader("imprint.json", SPEC_TEMPLATE, SPEC_PATH),
         ],
     });
+    let [(_, ipxe), (_, pxelinux), (_, grub)] = loader_templates(iso.p2p);
     let templates = [
-        template_object(IPXE_TEMPLATE, "iPXE script that boots imprint", IPXE),
+        template_object(IPXE_TEMPLATE, "iPXE script that boots imprint", &ipxe),
         template_object(
             PXELINUX_TEMPLATE,
             "pxelinux config that boots imprint",
-            PXELINUX,
+            &pxelinux,
         ),
-        template_object(GRUB_TEMPLATE, "GRUB config that boots imprint", GRUB),
+        template_object(GRUB_TEMPLATE, "GRUB config that boots imprint", &grub),
         template_object(
             KEXEC_TEMPLATE,
             "What drpcli agent kexecs into imprint with (kexec-ok)",
@@ -719,6 +810,7 @@ mod tests {
             file: iso_file_name(),
             sha256: "ab".repeat(32),
             tools: true,
+            p2p: true,
         })
     }
 
@@ -740,6 +832,7 @@ mod tests {
             file: iso_file_name(),
             sha256: String::new(),
             tools: false,
+            p2p: false,
         });
         let amd64 = &without.sections["bootenvs"][BOOTENV]["OS"]["SupportedArchitectures"]["amd64"];
         assert_eq!(amd64["Initrds"].as_array().unwrap().len(), 1);
@@ -796,6 +889,7 @@ mod tests {
             kernel,
             initramfs,
             tools: None,
+            p2p: None,
         }
     }
 
@@ -854,6 +948,47 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn tarball_carries_the_optional_initrds_after_the_boot_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initramfs) = boot_files(dir.path(), 100);
+        let (tools, p2p) = (dir.path().join("t"), dir.path().join("p"));
+        std::fs::write(&tools, b"tools").unwrap();
+        std::fs::write(&p2p, b"aria2c").unwrap();
+        let out = dir.path().join("a.tar");
+        let files = BootFiles {
+            tools: Some(&tools),
+            p2p: Some(&p2p),
+            ..files(&kernel, &initramfs)
+        };
+        write_tarball(&files, &out, 0).unwrap();
+        let mut archive = tar::Archive::new(File::open(&out).unwrap());
+        let names: Vec<(String, Vec<u8>)> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let mut entry = entry.unwrap();
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).unwrap();
+                let path = String::from_utf8(entry.header().path_bytes().into_owned()).unwrap();
+                (path, data)
+            })
+            .collect();
+        let v = version();
+        let paths: Vec<&str> = names.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                format!("{v}/"),
+                format!("{v}/{KERNEL_NAME}"),
+                format!("{v}/{INITRAMFS_NAME}"),
+                format!("{v}/{TOOLS_NAME}"),
+                format!("{v}/{P2P_INITRD_NAME}"),
+            ]
+        );
+        assert_eq!(names[4].1, b"aria2c");
     }
 
     #[test]
