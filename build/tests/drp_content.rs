@@ -5,6 +5,7 @@
 //!
 //! Go is required, not optional: `scripts/setup` installs `golang-go`,
 //! `golang-github-masterminds-sprig-dev` and `golang-gopkg-yaml.v3-dev`.
+#![recursion_limit = "256"]
 
 use std::path::{Path, PathBuf};
 
@@ -396,6 +397,9 @@ fn every_imprint_param() -> Value {
         "imprint/parallel": 4,
         "imprint/chunk": "4M",
         "imprint/manifest": "http://h/golden.raw.zst.chunks",
+        "imprint/torrent": "http://h/golden.raw.zst.torrent",
+        "imprint/seed-time": "45s",
+        "imprint/torrent-timeout": "5s",
         "imprint/ssh-user": "admin",
         "imprint/root": "PARTLABEL=root",
         "imprint/grow": true,

@@ -254,7 +254,7 @@ fn deploy(args: &[String]) -> i32 {
         });
     }
     let started = std::time::Instant::now();
-    let outcome = with_config(spec, args).and_then(|spec| {
+    let mut outcome = with_config(spec, args).and_then(|spec| {
         if spec.action == Action::Erase {
             let job = spec.resolve_erase(Origin::Cli)?;
             tracker.enter(Stage::Disk);
@@ -263,7 +263,7 @@ fn deploy(args: &[String]) -> i32 {
                 None => None,
             };
             let erased = session::erase(&job.request, target.as_deref(), None, &mut tracker)?;
-            return Ok(crate::report::erased_line(&erased, started.elapsed()));
+            return Ok((crate::report::erased_line(&erased, started.elapsed()), None));
         }
         let deploy = spec.resolve(Origin::Cli)?;
         let source = tracker.opening_source(&deploy)?;
@@ -280,11 +280,19 @@ fn deploy(args: &[String]) -> i32 {
         };
         let mut done = session::run(&deploy, source, &target, None, &mut tracker)?;
         done.summary.erased = erased.iter().map(crate::erase::Erased::token).collect();
-        Ok(crate::report::ok_line(&done.summary))
+        Ok((crate::report::ok_line(&done.summary), Some(done)))
     });
-    match &outcome {
-        Ok(line) => println!("{line}"),
-        Err(e) => println!("{}", crate::report::error_line(e)),
+    match outcome {
+        Ok((ref line, ref mut done)) => {
+            println!("{line}");
+            // Seeding comes after the result: whoever waits for it has it.
+            if let Some(done) = done {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                done.seed();
+            }
+        }
+        Err(ref e) => println!("{}", crate::report::error_line(e)),
     }
     let code = match outcome {
         Ok(_) => {

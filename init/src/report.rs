@@ -85,6 +85,9 @@ pub fn ok_line(summary: &DeploySummary) -> String {
             .collect();
         line += &format!(" mirrors={}", served.join(","));
     }
+    if let Some(bytes) = summary.transfer.swarm {
+        line += &format!(" swarm={bytes}");
+    }
     line
 }
 
@@ -151,6 +154,7 @@ mod tests {
                 final_url: None,
                 image_digest: None,
                 mirrors: vec![("cache:8080".into(), 5), ("origin".into(), 9)],
+                swarm: Some(11),
             },
             restarts: 1,
             insecure: true,
@@ -160,7 +164,7 @@ mod tests {
         });
         assert!(
             line.ends_with(
-                " seconds=0.00 format=raw.tar.zst verified=sha512 resumes=3 refetched=7 retries=4 restarts=1 insecure=1 mirrors=cache:8080:5,origin:9"
+                " seconds=0.00 format=raw.tar.zst verified=sha512 resumes=3 refetched=7 retries=4 restarts=1 insecure=1 mirrors=cache:8080:5,origin:9 swarm=11"
             ),
             "{line}"
         );

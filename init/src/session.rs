@@ -38,6 +38,18 @@ const MAX_SPEC_LEN: u64 = 1 << 20;
 pub struct Done {
     pub summary: DeploySummary,
     pub injected: Injected,
+    /// The swarm of a BitTorrent deploy, still running: [`Done::seed`].
+    pub swarm: Option<std::sync::Arc<crate::source::swarm::Swarm>>,
+}
+
+impl Done {
+    /// Seeds the image for `imprint.seed-time=` when it came by BitTorrent,
+    /// then stops the engine: after the result is out, before a handoff.
+    pub fn seed(&mut self) {
+        if let Some(swarm) = self.swarm.take() {
+            swarm.seed();
+        }
+    }
 }
 
 /// Where a run is and what it reached, told to the status sinks as it
@@ -117,6 +129,7 @@ pub fn run(
 ) -> Result<Done> {
     tracker.enter(Stage::Write);
     tracker.written = None;
+    let stats = source.stats.clone();
     let status = tracker.status.clone();
     source.stats.on_switch.set(move |from, to, served| {
         status.emit(EventKind::Mirrors {
@@ -209,7 +222,11 @@ pub fn run(
         }
     };
     tracker.status.emit(event);
-    Ok(Done { summary, injected })
+    Ok(Done {
+        summary,
+        injected,
+        swarm: stats.swarm.get().cloned(),
+    })
 }
 
 /// Injection needs the partitions of a block device. A regular file (the

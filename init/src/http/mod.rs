@@ -67,6 +67,14 @@ pub struct RangeOptions {
     /// `imprint.decode-memory=`, when set: half of it bounds the chunks
     /// held for reordering.
     pub memory: Option<u64>,
+    /// The image's torrent (`imprint.torrent=`): chunks come from a swarm
+    /// first, the mirrors being the fallback (`source::swarm`).
+    pub torrent: Option<String>,
+    /// How long the machine seeds after a good deploy (`imprint.seed-time=`).
+    pub seed_time: Duration,
+    /// How long the swarm may make no progress before chunks come from the
+    /// mirrors (`imprint.torrent-timeout=`).
+    pub torrent_timeout: Duration,
 }
 
 /// `imprint.parallel=`'s default.
@@ -74,6 +82,12 @@ pub const DEFAULT_PARALLEL: usize = 8;
 /// `imprint.chunk=`'s default: nginx's common `slice` size and a usual S3
 /// multipart part size.
 pub const DEFAULT_CHUNK: u64 = 16 << 20;
+/// `imprint.seed-time=`'s default: long enough for the machines that
+/// started together to take the pieces only this one has.
+pub const DEFAULT_SEED_TIME: Duration = Duration::from_secs(30);
+/// `imprint.torrent-timeout=`'s default: a tracker's first answer and the
+/// first peers' handshakes take seconds, not tens of seconds.
+pub const DEFAULT_TORRENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for RangeOptions {
     fn default() -> Self {
@@ -83,6 +97,9 @@ impl Default for RangeOptions {
             chunk: DEFAULT_CHUNK,
             manifest: None,
             memory: None,
+            torrent: None,
+            seed_time: DEFAULT_SEED_TIME,
+            torrent_timeout: DEFAULT_TORRENT_TIMEOUT,
         }
     }
 }
@@ -97,6 +114,9 @@ impl std::fmt::Debug for RangeOptions {
             .field("chunk", &self.chunk)
             .field("manifest", &self.manifest.as_deref().map(redact_url))
             .field("memory", &self.memory)
+            .field("torrent", &self.torrent.as_deref().map(redact_url))
+            .field("seed_time", &self.seed_time)
+            .field("torrent_timeout", &self.torrent_timeout)
             .finish()
     }
 }

@@ -238,27 +238,15 @@ fn plan_and_apply(
         log::info!("inject: {op}");
     }
     let options = spec.source.clone();
-    inject::apply(&ops, root.dir(), &mut |url| fetch_bytes(url, &options)).context("injecting")?;
+    inject::apply(&ops, root.dir(), &mut |url| {
+        crate::source::fetch_bytes(url, MAX_INJECTED_FILE, "a file to inject", &options)
+    })
+    .context("injecting")?;
     Ok(ops.len())
 }
 
-/// Downloads a file the plan needs (drpcli, a `files` entry with a URL).
-fn fetch_bytes(url: &str, options: &SourceOptions) -> Result<Vec<u8>> {
-    use std::io::Read;
-    const MAX: u64 = 512 << 20;
-    let mut source = crate::source::open(url, options)?;
-    let mut bytes = Vec::new();
-    source
-        .reader
-        .by_ref()
-        .take(MAX + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {url}"))?;
-    if bytes.len() as u64 > MAX {
-        bail!("{url} is larger than {MAX} bytes");
-    }
-    Ok(bytes)
-}
+/// The largest file the plan downloads (drpcli, a `files` entry with a URL).
+const MAX_INJECTED_FILE: u64 = 512 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -189,10 +189,11 @@ impl<P: Platform> Pid1<P> {
             attempt += 1;
             let run_started = Instant::now();
             match self.attempt() {
-                Ok(Outcome::Deployed(deploy, done)) => {
+                Ok(Outcome::Deployed(deploy, mut done)) => {
                     let line = report::ok_line(&done.summary);
                     self.platform.console(&line);
                     self.record_result(&line, Some(&done), None, run_started);
+                    done.seed();
                     return self.hand_over(&deploy, &done);
                 }
                 Ok(Outcome::Erased(job, erased)) => {

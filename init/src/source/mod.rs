@@ -15,6 +15,7 @@ pub(crate) mod mirrors;
 pub(crate) mod oci;
 mod ranged;
 pub(crate) mod retry;
+pub mod swarm;
 pub(crate) mod url;
 
 /// An opened image source: a byte stream and, when the server said so, its

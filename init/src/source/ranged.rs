@@ -59,6 +59,7 @@ use anyhow::{Context, Result, bail};
 use super::manifest::Manifest;
 use super::mirrors::{display, host};
 use super::retry::{RestartRequired, SourceStats};
+use super::swarm::{Swarm, SwarmPlan};
 use super::{Source, SourceOptions};
 use crate::http::agent::{Exchange, agent};
 use crate::http::backoff::{BASE_DELAY, Backoff, MAX_DELAY, RetryPolicy};
@@ -75,7 +76,7 @@ const MAX_MANIFEST: u64 = 64 << 20;
 pub(super) fn applies(url: &str, options: &SourceOptions) -> bool {
     let ranges = &options.ranges;
     ranges.mirrors.first().is_some_and(|first| first == url)
-        && (ranges.mirrors.len() > 1 || ranges.parallel > 1)
+        && (ranges.mirrors.len() > 1 || ranges.parallel > 1 || ranges.torrent.is_some())
 }
 
 /// Opens the image at `options.ranges.mirrors`.
@@ -115,9 +116,13 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let mut retrier = Retrier::new(RetryPolicy::transfer(options), clock);
     let stats = Arc::new(SourceStats::default());
+    // With a swarm, chunk 0 too should come from the swarm: the probe asks
+    // for one byte, which is all a thousand machines then take from the
+    // origin at once.
+    let probe_len = if ranges.torrent.is_some() { 1 } else { chunk };
     let start = retrier
         .run(
-            || probe(&agent, &ranges.mirrors, chunk, options),
+            || probe(&agent, &ranges.mirrors, probe_len, options),
             |failed, retry| {
                 failed.log_retry(retry);
                 stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -196,13 +201,32 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
             dropped: m.dropped.clone(),
         })
         .collect();
+    let swarm = match &ranges.torrent {
+        Some(torrent) => {
+            let _ = stats.swarm_served.set(std::sync::atomic::AtomicU64::new(0));
+            let swarm = Swarm::start(&SwarmPlan {
+                torrent,
+                length,
+                options,
+            });
+            if let Some(swarm) = &swarm {
+                let _ = stats.swarm.set(Arc::clone(swarm));
+            }
+            swarm
+        }
+        None => None,
+    };
     let mut ready = BTreeMap::new();
-    if count > 0 {
+    // The probe's byte is not chunk 0 when a torrent was asked for.
+    let next_fetch = if count == 0 || ranges.torrent.is_some() {
+        0
+    } else {
         ready.insert(0, chunk0);
-    }
+        1
+    };
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            next_fetch: 1,
+            next_fetch,
             consumed: 0,
             ready,
             health,
@@ -222,8 +246,11 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
         manifest,
         options: options.clone(),
         stats: Arc::clone(&stats),
+        swarm,
+        swarm_missed: std::sync::atomic::AtomicBool::new(false),
     });
-    for n in 0..window.min(usize::try_from(count.saturating_sub(1)).unwrap_or(usize::MAX)) {
+    let to_fetch = count - next_fetch;
+    for n in 0..window.min(usize::try_from(to_fetch).unwrap_or(usize::MAX)) {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("range-{n}"))
@@ -515,6 +542,11 @@ struct Shared {
     manifest: Option<Manifest>,
     options: SourceOptions,
     stats: Arc<SourceStats>,
+    /// Asked first for every chunk, when a torrent was asked for and
+    /// aria2 runs.
+    swarm: Option<Arc<Swarm>>,
+    /// The swarm missed a chunk since it last delivered one (logged once).
+    swarm_missed: std::sync::atomic::AtomicBool,
 }
 
 /// Why one range failed.
@@ -648,6 +680,9 @@ impl Shared {
         let (first, last) = self.bounds(index);
         // A recycled buffer: what it holds belongs to another chunk.
         buffer.clear();
+        if let Some(bytes) = self.swarm_chunk(index, first, last, &mut buffer) {
+            return Ok(bytes);
+        }
         let began = Instant::now();
         let most =
             (self.options.retries.saturating_add(1) as usize).saturating_mul(self.mirrors.len());
@@ -726,6 +761,46 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Chunk `index` from the swarm, when it delivers it in time and it
+    /// matches the chunk manifest; else `None` and the mirrors serve it.
+    fn swarm_chunk(
+        &self,
+        index: u64,
+        first: u64,
+        last: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let swarm = self.swarm.as_ref()?;
+        if !swarm.wait_range(first, last, buffer) {
+            if !self.swarm_missed.swap(true, Ordering::Relaxed) {
+                log::info!(
+                    "torrent: no progress from the swarm for {}; bytes {first}-{last} and the \
+                     chunks after them come from the mirrors until it delivers again",
+                    crate::http::backoff::seconds(swarm.timeout())
+                );
+            }
+            buffer.clear();
+            return None;
+        }
+        if let Some(manifest) = &self.manifest {
+            if !manifest.matches(index, buffer) {
+                log::warn!(
+                    "torrent: bytes {first}-{last} from the swarm do not match the chunk manifest; \
+                     taking them from the mirrors"
+                );
+                buffer.clear();
+                return None;
+            }
+        }
+        if self.swarm_missed.swap(false, Ordering::Relaxed) {
+            log::info!("torrent: the swarm delivers again (bytes {first}-{last})");
+        }
+        if let Some(served) = self.stats.swarm_served.get() {
+            served.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        }
+        Some(std::mem::take(buffer))
     }
 
     /// One range from mirror `n`, checked. `bytes` may already hold the
@@ -950,6 +1025,13 @@ impl Read for RangedReader {
 
 impl Drop for RangedReader {
     fn drop(&mut self) {
+        // Dropped before the end: the deploy failed or starts again, and
+        // a swarm of its own would not be seeded.
+        if self.index < self.shared.count {
+            if let Some(swarm) = &self.shared.swarm {
+                swarm.stop();
+            }
+        }
         let mut state = self.shared.lock();
         state.closed = true;
         state.ready.clear();
@@ -990,6 +1072,7 @@ mod tests {
                 chunk: CHUNK,
                 manifest: None,
                 memory: None,
+                ..RangeOptions::default()
             },
             ..SourceOptions::default()
         }

@@ -25,6 +25,11 @@ pub struct SourceStats {
     /// Bytes each mirror served (`host[:port]`, in mirror order), when the
     /// image was read in ranges ([`super::ranged`]).
     pub mirrors: OnceLock<Vec<(String, AtomicU64)>>,
+    /// Bytes the swarm delivered, set when a torrent was asked for
+    /// ([`super::swarm`]), even if the swarm never started.
+    pub swarm_served: OnceLock<AtomicU64>,
+    /// The running swarm, kept for seeding after the deploy.
+    pub swarm: OnceLock<std::sync::Arc<super::swarm::Swarm>>,
     /// Told when ranges move to another mirror: `(from, to)` hosts and the
     /// bytes served so far.
     pub on_switch: SwitchObserver,
@@ -69,6 +74,8 @@ pub struct SourceStatsSnapshot {
     pub image_digest: Option<String>,
     /// `host[:port]` and bytes served, per mirror in order.
     pub mirrors: Vec<(String, u64)>,
+    /// Bytes the swarm delivered, when a torrent was asked for.
+    pub swarm: Option<u64>,
 }
 
 impl SourceStats {
@@ -80,6 +87,10 @@ impl SourceStats {
             final_url: self.final_url.get().cloned(),
             image_digest: self.image_digest.get().cloned(),
             mirrors: self.mirrors_served(),
+            swarm: self
+                .swarm_served
+                .get()
+                .map(|bytes| bytes.load(Ordering::Relaxed)),
         }
     }
 
@@ -169,6 +180,7 @@ mod tests {
                 final_url: Some("http://b/x".into()),
                 image_digest: None,
                 mirrors: Vec::new(),
+                swarm: None,
             }
         );
     }

@@ -267,6 +267,40 @@ pub const PARAMS: &[ParamDef] = &[
         },
     },
     ParamDef {
+        name: "torrent",
+        values: "URL of the image's .torrent (`scripts/publish-image`)",
+        default: "(none)",
+        help: "BitTorrent mode: chunks come from a swarm through `aria2c` (the P2P initrd), each from the mirrors of `imprint.url=` when the swarm has not delivered it in time; without aria2c or room for the pieces, an HTTP deploy with a warning. See BitTorrent mode.",
+        apply: |spec, v| {
+            let url = SourceUrl::parse(v)?;
+            if !matches!(url.kind(), crate::source::url::UrlKind::Http) {
+                bail!("{v:?} is not an http(s) URL; the torrent file is fetched over HTTP");
+            }
+            spec.source.ranges.torrent = Some(url.as_str().to_owned());
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "seed-time",
+        values: "DURATION",
+        default: "30s",
+        help: "BitTorrent mode: how long a machine seeds after a good deploy (before the handoff; the CLI after its result line). 0 stops at once.",
+        apply: |spec, v| {
+            spec.source.ranges.seed_time = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
+        name: "torrent-timeout",
+        values: "DURATION",
+        default: "10s",
+        help: "BitTorrent mode: how long the swarm may deliver nothing before chunks come from the mirrors instead.",
+        apply: |spec, v| {
+            spec.source.ranges.torrent_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    ParamDef {
         name: "link-timeout",
         values: "DURATION",
         default: "5s",

@@ -62,3 +62,10 @@ pub fn is_mount_point(path: &Path) -> bool {
         _ => false,
     }
 }
+
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `path` (`statvfs`: available blocks times the fragment size).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}

@@ -1,0 +1,634 @@
+//! BitTorrent mode (`imprint.torrent=`): the image's pieces from a swarm
+//! of machines being deployed, through a real engine, `aria2c`, that
+//! imprint starts and supervises; the mirrors (`imprint.url=`) stay the
+//! fallback for every chunk the swarm does not deliver in time.
+//!
+//! **Engine.** `aria2c` is looked for on `PATH`, then at
+//! `/usr/bin/aria2c`: inside the initramfs it exists only when the optional
+//! P2P initrd was appended after imprint's own (the kernel unpacks both into
+//! one root). It runs with JSON-RPC on `127.0.0.1` only (a random port and
+//! secret), DHT and local peer discovery off (peers come from the torrent's
+//! tracker and peer exchange), no disk cache (a piece aria2 reports complete
+//! is in the file, hash-checked against the torrent) and no seed ratio: how
+//! long it seeds is imprint's decision (`imprint.seed-time=`).
+//!
+//! **Scratch.** The compressed pieces land in a scratch directory: in PID 1
+//! `/run/imprint/swarm` in the initramfs's own RAM, when `MemAvailable`
+//! holds the image plus `imprint.decode-memory=` plus a margin; for the CLI
+//! under `$TMPDIR`, when that filesystem has room. Otherwise the deploy is
+//! an ordinary HTTP one, with a warning that says how much was missing.
+//!
+//! **Chunks.** [`super::ranged`] reads the image in chunks, in order; for
+//! each one it first asks [`Swarm::wait_range`], which returns the chunk's
+//! bytes from the scratch file once aria2 has every piece it spans, or
+//! `None` when aria2 has made no progress for `imprint.torrent-timeout=`
+//! (the tracker is down, no peer answers) or is gone: the chunk then comes
+//! from the mirrors, like any range, and a chunk manifest checks swarm
+//! bytes as it checks mirror bytes.
+//!
+//! **Fallbacks.** Anything wrong with the swarm (no `aria2c`, no room, the
+//! torrent cannot be fetched, holds more than one file or another length
+//! than the mirrors serve, aria2 exits) is a warning and an HTTP deploy:
+//! the swarm only ever makes a deploy faster, never makes one fail.
+//!
+//! **Seeding.** After a successful deploy the machine seeds for
+//! `imprint.seed-time=` ([`Swarm::seed`]: the CLI after its result line,
+//! PID 1 before the handoff), then aria2 is stopped and the scratch
+//! removed; a failed deploy stops it at once ([`Drop`]).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::SourceOptions;
+use super::mirrors::display;
+use crate::pipeline::ordered::DEFAULT_MEMORY;
+
+/// The largest `.torrent` read: 4 MiB pieces of a 1 TiB image need 5 MiB
+/// of SHA-1s; smaller pieces of a larger image would not be a sane torrent.
+const MAX_TORRENT: u64 = 16 << 20;
+/// How often aria2 is asked which pieces it has.
+const POLL: Duration = Duration::from_millis(200);
+/// How long aria2 may take to answer its first RPC call.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// RAM kept free beyond the pieces and the decoders' budget in PID 1.
+const RAM_MARGIN: u64 = 256 << 20;
+/// Where aria2 is looked for when `PATH` has none: the P2P initrd's path.
+const ARIA2C_DEFAULT: &str = "/usr/bin/aria2c";
+
+/// A running aria2 with the image's torrent, and what it has so far.
+pub struct Swarm {
+    inner: Arc<Inner>,
+    child: Mutex<Option<Child>>,
+    dir: PathBuf,
+    seed_time: Duration,
+}
+
+struct Inner {
+    rpc: Rpc,
+    piece: u64,
+    timeout: Duration,
+    state: Mutex<Seen>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// What the last poll of aria2 said.
+struct Seen {
+    /// Piece `p` is complete when bit `7 - p % 8` of byte `p / 8` is set.
+    bitfield: Vec<u8>,
+    completed: u64,
+    uploaded: u64,
+    /// When `completed` last grew (or aria2 started).
+    progress_at: Instant,
+    /// The image's file in the scratch directory, once aria2 named it.
+    file: Option<PathBuf>,
+    /// aria2 stopped answering or failed, and why.
+    gone: Option<String>,
+}
+
+/// aria2's JSON-RPC on the loopback.
+struct Rpc {
+    agent: ureq::Agent,
+    url: String,
+    token: String,
+    gid: String,
+}
+
+/// What [`Swarm::start`] needs besides the torrent.
+pub struct SwarmPlan<'a> {
+    pub torrent: &'a str,
+    /// The image's length, as the mirrors serve it.
+    pub length: u64,
+    pub options: &'a SourceOptions,
+}
+
+impl Swarm {
+    /// Starts aria2 for `plan.torrent`, or says why not (a warning, and
+    /// the deploy reads over HTTP).
+    pub fn start(plan: &SwarmPlan) -> Option<Arc<Swarm>> {
+        match Self::try_start(plan) {
+            Ok(swarm) => Some(Arc::new(swarm)),
+            Err(error) => {
+                log::warn!("torrent: {error:#}; reading the image over HTTP from the mirrors");
+                None
+            }
+        }
+    }
+
+    fn try_start(plan: &SwarmPlan) -> Result<Swarm> {
+        let ranges = &plan.options.ranges;
+        let aria2c = find_aria2c().with_context(|| {
+            format!(
+                "aria2c not found on PATH or at {ARIA2C_DEFAULT} (append the P2P initrd, \
+                 out/imprint-p2p.img, after imprint's, or install aria2)"
+            )
+        })?;
+        let dir = scratch_dir();
+        let memory = ranges.memory.unwrap_or(DEFAULT_MEMORY);
+        ensure_room(&dir, plan.length, memory)?;
+        let torrent = super::fetch_bytes(plan.torrent, MAX_TORRENT, "a torrent", plan.options)
+            .with_context(|| format!("fetching {}", display(plan.torrent)))?;
+        crate::sys::mount::mkdir_all(&dir, 0o700)?;
+        let torrent_path = dir.join("image.torrent");
+        std::fs::write(&torrent_path, &torrent)
+            .with_context(|| format!("writing {}", torrent_path.display()))?;
+        let port = free_port()?;
+        let token = random_hex(16)?;
+        let gid = random_hex(8)?;
+        let log_path = dir.join("aria2.log");
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new(&aria2c)
+            .args(aria2_args(&dir, port, &token, &gid))
+            .arg(&torrent_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", aria2c.display()))?;
+        let mut swarm = Swarm {
+            inner: Arc::new(Inner {
+                rpc: Rpc {
+                    agent: rpc_agent(),
+                    url: format!("http://127.0.0.1:{port}/jsonrpc"),
+                    token,
+                    gid,
+                },
+                piece: 0,
+                timeout: ranges.torrent_timeout,
+                state: Mutex::new(Seen {
+                    bitfield: Vec::new(),
+                    completed: 0,
+                    uploaded: 0,
+                    progress_at: Instant::now(),
+                    file: None,
+                    gone: None,
+                }),
+                changed: Condvar::new(),
+                stop: AtomicBool::new(false),
+            }),
+            child: Mutex::new(Some(child)),
+            dir,
+            seed_time: ranges.seed_time,
+        };
+        let status = swarm.first_status(&log_path)?;
+        let (total, piece) = (
+            number(&status, "totalLength"),
+            number(&status, "pieceLength"),
+        );
+        let files = status["files"].as_array().map_or(0, Vec::len);
+        if files != 1 {
+            bail!(
+                "{} holds {files} files; an image's torrent holds one (make it with scripts/publish-image)",
+                display(plan.torrent)
+            );
+        }
+        if total != plan.length {
+            bail!(
+                "{} is a torrent of {total} bytes, but the mirrors serve {}; is it this image's torrent?",
+                display(plan.torrent),
+                plan.length
+            );
+        }
+        if piece == 0 {
+            bail!("{} has no piece length", display(plan.torrent));
+        }
+        Arc::get_mut(&mut swarm.inner)
+            .expect("not shared yet")
+            .piece = piece;
+        swarm.inner.update(&status);
+        let inner = Arc::clone(&swarm.inner);
+        std::thread::Builder::new()
+            .name("swarm-poll".into())
+            .spawn(move || inner.poll_loop())
+            .context("starting the swarm's poller")?;
+        log::info!(
+            "torrent: aria2c started ({}, pid {}): {total} bytes in pieces of {piece}, scratch in {}; \
+             chunks the swarm has not delivered after {} without progress come from the mirrors",
+            aria2c.display(),
+            swarm.pid().unwrap_or(0),
+            swarm.dir.display(),
+            crate::http::backoff::seconds(swarm.inner.timeout)
+        );
+        Ok(swarm)
+    }
+
+    /// aria2's first answer, waiting for its RPC to come up; a child that
+    /// exits first is named with the end of its log.
+    fn first_status(&self, log_path: &Path) -> Result<Value> {
+        let began = Instant::now();
+        loop {
+            match self.inner.rpc.status() {
+                Ok(status) if !status["totalLength"].is_null() => return Ok(status),
+                Ok(_) | Err(_) if began.elapsed() < START_TIMEOUT => {}
+                Ok(status) => bail!("aria2c answered without the torrent's length: {status}"),
+                Err(error) => {
+                    return Err(error.context(format!(
+                        "aria2c did not answer on its RPC port within {}s",
+                        START_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+            if let Some(exit) = self.try_exit() {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                bail!(
+                    "aria2c exited ({exit}) before it started: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.lock_child().as_ref().map(Child::id)
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn try_exit(&self) -> Option<std::process::ExitStatus> {
+        self.lock_child()
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// Bytes `first..=last` of the image from the swarm, into `buffer`
+    /// (cleared first): as soon as aria2 has every piece they span, or
+    /// `false` when it made no progress for the timeout or is gone.
+    pub fn wait_range(&self, first: u64, last: u64, buffer: &mut Vec<u8>) -> bool {
+        let inner = &self.inner;
+        let pieces = first / inner.piece..=last / inner.piece;
+        let mut state = inner.lock();
+        loop {
+            if state.gone.is_some() || inner.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if pieces.clone().all(|p| state.has(p)) {
+                let Some(path) = state.file.clone() else {
+                    return false;
+                };
+                drop(state);
+                return match read_at(&path, first, last, buffer) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        log::warn!("torrent: {error:#}; this chunk comes from the mirrors");
+                        false
+                    }
+                };
+            }
+            if state.progress_at.elapsed() > inner.timeout {
+                return false;
+            }
+            state = inner
+                .changed
+                .wait_timeout(state, POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The swarm's timeout, for messages.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Seeds for `imprint.seed-time=` (or until aria2 exits), then stops
+    /// aria2 and removes the scratch. Called once the deploy is good.
+    pub fn seed(&self) {
+        if !self.seed_time.is_zero() {
+            log::info!(
+                "torrent: seeding for {} (uploaded {} bytes so far)",
+                crate::http::backoff::seconds(self.seed_time),
+                self.inner.lock().uploaded
+            );
+            let until = Instant::now() + self.seed_time;
+            while Instant::now() < until && self.try_exit().is_none() {
+                std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+            }
+        }
+        let uploaded = self.inner.lock().uploaded;
+        self.stop();
+        log::info!("torrent: aria2c stopped after uploading {uploaded} bytes");
+    }
+
+    /// Stops aria2 and removes the scratch; chunks still waited for come
+    /// from the mirrors (or nobody wants them: the reader is gone).
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.changed.notify_all();
+        if let Some(mut child) = self.lock_child().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("dir", &self.dir)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Seen {
+    fn has(&self, piece: u64) -> bool {
+        let byte = usize::try_from(piece / 8).unwrap_or(usize::MAX);
+        self.bitfield
+            .get(byte)
+            .is_some_and(|b| b & (0x80 >> (piece % 8)) != 0)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poll_loop(&self) {
+        let mut failures = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(POLL);
+            match self.rpc.status() {
+                Ok(status) => {
+                    failures = 0;
+                    self.update(&status);
+                }
+                Err(error) => {
+                    failures += 1;
+                    // aria2 answers in milliseconds; a few misses in a row
+                    // mean it is gone.
+                    if failures >= 10 && !self.stop.load(Ordering::Relaxed) {
+                        log::warn!(
+                            "torrent: aria2c stopped answering ({error:#}); the rest comes from the mirrors"
+                        );
+                        self.lock().gone = Some(format!("{error:#}"));
+                        self.changed.notify_all();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn update(&self, status: &Value) {
+        let mut seen = self.lock();
+        if let Some(hex) = status["bitfield"].as_str() {
+            seen.bitfield = parse_hex(hex);
+        }
+        let completed = number(status, "completedLength");
+        if completed > seen.completed {
+            seen.completed = completed;
+            seen.progress_at = Instant::now();
+        }
+        seen.uploaded = number(status, "uploadLength");
+        if seen.file.is_none() {
+            seen.file = status["files"][0]["path"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from);
+        }
+        if status["status"] == "error" && seen.gone.is_none() {
+            let why = status["errorMessage"].as_str().unwrap_or("an error");
+            log::warn!("torrent: aria2c failed ({why}); the rest comes from the mirrors");
+            seen.gone = Some(why.to_owned());
+        }
+        drop(seen);
+        self.changed.notify_all();
+    }
+}
+
+impl Rpc {
+    fn status(&self) -> Result<Value> {
+        let request = json!({
+            "jsonrpc": "2.0",
+            "id": "imprint",
+            "method": "aria2.tellStatus",
+            "params": [
+                format!("token:{}", self.token),
+                self.gid,
+                ["status", "totalLength", "completedLength", "uploadLength", "pieceLength",
+                 "bitfield", "files", "errorMessage"],
+            ],
+        });
+        let mut response = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(request.to_string().as_bytes())
+            .context("aria2c's RPC")?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .context("aria2c's RPC answer")?;
+        let answer: Value = serde_json::from_str(&text).context("aria2c's RPC answer")?;
+        if let Some(error) = answer.get("error") {
+            bail!("aria2c's RPC: {error}");
+        }
+        Ok(answer["result"].clone())
+    }
+}
+
+/// aria2's options (see the module doc for why each).
+fn aria2_args(dir: &Path, port: u16, token: &str, gid: &str) -> Vec<String> {
+    [
+        "--enable-rpc=true",
+        "--rpc-listen-all=false",
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=true",
+        "--seed-ratio=0.0",
+        // Seeding ends when imprint stops aria2, not before.
+        "--seed-time=525600",
+        "--file-allocation=none",
+        "--disk-cache=0",
+        "--bt-save-metadata=false",
+        "--auto-save-interval=0",
+        "--check-certificate=true",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+        "--quiet=false",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([
+        format!("--dir={}", dir.display()),
+        format!("--rpc-listen-port={port}"),
+        format!("--rpc-secret={token}"),
+        format!("--gid={gid}"),
+    ])
+    .collect()
+}
+
+fn find_aria2c() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("aria2c"))
+        .chain([PathBuf::from(ARIA2C_DEFAULT)])
+        .find(|path| path.is_file())
+}
+
+/// PID 1 keeps the pieces in the initramfs's RAM; the CLI under `$TMPDIR`.
+fn scratch_dir() -> PathBuf {
+    if std::process::id() == 1 {
+        PathBuf::from("/run/imprint/swarm")
+    } else {
+        std::env::temp_dir().join(format!("imprint-swarm-{}", std::process::id()))
+    }
+}
+
+/// Whether the scratch can hold `length` bytes of pieces.
+fn ensure_room(dir: &Path, length: u64, memory: u64) -> Result<()> {
+    if std::process::id() == 1 {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let available = mem_available(&meminfo).unwrap_or(0);
+        let need = length + memory + RAM_MARGIN;
+        if available < need {
+            bail!(
+                "{} of RAM available, {} needed for the pieces ({}), the decoders and a margin; \
+                 scratch on the disk is not supported",
+                crate::text::human_size(available),
+                crate::text::human_size(need),
+                crate::text::human_size(length)
+            );
+        }
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let free = crate::sys::mount::free_bytes(parent)
+        .with_context(|| format!("asking how much room {} has", parent.display()))?;
+    if free < length {
+        bail!(
+            "{} has {} free, the pieces need {} (set TMPDIR to a larger filesystem)",
+            parent.display(),
+            crate::text::human_size(free),
+            crate::text::human_size(length)
+        );
+    }
+    Ok(())
+}
+
+fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let kib = line
+            .strip_prefix("MemAvailable:")?
+            .trim()
+            .strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok().map(|k| k * 1024)
+    })
+}
+
+fn read_at(path: &Path, first: u64, last: u64, buffer: &mut Vec<u8>) -> Result<()> {
+    let len = usize::try_from(last - first + 1).context("a chunk larger than memory")?;
+    buffer.clear();
+    buffer.resize(len, 0);
+    File::open(path)
+        .and_then(|file| file.read_exact_at(buffer, first))
+        .with_context(|| format!("reading bytes {first}-{last} of {}", path.display()))
+}
+
+/// aria2 sends numbers as strings.
+fn number(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| value[key].as_u64())
+        .unwrap_or(0)
+}
+
+fn parse_hex(hex: &str) -> Vec<u8> {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port for aria2c")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut raw = vec![0u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom")?;
+    Ok(crate::text::hex(&raw))
+}
+
+fn rpc_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .max_redirects(0)
+        // The loopback only: no proxy from the environment.
+        .proxy(None)
+        .build()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitfields_are_read_high_bit_first() {
+        let seen = Seen {
+            bitfield: parse_hex("a0ff"),
+            completed: 0,
+            uploaded: 0,
+            progress_at: Instant::now(),
+            file: None,
+            gone: None,
+        };
+        let have: Vec<u64> = (0..16).filter(|&p| seen.has(p)).collect();
+        assert_eq!(have, [0, 2, 8, 9, 10, 11, 12, 13, 14, 15]);
+        assert!(!seen.has(16), "past the bitfield");
+    }
+
+    #[test]
+    fn memavailable_is_read_in_bytes() {
+        let meminfo = "MemTotal:  8000000 kB\nMemFree: 100 kB\nMemAvailable:    2048 kB\n";
+        assert_eq!(mem_available(meminfo), Some(2 << 20));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn numbers_come_as_strings_or_numbers() {
+        let value = json!({"a": "123", "b": 7, "c": "x"});
+        assert_eq!(number(&value, "a"), 123);
+        assert_eq!(number(&value, "b"), 7);
+        assert_eq!(number(&value, "c"), 0);
+    }
+}

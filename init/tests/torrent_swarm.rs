@@ -1,0 +1,339 @@
+//! Host integration: BitTorrent mode (`--torrent`) against real engines on
+//! the loopback: Debian's `opentracker` with its info-hash whitelist, an
+//! `aria2c` seeder holding the image, the torrent made by `mktorrent` with
+//! 4 MiB pieces (as `scripts/publish-image` makes it), and the HTTP fixture
+//! server as the mirror. The `imprint` CLI deploys to a file; every output
+//! must be the image byte for byte, whichever way its bytes came.
+//!
+//! What the mirror served is counted from its request log, so "from the
+//! swarm" is checked from outside imprint, not only from its `swarm=`.
+//! The fleet-scale version (eight clients in network namespaces, rate
+//! caps) is `tests/tests/fleet_lab.rs`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{image, result_line};
+use imprint_qemu::http::FixtureServer;
+
+const MIB: usize = 1 << 20;
+/// Six 4 MiB pieces and a short one; two 16 MiB chunks.
+const IMAGE_LEN: usize = 26 * MIB + 12_345;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tools_or_skip(test: &str) -> bool {
+    let missing: Vec<&str> = ["aria2c", "opentracker", "mktorrent"]
+        .into_iter()
+        .filter(|tool| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .map_or(true, |s| !s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: {} not installed (scripts/setup installs them)",
+        missing.join(", ")
+    );
+    false
+}
+
+/// A child killed when the test ends, pass or fail.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The image, its torrent (announcing to `tracker_port`) and the torrent's
+/// info hash as aria2 itself reads it.
+struct Published {
+    dir: tempfile::TempDir,
+    image: Vec<u8>,
+    torrent: Vec<u8>,
+    info_hash: String,
+}
+
+impl Published {
+    fn new(tracker_port: u16) -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let image = image(IMAGE_LEN, 41);
+        let seed = dir.path().join("seed");
+        std::fs::create_dir(&seed).unwrap();
+        std::fs::write(seed.join("golden.raw"), &image).unwrap();
+        let torrent_path = dir.path().join("golden.raw.torrent");
+        let made = Command::new("mktorrent")
+            .args(["-l", "22", "-a"])
+            .arg(format!("http://127.0.0.1:{tracker_port}/announce"))
+            .arg("-o")
+            .arg(&torrent_path)
+            .arg(seed.join("golden.raw"))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "mktorrent: {made:?}");
+        let shown = Command::new("aria2c")
+            .arg("-S")
+            .arg(&torrent_path)
+            .output()
+            .unwrap();
+        let info_hash = String::from_utf8_lossy(&shown.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
+            .expect("aria2c -S names the info hash");
+        Published {
+            torrent: std::fs::read(&torrent_path).unwrap(),
+            dir,
+            image,
+            info_hash,
+        }
+    }
+
+    fn torrent_path(&self) -> PathBuf {
+        self.dir.path().join("golden.raw.torrent")
+    }
+
+    /// opentracker on `port`, admitting only `whitelist`.
+    fn tracker(&self, port: u16, whitelist: &[&str]) -> Killed {
+        let conf = self.dir.path().join("opentracker.conf");
+        let list = self.dir.path().join("whitelist.txt");
+        std::fs::write(&list, whitelist.join("\n") + "\n").unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "listen.tcp 127.0.0.1:{port}\nlisten.udp 127.0.0.1:{port}\naccess.whitelist {}\n",
+                list.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("opentracker")
+            .arg("-f")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                up.elapsed() < Duration::from_secs(10),
+                "opentracker did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Killed(child)
+    }
+
+    /// An aria2c seeding the image from `seed/`.
+    fn seeder(&self) -> Killed {
+        let child = Command::new("aria2c")
+            .args([
+                "--seed-ratio=0.0",
+                "--bt-seed-unverified=true",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(format!("--listen-port={}", free_port()))
+            .arg(format!("--dir={}", self.dir.path().join("seed").display()))
+            .arg(self.torrent_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Killed(child)
+    }
+
+    /// `imprint deploy` of the image with its torrent, into a file.
+    fn deploy(&self, server: &FixtureServer, extra: &[&str]) -> (std::process::Output, PathBuf) {
+        server.add_file("golden.raw", self.image.clone());
+        server.add_file("golden.raw.torrent", self.torrent.clone());
+        let target = self.dir.path().join("disk.img");
+        std::fs::write(&target, vec![0u8; IMAGE_LEN + MIB]).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_imprint"))
+            .args(["deploy", "--url", &server.url("golden.raw"), "--torrent"])
+            .arg(server.url("golden.raw.torrent"))
+            .arg("--disk")
+            .arg(&target)
+            .args(extra)
+            // Scratch for the pieces, removed with the test's directory.
+            .env("TMPDIR", self.dir.path())
+            .output()
+            .unwrap();
+        (output, target)
+    }
+}
+
+fn written(target: &Path, len: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(target).unwrap();
+    bytes.truncate(len);
+    bytes
+}
+
+/// Image bytes the mirror sent (the torrent file excluded).
+fn mirror_bytes(server: &FixtureServer) -> u64 {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/golden.raw"))
+        .map(|r| r.bytes_sent)
+        .sum()
+}
+
+fn field(line: &str, name: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn the_image_comes_from_the_swarm_and_the_mirror_sends_one_byte() {
+    if !tools_or_skip("the_image_comes_from_the_swarm_and_the_mirror_sends_one_byte") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::new(tracker_port);
+    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
+    let _seeder = published.seeder();
+    let server = FixtureServer::start().unwrap();
+    let (output, target) = published.deploy(&server, &["--seed-time", "2s"]);
+    let line = result_line(&output);
+    assert!(
+        line.starts_with("IMPRINT-RESULT: ok"),
+        "{line}\n{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        field(&line, "swarm").as_deref(),
+        Some(IMAGE_LEN.to_string().as_str()),
+        "every byte from the swarm: {line}\n{}",
+        stderr(&output)
+    );
+    assert!(
+        written(&target, IMAGE_LEN) == published.image,
+        "the output is not the image"
+    );
+    // The probe's one byte: length and validators, nothing of the image.
+    assert_eq!(mirror_bytes(&server), 1, "{:?}", server.requests());
+    let log = stderr(&output);
+    assert!(log.contains("torrent: aria2c started"), "{log}");
+    assert!(log.contains("torrent: seeding for 2.0 s"), "{log}");
+    assert!(log.contains("torrent: aria2c stopped"), "{log}");
+    // The scratch is gone with aria2.
+    let left: Vec<_> = std::fs::read_dir(published.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("imprint-swarm-")
+        })
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+}
+
+#[test]
+fn with_the_tracker_down_every_chunk_comes_from_the_mirror() {
+    if !tools_or_skip("with_the_tracker_down_every_chunk_comes_from_the_mirror") {
+        return;
+    }
+    // Nothing listens on the tracker's port.
+    let published = Published::new(free_port());
+    let server = FixtureServer::start().unwrap();
+    let (output, target) =
+        published.deploy(&server, &["--torrent-timeout", "2s", "--seed-time", "0"]);
+    let line = result_line(&output);
+    assert!(
+        line.starts_with("IMPRINT-RESULT: ok"),
+        "{line}\n{}",
+        stderr(&output)
+    );
+    assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
+    assert!(written(&target, IMAGE_LEN) == published.image);
+    assert_eq!(mirror_bytes(&server), IMAGE_LEN as u64 + 1);
+    let log = stderr(&output);
+    assert!(
+        log.contains("no progress from the swarm for 2.0 s"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_torrent_the_tracker_does_not_list_is_deployed_over_http() {
+    if !tools_or_skip("a_torrent_the_tracker_does_not_list_is_deployed_over_http") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::new(tracker_port);
+    // Another image's hash only: opentracker refuses this torrent's announces.
+    let _tracker = published.tracker(tracker_port, &["0123456789abcdef0123456789abcdef01234567"]);
+    let _seeder = published.seeder();
+    let server = FixtureServer::start().unwrap();
+    let (output, target) =
+        published.deploy(&server, &["--torrent-timeout", "2s", "--seed-time", "0"]);
+    let line = result_line(&output);
+    assert!(
+        line.starts_with("IMPRINT-RESULT: ok"),
+        "{line}\n{}",
+        stderr(&output)
+    );
+    assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
+    assert!(written(&target, IMAGE_LEN) == published.image);
+}
+
+#[test]
+fn a_torrent_of_another_length_is_a_warning_and_an_http_deploy() {
+    if !tools_or_skip("a_torrent_of_another_length_is_a_warning_and_an_http_deploy") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::new(tracker_port);
+    let server = FixtureServer::start().unwrap();
+    let mut shorter = published.image.clone();
+    shorter.truncate(IMAGE_LEN - 1);
+    let other = Published {
+        dir: tempfile::tempdir().unwrap(),
+        image: shorter,
+        torrent: published.torrent.clone(),
+        info_hash: published.info_hash.clone(),
+    };
+    let (output, target) = other.deploy(&server, &["--seed-time", "0"]);
+    let line = result_line(&output);
+    assert!(
+        line.starts_with("IMPRINT-RESULT: ok"),
+        "{line}\n{}",
+        stderr(&output)
+    );
+    assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
+    assert!(written(&target, IMAGE_LEN - 1) == other.image);
+    let log = stderr(&output);
+    assert!(
+        log.contains(&format!(
+            "is a torrent of {IMAGE_LEN} bytes, but the mirrors serve {}",
+            IMAGE_LEN - 1
+        )),
+        "{log}"
+    );
+}
