@@ -292,14 +292,15 @@ fn base64url(bytes: &[u8]) -> String {
 pub const TRACKER_PORT: u16 = 6969;
 /// aria2's BitTorrent port in every node (each node has its own namespace).
 pub const ARIA2_PORT: u16 = 6881;
-/// How many peers the origin's seeder serves at once (aria2's default is
-/// 55). With every peer connected to it, the seeder sends the same pieces to
-/// many of them before they can trade: 8 aria2 leechers of a 256 MiB image
-/// took 2.0 copies from a 500 Mbit/s seeder in this lab; with 4 they took
-/// 1.38 copies and finished sooner (2: 1.18 copies, slower). The others get
-/// every piece from the swarm, as behind BEP 16's super-seeding, which aria2
-/// lacks.
-pub const SEEDER_MAX_PEERS: u32 = 4;
+/// How many peers the origin's seeder serves at once (aria2's
+/// `--bt-max-peers`, 55 by default). Connected to every peer, the seeder
+/// sends the same pieces to many of them before they can trade: eight
+/// aria2 leechers of a 256 MiB image took 2.0 copies from a 500 Mbit/s
+/// seeder in this lab, 1.38 to 1.48 with 4 peers, 1.18 with 2; eight
+/// imprint clients 1.60 with 4 and 1.17 to 1.32 with 2, no slower. The
+/// other peers get every piece from the swarm, as behind BEP 16's
+/// super-seeding, which aria2 lacks.
+pub const SEEDER_MAX_PEERS: u32 = 2;
 /// The lab seeder's JSON-RPC port, on the origin's loopback only.
 const ARIA2_RPC_PORT: u16 = 6800;
 
