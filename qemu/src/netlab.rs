@@ -297,7 +297,7 @@ pub const ARIA2_PORT: u16 = 6881;
 /// sends the same pieces to many of them before they can trade: eight
 /// aria2 leechers of a 256 MiB image took 2.0 copies from a 500 Mbit/s
 /// seeder in this lab, 1.38 to 1.48 with 4 peers, 1.18 with 2; eight
-/// imprint clients 1.60 with 4 and 1.17 to 1.32 with 2, no slower. The
+/// imprint clients 1.60 with 4 and 1.17 to 1.21 with 2, no slower. The
 /// other peers get every piece from the swarm, as behind BEP 16's
 /// super-seeding, which aria2 lacks.
 pub const SEEDER_MAX_PEERS: u32 = 2;

@@ -350,6 +350,9 @@ fn swarm_eight_imprint_clients_origin_sends_at_most_1_5_copies_within_20_s() {
     let uploaded = uploaded_by_clients(&runs);
     eprintln!("swarm= per client: {from_swarm:?}");
     eprintln!("uploaded to peers per client: {uploaded:?}");
+    for line in runs[0].output.lines().filter(|l| l.contains("torrent:")) {
+        eprintln!("{}: {line}", runs[0].node);
+    }
     let copies = report(&swarm, "imprint --torrent", wall);
     // The clients traded: the seeder alone did not feed them all.
     let traded: u64 = uploaded.iter().sum();
