@@ -840,6 +840,11 @@ impl Drop for Lab {
         for index in 0..self.procs.len() {
             self.kill(ProcId(index));
         }
+        // What the lab's processes started and left behind (a killed
+        // imprint's aria2c) would keep its namespace alive, seeding.
+        for node in &self.nodes {
+            kill_left_in(&node.netns);
+        }
         for netns in self
             .nodes
             .iter()
@@ -875,6 +880,18 @@ fn cap(netns: &str, dev: &str, rate: Rate) -> Result<()> {
         "latency",
         "100ms",
     ]))
+}
+
+/// SIGKILLs every process still in `netns` (`ip netns pids`).
+fn kill_left_in(netns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if pid.parse::<u32>().is_ok() {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+    }
 }
 
 /// Deletes the namespaces of labs whose process is gone (killed before its drop ran).

@@ -457,3 +457,58 @@ fn readme_shows_the_opentracker_config_the_lab_runs() {
         "README.md lacks the lab's opentracker config:\n{shown}"
     );
 }
+
+/// The processes in a node's namespace, by pid and name (`ip netns pids`).
+fn processes_in(node: &Node) -> Vec<(String, String)> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", &node.netns])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid.to_owned(), comm.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A client killed mid-deploy (the lab kills what it started: `time`, then
+/// imprint is orphaned, and its aria2c with it) leaves nothing running once
+/// the lab is dropped: the drop ends every process in its namespaces.
+#[test]
+fn swarm_lab_drop_ends_the_aria2c_a_killed_client_left() {
+    let _serial = one_lab_at_a_time();
+    let Some(mut swarm) = swarm_lab("swarm_lab_drop", Whitelist::TheImage) else {
+        return;
+    };
+    let node = swarm.clients[0].clone();
+    let args = torrent_args(&swarm);
+    let client = start_client(&mut swarm.lab, &node, &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let aria2c = loop {
+        if let Some((pid, _)) = processes_in(&node).into_iter().find(|(_, c)| c == "aria2c") {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no aria2c in {} after 20 s",
+            node.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    swarm.lab.kill(client.proc);
+    assert!(
+        processes_in(&node).iter().any(|(pid, _)| *pid == aria2c),
+        "aria2c went with the killed client: nothing left to test"
+    );
+    drop(swarm);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new("/proc").join(&aria2c).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "aria2c (pid {aria2c}) outlived the lab"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
