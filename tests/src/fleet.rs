@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use imprint_qemu::netlab::{Lab, LabError, Node, ProcId};
+use imprint_qemu::netlab::{Lab, LabError, Node, ProcId, aria2_common_args};
 
 use crate::{ResultLine, repo_root};
 
@@ -85,6 +85,9 @@ pub struct ClientRun {
     pub peak_rss_bytes: u64,
     /// When it exited, from the start of the run.
     pub finished_after: Duration,
+    /// When its `IMPRINT-RESULT` line first showed in its output, from the
+    /// start of the run (polled): the deploy's end, before any seeding.
+    pub result_after: Duration,
 }
 
 impl ClientRun {
@@ -117,6 +120,8 @@ pub fn start_client(lab: &mut Lab, node: &Node, args: &[String]) -> Client {
         .args(args)
         .arg("--disk")
         .arg(&target)
+        // Scratch (a torrent's pieces) stays in the lab and goes with it.
+        .env("TMPDIR", lab.dir())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -139,8 +144,15 @@ pub fn wait_clients(
     timeout: Duration,
 ) -> Vec<ClientRun> {
     let mut finished: Vec<Option<(ExitStatus, Duration)>> = vec![None; clients.len()];
+    let mut results: Vec<Option<Duration>> = vec![None; clients.len()];
     while finished.iter().any(Option::is_none) {
-        for (client, done) in clients.iter().zip(finished.iter_mut()) {
+        for ((client, done), result) in clients.iter().zip(&mut finished).zip(&mut results) {
+            if result.is_none()
+                && std::fs::read_to_string(&client.log)
+                    .is_ok_and(|log| log.contains("IMPRINT-RESULT: "))
+            {
+                *result = Some(started.elapsed());
+            }
             if done.is_none()
                 && let Some(status) = lab.try_wait(client.proc).expect("checking a client")
             {
@@ -156,7 +168,8 @@ pub fn wait_clients(
     clients
         .iter()
         .zip(finished)
-        .map(|(client, done)| {
+        .zip(results)
+        .map(|((client, done), result)| {
             let (status, finished_after) = done.expect("every client finished");
             let output = std::fs::read_to_string(&client.log).expect("client log");
             let line = output
@@ -179,6 +192,8 @@ pub fn wait_clients(
                 output,
                 peak_rss_bytes: kib * 1024,
                 finished_after,
+                // A line written just before the exit may be seen only after it.
+                result_after: result.unwrap_or(finished_after),
             }
         })
         .collect()
@@ -205,4 +220,92 @@ pub fn assert_deployed(client: &Client, run: &ClientRun, image: &[u8]) {
         client.target.display()
     );
     assert_eq!(*sha256, crate::sha256_hex(image), "{}", run.node);
+}
+
+/// One plain `aria2c` downloading a torrent in a client namespace: the
+/// swarm lab's proof of its tracker and seeder before imprint joins.
+pub struct Leecher {
+    pub node: Node,
+    pub proc: ProcId,
+    /// Where aria2 writes the torrent's file.
+    pub dir: PathBuf,
+    /// Made by aria2's `--on-bt-download-complete` hook when every piece
+    /// is in, before it seeds.
+    complete: PathBuf,
+}
+
+/// Starts `aria2c TORRENT_URL` in `node`: it fetches the torrent over HTTP
+/// (`--follow-torrent=mem`), takes peers from the tracker only, and seeds
+/// for `seed_minutes` after its download (aria2's `--seed-time` is in
+/// minutes; `--seed-ratio=0.0` makes the time the only limit).
+pub fn start_leecher(lab: &mut Lab, node: &Node, torrent_url: &str, seed_minutes: f64) -> Leecher {
+    let dir = lab.dir().join(format!("{}.aria2", node.name));
+    std::fs::create_dir_all(&dir).expect("leecher dir");
+    let complete = dir.join("complete");
+    // aria2 runs the hook with GID, the number of files and the first
+    // file's path (aria2c(1), "Event Hook").
+    let hook = dir.join("on-complete.sh");
+    std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", complete.display()))
+        .expect("writing the hook");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("hook mode");
+    let mut command = node.command("aria2c");
+    command
+        .args(aria2_common_args(&dir.join("aria2.log")))
+        .arg(format!("--dir={}", dir.display()))
+        .args(["--follow-torrent=mem", "--seed-ratio=0.0"])
+        .arg(format!("--seed-time={seed_minutes}"))
+        .arg(format!("--on-bt-download-complete={}", hook.display()))
+        .arg(torrent_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let proc = lab.spawn(&mut command).expect("starting aria2c");
+    Leecher {
+        node: node.clone(),
+        proc,
+        dir,
+        complete,
+    }
+}
+
+/// Waits for every leecher to hold the whole torrent and then to exit (at
+/// most `timeout` from `started`); returns when each completed.
+pub fn wait_leechers(
+    lab: &mut Lab,
+    leechers: &[Leecher],
+    started: Instant,
+    timeout: Duration,
+) -> Vec<Duration> {
+    let mut complete: Vec<Option<Duration>> = vec![None; leechers.len()];
+    let mut exited = vec![false; leechers.len()];
+    while exited.iter().any(|e| !e) {
+        for ((leecher, at), exited) in leechers.iter().zip(&mut complete).zip(&mut exited) {
+            if at.is_none() && leecher.complete.exists() {
+                *at = Some(started.elapsed());
+            }
+            if !*exited && let Some(status) = lab.try_wait(leecher.proc).expect("a leecher") {
+                let log =
+                    std::fs::read_to_string(leecher.dir.join("aria2.log")).unwrap_or_default();
+                assert!(
+                    status.success(),
+                    "aria2c in {} failed ({status}):\n{log}",
+                    leecher.node.name
+                );
+                *exited = true;
+            }
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "leechers still running after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    leechers
+        .iter()
+        .zip(complete)
+        .map(|(leecher, at)| {
+            at.unwrap_or_else(|| panic!("{} exited without completing", leecher.node.name))
+        })
+        .collect()
 }
