@@ -37,8 +37,8 @@ use crate::cpio::CpioArchive;
 use crate::elf::library_closure;
 
 /// Where aria2c lands in the initrd: where imprint looks for it when it is
-/// not on `PATH`.
-pub const ARIA2C_PATH: &str = "/usr/bin/aria2c";
+/// not on `PATH` (one constant, imprint's).
+pub const ARIA2C_PATH: &str = imprint::source::swarm::ARIA2C_DEFAULT;
 
 /// The initrd's file name beside `initramfs.img` (iPXE, the DRP tarball).
 pub const P2P_INITRD_NAME: &str = "imprint-p2p.img";

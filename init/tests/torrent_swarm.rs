@@ -489,3 +489,63 @@ fn a_wrong_checksum_on_the_out_of_order_path_wipes_both_ends() {
         "the last MiB is not wiped"
     );
 }
+
+/// Processes whose command line mentions `needle`, from /proc.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_imprint_takes_its_aria2c_with_it() {
+    if !tools_or_skip("a_killed_imprint_takes_its_aria2c_with_it") {
+        return;
+    }
+    // The tracker is down and the timeout long: imprint waits on the swarm.
+    let published = Published::new(free_port());
+    let server = FixtureServer::start().unwrap();
+    server.add_file("golden.raw", published.served.clone());
+    server.add_file("golden.raw.torrent", published.torrent.clone());
+    let target = published.dir.path().join("disk.img");
+    std::fs::write(&target, vec![0u8; IMAGE_LEN]).unwrap();
+    let mut imprint = Killed(
+        Command::new(env!("CARGO_BIN_EXE_imprint"))
+            .args(["deploy", "--url", &server.url("golden.raw"), "--torrent"])
+            .arg(server.url("golden.raw.torrent"))
+            .arg("--disk")
+            .arg(&target)
+            .args(["--torrent-timeout", "120s"])
+            .env("TMPDIR", published.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let scratch = format!("imprint-swarm-{}", imprint.0.id());
+    let began = Instant::now();
+    while processes_with(&scratch).is_empty() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "aria2c never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SIGKILL: no Drop runs in imprint.
+    imprint.0.kill().unwrap();
+    imprint.0.wait().unwrap();
+    let killed = Instant::now();
+    while !processes_with(&scratch).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "aria2c outlived imprint by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -62,8 +62,12 @@ const POLL: Duration = Duration::from_millis(200);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// RAM kept free beyond the pieces and the decoders' budget in PID 1.
 const RAM_MARGIN: u64 = 256 << 20;
-/// Where aria2 is looked for when `PATH` has none: the P2P initrd's path.
-const ARIA2C_DEFAULT: &str = "/usr/bin/aria2c";
+/// Where aria2 is looked for when `PATH` has none: where the P2P initrd
+/// (`imprint-build p2p-initrd`) puts it.
+pub const ARIA2C_DEFAULT: &str = "/usr/bin/aria2c";
+/// The trust roots `imprint-build --ca` bakes in; aria2 uses them for
+/// HTTPS trackers when present (it cannot use imprint's built-in roots).
+const BAKED_CA: &str = "/etc/imprint/ca.pem";
 
 /// A running aria2 with the image's torrent, and what it has so far.
 pub struct Swarm {
@@ -652,7 +656,15 @@ fn aria2_args(dir: &Path, port: u16, token: &str, gid: &str) -> Vec<String> {
         format!("--rpc-listen-port={port}"),
         format!("--rpc-secret={token}"),
         format!("--gid={gid}"),
+        // A killed imprint (no Drop runs) must not leave aria2 seeding
+        // for a year.
+        format!("--stop-with-process={}", std::process::id()),
     ])
+    .chain(
+        Path::new(BAKED_CA)
+            .is_file()
+            .then(|| format!("--ca-certificate={BAKED_CA}")),
+    )
     .collect()
 }
 
