@@ -175,8 +175,8 @@ fn publish_image_makes_independent_frames_and_a_4_mib_piece_torrent_with_its_inf
     let second = &zst[table[0].0 as usize..(table[0].0 + c1) as usize];
     let mut child = Command::new("zstd")
         .args(["-dc"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     // Fed from another thread: 4 MiB of output would fill the pipe first.
