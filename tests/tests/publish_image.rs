@@ -166,13 +166,14 @@ fn publish_image_makes_independent_frames_and_a_4_mib_piece_torrent_with_its_inf
     );
     let frames_end: u64 = table.iter().map(|&(c, _)| c).sum();
     assert_eq!(
-        frames_end as usize,
-        zst.len() - (9 + 5 * 8 + 8),
+        frames_end,
+        (zst.len() - (9 + 5 * 8 + 8)) as u64,
         "the frames end where the table starts"
     );
     // Each entry is one frame: `zstd -dc` of its bytes alone gives its 4 MiB.
     let (c1, _) = table[1];
-    let second = &zst[table[0].0 as usize..(table[0].0 + c1) as usize];
+    let at = |n: u64| usize::try_from(n).unwrap();
+    let second = &zst[at(table[0].0)..at(table[0].0 + c1)];
     let mut child = Command::new("zstd")
         .args(["-dc"])
         .stdin(Stdio::piped())
