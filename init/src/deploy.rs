@@ -308,6 +308,10 @@ fn scatter_plan(
     }
     let url = spec.image.as_str();
     let len = swarm.length();
+    if let Err(e) = swarm.room_for_fills(spec.decode_memory.unwrap_or(DEFAULT_MEMORY)) {
+        log::info!("torrent: {e:#} for frames the mirrors may have to fill in; frames decode in order");
+        return None;
+    }
     let table = (|| -> Result<Option<(SeekTable, Vec<u8>)>> {
         let Some(footer) = source::fetch_tail(url, 9, &spec.source)? else {
             return Ok(None);

@@ -400,6 +400,16 @@ impl Swarm {
         Ok(())
     }
 
+    /// Whether the scratch can hold, besides what aria2 still has to
+    /// write, a copy of every byte fetched from the mirrors instead
+    /// ([`fill`](Self::fill)): aria2 may later download the same pieces.
+    /// The out-of-order path fills; without this room, frames decode in
+    /// order, which never fills.
+    pub fn room_for_fills(&self, memory: u64) -> Result<()> {
+        let completed = self.inner.lock().completed.min(self.length);
+        ensure_room(&self.dir, self.length - completed + self.length, memory)
+    }
+
     /// Whether waiting for the swarm is pointless: no progress for
     /// `imprint.torrent-timeout=`, or aria2 is gone.
     pub fn stalled(&self) -> bool {
@@ -687,7 +697,7 @@ fn scratch_dir() -> PathBuf {
     }
 }
 
-/// Whether the scratch can hold `length` bytes of pieces.
+/// Whether the scratch can take `length` more bytes of pieces.
 fn ensure_room(dir: &Path, length: u64, memory: u64) -> Result<()> {
     if std::process::id() == 1 {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
