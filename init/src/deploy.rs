@@ -48,7 +48,7 @@ use crate::pipeline::image_writer::ImageWriter;
 use crate::pipeline::ordered::{DEFAULT_MEMORY, OrderedConfig};
 use crate::pipeline::peek::PeekReader;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::scatter::{self, SeekTable};
+use crate::pipeline::scatter::{self, Layout};
 use crate::pipeline::size_hint::{self, SizeHint};
 use crate::pipeline::tar::SingleFileTar;
 use crate::pipeline::target::{self, BlockTarget};
@@ -141,13 +141,14 @@ fn deploy_attempt(
     // The name that declares the format and is looked up in a checksum
     // list: the URL's, or the source's own (an OCI layer's title).
     let named = source.name.clone().unwrap_or_else(|| url.clone());
-    if let Some((swarm, table)) = scatter_plan(spec, &source, &named) {
+    if let Some(plan) = scatter_plan(spec, &source, &named) {
         let stats = source.stats.clone();
         drop(source);
         let scattered = Scattered {
-            swarm: &swarm,
-            table: &table,
+            swarm: &plan.swarm,
+            table: &plan.layout,
             stats: &stats,
+            xz: plan.xz.as_ref(),
         };
         return deploy_scattered(spec, &scattered, target_path, options, progress);
     }
@@ -279,74 +280,120 @@ fn deploy_attempt(
 }
 
 /// Whether `source` is decoded out of order ([`crate::pipeline::scatter`]):
-/// it comes from a running swarm, is zstd (declared or by name, not in a
-/// tar), and its file ends with a seek table, read here from the mirrors'
-/// tail. Anything else (no table, a broken one, a mirror that ignores
-/// Range) decodes in order, with a log line saying why.
-fn scatter_plan(
-    spec: &Resolved,
-    source: &Source,
-    named: &str,
-) -> Option<(std::sync::Arc<source::swarm::Swarm>, SeekTable)> {
+/// it comes from a running swarm, is zstd or xz (declared or by name, not
+/// in a tar), and its file ends with a table of its units, read here from
+/// the mirrors' tail: a zstd seek table, or a single xz stream's index.
+/// Anything else (no table, a broken one, a mirror that ignores Range, no
+/// room for mirror-filled units) decodes in order, with a log line saying
+/// why.
+fn scatter_plan(spec: &Resolved, source: &Source, named: &str) -> Option<ScatterPlan> {
     let swarm = source.stats.swarm.get()?.clone();
-    let zstd = match &spec.format {
-        DeclaredFormat::Image { format, .. } => {
-            format.compression == Compression::Zstd && !format.tar
-        }
-        DeclaredFormat::Auto => matches!(
-            format::url_suffix(named),
+    let compression = match &spec.format {
+        DeclaredFormat::Image { format, .. } if !format.tar => format.compression,
+        DeclaredFormat::Auto => match format::url_suffix(named) {
             Some(format::UrlSuffix::Image {
-                compression: Compression::Zstd,
+                compression,
                 tar: false,
                 ..
-            })
-        ),
-        DeclaredFormat::Rootfs(_) | DeclaredFormat::Qcow2(_) => false,
+            }) => compression,
+            _ => return None,
+        },
+        _ => return None,
     };
-    if !zstd {
-        return None;
-    }
-    let url = spec.image.as_str();
-    let len = swarm.length();
+    let what = match compression {
+        Compression::Zstd => "frames",
+        Compression::Xz => "blocks",
+        _ => return None,
+    };
     if let Err(e) = swarm.room_for_fills(spec.decode_memory.unwrap_or(DEFAULT_MEMORY)) {
-        log::info!("torrent: {e:#} for frames the mirrors may have to fill in; frames decode in order");
+        log::info!(
+            "torrent: {e:#} for {what} the mirrors may have to fill in; {what} decode in order"
+        );
         return None;
     }
-    let table = (|| -> Result<Option<(SeekTable, Vec<u8>)>> {
-        let Some(footer) = source::fetch_tail(url, 9, &spec.source)? else {
-            return Ok(None);
-        };
-        let Some(table_len) = SeekTable::len_from_footer(&footer) else {
-            return Ok(None);
-        };
-        if table_len > len.min(MAX_SEEK_TABLE) {
-            bail!("a seek table of {table_len} bytes");
-        }
-        let Some(tail) = source::fetch_tail(url, table_len, &spec.source)? else {
-            return Ok(None);
-        };
-        Ok(SeekTable::parse(&tail, len, &source::mirrors::display(url))?.map(|t| (t, tail)))
-    })();
-    let (table, tail) = match table {
+    let found = match compression {
+        Compression::Zstd => zstd_layout(spec, swarm.length()),
+        _ => xz_layout(spec, swarm.length()),
+    };
+    let (layout, known, xz) = match found {
         Ok(Some(found)) => found,
         Ok(None) => {
             log::info!(
-                "torrent: no zstd seek table at the end of the image; frames decode in order"
+                "torrent: no table of {what} at the end of the image; {what} decode in order"
             );
             return None;
         }
         Err(e) => {
-            log::warn!("torrent: {e:#}; frames decode in order");
+            log::warn!("torrent: {e:#}; {what} decode in order");
             return None;
         }
     };
-    let tail_range = len - tail.len() as u64..len;
-    if let Err(e) = swarm.fill(&tail_range, &tail) {
-        log::warn!("torrent: {e:#}; frames decode in order");
-        return None;
+    // The hasher reads these bytes like any others.
+    for (range, bytes) in &known {
+        if let Err(e) = swarm.fill(range, bytes) {
+            log::warn!("torrent: {e:#}; {what} decode in order");
+            return None;
+        }
     }
     swarm.claim();
-    Some((swarm, table))
+    Some(ScatterPlan { swarm, layout, xz })
+}
+
+/// An xz file's stream header, which every block's one-block stream
+/// starts with, and its blocks as the index lists them.
+type XzBlocks = ([u8; 12], Vec<crate::pipeline::xz_blocks::IndexedBlock>);
+
+/// What [`scatter_plan`] found: the units and, for xz, the blocks.
+struct ScatterPlan {
+    swarm: std::sync::Arc<source::swarm::Swarm>,
+    layout: Layout,
+    xz: Option<XzBlocks>,
+}
+
+/// Byte ranges read from the mirrors while planning, and their bytes.
+type Known = Vec<(std::ops::Range<u64>, Vec<u8>)>;
+
+fn zstd_layout(spec: &Resolved, len: u64) -> Result<Option<(Layout, Known, Option<XzBlocks>)>> {
+    let url = spec.image.as_str();
+    let Some(footer) = source::fetch_tail(url, 9, &spec.source)? else {
+        return Ok(None);
+    };
+    let Some(table_len) = Layout::seek_table_len(&footer) else {
+        return Ok(None);
+    };
+    if table_len > len.min(MAX_SEEK_TABLE) {
+        bail!("a seek table of {table_len} bytes");
+    }
+    let Some(tail) = source::fetch_tail(url, table_len, &spec.source)? else {
+        return Ok(None);
+    };
+    let Some(layout) = Layout::from_seek_table(&tail, len, &source::mirrors::display(url))? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        layout,
+        vec![(len - tail.len() as u64..len, tail)],
+        None,
+    )))
+}
+
+fn xz_layout(spec: &Resolved, len: u64) -> Result<Option<(Layout, Known, Option<XzBlocks>)>> {
+    use crate::pipeline::xz_blocks::{indexed_blocks, stream_header_for_blocks};
+    let url = spec.image.as_str();
+    let Some(tail) = source::fetch_tail(url, XZ_TAIL.min(len), &spec.source)? else {
+        return Ok(None);
+    };
+    let Some((blocks, flags)) = indexed_blocks(&tail, len)? else {
+        return Ok(None);
+    };
+    let header = source::fetch_range(url, 0, 12, &spec.source)?;
+    let header = stream_header_for_blocks(&header, flags)?;
+    let layout = Layout::from_xz_blocks(&blocks);
+    let known = vec![
+        (0..12, header.to_vec()),
+        (len - tail.len() as u64..len, tail),
+    ];
+    Ok(Some((layout, known, Some((header, blocks)))))
 }
 
 /// The largest seek table read: 12-byte entries of a 1 TiB image in 1 MiB
@@ -369,7 +416,9 @@ fn deploy_scattered(
         swarm,
         table,
         stats,
+        xz,
     } = *scattered;
+    let what = if xz.is_some() { "blocks" } else { "frames" };
     let started = Instant::now();
     let url = spec.image.as_str().to_owned();
     let signing = crate::sign::deploy::plan(spec)?;
@@ -394,7 +443,7 @@ fn deploy_scattered(
         .min(usize::try_from(memory / largest).unwrap_or(usize::MAX))
         .max(1);
     log::info!(
-        "deploying {} ({} frames, {} of image) to {}: frames decoded as the swarm completes them, \
+        "deploying {} ({} {what}, {} of image) to {}: {what} decoded as the swarm completes them, \
          {threads} at once",
         source::mirrors::display(&url),
         table.frames.len(),
@@ -433,15 +482,31 @@ fn deploy_scattered(
         let hasher =
             scope.spawn(|| scatter::hash_in_order(swarm, swarm.length(), hashers, &cancel));
         let decoders = scope.spawn(|| {
-            let done = scatter::decode_frames(
-                table,
-                swarm,
-                &fetch,
-                &crate::pipeline::zstd_decoder::ZstdFrameDecoder::new,
-                &writer,
-                threads,
-                &written,
-            );
+            let done = match xz {
+                None => scatter::decode_frames(
+                    table,
+                    swarm,
+                    &fetch,
+                    &crate::pipeline::zstd_decoder::ZstdFrameDecoder::new,
+                    &scatter::zstd_frame(table),
+                    &writer,
+                    threads,
+                    &written,
+                ),
+                Some((header, blocks)) => scatter::decode_frames(
+                    table,
+                    swarm,
+                    &fetch,
+                    &crate::pipeline::xz_blocks::XzBlockDecoder::new,
+                    &|n, bytes| {
+                        crate::pipeline::xz_blocks::block_stream(*header, &blocks[n], bytes)
+                            .map(|(unit, stream)| (unit, Some(stream)))
+                    },
+                    &writer,
+                    threads,
+                    &written,
+                ),
+            };
             if done.is_err() {
                 cancel.store(true, Ordering::Relaxed);
             }
@@ -481,7 +546,7 @@ fn deploy_scattered(
     let signed_by = crate::sign::deploy::signers(list_signer, fetched.signed)?;
     let early = done.order.windows(2).filter(|w| w[0] > w[1]).count();
     log::info!(
-        "torrent: {} frames written in the order their pieces arrived ({early} after a frame \
+        "torrent: {} {what} written in the order their pieces arrived ({early} after one \
          behind them), {} from the mirrors",
         done.order.len(),
         done.from_mirrors
@@ -503,7 +568,17 @@ fn deploy_scattered(
         bytes,
         sha256,
         elapsed,
-        format: Some(ImageFormat::new(Compression::Zstd, false).name()),
+        format: Some(
+            ImageFormat::new(
+                if xz.is_some() {
+                    Compression::Xz
+                } else {
+                    Compression::Zstd
+                },
+                false,
+            )
+            .name(),
+        ),
         verified: expected.map(|c| c.algorithm()),
         transfer: stats.snapshot(),
         restarts: 0,
@@ -519,8 +594,9 @@ fn deploy_scattered(
 #[derive(Clone, Copy)]
 struct Scattered<'a> {
     swarm: &'a source::swarm::Swarm,
-    table: &'a SeekTable,
+    table: &'a Layout,
     stats: &'a source::retry::SourceStats,
+    xz: Option<&'a XzBlocks>,
 }
 
 /// The SHA-256 of the first `len` bytes of `path`.

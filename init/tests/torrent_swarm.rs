@@ -153,6 +153,50 @@ impl Published {
         }
     }
 
+    /// The image as `xz -T2 --block-size=2MiB` writes it (one stream of
+    /// 2 MiB blocks, each with its sizes in its header), and its torrent.
+    fn xz(tracker_port: u16) -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let image = image(IMAGE_LEN, 47);
+        let seed = dir.path().join("seed");
+        std::fs::create_dir(&seed).unwrap();
+        std::fs::write(seed.join("golden.raw"), &image).unwrap();
+        let xz = Command::new("xz")
+            .args(["-T2", "--block-size=2MiB", "-0", "-k"])
+            .arg(seed.join("golden.raw"))
+            .output()
+            .unwrap();
+        assert!(xz.status.success(), "xz: {xz:?}");
+        std::fs::remove_file(seed.join("golden.raw")).unwrap();
+        let torrent_path = dir.path().join("golden.raw.xz.torrent");
+        let made = Command::new("mktorrent")
+            .args(["-l", "22", "-p", "-a"])
+            .arg(format!("http://127.0.0.1:{tracker_port}/announce"))
+            .arg("-o")
+            .arg(&torrent_path)
+            .arg(seed.join("golden.raw.xz"))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "mktorrent: {made:?}");
+        let shown = Command::new("aria2c")
+            .arg("-S")
+            .arg(&torrent_path)
+            .output()
+            .unwrap();
+        let info_hash = String::from_utf8_lossy(&shown.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
+            .expect("aria2c -S names the info hash");
+        Published {
+            torrent: std::fs::read(&torrent_path).unwrap(),
+            served: std::fs::read(seed.join("golden.raw.xz")).unwrap(),
+            dir,
+            image,
+            name: "golden.raw.xz",
+            info_hash,
+        }
+    }
+
     fn torrent_path(&self) -> PathBuf {
         self.dir.path().join(format!("{}.torrent", self.name))
     }
@@ -548,4 +592,39 @@ fn a_killed_imprint_takes_its_aria2c_with_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn xz_blocks_are_decoded_as_the_swarm_completes_them() {
+    if !tools_or_skip("xz_blocks_are_decoded_as_the_swarm_completes_them") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::xz(tracker_port);
+    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
+    let _seeder = published.seeder();
+    let server = FixtureServer::start().unwrap();
+    let (output, target) = published.deploy(&server, &["--seed-time", "0"]);
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    assert!(
+        written(&target, IMAGE_LEN) == published.image,
+        "the output is not the image"
+    );
+    assert!(
+        log.contains("14 blocks, 26.0 MiB of image"),
+        "not the out-of-order path: {log}"
+    );
+    assert!(
+        log.contains("14 blocks written in the order their pieces arrived"),
+        "{log}"
+    );
+    assert!(log.contains("0 from the mirrors"), "{log}");
+    assert_eq!(field(&line, "format").as_deref(), Some("xz"), "{line}");
+    assert_eq!(
+        field(&line, "sha256"),
+        Some(common::hex(&published.image)),
+        "{line}"
+    );
 }

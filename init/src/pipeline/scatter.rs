@@ -11,7 +11,7 @@
 //! **Where the frames are.** The zstd seekable format (zstd's
 //! `contrib/seekable_format`) ends the file with a skippable frame, the
 //! seek table: each frame's compressed and decompressed size. It is read
-//! from the tail ([`SeekTable::parse`]); `scripts/publish-image` writes it.
+//! from the tail ([`Layout::parse`]); `scripts/publish-image` writes it.
 //! Frames must cover the file from byte 0 to the table, one after another;
 //! each must decode to exactly the size the table gives, or the deploy
 //! fails. An image without a table is decoded in order.
@@ -97,11 +97,13 @@ pub struct Frame {
     pub output: Range<u64>,
 }
 
-/// A seekable zstd file's frames, from its seek table.
+/// Where the independent units of a file are: a seekable zstd file's
+/// frames (from its seek table) or a single-stream xz file's blocks (from
+/// its index).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeekTable {
+pub struct Layout {
     pub frames: Vec<Frame>,
-    /// Where the seek table's frame starts: the end of the last frame.
+    /// Where the units end and the table (seek table, xz index) starts.
     pub table_start: u64,
     /// The decompressed image's size.
     pub image_len: u64,
@@ -111,12 +113,12 @@ fn le32(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
 }
 
-impl SeekTable {
+impl Layout {
     /// The seek table ending `tail`, the last bytes of a file of
     /// `file_len` bytes: `Ok(None)` when the file has none (its last four
     /// bytes are not the seekable magic), `Err` when it has a broken one.
     /// `name` names the file in errors.
-    pub fn parse(tail: &[u8], file_len: u64, name: &str) -> Result<Option<SeekTable>> {
+    pub fn from_seek_table(tail: &[u8], file_len: u64, name: &str) -> Result<Option<Layout>> {
         if tail.len() < FOOTER_LEN || le32(tail, tail.len() - 4) != SEEKABLE_MAGIC {
             return Ok(None);
         }
@@ -171,16 +173,38 @@ impl SeekTable {
                  starts at byte {table_start}"
             );
         }
-        Ok(Some(SeekTable {
+        Ok(Some(Layout {
             frames: list,
             table_start,
             image_len: output,
         }))
     }
 
+    /// The blocks of an xz file as its index lists them
+    /// ([`super::xz_blocks::indexed_blocks`]).
+    pub(crate) fn from_xz_blocks(blocks: &[super::xz_blocks::IndexedBlock]) -> Layout {
+        let mut output = 0u64;
+        let frames: Vec<Frame> = blocks
+            .iter()
+            .map(|b| {
+                let frame = Frame {
+                    input: b.offset..b.offset + b.padded(),
+                    output: output..output + b.uncompressed,
+                };
+                output += b.uncompressed;
+                frame
+            })
+            .collect();
+        Layout {
+            table_start: frames.last().map_or(12, |f| f.input.end),
+            frames,
+            image_len: output,
+        }
+    }
+
     /// How many bytes of the file's end hold the table of a file whose
     /// last `FOOTER_LEN` bytes are `footer`: what to read to parse it.
-    pub fn len_from_footer(footer: &[u8]) -> Option<u64> {
+    pub fn seek_table_len(footer: &[u8]) -> Option<u64> {
         if footer.len() < FOOTER_LEN || le32(footer, footer.len() - 4) != SEEKABLE_MAGIC {
             return None;
         }
@@ -213,14 +237,41 @@ pub struct Scattered {
     pub swarm_bytes: u64,
 }
 
-/// Decodes every frame of `table` as its bytes become available and
+/// Turns unit `n`'s bytes into what its decoder takes: the unit, and the
+/// bytes to decode when they are not the unit's own (an xz block's
+/// one-block stream).
+pub type Prepare<'a, U> = dyn Fn(usize, &[u8]) -> Prepared<U> + Sync + 'a;
+
+/// What [`Prepare`] gives: the unit, and the bytes to decode when they
+/// are not the unit's own.
+pub type Prepared<U> = io::Result<(U, Option<Vec<u8>>)>;
+
+/// A zstd frame is decoded from its own bytes.
+pub fn zstd_frame(
+    table: &Layout,
+) -> impl Fn(usize, &[u8]) -> Prepared<super::zstd_decoder::FrameInfo> + Sync + '_ {
+    move |n, _| {
+        let frame = &table.frames[n];
+        Ok((
+            super::zstd_decoder::FrameInfo {
+                offset: frame.input.start,
+                content_size: Some(frame.output.end - frame.output.start),
+            },
+            None,
+        ))
+    }
+}
+
+/// Decodes every unit of `table` as its bytes become available and
 /// writes its output at its offset, on `threads` workers. `written`
 /// counts the output bytes as they land (for progress).
-pub fn decode_frames<D: UnitDecoder<Unit = super::zstd_decoder::FrameInfo>>(
-    table: &SeekTable,
+#[allow(clippy::too_many_arguments)] // the engine's parts, each its own
+pub fn decode_frames<D: UnitDecoder>(
+    table: &Layout,
     pieces: &dyn Pieces,
     fetch: &Fetch<'_>,
     new_decoder: &(dyn Fn() -> io::Result<D> + Sync),
+    prepare: &Prepare<'_, D::Unit>,
     writer: &Mutex<ImageWriter<Box<dyn BlockTarget>>>,
     threads: usize,
     written: &AtomicU64,
@@ -235,9 +286,17 @@ pub fn decode_frames<D: UnitDecoder<Unit = super::zstd_decoder::FrameInfo>>(
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                if let Err(error) =
-                    worker(table, pieces, fetch, new_decoder, writer, &work, written)
-                {
+                let parts = Parts {
+                    table,
+                    pieces,
+                    fetch,
+                    new_decoder,
+                    prepare,
+                    writer,
+                    work: &work,
+                    written,
+                };
+                if let Err(error) = worker(&parts) {
                     let mut work = work.lock().unwrap_or_else(PoisonError::into_inner);
                     if work.failed.is_none() {
                         work.failed = Some(error);
@@ -257,16 +316,30 @@ pub fn decode_frames<D: UnitDecoder<Unit = super::zstd_decoder::FrameInfo>>(
     })
 }
 
-fn worker<D: UnitDecoder<Unit = super::zstd_decoder::FrameInfo>>(
-    table: &SeekTable,
-    pieces: &dyn Pieces,
-    fetch: &Fetch<'_>,
-    new_decoder: &(dyn Fn() -> io::Result<D> + Sync),
-    writer: &Mutex<ImageWriter<Box<dyn BlockTarget>>>,
-    work: &Mutex<Work>,
-    written: &AtomicU64,
-) -> Result<()> {
-    let mut decoder = new_decoder().context("starting a zstd decoder")?;
+/// What every worker shares.
+struct Parts<'a, D: UnitDecoder> {
+    table: &'a Layout,
+    pieces: &'a dyn Pieces,
+    fetch: &'a Fetch<'a>,
+    new_decoder: &'a (dyn Fn() -> io::Result<D> + Sync),
+    prepare: &'a Prepare<'a, D::Unit>,
+    writer: &'a Mutex<ImageWriter<Box<dyn BlockTarget>>>,
+    work: &'a Mutex<Work>,
+    written: &'a AtomicU64,
+}
+
+fn worker<D: UnitDecoder>(parts: &Parts<'_, D>) -> Result<()> {
+    let Parts {
+        table,
+        pieces,
+        fetch,
+        new_decoder,
+        prepare,
+        writer,
+        work,
+        written,
+    } = *parts;
+    let mut decoder = new_decoder().context("starting a decoder")?;
     let (mut input, mut output) = (Vec::new(), Vec::new());
     loop {
         let (index, from_swarm) = {
@@ -303,15 +376,18 @@ fn worker<D: UnitDecoder<Unit = super::zstd_decoder::FrameInfo>>(
             input = fetch(&frame.input)?;
             pieces.fill(&frame.input, &input)?;
         }
-        let info = super::zstd_decoder::FrameInfo {
-            offset: frame.input.start,
-            content_size: Some(frame.output.end - frame.output.start),
-        };
+        let (unit, stream) = prepare(index, &input)?;
         let want = frame.output.end - frame.output.start;
-        let n = decoder.decode(&info, &input, want, &mut output)?;
+        let n = decoder.decode(
+            &unit,
+            stream.as_deref().unwrap_or(&input),
+            want,
+            &mut output,
+        )?;
         if n as u64 != want {
             bail!(
-                "the zstd frame at input byte {} decodes to {n} bytes, but the seek table says {want}",
+                "the unit at input byte {} (a zstd frame or an xz block) decodes to {n} bytes, \
+                 but the table says {want}",
                 frame.input.start
             );
         }
@@ -382,7 +458,7 @@ mod tests {
         for checksums in [false, true] {
             let bytes = table(&[(100, 4096), (50, 4096), (10, 7)], checksums);
             let file_len = 160 + bytes.len() as u64;
-            let parsed = SeekTable::parse(&bytes, file_len, "x.zst")
+            let parsed = Layout::from_seek_table(&bytes, file_len, "x.zst")
                 .unwrap()
                 .unwrap();
             assert_eq!(
@@ -404,7 +480,7 @@ mod tests {
             );
             assert_eq!((parsed.table_start, parsed.image_len), (160, 8199));
             assert_eq!(
-                SeekTable::len_from_footer(&bytes[bytes.len() - 9..]),
+                Layout::seek_table_len(&bytes[bytes.len() - 9..]),
                 Some(bytes.len() as u64)
             );
         }
@@ -412,10 +488,13 @@ mod tests {
 
     #[test]
     fn no_table_or_a_broken_one() {
-        assert_eq!(SeekTable::parse(b"plain zstd", 10, "x.zst").unwrap(), None);
+        assert_eq!(
+            Layout::from_seek_table(b"plain zstd", 10, "x.zst").unwrap(),
+            None
+        );
         let bytes = table(&[(100, 1)], false);
         // The frames end before the table: bytes between them.
-        let error = SeekTable::parse(&bytes, 101 + bytes.len() as u64, "x.zst").unwrap_err();
+        let error = Layout::from_seek_table(&bytes, 101 + bytes.len() as u64, "x.zst").unwrap_err();
         assert!(
             error.to_string().contains("frames end at byte 100"),
             "{error}"
@@ -424,16 +503,18 @@ mod tests {
         let mut reserved = bytes.clone();
         let at = reserved.len() - 5;
         reserved[at] = 0x04;
-        let error = SeekTable::parse(&reserved, 100 + bytes.len() as u64, "x.zst").unwrap_err();
+        let error =
+            Layout::from_seek_table(&reserved, 100 + bytes.len() as u64, "x.zst").unwrap_err();
         assert!(error.to_string().contains("reserved bits"), "{error}");
         // A footer claiming more frames than the frame holds.
         let mut more = bytes.clone();
         let at = more.len() - 9;
         more[at] = 2;
-        let error = SeekTable::parse(&more, 100 + bytes.len() as u64, "x.zst").unwrap_err();
+        let error = Layout::from_seek_table(&more, 100 + bytes.len() as u64, "x.zst").unwrap_err();
         assert!(error.to_string().contains("longer than"), "{error}");
         // Only part of the table read.
-        let error = SeekTable::parse(&bytes[4..], 100 + bytes.len() as u64, "x.zst").unwrap_err();
+        let error =
+            Layout::from_seek_table(&bytes[4..], 100 + bytes.len() as u64, "x.zst").unwrap_err();
         assert!(
             error.to_string().contains("longer than the 21 bytes"),
             "{error}"
@@ -441,7 +522,8 @@ mod tests {
         // A skippable frame header that is not the table's.
         let mut header = bytes.clone();
         header[0] ^= 1;
-        let error = SeekTable::parse(&header, 100 + bytes.len() as u64, "x.zst").unwrap_err();
+        let error =
+            Layout::from_seek_table(&header, 100 + bytes.len() as u64, "x.zst").unwrap_err();
         assert!(error.to_string().contains("frame header"), "{error}");
     }
 }
@@ -496,7 +578,7 @@ mod engine_tests {
 
     /// Four zstd frames made by the `zstd` CLI, concatenated, and the
     /// frames' places; the image they decode to.
-    fn frames() -> (Vec<u8>, SeekTable, Vec<u8>) {
+    fn frames() -> (Vec<u8>, Layout, Vec<u8>) {
         let mut file = Vec::new();
         let mut image = Vec::new();
         let mut frames = Vec::new();
@@ -520,7 +602,7 @@ mod engine_tests {
             file.extend_from_slice(&out.stdout);
             image.extend_from_slice(&part);
         }
-        let table = SeekTable {
+        let table = Layout {
             table_start: file.len() as u64,
             image_len: image.len() as u64,
             frames,
@@ -528,7 +610,7 @@ mod engine_tests {
         (file, table, image)
     }
 
-    fn run(pieces: &Scripted, table: &SeekTable, threads: usize) -> (Result<Scattered>, Vec<u8>) {
+    fn run(pieces: &Scripted, table: &Layout, threads: usize) -> (Result<Scattered>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         std::fs::write(&path, vec![0xA5; table.image_len as usize + (2 << 20)]).unwrap();
@@ -547,6 +629,7 @@ mod engine_tests {
             pieces,
             &fetched,
             &ZstdFrameDecoder::new,
+            &zstd_frame(table),
             &writer,
             threads,
             &written,
@@ -578,6 +661,83 @@ mod engine_tests {
             disk[..image.len()] == image[..],
             "the image is not on the target"
         );
+    }
+
+    #[test]
+    fn xz_blocks_from_the_index_are_written_in_the_order_their_bytes_arrive() {
+        use crate::pipeline::xz_blocks::{
+            XzBlockDecoder, block_stream, indexed_blocks, stream_header_for_blocks,
+        };
+        let image: Vec<u8> = (0..300_000u32)
+            .map(|i| (i % 253) as u8 ^ (i >> 12) as u8)
+            .collect();
+        let mut xz = Command::new("xz")
+            .args(["-c", "-T1", "--block-size=64KiB", "--check=crc64"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("xz (scripts/setup installs it)");
+        let mut stdin = xz.stdin.take().unwrap();
+        let input = image.clone();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&input)
+        });
+        let file = xz.wait_with_output().unwrap().stdout;
+        feeder.join().unwrap().unwrap();
+        let (blocks, flags) = indexed_blocks(&file, file.len() as u64).unwrap().unwrap();
+        assert_eq!(blocks.len(), 5, "300000 bytes in 64 KiB blocks");
+        let header = stream_header_for_blocks(&file[..12], flags).unwrap();
+        let table = Layout::from_xz_blocks(&blocks);
+        assert_eq!(table.image_len, image.len() as u64);
+        let pieces = Scripted {
+            file,
+            shown: Mutex::new(Vec::new()),
+            script: Mutex::new(table.frames.iter().map(|f| f.input.clone()).collect()),
+            stalled: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0xA5; image.len() + (2 << 20)]).unwrap();
+        let writer = Mutex::new(
+            ImageWriter::begin(
+                open_target(&path, DirectIo::default()).unwrap(),
+                Some(table.image_len),
+            )
+            .unwrap(),
+        );
+        let fetched = |_: &Range<u64>| -> Result<Vec<u8>> { unreachable!("never stalled") };
+        let done = decode_frames(
+            &table,
+            &pieces,
+            &fetched,
+            &XzBlockDecoder::new,
+            &|n, bytes| block_stream(header, &blocks[n], bytes).map(|(u, s)| (u, Some(s))),
+            &writer,
+            1,
+            &AtomicU64::new(0),
+        )
+        .unwrap();
+        writer.into_inner().unwrap().commit().unwrap();
+        assert_eq!(done.order, [4, 3, 2, 1, 0]);
+        let disk = std::fs::read(&path).unwrap();
+        assert!(
+            disk[..image.len()] == image[..],
+            "the image is not on the target"
+        );
+        // A block whose bytes were changed fails its check.
+        let mut bad = pieces.file
+            [table.frames[2].input.start as usize..table.frames[2].input.end as usize]
+            .to_vec();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x40;
+        let error = block_stream(header, &blocks[2], &bad)
+            .and_then(|(unit, stream)| {
+                let mut out = Vec::new();
+                XzBlockDecoder.decode(&unit, &stream, blocks[2].uncompressed, &mut out)
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("corrupt xz stream"), "{error}");
     }
 
     #[test]
@@ -614,7 +774,7 @@ mod engine_tests {
         };
         let (result, disk) = run(&pieces, &table, 2);
         let error = result.unwrap_err().to_string();
-        assert!(error.contains("frame at input byte"), "{error}");
+        assert!(error.contains("at input byte"), "{error}");
         assert!(
             disk[..1 << 20].iter().all(|&b| b == 0),
             "the first MiB is not wiped"

@@ -984,7 +984,174 @@ fn footer(index: &[u8], flags: [u8; 2]) -> [u8; 12] {
 
 /// Decodes one block's one-block stream with lzma-rust2's `XzReader`,
 /// which verifies the block's check and handles every filter chain.
-struct XzBlockDecoder;
+pub(crate) struct XzBlockDecoder;
+
+impl XzBlockDecoder {
+    /// A decoder for [`block_stream`]'s units (`pipeline::scatter`).
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(XzBlockDecoder)
+    }
+}
+
+/// One block of a single-stream xz file where its index places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IndexedBlock {
+    /// The block header's first byte in the file.
+    pub offset: u64,
+    /// Header, compressed data and check (the index's Unpadded Size).
+    pub unpadded: u64,
+    pub uncompressed: u64,
+}
+
+impl IndexedBlock {
+    /// The bytes it takes in the file: padded to four.
+    pub(crate) fn padded(&self) -> u64 {
+        self.unpadded + pad4(self.unpadded)
+    }
+}
+
+/// The blocks of a single-stream xz file, from its index (§4) in `tail`,
+/// the file's last bytes, and the stream flags of its footer: what lets
+/// blocks be decoded out of order (`pipeline::scatter`). `Ok(None)` when
+/// that does not apply and the file decodes in order: stream padding or
+/// several streams, or an index that does not fit in `tail`. `Err` for an
+/// index that contradicts itself or the file's length.
+pub(crate) fn indexed_blocks(
+    tail: &[u8],
+    file_len: u64,
+) -> io::Result<Option<(Vec<IndexedBlock>, [u8; 2])>> {
+    if tail.len() < 12 || tail.len() as u64 > file_len || tail[tail.len() - 4..] == [0; 4] {
+        return Ok(None);
+    }
+    let footer = &tail[tail.len() - 12..];
+    let footer_at = file_len - 12;
+    if footer[10..12] != FOOTER_MAGIC
+        || crc32fast::hash(&footer[4..10]).to_le_bytes() != footer[..4]
+    {
+        return Err(corrupt(footer_at, "stream footer: bad magic or CRC32"));
+    }
+    let flags = [footer[8], footer[9]];
+    let backward = u64::from(u32::from_le_bytes(
+        footer[4..8].try_into().expect("4 bytes"),
+    ));
+    let index_len = (backward + 1) * 4;
+    let Some(index_start) = usize::try_from(index_len)
+        .ok()
+        .and_then(|len| (tail.len() - 12).checked_sub(len))
+    else {
+        return Ok(None);
+    };
+    let index_at = footer_at - index_len;
+    let index = &tail[index_start..tail.len() - 12];
+    let (body, crc) = index.split_at(index.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc || body.first() != Some(&0) {
+        return Err(corrupt(index_at, "index: no indicator or a bad CRC32"));
+    }
+    let mut fields = &body[1..];
+    let bad = || corrupt(index_at, "index: a record is cut short");
+    let count = varint(&mut fields).ok_or_else(bad)?;
+    let mut blocks = Vec::new();
+    let mut offset = 12u64;
+    for _ in 0..count {
+        let unpadded = varint(&mut fields).ok_or_else(bad)?;
+        let uncompressed = varint(&mut fields).ok_or_else(bad)?;
+        if !(5..=UNPADDED_SIZE_MAX).contains(&unpadded) {
+            return Err(corrupt(index_at, format!("index: a {unpadded}-byte block")));
+        }
+        let block = IndexedBlock {
+            offset,
+            unpadded,
+            uncompressed,
+        };
+        offset = offset
+            .checked_add(block.padded())
+            .ok_or_else(|| corrupt(index_at, "index: blocks past 2^64 bytes"))?;
+        blocks.push(block);
+    }
+    if fields.len() > 3 || fields.iter().any(|&b| b != 0) {
+        return Err(corrupt(index_at, "index: bytes after its records"));
+    }
+    // One stream: its blocks fill the file from its header to its index.
+    if offset != index_at {
+        return Ok(None);
+    }
+    Ok(Some((blocks, flags)))
+}
+
+/// Block `block`'s bytes (`bytes`, header to check, padded) as the
+/// one-block stream [`XzBlockDecoder`] decodes, with the unit that says
+/// what it must decode to: the same stream the splitter builds for a
+/// whole block, its header's sizes checked against the index.
+pub(crate) fn block_stream(
+    stream_header: [u8; 12],
+    block: &IndexedBlock,
+    bytes: &[u8],
+) -> io::Result<(XzBlock, Vec<u8>)> {
+    let at = block.offset;
+    if bytes.len() as u64 != block.padded() || bytes.is_empty() || bytes[0] == 0 {
+        return Err(corrupt(at, "no block header where the index puts a block"));
+    }
+    let check_id = stream_header[7] & 0x0F;
+    let check = check_len(check_id);
+    let header_len = (usize::from(bytes[0]) + 1) * 4;
+    let compressed = block
+        .unpadded
+        .checked_sub(header_len as u64 + check)
+        .filter(|&c| c > 0 && header_len <= bytes.len())
+        .ok_or_else(|| corrupt(at, "the index's block size is smaller than its header"))?;
+    let parsed = parse_block_header(&bytes[..header_len], check).map_err(|e| e.into_io(at))?;
+    if parsed.compressed.is_some_and(|c| c != compressed)
+        || parsed.uncompressed.is_some_and(|u| u != block.uncompressed)
+    {
+        return Err(corrupt(at, "block header: sizes differ from the index's"));
+    }
+    let data = &bytes[header_len..];
+    let packed_len = usize::try_from(compressed + pad4(compressed)).unwrap_or(usize::MAX);
+    let stored = &data[packed_len..packed_len + usize::try_from(check).unwrap_or(0)];
+    let own = OwnCheck::is_own(check_id);
+    let (header, kept) = if own {
+        (without_check(stream_header), 0)
+    } else {
+        (stream_header, check)
+    };
+    let index = one_record_index(header_len as u64 + compressed + kept, block.uncompressed);
+    let tail = footer(&index, [header[6], header[7]]);
+    let mut stream = Vec::with_capacity(12 + bytes.len() + index.len() + 12);
+    stream.extend_from_slice(&header);
+    stream.extend_from_slice(&bytes[..header_len]);
+    stream.extend_from_slice(&data[..packed_len]);
+    if !own {
+        stream.extend_from_slice(stored);
+    }
+    stream.extend_from_slice(&index);
+    stream.extend_from_slice(&tail);
+    let unit = XzBlock {
+        offset: at,
+        uncompressed: block.uncompressed,
+        check: if own {
+            OwnCheck::parse(check_id, stored)
+        } else {
+            None
+        },
+    };
+    Ok((unit, stream))
+}
+
+/// The file's stream header (§2.1.1), checked as the splitter checks it
+/// and against the footer's flags, for [`block_stream`].
+pub(crate) fn stream_header_for_blocks(header: &[u8], flags: [u8; 2]) -> io::Result<[u8; 12]> {
+    let header: [u8; 12] = header
+        .try_into()
+        .map_err(|_| corrupt(0, "stream header cut short"))?;
+    if header[..6] != STREAM_MAGIC {
+        return Err(corrupt(0, "no xz stream header"));
+    }
+    check_stream_header(&header, 0)?;
+    if header[6..8] != flags {
+        return Err(corrupt(0, "stream header: flags other than the footer's"));
+    }
+    Ok(header)
+}
 
 impl XzBlockDecoder {
     fn reader(stream: impl Read, block: &XzBlock) -> impl Read {
