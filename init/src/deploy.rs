@@ -328,6 +328,15 @@ fn scatter_plan(spec: &Resolved, source: &Source, named: &str) -> Option<Scatter
             return None;
         }
     };
+    // Units are written where they start; a disk takes whole blocks of up
+    // to 4 KiB (`--block-size=1000000` xz blocks decode in order).
+    if let Some(odd) = layout.frames.iter().find(|f| f.output.start % 4096 != 0) {
+        log::info!(
+            "torrent: a unit's output starts at byte {}, not on a 4 KiB boundary; {what} decode in order",
+            odd.output.start
+        );
+        return None;
+    }
     // The hasher reads these bytes like any others.
     for (range, bytes) in &known {
         if let Err(e) = swarm.fill(range, bytes) {

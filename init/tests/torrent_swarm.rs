@@ -153,16 +153,16 @@ impl Published {
         }
     }
 
-    /// The image as `xz -T2 --block-size=2MiB` writes it (one stream of
-    /// 2 MiB blocks, each with its sizes in its header), and its torrent.
-    fn xz(tracker_port: u16) -> Published {
+    /// The image as `xz -T2 --block-size=SIZE` writes it (one stream of
+    /// blocks, each with its sizes in its header), and its torrent.
+    fn xz(tracker_port: u16, block_size: &str) -> Published {
         let dir = tempfile::tempdir().unwrap();
         let image = image(IMAGE_LEN, 47);
         let seed = dir.path().join("seed");
         std::fs::create_dir(&seed).unwrap();
         std::fs::write(seed.join("golden.raw"), &image).unwrap();
         let xz = Command::new("xz")
-            .args(["-T2", "--block-size=2MiB", "-0", "-k"])
+            .args(["-T2", &format!("--block-size={block_size}"), "-0", "-k"])
             .arg(seed.join("golden.raw"))
             .output()
             .unwrap();
@@ -600,7 +600,7 @@ fn xz_blocks_are_decoded_as_the_swarm_completes_them() {
         return;
     }
     let tracker_port = free_port();
-    let published = Published::xz(tracker_port);
+    let published = Published::xz(tracker_port, "2MiB");
     let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
     let _seeder = published.seeder();
     let server = FixtureServer::start().unwrap();
@@ -625,6 +625,33 @@ fn xz_blocks_are_decoded_as_the_swarm_completes_them() {
     assert_eq!(
         field(&line, "sha256"),
         Some(common::hex(&published.image)),
+        "{line}"
+    );
+}
+
+#[test]
+fn xz_blocks_off_the_disk_blocks_decode_in_order() {
+    if !tools_or_skip("xz_blocks_off_the_disk_blocks_decode_in_order") {
+        return;
+    }
+    let tracker_port = free_port();
+    // 1,000,000-byte blocks: the second starts inside a 4 KiB block.
+    let published = Published::xz(tracker_port, "1000000");
+    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
+    let _seeder = published.seeder();
+    let server = FixtureServer::start().unwrap();
+    let (output, target) = published.deploy(&server, &["--seed-time", "0"]);
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    assert!(
+        log.contains("not on a 4 KiB boundary; blocks decode in order"),
+        "{log}"
+    );
+    assert!(written(&target, IMAGE_LEN) == published.image);
+    assert_eq!(
+        field(&line, "swarm"),
+        Some(published.served.len().to_string()),
         "{line}"
     );
 }
