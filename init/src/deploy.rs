@@ -235,14 +235,14 @@ fn deploy_attempt(
             });
         }
     };
-    if let (Some(expected), Some(actual)) = (&expected, served_digest) {
-        if *expected != actual {
-            written.fail_closed();
-            bail!(
-                "checksum mismatch for {url} ({served_bytes} bytes): expected {expected}, got {actual}"
-            );
-        }
-        log::info!("verified {actual}");
+    if let Err(e) = check_served(
+        expected.as_ref(),
+        served_digest.as_ref(),
+        &url,
+        served_bytes,
+    ) {
+        written.fail_closed();
+        return Err(e);
     }
     let signed_by = match crate::sign::deploy::signers(list_signer, signed) {
         Ok(signers) => signers,
@@ -264,19 +264,69 @@ fn deploy_attempt(
         .with_context(|| format!("committing the image to {}", target_path.display()))?;
     let elapsed = started.elapsed();
     log::info!("{}", progress_summary(bytes, served_bytes, elapsed));
-    Ok(DeploySummary {
-        bytes,
-        sha256,
-        elapsed,
-        format: Some(format),
-        verified: expected.map(|c| c.algorithm()),
+    Ok(summary(
+        spec,
+        Deployed {
+            bytes,
+            sha256,
+            elapsed,
+            format,
+            expected,
+            signed_by,
+        },
+        &stats,
+    ))
+}
+
+/// The served bytes' digest against the one expected (when one is):
+/// the one mismatch message of both kinds of deploy.
+fn check_served(
+    expected: Option<&Checksum>,
+    actual: Option<&Checksum>,
+    url: &str,
+    served: u64,
+) -> Result<()> {
+    if let (Some(expected), Some(actual)) = (expected, actual) {
+        if expected != actual {
+            bail!(
+                "checksum mismatch for {url} ({served} bytes): expected {expected}, got {actual}"
+            );
+        }
+        log::info!("verified {actual}");
+    }
+    Ok(())
+}
+
+/// What a deploy wrote and checked, for [`summary`].
+struct Deployed {
+    bytes: u64,
+    sha256: [u8; 32],
+    elapsed: std::time::Duration,
+    format: String,
+    expected: Option<Checksum>,
+    signed_by: Vec<crate::sign::Signer>,
+}
+
+/// The summary both kinds of deploy end with; what only PID 1 or the CLI
+/// knows (erased disks, a boot entry, a restart) is filled in by them.
+fn summary(
+    spec: &Resolved,
+    written: Deployed,
+    stats: &source::retry::SourceStats,
+) -> DeploySummary {
+    DeploySummary {
+        bytes: written.bytes,
+        sha256: written.sha256,
+        elapsed: written.elapsed,
+        format: Some(written.format),
+        verified: written.expected.map(|c| c.algorithm()),
         transfer: stats.snapshot(),
         restarts: 0,
         insecure: tls::insecure_in_effect(&spec.source),
         erased: Vec::new(),
         boot_entry: None,
-        signed_by,
-    })
+        signed_by: written.signed_by,
+    }
 }
 
 /// Whether `source` is decoded out of order ([`crate::pipeline::scatter`]):
@@ -542,16 +592,13 @@ fn deploy_scattered(
     let done = scattered?;
     let fetched = hashed.context("hashing the served bytes in order")?;
     progress.update(table.image_len, Some(table.image_len));
-    if let (Some(expected), Some(actual)) = (&expected, &fetched.digest) {
-        if expected != actual {
-            drop(writer);
-            bail!(
-                "checksum mismatch for {url} ({} bytes): expected {expected}, got {actual}",
-                fetched.bytes
-            );
-        }
-        log::info!("verified {actual}");
-    }
+    // On a mismatch the writer is dropped unfinished: both ends wiped.
+    check_served(
+        expected.as_ref(),
+        fetched.digest.as_ref(),
+        &url,
+        fetched.bytes,
+    )?;
     let signed_by = crate::sign::deploy::signers(list_signer, fetched.signed)?;
     let early = done.order.windows(2).filter(|w| w[0] > w[1]).count();
     log::info!(
@@ -573,29 +620,24 @@ fn deploy_scattered(
     let sha256 = read_back_sha256(target_path, bytes)?;
     let elapsed = started.elapsed();
     log::info!("{}", progress_summary(bytes, fetched.bytes, elapsed));
-    Ok(DeploySummary {
-        bytes,
-        sha256,
-        elapsed,
-        format: Some(
-            ImageFormat::new(
-                if xz.is_some() {
-                    Compression::Xz
-                } else {
-                    Compression::Zstd
-                },
-                false,
-            )
-            .name(),
-        ),
-        verified: expected.map(|c| c.algorithm()),
-        transfer: stats.snapshot(),
-        restarts: 0,
-        insecure: tls::insecure_in_effect(&spec.source),
-        erased: Vec::new(),
-        boot_entry: None,
-        signed_by,
-    })
+    let compression = if xz.is_some() {
+        Compression::Xz
+    } else {
+        Compression::Zstd
+    };
+    let format = ImageFormat::new(compression, false).name();
+    Ok(summary(
+        spec,
+        Deployed {
+            bytes,
+            sha256,
+            elapsed,
+            format,
+            expected,
+            signed_by,
+        },
+        stats,
+    ))
 }
 
 /// What [`deploy_scattered`] deploys: the swarm, the frames, and the

@@ -79,32 +79,10 @@ struct Published {
 
 impl Published {
     fn new(tracker_port: u16) -> Published {
-        let dir = tempfile::tempdir().unwrap();
-        let image = image(IMAGE_LEN, 41);
-        let seed = dir.path().join("seed");
-        std::fs::create_dir(&seed).unwrap();
-        std::fs::write(seed.join("golden.raw"), &image).unwrap();
-        let torrent_path = dir.path().join("golden.raw.torrent");
-        let made = Command::new("mktorrent")
-            .args(["-l", "22", "-a"])
-            .arg(format!("http://127.0.0.1:{tracker_port}/announce"))
-            .arg("-o")
-            .arg(&torrent_path)
-            .arg(seed.join("golden.raw"))
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "mktorrent: {made:?}");
-        let shown = Command::new("aria2c")
-            .arg("-S")
-            .arg(&torrent_path)
-            .output()
-            .unwrap();
-        let info_hash = String::from_utf8_lossy(&shown.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
-            .expect("aria2c -S names the info hash");
+        let (dir, image, seed) = seed_dir(41);
+        let (torrent, info_hash) = mktorrent(&dir, &seed.join("golden.raw"), tracker_port, false);
         Published {
-            torrent: std::fs::read(&torrent_path).unwrap(),
+            torrent,
             dir,
             served: image.clone(),
             image,
@@ -116,11 +94,7 @@ impl Published {
     /// The image published by `scripts/publish-image` in 2 MiB frames:
     /// golden.raw.zst with its seek table, and its torrent.
     fn zstd(tracker_port: u16) -> Published {
-        let dir = tempfile::tempdir().unwrap();
-        let image = image(IMAGE_LEN, 43);
-        let seed = dir.path().join("seed");
-        std::fs::create_dir(&seed).unwrap();
-        std::fs::write(seed.join("golden.raw"), &image).unwrap();
+        let (dir, image, seed) = seed_dir(43);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/publish-image");
         let made = Command::new(script)
             .arg(seed.join("golden.raw"))
@@ -156,11 +130,7 @@ impl Published {
     /// The image as `xz -T2 --block-size=SIZE` writes it (one stream of
     /// blocks, each with its sizes in its header), and its torrent.
     fn xz(tracker_port: u16, block_size: &str) -> Published {
-        let dir = tempfile::tempdir().unwrap();
-        let image = image(IMAGE_LEN, 47);
-        let seed = dir.path().join("seed");
-        std::fs::create_dir(&seed).unwrap();
-        std::fs::write(seed.join("golden.raw"), &image).unwrap();
+        let (dir, image, seed) = seed_dir(47);
         let xz = Command::new("xz")
             .args(["-T2", &format!("--block-size={block_size}"), "-0", "-k"])
             .arg(seed.join("golden.raw"))
@@ -168,33 +138,28 @@ impl Published {
             .unwrap();
         assert!(xz.status.success(), "xz: {xz:?}");
         std::fs::remove_file(seed.join("golden.raw")).unwrap();
-        let torrent_path = dir.path().join("golden.raw.xz.torrent");
-        let made = Command::new("mktorrent")
-            .args(["-l", "22", "-p", "-a"])
-            .arg(format!("http://127.0.0.1:{tracker_port}/announce"))
-            .arg("-o")
-            .arg(&torrent_path)
-            .arg(seed.join("golden.raw.xz"))
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "mktorrent: {made:?}");
-        let shown = Command::new("aria2c")
-            .arg("-S")
-            .arg(&torrent_path)
-            .output()
-            .unwrap();
-        let info_hash = String::from_utf8_lossy(&shown.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
-            .expect("aria2c -S names the info hash");
+        let (torrent, info_hash) = mktorrent(&dir, &seed.join("golden.raw.xz"), tracker_port, true);
         Published {
-            torrent: std::fs::read(&torrent_path).unwrap(),
+            torrent,
             served: std::fs::read(seed.join("golden.raw.xz")).unwrap(),
             dir,
             image,
             name: "golden.raw.xz",
             info_hash,
         }
+    }
+
+    /// Deploys with the swarm up: the tracker listing this torrent and
+    /// the seeder, both stopped when the deploy is done.
+    fn deploy_from_swarm(
+        &self,
+        server: &FixtureServer,
+        tracker_port: u16,
+        extra: &[&str],
+    ) -> (std::process::Output, PathBuf) {
+        let _tracker = self.tracker(tracker_port, &[&self.info_hash]);
+        let _seeder = self.seeder();
+        self.deploy(server, extra)
     }
 
     fn torrent_path(&self) -> PathBuf {
@@ -276,6 +241,49 @@ impl Published {
     }
 }
 
+/// A directory with `seed/golden.raw`, an image made from `seed`.
+fn seed_dir(seed: u32) -> (tempfile::TempDir, Vec<u8>, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let image = image(IMAGE_LEN, seed);
+    let seed = dir.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    std::fs::write(seed.join("golden.raw"), &image).unwrap();
+    (dir, image, seed)
+}
+
+/// `mktorrent` of `file` (4 MiB pieces, announcing to the tracker's port)
+/// into `dir`; its bytes and its info hash as `aria2c -S` reads it.
+fn mktorrent(
+    dir: &tempfile::TempDir,
+    file: &Path,
+    tracker_port: u16,
+    private: bool,
+) -> (Vec<u8>, String) {
+    let name = file.file_name().unwrap().to_string_lossy();
+    let torrent_path = dir.path().join(format!("{name}.torrent"));
+    let made = Command::new("mktorrent")
+        .args(["-l", "22"])
+        .args(private.then_some("-p"))
+        .arg("-a")
+        .arg(format!("http://127.0.0.1:{tracker_port}/announce"))
+        .arg("-o")
+        .arg(&torrent_path)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "mktorrent: {made:?}");
+    let shown = Command::new("aria2c")
+        .arg("-S")
+        .arg(&torrent_path)
+        .output()
+        .unwrap();
+    let info_hash = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Info Hash: ").map(str::to_owned))
+        .expect("aria2c -S names the info hash");
+    (std::fs::read(&torrent_path).unwrap(), info_hash)
+}
+
 fn written(target: &Path, len: usize) -> Vec<u8> {
     let mut bytes = std::fs::read(target).unwrap();
     bytes.truncate(len);
@@ -308,10 +316,9 @@ fn the_image_comes_from_the_swarm_and_the_mirror_sends_one_byte() {
     }
     let tracker_port = free_port();
     let published = Published::new(tracker_port);
-    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
-    let _seeder = published.seeder();
     let server = FixtureServer::start().unwrap();
-    let (output, target) = published.deploy(&server, &["--seed-time", "2s"]);
+    let (output, target) =
+        published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "2s"]);
     let line = result_line(&output);
     assert!(
         line.starts_with("IMPRINT-RESULT: ok"),
@@ -452,10 +459,9 @@ fn seekable_zstd_frames_are_decoded_as_the_swarm_completes_them() {
     }
     let tracker_port = free_port();
     let published = Published::zstd(tracker_port);
-    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
-    let _seeder = published.seeder();
     let server = FixtureServer::start().unwrap();
-    let (output, target) = published.deploy(&server, &["--seed-time", "0"]);
+    let (output, target) =
+        published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "0"]);
     let line = result_line(&output);
     let log = stderr(&output);
     assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
@@ -510,11 +516,13 @@ fn a_wrong_checksum_on_the_out_of_order_path_wipes_both_ends() {
     }
     let tracker_port = free_port();
     let published = Published::zstd(tracker_port);
-    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
-    let _seeder = published.seeder();
     let server = FixtureServer::start().unwrap();
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let (output, target) = published.deploy(&server, &["--checksum", &wrong, "--seed-time", "0"]);
+    let (output, target) = published.deploy_from_swarm(
+        &server,
+        tracker_port,
+        &["--checksum", &wrong, "--seed-time", "0"],
+    );
     let line = result_line(&output);
     let log = stderr(&output);
     assert!(line.starts_with("IMPRINT-RESULT: error"), "{line}\n{log}");
@@ -601,10 +609,9 @@ fn xz_blocks_are_decoded_as_the_swarm_completes_them() {
     }
     let tracker_port = free_port();
     let published = Published::xz(tracker_port, "2MiB");
-    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
-    let _seeder = published.seeder();
     let server = FixtureServer::start().unwrap();
-    let (output, target) = published.deploy(&server, &["--seed-time", "0"]);
+    let (output, target) =
+        published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "0"]);
     let line = result_line(&output);
     let log = stderr(&output);
     assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
@@ -637,10 +644,9 @@ fn xz_blocks_off_the_disk_blocks_decode_in_order() {
     let tracker_port = free_port();
     // 1,000,000-byte blocks: the second starts inside a 4 KiB block.
     let published = Published::xz(tracker_port, "1000000");
-    let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
-    let _seeder = published.seeder();
     let server = FixtureServer::start().unwrap();
-    let (output, target) = published.deploy(&server, &["--seed-time", "0"]);
+    let (output, target) =
+        published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "0"]);
     let line = result_line(&output);
     let log = stderr(&output);
     assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");

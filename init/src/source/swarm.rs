@@ -296,19 +296,13 @@ impl Swarm {
         buffer: &mut Vec<u8>,
         cancelled: &dyn Fn() -> bool,
     ) -> bool {
-        let inner = &self.inner;
-        let pieces = first / inner.piece..=last / inner.piece;
-        let mut state = inner.lock();
+        let range = first..last + 1;
         loop {
-            if state.gone.is_some() || inner.stop.load(Ordering::Relaxed) || cancelled() {
+            if cancelled() || self.stalled() {
                 return false;
             }
-            if pieces.clone().all(|p| state.has(p)) {
-                let Some(path) = state.file.clone() else {
-                    return false;
-                };
-                drop(state);
-                return match read_at(&path, first, last, buffer) {
+            if self.have(&range) {
+                return match self.read(&range, buffer) {
                     Ok(()) => true,
                     Err(error) => {
                         log::warn!("torrent: {error:#}; this chunk comes from the mirrors");
@@ -316,14 +310,7 @@ impl Swarm {
                     }
                 };
             }
-            if state.progress_at.elapsed() > inner.timeout {
-                return false;
-            }
-            state = inner
-                .changed
-                .wait_timeout(state, POLL)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            self.wait(POLL);
         }
     }
 
@@ -736,15 +723,6 @@ fn mem_available(meminfo: &str) -> Option<u64> {
             .strip_suffix("kB")?;
         kib.trim().parse::<u64>().ok().map(|k| k * 1024)
     })
-}
-
-fn read_at(path: &Path, first: u64, last: u64, buffer: &mut Vec<u8>) -> Result<()> {
-    let len = usize::try_from(last - first + 1).context("a chunk larger than memory")?;
-    buffer.clear();
-    buffer.resize(len, 0);
-    File::open(path)
-        .and_then(|file| file.read_exact_at(buffer, first))
-        .with_context(|| format!("reading bytes {first}-{last} of {}", path.display()))
 }
 
 /// aria2 sends numbers as strings.
