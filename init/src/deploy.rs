@@ -141,6 +141,8 @@ fn deploy_attempt(
     // The name that declares the format and is looked up in a checksum
     // list: the URL's, or the source's own (an OCI layer's title).
     let named = source.name.clone().unwrap_or_else(|| url.clone());
+    // A swarm with no room in RAM keeps its pieces on this target's tail.
+    source::swarm::start_on_target(&source.stats, target_path);
     if let Some(plan) = scatter_plan(spec, &source, &named) {
         let stats = source.stats.clone();
         drop(source);
@@ -157,7 +159,7 @@ fn deploy_attempt(
         expected_checksum_signed(spec.expected.as_ref(), &named, &spec.source, &signing)?;
     let expected = agree_with_source(expected, source.digest.as_ref(), &url)?;
     let stats = source.stats.clone();
-    let target = target::open_target(target_path, spec.direct_io)?;
+    let target = open_fenced(target_path, spec, &stats)?;
     log::info!(
         "deploying {} ({}) to {}",
         // A presigned URL's query is a secret.
@@ -378,6 +380,15 @@ fn scatter_plan(spec: &Resolved, source: &Source, named: &str) -> Option<Scatter
             return None;
         }
     };
+    if let Some(region) = swarm.disk_region().filter(|r| layout.image_len > r.start) {
+        log::info!(
+            "torrent: the image ({} bytes) would reach the pieces on the disk at byte {}; \
+             {what} decode in order",
+            layout.image_len,
+            region.start
+        );
+        return None;
+    }
     // Units are written where they start; a disk takes whole blocks of up
     // to 4 KiB (`--block-size=1000000` xz blocks decode in order).
     if let Some(odd) = layout.frames.iter().find(|f| f.output.start % 4096 != 0) {
@@ -396,6 +407,29 @@ fn scatter_plan(spec: &Resolved, source: &Source, named: &str) -> Option<Scatter
     }
     swarm.claim();
     Some(ScatterPlan { swarm, layout, xz })
+}
+
+/// The target at `path`, fenced off from the pieces of a swarm that keeps
+/// them on its tail: an image that reaches them stops the swarm first
+/// ([`source::swarm::Swarm::reached`]).
+fn open_fenced(
+    path: &Path,
+    spec: &Resolved,
+    stats: &source::retry::SourceStats,
+) -> Result<Box<dyn BlockTarget>> {
+    let target = target::open_target(path, spec.direct_io)?;
+    let Some(swarm) = stats.swarm.get() else {
+        return Ok(target);
+    };
+    let Some(region) = swarm.disk_region() else {
+        return Ok(target);
+    };
+    let swarm = std::sync::Arc::clone(swarm);
+    Ok(Box::new(target::Fenced::new(
+        target,
+        region,
+        Box::new(move |at| swarm.reached(at)),
+    )))
 }
 
 /// An xz file's stream header, which every block's one-block stream
@@ -488,7 +522,7 @@ fn deploy_scattered(
         sha256: None,
         signature: signing.image_check()?,
     };
-    let target = target::open_target(target_path, spec.direct_io)?;
+    let target = open_fenced(target_path, spec, stats)?;
     let largest = table
         .frames
         .iter()

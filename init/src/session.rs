@@ -139,12 +139,24 @@ pub fn run(
         });
     });
     let mut progress = Stamped::new(ProgressEvents::new(tracker.status.clone(), Stage::Write));
+    // A swarm with no room in RAM keeps its pieces on the target's tail;
+    // started before the first read (the sniff below), so that read comes
+    // from the swarm too.
+    if !matches!(deploy.format, DeclaredFormat::Rootfs(_)) {
+        crate::source::swarm::start_on_target(&stats, target);
+    }
     let (rootfs, source) = match &deploy.format {
         DeclaredFormat::Rootfs(declared) => (Some(declared.clone()), source),
         DeclaredFormat::Auto => {
             let (kind, source) = crate::rootfs::deploy::sniff(source)?;
             if let Some(kind) = kind {
                 log::info!("format: a root-filesystem tarball ({kind})");
+                // Its partitions and filesystems take the whole disk.
+                if let Some(swarm) = stats.swarm.get().filter(|s| s.disk_region().is_some()) {
+                    swarm.release(
+                        "a root filesystem is laid out over the whole disk, scratch included",
+                    );
+                }
             }
             (kind.map(str::to_owned), source)
         }

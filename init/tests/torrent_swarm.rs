@@ -149,6 +149,29 @@ impl Published {
         }
     }
 
+    /// `image` as `gzip` writes it (it grows back to more than its
+    /// compressed length, to a size only its end tells), and its torrent.
+    fn gzip(tracker_port: u16, image: Vec<u8>) -> Published {
+        let (dir, image, seed) = seed_dir_of(image);
+        let gz = Command::new("gzip")
+            .arg("-k")
+            .arg(seed.join("golden.raw"))
+            .output()
+            .unwrap();
+        assert!(gz.status.success(), "gzip: {gz:?}");
+        std::fs::remove_file(seed.join("golden.raw")).unwrap();
+        let (torrent, info_hash) =
+            mktorrent(&dir, &seed.join("golden.raw.gz"), tracker_port, false);
+        Published {
+            torrent,
+            served: std::fs::read(seed.join("golden.raw.gz")).unwrap(),
+            dir,
+            image,
+            name: "golden.raw.gz",
+            info_hash,
+        }
+    }
+
     /// Deploys with the swarm up: the tracker listing this torrent and
     /// the seeder, both stopped when the deploy is done.
     fn deploy_from_swarm(
@@ -199,7 +222,13 @@ impl Published {
 
     /// An aria2c seeding the image from `seed/`.
     fn seeder(&self) -> Killed {
+        self.seeder_with(&[])
+    }
+
+    /// An aria2c seeding the image from `seed/`, with `extra` options.
+    fn seeder_with(&self, extra: &[&str]) -> Killed {
         let child = Command::new("aria2c")
+            .args(extra)
             .args([
                 "--seed-ratio=0.0",
                 "--bt-seed-unverified=true",
@@ -221,30 +250,112 @@ impl Published {
 
     /// `imprint deploy` of the image with its torrent, into a file.
     fn deploy(&self, server: &FixtureServer, extra: &[&str]) -> (std::process::Output, PathBuf) {
+        // Scratch for the pieces, removed with the test's directory.
+        self.deploy_to(server, extra, IMAGE_LEN + 4 * MIB, self.dir.path())
+    }
+
+    /// `imprint deploy` into a file of `target_len` bytes, with the
+    /// scratch for the pieces under `tmpdir`.
+    fn deploy_to(
+        &self,
+        server: &FixtureServer,
+        extra: &[&str],
+        target_len: usize,
+        tmpdir: &Path,
+    ) -> (std::process::Output, PathBuf) {
         let torrent = format!("{}.torrent", self.name);
         server.add_file(self.name, self.served.clone());
         server.add_file(&torrent, self.torrent.clone());
         let target = self.dir.path().join("disk.img");
         // Not zeros: a wipe on failure must show.
-        std::fs::write(&target, vec![0xA5u8; IMAGE_LEN + 4 * MIB]).unwrap();
+        std::fs::write(&target, vec![0xA5u8; target_len]).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_imprint"))
             .args(["deploy", "--url", &server.url(self.name), "--torrent"])
             .arg(server.url(&torrent))
             .arg("--disk")
             .arg(&target)
             .args(extra)
-            // Scratch for the pieces, removed with the test's directory.
-            .env("TMPDIR", self.dir.path())
+            .env("TMPDIR", tmpdir)
             .output()
             .unwrap();
         (output, target)
     }
+
+    /// Deploys with the swarm up, into a file of `target_len` bytes, with
+    /// `$TMPDIR` on a tmpfs too small for the pieces.
+    /// `seeder` has the seeder's extra options.
+    fn deploy_with_small_tmpdir(
+        &self,
+        server: &FixtureServer,
+        (tracker_port, seeder): (u16, &[&str]),
+        extra: &[&str],
+        target_len: usize,
+    ) -> Option<(std::process::Output, PathBuf)> {
+        let small = SmallTmpfs::mount(self.dir.path().join("small"))?;
+        let _tracker = self.tracker(tracker_port, &[&self.info_hash]);
+        let _seeder = self.seeder_with(seeder);
+        Some(self.deploy_to(server, extra, target_len, &small.0))
+    }
+}
+
+/// A 256 KiB tmpfs: room for aria2's torrent and log, not for pieces.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    /// `None` (the test skips) where mounting is not allowed.
+    fn mount(path: PathBuf) -> Option<SmallTmpfs> {
+        std::fs::create_dir_all(&path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        if !mounted.status.success() {
+            eprintln!(
+                "SKIPPED: mounting a small tmpfs needs root: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            );
+            return None;
+        }
+        Some(SmallTmpfs(path))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Loop devices whose backing file is `path` (`/sys/block/loopN/loop/`).
+fn loops_over(path: &Path) -> Vec<String> {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| Path::new(b.trim()) == path)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The region the log names: "the pieces go to bytes START..END of".
+fn scratch_region(log: &str) -> Option<(usize, usize)> {
+    let rest = log.split("the pieces go to bytes ").nth(1)?;
+    let (range, _) = rest.split_once(' ')?;
+    let (start, end) = range.split_once("..")?;
+    Some((start.parse().ok()?, end.parse().ok()?))
 }
 
 /// A directory with `seed/golden.raw`, an image made from `seed`.
 fn seed_dir(seed: u32) -> (tempfile::TempDir, Vec<u8>, PathBuf) {
+    seed_dir_of(image(IMAGE_LEN, seed))
+}
+
+/// A directory with `seed/golden.raw` holding `image`.
+fn seed_dir_of(image: Vec<u8>) -> (tempfile::TempDir, Vec<u8>, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let image = image(IMAGE_LEN, seed);
     let seed = dir.path().join("seed");
     std::fs::create_dir(&seed).unwrap();
     std::fs::write(seed.join("golden.raw"), &image).unwrap();
@@ -660,4 +771,165 @@ fn xz_blocks_off_the_disk_blocks_decode_in_order() {
         Some(published.served.len().to_string()),
         "{line}"
     );
+}
+
+#[test]
+fn with_no_room_in_tmpdir_the_pieces_go_to_the_targets_tail() {
+    if !tools_or_skip("with_no_room_in_tmpdir_the_pieces_go_to_the_targets_tail") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::new(tracker_port);
+    let server = FixtureServer::start().unwrap();
+    let target_len = 4 * IMAGE_LEN;
+    let Some((output, target)) = published.deploy_with_small_tmpdir(
+        &server,
+        (tracker_port, &[]),
+        &["--seed-time", "1s"],
+        target_len,
+    ) else {
+        return;
+    };
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    assert_eq!(
+        field(&line, "swarm").as_deref(),
+        Some(IMAGE_LEN.to_string().as_str()),
+        "every byte from the swarm: {line}\n{log}"
+    );
+    assert_eq!(mirror_bytes(&server, "golden.raw"), 1, "{log}");
+    let disk = std::fs::read(&target).unwrap();
+    assert!(
+        disk[..IMAGE_LEN] == published.image,
+        "the output is not the image"
+    );
+    // aria2 wrote the pieces into the target's tail, after the image and
+    // before the last MiB, which the deploy wiped.
+    let (start, end) = scratch_region(&log).unwrap_or_else(|| panic!("no region named: {log}"));
+    assert!(log.contains(&format!("of {}", target.display())), "{log}");
+    assert!(
+        start >= IMAGE_LEN && end <= target_len - MIB,
+        "{start}..{end}"
+    );
+    assert!(
+        disk[start..start + IMAGE_LEN] == published.served,
+        "the pieces are not on the target's tail"
+    );
+    assert!(
+        disk[IMAGE_LEN..start].iter().all(|&b| b == 0xA5),
+        "bytes between image and scratch changed"
+    );
+    assert!(
+        disk[target_len - MIB..].iter().all(|&b| b == 0),
+        "the last MiB is not wiped"
+    );
+    assert!(log.contains("torrent: seeding for 1.0 s"), "{log}");
+    // The loop device went with aria2.
+    assert_eq!(loops_over(&target), Vec::<String>::new());
+}
+
+#[test]
+fn a_target_too_small_for_image_and_pieces_is_deployed_over_http() {
+    if !tools_or_skip("a_target_too_small_for_image_and_pieces_is_deployed_over_http") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::new(tracker_port);
+    let server = FixtureServer::start().unwrap();
+    let Some((output, target)) = published.deploy_with_small_tmpdir(
+        &server,
+        (tracker_port, &[]),
+        &["--seed-time", "0"],
+        IMAGE_LEN + 4 * MIB,
+    ) else {
+        return;
+    };
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
+    assert!(
+        log.contains("is too small for the image and its pieces"),
+        "{log}"
+    );
+    assert!(written(&target, IMAGE_LEN) == published.image);
+    assert_eq!(mirror_bytes(&server, "golden.raw"), IMAGE_LEN as u64 + 1);
+}
+
+#[test]
+fn an_image_that_grows_into_the_pieces_stops_the_swarm_first() {
+    if !tools_or_skip("an_image_that_grows_into_the_pieces_stops_the_swarm_first") {
+        return;
+    }
+    // 128 MiB that gzip shrinks to about a quarter: one 64 KiB block in
+    // four is noise.
+    let image_len = 128 * MIB;
+    let mut raw = vec![0u8; image_len];
+    let noise = image(image_len, 59);
+    for (n, block) in raw.chunks_mut(65_536).enumerate() {
+        if n % 4 == 0 {
+            block.copy_from_slice(&noise[n * 65_536..(n + 1) * 65_536]);
+        }
+    }
+    let tracker_port = free_port();
+    let published = Published::gzip(tracker_port, raw);
+    let served = published.served.len();
+    // A disk just larger than the image: the scratch (twice the .gz,
+    // before the last MiB) starts well inside the image.
+    let target_len = image_len + MIB;
+    let half = served.next_multiple_of(MIB);
+    let start = image_len - 2 * half;
+    assert!(start >= served && served < image_len / 3, "{served}");
+    // The seeder's copy is wrong from the fifth 4 MiB piece on: aria2
+    // keeps fetching those pieces into the scratch, inside the image's
+    // last part, and they keep failing their hash, so it still writes
+    // there when the image arrives; the deploy takes them from the mirror
+    // after two seconds without progress.
+    let seed_copy = published.dir.path().join("seed/golden.raw.gz");
+    let mut wrong = std::fs::read(&seed_copy).unwrap();
+    for byte in &mut wrong[16 * MIB..] {
+        *byte ^= 0x5A;
+    }
+    std::fs::write(&seed_copy, wrong).unwrap();
+    let server = FixtureServer::start().unwrap();
+    let Some((output, target)) = published.deploy_with_small_tmpdir(
+        &server,
+        (tracker_port, &[]),
+        &["--seed-time", "5s", "--torrent-timeout", "2s"],
+        target_len,
+    ) else {
+        return;
+    };
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    // aria2, still fetching the wrong pieces into the image's last part,
+    // was stopped before the image got there.
+    assert!(
+        written(&target, image_len) == published.image,
+        "the output is not the image"
+    );
+    assert_eq!(
+        scratch_region(&log),
+        Some((start, start + 2 * half)),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "the image reaches the scratch on {} at byte {start}",
+            target.display()
+        )),
+        "{log}"
+    );
+    // The wrong pieces came from the mirror; nothing was seeded.
+    let from_swarm: usize = field(&line, "swarm").unwrap().parse().unwrap();
+    assert!(from_swarm <= 16 * MIB, "{line}\n{log}");
+    assert_eq!(
+        mirror_bytes(&server, "golden.raw.gz"),
+        (served - from_swarm + 1) as u64,
+        "{line}"
+    );
+    assert!(!log.contains("torrent: seeding"), "{log}");
+    assert_eq!(loops_over(&target), Vec::<String>::new());
 }

@@ -67,6 +67,68 @@ impl<T: BlockTarget + ?Sized> BlockTarget for Box<T> {
     }
 }
 
+/// A target with a region the image must not reach while something else
+/// still uses it (the BitTorrent mode's scratch on the disk's tail,
+/// `source::swarm`): `on_reach` runs once, before the first write or
+/// zeroing that touches `region`, and lets the user go; then the write
+/// proceeds.
+pub struct Fenced<T: BlockTarget> {
+    inner: T,
+    region: std::ops::Range<u64>,
+    on_reach: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl<T: BlockTarget> Fenced<T> {
+    pub fn new(
+        inner: T,
+        region: std::ops::Range<u64>,
+        on_reach: Box<dyn FnOnce(u64) + Send>,
+    ) -> Self {
+        Fenced {
+            inner,
+            region,
+            on_reach: Some(on_reach),
+        }
+    }
+
+    fn before(&mut self, offset: u64, len: u64) {
+        if offset < self.region.end && offset.saturating_add(len) > self.region.start {
+            if let Some(on_reach) = self.on_reach.take() {
+                on_reach(offset.max(self.region.start));
+            }
+        }
+    }
+}
+
+impl<T: BlockTarget> BlockTarget for Fenced<T> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn logical_block_size(&self) -> u32 {
+        self.inner.logical_block_size()
+    }
+    fn grows(&self) -> bool {
+        self.inner.grows()
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.before(offset, buf.len() as u64);
+        self.inner.write_at(buf, offset)
+    }
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.before(offset, len);
+        self.inner.zero_range(offset, len)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn reread_partitions(&mut self) -> io::Result<()> {
+        self.inner.reread_partitions()
+    }
+}
+
 /// Opens `path` as a deploy target without truncating it. A block device is
 /// opened with `O_EXCL`, which the kernel refuses while the device or one of
 /// its partitions is mounted or otherwise claimed: imprint never writes under
@@ -596,6 +658,37 @@ mod tests {
 
     fn busy() -> io::Error {
         io::Error::from_raw_os_error(libc::EBUSY)
+    }
+
+    #[test]
+    fn a_fence_lets_its_user_go_once_before_the_image_reaches_its_region() {
+        use crate::pipeline::image_writer::ImageWriter;
+        use std::io::Write as _;
+        use std::sync::{Arc, Mutex};
+        const MIB: usize = 1 << 20;
+        let disk = testing::MemoryTarget::new(16 * MIB);
+        let reached = Arc::new(Mutex::new(Vec::new()));
+        let fenced = {
+            let reached = Arc::clone(&reached);
+            Fenced::new(
+                disk.clone(),
+                (10 * MIB as u64)..(14 * MIB as u64),
+                Box::new(move |at| reached.lock().unwrap().push(at)),
+            )
+        };
+        // Wiping both ends (the last MiB lies after the region) and an
+        // image up to the region's start leave it alone.
+        let mut writer = ImageWriter::begin(fenced, None).unwrap();
+        writer.write_all(&vec![7u8; 10 * MIB]).unwrap();
+        writer.flush().unwrap();
+        assert!(reached.lock().unwrap().is_empty());
+        // The first byte inside it lets the user go, once.
+        writer.write_all(&vec![9u8; 2 * MIB]).unwrap();
+        writer.flush().unwrap();
+        let (_, len) = writer.commit().unwrap();
+        assert_eq!(len, 12 * MIB as u64);
+        assert_eq!(*reached.lock().unwrap(), vec![10 * MIB as u64]);
+        assert_eq!(disk.contents()[11 * MIB], 9);
     }
 
     #[test]

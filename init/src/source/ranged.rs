@@ -201,21 +201,24 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
             dropped: m.dropped.clone(),
         })
         .collect();
-    let swarm = match &ranges.torrent {
-        Some(torrent) => {
-            let _ = stats.swarm_served.set(std::sync::atomic::AtomicU64::new(0));
-            let swarm = Swarm::start(&SwarmPlan {
+    if let Some(torrent) = &ranges.torrent {
+        let _ = stats.swarm_served.set(std::sync::atomic::AtomicU64::new(0));
+        Swarm::start(
+            &SwarmPlan {
                 torrent,
                 length,
                 options,
-            });
-            if let Some(swarm) = &swarm {
-                let _ = stats.swarm.set(Arc::clone(swarm));
-            }
-            swarm
-        }
-        None => None,
-    };
+            },
+            &stats,
+        );
+    }
+    // Running, or waiting for the target to keep its pieces.
+    let swarm = stats.swarm.get().is_some()
+        || stats
+            .swarm_pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
     let mut ready = BTreeMap::new();
     // The probe's byte is not chunk 0 when a torrent was asked for.
     let next_fetch = if count == 0 || ranges.torrent.is_some() {
@@ -246,14 +249,13 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
         manifest,
         options: options.clone(),
         stats: Arc::clone(&stats),
-        swarm,
         swarm_missed: std::sync::atomic::AtomicBool::new(false),
     });
     let workers = window.min(usize::try_from(count - next_fetch).unwrap_or(usize::MAX));
     // With a swarm, nothing is asked for until the image is read: a deploy
     // that decodes frames out of order (`pipeline::scatter`) takes the
     // swarm and never reads this stream.
-    let lazy = shared.swarm.is_some();
+    let lazy = swarm;
     if !lazy {
         spawn_workers(&shared, workers)?;
     }
@@ -553,10 +555,9 @@ struct Shared {
     window: u64,
     manifest: Option<Manifest>,
     options: SourceOptions,
+    /// Its swarm (`stats.swarm`) is asked first for every chunk, when a
+    /// torrent was asked for and aria2 runs.
     stats: Arc<SourceStats>,
-    /// Asked first for every chunk, when a torrent was asked for and
-    /// aria2 runs.
-    swarm: Option<Arc<Swarm>>,
     /// The swarm missed a chunk since it last delivered one (logged once).
     swarm_missed: std::sync::atomic::AtomicBool,
 }
@@ -784,7 +785,7 @@ impl Shared {
         last: u64,
         buffer: &mut Vec<u8>,
     ) -> Option<Vec<u8>> {
-        let swarm = self.swarm.as_ref()?;
+        let swarm = self.stats.swarm.get()?;
         if !swarm.wait_range(first, last, buffer, &|| self.lock().closed) {
             if !self.swarm_missed.swap(true, Ordering::Relaxed) {
                 log::info!(
@@ -1048,7 +1049,7 @@ impl Drop for RangedReader {
         // read, the swarm went to a deploy that decodes out of order.
         let read = self.index > 0 || !self.current.is_empty();
         if read && self.index < self.shared.count {
-            if let Some(swarm) = self.shared.swarm.as_ref().filter(|s| !s.claimed()) {
+            if let Some(swarm) = self.shared.stats.swarm.get().filter(|s| !s.claimed()) {
                 swarm.stop();
             }
         }

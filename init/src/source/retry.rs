@@ -30,6 +30,9 @@ pub struct SourceStats {
     pub swarm_served: OnceLock<AtomicU64>,
     /// The running swarm, kept for seeding after the deploy.
     pub swarm: OnceLock<std::sync::Arc<super::swarm::Swarm>>,
+    /// A swarm waiting for the target, its pieces to go on the disk's tail
+    /// ([`super::swarm::start_on_target`]).
+    pub swarm_pending: std::sync::Mutex<Option<super::swarm::Pending>>,
     /// Told when ranges move to another mirror: `(from, to)` hosts and the
     /// bytes served so far.
     pub on_switch: SwitchObserver,

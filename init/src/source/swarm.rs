@@ -15,8 +15,20 @@
 //! **Scratch.** The compressed pieces land in a scratch directory: in PID 1
 //! `/run/imprint/swarm` in the initramfs's own RAM, when `MemAvailable`
 //! holds the image plus `imprint.decode-memory=` plus a margin; for the CLI
-//! under `$TMPDIR`, when that filesystem has room. Otherwise the deploy is
-//! an ordinary HTTP one, with a warning that says how much was missing.
+//! under `$TMPDIR`, when that filesystem has room. Otherwise they go to
+//! **the tail of the target disk** ([`DiskTail`]), once the deploy has
+//! chosen it ([`start_on_target`]): twice the image's length, ending before
+//! the disk's last MiB (the backup GPT, wiped and rewritten by the deploy),
+//! the pieces in the first half, bytes fetched from the mirrors instead in
+//! the second. aria2 writes into a loop device over the first half
+//! (`sys::loopdev`; its driver comes with the P2P initrd), which it takes
+//! for a file of the image's length. The image never overwrites pieces
+//! still needed: the deploy's writes go through a fence
+//! (`pipeline::target::Fenced`), and an image that reaches the region
+//! stops the swarm first ([`Swarm::release`]); the rest of it then comes
+//! from the mirrors. Where the disk is too small for the image and the
+//! pieces, or the loop driver is missing, the deploy is an ordinary HTTP
+//! one, with a warning that says why.
 //!
 //! **Chunks.** [`super::ranged`] reads the image in chunks, in order; for
 //! each one it first asks [`Swarm::wait_range`], which returns the chunk's
@@ -34,7 +46,8 @@
 //! **Seeding.** After a successful deploy the machine seeds for
 //! `imprint.seed-time=` ([`Swarm::seed`]: the CLI after its result line,
 //! PID 1 before the handoff), then aria2 is stopped and the scratch
-//! removed; a failed deploy stops it at once ([`Drop`]).
+//! removed (pieces on the disk's tail stay there, as free space after the
+//! last partition); a failed deploy stops it at once ([`Drop`]).
 
 use std::fs::File;
 use std::io::Read;
@@ -43,7 +56,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -51,7 +64,10 @@ use serde_json::{Value, json};
 
 use super::SourceOptions;
 use super::mirrors::display;
+use super::retry::SourceStats;
+use crate::pipeline::image_writer::WIPE_LEN;
 use crate::pipeline::ordered::DEFAULT_MEMORY;
+use crate::sys::loopdev::LoopDevice;
 
 /// The largest `.torrent` read: 4 MiB pieces of a 1 TiB image need 5 MiB
 /// of SHA-1s; smaller pieces of a larger image would not be a sane torrent.
@@ -68,15 +84,28 @@ pub const ARIA2C_DEFAULT: &str = "/usr/bin/aria2c";
 /// The trust roots `imprint-build --ca` bakes in; aria2 uses them for
 /// HTTPS trackers when present (it cannot use imprint's built-in roots).
 const BAKED_CA: &str = "/etc/imprint/ca.pem";
+/// The loop driver, where the P2P initrd puts it (the kernel tree's path
+/// under `/lib/modules/<release>/`), for the scratch on the disk.
+pub const LOOP_MODULE: &str = "kernel/drivers/block/loop.ko";
+/// The name aria2 gives the image's file in the scratch directory
+/// (`--index-out`): on the disk's tail, a link to the loop device.
+const IMAGE_FILE: &str = "image";
+/// Where the scratch on the disk's tail and its halves are aligned.
+const TAIL_ALIGN: u64 = 1 << 20;
 
 /// A running aria2 with the image's torrent, and what it has so far.
 pub struct Swarm {
     inner: Arc<Inner>,
     length: u64,
-    /// Bytes fetched from the mirrors instead, at their offsets, and which.
-    filled_file: File,
+    /// Where aria2's file is and the bytes from the mirrors are kept.
+    store: Store,
+    /// Which bytes were fetched from the mirrors instead.
     filled: Mutex<Filled>,
     claimed: AtomicBool,
+    /// Set once the image reached the scratch on the disk: nothing more is
+    /// read from it. Reads hold this shared; [`Swarm::release`] waits for
+    /// them.
+    released: RwLock<bool>,
     child: Mutex<Option<Child>>,
     dir: PathBuf,
     seed_time: Duration,
@@ -121,33 +150,204 @@ pub struct SwarmPlan<'a> {
     pub options: &'a SourceOptions,
 }
 
+/// Where the pieces are kept.
+enum Store {
+    /// aria2's file and the mirrors' bytes (this file) in the scratch
+    /// directory.
+    Files { filled: File },
+    /// On the target's tail.
+    Disk(DiskTail),
+}
+
+/// The scratch on the tail of the target: aria2's pieces in
+/// `region.start..region.start + length` (through `device`), the bytes
+/// fetched from the mirrors instead in the `length` bytes after them.
+pub struct DiskTail {
+    target: PathBuf,
+    /// The target, read-write: the mirrors' bytes go straight into it.
+    disk: File,
+    region: Range<u64>,
+    /// The loop device aria2 writes through; dropped (and so unbound) when
+    /// aria2 is stopped.
+    device: Mutex<Option<LoopDevice>>,
+}
+
+/// A swarm that found no room for the pieces in RAM (or `$TMPDIR`) and
+/// waits for the target to put them on its tail ([`start_on_target`]).
+pub struct Pending {
+    torrent: String,
+    length: u64,
+    options: SourceOptions,
+    aria2c: PathBuf,
+    /// Why not in RAM, for the warning when the disk cannot take them
+    /// either.
+    why: String,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("length", &self.length)
+            .field("why", &self.why)
+            .finish()
+    }
+}
+
+/// The region on a disk of `disk_size` bytes that the scratch for an image
+/// of `length` compressed bytes takes: `2 × length` (pieces, then the
+/// mirrors' bytes), MiB-aligned, ending before the last MiB, which the
+/// deploy wipes and a partition table's backup uses. `None` unless the
+/// image can still be `length` bytes long before it (a raw image is; a
+/// compressed one grows, and is fenced off if it reaches the region).
+pub fn tail_region(disk_size: u64, length: u64) -> Option<Range<u64>> {
+    let end = disk_size.checked_sub(WIPE_LEN)? / TAIL_ALIGN * TAIL_ALIGN;
+    let half = length.checked_next_multiple_of(TAIL_ALIGN)?;
+    let start = end.checked_sub(half.checked_mul(2)?)?;
+    (length > 0 && start >= length.max(TAIL_ALIGN)).then_some(start..end)
+}
+
+/// Starts the swarm a deploy to `target` was waiting for ([`Pending`]),
+/// with its pieces on the target's tail; a warning and HTTP when it cannot.
+/// Called once the deploy has chosen the target, before it writes.
+pub fn start_on_target(stats: &SourceStats, target: &Path) {
+    let pending = stats
+        .swarm_pending
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let Some(pending) = pending else {
+        return;
+    };
+    match Swarm::on_disk_tail(&pending, target) {
+        Ok(swarm) => {
+            let _ = stats.swarm.set(Arc::new(swarm));
+        }
+        Err(error) => log::warn!(
+            "torrent: {}, and {error:#}; reading the image over HTTP from the mirrors",
+            pending.why
+        ),
+    }
+}
+
 impl Swarm {
-    /// Starts aria2 for `plan.torrent`, or says why not (a warning, and
-    /// the deploy reads over HTTP).
-    pub fn start(plan: &SwarmPlan) -> Option<Arc<Swarm>> {
-        match Self::try_start(plan) {
-            Ok(swarm) => Some(Arc::new(swarm)),
+    /// Starts aria2 for `plan.torrent` into `stats.swarm`, or leaves it
+    /// to wait for the target ([`Pending`], when RAM has no room for the
+    /// pieces), or says why not (a warning, and the deploy reads over
+    /// HTTP).
+    pub fn start(plan: &SwarmPlan, stats: &SourceStats) {
+        let Some(aria2c) = find_aria2c() else {
+            log::warn!(
+                "torrent: aria2c not found on PATH or at {ARIA2C_DEFAULT} (append the P2P initrd, \
+                 out/imprint-p2p.img, after imprint's, or install aria2); \
+                 reading the image over HTTP from the mirrors"
+            );
+            return;
+        };
+        let memory = plan.options.ranges.memory.unwrap_or(DEFAULT_MEMORY);
+        if let Err(no_room) = ensure_room(&scratch_dir(), plan.length, memory) {
+            log::info!(
+                "torrent: {no_room:#}; the pieces go to the tail of the target disk once it is chosen"
+            );
+            *stats
+                .swarm_pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Pending {
+                torrent: plan.torrent.to_owned(),
+                length: plan.length,
+                options: plan.options.clone(),
+                aria2c,
+                why: format!("{no_room:#}"),
+            });
+            return;
+        }
+        let filled = || -> Result<Store> {
+            let dir = scratch_dir();
+            crate::sys::mount::mkdir_all(&dir, 0o700)?;
+            let path = dir.join("from-mirrors");
+            let filled = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            Ok(Store::Files { filled })
+        };
+        match filled().and_then(|store| Self::launch(plan, &aria2c, store)) {
+            Ok(swarm) => {
+                let _ = stats.swarm.set(Arc::new(swarm));
+            }
             Err(error) => {
+                let _ = std::fs::remove_dir_all(scratch_dir());
                 log::warn!("torrent: {error:#}; reading the image over HTTP from the mirrors");
-                None
             }
         }
     }
 
-    fn try_start(plan: &SwarmPlan) -> Result<Swarm> {
-        let ranges = &plan.options.ranges;
-        let aria2c = find_aria2c().with_context(|| {
+    /// The swarm of `pending`, its pieces on `target`'s tail.
+    fn on_disk_tail(pending: &Pending, target: &Path) -> Result<Swarm> {
+        let disk = File::options()
+            .read(true)
+            .write(true)
+            .open(target)
+            .with_context(|| format!("opening {}", target.display()))?;
+        let meta = disk.metadata()?;
+        let size = if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+            crate::sys::block::size_bytes(&disk)
+                .with_context(|| format!("asking {} for its size", target.display()))?
+        } else {
+            meta.len()
+        };
+        let region = tail_region(size, pending.length).with_context(|| {
             format!(
-                "aria2c not found on PATH or at {ARIA2C_DEFAULT} (append the P2P initrd, \
-                 out/imprint-p2p.img, after imprint's, or install aria2)"
+                "{} ({}) is too small for the image and its pieces ({} twice, after at least \
+                 as much image)",
+                target.display(),
+                crate::text::human_size(size),
+                crate::text::human_size(pending.length)
             )
         })?;
+        let module = crate::disk::mount::module_dir().join(LOOP_MODULE);
+        crate::sys::loopdev::ensure_driver(&module)?;
+        // A block device ends on a whole sector; aria2 writes `length`.
+        let device =
+            LoopDevice::attach(&disk, region.start, pending.length.next_multiple_of(4096))?;
         let dir = scratch_dir();
-        let memory = ranges.memory.unwrap_or(DEFAULT_MEMORY);
-        ensure_room(&dir, plan.length, memory)?;
+        crate::sys::mount::mkdir_all(&dir, 0o700)?;
+        let link = dir.join(IMAGE_FILE);
+        std::os::unix::fs::symlink(device.path(), &link).with_context(|| {
+            format!("linking {} to {}", link.display(), device.path().display())
+        })?;
+        log::info!(
+            "torrent: {}; the pieces go to bytes {}..{} of {} ({}), after the image",
+            pending.why,
+            region.start,
+            region.end,
+            target.display(),
+            device.path().display()
+        );
+        let store = Store::Disk(DiskTail {
+            target: target.to_owned(),
+            disk,
+            region,
+            device: Mutex::new(Some(device)),
+        });
+        let plan = SwarmPlan {
+            torrent: &pending.torrent,
+            length: pending.length,
+            options: &pending.options,
+        };
+        Self::launch(&plan, &pending.aria2c, store).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    /// Fetches the torrent and starts aria2 on it, with the pieces in
+    /// `store`.
+    fn launch(plan: &SwarmPlan, aria2c: &Path, store: Store) -> Result<Swarm> {
+        let ranges = &plan.options.ranges;
+        let dir = scratch_dir();
         let torrent = super::fetch_bytes(plan.torrent, MAX_TORRENT, "a torrent", plan.options)
             .with_context(|| format!("fetching {}", display(plan.torrent)))?;
-        crate::sys::mount::mkdir_all(&dir, 0o700)?;
         let torrent_path = dir.join("image.torrent");
         std::fs::write(&torrent_path, &torrent)
             .with_context(|| format!("writing {}", torrent_path.display()))?;
@@ -157,7 +357,7 @@ impl Swarm {
         let log_path = dir.join("aria2.log");
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(&aria2c)
+        let child = Command::new(aria2c)
             .args(aria2_args(&dir, port, &token, &gid))
             .arg(&torrent_path)
             .stdin(Stdio::null())
@@ -165,18 +365,12 @@ impl Swarm {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", aria2c.display()))?;
-        let filled_path = dir.join("from-mirrors");
-        let filled_file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&filled_path)
-            .with_context(|| format!("creating {}", filled_path.display()))?;
         let mut swarm = Swarm {
             length: plan.length,
-            filled_file,
+            store,
             filled: Mutex::new(Filled::default()),
             claimed: AtomicBool::new(false),
+            released: RwLock::new(false),
             inner: Arc::new(Inner {
                 rpc: Rpc {
                     agent: rpc_agent(),
@@ -233,11 +427,11 @@ impl Swarm {
             .spawn(move || inner.poll_loop())
             .context("starting the swarm's poller")?;
         log::info!(
-            "torrent: aria2c started ({}, pid {}): {total} bytes in pieces of {piece}, scratch in {}; \
+            "torrent: aria2c started ({}, pid {}): {total} bytes in pieces of {piece}, scratch {}; \
              chunks the swarm has not delivered after {} without progress come from the mirrors",
             aria2c.display(),
             swarm.pid().unwrap_or(0),
-            swarm.dir.display(),
+            swarm.describe_scratch(),
             crate::http::backoff::seconds(swarm.inner.timeout)
         );
         Ok(swarm)
@@ -330,6 +524,9 @@ impl Swarm {
         if range.is_empty() {
             return true;
         }
+        if *self.lock_released() {
+            return false;
+        }
         let state = self.inner.lock();
         let filled = self.lock_filled();
         self.segments(range)
@@ -341,6 +538,11 @@ impl Swarm {
     /// piece, else from the bytes filled in.
     pub fn read(&self, range: &Range<u64>, buffer: &mut Vec<u8>) -> Result<()> {
         let len = usize::try_from(range.end - range.start).context("a range larger than memory")?;
+        // Held across the reads: the image may not overwrite them meanwhile.
+        let released = self.lock_released();
+        if *released {
+            bail!("the image reached the scratch on the disk; the swarm is stopped");
+        }
         buffer.clear();
         buffer.resize(len, 0);
         let (file, has): (Option<PathBuf>, Vec<bool>) = {
@@ -359,29 +561,38 @@ impl Swarm {
             let at = usize::try_from(part.start - range.start).unwrap_or(usize::MAX);
             let n = usize::try_from(part.end - part.start).unwrap_or(usize::MAX);
             let out = &mut buffer[at..at + n];
-            let (source, name) = match (&aria2, from_aria2) {
-                (Some(file), true) => (file, "aria2's file"),
-                _ => (&self.filled_file, "the bytes from the mirrors"),
+            let (fills, base) = self.store.fills();
+            let (source, at, name) = match (&aria2, from_aria2) {
+                (Some(file), true) => (file, part.start, "aria2's file"),
+                _ => (fills, base + part.start, "the bytes from the mirrors"),
             };
             source
-                .read_exact_at(out, part.start)
+                .read_exact_at(out, at)
                 .with_context(|| format!("reading bytes {}..{} of {name}", part.start, part.end))?;
         }
+        drop(released);
         Ok(())
     }
 
     /// Keeps `bytes` (those of `range`, fetched from the mirrors) so that
     /// [`have`](Self::have) and [`read`](Self::read) find them: in a file
-    /// of their own beside aria2's, which aria2 never sees or seeds.
+    /// of their own beside aria2's (or the half of the disk's scratch after
+    /// aria2's), which aria2 never sees or seeds.
     pub fn fill(&self, range: &Range<u64>, bytes: &[u8]) -> Result<()> {
-        self.filled_file
-            .write_all_at(bytes, range.start)
+        let released = self.lock_released();
+        if *released {
+            bail!("the image reached the scratch on the disk; the swarm is stopped");
+        }
+        let (fills, base) = self.store.fills();
+        fills
+            .write_all_at(bytes, base + range.start)
             .with_context(|| {
                 format!(
                     "keeping bytes {}..{} in the scratch",
                     range.start, range.end
                 )
             })?;
+        drop(released);
         self.lock_filled().insert(range.clone());
         self.inner.changed.notify_all();
         Ok(())
@@ -392,16 +603,83 @@ impl Swarm {
     /// ([`fill`](Self::fill)): aria2 may later download the same pieces.
     /// The out-of-order path fills; without this room, frames decode in
     /// order, which never fills.
+    /// On the disk's tail the room was set aside when the scratch was.
     pub fn room_for_fills(&self, memory: u64) -> Result<()> {
+        if let Store::Disk(_) = self.store {
+            return Ok(());
+        }
         let completed = self.inner.lock().completed.min(self.length);
         ensure_room(&self.dir, self.length - completed + self.length, memory)
+    }
+
+    /// The bytes of the target the scratch takes, when it is on its tail:
+    /// the image must not reach them while the swarm runs.
+    pub fn disk_region(&self) -> Option<Range<u64>> {
+        match &self.store {
+            Store::Disk(tail) => Some(tail.region.clone()),
+            Store::Files { .. } => None,
+        }
+    }
+
+    /// The deploy needs the scratch on the disk back (`why`: the image
+    /// reaches it): aria2 is stopped and the loop device unbound, once
+    /// every read of the scratch in progress has finished; chunks still to
+    /// come are fetched from the mirrors, and nothing is seeded.
+    pub fn release(&self, why: &str) {
+        let mut released = self
+            .released
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *released {
+            return;
+        }
+        *released = true;
+        log::warn!(
+            "torrent: {why}; the swarm stops and the rest of the image comes from the mirrors"
+        );
+        self.stop();
+    }
+
+    /// `release` when the image reaches byte `at` of the scratch.
+    pub fn reached(&self, at: u64) {
+        self.release(&format!(
+            "the image reaches the scratch on {} at byte {at} (a larger disk keeps them apart)",
+            self.describe_target()
+        ));
+    }
+
+    fn lock_released(&self) -> std::sync::RwLockReadGuard<'_, bool> {
+        self.released.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where the pieces are, for messages.
+    fn describe_scratch(&self) -> String {
+        match &self.store {
+            Store::Files { .. } => format!("in {}", self.dir.display()),
+            Store::Disk(tail) => format!(
+                "on {} (bytes {}..{})",
+                tail.target.display(),
+                tail.region.start,
+                tail.region.end
+            ),
+        }
+    }
+
+    fn describe_target(&self) -> String {
+        match &self.store {
+            Store::Disk(tail) => tail.target.display().to_string(),
+            Store::Files { .. } => "the target".to_owned(),
+        }
     }
 
     /// Whether waiting for the swarm is pointless: no progress for
     /// `imprint.torrent-timeout=`, or aria2 is gone.
     pub fn stalled(&self) -> bool {
+        // Before the state: a read holds `released` and then takes it.
+        let released = *self.lock_released();
         let state = self.inner.lock();
-        state.gone.is_some()
+        released
+            || state.gone.is_some()
             || self.inner.stop.load(Ordering::Relaxed)
             || state.progress_at.elapsed() > self.inner.timeout
     }
@@ -435,7 +713,7 @@ impl Swarm {
     /// Seeds for `imprint.seed-time=` (or until aria2 exits), then stops
     /// aria2 and removes the scratch. Called once the deploy is good.
     pub fn seed(&self) {
-        if !self.seed_time.is_zero() {
+        if !self.seed_time.is_zero() && !*self.lock_released() {
             log::info!(
                 "torrent: seeding for {} (uploaded {} bytes so far)",
                 crate::http::backoff::seconds(self.seed_time),
@@ -471,6 +749,17 @@ impl Swarm {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Store::Disk(tail) = &self.store {
+            // aria2 has closed it: unbound now.
+            if let Some(device) = tail
+                .device
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                device.detach();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -487,6 +776,20 @@ impl std::fmt::Debug for Swarm {
 impl Drop for Swarm {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl Store {
+    /// The file the mirrors' bytes are kept in, and where image byte 0
+    /// would be in it.
+    fn fills(&self) -> (&File, u64) {
+        match self {
+            Store::Files { filled } => (filled, 0),
+            Store::Disk(tail) => {
+                let half = (tail.region.end - tail.region.start) / 2;
+                (&tail.disk, tail.region.start + half)
+            }
+        }
     }
 }
 
@@ -638,6 +941,10 @@ fn aria2_args(dir: &Path, port: u16, token: &str, gid: &str) -> Vec<String> {
         // Seeding ends when imprint stops aria2, not before.
         "--seed-time=525600",
         "--file-allocation=none",
+        // One name for the image's file, whatever the torrent calls it: on
+        // the disk's tail it is a link to the loop device, which aria2
+        // writes into instead of refusing an existing file.
+        "--allow-overwrite=true",
         "--disk-cache=0",
         "--bt-save-metadata=false",
         "--auto-save-interval=0",
@@ -653,6 +960,7 @@ fn aria2_args(dir: &Path, port: u16, token: &str, gid: &str) -> Vec<String> {
         format!("--rpc-listen-port={port}"),
         format!("--rpc-secret={token}"),
         format!("--gid={gid}"),
+        format!("--index-out=1={IMAGE_FILE}"),
         // A killed imprint (no Drop runs) must not leave aria2 seeding
         // for a year.
         format!("--stop-with-process={}", std::process::id()),
@@ -806,6 +1114,28 @@ mod tests {
         assert!(!filled.covers(&(5..41)));
         assert!(filled.covers(&(46..47)));
         assert!(filled.covers(&(0..0)));
+    }
+
+    #[test]
+    fn the_scratch_on_the_disk_is_twice_the_image_before_the_last_mib() {
+        const MIB: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        // 1 GiB of pieces on a 100 GiB disk: 2 GiB ending a MiB early.
+        assert_eq!(
+            tail_region(100 * GIB, GIB),
+            Some(100 * GIB - MIB - 2 * GIB..100 * GIB - MIB)
+        );
+        // Halves and ends are MiB-aligned: a disk of an odd size, pieces
+        // of an odd length.
+        let region = tail_region(100 * GIB + 12_345, 5 * MIB + 1).unwrap();
+        assert_eq!(region.end, 100 * GIB - MIB);
+        assert_eq!(region.end - region.start, 12 * MIB);
+        // The image itself must fit before it (a raw one is as long as
+        // its pieces).
+        assert_eq!(tail_region(3 * GIB + MIB, GIB), Some(GIB..3 * GIB));
+        assert_eq!(tail_region(3 * GIB + MIB - 1, GIB), None);
+        assert_eq!(tail_region(MIB / 2, 1), None);
+        assert_eq!(tail_region(10 * GIB, 0), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod chroot;
 pub mod efivars;
 pub mod kexec;
 pub mod kmod;
+pub mod loopdev;
 pub mod mount;
 pub mod net;
 pub mod passthru;
