@@ -12,7 +12,7 @@ use imprint_build::ipxe::{self, IpxeOptions};
 use imprint_build::p2p;
 use imprint_build::tools;
 
-const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] [--trusted-key FILE]... [--allow-unsigned yes] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] [--rootfs-tools] [--p2p] | imprint-build drp --kernel FILE --initramfs FILE [--tools-initrd FILE] [--p2p-initrd FILE] --out DIR | imprint-build tools-initrd --out FILE [--root DIR] | imprint-build p2p-initrd --out FILE [--aria2c FILE] [--root DIR]";
+const USAGE: &str = "usage: imprint-build initramfs (--kernel-root DIR [--extra-module NAME]... | --builtin-modinfo FILE) --kver VER --init PATH --out FILE [--firmware-root DIR] [--embed-image FILE]... [--ca PEM-FILE] [--trusted-key FILE]... [--allow-unsigned yes] | imprint-build hardware --kernel-root DIR --kver VER [--extra-module NAME]... [--lspci FILE|-] | imprint-build ipxe --out FILE [--base-url URL] [--append ARGS] [--rootfs-tools] [--p2p] | imprint-build drp --kernel FILE --initramfs FILE [--tools-initrd FILE] [--p2p-initrd FILE] --out DIR | imprint-build tools-initrd --out FILE [--root DIR] | imprint-build p2p-initrd --out FILE [--aria2c FILE] [--root DIR] [--kernel-root DIR --kver VER]";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
@@ -65,6 +65,8 @@ enum Command {
     P2pInitrd {
         aria2c: PathBuf,
         root: PathBuf,
+        /// The kernel package and release whose loop driver it carries.
+        kernel: Option<(PathBuf, String)>,
         out: PathBuf,
     },
 }
@@ -234,12 +236,21 @@ fn parse_args(args: &[String]) -> Result<Command> {
             })
         }
         "p2p-initrd" => {
-            let flags = parse_flags(rest, &["--out", "--aria2c", "--root"])?;
+            let flags = parse_flags(
+                rest,
+                &["--out", "--aria2c", "--root", "--kernel-root", "--kver"],
+            )?;
+            let kernel = match (single(&flags, "--kernel-root")?, single(&flags, "--kver")?) {
+                (Some(root), Some(kver)) => Some((PathBuf::from(root), kver.to_owned())),
+                (None, None) => None,
+                _ => bail!("p2p-initrd: --kernel-root and --kver go together"),
+            };
             Ok(Command::P2pInitrd {
                 aria2c: single(&flags, "--aria2c")?
                     .unwrap_or(p2p::ARIA2C_PATH)
                     .into(),
                 root: single(&flags, "--root")?.unwrap_or("/").into(),
+                kernel,
                 out: required(&flags, "--out")?.into(),
             })
         }
@@ -452,8 +463,16 @@ fn run(command: Command) -> Result<()> {
             println!("uncompressed: {} bytes", cpio.len());
             println!("compressed: {} bytes", compressed.len());
         }
-        Command::P2pInitrd { aria2c, root, out } => {
-            let archive = p2p::archive(&aria2c, &root)?;
+        Command::P2pInitrd {
+            aria2c,
+            root,
+            kernel,
+            out,
+        } => {
+            let driver = kernel
+                .as_ref()
+                .map(|(kernel_root, kver)| p2p::LoopDriver { kernel_root, kver });
+            let archive = p2p::archive(&aria2c, &root, driver.as_ref())?;
             let cpio = archive.to_bytes(archive_mtime()?)?;
             let compressed = initramfs::compress(&cpio)?;
             write_atomically(&out, &compressed)?;
@@ -671,6 +690,7 @@ mod tests {
             Command::P2pInitrd {
                 aria2c: "/usr/bin/aria2c".into(),
                 root: "/".into(),
+                kernel: None,
                 out: "out/imprint-p2p.img".into(),
             }
         );
@@ -682,8 +702,26 @@ mod tests {
             Command::P2pInitrd {
                 aria2c: "/opt/aria2/bin/aria2c".into(),
                 root: "/srv/sysroot".into(),
+                kernel: None,
                 out: "p.img".into(),
             }
+        );
+        assert_eq!(
+            parse_args(&args(
+                "p2p-initrd --kernel-root cache/k --kver 6.1.0-57-amd64 --out p.img"
+            ))
+            .unwrap(),
+            Command::P2pInitrd {
+                aria2c: "/usr/bin/aria2c".into(),
+                root: "/".into(),
+                kernel: Some(("cache/k".into(), "6.1.0-57-amd64".to_owned())),
+                out: "p.img".into(),
+            }
+        );
+        let error = parse_args(&args("p2p-initrd --kver 6.1 --out p.img")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "p2p-initrd: --kernel-root and --kver go together"
         );
         let error = parse_args(&args("p2p-initrd --aria2c a")).unwrap_err();
         assert_eq!(error.to_string(), "--out is required");

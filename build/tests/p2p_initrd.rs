@@ -28,7 +28,7 @@ fn repo_root() -> PathBuf {
 
 /// The initrd as `imprint-build p2p-initrd` writes it.
 fn build_initrd() -> Vec<u8> {
-    let archive = p2p::archive(Path::new(p2p::ARIA2C_PATH), Path::new("/")).unwrap();
+    let archive = p2p::archive(Path::new(p2p::ARIA2C_PATH), Path::new("/"), None).unwrap();
     initramfs::compress(&archive.to_bytes(0).unwrap()).unwrap()
 }
 

@@ -7,6 +7,15 @@
 //! deploys over HTTP. And through DRP: QEMU's iPXE ROM runs the pack's
 //! rendered iPXE template for a machine with `imprint/torrent` set, which
 //! loads the P2P initrd after the others, and PID 1 starts aria2c from it.
+//!
+//! And with a peer: a VM with too little RAM for the pieces keeps them on
+//! the tail of its disk through a loop device (the driver from the P2P
+//! initrd) and takes every piece from an aria2c seeder on the host. The
+//! guest reaches the host only as 10.0.2.2 (QEMU's user network), which a
+//! real tracker never reports for a peer on the host, so the tracker here
+//! is the HTTP server's one fixed announce answer naming the seeder at
+//! 10.0.2.2 (BEP 23's compact form); opentracker itself is in the host and
+//! namespace tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,14 +93,18 @@ fn initrd_with_p2p(dir: &Path) -> PathBuf {
 }
 
 fn boot(name: &str, params: &str, initrd: &Path, disk: &Path) -> Vm {
+    // The pieces' scratch is RAM in PID 1: the image, the decoders'
+    // budget and a margin must fit beside the unpacked initrds.
+    boot_with(name, params, initrd, disk, 1536)
+}
+
+fn boot_with(name: &str, params: &str, initrd: &Path, disk: &Path, memory_mib: u32) -> Vm {
     let artifacts = Artifacts::get();
     Vm::builder()
         .kernel(&artifacts.kernel)
         .initrd(initrd)
         .append(format!("console=ttyS0 panic=-1 {params}"))
-        // The pieces' scratch is RAM in PID 1: the image, the decoders'
-        // budget and a margin must fit beside the unpacked initrds.
-        .memory_mib(1536)
+        .memory_mib(memory_mib)
         .nic(Nic::user())
         .disk(Disk::new(disk))
         .no_reboot(true)
@@ -288,4 +301,129 @@ fn drp_pxe_boot_with_imprint_torrent_loads_the_p2p_initrd_and_starts_aria2c() {
     );
     let golden = wait_golden(&vm, GOLDEN_TIMEOUT);
     assert_eq!(golden.root_uuid, golden_root_uuid(), "{golden:?}");
+}
+
+/// A tracker's announce answer (BEP 3, compact peers of BEP 23) naming one
+/// peer: `ip:port`.
+fn announce_naming(ip: [u8; 4], port: u16) -> Vec<u8> {
+    let mut answer = b"d8:intervali60e5:peers6:".to_vec();
+    answer.extend(ip);
+    answer.extend(port.to_be_bytes());
+    answer.push(b'e');
+    answer
+}
+
+/// An aria2c seeding `dir`'s files of `torrent`, listening on `port`.
+struct Seeder(std::process::Child);
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_little_ram_pid1_keeps_the_pieces_on_the_disks_tail_and_takes_them_from_a_peer() {
+    let server = FixtureServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::fs::read(golden_image()).expect("reading the golden image");
+    let compressed = filter("zstd", &["-q", "-c", "-3"], &image);
+    let seed = dir.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    let zst = seed.join("golden.img.zst");
+    std::fs::write(&zst, &compressed).unwrap();
+    let torrent = dir.path().join("golden.img.zst.torrent");
+    let made = Command::new("mktorrent")
+        .args(["-l", "22", "-p", "-a", &server.guest_url("/announce"), "-o"])
+        .arg(&torrent)
+        .arg(&zst)
+        .output()
+        .unwrap_or_else(|e| panic!("mktorrent (scripts/setup installs it): {e}"));
+    assert!(made.status.success(), "{made:?}");
+    let peer_port = free_port();
+    server.add_file("/announce", announce_naming([10, 0, 2, 2], peer_port));
+    server.add_file("/golden.img.zst", compressed.clone());
+    server.add_file("/golden.img.zst.torrent", std::fs::read(&torrent).unwrap());
+    let _seeder = Seeder(
+        Command::new("aria2c")
+            .args([
+                "--seed-ratio=0.0",
+                "--bt-seed-unverified=true",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(format!("--listen-port={peer_port}"))
+            .arg(format!("--dir={}", seed.display()))
+            .arg(&torrent)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("aria2c (scripts/setup installs it)"),
+    );
+    let disk = blank_disk(dir.path());
+    // 640 MiB: less than the pieces, the decoders' 256 MiB and PID 1's
+    // 256 MiB margin leave beside the kernel and the unpacked initrds.
+    let vm = boot_with(
+        "torrent_disk_tail",
+        &format!(
+            "imprint.url={} imprint.torrent={} imprint.torrent-timeout=20s \
+             imprint.seed-time=2s imprint.disk=/dev/vda imprint.hostname=swarm-2 \
+             -- console=ttyS0,115200",
+            server.guest_url("/golden.img.zst"),
+            server.guest_url("/golden.img.zst.torrent")
+        ),
+        &initrd_with_p2p(dir.path()),
+        &disk,
+        640,
+    );
+    let line = expect_ok(&vm, &image);
+    let golden = wait_golden(&vm, GOLDEN_TIMEOUT);
+    vm.wait_exit(Duration::from_secs(60))
+        .expect("the golden OS powers off");
+    assert_eq!(golden.hostname, "swarm-2", "{golden:?}");
+    let console = vm.console();
+    // Every byte from the peer; the mirror sent the probe's one byte and
+    // the 9-byte end where a seek table would say so.
+    assert!(
+        line.split_whitespace()
+            .any(|field| field == format!("swarm={}", compressed.len())),
+        "{line}\n{console}"
+    );
+    let from_mirror: u64 = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/golden.img.zst")
+        .map(|r| r.bytes_sent)
+        .sum();
+    assert!(from_mirror <= 10, "{from_mirror} bytes from the mirror: {line}");
+    // The pieces went to the disk's tail, through a loop device whose
+    // driver came with the P2P initrd, and are still there after the OS
+    // booted from the image before them.
+    let named = console
+        .lines()
+        .find(|l| l.contains("the pieces go to bytes "))
+        .unwrap_or_else(|| panic!("no scratch on the disk:\n{console}"));
+    assert!(named.contains("of /dev/vda (/dev/loop"), "{named}");
+    let range = named
+        .split("the pieces go to bytes ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let (start, end) = range.split_once("..").unwrap();
+    let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
+    assert!(start >= image.len() && end <= DISK_SIZE as usize - (1 << 20), "{named}");
+    let written = std::fs::read(&disk).unwrap();
+    assert!(
+        written[start..start + compressed.len()] == compressed[..],
+        "the pieces are not on the disk's tail"
+    );
+    let seeding = console
+        .find("torrent: seeding for 2.0 s")
+        .expect("no seeding");
+    let kexec = console.find("kexec into ").expect("no kexec");
+    assert!(seeding < kexec, "{console}");
 }

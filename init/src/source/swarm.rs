@@ -318,8 +318,7 @@ impl Swarm {
             format!("linking {} to {}", link.display(), device.path().display())
         })?;
         log::info!(
-            "torrent: {}; the pieces go to bytes {}..{} of {} ({}), after the image",
-            pending.why,
+            "torrent: the pieces go to bytes {}..{} of {} ({}), after the image",
             region.start,
             region.end,
             target.display(),
@@ -1000,8 +999,7 @@ fn ensure_room(dir: &Path, length: u64, memory: u64) -> Result<()> {
         let need = length + memory + RAM_MARGIN;
         if available < need {
             bail!(
-                "{} of RAM available, {} needed for the pieces ({}), the decoders and a margin; \
-                 scratch on the disk is not supported",
+                "{} of RAM available, {} needed for the pieces ({}), the decoders and a margin",
                 crate::text::human_size(available),
                 crate::text::human_size(need),
                 crate::text::human_size(length)
