@@ -933,3 +933,100 @@ fn an_image_that_grows_into_the_pieces_stops_the_swarm_first() {
     assert!(!log.contains("torrent: seeding"), "{log}");
     assert_eq!(loops_over(&target), Vec::<String>::new());
 }
+
+/// Runs `command`, panicking with its output unless it succeeds; stdout.
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{command:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A loop device over a file, with an ext4 filesystem mounted from it;
+/// unmounted and unbound on drop.
+struct MountedDisk {
+    device: String,
+    mount_point: PathBuf,
+}
+
+impl Drop for MountedDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+#[test]
+fn a_mounted_target_gets_no_pieces_on_its_tail() {
+    if !tools_or_skip("a_mounted_target_gets_no_pieces_on_its_tail") {
+        return;
+    }
+    let tracker_port = free_port();
+    let published = Published::new(tracker_port);
+    // A disk in use: a filesystem over all of it, mounted, whose last
+    // part the scratch would take.
+    let backing = published.dir.path().join("in-use.img");
+    std::fs::write(&backing, vec![0u8; 4 * IMAGE_LEN]).unwrap();
+    let Ok(bound) = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output()
+    else {
+        eprintln!("SKIPPED a_mounted_target_gets_no_pieces_on_its_tail: no losetup");
+        return;
+    };
+    if !bound.status.success() {
+        eprintln!(
+            "SKIPPED a_mounted_target_gets_no_pieces_on_its_tail: losetup needs root: {}",
+            String::from_utf8_lossy(&bound.stderr).trim()
+        );
+        return;
+    }
+    let mounted = MountedDisk {
+        device: String::from_utf8_lossy(&bound.stdout).trim().to_owned(),
+        mount_point: published.dir.path().join("mnt"),
+    };
+    run(Command::new("mkfs.ext4").args(["-q", "-F", &mounted.device]));
+    std::fs::create_dir(&mounted.mount_point).unwrap();
+    run(Command::new("mount")
+        .arg(&mounted.device)
+        .arg(&mounted.mount_point));
+    let before = std::fs::read(&backing).unwrap();
+    let Some(small) = SmallTmpfs::mount(published.dir.path().join("small")) else {
+        return;
+    };
+    let server = FixtureServer::start().unwrap();
+    server.add_file(published.name, published.served.clone());
+    server.add_file("golden.raw.torrent", published.torrent.clone());
+    let output = {
+        let _tracker = published.tracker(tracker_port, &[&published.info_hash]);
+        let _seeder = published.seeder();
+        Command::new(env!("CARGO_BIN_EXE_imprint"))
+            .args(["deploy", "--url", &server.url(published.name), "--torrent"])
+            .arg(server.url("golden.raw.torrent"))
+            .args(["--disk", &mounted.device, "--seed-time", "0"])
+            .env("TMPDIR", &small.0)
+            .output()
+            .unwrap()
+    };
+    let log = stderr(&output);
+    // The deploy refuses the disk; the swarm never wrote a piece into it.
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "opening {} exclusively (is it mounted or in use?)",
+            mounted.device
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("the pieces go to bytes"), "{log}");
+    assert!(!log.contains("aria2c started"), "{log}");
+    drop(small);
+    drop(mounted);
+    // Where the pieces would have gone: the last 2 × 27 MiB before the
+    // last MiB, free space of the filesystem, untouched by its unmount.
+    let tail = before.len() - 55 * MIB;
+    assert!(
+        std::fs::read(&backing).unwrap()[tail..] == before[tail..],
+        "the disk in use changed at its end"
+    );
+}

@@ -399,7 +399,10 @@ fn with_little_ram_pid1_keeps_the_pieces_on_the_disks_tail_and_takes_them_from_a
         .filter(|r| r.path == "/golden.img.zst")
         .map(|r| r.bytes_sent)
         .sum();
-    assert!(from_mirror <= 10, "{from_mirror} bytes from the mirror: {line}");
+    assert!(
+        from_mirror <= 10,
+        "{from_mirror} bytes from the mirror: {line}"
+    );
     // The pieces went to the disk's tail, through a loop device whose
     // driver came with the P2P initrd, and are still there after the OS
     // booted from the image before them.
@@ -415,7 +418,10 @@ fn with_little_ram_pid1_keeps_the_pieces_on_the_disks_tail_and_takes_them_from_a
         .unwrap();
     let (start, end) = range.split_once("..").unwrap();
     let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
-    assert!(start >= image.len() && end <= DISK_SIZE as usize - (1 << 20), "{named}");
+    assert!(
+        start >= image.len() && end as u64 <= DISK_SIZE - (1 << 20),
+        "{named}"
+    );
     let written = std::fs::read(&disk).unwrap();
     assert!(
         written[start..start + compressed.len()] == compressed[..],

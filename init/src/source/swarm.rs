@@ -285,18 +285,21 @@ impl Swarm {
 
     /// The swarm of `pending`, its pieces on `target`'s tail.
     fn on_disk_tail(pending: &Pending, target: &Path) -> Result<Swarm> {
+        let meta = std::fs::metadata(target)
+            .with_context(|| format!("inspecting {}", target.display()))?;
+        let size = if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+            // aria2 writes before the deploy claims the disk: nothing else
+            // (a mounted filesystem, a partition of it) may be using it.
+            let (_claim, size, _) = crate::pipeline::target::open_exclusive(target, false)?;
+            size
+        } else {
+            meta.len()
+        };
         let disk = File::options()
             .read(true)
             .write(true)
             .open(target)
             .with_context(|| format!("opening {}", target.display()))?;
-        let meta = disk.metadata()?;
-        let size = if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-            crate::sys::block::size_bytes(&disk)
-                .with_context(|| format!("asking {} for its size", target.display()))?
-        } else {
-            meta.len()
-        };
         let region = tail_region(size, pending.length).with_context(|| {
             format!(
                 "{} ({}) is too small for the image and its pieces ({} twice, after at least \
