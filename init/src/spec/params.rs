@@ -270,7 +270,7 @@ pub const PARAMS: &[ParamDef] = &[
         name: "torrent",
         values: "URL of the image's .torrent (`scripts/publish-image`)",
         default: "(none)",
-        help: "BitTorrent mode: chunks come from a swarm through `aria2c` (the P2P initrd), each from the mirrors of `imprint.url=` when the swarm has not delivered it in time; without aria2c or room for the pieces, an HTTP deploy with a warning. See BitTorrent mode.",
+        help: "BitTorrent mode: chunks come from a swarm through `aria2c` (the P2P initrd), each from the mirrors of `imprint.url=` when the swarm has not delivered it in time; the pieces in RAM, else on the target disk's tail; without aria2c or room for the pieces, an HTTP deploy with a warning. See BitTorrent mode.",
         apply: |spec, v| {
             let url = SourceUrl::parse(v)?;
             if !matches!(url.kind(), crate::source::url::UrlKind::Http) {
