@@ -1030,3 +1030,42 @@ fn a_mounted_target_gets_no_pieces_on_its_tail() {
         "the disk in use changed at its end"
     );
 }
+
+#[test]
+fn a_torrents_web_seeds_are_left_out() {
+    if !tools_or_skip("a_torrents_web_seeds_are_left_out") {
+        return;
+    }
+    // Nothing listens on the tracker's port; the torrent's web seed is the
+    // mirror itself, which aria2 would download the whole image from.
+    let tracker_port = free_port();
+    let mut published = Published::new(tracker_port);
+    let server = FixtureServer::start().unwrap();
+    let with_seed = published.dir.path().join("web-seeded.torrent");
+    let made = Command::new("mktorrent")
+        .args(["-l", "22", "-a"])
+        .arg(format!("http://127.0.0.1:{tracker_port}/announce"))
+        .arg("-w")
+        .arg(server.url("golden.raw"))
+        .arg("-o")
+        .arg(&with_seed)
+        .arg(published.dir.path().join("seed/golden.raw"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "mktorrent: {made:?}");
+    published.torrent = std::fs::read(&with_seed).unwrap();
+    let (output, target) =
+        published.deploy(&server, &["--torrent-timeout", "2s", "--seed-time", "0"]);
+    let line = result_line(&output);
+    let log = stderr(&output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    // aria2 fetched nothing from the web seed: the mirror sent the image
+    // once, to imprint's own ranges, after the swarm's timeout.
+    assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}\n{log}");
+    assert_eq!(mirror_bytes(&server, "golden.raw"), IMAGE_LEN as u64 + 1);
+    assert!(written(&target, IMAGE_LEN) == published.image);
+    assert!(
+        log.contains("lists web seeds (url-list); left out"),
+        "{log}"
+    );
+}
