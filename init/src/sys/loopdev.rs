@@ -212,7 +212,10 @@ pub fn ensure_driver(module: &Path) -> Result<()> {
     if Path::new(CONTROL).exists() {
         return Ok(());
     }
-    super::kmod::load_module(module).context("the loop driver, for the scratch on the disk")?;
+    super::kmod::load_module(module).context(
+        "the loop driver, for the scratch on the disk (the P2P initrd carries it when built \
+         with imprint-build p2p-initrd --kernel-root DIR --kver VER)",
+    )?;
     for _ in 0..50 {
         if Path::new(CONTROL).exists() {
             return Ok(());
