@@ -264,14 +264,13 @@ fn deploy_attempt(
     let (_, bytes) = writer
         .commit()
         .with_context(|| format!("committing the image to {}", target_path.display()))?;
-    let elapsed = started.elapsed();
-    log::info!("{}", progress_summary(bytes, served_bytes, elapsed));
     Ok(summary(
         spec,
         Deployed {
             bytes,
+            served: served_bytes,
             sha256,
-            elapsed,
+            started,
             format,
             expected,
             signed_by,
@@ -302,24 +301,32 @@ fn check_served(
 /// What a deploy wrote and checked, for [`summary`].
 struct Deployed {
     bytes: u64,
+    /// Bytes served (compressed), for the closing log line.
+    served: u64,
     sha256: [u8; 32],
-    elapsed: std::time::Duration,
+    started: Instant,
     format: String,
     expected: Option<Checksum>,
     signed_by: Vec<crate::sign::Signer>,
 }
 
-/// The summary both kinds of deploy end with; what only PID 1 or the CLI
-/// knows (erased disks, a boot entry, a restart) is filled in by them.
+/// The summary both kinds of deploy end with, logged; what only PID 1 or
+/// the CLI knows (erased disks, a boot entry, a restart) is filled in by
+/// them.
 fn summary(
     spec: &Resolved,
     written: Deployed,
     stats: &source::retry::SourceStats,
 ) -> DeploySummary {
+    let elapsed = written.started.elapsed();
+    log::info!(
+        "{}",
+        progress_summary(written.bytes, written.served, elapsed)
+    );
     DeploySummary {
         bytes: written.bytes,
         sha256: written.sha256,
-        elapsed: written.elapsed,
+        elapsed,
         format: Some(written.format),
         verified: written.expected.map(|c| c.algorithm()),
         transfer: stats.snapshot(),
@@ -418,13 +425,10 @@ fn open_fenced(
     stats: &source::retry::SourceStats,
 ) -> Result<Box<dyn BlockTarget>> {
     let target = target::open_target(path, spec.direct_io)?;
-    let Some(swarm) = stats.swarm.get() else {
+    let swarm = stats.swarm.get();
+    let Some((swarm, region)) = swarm.and_then(|s| Some((s.clone(), s.disk_region()?))) else {
         return Ok(target);
     };
-    let Some(region) = swarm.disk_region() else {
-        return Ok(target);
-    };
-    let swarm = std::sync::Arc::clone(swarm);
     Ok(Box::new(target::Fenced::new(
         target,
         region,
@@ -577,27 +581,31 @@ fn deploy_scattered(
         let decoders = scope.spawn(|| {
             let done = match xz {
                 None => scatter::decode_frames(
-                    table,
-                    swarm,
-                    &fetch,
-                    &crate::pipeline::zstd_decoder::ZstdFrameDecoder::new,
-                    &scatter::zstd_frame(table),
-                    &writer,
+                    &scatter::Units {
+                        table,
+                        pieces: swarm,
+                        fetch: &fetch,
+                        new_decoder: &crate::pipeline::zstd_decoder::ZstdFrameDecoder::new,
+                        prepare: &scatter::zstd_frame(table),
+                        writer: &writer,
+                        written: &written,
+                    },
                     threads,
-                    &written,
                 ),
                 Some((header, blocks)) => scatter::decode_frames(
-                    table,
-                    swarm,
-                    &fetch,
-                    &crate::pipeline::xz_blocks::XzBlockDecoder::new,
-                    &|n, bytes| {
-                        crate::pipeline::xz_blocks::block_stream(*header, &blocks[n], bytes)
-                            .map(|(unit, stream)| (unit, Some(stream)))
+                    &scatter::Units {
+                        table,
+                        pieces: swarm,
+                        fetch: &fetch,
+                        new_decoder: &crate::pipeline::xz_blocks::XzBlockDecoder::new,
+                        prepare: &|n, bytes| {
+                            crate::pipeline::xz_blocks::block_stream(*header, &blocks[n], bytes)
+                                .map(|(unit, stream)| (unit, Some(stream)))
+                        },
+                        writer: &writer,
+                        written: &written,
                     },
-                    &writer,
                     threads,
-                    &written,
                 ),
             };
             if done.is_err() {
@@ -652,8 +660,6 @@ fn deploy_scattered(
     // The frames were written out of order: the image's SHA-256 is read
     // back from the target, in order.
     let sha256 = read_back_sha256(target_path, bytes)?;
-    let elapsed = started.elapsed();
-    log::info!("{}", progress_summary(bytes, fetched.bytes, elapsed));
     let compression = if xz.is_some() {
         Compression::Xz
     } else {
@@ -664,8 +670,9 @@ fn deploy_scattered(
         spec,
         Deployed {
             bytes,
+            served: fetched.bytes,
             sha256,
-            elapsed,
+            started,
             format,
             expected,
             signed_by,

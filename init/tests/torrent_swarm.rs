@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::{image, result_line};
 use imprint_qemu::http::FixtureServer;
+use imprint_qemu::netlab::HostSeeder;
 
 const MIB: usize = 1 << 20;
 /// Six 4 MiB pieces and a short one; two 16 MiB chunks.
@@ -221,31 +222,19 @@ impl Published {
     }
 
     /// An aria2c seeding the image from `seed/`.
-    fn seeder(&self) -> Killed {
+    fn seeder(&self) -> HostSeeder {
         self.seeder_with(&[])
     }
 
     /// An aria2c seeding the image from `seed/`, with `extra` options.
-    fn seeder_with(&self, extra: &[&str]) -> Killed {
-        let child = Command::new("aria2c")
-            .args(extra)
-            .args([
-                "--seed-ratio=0.0",
-                "--bt-seed-unverified=true",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-            ])
-            .arg(format!("--listen-port={}", free_port()))
-            .arg(format!("--dir={}", self.dir.path().join("seed").display()))
-            .arg(self.torrent_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Killed(child)
+    fn seeder_with(&self, extra: &[&str]) -> HostSeeder {
+        HostSeeder::start(
+            &self.torrent_path(),
+            &self.dir.path().join("seed"),
+            free_port(),
+            extra,
+        )
+        .unwrap()
     }
 
     /// `imprint deploy` of the image with its torrent, into a file.
@@ -411,6 +400,14 @@ fn mirror_bytes(server: &FixtureServer, name: &str) -> u64 {
         .sum()
 }
 
+/// The result line and the log of a deploy that must have succeeded.
+fn ok_deploy(output: &std::process::Output) -> (String, String) {
+    let line = result_line(output);
+    let log = stderr(output);
+    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    (line, log)
+}
+
 fn field(line: &str, name: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|t| t.strip_prefix(&format!("{name}=")).map(str::to_owned))
@@ -430,12 +427,7 @@ fn the_image_comes_from_the_swarm_and_the_mirror_sends_one_byte() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "2s"]);
-    let line = result_line(&output);
-    assert!(
-        line.starts_with("IMPRINT-RESULT: ok"),
-        "{line}\n{}",
-        stderr(&output)
-    );
+    let (line, log) = ok_deploy(&output);
     assert_eq!(
         field(&line, "swarm").as_deref(),
         Some(IMAGE_LEN.to_string().as_str()),
@@ -453,7 +445,6 @@ fn the_image_comes_from_the_swarm_and_the_mirror_sends_one_byte() {
         "{:?}",
         server.requests()
     );
-    let log = stderr(&output);
     assert!(log.contains("torrent: aria2c started"), "{log}");
     assert!(log.contains("torrent: seeding for 2.0 s"), "{log}");
     assert!(log.contains("torrent: aria2c stopped"), "{log}");
@@ -480,16 +471,10 @@ fn with_the_tracker_down_every_chunk_comes_from_the_mirror() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy(&server, &["--torrent-timeout", "2s", "--seed-time", "0"]);
-    let line = result_line(&output);
-    assert!(
-        line.starts_with("IMPRINT-RESULT: ok"),
-        "{line}\n{}",
-        stderr(&output)
-    );
+    let (line, log) = ok_deploy(&output);
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
     assert!(written(&target, IMAGE_LEN) == published.image);
     assert_eq!(mirror_bytes(&server, "golden.raw"), IMAGE_LEN as u64 + 1);
-    let log = stderr(&output);
     assert!(
         log.contains("no progress from the swarm for 2.0 s"),
         "{log}"
@@ -509,12 +494,7 @@ fn a_torrent_the_tracker_does_not_list_is_deployed_over_http() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy(&server, &["--torrent-timeout", "2s", "--seed-time", "0"]);
-    let line = result_line(&output);
-    assert!(
-        line.starts_with("IMPRINT-RESULT: ok"),
-        "{line}\n{}",
-        stderr(&output)
-    );
+    let (line, _) = ok_deploy(&output);
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
     assert!(written(&target, IMAGE_LEN) == published.image);
 }
@@ -538,15 +518,9 @@ fn a_torrent_of_another_length_is_a_warning_and_an_http_deploy() {
         info_hash: published.info_hash.clone(),
     };
     let (output, target) = other.deploy(&server, &["--seed-time", "0"]);
-    let line = result_line(&output);
-    assert!(
-        line.starts_with("IMPRINT-RESULT: ok"),
-        "{line}\n{}",
-        stderr(&output)
-    );
+    let (line, log) = ok_deploy(&output);
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
     assert!(written(&target, IMAGE_LEN - 1) == other.image);
-    let log = stderr(&output);
     assert!(
         log.contains(&format!(
             "is a torrent of {IMAGE_LEN} bytes, but the mirrors serve {}",
@@ -573,9 +547,7 @@ fn seekable_zstd_frames_are_decoded_as_the_swarm_completes_them() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "0"]);
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     assert!(
         written(&target, IMAGE_LEN) == published.image,
         "the output is not the image"
@@ -612,9 +584,7 @@ fn seekable_zstd_frames_come_from_the_mirror_when_the_tracker_is_down() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy(&server, &["--torrent-timeout", "1s", "--seed-time", "0"]);
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     assert!(written(&target, IMAGE_LEN) == published.image);
     assert!(log.contains("14 from the mirrors"), "{log}");
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
@@ -723,9 +693,7 @@ fn xz_blocks_are_decoded_as_the_swarm_completes_them() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "0"]);
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     assert!(
         written(&target, IMAGE_LEN) == published.image,
         "the output is not the image"
@@ -758,9 +726,7 @@ fn xz_blocks_off_the_disk_blocks_decode_in_order() {
     let server = FixtureServer::start().unwrap();
     let (output, target) =
         published.deploy_from_swarm(&server, tracker_port, &["--seed-time", "0"]);
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     assert!(
         log.contains("not on a 4 KiB boundary; blocks decode in order"),
         "{log}"
@@ -790,9 +756,7 @@ fn with_no_room_in_tmpdir_the_pieces_go_to_the_targets_tail() {
     ) else {
         return;
     };
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     assert_eq!(
         field(&line, "swarm").as_deref(),
         Some(IMAGE_LEN.to_string().as_str()),
@@ -845,9 +809,7 @@ fn a_target_too_small_for_image_and_pieces_is_deployed_over_http() {
     ) else {
         return;
     };
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}");
     assert!(
         log.contains("is too small for the image and its pieces"),
@@ -901,9 +863,7 @@ fn an_image_that_grows_into_the_pieces_stops_the_swarm_first() {
     ) else {
         return;
     };
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     // aria2, still fetching the wrong pieces into the image's last part,
     // was stopped before the image got there.
     assert!(
@@ -1056,9 +1016,7 @@ fn a_torrents_web_seeds_are_left_out() {
     published.torrent = std::fs::read(&with_seed).unwrap();
     let (output, target) =
         published.deploy(&server, &["--torrent-timeout", "2s", "--seed-time", "0"]);
-    let line = result_line(&output);
-    let log = stderr(&output);
-    assert!(line.starts_with("IMPRINT-RESULT: ok"), "{line}\n{log}");
+    let (line, log) = ok_deploy(&output);
     // aria2 fetched nothing from the web seed: the mirror sent the image
     // once, to imprint's own ranges, after the swarm's timeout.
     assert_eq!(field(&line, "swarm").as_deref(), Some("0"), "{line}\n{log}");

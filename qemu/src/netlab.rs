@@ -301,6 +301,46 @@ pub const ARIA2_PORT: u16 = 6881;
 /// other peers get every piece from the swarm, as behind BEP 16's
 /// super-seeding, which aria2 lacks.
 pub const SEEDER_MAX_PEERS: u32 = 2;
+
+/// An `aria2c` on this host's own network (no namespace) seeding a
+/// torrent's file from a directory without checking it first
+/// (`--bt-seed-unverified`), no DHT, local peer discovery or ratio limit;
+/// killed on drop. The host tests' and the VM tests' seeder.
+pub struct HostSeeder(Child);
+
+impl HostSeeder {
+    /// Seeds `torrent` from `dir`, listening on `port`; `extra` options
+    /// come first.
+    pub fn start(torrent: &Path, dir: &Path, port: u16, extra: &[&str]) -> Result<HostSeeder> {
+        let child = Command::new("aria2c")
+            .args(extra)
+            .args([
+                "--seed-ratio=0.0",
+                "--bt-seed-unverified=true",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+            ])
+            .arg(format!("--listen-port={port}"))
+            .arg(format!("--dir={}", dir.display()))
+            .arg(torrent)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting aria2c (scripts/setup installs it)")?;
+        Ok(HostSeeder(child))
+    }
+}
+
+impl Drop for HostSeeder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 /// The lab seeder's JSON-RPC port, on the origin's loopback only.
 const ARIA2_RPC_PORT: u16 = 6800;
 

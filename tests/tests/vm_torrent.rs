@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use imprint_qemu::http::FixtureServer;
+use imprint_qemu::netlab::HostSeeder;
 use imprint_qemu::{Disk, Nic, Vm};
 use imprint_vm_tests::drp::{DrpLab, DrpMachine, IMAGE_FILE};
 use imprint_vm_tests::{
@@ -303,24 +304,20 @@ fn drp_pxe_boot_with_imprint_torrent_loads_the_p2p_initrd_and_starts_aria2c() {
     assert_eq!(golden.root_uuid, golden_root_uuid(), "{golden:?}");
 }
 
-/// A tracker's announce answer (BEP 3, compact peers of BEP 23) naming one
-/// peer: `ip:port`.
+/// A tracker's announce answer naming one peer, `ip:port`: the stand-in
+/// for a tracker in the VM test. BEP 3 (Tracker responses): "Tracker
+/// responses are bencoded dictionaries. ... it must have two keys:
+/// interval, which maps to the number of seconds the downloader should
+/// wait between regular rerequests, and peers." BEP 23: "the peers list is
+/// replaced by a peers string with 6 bytes per peer. The first four bytes
+/// are the host (in network byte order), the last two bytes are the port
+/// (again in network byte order)." aria2 asks for that form (`compact=1`).
 fn announce_naming(ip: [u8; 4], port: u16) -> Vec<u8> {
     let mut answer = b"d8:intervali60e5:peers6:".to_vec();
     answer.extend(ip);
     answer.extend(port.to_be_bytes());
     answer.push(b'e');
     answer
-}
-
-/// An aria2c seeding `dir`'s files of `torrent`, listening on `port`.
-struct Seeder(std::process::Child);
-
-impl Drop for Seeder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -345,25 +342,7 @@ fn with_little_ram_pid1_keeps_the_pieces_on_the_disks_tail_and_takes_them_from_a
     server.add_file("/announce", announce_naming([10, 0, 2, 2], peer_port));
     server.add_file("/golden.img.zst", compressed.clone());
     server.add_file("/golden.img.zst.torrent", std::fs::read(&torrent).unwrap());
-    let _seeder = Seeder(
-        Command::new("aria2c")
-            .args([
-                "--seed-ratio=0.0",
-                "--bt-seed-unverified=true",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-            ])
-            .arg(format!("--listen-port={peer_port}"))
-            .arg(format!("--dir={}", seed.display()))
-            .arg(&torrent)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("aria2c (scripts/setup installs it)"),
-    );
+    let _seeder = HostSeeder::start(&torrent, &seed, peer_port, &[]).unwrap();
     let disk = blank_disk(dir.path());
     // 640 MiB: less than the pieces, the decoders' 256 MiB and PID 1's
     // 256 MiB margin leave beside the kernel and the unpacked initrds.

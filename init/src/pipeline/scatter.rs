@@ -11,7 +11,7 @@
 //! **Where the frames are.** The zstd seekable format (zstd's
 //! `contrib/seekable_format`) ends the file with a skippable frame, the
 //! seek table: each frame's compressed and decompressed size. It is read
-//! from the tail ([`Layout::parse`]); `scripts/publish-image` writes it.
+//! from the tail ([`Layout::from_seek_table`]); `scripts/publish-image` writes it.
 //! Frames must cover the file from byte 0 to the table, one after another;
 //! each must decode to exactly the size the table gives, or the deploy
 //! fails. An image without a table is decoded in order.
@@ -262,41 +262,33 @@ pub fn zstd_frame(
     }
 }
 
-/// Decodes every unit of `table` as its bytes become available and
-/// writes its output at its offset, on `threads` workers. `written`
-/// counts the output bytes as they land (for progress).
-#[allow(clippy::too_many_arguments)] // the engine's parts, each its own
-pub fn decode_frames<D: UnitDecoder>(
-    table: &Layout,
-    pieces: &dyn Pieces,
-    fetch: &Fetch<'_>,
-    new_decoder: &(dyn Fn() -> io::Result<D> + Sync),
-    prepare: &Prepare<'_, D::Unit>,
-    writer: &Mutex<ImageWriter<Box<dyn BlockTarget>>>,
-    threads: usize,
-    written: &AtomicU64,
-) -> Result<Scattered> {
+/// What [`decode_frames`] decodes, from where, and into what.
+pub struct Units<'a, D: UnitDecoder> {
+    pub table: &'a Layout,
+    pub pieces: &'a dyn Pieces,
+    pub fetch: &'a Fetch<'a>,
+    pub new_decoder: &'a (dyn Fn() -> io::Result<D> + Sync),
+    pub prepare: &'a Prepare<'a, D::Unit>,
+    pub writer: &'a Mutex<ImageWriter<Box<dyn BlockTarget>>>,
+    /// The output bytes written so far (for progress).
+    pub written: &'a AtomicU64,
+}
+
+/// Decodes every unit of `units.table` as its bytes become available and
+/// writes its output at its offset, on `threads` workers.
+pub fn decode_frames<D: UnitDecoder>(units: &Units<'_, D>, threads: usize) -> Result<Scattered> {
+    let frames = units.table.frames.len();
     let work = Mutex::new(Work {
-        pending: (0..table.frames.len()).collect(),
+        pending: (0..frames).collect(),
         failed: None,
-        order: Vec::with_capacity(table.frames.len()),
+        order: Vec::with_capacity(frames),
         from_mirrors: 0,
         swarm_bytes: 0,
     });
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                let parts = Parts {
-                    table,
-                    pieces,
-                    fetch,
-                    new_decoder,
-                    prepare,
-                    writer,
-                    work: &work,
-                    written,
-                };
-                if let Err(error) = worker(&parts) {
+                if let Err(error) = worker(units, &work) {
                     let mut work = work.lock().unwrap_or_else(PoisonError::into_inner);
                     if work.failed.is_none() {
                         work.failed = Some(error);
@@ -316,29 +308,16 @@ pub fn decode_frames<D: UnitDecoder>(
     })
 }
 
-/// What every worker shares.
-struct Parts<'a, D: UnitDecoder> {
-    table: &'a Layout,
-    pieces: &'a dyn Pieces,
-    fetch: &'a Fetch<'a>,
-    new_decoder: &'a (dyn Fn() -> io::Result<D> + Sync),
-    prepare: &'a Prepare<'a, D::Unit>,
-    writer: &'a Mutex<ImageWriter<Box<dyn BlockTarget>>>,
-    work: &'a Mutex<Work>,
-    written: &'a AtomicU64,
-}
-
-fn worker<D: UnitDecoder>(parts: &Parts<'_, D>) -> Result<()> {
-    let Parts {
+fn worker<D: UnitDecoder>(units: &Units<'_, D>, work: &Mutex<Work>) -> Result<()> {
+    let Units {
         table,
         pieces,
         fetch,
         new_decoder,
         prepare,
         writer,
-        work,
         written,
-    } = *parts;
+    } = *units;
     let mut decoder = new_decoder().context("starting a decoder")?;
     let (mut input, mut output) = (Vec::new(), Vec::new());
     loop {
@@ -625,14 +604,16 @@ mod engine_tests {
             |range: &Range<u64>| Ok(pieces.file[range.start as usize..range.end as usize].to_vec());
         let written = AtomicU64::new(0);
         let result = decode_frames(
-            table,
-            pieces,
-            &fetched,
-            &ZstdFrameDecoder::new,
-            &zstd_frame(table),
-            &writer,
+            &Units {
+                table,
+                pieces,
+                fetch: &fetched,
+                new_decoder: &ZstdFrameDecoder::new,
+                prepare: &zstd_frame(table),
+                writer: &writer,
+                written: &written,
+            },
             threads,
-            &written,
         );
         if result.is_ok() {
             writer.into_inner().unwrap().commit().unwrap();
@@ -708,14 +689,18 @@ mod engine_tests {
         );
         let fetched = |_: &Range<u64>| -> Result<Vec<u8>> { unreachable!("never stalled") };
         let done = decode_frames(
-            &table,
-            &pieces,
-            &fetched,
-            &XzBlockDecoder::new,
-            &|n, bytes| block_stream(header, &blocks[n], bytes).map(|(u, s)| (u, Some(s))),
-            &writer,
+            &Units {
+                table: &table,
+                pieces: &pieces,
+                fetch: &fetched,
+                new_decoder: &XzBlockDecoder::new,
+                prepare: &|n, bytes| {
+                    block_stream(header, &blocks[n], bytes).map(|(u, s)| (u, Some(s)))
+                },
+                writer: &writer,
+                written: &AtomicU64::new(0),
+            },
             1,
-            &AtomicU64::new(0),
         )
         .unwrap();
         writer.into_inner().unwrap().commit().unwrap();

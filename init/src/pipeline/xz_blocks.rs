@@ -452,17 +452,13 @@ impl<R: Read> Splitter<R> {
             // header, the block, a one-record index and a footer.
             let whole_len = 12 + header_len + body + index.len() as u64 + 12;
             if dispatch.config().fits_whole(whole_len, uncompressed) {
-                // Where the worker checks the block itself, the stream says
-                // check None and leaves the check field out.
-                let check_id = stream_header[7] & 0x0F;
-                let own = OwnCheck::is_own(check_id);
-                let (header, kept) = if own {
-                    (without_check(stream_header), 0)
-                } else {
-                    (stream_header, check)
-                };
-                let index = one_record_index(header_len + compressed + kept, uncompressed);
-                let tail = footer(&index, [header[6], header[7]]);
+                let OneBlock {
+                    header,
+                    own,
+                    kept,
+                    index,
+                    tail,
+                } = OneBlock::new(stream_header, header_len, compressed, uncompressed);
                 let packed = compressed + pad4(compressed) + kept;
                 let whole_len = 12 + header_len + packed + index.len() as u64 + 12;
                 let capacity = usize::try_from(whole_len).unwrap_or(usize::MAX);
@@ -477,7 +473,7 @@ impl<R: Read> Splitter<R> {
                     let mut stored = [0u8; 8];
                     let stored = &mut stored[..usize::try_from(check).unwrap_or(0)];
                     self.fill_exact(stored)?;
-                    unit.check = OwnCheck::parse(check_id, stored);
+                    unit.check = OwnCheck::parse(stream_header[7] & 0x0F, stored);
                 }
                 stream.extend_from_slice(&index);
                 stream.extend_from_slice(&tail);
@@ -970,6 +966,39 @@ fn one_record_index(unpadded: u64, uncompressed: u64) -> Vec<u8> {
     index
 }
 
+/// What wraps a whole block into a one-block stream of its own: the
+/// stream header, the check bytes it keeps after the block's data, and the
+/// one-record index and footer after them. Where the worker checks the
+/// block itself (`own`), the stream says check None and keeps none.
+struct OneBlock {
+    header: [u8; 12],
+    own: bool,
+    kept: u64,
+    index: Vec<u8>,
+    tail: [u8; 12],
+}
+
+impl OneBlock {
+    fn new(stream_header: [u8; 12], header_len: u64, compressed: u64, uncompressed: u64) -> Self {
+        let check_id = stream_header[7] & 0x0F;
+        let own = OwnCheck::is_own(check_id);
+        let (header, kept) = if own {
+            (without_check(stream_header), 0)
+        } else {
+            (stream_header, check_len(check_id))
+        };
+        let index = one_record_index(header_len + compressed + kept, uncompressed);
+        let tail = footer(&index, [header[6], header[7]]);
+        OneBlock {
+            header,
+            own,
+            kept,
+            index,
+            tail,
+        }
+    }
+}
+
 /// The stream footer that goes with `index` (which includes its CRC32).
 fn footer(index: &[u8], flags: [u8; 2]) -> [u8; 12] {
     let backward = u32::try_from(index.len() / 4 - 1).unwrap_or(u32::MAX);
@@ -1108,14 +1137,18 @@ pub(crate) fn block_stream(
     let data = &bytes[header_len..];
     let packed_len = usize::try_from(compressed + pad4(compressed)).unwrap_or(usize::MAX);
     let stored = &data[packed_len..packed_len + usize::try_from(check).unwrap_or(0)];
-    let own = OwnCheck::is_own(check_id);
-    let (header, kept) = if own {
-        (without_check(stream_header), 0)
-    } else {
-        (stream_header, check)
-    };
-    let index = one_record_index(header_len as u64 + compressed + kept, block.uncompressed);
-    let tail = footer(&index, [header[6], header[7]]);
+    let OneBlock {
+        header,
+        own,
+        index,
+        tail,
+        ..
+    } = OneBlock::new(
+        stream_header,
+        header_len as u64,
+        compressed,
+        block.uncompressed,
+    );
     let mut stream = Vec::with_capacity(12 + bytes.len() + index.len() + 12);
     stream.extend_from_slice(&header);
     stream.extend_from_slice(&bytes[..header_len]);

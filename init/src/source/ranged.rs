@@ -212,13 +212,7 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
             &stats,
         );
     }
-    // Running, or waiting for the target to keep its pieces.
-    let swarm = stats.swarm.get().is_some()
-        || stats
-            .swarm_pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
+
     let mut ready = BTreeMap::new();
     // The probe's byte is not chunk 0 when a torrent was asked for.
     let next_fetch = if count == 0 || ranges.torrent.is_some() {
@@ -254,8 +248,14 @@ pub(super) fn open(options: &SourceOptions) -> Result<Source> {
     let workers = window.min(usize::try_from(count - next_fetch).unwrap_or(usize::MAX));
     // With a swarm, nothing is asked for until the image is read: a deploy
     // that decodes frames out of order (`pipeline::scatter`) takes the
-    // swarm and never reads this stream.
-    let lazy = swarm;
+    // swarm and never reads this stream. The swarm may also still wait
+    // for the target to keep its pieces.
+    let lazy = stats.swarm.get().is_some()
+        || stats
+            .swarm_pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
     if !lazy {
         spawn_workers(&shared, workers)?;
     }
